@@ -1,0 +1,37 @@
+"""hf_dpo: Direct Preference Optimization for the Hugging Face stack.
+
+YAML recipe -> LoRA adapter trained with DPO on a 4-bit base -> evaluation report -> Hub repo.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["DPOConfig", "DPOTrainer", "dpo_loss", "load_policy", "load_preference_dataset", "push_run"]
+
+
+def __getattr__(name):
+    # Lazy imports: `import hf_dpo` stays cheap and never pulls torch/bitsandbytes until needed.
+    if name == "DPOConfig":
+        from hf_dpo.config import DPOConfig
+
+        return DPOConfig
+    if name == "DPOTrainer":
+        from hf_dpo.trainer import DPOTrainer
+
+        return DPOTrainer
+    if name == "dpo_loss":
+        from hf_dpo.loss import dpo_loss
+
+        return dpo_loss
+    if name == "load_policy":
+        from hf_dpo.modeling import load_policy
+
+        return load_policy
+    if name == "load_preference_dataset":
+        from hf_dpo.data import load_preference_dataset
+
+        return load_preference_dataset
+    if name == "push_run":
+        from hf_dpo.hub import push_run
+
+        return push_run
+    raise AttributeError(f"module 'hf_dpo' has no attribute {name!r}")

@@ -26,8 +26,6 @@ class UserError(Exception):
 def cmd_train(args: argparse.Namespace) -> int:
     from hf_dpo.train import run_training
 
-    if args.recipe is None:
-        raise UserError("hf-dpo train needs a recipe: hf-dpo train recipes/demo.yaml [--key value ...]")
     run_training(args.recipe, args.overrides)
     return 0
 
@@ -62,12 +60,31 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_RECIPE = "\0no-recipe"
+
+
+def _mark_missing_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`hf-dpo train --key value` (no recipe): stop argparse from taking `value` as the recipe path."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for i, token in enumerate(argv):
+        if token in commands:
+            takes = commands[token].get_default("takes_overrides")
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if takes and nxt is not None and nxt.startswith("--") and nxt != "--help":
+                return argv[: i + 1] + [NO_RECIPE] + argv[i + 1 :]
+            break
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Subcommands that take recipe overrides keep unknown --key value pairs for the recipe loader,
     # which checks them against every recipe key and names the nearest one on a typo.
+    argv = _mark_missing_recipe(parser, argv)
     args, rest = parser.parse_known_args(argv)
+    if getattr(args, "recipe", None) == NO_RECIPE:
+        args.recipe = None
     if getattr(args, "takes_overrides", False):
         args.overrides = rest
     elif rest:

@@ -1,0 +1,498 @@
+"""Preference data: read any common shape, validate row by row, apply the chat template, tokenize, collate.
+
+Rows may be
+- standard: `prompt`, `chosen`, `rejected` strings;
+- conversational: `chosen`/`rejected` lists of `{"role", "content"}` messages, `prompt` a string or messages;
+- implicit-prompt: no prompt column, the prompt is the shared prefix of chosen and rejected (HH-RLHF style).
+Column names are mapped from the recipe (`prompt_column`, ...). Bad rows raise `DataError` naming the
+source, row and column, or with `on_bad_rows: skip` are dropped and counted in the data report.
+
+    data = load_preference_dataset(recipe.data, tokenizer, recipe.training)
+    data.train, data.eval, data.report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_dpo.config import DataConfig, DPOConfig
+
+logger = logging.getLogger(__name__)
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+TOKENIZED_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+SKIP_HINT = "Fix the row, or set `on_bad_rows: skip` in the recipe to drop such rows (they are counted)."
+
+
+class DataError(ValueError):
+    """Bad preference data; the message names the source, row and column and says what to do."""
+
+
+@dataclass
+class DataReport:
+    """What happened to the rows of one split: read, used, skipped (by reason), truncated."""
+
+    source: str
+    rows_read: int = 0
+    pairs_used: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "pairs_used": self.pairs_used,
+            "skipped": dict(self.skipped),
+            "prompt_truncated": self.prompt_truncated,
+            "completion_truncated": self.completion_truncated,
+        }
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items()) or "none"
+        return (
+            f"{self.source}: {self.rows_read} rows -> {self.pairs_used} pairs; skipped: {skipped}; "
+            f"truncated prompts: {self.prompt_truncated}, truncated completions: {self.completion_truncated}"
+        )
+
+
+@dataclass
+class PreferenceData:
+    train: Any  # datasets.Dataset with TOKENIZED_COLUMNS (+ prompt/chosen/rejected text)
+    eval: Any | None
+    report: dict[str, dict[str, Any]]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {lineno}: not valid JSON ({err.msg}). Fix or delete that line.") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
+            rows.append(row)
+    return rows
+
+
+def _read_file(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            # Some ".json" files are really JSON lines.
+            try:
+                return _read_jsonl(path)
+            except DataError:
+                raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}).") from None
+        if isinstance(data, dict):  # {"data": [...]} or column-oriented {"prompt": [...], ...}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(data) == 1 and lists:
+                data = lists[0]
+            elif lists and len(lists) == len(data):
+                data = [dict(zip(data, values)) for values in zip(*data.values())]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of rows (objects), got {type(data).__name__}.")
+        return data
+    if suffix in (".parquet", ".csv"):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
+            raise DataError(f"{path}: could not be read as {suffix[1:]}: {err}") from None
+        return ds.to_list()
+    raise DataError(f"{path}: unsupported file type '{suffix}'. Use .json, .jsonl, .parquet or .csv.")
+
+
+def _split_files(directory: Path) -> dict[str, Path]:
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix.lower() in LOCAL_FORMATS:
+            files.setdefault(path.stem, path)
+    if not files:
+        raise DataError(f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl).")
+    return files
+
+
+def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
+    """{split: (source name, rows)} for the train split and, if present, the test split."""
+    if not cfg.dataset_name:
+        raise DataError("The recipe sets no dataset_name: give a Hub dataset id or a local file/directory.")
+    path = Path(cfg.dataset_name).expanduser()
+    wanted = [cfg.dataset_train_split] + ([cfg.dataset_test_split] if cfg.dataset_test_split else [])
+    out: dict[str, tuple[str, list[dict]]] = {}
+    if path.is_file():
+        out[cfg.dataset_train_split] = (str(path), _read_file(path))
+        return out
+    if path.is_dir():
+        files = _split_files(path)
+        if cfg.dataset_train_split not in files:
+            raise DataError(
+                f"{path}: no file for split '{cfg.dataset_train_split}' (found: {', '.join(files)}). "
+                "Set dataset_train_split to one of them."
+            )
+        for split in wanted:
+            if split in files:
+                out[split] = (str(files[split]), _read_file(files[split]))
+        return out
+    if path.suffix.lower() in LOCAL_FORMATS or str(cfg.dataset_name).startswith((".", "/", "~")):
+        raise DataError(f"Dataset file {path} does not exist.")
+    return _read_hub(cfg, wanted)
+
+
+def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[dict]]]:
+    import datasets
+
+    try:
+        available = datasets.get_dataset_split_names(cfg.dataset_name, cfg.dataset_config)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(
+            f"Could not reach dataset '{cfg.dataset_name}' on the Hub ({type(err).__name__}: {err}). "
+            "Check the id and your network, or point dataset_name at a local file or directory."
+        ) from None
+    out = {}
+    for split in wanted:
+        if split not in available:
+            if split == cfg.dataset_train_split:
+                raise DataError(
+                    f"Dataset '{cfg.dataset_name}' has no split '{split}' (splits: {', '.join(available)}). "
+                    "Set dataset_train_split."
+                )
+            continue
+        ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=split)
+        out[split] = (f"{cfg.dataset_name}[{split}]", ds.to_list())
+    return out
+
+
+# ---------------------------------------------------------------- validating
+
+
+class BadRow(Exception):
+    def __init__(self, column: str, problem: str, reason: str):
+        super().__init__(problem)
+        self.column, self.problem, self.reason = column, problem, reason
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) for m in value)
+
+
+def _check_messages(value: list, column: str) -> list[dict]:
+    if not value:
+        raise BadRow(column, "empty message list", "empty response")
+    for m in value:
+        if "role" not in m or "content" not in m or not isinstance(m["content"], str):
+            raise BadRow(column, f"message {m!r} lacks a 'role' or a string 'content'", "bad message")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _common_message_prefix(a: list[dict], b: list[dict]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _common_string_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n < min(len(a), len(b)):
+        # Back off to a word boundary so neither completion starts mid-word ("Pa|ris" vs "Pa|u").
+        while n > 0 and not a[n - 1].isspace():
+            n -= 1
+    return n
+
+
+def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
+    """One raw row -> {"prompt": str | messages, "chosen": str | messages, "rejected": ..., "implicit": bool}."""
+    values = {}
+    for key, column in (("chosen", cfg.chosen_column), ("rejected", cfg.rejected_column)):
+        if column not in row or row[column] is None:
+            raise BadRow(column, "missing value", "missing column")
+        value = row[column]
+        if _is_messages(value):
+            value = _check_messages(value, column)
+        elif not isinstance(value, str):
+            raise BadRow(column, f"expected a string or a list of messages, got {type(value).__name__}", "wrong type")
+        values[key] = value
+    if type(values["chosen"]) is not type(values["rejected"]):
+        raise BadRow(cfg.rejected_column, "chosen and rejected must both be strings or both messages", "wrong type")
+    prompt = row.get(cfg.prompt_column)
+    implicit = prompt is None
+    if implicit:
+        if isinstance(values["chosen"], list):
+            n = _common_message_prefix(values["chosen"], values["rejected"])
+            prompt, values["chosen"], values["rejected"] = (
+                values["chosen"][:n],
+                values["chosen"][n:],
+                values["rejected"][n:],
+            )
+        else:
+            n = _common_string_prefix(values["chosen"], values["rejected"])
+            prompt, values["chosen"], values["rejected"] = (
+                values["chosen"][:n],
+                values["chosen"][n:],
+                values["rejected"][n:],
+            )
+        if not prompt:
+            raise BadRow(cfg.prompt_column, "no prompt column and chosen/rejected share no prefix", "missing prompt")
+    elif _is_messages(prompt):
+        prompt = _check_messages(prompt, cfg.prompt_column)
+    elif not isinstance(prompt, str):
+        raise BadRow(cfg.prompt_column, f"expected a string or messages, got {type(prompt).__name__}", "wrong type")
+    elif not prompt.strip():
+        raise BadRow(cfg.prompt_column, "empty prompt", "empty prompt")
+    for key, column in (("chosen", cfg.chosen_column), ("rejected", cfg.rejected_column)):
+        value = values[key]
+        text = value if isinstance(value, str) else "".join(m["content"] for m in value)
+        if not text.strip():
+            raise BadRow(column, "empty response", "empty response")
+    if values["chosen"] == values["rejected"]:
+        raise BadRow(cfg.rejected_column, "chosen and rejected are identical", "chosen == rejected")
+    return {"prompt": prompt, "chosen": values["chosen"], "rejected": values["rejected"], "implicit": implicit}
+
+
+# ---------------------------------------------------------------- formatting and tokenizing
+
+
+def _as_messages(prompt: str | list[dict], system_prompt: str | None) -> list[dict]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def uses_chat_template(prompt: Any, tokenizer, cfg: DataConfig, implicit: bool = False) -> bool:
+    """Conversational rows always go through the chat template; plain strings when apply_chat_template is
+    on; implicit-prompt strings (raw transcripts such as HH-RLHF) never."""
+    if not getattr(tokenizer, "chat_template", None):
+        if isinstance(prompt, list):
+            raise DataError("Conversational rows need a tokenizer with a chat template.")
+        return False
+    return isinstance(prompt, list) or (cfg.apply_chat_template and not implicit)
+
+
+def format_prompt(prompt: str | list[dict], tokenizer, cfg: DataConfig, implicit: bool = False) -> str:
+    """The prompt text as the model sees it at generation time (shared by sampling and evaluation)."""
+    if uses_chat_template(prompt, tokenizer, cfg, implicit):
+        return tokenizer.apply_chat_template(
+            _as_messages(prompt, cfg.system_prompt), tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+def format_pair(pair: dict, tokenizer, cfg: DataConfig) -> tuple[str, str, str]:
+    """(prompt_text, prompt+chosen text, prompt+rejected text), chat template applied where it belongs."""
+    prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
+    prompt_text = format_prompt(prompt, tokenizer, cfg, pair.get("implicit", False))
+    if uses_chat_template(prompt, tokenizer, cfg, pair.get("implicit", False)):
+        messages = _as_messages(prompt, cfg.system_prompt)
+
+        def full(completion):
+            turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            return tokenizer.apply_chat_template(messages + turns, tokenize=False)
+
+        return prompt_text, full(chosen), full(rejected)
+    eos = tokenizer.eos_token or ""
+
+    def with_eos(text: str) -> str:
+        return text if text.endswith(eos) else text + eos
+
+    return prompt_text, prompt_text + with_eos(chosen), prompt_text + with_eos(rejected)
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def tokenize_pair(pair: dict, tokenizer, cfg: DataConfig) -> dict[str, list[int]]:
+    """Token ids of prompt, chosen and rejected. The prompt+completion texts are tokenized whole and split
+    where they diverge from the prompt, so no token is ever split across the boundary."""
+    prompt_text, chosen_text, rejected_text = format_pair(pair, tokenizer, cfg)
+    # A rendered chat template already holds its special tokens; plain text gets the tokenizer's own.
+    special = not uses_chat_template(pair["prompt"], tokenizer, cfg, pair.get("implicit", False))
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
+    chosen_full = tokenizer(chosen_text, add_special_tokens=special)["input_ids"]
+    rejected_full = tokenizer(rejected_text, add_special_tokens=special)["input_ids"]
+    n = min(_common_prefix_len(prompt_ids, chosen_full), _common_prefix_len(prompt_ids, rejected_full))
+    return {
+        "prompt_input_ids": prompt_ids[:n],
+        "chosen_input_ids": chosen_full[n:],
+        "rejected_input_ids": rejected_full[n:],
+    }
+
+
+def truncate_pair(ids: dict[str, list[int]], max_length: int | None, max_prompt_length: int | None, report: DataReport):
+    """Fit prompt+completion into max_length: first cut the prompt to max_prompt_length (keeping its end),
+    then the completions (keeping their start). Returns None when nothing trainable is left (counted)."""
+    prompt, chosen, rejected = ids["prompt_input_ids"], ids["chosen_input_ids"], ids["rejected_input_ids"]
+    if max_length is None or len(prompt) + max(len(chosen), len(rejected)) <= max_length:
+        return ids
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:]
+        report.prompt_truncated += 1
+    room = max_length - len(prompt)
+    if room <= 0:
+        report.skipped["prompt longer than max_length"] += 1
+        return None
+    if len(chosen) > room or len(rejected) > room:
+        report.completion_truncated += 1
+        chosen, rejected = chosen[:room], rejected[:room]
+    if chosen == rejected:
+        report.skipped["identical after truncation"] += 1
+        return None
+    return {"prompt_input_ids": prompt, "chosen_input_ids": chosen, "rejected_input_ids": rejected}
+
+
+def prepare_rows(
+    rows: list[dict], source: str, tokenizer, data_cfg: DataConfig, max_length, max_prompt_length
+) -> tuple[dict[str, list], DataReport]:
+    """Validate, format and tokenize raw rows into columns; errors name `source`, the row and the column."""
+    report = DataReport(source=source, rows_read=len(rows))
+    columns: dict[str, list] = {k: [] for k in (*TOKENIZED_COLUMNS, "prompt", "chosen", "rejected")}
+    if rows:
+        present = set().union(*(r.keys() for r in rows[:100]))
+        for column in (data_cfg.chosen_column, data_cfg.rejected_column):
+            if column not in present:
+                raise DataError(
+                    f"{source}: no column '{column}' (columns: {', '.join(sorted(present))}). "
+                    "Map your column names with chosen_column / rejected_column / prompt_column in the recipe."
+                )
+    for index, row in enumerate(rows):
+        try:
+            pair = normalize_row(row, data_cfg)
+        except BadRow as bad:
+            if data_cfg.on_bad_rows == "skip":
+                report.skipped[bad.reason] += 1
+                continue
+            raise DataError(f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}") from None
+        ids = truncate_pair(tokenize_pair(pair, tokenizer, data_cfg), max_length, max_prompt_length, report)
+        if ids is None:
+            continue
+        if not ids["chosen_input_ids"] or not ids["rejected_input_ids"]:
+            report.skipped["no completion tokens"] += 1
+            continue
+        for key, value in ids.items():
+            columns[key].append(value)
+        for key in ("prompt", "chosen", "rejected"):
+            value = pair[key]
+            columns[key].append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        report.pairs_used += 1
+    if data_cfg.on_bad_rows not in ("error", "skip"):
+        raise DataError(f"on_bad_rows must be 'error' or 'skip', not '{data_cfg.on_bad_rows}'.")
+    return columns, report
+
+
+def tokenize_dataset(dataset, tokenizer, data_cfg: DataConfig | None = None, args: DPOConfig | None = None):
+    """A datasets.Dataset (or list of rows) with prompt/chosen/rejected -> tokenized Dataset (TRL-style input)."""
+    import datasets
+
+    data_cfg = data_cfg or DataConfig()
+    rows = dataset.to_list() if hasattr(dataset, "to_list") else list(dataset)
+    if rows and all(c in rows[0] for c in TOKENIZED_COLUMNS):
+        return dataset if hasattr(dataset, "column_names") else datasets.Dataset.from_list(rows)
+    columns, report = prepare_rows(
+        rows,
+        "dataset",
+        tokenizer,
+        data_cfg,
+        getattr(args, "max_length", None),
+        getattr(args, "max_prompt_length", None),
+    )
+    logger.info("%s", report.summary())
+    return datasets.Dataset.from_dict(columns)
+
+
+def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) -> PreferenceData:
+    """Read, validate and tokenize the train (and held-out) split of a recipe's dataset."""
+    import datasets
+
+    splits = read_splits(data_cfg)
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    train_source, train_rows = splits[data_cfg.dataset_train_split]
+    eval_source, eval_rows = splits.get(data_cfg.dataset_test_split, (None, None))
+    if eval_rows is None and data_cfg.eval_fraction > 0:
+        order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_eval = max(1, round(len(train_rows) * data_cfg.eval_fraction))
+        eval_rows = [train_rows[i] for i in sorted(order[:n_eval])]
+        train_rows = [train_rows[i] for i in sorted(order[n_eval:])]
+        eval_source = f"{train_source} (held-out {data_cfg.eval_fraction:.0%})"
+    if data_cfg.max_train_samples is not None and data_cfg.max_train_samples < len(train_rows):
+        order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed)).tolist()
+        train_rows = [train_rows[i] for i in sorted(order[: data_cfg.max_train_samples])]
+    if eval_rows is not None and data_cfg.max_eval_samples is not None:
+        eval_rows = eval_rows[: data_cfg.max_eval_samples]
+
+    report = {}
+    built = {}
+    for name, source, rows in (("train", train_source, train_rows), ("eval", eval_source, eval_rows)):
+        if rows is None:
+            continue
+        columns, split_report = prepare_rows(rows, source, tokenizer, data_cfg, args.max_length, args.max_prompt_length)
+        logger.info("%s", split_report.summary())
+        report[name] = split_report.to_dict()
+        built[name] = datasets.Dataset.from_dict(columns)
+    if len(built["train"]) == 0:
+        raise DataError(f"{train_source}: no usable pairs left ({report['train']}).")
+    return PreferenceData(train=built["train"], eval=built.get("eval"), report=report)
+
+
+# ---------------------------------------------------------------- collating
+
+
+@dataclass
+class PreferenceCollator:
+    """Pairs -> one padded batch of 2B rows: chosen rows 0..B-1, rejected rows B..2B-1.
+
+    Output: input_ids, attention_mask, labels (prompt and padding = -100), all (2B, T); plus
+    ref_chosen_logps / ref_rejected_logps (B,) when the examples carry cached reference log-probs.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences, label_rows = [], []
+        for side in ("chosen_input_ids", "rejected_input_ids"):
+            for ex in examples:
+                prompt, completion = list(ex["prompt_input_ids"]), list(ex[side])
+                sequences.append(prompt + completion)
+                label_rows.append([-100] * len(prompt) + completion)
+        length = max(len(s) for s in sequences)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        labels = torch.full((len(sequences), length), -100, dtype=torch.long)
+        for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            attention_mask[i, : len(seq)] = 1
+            labels[i, : len(lab)] = torch.tensor(lab)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
+        return batch

@@ -1,0 +1,181 @@
+"""`hf-dpo train`: recipe -> policy + data -> DPOTrainer -> adapter, run info and report in the run dir.
+
+    run_training("recipes/demo.yaml", ["--max_steps", "10"])
+
+The run dir (`output_dir`) receives, in order: `recipe.yaml` (before anything can fail), checkpoints,
+the adapter and tokenizer, `trainer_state.json`, `run_info.json` (what was trained, how, how long, the
+held-out metrics before and after). Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from hf_dpo import __version__
+from hf_dpo.config import Recipe, load_recipe
+from hf_dpo.data import load_preference_dataset
+from hf_dpo.modeling import REFERENCE_ADAPTER, hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
+from hf_dpo.trainer import DPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def hardware_summary() -> str:
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return f"{n}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
+    """Held-out numbers for the log: reward accuracy (strict, as TRL), mean margin, and whether the policy
+    itself gives the chosen completion more probability per token than the rejected one."""
+    chosen_rewards = beta * (logps["policy_chosen_logps"] - logps["ref_chosen_logps"])
+    rejected_rewards = beta * (logps["policy_rejected_logps"] - logps["ref_rejected_logps"])
+    per_token_chosen = logps["policy_chosen_logps"] / logps["chosen_lengths"].clamp(min=1)
+    per_token_rejected = logps["policy_rejected_logps"] / logps["rejected_lengths"].clamp(min=1)
+    return {
+        "num_pairs": int(chosen_rewards.numel()),
+        "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "policy_prefers_chosen": (per_token_chosen > per_token_rejected).float().mean().item(),
+    }
+
+
+def _configure_precision(recipe: Recipe) -> torch.dtype:
+    dtype = pick_dtype(recipe.model.torch_dtype)
+    args = recipe.training
+    if torch.cuda.is_available() and not (args.bf16 or args.fp16):
+        # Mixed precision follows the compute dtype on GPU; CPU stays in float32 (no autocast).
+        args.bf16, args.fp16 = dtype == torch.bfloat16, dtype == torch.float16
+    logger.info("Compute dtype: %s on %s", str(dtype).replace("torch.", ""), hardware_summary())
+    return dtype
+
+
+def build_trainer(recipe: Recipe, callbacks=None) -> tuple[DPOTrainer, dict]:
+    """Load policy and data for a recipe and wrap them in a DPOTrainer. Returns (trainer, data report)."""
+    args = recipe.training
+    model, tokenizer = load_policy(recipe.model, gradient_checkpointing=args.gradient_checkpointing)
+    data = load_preference_dataset(recipe.data, tokenizer, args)
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    return trainer, data.report
+
+
+def run_training(recipe_path: str | None, overrides: list[str] | None = None) -> Path:
+    recipe = load_recipe(recipe_path, overrides)
+    args = recipe.training
+    out = Path(args.output_dir)
+    dtype = _configure_precision(recipe)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(
+            f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path}\n" + recipe.to_yaml()
+        )
+    started = time.time()
+    trainer, data_report = build_trainer(recipe)
+    eval_before = None
+    if trainer.eval_dataset is not None:
+        eval_before = preference_summary(trainer.pair_logps(), args.beta)
+        logger.info("Held-out before training: %s", _fmt(eval_before))
+    train_started = time.time()
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    train_runtime = time.time() - train_started
+    trainer.save_model(str(out))
+    trainer.save_state()
+    eval_after = None
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
+        eval_after = preference_summary(trainer.pair_logps(), args.beta)
+        logger.info("Held-out after training: %s", _fmt(eval_after))
+    if trainer.is_world_process_zero():
+        info = {
+            "hf_dpo_version": __version__,
+            "base_model": hub_id_for(recipe.model.model_name_or_path),
+            "model_name_or_path": recipe.model.model_name_or_path,
+            "quantization": recipe.model.quantization if recipe.model.quantization else "none",
+            "compute_dtype": str(dtype).replace("torch.", ""),
+            "lora": {
+                "r": recipe.model.lora_r,
+                "alpha": recipe.model.lora_alpha,
+                "dropout": recipe.model.lora_dropout,
+                "target_modules": recipe.model.lora_target_modules,
+            },
+            "dataset": recipe.data.dataset_name,
+            "num_train_pairs": len(trainer.train_dataset),
+            "num_eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+            "data_report": data_report,
+            "hardware": hardware_summary(),
+            "train_runtime_s": round(train_runtime, 1),
+            "total_runtime_s": round(time.time() - started, 1),
+            "global_steps": result.global_step,
+            "train_loss": result.training_loss,
+            "beta": args.beta,
+            "loss_type": args.loss_type,
+            "eval_before": eval_before,
+            "eval_after": eval_after,
+        }
+        (out / "run_info.json").write_text(json.dumps(info, indent=2))
+        _print_summary(out, info)
+    return out
+
+
+def _fmt(summary: dict) -> str:
+    return (
+        f"reward accuracy {summary['reward_accuracy']:.3f}, margin {summary['reward_margin']:.3f}, "
+        f"policy prefers chosen {summary['policy_prefers_chosen']:.3f} (n={summary['num_pairs']})"
+    )
+
+
+def _print_summary(out: Path, info: dict) -> None:
+    lines = [
+        "",
+        f"Adapter written to {out.resolve()}",
+        f"Trained {info['global_steps']} steps on {info['num_train_pairs']} pairs in {info['train_runtime_s']:.0f} s "
+        f"({info['hardware']}, {info['quantization']} base, {info['compute_dtype']}).",
+    ]
+    if info["eval_before"] and info["eval_after"]:
+        b, a = info["eval_before"], info["eval_after"]
+        lines += [
+            f"Held-out pairs: {a['num_pairs']}",
+            f"  reward accuracy        before {b['reward_accuracy']:.3f}  after {a['reward_accuracy']:.3f}"
+            "   (before: policy == reference, no pair is ranked yet)",
+            f"  policy prefers chosen  before {b['policy_prefers_chosen']:.3f}  after {a['policy_prefers_chosen']:.3f}"
+            "   (per-token log-prob of chosen > rejected)",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def load_run(run_dir: str | os.PathLike):
+    """(recipe, model, tokenizer, eval_dataset) of a finished run: base + trained adapter, tokenized eval split."""
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json).")
+    recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
+    tokenizer = load_tokenizer(recipe.model)
+    model = load_base_model(recipe.model)
+    model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
+    if recipe.model.adapter_name_or_path:  # the run started from an adapter: that adapter is the reference
+        model.load_adapter(recipe.model.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    eval_dataset = None
+    try:
+        eval_dataset = load_preference_dataset(recipe.data, tokenizer, recipe.training).eval
+    except Exception as err:  # noqa: BLE001 - the data may have moved; evaluation can still generate
+        logger.warning("Could not load the eval split of %s: %s", recipe.data.dataset_name, err)
+    return recipe, model, tokenizer, eval_dataset
