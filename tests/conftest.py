@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Reference log-prob caches written by tests go to a throwaway directory, never to ~/.cache.
+os.environ.setdefault("HF_DPO_REF_CACHE", tempfile.mkdtemp(prefix="hf_dpo_ref_cache_"))
 
 
 @pytest.fixture(scope="session")

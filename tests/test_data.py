@@ -1,0 +1,219 @@
+"""hf_dpo.data: every common row shape, row-level errors, truncation accounting, collation."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from hf_dpo.config import DataConfig, DPOConfig
+from hf_dpo.data import DataError, PreferenceCollator, load_preference_dataset, prepare_rows, read_splits
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm_dir):
+    return AutoTokenizer.from_pretrained(smollm_dir)
+
+
+def args(**kw):
+    return DPOConfig(output_dir="/tmp/hf_dpo_test", report_to="none", **kw)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def decode(tokenizer, ids):
+    return tokenizer.decode(ids)
+
+
+def test_standard_rows_get_the_chat_template(tokenizer):
+    rows = [{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "Five."}]
+    cols, report = prepare_rows(rows, "mem", tokenizer, DataConfig(), 512, 256)
+    prompt = decode(tokenizer, cols["prompt_input_ids"][0])
+    assert prompt.endswith("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n")
+    assert decode(tokenizer, cols["chosen_input_ids"][0]) == "4<|im_end|>\n"
+    assert decode(tokenizer, cols["rejected_input_ids"][0]) == "Five.<|im_end|>\n"
+    assert report.pairs_used == 1
+
+
+def test_conversational_rows_equal_their_string_twin(tokenizer):
+    conv = {
+        "prompt": [{"role": "user", "content": "What is 2 + 2?"}],
+        "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "Five."}],
+    }
+    plain = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "Five."}
+    a, _ = prepare_rows([conv], "mem", tokenizer, DataConfig(), 512, 256)
+    b, _ = prepare_rows([plain], "mem", tokenizer, DataConfig(), 512, 256)
+    for key in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):
+        assert a[key] == b[key]
+
+
+def test_implicit_prompt_conversational_and_hh_style(tokenizer):
+    conv = {
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+    }
+    cols, _ = prepare_rows([conv], "mem", tokenizer, DataConfig(), 512, 256)
+    assert decode(tokenizer, cols["prompt_input_ids"][0]).endswith(
+        "user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert decode(tokenizer, cols["chosen_input_ids"][0]).startswith("Hello!")
+    hh = {
+        "chosen": "\n\nHuman: Capital of France?\n\nAssistant: Paris.",
+        "rejected": "\n\nHuman: Capital of France?\n\nAssistant: Pau, I think.",
+    }
+    cols, _ = prepare_rows([hh], "mem", tokenizer, DataConfig(), 512, 256)
+    # Raw transcripts keep their own format (no chat template) and split on a word boundary.
+    assert cols["prompt"][0] == "\n\nHuman: Capital of France?\n\nAssistant: "
+    assert cols["chosen"][0] == "Paris."
+    # The prompt's trailing space merges into the first answer token (" Paris"), as it would at inference.
+    assert decode(tokenizer, cols["chosen_input_ids"][0]).lstrip() == "Paris." + tokenizer.eos_token
+
+
+def test_column_mapping(tokenizer):
+    rows = [{"question": "Q?", "good": "A", "bad": "B"}]
+    cfg = DataConfig(prompt_column="question", chosen_column="good", rejected_column="bad")
+    cols, _ = prepare_rows(rows, "mem", tokenizer, cfg, 512, 256)
+    assert cols["prompt"] == ["Q?"] and cols["chosen"] == ["A"]
+    with pytest.raises(
+        DataError, match=r"mem: no column 'chosen' \(columns: bad, good, question\).*chosen_column"
+    ):
+        prepare_rows(rows, "mem", tokenizer, DataConfig(), 512, 256)
+
+
+@pytest.mark.parametrize(
+    "row, column, problem",
+    [
+        ({"prompt": "Q", "chosen": "A", "rejected": "A"}, "rejected", "identical"),
+        ({"prompt": "Q", "chosen": "  ", "rejected": "B"}, "chosen", "empty response"),
+        (
+            {"prompt": "Q", "chosen": 3, "rejected": "B"},
+            "chosen",
+            "expected a string or a list of messages, got int",
+        ),
+        ({"prompt": "Q", "chosen": None, "rejected": "B"}, "chosen", "missing value"),
+        ({"prompt": "", "chosen": "A", "rejected": "B"}, "prompt", "empty prompt"),
+        (
+            {"prompt": "Q", "chosen": [{"role": "assistant"}], "rejected": "B"},
+            "chosen",
+            "lacks a 'role' or a string",
+        ),
+    ],
+)
+def test_bad_rows_name_source_row_and_column(tokenizer, row, column, problem):
+    good = {"prompt": "Q", "chosen": "A", "rejected": "B"}
+    with pytest.raises(DataError) as err:
+        prepare_rows([good, good, row], "pairs.jsonl", tokenizer, DataConfig(), 512, 256)
+    message = str(err.value)
+    assert f"pairs.jsonl, row 2, column '{column}'" in message
+    assert problem in message
+    assert "on_bad_rows: skip" in message
+
+
+def test_skip_mode_counts_bad_rows(tokenizer):
+    rows = [
+        {"prompt": "Q", "chosen": "A", "rejected": "B"},
+        {"prompt": "Q", "chosen": "A", "rejected": "A"},
+        {"prompt": "Q", "chosen": "", "rejected": "B"},
+        {"prompt": "Q", "chosen": "C", "rejected": "D"},
+    ]
+    cols, report = prepare_rows(rows, "mem", tokenizer, DataConfig(on_bad_rows="skip"), 512, 256)
+    assert report.pairs_used == 2 and len(cols["prompt_input_ids"]) == 2
+    assert report.skipped == {"chosen == rejected": 1, "empty response": 1}
+    assert report.to_dict()["rows_read"] == 4
+
+
+def test_truncation_is_counted_never_silent(tokenizer):
+    long_prompt = "word " * 300
+    rows = [
+        {"prompt": long_prompt, "chosen": "yes " * 100, "rejected": "no " * 100},
+        {"prompt": "short?", "chosen": "a " * 200, "rejected": "b"},
+        {"prompt": "fine", "chosen": "x", "rejected": "y"},
+    ]
+    cols, report = prepare_rows(rows, "mem", tokenizer, DataConfig(), 128, 64)
+    assert report.pairs_used == 3
+    assert report.prompt_truncated == 1
+    assert report.completion_truncated == 2
+    for p, c, r in zip(cols["prompt_input_ids"], cols["chosen_input_ids"], cols["rejected_input_ids"]):
+        assert len(p) + max(len(c), len(r)) <= 128
+    assert len(cols["prompt_input_ids"][0]) == 64
+    # The prompt keeps its end (the question and the assistant header), not its start.
+    assert decode(tokenizer, cols["prompt_input_ids"][0]).endswith("<|im_start|>assistant\n")
+
+
+def test_prompt_longer_than_max_length_is_skipped_and_counted(tokenizer):
+    rows = [
+        {"prompt": "word " * 300, "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "chosen": "a", "rejected": "b"},
+    ]
+    _, report = prepare_rows(rows, "mem", tokenizer, DataConfig(), 64, None)
+    assert report.pairs_used == 1
+    assert report.skipped == {"prompt longer than max_length": 1}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_local_formats_and_splits(tmp_path, tokenizer, fmt):
+    import datasets
+
+    rows = [{"prompt": f"Q{i}?", "chosen": f"A{i}", "rejected": f"B{i}"} for i in range(10)]
+    for split, part in (("train", rows[:8]), ("test", rows[8:])):
+        datasets.Dataset.from_list(part).to_json(
+            tmp_path / f"{split}.{fmt}", lines=True
+        ) if fmt == "jsonl" else None
+        if fmt == "json":
+            (tmp_path / f"{split}.json").write_text(json.dumps(part))
+        elif fmt == "csv":
+            datasets.Dataset.from_list(part).to_csv(tmp_path / f"{split}.csv")
+        elif fmt == "parquet":
+            datasets.Dataset.from_list(part).to_parquet(tmp_path / f"{split}.parquet")
+    data = load_preference_dataset(DataConfig(dataset_name=str(tmp_path)), tokenizer, args())
+    assert len(data.train) == 8 and len(data.eval) == 2
+    assert data.train["prompt"][0] == "Q0?"
+    assert data.report["train"]["pairs_used"] == 8
+
+
+def test_single_file_with_eval_fraction_and_max_samples(tmp_path, tokenizer):
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(20)]
+    )
+    cfg = DataConfig(dataset_name=str(path), eval_fraction=0.25, max_train_samples=5)
+    data = load_preference_dataset(cfg, tokenizer, args())
+    assert len(data.eval) == 5 and len(data.train) == 5
+    assert not set(data.train["prompt"]) & set(data.eval["prompt"])
+    again = load_preference_dataset(cfg, tokenizer, args())
+    assert again.train["prompt"] == data.train["prompt"]  # seeded, reproducible
+
+
+def test_broken_json_line_is_named(tmp_path, tokenizer):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b"}\n{"prompt": "Q", "chosen": \n')
+    with pytest.raises(DataError, match=r"pairs.jsonl, line 2: not valid JSON"):
+        read_splits(DataConfig(dataset_name=str(path)))
+
+
+def test_missing_file_and_missing_split(tmp_path, tokenizer):
+    with pytest.raises(DataError, match="does not exist"):
+        read_splits(DataConfig(dataset_name=str(tmp_path / "nope.jsonl")))
+    write_jsonl(tmp_path / "validation.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"no file for split 'train' \(found: validation\)"):
+        read_splits(DataConfig(dataset_name=str(tmp_path)))
+
+
+def test_collator_layout():
+    collate = PreferenceCollator(pad_token_id=0)
+    batch = collate(
+        [
+            {"prompt_input_ids": [5, 6], "chosen_input_ids": [7], "rejected_input_ids": [8, 9]},
+            {"prompt_input_ids": [5], "chosen_input_ids": [7, 7, 7], "rejected_input_ids": [9]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [5, 7, 7, 7], [5, 6, 8, 9], [5, 9, 0, 0]]
+    assert batch["labels"].tolist() == [
+        [-100, -100, 7, -100],
+        [-100, 7, 7, 7],
+        [-100, -100, 8, 9],
+        [-100, 9, -100, -100],
+    ]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 4, 4, 2]

@@ -1,0 +1,118 @@
+"""hf_dpo.loss: each loss on hand-picked log-probs, arithmetic in the docstrings."""
+
+import math
+
+import pytest
+import torch
+
+from hf_dpo.loss import LOSSES, dpo_loss, sequence_logps, sft_loss, token_logps
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_sigmoid_loss_hand_computed():
+    """policy chosen −1, rejected −3; reference chosen −2, rejected −2 → h = (−1+2) − (−3+2) = 2.
+    β = 0.5 → loss = −log σ(1) = log(1 + e^−1) = 0.31326; rewards 0.5·1 = 0.5 and 0.5·(−1) = −0.5."""
+    out = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5)
+    assert out.losses.item() == pytest.approx(math.log1p(math.exp(-1)), abs=1e-12)
+    assert out.chosen_rewards.item() == pytest.approx(0.5)
+    assert out.rejected_rewards.item() == pytest.approx(-0.5)
+
+
+def test_zero_margin_gives_log2():
+    """Policy == reference → h = 0 → −log σ(0) = log 2, for every pair."""
+    out = dpo_loss(t(-5.0, -1.0), t(-7.0, -2.0), t(-5.0, -1.0), t(-7.0, -2.0), beta=0.1)
+    assert torch.allclose(out.losses, torch.full((2,), math.log(2), dtype=torch.float64))
+
+
+def test_conservative_dpo_label_smoothing():
+    """cDPO, ε = 0.1, β·h = 1: 0.9·log(1+e^−1) + 0.1·log(1+e^1) = 0.9·0.31326 + 0.1·1.31326 = 0.41326."""
+    out = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, label_smoothing=0.1)
+    assert out.losses.item() == pytest.approx(
+        0.9 * math.log1p(math.e**-1) + 0.1 * math.log1p(math.e), abs=1e-12
+    )
+
+
+def test_robust_dpo():
+    """rDPO, ε = 0.1, β·h = 1: (0.9·0.31326 − 0.1·1.31326) / 0.8 = 0.18827."""
+    out = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, loss_type="robust", label_smoothing=0.1)
+    expected = (0.9 * math.log1p(math.e**-1) - 0.1 * math.log1p(math.e)) / 0.8
+    assert out.losses.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_hinge_loss():
+    """β·h = 1 → max(0, 1 − 1) = 0; β·h = 0.25 (h = 0.5) → 0.75."""
+    out = dpo_loss(t(-1.0, -1.0), t(-3.0, -1.5), t(-2.0, -1.0), t(-2.0, -1.0), beta=0.5, loss_type="hinge")
+    assert out.losses.tolist() == pytest.approx([0.0, 0.75])
+
+
+def test_ipo_length_normalised():
+    """Chosen log-ratio 2 over 4 tokens = 0.5/token, rejected −2 over 2 tokens = −1/token → h̄ = 1.5.
+    β = 0.25 → 1/(2β) = 2 → (1.5 − 2)² = 0.25."""
+    out = dpo_loss(
+        t(0.0),
+        t(-4.0),
+        t(-2.0),
+        t(-2.0),
+        beta=0.25,
+        loss_type="ipo",
+        chosen_lengths=t(4.0),
+        rejected_lengths=t(2.0),
+    )
+    assert out.losses.item() == pytest.approx(0.25)
+
+
+def test_ipo_needs_lengths_and_unknown_type_is_named():
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss_type="ipo")
+    with pytest.raises(ValueError, match="Unknown loss_type 'kto'.*sigmoid"):
+        dpo_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss_type="kto")
+
+
+def test_loss_table_matches_config_choices():
+    from hf_dpo.config import LOSS_TYPES
+
+    assert set(LOSS_TYPES) == set(LOSSES)
+
+
+def test_sequence_logps_masks_prompt_and_padding():
+    """Vocabulary of 3, uniform logits except one position: labels [−100, 1, 2, −100] (prompt, 2 completion
+    tokens, pad). Token 1 is predicted at position 0 with logits [0, ln 3, 0] → p = 3/5; token 2 at
+    position 1 with uniform logits → p = 1/3. Sum = log(3/5) + log(1/3)."""
+    logits = torch.zeros(1, 4, 3, dtype=torch.float64)
+    logits[0, 0, 1] = math.log(3)
+    labels = torch.tensor([[-100, 1, 2, -100]])
+    logps, n = sequence_logps(logits, labels)
+    assert n.item() == 2
+    assert logps.item() == pytest.approx(math.log(3 / 5) + math.log(1 / 3), abs=1e-12)
+    # Garbage logits on masked positions change nothing.
+    logits[0, 2:, :] = torch.randn(2, 3, dtype=torch.float64) * 100
+    assert sequence_logps(logits, labels)[0].item() == pytest.approx(logps.item(), abs=1e-12)
+
+
+def test_token_logps_matches_log_softmax_in_float32():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[:, :2] = -100
+    per_token, mask = token_logps(logits, labels)
+    ref = (
+        torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    )
+    assert torch.allclose(per_token, ref * mask, atol=1e-6)
+
+
+def test_sft_term_is_mean_nll_over_chosen_tokens():
+    """Token log-probs [−1, −3 | −2, pad]: mean NLL over the 3 real tokens = (1 + 3 + 2) / 3 = 2."""
+    logps = t(-1.0, -3.0, -2.0, -50.0).view(2, 2)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    assert sft_loss(logps, mask).item() == pytest.approx(2.0)
+
+
+def test_gradient_pushes_chosen_up_and_rejected_down():
+    chosen = torch.tensor([-4.0], requires_grad=True)
+    rejected = torch.tensor([-4.0], requires_grad=True)
+    dpo_loss(chosen, rejected, torch.tensor([-4.0]), torch.tensor([-4.0]), beta=0.1).losses.sum().backward()
+    assert chosen.grad.item() < 0 < rejected.grad.item()  # descent raises chosen, lowers rejected

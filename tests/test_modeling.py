@@ -1,0 +1,94 @@
+"""hf_dpo.modeling: dtype choice, the built-in alias, 4-bit loading on CPU, adapters and the reference."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from hf_dpo.config import ModelConfig
+from hf_dpo.modeling import (
+    REFERENCE_ADAPTER,
+    ModelLoadError,
+    hub_id_for,
+    load_policy,
+    pick_dtype,
+    reference_context,
+    resolve_model_path,
+)
+
+
+def test_cpu_compute_dtype_is_float32_automatically():
+    assert pick_dtype("auto", device="cpu") == torch.float32
+    assert pick_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="torch_dtype 'fp8'"):
+        pick_dtype("fp8")
+
+
+def test_alias_resolves_to_converted_safetensors(smollm_dir):
+    assert resolve_model_path("smollm2-135m-instruct") == smollm_dir
+    assert resolve_model_path("SmolLM2-135M-Instruct") == smollm_dir
+    assert hub_id_for("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model_path("org/some-model") == "org/some-model"
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="Could not load"):
+        load_policy(ModelConfig(model_name_or_path=str(tmp_path / "nope"), quantization="none"))
+    with pytest.raises(ModelLoadError, match="quantization '3bit'"):
+        load_policy(ModelConfig(model_name_or_path="smollm2-135m-instruct", quantization="3bit"))
+
+
+@pytest.mark.slow
+def test_smollm2_in_4bit_on_cpu_trains_a_lora(smollm_dir):
+    """The real QLoRA path on CPU: NF4 base (double quant), float32 compute, LoRA gets gradients."""
+    import bitsandbytes as bnb
+
+    model, tokenizer = load_policy(ModelConfig(model_name_or_path="smollm2-135m-instruct", lora_r=4))
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    qconfig = model.config.quantization_config
+    qconfig = qconfig.to_dict() if hasattr(qconfig, "to_dict") else qconfig
+    assert qconfig["bnb_4bit_quant_type"] == "nf4" and qconfig["bnb_4bit_use_double_quant"]
+    assert qconfig["bnb_4bit_compute_dtype"] in ("float32", torch.float32)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with reference_context(model):
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])
+    loss = model(**inputs, labels=inputs["input_ids"]).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_starting_adapter_is_the_reference(tmp_path, tiny_model_dir):
+    """Continuing from an SFT adapter: the policy starts as that adapter and the reference stays it."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    sft = get_peft_model(
+        base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    )
+    sft.save_pretrained(tmp_path / "sft")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        sft_logits = sft(input_ids=ids).logits
+        with sft.disable_adapter():
+            base_logits = sft(input_ids=ids).logits
+
+    cfg = ModelConfig(
+        model_name_or_path=tiny_model_dir, quantization="none", adapter_name_or_path=str(tmp_path / "sft")
+    )
+    model, _ = load_policy(cfg)
+    assert REFERENCE_ADAPTER in model.peft_config
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, sft_logits, atol=1e-5)
+        for p in (p for n, p in model.named_parameters() if "lora_B" in n and ".default." in n):
+            p.add_(0.5)  # training moves the policy ...
+        assert not torch.allclose(model(input_ids=ids).logits, sft_logits, atol=1e-3)
+        with reference_context(model):  # ... but not the reference
+            ref_logits = model(input_ids=ids).logits
+        assert torch.allclose(ref_logits, sft_logits, atol=1e-5)
+        assert not torch.allclose(ref_logits, base_logits, atol=1e-3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)

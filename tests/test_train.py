@@ -1,0 +1,95 @@
+"""`hf-dpo train` end to end: recipe + overrides -> run dir with adapter, recipe, state and run info."""
+
+import json
+
+import pytest
+import yaml
+
+from hf_dpo.cli import main
+
+PAIRS = [
+    {
+        "prompt": f"What is {a} + {b}?",
+        "chosen": str(a + b),
+        "rejected": f"I believe {a} plus {b} is {a + b + 3}.",
+    }
+    for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1), (2, 2), (4, 4), (6, 1), (3, 9), (8, 8)]
+]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIRS[:8]))
+    (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIRS[8:]))
+    return d
+
+
+def write_recipe(tmp_path, model, data_dir, **extra):
+    values = {
+        "model_name_or_path": model,
+        "quantization": "none",
+        "lora_r": 4,
+        "dataset_name": str(data_dir),
+        "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text("# hf-dpo train recipe.yaml\n" + yaml.safe_dump(values))
+    return path
+
+
+def test_train_writes_a_complete_run_dir(tmp_path, tiny_model_dir, data_dir, capsys):
+    recipe = write_recipe(tmp_path, tiny_model_dir, data_dir, max_steps=1)
+    assert main(["train", str(recipe), "--max_steps", "3", "--hub_token", "hf_should_not_leak"]) == 0
+    run = tmp_path / "run"
+    for name in (
+        "recipe.yaml",
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "trainer_state.json",
+        "run_info.json",
+    ):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["global_steps"] == 3  # the override won over the recipe's max_steps: 1
+    assert info["num_train_pairs"] == 8 and info["num_eval_pairs"] == 2
+    assert info["compute_dtype"] == "float32"
+    assert info["eval_before"]["reward_accuracy"] == 0.0  # policy == reference before training
+    assert info["eval_after"]["num_pairs"] == 2
+    assert info["data_report"]["train"]["pairs_used"] == 8
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert saved["max_steps"] == 3 and "hub_token" not in saved
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert b"hf_should_not_leak" not in path.read_bytes(), path
+    out = capsys.readouterr().out
+    assert "Adapter written to" in out and "reward accuracy" in out
+
+
+def test_bad_recipe_is_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir, data_dir, capsys):
+    recipe = write_recipe(tmp_path, tiny_model_dir, data_dir, lora_rank=4)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'lora_rank'" in err and "'lora_r'" in err.split("Did you mean")[1]
+    assert "Traceback" not in err
+
+
+def test_bad_data_row_is_named(tmp_path, tiny_model_dir, data_dir, capsys):
+    with (data_dir / "train.jsonl").open("a") as fh:
+        fh.write(json.dumps({"prompt": "Q", "chosen": "same", "rejected": "same"}) + "\n")
+    recipe = write_recipe(tmp_path, tiny_model_dir, data_dir, max_steps=1)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "train.jsonl, row 8, column 'rejected': chosen and rejected are identical" in err
+    # And with skipping enabled the same data trains, the row counted.
+    assert main(["train", str(recipe), "--on_bad_rows", "skip"]) == 0
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["data_report"]["train"]["skipped"] == {"chosen == rejected": 1}

@@ -1,0 +1,250 @@
+"""hf_dpo.trainer: parity with TRL's DPOTrainer, metrics, the adapters-off reference, resuming."""
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from hf_dpo.config import DataConfig, DPOConfig
+from hf_dpo.trainer import DPOTrainer
+
+ROWS = [
+    {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
+    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "London, probably."},
+    {"prompt": "What is 3 * 3?", "chosen": "9", "rejected": "Nine hundred."},
+    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "I cannot answer that."},
+]
+
+
+def lora(init=True, dropout=0.0):
+    return LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+        init_lora_weights=init,
+        task_type="CAUSAL_LM",
+    )
+
+
+def dpo_args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        beta=0.1,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return DPOConfig(**base)
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+def test_matches_trl_loss_and_metrics(tmp_path, tiny, loss_type):
+    """Same tiny model, same random (non-zero) LoRA adapter, same batch: TRL and hf_dpo agree to 1e-5."""
+    from trl import DPOConfig as TRLConfig
+    from trl import DPOTrainer as TRLTrainer
+
+    base, tokenizer = tiny
+    dataset = Dataset.from_list(ROWS[:2])
+    torch.manual_seed(1)
+    trl = TRLTrainer(
+        model=copy.deepcopy(base),
+        args=TRLConfig(
+            output_dir=str(tmp_path / "trl"),
+            per_device_train_batch_size=2,
+            report_to="none",
+            beta=0.1,
+            loss_type=[loss_type],
+            use_cpu=True,
+            bf16=False,
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(init=False),
+    )
+    trl_loss = trl.compute_loss(trl.model, next(iter(trl.get_train_dataloader()))).item()
+    trl_metrics = {k: v[-1] for k, v in trl._metrics["train"].items()}
+
+    ours = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=dpo_args(tmp_path, loss_type=loss_type),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(init=True),
+        data_config=DataConfig(apply_chat_template=False),  # TRL keeps plain strings as they are
+    )
+    ours.model.load_state_dict(trl.model.state_dict())  # the very same adapter weights
+    our_loss = ours.compute_loss(ours.model, next(iter(ours.get_train_dataloader()))).item()
+    our_metrics = {k: v[-1] for k, v in ours._metrics["train"].items()}
+
+    assert trl_metrics["rewards/margins"] != 0.0  # a non-zero adapter: the comparison is not trivial
+    assert our_loss == pytest.approx(trl_loss, abs=1e-5)
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ):
+        assert our_metrics[key] == pytest.approx(trl_metrics[key], abs=1e-5), key
+
+
+def test_reference_is_the_model_with_adapters_off(tmp_path, tiny):
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=dpo_args(tmp_path),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(init=False),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    ref_chosen, _ = trainer.reference_logps(trainer.model, batch)
+    plain = copy.deepcopy(base)
+    expected = trainer.concatenated_forward(plain, batch).chosen
+    assert torch.allclose(ref_chosen, expected, atol=1e-5)
+    policy = trainer.concatenated_forward(trainer.model, batch).chosen
+    assert not torch.allclose(policy, expected, atol=1e-3)  # adapters on: a different policy
+    assert trainer.reference_forward_passes == 1
+    assert sum(p.numel() for p in trainer.model.parameters()) < 1.1 * sum(
+        p.numel() for p in base.parameters()
+    )
+
+
+def test_training_logs_train_and_eval_metrics(tmp_path, tiny):
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, max_steps=3, learning_rate=1e-2, eval_strategy="steps", eval_steps=3),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS[:2]),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "loss" in h]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    assert len(train_logs) == 3 and len(eval_logs) == 1
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ):
+        assert key in train_logs[0]
+        assert f"eval_{key}" in eval_logs[0]
+    assert train_logs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1: policy == reference
+    assert eval_logs[0]["eval_rewards/margins"] > 0  # 3 steps at a high lr already separate the pairs
+    assert eval_logs[0]["eval_loss"] < 0.6931
+
+
+def test_precomputed_reference_equals_live_reference(tmp_path, tiny):
+    base, tokenizer = tiny
+    losses = {}
+    for precompute in (False, True):
+        trainer = DPOTrainer(
+            model=copy.deepcopy(base),
+            args=dpo_args(
+                tmp_path, max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=precompute, seed=3
+            ),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=tokenizer,
+            peft_config=lora(),
+        )
+        trainer.train()
+        losses[precompute] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if precompute:
+            assert "ref_chosen_logps" in trainer.train_dataset.column_names
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, tiny):
+    base, tokenizer = tiny
+    data = Dataset.from_list(ROWS * 3)
+
+    def make(out, callbacks=None):
+        return DPOTrainer(
+            model=copy.deepcopy(base),
+            args=dpo_args(
+                tmp_path,
+                output_dir=str(out),
+                max_steps=6,
+                save_strategy="steps",
+                save_steps=3,
+                learning_rate=5e-3,
+                seed=7,
+            ),
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora(dropout=0.1),
+            callbacks=callbacks,
+        )
+
+    straight = make(tmp_path / "straight")
+    straight.train()
+    straight.save_model()
+
+    interrupted = make(tmp_path / "resumed", callbacks=[StopAt(3)])
+    interrupted.train()
+    assert interrupted.state.global_step == 3
+    resumed = make(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    resumed.save_model()
+
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # the adapter actually trained
+
+
+def test_rejects_ref_model_and_non_peft_models(tmp_path, tiny):
+    base, tokenizer = tiny
+    with pytest.raises(ValueError, match="never loads a second model"):
+        DPOTrainer(model=base, ref_model=base, args=dpo_args(tmp_path), processing_class=tokenizer)
+    with pytest.raises(ValueError, match="needs a LoRA adapter"):
+        DPOTrainer(model=base, args=dpo_args(tmp_path), processing_class=tokenizer)
+
+
+def test_token_never_lands_in_saved_training_args(tmp_path, tiny):
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, hub_token="hf_supersecret_token"),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    trainer.save_model()
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert b"hf_supersecret_token" not in path.read_bytes(), path
+    assert trainer.args.hub_token == "hf_supersecret_token"
