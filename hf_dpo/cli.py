@@ -1,6 +1,13 @@
 """The `hf-dpo` command: wires config, modeling, data, trainer, evaluation and hub together.
 
     hf-dpo train RECIPE [--key value ...]    train a recipe (any recipe key can be overridden)
+    hf-dpo plan RECIPE [--gpu-memory 24GB]   estimate peak memory before downloading anything
+    hf-dpo merge RUN_DIR OUT                 merge the adapter into a full-precision copy of the base
+    hf-dpo eval RUN_DIR [--judge SPEC]       write the evaluation report of a run
+    hf-dpo push RUN_DIR --repo-id ORG/NAME   push adapter, card, report and plots to the Hub
+    hf-dpo bench [--quick]                   hf_dpo vs TRL's DPOTrainer: speed, memory, loss
+    hf-dpo sample RECIPE [--key value ...]   on-policy pairs: sample the reference, label by the judge
+    hf-dpo label SAMPLES.jsonl              label sampled pairs by hand in the browser
 
 Each subcommand is one `cmd_*` function plus an entry in `build_parser`; the algorithms live in the
 modules they call.
@@ -31,7 +38,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-dpo", description="Direct Preference Optimization for Hugging Face models.")
+    parser = argparse.ArgumentParser(
+        prog="hf-dpo", description="Direct Preference Optimization for Hugging Face models."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -50,7 +59,226 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- subcommands added by other modules go below (one block each) ---
 
+    p = sub.add_parser(
+        "sample",
+        help="Step 1 of DPO: sample K completions per prompt, label best vs worst: hf-dpo sample RECIPE",
+        description="Sample num_samples_per_prompt completions for every prompt of prompts_file (and "
+        "test_prompts_file) from the reference policy, appending to a resumable samples file; if the recipe "
+        "has a judge, write chosen/rejected pairs (train.jsonl, test.jsonl) and a dataset card. "
+        "Recipe keys can be overridden as --key value.",
+    )
+    p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/demo_pairs.yaml")
+    p.set_defaults(func=cmd_sample, takes_overrides=True)
+
+    p = sub.add_parser(
+        "label",
+        help="Label samples by hand in the browser: hf-dpo label SAMPLES.jsonl [--out PAIRS.jsonl]",
+        description="Serve a local page showing each prompt with two of its sampled completions side by side; "
+        "pick one (1/2), tie (t), skip (s), undo (u). Every decision is written to disk at once "
+        "(OUT.decisions.jsonl) and OUT is rewritten from it; reopening resumes at the first unlabeled prompt.",
+    )
+    p.add_argument("samples", help="a samples file written by `hf-dpo sample`")
+    p.add_argument("--out", help="pairs file to write (default: SAMPLES with .pairs.jsonl)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: only this machine)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser(
+        "plan",
+        help="Estimate a recipe's peak memory before downloading: hf-dpo plan RECIPE [--gpu-memory 24GB]",
+        description="Peak-memory estimate of a recipe's training run from the model's architecture (no weights "
+        "downloaded): base weights, LoRA + optimizer, activations, logits. Says whether it fits and which knob to "
+        "turn if not. Recipe keys can be overridden as --key value. Exit status 1 when it does not fit.",
+    )
+    p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/zephyr-7b-qlora.yaml")
+    p.add_argument("--gpu-memory", help="memory to fit in, e.g. 24GB (default 24GB; --device cpu: the RAM)")
+    p.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda", help="a GPU (default) or the CPU process"
+    )
+    p.set_defaults(func=cmd_plan, takes_overrides=True)
+
+    p = sub.add_parser(
+        "merge",
+        help="Merge a run's LoRA adapter into a full-precision base: hf-dpo merge RUN_DIR OUT",
+        description="Load the base unquantized, apply the run's adapter, merge_and_unload, save model + tokenizer. "
+        "An adapter trained on a 4-bit base, merged into the full-precision base, gives slightly different "
+        "outputs than the 4-bit base + adapter it was evaluated with (the NF4 rounding of the base weights).",
+    )
+    p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run (or any peft adapter directory)")
+    p.add_argument("out", help="directory for the merged model (must be new or empty)")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16"
+    )
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser(
+        "eval",
+        help="Evaluate a finished run: hf-dpo eval RUN_DIR [--judge SPEC] [--num-generations N]",
+        description="Held-out preference metrics and judged generations of policy vs reference; writes "
+        "eval_report.json, eval_report.md and plots/ into the run dir.",
+    )
+    p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run")
+    p.add_argument("--judge", help="module:function, rm:<path or hub id> (default: the recipe's judge)")
+    p.add_argument(
+        "--num-generations", type=int, default=32, help="held-out prompts to generate for (0: skip)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's max_new_tokens")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "push",
+        help="Push a run to the Hub: hf-dpo push RUN_DIR --repo-id ORG/NAME",
+        description="One commit with the adapter, model card, eval report, plots, recipe and tokenizer. "
+        "The token comes from HF_TOKEN (or --token, or `hf auth login`) and is never printed or written.",
+    )
+    p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (created from main if missing)")
+    p.add_argument("--commit-message", help="commit message")
+    p.add_argument("--token", help="Hub token (prefer the HF_TOKEN environment variable)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "bench",
+        help="hf_dpo vs TRL's DPOTrainer, same model/data/LoRA: pairs/s, tokens/s, peak memory, loss",
+        description="Train the same slice with TRL's DPOTrainer (defaults, and precompute_ref_log_probs) and with "
+        "hf_dpo (all optimisations, then one off per line), each in a fresh process, 4-bit and unquantized. "
+        "Prints a table (medians over the timed steps) and writes it as JSON.",
+    )
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, Hub id or local directory")
+    p.add_argument(
+        "--dataset",
+        help="prompt/chosen/rejected .jsonl (default: recipes/data/demo/train.jsonl, "
+        "else synthetic arithmetic pairs)",
+    )
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    p.add_argument("--max-length", type=int, default=512, help="max prompt+completion tokens")
+    p.add_argument("--quantization", nargs="+", default=["4bit", "none"], help="4bit and/or none")
+    p.add_argument("--configs", nargs="+", help="subset of configurations (default: all)")
+    p.add_argument("--quick", action="store_true", help="unquantized, TRL x2 + hf_dpo all on, 3+1 steps")
+    p.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
+    p.set_defaults(func=cmd_bench)
+
     return parser
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hf_dpo.evaluation import EvaluationError, evaluate_run
+    from hf_dpo.judges import JudgeError
+
+    try:
+        report = evaluate_run(
+            args.run_dir,
+            judge=args.judge,
+            num_generations=args.num_generations,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except (EvaluationError, JudgeError, FileNotFoundError) as err:
+        raise UserError(str(err)) from None
+    from hf_dpo.report_md import console_summary
+
+    print(console_summary(report, args.run_dir))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from hf_dpo.hub import PushError, push_run
+
+    try:
+        url = push_run(
+            args.run_dir,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
+    except (PushError, FileNotFoundError) as err:
+        raise UserError(str(err)) from None
+    if url:
+        print(f"Pushed {args.run_dir} to {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hf_dpo.config import load_recipe
+    from hf_dpo.plan import PlanError, parse_size, plan_recipe
+
+    try:
+        memory = parse_size(args.gpu_memory) if args.gpu_memory else None
+        plan = plan_recipe(load_recipe(args.recipe, args.overrides), device=args.device, memory=memory)
+    except PlanError as err:
+        raise UserError(str(err)) from None
+    print(plan.report(args.recipe))
+    return 0 if plan.fits else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from hf_dpo.merge import merge_run
+
+    out = merge_run(args.run_dir, args.out, dtype=args.dtype)
+    print(f"Merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained('{out}')).")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from hf_dpo.config import load_recipe
+    from hf_dpo.judges import JudgeError
+    from hf_dpo.sampling import SamplingError, run_sampling
+
+    try:
+        report = run_sampling(load_recipe(args.recipe, args.overrides))
+    except (SamplingError, JudgeError) as err:
+        raise UserError(str(err)) from None
+    for split, st in report["splits"].items():
+        line = f"{split}: {st['prompts']} prompts ({st['sampled_now']} sampled now in {st['seconds']:.0f} s, "
+        line += f"{st['resumed']} resumed) -> {st['samples_file']}"
+        if "pairs" in st:
+            line += f"; {st['pairs']} pairs, {st['ties']} ties skipped -> {st['pairs_file']}"
+        print(line)
+    if "card" in report:
+        print(f"Dataset card: {report['card']}")
+    else:
+        samples = report["splits"]["train"]["samples_file"]
+        print(f"No judge in the recipe: label by hand with `hf-dpo label {samples}`")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from hf_dpo.label_server import serve
+    from hf_dpo.sampling import SamplingError
+
+    try:
+        serve(args.samples, args.out, host=args.host, port=args.port)
+    except (SamplingError, OSError) as err:
+        raise UserError(str(err)) from None
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hf_dpo.bench import QUICK_CONFIGS, run_bench
+
+    if args.quick:
+        args.steps, args.warmup, args.quantization = min(args.steps, 3), 1, ["none"]
+        args.configs = args.configs or QUICK_CONFIGS
+    try:
+        run_bench(
+            model=args.model,
+            dataset=args.dataset,
+            quantizations=tuple(args.quantization),
+            configs=args.configs,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            max_length=args.max_length,
+            out=args.out,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -94,13 +322,28 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from hf_dpo.arch import PlanError
     from hf_dpo.config import RecipeError
     from hf_dpo.data import DataError
+    from hf_dpo.hub import PushError
+    from hf_dpo.judges import JudgeError
+    from hf_dpo.metrics import EvaluationError
     from hf_dpo.modeling import ModelLoadError
+    from hf_dpo.sampling import SamplingError
 
     try:
         return args.func(args)
-    except (UserError, RecipeError, DataError, ModelLoadError) as err:
+    except (
+        UserError,
+        RecipeError,
+        DataError,
+        ModelLoadError,
+        PushError,
+        JudgeError,
+        SamplingError,
+        PlanError,
+        EvaluationError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -138,7 +138,7 @@ class DataConfig:
     )
     max_train_samples: int | None = field(
         default=None,
-        metadata={"help": "Use only the first N training pairs (after shuffling with data_seed)."},
+        metadata={"help": "Train on N pairs drawn at random (seeded by data_seed or seed)."},
     )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N held-out pairs."}
@@ -235,6 +235,13 @@ class DPOConfig(TrainingArguments):
         self.precompute_ref_log_probs = _auto_bool(self.precompute_ref_log_probs, "precompute_ref_log_probs")
         if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
             raise RecipeError(f"logps_chunk_size must be >= 0 (got {self.logps_chunk_size}).")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:
+            import torch
+
+            # Several processes (accelerate launch / torchrun) but no GPU: without use_cpu, TrainingArguments
+            # reports world_size 2 yet trains each process alone (every rank on all data, every rank saving).
+            # use_cpu makes it a gloo process group (accelerate's MULTI_CPU): real DDP on CPU.
+            self.use_cpu = not torch.cuda.is_available()
         super().__post_init__()
 
 
@@ -285,6 +292,20 @@ class SamplingConfig:
     sampling_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})
     sampling_seed: int = field(
         default=0, metadata={"help": "Seed for sampling; the same seed gives the same samples."}
+    )
+    pairs_per_prompt: str = field(
+        default="best_worst",
+        metadata={
+            "help": "best_worst: one pair per prompt (best vs worst completion). all: every two completions with "
+            "different scores (more pairs from the same samples)."
+        },
+    )
+    eval_num_generations: int = field(
+        default=32,
+        metadata={
+            "help": "Held-out prompts on which the end-of-training report generates from policy and reference "
+            "and lets the judge pick (0: skip the judged comparison)."
+        },
     )
     judge: str | None = field(
         default=None,
@@ -390,6 +411,9 @@ def _coerce(section: type, key: str, value: Any) -> Any:
             raise RecipeError(f"key '{key}': expected a number, got '{value}'.") from None
     if "list" in tname and isinstance(value, str):
         return [value]
+    if isinstance(value, bool) and "bool" not in tname:
+        # YAML 1.1 reads `no`/`yes`/`off` as booleans; string-typed keys (eval_strategy: no) mean the word.
+        return "no" if value is False else "yes"
     return value
 
 

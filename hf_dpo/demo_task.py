@@ -1,0 +1,308 @@
+"""The demo task: short arithmetic and world-capital questions, and the rule judge that scores answers.
+
+Everything is generated here by code (no downloaded data, nothing to license): prompts such as
+"What is 23 + 58?" or "What is the capital of Japan?", split deterministically into train and
+held-out sets, and `judge(prompt, completion)`:
+
+    score = 1 if the correct answer is given as the answer      (numbers may carry commas; capitals
+                                                                  match case- and accent-insensitively)
+          + 1 if the answer is 1..12 words long
+
+Write the prompt files (`make demo-prompts`):
+
+    python -m hf_dpo.demo_task recipes/data
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import sys
+import unicodedata
+from functools import cache
+from pathlib import Path
+
+SPLITS = ("train", "test")
+HELD_OUT_PERCENT = 10  # share of questions (by item, all phrasings together) kept for the held-out split
+MAX_WORDS = 12
+
+# Country -> capital (and accepted alternatives). Capitals as commonly given in English.
+CAPITALS: dict[str, tuple[str, ...]] = {
+    "Afghanistan": ("Kabul",),
+    "Albania": ("Tirana",),
+    "Algeria": ("Algiers",),
+    "Argentina": ("Buenos Aires",),
+    "Armenia": ("Yerevan",),
+    "Australia": ("Canberra",),
+    "Austria": ("Vienna",),
+    "Azerbaijan": ("Baku",),
+    "Bangladesh": ("Dhaka",),
+    "Belarus": ("Minsk",),
+    "Belgium": ("Brussels",),
+    "Bolivia": ("Sucre", "La Paz"),
+    "Brazil": ("Brasilia",),
+    "Bulgaria": ("Sofia",),
+    "Cambodia": ("Phnom Penh",),
+    "Cameroon": ("Yaounde",),
+    "Canada": ("Ottawa",),
+    "Chile": ("Santiago",),
+    "China": ("Beijing",),
+    "Colombia": ("Bogota",),
+    "Costa Rica": ("San Jose",),
+    "Croatia": ("Zagreb",),
+    "Cuba": ("Havana",),
+    "Cyprus": ("Nicosia",),
+    "Czechia": ("Prague",),
+    "Denmark": ("Copenhagen",),
+    "Dominican Republic": ("Santo Domingo",),
+    "Ecuador": ("Quito",),
+    "Egypt": ("Cairo",),
+    "Estonia": ("Tallinn",),
+    "Ethiopia": ("Addis Ababa",),
+    "Finland": ("Helsinki",),
+    "France": ("Paris",),
+    "Georgia": ("Tbilisi",),
+    "Germany": ("Berlin",),
+    "Ghana": ("Accra",),
+    "Greece": ("Athens",),
+    "Guatemala": ("Guatemala City",),
+    "Hungary": ("Budapest",),
+    "Iceland": ("Reykjavik",),
+    "India": ("New Delhi",),
+    "Indonesia": ("Jakarta",),
+    "Iran": ("Tehran",),
+    "Iraq": ("Baghdad",),
+    "Ireland": ("Dublin",),
+    "Israel": ("Jerusalem",),
+    "Italy": ("Rome",),
+    "Jamaica": ("Kingston",),
+    "Japan": ("Tokyo",),
+    "Jordan": ("Amman",),
+    "Kazakhstan": ("Astana",),
+    "Kenya": ("Nairobi",),
+    "Kuwait": ("Kuwait City",),
+    "Laos": ("Vientiane",),
+    "Latvia": ("Riga",),
+    "Lebanon": ("Beirut",),
+    "Libya": ("Tripoli",),
+    "Lithuania": ("Vilnius",),
+    "Luxembourg": ("Luxembourg",),
+    "Madagascar": ("Antananarivo",),
+    "Malaysia": ("Kuala Lumpur",),
+    "Mali": ("Bamako",),
+    "Malta": ("Valletta",),
+    "Mexico": ("Mexico City",),
+    "Mongolia": ("Ulaanbaatar", "Ulan Bator"),
+    "Morocco": ("Rabat",),
+    "Mozambique": ("Maputo",),
+    "Nepal": ("Kathmandu",),
+    "Netherlands": ("Amsterdam",),
+    "New Zealand": ("Wellington",),
+    "Nicaragua": ("Managua",),
+    "Nigeria": ("Abuja",),
+    "North Korea": ("Pyongyang",),
+    "Norway": ("Oslo",),
+    "Oman": ("Muscat",),
+    "Pakistan": ("Islamabad",),
+    "Panama": ("Panama City",),
+    "Paraguay": ("Asuncion",),
+    "Peru": ("Lima",),
+    "Philippines": ("Manila",),
+    "Poland": ("Warsaw",),
+    "Portugal": ("Lisbon",),
+    "Qatar": ("Doha",),
+    "Romania": ("Bucharest",),
+    "Russia": ("Moscow",),
+    "Saudi Arabia": ("Riyadh",),
+    "Senegal": ("Dakar",),
+    "Serbia": ("Belgrade",),
+    "Singapore": ("Singapore",),
+    "Slovakia": ("Bratislava",),
+    "Slovenia": ("Ljubljana",),
+    "South Africa": ("Pretoria", "Cape Town", "Bloemfontein"),
+    "South Korea": ("Seoul",),
+    "Spain": ("Madrid",),
+    "Sri Lanka": ("Colombo", "Sri Jayawardenepura Kotte"),
+    "Sudan": ("Khartoum",),
+    "Sweden": ("Stockholm",),
+    "Switzerland": ("Bern", "Berne"),
+    "Syria": ("Damascus",),
+    "Taiwan": ("Taipei",),
+    "Tanzania": ("Dodoma",),
+    "Thailand": ("Bangkok",),
+    "Tunisia": ("Tunis",),
+    "Turkey": ("Ankara",),
+    "Uganda": ("Kampala",),
+    "Ukraine": ("Kyiv", "Kiev"),
+    "United Kingdom": ("London",),
+    "United States": ("Washington", "Washington, D.C."),
+    "Uruguay": ("Montevideo",),
+    "Venezuela": ("Caracas",),
+    "Vietnam": ("Hanoi",),
+    "Zambia": ("Lusaka",),
+    "Zimbabwe": ("Harare",),
+}
+
+CAPITAL_PHRASINGS = (
+    "What is the capital of {country}?",
+    "Which city is the capital of {country}?",
+    "Name the capital city of {country}.",
+    "What city is {country}'s capital?",
+)
+
+# op -> (phrasings, operand ranges, result)
+ARITHMETIC = {
+    "+": (
+        ("What is {a} + {b}?", "What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."),
+        (2, 99),
+        int.__add__,
+    ),
+    "-": (
+        ("What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}."),
+        (2, 99),
+        int.__sub__,
+    ),
+    "*": (
+        (
+            "What is {a} * {b}?",
+            "What is {a} times {b}?",
+            "Multiply {a} by {b}.",
+            "What is {a} multiplied by {b}?",
+        ),
+        (2, 12),
+        int.__mul__,
+    ),
+}
+ARITHMETIC_ITEMS = {
+    "+": 700,
+    "-": 500,
+    "*": 100,
+}  # distinct operand pairs per operation (at most 11*11 products)
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?![\d])|(?<![\w.])-?\d+")
+_ARITH_PROMPT = re.compile(
+    r"(?:Subtract\s+(?P<sb>-?\d+)\s+from\s+(?P<sa>-?\d+))"
+    r"|(?:Add\s+(?P<aa>-?\d+)\s+and\s+(?P<ab>-?\d+))"
+    r"|(?:Multiply\s+(?P<ma>-?\d+)\s+by\s+(?P<mb>-?\d+))"
+    r"|(?:(?P<a>-?\d+)\s*(?P<op>\+|-|\*|x|×|plus|minus|times|multiplied by)\s*(?P<b>-?\d+))",
+    re.IGNORECASE,
+)
+_OPS = {
+    "+": "+",
+    "plus": "+",
+    "-": "-",
+    "minus": "-",
+    "*": "*",
+    "x": "*",
+    "×": "*",
+    "times": "*",
+    "multiplied by": "*",
+}
+
+
+def _split_of(key: str) -> str:
+    """Deterministic split by item (all phrasings of one question land on the same side)."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
+    return "test" if bucket < HELD_OUT_PERCENT else "train"
+
+
+@cache
+def _all_prompts() -> dict[str, tuple[str, ...]]:
+    rng = random.Random(1234)
+    out: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for country in CAPITALS:
+        split = _split_of(f"capital:{country}")
+        out[split].extend(p.format(country=country) for p in CAPITAL_PHRASINGS)
+    for op, count in ARITHMETIC_ITEMS.items():
+        phrasings, (lo, hi), _ = ARITHMETIC[op]
+        seen: set[tuple[int, int]] = set()
+        while len(seen) < count:
+            a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+            if op == "-" and a < b:
+                a, b = b, a  # keep results non-negative: the demo is about format, not sign handling
+            if (a, b) in seen:
+                continue
+            seen.add((a, b))
+            out[_split_of(f"{op}:{a}:{b}")].append(rng.choice(phrasings).format(a=a, b=b))
+    for split in SPLITS:
+        random.Random(split).shuffle(out[split])  # mix the two kinds so any prefix is a fair sample
+    return {s: tuple(v) for s, v in out.items()}
+
+
+def demo_prompts(split: str) -> list[str]:
+    """The demo prompts of `split` ("train" or "test"); the same list on every machine and run."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return list(_all_prompts()[split])
+
+
+def _fold(text: str) -> str:
+    """Lower-case, accents stripped: 'Bogotá' and 'bogota' compare equal."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
+def parse_numbers(text: str) -> list[int]:
+    """Integers in `text`, with thousands separators: 'It is 1,234.' -> [1234]."""
+    return [int(m.group().replace(",", "")) for m in _NUMBER.finditer(text)]
+
+
+def expected_answer(prompt: str) -> int | tuple[str, ...]:
+    """The correct answer to a demo prompt: an int, or the accepted capital names. ValueError if none."""
+    m = _ARITH_PROMPT.search(prompt)
+    if m:
+        g = m.groupdict()
+        if g["sa"] is not None:
+            return int(g["sa"]) - int(g["sb"])
+        if g["aa"] is not None:
+            return int(g["aa"]) + int(g["ab"])
+        if g["ma"] is not None:
+            return int(g["ma"]) * int(g["mb"])
+        op = _OPS[g["op"].lower()]
+        return ARITHMETIC[op][2](int(g["a"]), int(g["b"]))
+    folded = _fold(prompt)
+    # Longest name first, so "South Korea" wins over a shorter name it contains.
+    for country in sorted(CAPITALS, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(_fold(country))}\b", folded):
+            return CAPITALS[country]
+    raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
+
+
+def is_correct(prompt: str, completion: str) -> bool:
+    """Whether `completion` gives the correct answer as its answer.
+
+    Arithmetic: the result appears and no other candidate does (numbers from the question itself may be
+    repeated, as in "23 + 58 = 81"; "81 or 82" is not an answer). Capitals: an accepted name appears
+    as a whole word, case- and accent-insensitively.
+    """
+    answer = expected_answer(prompt)
+    if isinstance(answer, int):
+        found = set(parse_numbers(completion))
+        candidates = found - set(parse_numbers(prompt))
+        return answer in found and candidates <= {answer}
+    folded = _fold(completion)
+    return any(re.search(rf"\b{re.escape(_fold(name))}\b", folded) for name in answer)
+
+
+def judge(prompt: str, completion: str) -> float:
+    """Demo judge: 1 for the correct answer + 1 for an answer of 1..12 words (so 0, 1 or 2)."""
+    n_words = len(completion.split())
+    return float(is_correct(prompt, completion)) + float(1 <= n_words <= MAX_WORDS)
+
+
+def write_prompt_files(directory: str | Path) -> list[Path]:
+    """Write demo_prompts_train.txt and demo_prompts_test.txt (one prompt a line) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in SPLITS:
+        path = directory / f"demo_prompts_{split}.txt"
+        path.write_text("".join(p + "\n" for p in demo_prompts(split)))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_prompt_files(sys.argv[1] if len(sys.argv) > 1 else "recipes/data"):
+        print(f"wrote {path} ({sum(1 for _ in path.open())} prompts)")

@@ -1,0 +1,168 @@
+"""Judges: score completions of prompts, for labelling sampled pairs and for the evaluation's win rate.
+
+A judge is anything with a `name` and `score(prompts, completions) -> list[float]` (higher is better).
+`load_judge` builds one from a recipe's `judge:` value:
+
+    load_judge("hf_dpo.demo_task:judge")     # a Python callable (prompt, completion) -> float
+    load_judge("rm:path/or/hub-id")          # a reward model (AutoModelForSequenceClassification, 1 output)
+    load_judge(my_function)                   # a callable directly
+
+Every score is checked: a judge that raises or returns anything but a finite number stops with a
+`JudgeError` naming the prompt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+
+class JudgeError(ValueError):
+    """A judge could not be loaded or gave an unusable score; the message names the prompt and the fix."""
+
+
+@runtime_checkable
+class Judge(Protocol):
+    name: str
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]: ...
+
+
+def _short(text: str, limit: int = 80) -> str:
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_score(value, index: int, prompt: str, judge_name: str) -> float:
+    """`value` as a float, or JudgeError if it is not a finite real number (bools and None included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise JudgeError(
+            f"Judge '{judge_name}' returned {value!r} ({type(value).__name__}) for prompt {index} "
+            f"({_short(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
+            "(e.g. return 0.0 for an answer it cannot score) and rerun: the samples are kept."
+        )
+    return float(value)
+
+
+class CallableJudge:
+    """Wraps `fn(prompt, completion) -> float`, checking every score."""
+
+    def __init__(self, fn: Callable[[str, str], float], name: str | None = None):
+        self.fn = fn
+        self.name = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        if len(prompts) != len(completions):
+            raise JudgeError(
+                f"score() needs as many prompts as completions ({len(prompts)} != {len(completions)})."
+            )
+        scores = []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            try:
+                value = self.fn(prompt, completion)
+            except Exception as err:
+                raise JudgeError(
+                    f"Judge '{self.name}' raised {type(err).__name__}: {err} on prompt {i} ({_short(prompt)!r}), "
+                    f"completion {_short(completion)!r}. Make the judge handle this input (or return 0.0 for it) "
+                    "and rerun: the samples are kept."
+                ) from err
+            scores.append(check_score(value, i, prompt, self.name))
+        return scores
+
+
+class RewardModelJudge:
+    """A sequence-classification reward model with one output; the logit is the score.
+
+    The (prompt, completion) pair is rendered as a user/assistant exchange through the tokenizer's chat
+    template when it has one, else as prompt + completion.
+    """
+
+    def __init__(self, name_or_path: str, batch_size: int = 8, device: str | None = None):
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = f"rm:{name_or_path}"
+        self.batch_size = batch_size
+        try:
+            config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as err:
+            raise JudgeError(f"Could not load reward model '{name_or_path}': {err}") from None
+        architectures = getattr(config, "architectures", None) or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise JudgeError(
+                f"'{name_or_path}' is not a reward model: its architectures are {architectures or 'unknown'}, "
+                "not a *ForSequenceClassification with one output. Give a reward model (e.g. trained with "
+                "TRL's RewardTrainer) or a Python judge as 'module:function'."
+            )
+        if config.num_labels != 1:
+            raise JudgeError(
+                f"Reward model '{name_or_path}' has {config.num_labels} outputs; a judge needs exactly one "
+                "(a scalar reward). Use a reward model with num_labels=1."
+            )
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path).to(self.device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def _render(self, prompt: str, completion: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return prompt + completion
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        import torch
+
+        texts = [self._render(p, c) for p, c in zip(prompts, completions)]
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(self.device)
+            with torch.inference_mode():
+                logits = self.model(**batch).logits  # (B, 1)
+            for offset, value in enumerate(logits[:, 0].float().tolist()):
+                i = start + offset
+                scores.append(check_score(value, i, prompts[i], self.name))
+        return scores
+
+
+def load_judge(spec: str | Callable) -> Judge:
+    """A judge from a recipe value: 'module:function', 'rm:<hub id or path>', or a callable."""
+    if isinstance(spec, Judge):
+        return spec
+    if callable(spec) and not isinstance(spec, str):
+        return CallableJudge(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise JudgeError(f"judge must be 'module:function', 'rm:<model>' or a callable, not {spec!r}.")
+    spec = spec.strip()
+    if spec.startswith("rm:"):
+        return RewardModelJudge(spec[3:])
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise JudgeError(
+            f"judge '{spec}' is neither 'module:function' (e.g. hf_dpo.demo_task:judge) nor 'rm:<reward model>'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise JudgeError(
+            f"judge '{spec}': cannot import module '{module_name}': {err}. Is it on PYTHONPATH?"
+        ) from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise JudgeError(f"judge '{spec}': module '{module_name}' has no attribute '{attr}'.")
+    if not callable(fn):
+        raise JudgeError(f"judge '{spec}' is not callable (it is a {type(fn).__name__}).")
+    return CallableJudge(fn, name=spec)

@@ -1,0 +1,133 @@
+"""Judges: loading from a spec, score checking, and reward models (a tiny random Llama classifier)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_dpo.judges import CallableJudge, Judge, JudgeError, RewardModelJudge, load_judge
+
+
+def length_judge(prompt: str, completion: str) -> float:
+    return float(len(completion))
+
+
+def test_module_function_spec():
+    judge = load_judge("hf_dpo.demo_task:judge")
+    assert isinstance(judge, Judge)
+    assert judge.name == "hf_dpo.demo_task:judge"
+    assert judge.score(
+        ["What is 2 + 3?", "What is 2 + 3?"],
+        ["5", "Six, I would say, after thinking about it for a long while, is it."],
+    ) == [
+        2.0,
+        0.0,
+    ]
+
+
+def test_callable_and_judge_objects_pass_through():
+    judge = load_judge(length_judge)
+    assert judge.score(["p", "p"], ["ab", "abcd"]) == [2.0, 4.0]
+    assert load_judge(judge) is judge
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("hf_dpo.demo_task", "neither 'module:function'"),
+        ("no_such_module_xyz:judge", "cannot import module"),
+        ("hf_dpo.demo_task:no_such_fn", "has no attribute"),
+        ("hf_dpo.demo_task:CAPITALS", "not callable"),
+        ("", "must be"),
+    ],
+)
+def test_bad_specs_are_clear_errors(spec, match):
+    with pytest.raises(JudgeError, match=match):
+        load_judge(spec)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), True, "1.0", [1.0]])
+def test_non_number_scores_name_the_prompt(bad):
+    judge = CallableJudge(lambda p, c: bad if p == "second prompt" else 1.0, name="bad-judge")
+    with pytest.raises(JudgeError, match=r"prompt 1 \('second prompt'\).*finite float"):
+        judge.score(["first prompt", "second prompt"], ["a", "b"])
+
+
+def test_judge_that_raises_names_prompt_and_completion():
+    def crashing(prompt, completion):
+        raise KeyError("boom")
+
+    with pytest.raises(JudgeError, match=r"raised KeyError.*prompt 0 \('What is 2 \+ 2\?'\).*'four'"):
+        CallableJudge(crashing).score(["What is 2 + 2?"], ["four"])
+
+
+def test_integers_and_numpy_floats_are_accepted():
+    import numpy as np
+
+    judge = CallableJudge(lambda p, c: np.float32(0.5) if c == "a" else 3)
+    assert judge.score(["p", "p"], ["a", "b"]) == [0.5, 3.0]
+
+
+def _tiny_classifier(path, tokenizer, num_labels: int) -> str:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer(smollm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm_dir)
+
+
+def test_reward_model_scores_with_chat_template(tmp_path, smol_tokenizer):
+    path = _tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)
+    judge = load_judge(f"rm:{path}")
+    assert isinstance(judge, RewardModelJudge) and judge.name == f"rm:{path}"
+    prompts = ["What is 2 + 3?", "What is the capital of France?", "What is 2 + 3?"]
+    completions = ["5", "Paris, a city of about two million people.", "5"]
+    scores = judge.score(prompts, completions)
+    assert len(scores) == 3 and all(isinstance(s, float) and math.isfinite(s) for s in scores)
+    assert scores[0] == pytest.approx(scores[2], abs=1e-5)  # batching/padding does not change a score
+    # The score is the classifier's logit on the chat-formatted exchange, scored alone.
+    text = smol_tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts[1]}, {"role": "assistant", "content": completions[1]}],
+        tokenize=False,
+    )
+    ids = smol_tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        alone = judge.model(**ids).logits[0, 0].item()
+    assert scores[1] == pytest.approx(alone, abs=1e-4)
+
+
+def test_reward_model_with_two_outputs_is_refused(tmp_path, smol_tokenizer):
+    path = _tiny_classifier(tmp_path / "rm2", smol_tokenizer, num_labels=2)
+    with pytest.raises(JudgeError, match="has 2 outputs.*exactly one"):
+        load_judge(f"rm:{path}")
+
+
+def test_causal_lm_is_not_a_reward_model(tiny_model_dir):
+    with pytest.raises(JudgeError, match="not a reward model.*LlamaForCausalLM"):
+        load_judge(f"rm:{tiny_model_dir}")
+
+
+def test_missing_reward_model_path(tmp_path):
+    with pytest.raises(JudgeError, match="Could not load reward model"):
+        load_judge(f"rm:{tmp_path / 'nothing-here'}")

@@ -1,0 +1,473 @@
+"""Sampling from the reference and labelling with a judge (tiny random Llama; SmolLM2 for one slow test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_dpo.config import DataConfig, load_recipe
+from hf_dpo.judges import JudgeError
+from hf_dpo.sampling import (
+    PerRowSampler,
+    SamplingError,
+    format_prompt,
+    label_with_judge,
+    load_reference,
+    read_prompts,
+    read_samples,
+    run_sampling,
+    sample,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _recipe(tmp_path, model_dir, **over):
+    values = {
+        "model_name_or_path": model_dir,
+        "quantization": "none",
+        "num_samples_per_prompt": 3,
+        "max_new_tokens": 6,
+        "sampling_batch_size": 2,
+        "output_dir": str(tmp_path / "run"),
+        **over,
+    }
+    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    return load_recipe(None, args)
+
+
+def _prompts(tmp_path, lines, name="prompts.txt"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """The tiny model as the reference (loaded once for the module)."""
+    from hf_dpo.config import ModelConfig
+
+    return load_reference(ModelConfig(model_name_or_path=tiny_model_dir, quantization="none"))
+
+
+PROMPTS = ["What is 2 + 3?", "What is the capital of France?", "Add 4 and 5.", "What is 7 times 8?", "Hi"]
+
+
+def test_samples_file_rows_and_determinism(tmp_path, tiny, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    prompts = _prompts(tmp_path, PROMPTS)
+    stats = sample(recipe, prompts, tmp_path / "a.jsonl", tiny, progress=False)
+    assert stats["prompts"] == 5 and stats["sampled_now"] == 5 and stats["resumed"] == 0
+    rows = read_samples(tmp_path / "a.jsonl")
+    assert [r["index"] for r in rows] == list(range(5))
+    assert [r["prompt"] for r in rows] == PROMPTS
+    assert all(len(r["completions"]) == 3 for r in rows)
+    # Random weights: three samples of one prompt differ (temperature 1 over a 49k vocabulary).
+    assert len(set(rows[0]["completions"])) > 1
+    sample(recipe, prompts, tmp_path / "b.jsonl", tiny, progress=False)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    other_seed = _recipe(tmp_path, tiny_model_dir, sampling_seed=1)
+    sample(other_seed, prompts, tmp_path / "c.jsonl", tiny, progress=False)
+    assert (tmp_path / "a.jsonl").read_text() != (tmp_path / "c.jsonl").read_text()
+
+
+def test_completion_does_not_depend_on_batch_size(tmp_path, tiny, tiny_model_dir):
+    prompts = _prompts(tmp_path, PROMPTS)
+    sample(
+        _recipe(tmp_path, tiny_model_dir, sampling_batch_size=1),
+        prompts,
+        tmp_path / "bs1.jsonl",
+        tiny,
+        progress=False,
+    )
+    sample(
+        _recipe(tmp_path, tiny_model_dir, sampling_batch_size=4),
+        prompts,
+        tmp_path / "bs4.jsonl",
+        tiny,
+        progress=False,
+    )
+    bs1 = [r["completions"] for r in read_samples(tmp_path / "bs1.jsonl")]
+    bs4 = [r["completions"] for r in read_samples(tmp_path / "bs4.jsonl")]
+    assert bs1 == bs4
+
+
+def test_interrupted_run_resumes_to_the_same_file(tmp_path, tiny, tiny_model_dir):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    prompts = _prompts(tmp_path, PROMPTS)
+    sample(recipe, prompts, tmp_path / "full.jsonl", tiny, progress=False)
+    full = (tmp_path / "full.jsonl").read_text().splitlines(keepends=True)
+    # A run killed after two prompts, with a third line cut off mid-write.
+    (tmp_path / "part.jsonl").write_text("".join(full[:2]) + full[2][:25])
+    stats = sample(recipe, prompts, tmp_path / "part.jsonl", tiny, progress=False)
+    assert stats["resumed"] == 2 and stats["sampled_now"] == 3
+    assert (tmp_path / "part.jsonl").read_text() == "".join(full)
+    again = sample(recipe, prompts, tmp_path / "part.jsonl", tiny, progress=False)
+    assert again["sampled_now"] == 0
+
+
+def test_resume_refuses_other_settings_and_keeps_the_file(tmp_path, tiny, tiny_model_dir):
+    prompts = _prompts(tmp_path, PROMPTS[:2])
+    sample(_recipe(tmp_path, tiny_model_dir), prompts, tmp_path / "s.jsonl", tiny, progress=False)
+    before = (tmp_path / "s.jsonl").read_text()
+    with pytest.raises(SamplingError, match="other sampling settings.*new file"):
+        sample(
+            _recipe(tmp_path, tiny_model_dir, sampling_temperature=0.5), prompts, tmp_path / "s.jsonl", tiny
+        )
+    other = _prompts(tmp_path, ["A different prompt", "and another"], "other.txt")
+    with pytest.raises(SamplingError, match="line 1: this sample does not belong"):
+        sample(_recipe(tmp_path, tiny_model_dir), other, tmp_path / "s.jsonl", tiny)
+    assert (tmp_path / "s.jsonl").read_text() == before
+
+
+def test_broken_line_in_the_middle_names_file_and_line(tmp_path, tiny, tiny_model_dir):
+    prompts = _prompts(tmp_path, PROMPTS[:3])
+    sample(_recipe(tmp_path, tiny_model_dir), prompts, tmp_path / "s.jsonl", tiny, progress=False)
+    lines = (tmp_path / "s.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "s.jsonl").write_text(lines[0] + "{not json\n" + lines[2])
+    with pytest.raises(SamplingError, match=r"s\.jsonl, line 2: not valid JSON"):
+        sample(_recipe(tmp_path, tiny_model_dir), prompts, tmp_path / "s.jsonl", tiny)
+    with pytest.raises(SamplingError, match=r"s\.jsonl, line 2"):
+        label_with_judge(tmp_path / "s.jsonl", "hf_dpo.demo_task:judge", tmp_path / "pairs.jsonl")
+    assert (tmp_path / "s.jsonl").read_text() == lines[0] + "{not json\n" + lines[2]
+
+
+def test_prompt_longer_than_context_names_the_prompt(tmp_path, tiny, tiny_model_dir):
+    long_prompt = "word " * 600  # the tiny model has 512 positions
+    prompts = _prompts(tmp_path, ["short one", long_prompt])
+    with pytest.raises(
+        SamplingError, match=r"Prompt 1 \('word word.*exceeds the model's context of 512.*max_new_tokens"
+    ):
+        sample(_recipe(tmp_path, tiny_model_dir), prompts, tmp_path / "s.jsonl", tiny)
+    assert not (tmp_path / "s.jsonl").exists() or (tmp_path / "s.jsonl").read_text() == ""
+
+
+def test_empty_and_missing_prompt_sets(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(SamplingError, match="has no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+    with pytest.raises(SamplingError, match="does not exist"):
+        read_prompts(tmp_path / "missing.txt")
+    (tmp_path / "p.tsv").write_text("x")
+    with pytest.raises(SamplingError, match="unknown prompt file type"):
+        read_prompts(tmp_path / "p.tsv")
+
+
+def test_prompt_tables_and_conversations(tmp_path):
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Peru?"}]
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"prompt": "plain"}) + "\n" + json.dumps({"prompt": conv}) + "\n"
+    )
+    assert read_prompts(tmp_path / "p.jsonl") == ["plain", conv]
+    (tmp_path / "bad.jsonl").write_text(
+        json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"question": "x"}) + "\n"
+    )
+    with pytest.raises(SamplingError, match=r"bad\.jsonl, line 2: no 'prompt' column"):
+        read_prompts(tmp_path / "bad.jsonl")
+    (tmp_path / "p.csv").write_text("question,other\nWhat is 1 + 1?,a\nWhat is 2 + 2?,b\n")
+    assert read_prompts(tmp_path / "p.csv", "question") == ["What is 1 + 1?", "What is 2 + 2?"]
+
+
+def test_format_prompt_matches_training(smollm_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    text = format_prompt("What is 2 + 3?", tokenizer, DataConfig())
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == expected and text.rstrip().endswith("assistant")
+    with_system = format_prompt("Hi", tokenizer, DataConfig(system_prompt="Answer in one word."))
+    assert "Answer in one word." in with_system
+    assert format_prompt("raw text", tokenizer, DataConfig(apply_chat_template=False)) == "raw text"
+
+
+def test_per_row_sampler_matches_the_distribution():
+    """Inverse-CDF draws over probs (0.5, 0.3, 0.2, 0): frequencies within 3 sigma of n=6000, token 3 never."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]]))
+    sampler = PerRowSampler(seeds=[7], temperature=1.0, top_p=1.0)
+    picks = torch.tensor([int(sampler(None, logits.clone()).argmax()) for _ in range(6000)])
+    freqs = torch.bincount(picks, minlength=4).float() / 6000
+    assert freqs[3] == 0
+    assert torch.allclose(freqs[:3], torch.tensor([0.5, 0.3, 0.2]), atol=3 * (0.25 / 6000) ** 0.5)
+    # top_p=0.6 keeps tokens 0 and 1 only (0.5 < 0.6 <= 0.8).
+    nucleus = PerRowSampler(seeds=[7], temperature=1.0, top_p=0.6)
+    assert {int(nucleus(None, logits.clone()).argmax()) for _ in range(300)} == {0, 1}
+
+
+def _write_samples(path: Path, rows: list[tuple[str, list[str]]]) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps({"index": i, "prompt": p, "completions": c}) + "\n" for i, (p, c) in enumerate(rows)
+        )
+    )
+    return path
+
+
+def test_label_with_judge_best_vs_worst_and_ties(tmp_path):
+    samples = _write_samples(
+        tmp_path / "s.jsonl",
+        [
+            (
+                "What is 2 + 3?",
+                ["It is 6.", "5", "Let me think about the numbers two and three for a while, then add: six."],
+            ),
+            ("What is 2 + 3?", ["5", "5.", "Five is 5"]),  # all score 2: tie
+            ("What is the capital of Japan?", ["Kyoto", "Tokyo is the capital of Japan.", "Kyoto"]),
+        ],
+    )
+    stats = label_with_judge(samples, "hf_dpo.demo_task:judge", tmp_path / "out" / "train.jsonl")
+    assert stats == {
+        "prompts": 3,
+        "pairs": 2,
+        "ties": 1,
+        "judge": "hf_dpo.demo_task:judge",
+        "pairs_file": str(tmp_path / "out" / "train.jsonl"),
+    }
+    rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"] == "What is 2 + 3?" and rows[0]["chosen"] == "5"
+    assert rows[0]["rejected"].startswith("Let me think")
+    assert (rows[0]["score_chosen"], rows[0]["score_rejected"], rows[0]["margin"]) == (2.0, 0.0, 2.0)
+    assert rows[0]["scores"] == [1.0, 2.0, 0.0]
+    assert (
+        rows[1]["index"] == 2
+        and rows[1]["chosen"] == "Tokyo is the capital of Japan."
+        and rows[1]["margin"] == 1.0
+    )
+
+
+def test_failing_judge_keeps_previous_pairs_and_names_the_prompt(tmp_path):
+    samples = _write_samples(
+        tmp_path / "s.jsonl", [("What is 2 + 3?", ["5", "6"]), ("Write a haiku.", ["a", "b"])]
+    )
+    pairs = tmp_path / "train.jsonl"
+    pairs.write_text("previous pairs\n")
+    with pytest.raises(JudgeError, match=r"prompt 1 \('Write a haiku\.'\)"):
+        label_with_judge(samples, "hf_dpo.demo_task:judge", pairs)
+    assert pairs.read_text() == "previous pairs\n"
+
+
+def test_conversational_prompts_give_conversational_pairs(tmp_path):
+    conv = [{"role": "user", "content": "What is 2 + 3?"}]
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"index": 0, "prompt": conv, "completions": ["5", "six"]}) + "\n")
+    label_with_judge(path, "hf_dpo.demo_task:judge", tmp_path / "train.jsonl")
+    row = json.loads((tmp_path / "train.jsonl").read_text())
+    assert row["prompt"] == conv
+    assert row["chosen"] == [{"role": "assistant", "content": "5"}]
+
+
+def test_run_sampling_writes_train_test_and_card(tmp_path, tiny_model_dir, monkeypatch):
+    from huggingface_hub import DatasetCard
+
+    # A user's own judge module, named in the recipe as module:function.
+    (tmp_path / "my_judges.py").write_text(
+        "def length_judge(prompt, completion):\n    return float(len(completion))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    train = _prompts(tmp_path, PROMPTS[:3], "train.txt")
+    test = _prompts(tmp_path, PROMPTS[3:], "test.txt")
+    recipe = _recipe(
+        tmp_path,
+        tiny_model_dir,
+        prompts_file=str(train),
+        test_prompts_file=str(test),
+        judge="my_judges:length_judge",
+        pairs_file=str(tmp_path / "pairs" / "train.jsonl"),
+    )
+    report = run_sampling(recipe, progress=False)
+    assert report["splits"]["train"]["prompts"] == 3 and report["splits"]["test"]["prompts"] == 2
+    for split in ("train", "test"):
+        st = report["splits"][split]
+        assert st["pairs"] + st["ties"] == st["prompts"]
+        assert Path(st["samples_file"]).name == f"samples_{split}.jsonl"
+        rows = [json.loads(x) for x in (tmp_path / "pairs" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == st["pairs"] and all(len(r["chosen"]) > len(r["rejected"]) for r in rows)
+    card = DatasetCard.load(tmp_path / "pairs" / "README.md")
+    assert "dpo" in card.data.tags
+    assert "my_judges:length_judge" in card.text and "3 completions" in card.text
+    assert "| train | 3 | " in card.text and "train 3 prompts in" in card.text
+    # The pairs directory is what `hf-dpo train` reads: a `datasets` json load of both splits works.
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_dir=str(tmp_path / "pairs"))
+    assert set(ds) == {"train", "test"} and {"prompt", "chosen", "rejected"} <= set(ds["train"].column_names)
+    # Everything done: a second run samples nothing and loads no model.
+    again = run_sampling(recipe, progress=False)
+    assert again["splits"]["train"]["sampled_now"] == 0
+
+
+def test_cli_sample_prints_counts(tmp_path, tiny_model_dir, capsys):
+    from hf_dpo.cli import main
+
+    prompts = _prompts(tmp_path, PROMPTS[:2])
+    rc = main(
+        [
+            "sample",
+            str(REPO / "recipes" / "demo_pairs.yaml"),
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--quantization",
+            "none",
+            "--prompts_file",
+            str(prompts),
+            "--test_prompts_file",
+            "",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--pairs_file",
+            str(tmp_path / "pairs" / "train.jsonl"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "train: 2 prompts (2 sampled now" in out and "pairs," in out and "ties skipped" in out
+    assert (tmp_path / "pairs" / "README.md").exists()
+
+
+def test_cli_sample_bad_judge_is_a_clean_error(tmp_path, tiny_model_dir, capsys):
+    from hf_dpo.cli import main
+
+    prompts = _prompts(tmp_path, PROMPTS[:1])
+    rc = main(["sample", str(REPO / "recipes" / "demo_pairs.yaml"), "--prompts_file", str(prompts),
+               "--test_prompts_file", "", "--judge", "nope_module:fn", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    assert rc == 2
+    assert "cannot import module 'nope_module'" in capsys.readouterr().err
+
+
+def test_demo_pairs_recipe_loads():
+    recipe = load_recipe(REPO / "recipes" / "demo_pairs.yaml")
+    assert recipe.sampling.judge == "hf_dpo.demo_task:judge"
+    assert recipe.sampling.num_samples_per_prompt == 4
+    assert recipe.model.model_name_or_path == "smollm2-135m-instruct"
+    assert recipe.sampling.pairs_file == "recipes/data/demo/train.jsonl"
+    for prompts in (recipe.sampling.prompts_file, recipe.sampling.test_prompts_file):
+        assert read_prompts(REPO / prompts)
+    first_line = (REPO / "recipes" / "demo_pairs.yaml").read_text().splitlines()[0]
+    assert first_line.startswith("# make pairs RECIPE=recipes/demo_pairs.yaml")
+
+
+@pytest.mark.slow
+def test_smollm_4bit_samples_answer_the_demo(tmp_path, smollm_dir):
+    """The real reference: SmolLM2 in 4-bit answers demo prompts; some answers are judged correct."""
+    recipe = load_recipe(
+        REPO / "recipes" / "demo_pairs.yaml",
+        ["--max_new_tokens", "16", "--num_samples_per_prompt", "2", "--output_dir", str(tmp_path / "run")],
+    )
+    prompts = _prompts(tmp_path, ["What is the capital of France?", "What is the capital of Japan?"])
+    sample(recipe, prompts, tmp_path / "s.jsonl", progress=False)
+    rows = read_samples(tmp_path / "s.jsonl")
+    texts = [c for r in rows for c in r["completions"]]
+    assert any("Paris" in t for t in rows[0]["completions"]) or any(
+        "Tokyo" in t for t in rows[1]["completions"]
+    ), texts
+
+
+def test_push_pairs_to_a_local_hub(tmp_path, monkeypatch):
+    """The pairs directory goes up as a dataset repo through the real client, to tests/hub_server.py."""
+    from hub_server import HubServer
+    from huggingface_hub import constants
+
+    from hf_dpo.sampling import push_pairs
+
+    server = HubServer(token="hf_test_token").start()
+    try:
+        for key, value in {
+            "HF_ENDPOINT": server.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "HF_TOKEN": "hf_test_token",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        pairs = tmp_path / "pairs"
+        pairs.mkdir()
+        (pairs / "train.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+        (pairs / "test.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "c", "rejected": "d"}) + "\n")
+        (pairs / "README.md").write_text("---\ntags:\n- dpo\n---\n# pairs\n")
+        (pairs / ".train.jsonl.tmp").write_text("half-written")
+        url = push_pairs(pairs, "tester/demo-pairs", token="hf_test_token")
+        files = server.files("tester/demo-pairs", repo_type="dataset")
+        assert set(files) == {"train.jsonl", "test.jsonl", "README.md"}
+        assert files["train.jsonl"] == (pairs / "train.jsonl").read_bytes()
+        assert "tester/demo-pairs" in url
+        with pytest.raises(SamplingError, match="no .jsonl pairs"):
+            push_pairs(tmp_path / "run", "tester/empty")
+    finally:
+        server.stop()
+
+
+def test_dequantized_reference_computes_what_the_4bit_model_computes(tiny_model_dir):
+    """On CPU the 4-bit linears are swapped for float ones with the same NF4-rounded weights: same logits."""
+    from hf_dpo.config import ModelConfig
+    from hf_dpo.modeling import load_base_model
+    from hf_dpo.sampling import dequantize_on_cpu
+
+    model = load_base_model(ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit"))
+    ids = torch.tensor([[1, 5, 9, 300, 42, 7]])
+    model.train()  # the training-time path: dequantize per call, then a float matmul
+    with torch.inference_mode():
+        quantized = model(input_ids=ids).logits
+    layer = model.model.layers[0].mlp.down_proj
+    assert "4bit" in type(layer).__name__
+    dequantize_on_cpu(model).eval()
+    assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
+    with torch.inference_mode():
+        dequantized = model(input_ids=ids).logits
+    assert torch.equal(quantized, dequantized)
+
+
+def test_shared_prompt_cache_gives_the_same_samples_as_k_copies(tiny, tiny_model_dir, tmp_path):
+    """generate_batch runs each prompt once and copies its cache K times; same tokens as K padded copies."""
+    from transformers import GenerationConfig
+
+    from hf_dpo.sampling import generate_batch
+
+    model, tokenizer = tiny
+    cfg = _recipe(tmp_path, tiny_model_dir, max_new_tokens=8).sampling
+    prompt_ids = [tokenizer(p)["input_ids"] for p in ("What is 2 + 3?", "Hi", "Name the capital of Peru.")]
+    seeds = [[10 * i + j for j in range(3)] for i in range(3)]
+    shared = generate_batch(model, tokenizer, prompt_ids, seeds, cfg)
+    rows = tokenizer.pad({"input_ids": [ids for ids in prompt_ids for _ in range(3)]}, return_tensors="pt")
+    gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        out = model.generate(
+            **rows, generation_config=gen_cfg, logits_processor=[PerRowSampler(sum(seeds, []), 1.0, 1.0)]
+        )
+    texts = tokenizer.batch_decode(out[:, rows["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert shared == [[t.strip() for t in texts[i * 3 : (i + 1) * 3]] for i in range(3)]
+
+
+def test_label_with_judge_all_pairs_with_different_scores(tmp_path):
+    """Scores [1, 2, 0] give three ordered pairs; a prompt with two equal texts gives none for them."""
+    samples = _write_samples(
+        tmp_path / "s.jsonl",
+        [
+            (
+                "What is 2 + 3?",
+                ["It is 6.", "5", "Let me think about the numbers two and three for a while, then add: six."],
+            ),
+            ("What is the capital of Japan?", ["Kyoto", "Tokyo is the capital of Japan.", "Kyoto"]),
+        ],
+    )
+    stats = label_with_judge(
+        samples, "hf_dpo.demo_task:judge", tmp_path / "train.jsonl", pairs_per_prompt="all"
+    )
+    assert stats["pairs"] == 5 and stats["ties"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    first = [(r["score_chosen"], r["score_rejected"]) for r in rows if r["index"] == 0]
+    assert sorted(first) == [(1.0, 0.0), (2.0, 0.0), (2.0, 1.0)]
+    assert all(r["score_chosen"] > r["score_rejected"] and r["chosen"] != r["rejected"] for r in rows)
+    japan = [r for r in rows if r["index"] == 1]
+    assert len(japan) == 2 and all(r["chosen"] == "Tokyo is the capital of Japan." for r in japan)
+    with pytest.raises(SamplingError, match="pairs_per_prompt must be"):
+        label_with_judge(samples, "hf_dpo.demo_task:judge", tmp_path / "x.jsonl", pairs_per_prompt="some")
