@@ -20,8 +20,11 @@ import torch
 from transformers import set_seed
 
 from hf_dpo import __version__
+from hf_dpo.card import write_card
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
+from hf_dpo.evaluation import evaluate_trainer
+from hf_dpo.hub import HubCheckpointCallback, push_run, take_hub_settings
 from hf_dpo.modeling import (
     REFERENCE_ADAPTER,
     hub_id_for,
@@ -30,6 +33,7 @@ from hf_dpo.modeling import (
     load_tokenizer,
     pick_dtype,
 )
+from hf_dpo.report_md import console_summary
 from hf_dpo.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -93,23 +97,31 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(
-            f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path}\n" + recipe.to_yaml()
+            f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path or 'command-line keys'}\n"
+            + recipe.to_yaml()
         )
     started = time.time()
-    trainer, data_report = build_trainer(recipe)
+    # The Hub token leaves the arguments before any Trainer sees them (training_args.bin is a pickle);
+    # hf_dpo pushes itself, after local files are written.
+    hub = take_hub_settings(args)
+    callbacks = [HubCheckpointCallback(hub)] if hub and hub.strategy != "end" else None
+    trainer, data_report = build_trainer(recipe, callbacks=callbacks)
     eval_before = None
     if trainer.eval_dataset is not None:
-        eval_before = preference_summary(trainer.pair_logps(), args.beta)
+        # Before the first step the policy is the reference (a fresh LoRA is a no-op; a starting adapter is
+        # its own reference), so one reference pass gives both sides, unless a checkpoint is resumed.
+        before_logps = trainer.pair_logps(policy_is_reference=not args.resume_from_checkpoint)
+        eval_before = preference_summary(before_logps, args.beta)
         logger.info("Held-out before training: %s", _fmt(eval_before))
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_runtime = time.time() - train_started
     trainer.save_model(str(out))
     trainer.save_state()
-    eval_after = None
+    eval_after = after_logps = None
     if trainer.eval_dataset is not None:
-        trainer.evaluate()
-        eval_after = preference_summary(trainer.pair_logps(), args.beta)
+        after_logps = trainer.pair_logps()  # one policy pass, shared with the report below
+        eval_after = preference_summary(after_logps, args.beta)
         logger.info("Held-out after training: %s", _fmt(eval_after))
     if trainer.is_world_process_zero():
         info = {
@@ -140,6 +152,22 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
         }
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
         _print_summary(out, info)
+    report = evaluate_trainer(
+        trainer,
+        recipe.sampling.judge,
+        num_generations=recipe.sampling.eval_num_generations,
+        max_new_tokens=recipe.sampling.max_new_tokens,
+        seed=args.seed,
+        pair_logps=after_logps,
+    )
+    if trainer.is_world_process_zero():
+        write_card(out, hub.repo_id if hub else None)
+        if report is not None:
+            print(console_summary(report, str(out)), flush=True)
+        if hub:
+            print(f"Pushing {out} to {hub.repo_id} ...", flush=True)
+            url = push_run(out, hub.repo_id, token=hub.token, private=hub.private, revision=hub.revision)
+            print(f"Pushed: {url}", flush=True)
     return out
 
 

@@ -1,0 +1,200 @@
+"""The model card of a run: model_cards/adapter_card.md rendered with huggingface_hub's ModelCard.
+
+    card = render_card("runs/demo", repo_id="me/smollm2-dpo")   # ModelCard; card.data round-trips
+    write_card("runs/demo", "me/smollm2-dpo")                    # -> runs/demo/README.md
+
+Metadata (ModelCardData): base_model, library_name peft, pipeline_tag text-generation, tags (dpo, lora,
+qlora when 4-bit, hf-dpo, base_model:adapter:<id>), datasets (Hub ids only), license, and model-index
+(EvalResult) with the held-out reward accuracy, margin and judged win rate. PEFT's and transformers' own
+card writers are never used: they overwrite each other's metadata (DESIGN.md).
+
+The template lives at the repo root in model_cards/; hf_dpo/templates/adapter_card.md is a symlink to it
+that setuptools ships as package data, so an installed wheel finds it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = "adapter_card.md"
+# Licenses of the built-in aliases' upstream models; anything else is "other" unless given.
+KNOWN_BASE_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+
+
+def template_path() -> Path:
+    """model_cards/adapter_card.md at the repo root (source checkout, editable install), else the copy shipped
+    as package data in hf_dpo/templates/ (a symlink to the same file in the source tree)."""
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "model_cards" / CARD_TEMPLATE,
+        Path(__file__).resolve().parent / "templates" / CARD_TEMPLATE,
+    ):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"The model card template {CARD_TEMPLATE} is missing from model_cards/ and hf_dpo/templates/; "
+        "reinstall hf_dpo (`pip install -e .`)."
+    )
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow", ".gguf", ".safetensors", ".bin")
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    """'org/name' or 'name' that is not a local path or a data file: what the Hub accepts as a repo id."""
+    if not name or os.path.exists(name) or name.lower().endswith(_FILE_SUFFIXES):
+        return False
+    return bool(_HUB_ID.match(name)) and ".." not in name
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _public_recipe(path: Path) -> str:
+    """recipe.yaml for the card, with secret keys dropped even if a hand-edited file carries them."""
+    from hf_dpo.config import SECRET_KEYS
+
+    if not path.is_file():
+        return "# recipe.yaml missing from the run dir\n"
+    pattern = re.compile(rf"^\s*({'|'.join(map(re.escape, sorted(SECRET_KEYS)))})\s*:.*$", re.MULTILINE)
+    return pattern.sub(r"# \1: (removed)", path.read_text())
+
+
+def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str, license: str | None = None):
+    """ModelCardData: base_model, library_name peft, tags, datasets (Hub ids only), license, model-index."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base = info.get("base_model")
+    if not base:
+        raise ValueError("run_info.json has no 'base_model'; the card needs the base model's Hub id.")
+    quant = str(info.get("quantization") or "none")
+    # The Hub only accepts Hub ids as base_model; a local base is named in the card's body instead.
+    hub_base = base if _looks_like_hub_id(base) else None
+    if hub_base is None:
+        logger.warning(
+            "base model %s is not a Hub id: the card names it in its text but not as base_model.", base
+        )
+    tags = ["dpo", "lora"] + (["qlora"] if quant == "4bit" else []) + ["hf-dpo"]
+    tags += [f"base_model:adapter:{hub_base}"] if hub_base else []
+    dataset = info.get("dataset")
+    hub_dataset = dataset if _looks_like_hub_id(dataset) else None
+    results = []
+    if report is not None:
+        ds = dict(
+            dataset_type=hub_dataset or "local",
+            dataset_name=Path(str(dataset)).name if dataset else "held-out",
+        )
+        split = {"dataset_split": "held-out"}
+        if report.get("preference"):
+            acc = report["preference"]["metrics"]["reward_accuracy"]
+            margin = report["preference"]["metrics"]["rewards/margins"]
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    **ds,
+                    **split,
+                    metric_type="accuracy",
+                    metric_name="Held-out reward accuracy",
+                    metric_value=round(acc["value"], 4),
+                )
+            )
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    **ds,
+                    **split,
+                    metric_type="reward_margin",
+                    metric_name="Held-out mean reward margin",
+                    metric_value=round(margin["value"], 4),
+                )
+            )
+        if report.get("behaviour"):
+            win = report["behaviour"]["win_rate"]
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    **ds,
+                    **split,
+                    metric_type="win_rate",
+                    metric_name="Judged win rate vs reference (ties = 1/2)",
+                    metric_value=round(win["value"], 4),
+                )
+            )
+    return ModelCardData(
+        base_model=hub_base,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        tags=tags,
+        datasets=[hub_dataset] if hub_dataset else None,
+        license=license or info.get("license") or KNOWN_BASE_LICENSES.get(base, "other"),
+        model_name=repo_id.split("/")[-1],
+        eval_results=results or None,
+    )
+
+
+def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None):
+    """The ModelCard of a run dir (run_info.json, recipe.yaml, eval_report.json if present)."""
+    from huggingface_hub import ModelCard
+
+    from hf_dpo import report_md
+
+    run_dir = Path(run_dir)
+    info = _read_json(run_dir / "run_info.json")
+    if info is None:
+        raise FileNotFoundError(
+            f"{run_dir / 'run_info.json'} is missing: is {run_dir} a finished `hf-dpo train` run?"
+        )
+    report = _read_json(run_dir / "eval_report.json")
+    repo_id = repo_id or f"<your-namespace>/{run_dir.name}"
+    data = card_data(info, report, repo_id, license)
+    recipe = run_dir / "recipe.yaml"
+    empty = {
+        "preference_skipped": "not evaluated yet (run `hf-dpo eval RUN_DIR`)",
+        "behaviour_skipped": "not evaluated",
+    }
+    rep = report or empty
+    beh = rep.get("behaviour")
+    n_eval = (rep.get("preference") or {}).get("n")
+    return ModelCard.from_template(
+        data,
+        template_path=str(template_path()),
+        model_name=data.model_name,
+        repo_id=repo_id,
+        base_model=info["base_model"],
+        base_model_md=(
+            f"[`{data.base_model}`](https://huggingface.co/{data.base_model})"
+            if data.base_model
+            else f"`{info['base_model']}` (a local model)"
+        ),
+        license=data.license,
+        quantized=str(info.get("quantization")) in ("4bit", "8bit"),
+        quantization=info.get("quantization"),
+        hf_dpo_version=info.get("hf_dpo_version", ""),
+        summary_table=report_md.summary_table(rep),
+        behaviour_text=report_md.behaviour_text(rep),
+        plots_markdown=report_md.plots_markdown(rep),
+        samples_table=report_md.samples_table(rep),
+        training_table=report_md.training_table(info, rep),
+        recipe_yaml=_public_recipe(recipe),
+        judge_note=f"judge `{beh.get('judge')}`" if beh else "no judge was run",
+        n_note=(
+            f"The held-out set has {n_eval} pairs and {beh['n'] if beh else 0} judged prompts; the intervals show "
+            "how much these numbers could move on another sample of the same size."
+            if n_eval
+            else "There was no held-out evaluation for this run."
+        ),
+    )
+
+
+def write_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None) -> Path:
+    path = Path(run_dir) / "README.md"
+    render_card(run_dir, repo_id, license).save(path)
+    return path

@@ -1,0 +1,337 @@
+"""The evaluation report of a run: held-out preference metrics, judged generations, plots.
+
+    hf-dpo eval runs/demo --judge hf_dpo.demo_task:judge      # or evaluate_run("runs/demo", judge=...)
+
+Two questions, answered separately because they can disagree (DESIGN.md: reward accuracy is not behaviour):
+
+1. Likelihood: on the held-out pairs, does the policy rank chosen above rejected? From the four per-pair
+   log-probs, with the implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)) (DPO paper, eq. 5):
+   reward accuracy, mean margin, chosen/rejected rewards and the log-prob shift from the reference.
+2. Behaviour: on the held-out prompts, greedy answers of the policy and of the reference (adapters off,
+   same decoding) are scored by one judge; the policy wins, ties or loses each prompt.
+
+Every number carries n and a 95% interval: Wilson for proportions, a fixed-seed percentile bootstrap for
+means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png.
+
+The pieces: hf_dpo.metrics (intervals, metrics: pure), hf_dpo.behaviour (generation and judging),
+hf_dpo.plots (PNGs), hf_dpo.report_md (markdown shared with the model card). This module reads the run dir,
+calls them and writes the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_dpo.metrics import (  # noqa: F401 - re-exported: the metric functions are part of this module's API
+    LOGPS_KEYS,
+    Estimate,
+    EvaluationError,
+    _as_array,
+    bootstrap_mean_ci,
+    judged_comparison,
+    mean_estimate,
+    preference_metrics,
+    proportion,
+    wilson_interval,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+REPORT_JSON = "eval_report.json"
+REPORT_MD = "eval_report.md"
+PLOTS_DIR = "plots"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The report
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise EvaluationError(f"{path} is missing: {what}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise EvaluationError(f"{path} is not valid JSON ({err}); re-run training to rewrite it.") from None
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(run_info, log_history) of a finished run, with errors that name the missing file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvaluationError(
+            f"run dir {run_dir} does not exist; give the output_dir of an `hf-dpo train` run."
+        )
+    info = _read_json(
+        run_dir / "run_info.json", "it is written at the end of `hf-dpo train`; is the run finished?"
+    )
+    state = _read_json(run_dir / "trainer_state.json", "it is written at the end of `hf-dpo train`.")
+    history = state.get("log_history")
+    if not isinstance(history, list):
+        raise EvaluationError(f"{run_dir / 'trainer_state.json'} has no 'log_history' list.")
+    return info, history
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Estimate):
+        return asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def training_summary(info: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    train = [h for h in history if "loss" in h and "step" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    return {
+        "steps": max((h["step"] for h in history if "step" in h), default=0),
+        "train_runtime_s": info.get("train_runtime_s"),
+        "last_train_log": train[-1] if train else None,
+        "last_eval_log": evals[-1] if evals else None,
+        "eval_before": info.get("eval_before"),
+        "eval_after": info.get("eval_after"),
+    }
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    pair_logps: dict[str, Any] | None = None,
+    behaviour: dict[str, Any] | None = None,
+    behaviour_skipped: str | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write eval_report.json, eval_report.md and plots/*.png into `run_dir`; return the report dict.
+
+    `pair_logps` is DPOTrainer.pair_logps(eval_dataset); `behaviour` is judged_generations(...). Either may be
+    None (the report says why that part is missing).
+    """
+    from hf_dpo import plots
+    from hf_dpo.report_md import render_markdown
+
+    run_dir = Path(run_dir)
+    info, history = read_run(run_dir)
+    beta = info.get("beta")
+    preference: dict[str, Any] | None = None
+    margins = None
+    if pair_logps is not None:
+        if beta is None:
+            raise EvaluationError(
+                f"{run_dir / 'run_info.json'} has no 'beta'; it is needed for the implicit rewards."
+            )
+        missing = [k for k in LOGPS_KEYS if k not in pair_logps]
+        if missing:
+            raise EvaluationError(f"pair_logps lacks {missing}; DPOTrainer.pair_logps returns all four.")
+        metrics = preference_metrics(
+            *(pair_logps[k] for k in LOGPS_KEYS), beta=beta, confidence=confidence, seed=seed
+        )
+        preference = {"n": metrics["reward_accuracy"].n, "beta": beta, "metrics": metrics}
+        pc, pr, rc, rr = (_as_array(k, pair_logps[k]) for k in LOGPS_KEYS)
+        margins = beta * ((pc - rc) - (pr - rr))
+    (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
+    plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png")]
+    if preference is not None or behaviour is not None:
+        plot_files.append(plots.eval_summary(preference, behaviour, run_dir / PLOTS_DIR / "eval_summary.png"))
+    if margins is not None:
+        plot_files.append(plots.margin_histogram(margins, run_dir / PLOTS_DIR / "heldout_margins.png"))
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hf_dpo_version": info.get("hf_dpo_version"),
+        "base_model": info.get("base_model"),
+        "dataset": info.get("dataset"),
+        "confidence": confidence,
+        "preference": preference,
+        "preference_skipped": None
+        if preference
+        else "no held-out pairs (set dataset_test_split or eval_fraction)",
+        "behaviour": behaviour,
+        "behaviour_skipped": None if behaviour else (behaviour_skipped or "no judge given (--judge SPEC)"),
+        "training": training_summary(info, history),
+        "plots": [str(p.relative_to(run_dir)) for p in plot_files],
+    }
+    report = _jsonable(report)
+    _atomic_write(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    _atomic_write(run_dir / REPORT_MD, render_markdown(report, info))
+    logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
+    return report
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def load_report(run_dir: str | Path) -> dict[str, Any]:
+    """eval_report.json of a run, checked for a schema this version reads."""
+    report = _read_json(Path(run_dir) / REPORT_JSON, "run `hf-dpo eval RUN_DIR` first.")
+    if report.get("schema_version") != SCHEMA_VERSION:
+        raise EvaluationError(
+            f"{Path(run_dir) / REPORT_JSON} has schema_version {report.get('schema_version')}, this hf_dpo reads "
+            f"{SCHEMA_VERSION}; run `hf-dpo eval RUN_DIR` again."
+        )
+    return report
+
+
+def evaluate_model(
+    run_dir: str | Path,
+    model,
+    tokenizer,
+    eval_dataset,
+    *,
+    pair_logps_fn: Callable[[Any], dict[str, Any]] | None,
+    judge=None,
+    judge_name: str | None = None,
+    num_generations: int = 32,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    seed: int = 0,
+    confidence: float = 0.95,
+    num_samples_shown: int = 4,
+) -> dict[str, Any]:
+    """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end)."""
+    has_eval = eval_dataset is not None and len(eval_dataset) > 0
+    pair_logps = pair_logps_fn(eval_dataset) if (has_eval and pair_logps_fn is not None) else None
+    behaviour, skipped = None, None
+    if not has_eval:
+        skipped = "no held-out prompts (set dataset_test_split or eval_fraction)"
+    elif judge is None:
+        skipped = "no judge given (--judge SPEC, or `judge:` in the recipe)"
+    elif num_generations <= 0:
+        skipped = "num_generations is 0"
+    else:
+        from hf_dpo.behaviour import heldout_prompts, judged_generations
+
+        prompts = heldout_prompts(eval_dataset, tokenizer, num_generations)
+        behaviour = judged_generations(
+            model,
+            tokenizer,
+            prompts,
+            judge,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            do_sample=do_sample,
+            seed=seed,
+            confidence=confidence,
+            num_samples_shown=num_samples_shown,
+        )
+        behaviour["judge"] = judge_name or getattr(judge, "name", None) or repr(judge)
+    return build_report(
+        run_dir,
+        pair_logps=pair_logps,
+        behaviour=behaviour,
+        behaviour_skipped=skipped,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def evaluate_trainer(
+    trainer,
+    judge=None,
+    num_generations: int = 32,
+    *,
+    run_dir: str | Path | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+    pair_logps: dict | None = None,
+) -> dict[str, Any] | None:
+    """The evaluation at the end of `hf-dpo train`, on the in-memory model (no reload).
+
+    `pair_logps`: the held-out log-probs if the caller already computed them for the current model.
+
+    Call on every process after run_info.json and trainer_state.json are written: the held-out log-probs are
+    gathered across processes; generation, judging and writing happen on the main process only (the others
+    return None). `judge` is a spec ("module:function", "rm:<path>"), a callable or a Judge, or None.
+    """
+    eval_dataset = trainer.eval_dataset
+    has_eval = eval_dataset is not None and len(eval_dataset) > 0
+    if has_eval and pair_logps is None:
+        pair_logps = trainer.pair_logps(eval_dataset)  # collective: every rank takes part
+    if not trainer.is_world_process_zero():
+        return None
+    judge_obj, judge_name = resolve_judge(judge)
+    return evaluate_model(
+        run_dir or trainer.args.output_dir,
+        trainer.model,
+        trainer.processing_class,
+        eval_dataset,
+        pair_logps_fn=(lambda _: pair_logps) if has_eval else None,
+        judge=judge_obj,
+        judge_name=judge_name,
+        num_generations=num_generations,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+
+
+def resolve_judge(spec):
+    """(judge, printable name) from a spec string, a callable or a Judge; (None, None) when spec is None."""
+    if spec is None:
+        return None, None
+    if hasattr(spec, "score"):  # already a Judge
+        return spec, getattr(spec, "name", None) or type(spec).__name__
+    from hf_dpo.judges import load_judge
+
+    name = spec if isinstance(spec, str) else getattr(spec, "__qualname__", None) or type(spec).__name__
+    return load_judge(spec), name
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    judge=None,
+    num_generations: int = 32,
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    seed: int = 0,
+    confidence: float = 0.95,
+    num_samples_shown: int = 4,
+) -> dict[str, Any]:
+    """Reload a finished run (base + trained adapter) and write its report. `judge` defaults to the recipe's."""
+    from hf_dpo.hub import take_hub_settings
+    from hf_dpo.train import load_run
+    from hf_dpo.trainer import DPOTrainer
+
+    recipe, model, tokenizer, eval_dataset = load_run(run_dir)
+    spec = judge if judge is not None else recipe.sampling.judge
+    judge_obj, judge_name = resolve_judge(spec)
+    args = recipe.training
+    args.report_to = []
+    take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
+    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=eval_dataset)
+    return evaluate_model(
+        run_dir,
+        model,
+        tokenizer,
+        eval_dataset,
+        pair_logps_fn=trainer.pair_logps,
+        judge=judge_obj,
+        judge_name=judge_name,
+        num_generations=num_generations,
+        max_new_tokens=max_new_tokens or recipe.sampling.max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        seed=seed,
+        confidence=confidence,
+        num_samples_shown=num_samples_shown,
+    )

@@ -1,0 +1,193 @@
+"""Held-out numbers with their uncertainty: Wilson and bootstrap intervals, the DPO preference metrics from
+per-pair log-probs, and the win/tie/loss comparison of judged generations. Pure functions of arrays.
+
+    m = preference_metrics(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1)
+    m["reward_accuracy"].fmt()   # '0.750 [0.531, 0.888]'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+LOGPS_KEYS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+
+
+class EvaluationError(ValueError):
+    """The run dir or the inputs cannot be evaluated; the message says which file/key and what to do."""
+
+
+@dataclass
+class Estimate:
+    """A point estimate with its interval: `value` in [`low`, `high`] at `confidence`, from `n` items."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    method: str
+    confidence: float = 0.95
+
+    def fmt(self, digits: int = 3) -> str:
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Intervals
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes/n (successes may be fractional: ties as halves).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at p = 0 or 1 and small n.
+    """
+    if n <= 0:
+        raise EvaluationError("wilson_interval needs n > 0.")
+    if not 0 <= successes <= n:
+        raise EvaluationError(f"wilson_interval: successes={successes} is outside [0, n={n}].")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray, confidence: float = 0.95, num_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, reproducible through `seed`."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)  # (n,)
+    if x.size == 0:
+        raise EvaluationError("bootstrap_mean_ci needs at least one value.")
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(num_resamples, x.size))  # (B, n)
+    means = x[idx].mean(axis=1)  # (B,)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def proportion(successes: float, n: int, confidence: float = 0.95) -> Estimate:
+    low, high = wilson_interval(successes, n, confidence)
+    return Estimate(successes / n, low, high, n, "wilson", confidence)
+
+
+def mean_estimate(values: Sequence[float] | np.ndarray, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    low, high = bootstrap_mean_ci(x, confidence, seed=seed)
+    return Estimate(float(x.mean()), low, high, int(x.size), "bootstrap", confidence)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Likelihood: held-out preference metrics from per-pair log-probs
+
+
+def _as_array(name: str, values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1:
+        raise EvaluationError(f"{name} must hold one log-prob per pair (shape (n,)), got shape {x.shape}.")
+    if not np.all(np.isfinite(x)):
+        raise EvaluationError(
+            f"{name} has non-finite values (nan/inf): check the eval split for empty responses."
+        )
+    return x
+
+
+def preference_metrics(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    *,
+    beta: float,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """Held-out DPO metrics from four (n,) arrays of sequence log-probs (tensors or arrays).
+
+    rewards/chosen   = beta * (policy_chosen_logps - ref_chosen_logps)        (DPO eq. 5, per pair)
+    rewards/margins  = rewards/chosen - rewards/rejected
+    reward_accuracy  = share of pairs with margin > 0 (Wilson interval; a tie counts as wrong)
+    logp_shift/*     = mean (policy - reference) log-prob of the held-out responses, in nats
+    logp_shift/mean  = mean of the chosen and rejected shifts: how far the policy moved on dataset responses
+                       (a proxy; the KL estimate on the policy's own generations is in judged_generations).
+    """
+    pc, pr, rc, rr = (
+        _as_array(k, v)
+        for k, v in zip(
+            LOGPS_KEYS, (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        )
+    )
+    n = pc.size
+    if not (pr.size == rc.size == rr.size == n) or n == 0:
+        raise EvaluationError(
+            f"per-pair log-probs must have the same non-zero length, got {[a.size for a in (pc, pr, rc, rr)]}."
+        )
+    chosen_rewards = beta * (pc - rc)  # (n,)
+    rejected_rewards = beta * (pr - rr)  # (n,)
+    margins = chosen_rewards - rejected_rewards  # (n,)
+    shift = 0.5 * ((pc - rc) + (pr - rr))  # (n,) per-pair mean shift
+    return {
+        "reward_accuracy": proportion(float((margins > 0).sum()), n, confidence),
+        "rewards/margins": mean_estimate(margins, confidence, seed),
+        "rewards/chosen": mean_estimate(chosen_rewards, confidence, seed),
+        "rewards/rejected": mean_estimate(rejected_rewards, confidence, seed),
+        "logp_shift/chosen": mean_estimate(pc - rc, confidence, seed),
+        "logp_shift/rejected": mean_estimate(pr - rr, confidence, seed),
+        "logp_shift/mean": mean_estimate(shift, confidence, seed),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Behaviour: judged generations of policy vs reference
+
+
+def judged_comparison(
+    policy_scores: Sequence[float],
+    reference_scores: Sequence[float],
+    *,
+    same_text: Sequence[bool] | None = None,
+    tie_tolerance: float = 0.0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Win/tie/loss of the policy against the reference, one judge score each per prompt.
+
+    A tie is |policy - reference| <= tie_tolerance, or identical completions (`same_text`). The win rate
+    counts ties as half a win: (wins + ties / 2) / n, with a Wilson interval on that fractional count.
+    """
+    p = np.asarray(policy_scores, dtype=np.float64)
+    r = np.asarray(reference_scores, dtype=np.float64)
+    if p.shape != r.shape or p.ndim != 1 or p.size == 0:
+        raise EvaluationError(
+            f"judge scores must be two equal, non-empty lists; got {p.shape} (policy) and {r.shape} (reference)."
+        )
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r))):
+        raise EvaluationError("the judge returned non-finite scores (nan/inf); check the judge function.")
+    diff = p - r
+    tie = np.abs(diff) <= tie_tolerance
+    if same_text is not None:
+        tie |= np.asarray(same_text, dtype=bool)
+    wins = int(((diff > 0) & ~tie).sum())
+    losses = int(((diff < 0) & ~tie).sum())
+    ties = int(tie.sum())
+    n = int(p.size)
+    return {
+        "n": n,
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "win_rate": proportion(wins + 0.5 * ties, n, confidence),
+        "ties_count_half": True,
+        "policy_mean_score": mean_estimate(p, confidence),
+        "reference_mean_score": mean_estimate(r, confidence),
+    }

@@ -1,0 +1,89 @@
+"""A real tiny run for the evaluation and hub tests: `hf-dpo train` on the 2-layer Llama, 3 steps, then eval.
+
+Built once per test session and copied by tests that modify it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A secret passed to training as --hub_token: it must land in no file of the run dir.
+TRAIN_TOKEN = "hf_trainSECRETtoken0123456789abcdefgh"
+
+CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "Kenya": "Nairobi",
+    "Cuba": "Havana",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Austria": "Vienna",
+    "Canada": "Ottawa",
+}
+
+
+def write_pairs(directory: Path) -> None:
+    items = list(CAPITALS.items())
+    for split, part in (("train", items[:12]), ("test", items[12:])):
+        with (directory / f"{split}.jsonl").open("w") as f:
+            for country, capital in part:
+                row = {
+                    "prompt": f"What is the capital of {country}?",
+                    "chosen": f"{capital}.",
+                    "rejected": f"Well, there are many cities in {country}, and it is hard to say which one.",
+                }
+                f.write(json.dumps(row) + "\n")
+
+
+_RUNS: dict[str, Path] = {}
+
+
+def tiny_run(model_dir: str, tmp_path_factory) -> Path:
+    """Train 3 steps (4-bit base, LoRA r=4, eval every 2 steps, checkpoints) and write the eval report.
+
+    Built once per session (both test modules share it); do not modify it, copy it."""
+    if model_dir in _RUNS:
+        return _RUNS[model_dir]
+    from hf_dpo.evaluation import evaluate_run
+    from hf_dpo.train import run_training
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    write_pairs(root)
+    out = root / "run"
+    overrides = {
+        "model_name_or_path": model_dir,
+        "quantization": "4bit",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_modules": "[q_proj, v_proj]",
+        "dataset_name": str(root),
+        "dataset_train_split": "train",
+        "dataset_test_split": "test",
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "logging_steps": 1,
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "save_steps": 2,
+        "learning_rate": 0.01,
+        "report_to": "[]",
+        "max_length": 64,
+        "output_dir": str(out),
+        "hub_token": TRAIN_TOKEN,
+        "judge": "hf_dpo.demo_task:judge",
+        "max_new_tokens": 12,
+    }
+    run_training(None, [tok for k, v in overrides.items() for tok in (f"--{k}", str(v))])
+    evaluate_run(out, num_generations=4)
+    _RUNS[model_dir] = out
+    return out
