@@ -198,11 +198,14 @@ def load_base_model(cfg: ModelConfig, gradient_checkpointing: bool = False):
             f"Could not load model '{cfg.model_name_or_path}': {err}. Give a local directory, a Hub id reachable "
             f"from here, or a built-in alias ({', '.join(MODEL_ALIASES)})."
         ) from None
-    if qconfig is not None:
+    if qconfig is not None and not cfg.bnb_4bit_quant_storage:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
+        # Also the FSDP-QLoRA path (quant storage set): prepare_model_for_kbit_training would upcast norms and
+        # embeddings to float32 while the packed 4-bit weights stay in the storage dtype, and FSDP can only
+        # shard a module whose tensors share one dtype.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.config.use_cache = False

@@ -1,0 +1,346 @@
+"""The memory planner: its terms against real models (weights, LoRA counts, saved activations), every shipped
+recipe planned offline under its stated card, and suggestions that really fit."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_dpo import plan as planmod
+from hf_dpo.config import ModelConfig, load_recipe
+from hf_dpo.plan import GB, Arch, PlanError, Settings, load_arch, parse_size, plan_recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+GPU_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if "planned peak" in p.read_text())
+
+
+def cpu_settings(**overrides) -> Settings:
+    base = dict(
+        device="cpu",
+        batch_size=2,
+        max_length=32,
+        max_prompt_length=16,
+        gradient_checkpointing=False,
+        lora_r=8,
+        lora_targets=planmod.LINEAR_NAMES,
+        lora_dropout=0.05,
+        quantization="4bit",
+        double_quant=True,
+        compute_bytes=4,
+        autocast=False,
+        optimizer_state_bytes=8,
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture()
+def offline(monkeypatch):
+    """No network at all: any connection attempt fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# ----------------------------------------------------------------------------- terms against real models
+
+
+def test_arch_from_tiny_config(tiny_model_dir):
+    arch = load_arch(tiny_model_dir)
+    assert (arch.hidden_size, arch.num_hidden_layers, arch.num_attention_heads, arch.num_key_value_heads) == (
+        64,
+        2,
+        4,
+        2,
+    )
+    assert arch.head_dim == 16 and arch.intermediate_size == 128 and arch.tie_word_embeddings
+    assert arch.checkpoint_bytes == sum(f.stat().st_size for f in Path(tiny_model_dir).glob("*.safetensors"))
+
+
+def test_4bit_weight_bytes_match_the_loaded_model(tiny_model_dir):
+    """Hand count for the tiny Llama (h=64, kv=32, i=128, 2 layers): linears per layer 64·64·2 + 64·32·2 +
+    64·128·3 = 36,864 -> 73,728 params; NF4 packs 2 per byte = 36,864 B; double-quant absmax 1 B per 64 = 1,152 B.
+    Embedding 49,152 x 64 (tied) + norms 2·2·64 + 64, float32 after prepare_model_for_kbit_training."""
+    from hf_dpo.modeling import load_base_model
+
+    model = load_base_model(
+        ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit", use_peft=False)
+    )
+    arch = load_arch(tiny_model_dir)
+    linear, other = planmod.weight_bytes(arch, cpu_settings())
+    packed = absmax = nested = 0
+    unquantized = 0
+    for name, param in model.named_parameters():
+        if type(param).__name__ == "Params4bit":
+            packed += param.numel() * param.element_size()
+            absmax += param.quant_state.absmax.numel() * param.quant_state.absmax.element_size()
+            nested += param.quant_state.state2.absmax.numel() * 4
+        else:
+            assert param.dtype == torch.float32, name
+            unquantized += param.numel() * 4
+    assert packed == 73_728 // 2
+    assert absmax == 73_728 // 64
+    # the second-level float32 scales: one per 256 absmax values, at least one per weight matrix
+    assert linear == pytest.approx(packed + absmax + 73_728 / (64 * 256) * 4)
+    assert nested >= 73_728 / (64 * 256) * 4
+    assert other == unquantized == (49_152 * 64 + 2 * 2 * 64 + 64) * 4
+
+
+@pytest.mark.parametrize(
+    "targets", [["all-linear"], ["q_proj", "v_proj"], ["gate_proj", "up_proj", "down_proj"]]
+)
+def test_lora_param_count_matches_peft(tiny_model_dir, targets):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    target = "all-linear" if targets == ["all-linear"] else targets
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=target, task_type="CAUSAL_LM"))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    arch = load_arch(tiny_model_dir)
+    assert planmod.lora_params(arch, cpu_settings(lora_targets=planmod._targets(targets))) == trainable
+
+
+def _saved_bytes_per_layer(model, layer, input_ids) -> int:
+    """Bytes of distinct non-parameter tensors autograd saves while `layer` runs forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    inside = [False]
+    seen: dict[int, int] = {}
+    layer.register_forward_pre_hook(lambda *a: inside.__setitem__(0, True))
+    layer.register_forward_hook(lambda *a: inside.__setitem__(0, False))
+
+    def pack(t):
+        if inside[0]:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dropout", [0.05, 0.0])
+def test_layer_activations_match_saved_tensors(tiny_model_dir, dropout):
+    """The per-layer activation count equals what autograd really keeps for a 4-bit + LoRA Llama layer (CPU, fp32)."""
+    from hf_dpo.modeling import load_policy
+
+    cfg = ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit", lora_r=8, lora_dropout=dropout)
+    model, _ = load_policy(cfg)
+    model.train()
+    batch, seq = 4, 48
+    layer = model.base_model.model.model.layers[1]
+    measured = _saved_bytes_per_layer(model, layer, torch.randint(0, 1000, (batch, seq)))
+    arch = load_arch(tiny_model_dir)
+    s = cpu_settings(lora_dropout=dropout)
+    predicted = planmod.layer_activation_bytes_per_token(arch, s, seq) * batch * seq
+    # rotary cos/sin (seq x head_dim, shared by the batch) are the only tensors the count leaves out
+    assert measured == pytest.approx(predicted, rel=0.03)
+
+
+# ----------------------------------------------------------------------------- recipes, offline
+
+
+def _stated(path: Path) -> tuple[float, str, float]:
+    text = path.read_text()
+    peak = float(re.search(r"planned peak ([\d.]+) GB", text).group(1))
+    line = re.search(r'# 16 GB card: .*ARGS="([^"]*)"\s+\(planned ([\d.]+) GB\)', text)
+    return peak, line.group(1), float(line.group(2))
+
+
+def test_shipped_gpu_recipes_exist():
+    names = {p.name for p in GPU_RECIPES}
+    assert len(names) >= 4
+    models = {load_recipe(p).model.model_name_or_path for p in GPU_RECIPES}
+    assert any("mistral-7b" in m.lower() or "zephyr" in m.lower() for m in models)
+    assert any("Llama-3.1-8B" in m for m in models)
+    assert any(m.startswith("Qwen/Qwen2.5") for m in models)
+    assert any(load_recipe(p).data.dataset_name == "Anthropic/hh-rlhf" for p in GPU_RECIPES)
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
+def test_recipe_plans_offline_under_its_stated_cards(path, offline):
+    peak, args_16gb, peak_16gb = _stated(path)
+    plan = plan_recipe(load_recipe(path), memory=parse_size("24GB"))
+    assert plan.fits, plan.report(str(path))
+    assert plan.arch.source.startswith("bundled facts")
+    assert plan.total / GB == pytest.approx(peak, abs=0.01), "update the recipe's 'planned peak' comment"
+    small = plan_recipe(load_recipe(path, args_16gb.split()), memory=parse_size("16GB"))
+    assert small.fits, small.report(str(path))
+    assert small.total / GB == pytest.approx(peak_16gb, abs=0.01), "update the recipe's '16 GB card' comment"
+
+
+def test_builtin_alias_plans_offline(offline, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DPO_CACHE", str(tmp_path))  # not converted yet: the bundled upstream facts answer
+    arch = load_arch("smollm2-135m-instruct")
+    assert (arch.hidden_size, arch.num_hidden_layers, arch.vocab_size) == (576, 30, 49152)
+    assert arch.checkpoint_bytes == arch.num_params * 4
+
+
+def test_unknown_model_offline_is_a_clear_error(offline):
+    with pytest.raises(PlanError, match="model_facts.json"):
+        load_arch("nobody/not-a-model-xyz")
+
+
+# ----------------------------------------------------------------------------- fitting and suggestions
+
+
+def test_too_big_setting_gets_a_suggestion_that_fits(offline):
+    path = RECIPES / "llama3.1-8b-qlora.yaml"
+    plan = plan_recipe(load_recipe(path, ["--gradient_checkpointing", "false"]), memory=24 * GB)
+    assert not plan.fits and plan.suggestions
+    first = plan.suggestions[0]
+    assert first.changes == {"gradient_checkpointing": True}
+    for suggestion in plan.suggestions:
+        after = plan_recipe(
+            load_recipe(path, ["--gradient_checkpointing", "false"] + suggestion.overrides().split()),
+            memory=24 * GB,
+        )
+        assert after.fits and after.total == suggestion.total
+
+
+def test_impossible_fit_combines_knobs(offline):
+    plan = plan_recipe(
+        load_recipe(RECIPES / "zephyr-7b-qlora.yaml", ["--gradient_checkpointing", "false"]), memory=10 * GB
+    )
+    assert not plan.fits
+    (combined,) = plan.suggestions
+    assert {"gradient_checkpointing", "per_device_train_batch_size"} <= set(combined.changes)
+    after = plan_recipe(
+        load_recipe(RECIPES / "zephyr-7b-qlora.yaml", combined.overrides().split()), memory=10 * GB
+    )
+    assert after.fits
+
+
+def test_knobs_move_the_estimate_the_right_way(tiny_model_dir):
+    arch = load_arch(tiny_model_dir)
+
+    def total(**kw):
+        return sum(t.bytes for t in planmod.estimate(arch, cpu_settings(**kw)))
+
+    assert total(gradient_checkpointing=True) < total()
+    assert total(batch_size=1) < total() < total(batch_size=4)
+    assert total(lora_r=4) < total()
+    assert total(logps_chunk_size=16, batch_size=8) < total(batch_size=8)
+    assert total(quantization="none") > total(quantization="8bit") > total()
+
+
+def test_gpu_terms_include_context(offline):
+    plan = plan_recipe(load_recipe(RECIPES / "qwen2.5-1.5b-qlora.yaml"))
+    names = [t.name for t in plan.terms]
+    assert "CUDA context" in names and plan.peak_allocated < plan.total
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("24GB", 24 * GB), ("16 GiB", 16 * GB), ("8000MB", 8000 * 2**20), ("12", 12 * GB)]
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+def test_parse_size_rejects_nonsense():
+    with pytest.raises(PlanError):
+        parse_size("lots")
+
+
+def test_cli_plan_exit_status_and_suggestion(capsys, offline):
+    from hf_dpo.cli import main
+
+    recipe = str(RECIPES / "llama3.1-8b-qlora.yaml")
+    assert main(["plan", recipe, "--gpu-memory", "12GB"]) == 1
+    out = capsys.readouterr().out
+    assert "does NOT fit in 12.00 GB" in out and "--per_device_train_batch_size 1" in out
+    assert main(["plan", recipe, "--gpu-memory", "12GB", "--per_device_train_batch_size", "1"]) == 0
+    assert "-> fits in 12.00 GB" in capsys.readouterr().out
+
+
+def test_arch_from_nested_text_config():
+    arch = Arch.from_config(
+        {
+            "model_type": "x",
+            "text_config": {
+                "hidden_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 16,
+                "vocab_size": 10,
+            },
+        },
+        "t",
+    )
+    assert arch.head_dim == 4 and arch.num_key_value_heads == 2
+
+
+@pytest.mark.slow
+def test_cpu_baseline_matches_constant():
+    """The planner's CPU process baseline is the RSS of a process that imported the training stack."""
+    code = (
+        "import resource, torch, transformers, peft, datasets, accelerate, bitsandbytes, hf_dpo.train; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    rss = int(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    )
+    assert rss == pytest.approx(planmod.CPU_BASELINE_BYTES, rel=0.25)
+
+
+def test_rows_follow_the_longest_local_pair(tmp_path, tiny_model_dir):
+    """With a local dataset, rows are as long as its longest tokenized pair (not max_length)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    with (tmp_path / "pairs.jsonl").open("w") as f:
+        for n in range(6):
+            row = {
+                "prompt": "Count: " + "one " * n,
+                "chosen": "yes " * (n + 1),
+                "rejected": "no " * (2 * n + 1),
+            }
+            f.write(json.dumps(row) + "\n")
+    overrides = ["--model_name_or_path", tiny_model_dir, "--dataset_name", str(tmp_path / "pairs.jsonl")]
+    overrides += [
+        "--dataset_test_split",
+        "null",
+        "--max_length",
+        "512",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
+    recipe = load_recipe(None, overrides)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plan = plan_recipe(recipe, device="cpu")
+    assert plan.settings.data_row_length is not None and plan.settings.row_length < 64
+    longest_text = (
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Count: " + "one " * 5}], tokenize=False, add_generation_prompt=True
+        )
+        + "no " * 11
+    )
+    assert abs(plan.settings.row_length - len(tokenizer(longest_text)["input_ids"])) <= 3
+    worst = plan_recipe(recipe, device="cpu", use_data=False)
+    assert worst.settings.row_length == 512 and worst.total > plan.total
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
+def test_gpu_recipe_opens_with_its_command_and_names_its_data(path):
+    first = path.read_text().splitlines()[0]
+    assert first == f"# make train RECIPE=recipes/{path.name}"
+    recipe = load_recipe(path)
+    data = recipe.data
+    assert data.dataset_name and data.dataset_train_split and data.dataset_test_split
+    assert (data.prompt_column, data.chosen_column, data.rejected_column) == ("prompt", "chosen", "rejected")
+    assert recipe.model.quantization == "4bit" and recipe.model.use_peft
+    assert recipe.training.gradient_checkpointing
