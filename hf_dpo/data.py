@@ -426,6 +426,15 @@ def tokenize_dataset(dataset, tokenizer, data_cfg: DataConfig | None = None, arg
     return datasets.Dataset.from_dict(columns)
 
 
+def _seeded_subset(rows: list, n: int | None, seed: int) -> list:
+    """n rows drawn without replacement (seeded, file order kept): a slice representative of the whole file,
+    which is often grouped (e.g. several pairs per prompt in a row)."""
+    if n is None or n >= len(rows):
+        return rows
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [rows[i] for i in sorted(order[:n])]
+
+
 def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) -> PreferenceData:
     """Read, validate and tokenize the train (and held-out) split of a recipe's dataset."""
     import datasets
@@ -440,11 +449,9 @@ def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) ->
         eval_rows = [train_rows[i] for i in sorted(order[:n_eval])]
         train_rows = [train_rows[i] for i in sorted(order[n_eval:])]
         eval_source = f"{train_source} (held-out {data_cfg.eval_fraction:.0%})"
-    if data_cfg.max_train_samples is not None and data_cfg.max_train_samples < len(train_rows):
-        order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed)).tolist()
-        train_rows = [train_rows[i] for i in sorted(order[: data_cfg.max_train_samples])]
-    if eval_rows is not None and data_cfg.max_eval_samples is not None:
-        eval_rows = eval_rows[: data_cfg.max_eval_samples]
+    train_rows = _seeded_subset(train_rows, data_cfg.max_train_samples, seed)
+    if eval_rows is not None:
+        eval_rows = _seeded_subset(eval_rows, data_cfg.max_eval_samples, seed)
 
     report = {}
     built = {}
@@ -465,25 +472,42 @@ def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) ->
 
 @dataclass
 class PreferenceCollator:
-    """Pairs -> one padded batch of 2B rows: chosen rows 0..B-1, rejected rows B..2B-1.
+    """Pairs -> one padded batch, in one of two layouts.
 
-    Output: input_ids, attention_mask, labels (prompt and padding = -100), all (2B, T); plus
-    ref_chosen_logps / ref_rejected_logps (B,) when the examples carry cached reference log-probs.
+    Plain (default): 2B rows, chosen rows 0..B-1, rejected rows B..2B-1; input_ids, attention_mask, labels
+    (prompt and padding = -100), all (2B, T).
+    Prefix-shared (`prefix_sharing=True`): B rows `[prompt, chosen, rejected, pad]`, so each prompt is computed
+    once; input_ids, attention_mask (1 on tokens, 0 on padding), labels (the token itself on completion tokens,
+    -100 elsewhere), position_ids (`[0..P+C-1, P..P+R-1]`: the rejected branch restarts after the prompt) and
+    segment_ids (0 prompt, 1 chosen, 2 rejected, -1 padding), all (B, T). The trainer turns segment_ids into the
+    4D attention mask (`hf_dpo.batching.shared_attention_mask`).
+    Both carry ref_chosen_logps / ref_rejected_logps (B,) when the examples hold cached reference log-probs.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    prefix_sharing: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self._shared(examples) if self.prefix_sharing else self._plain(examples)
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
+        return batch
+
+    def _padded_length(self, longest: int) -> int:
+        if self.pad_to_multiple_of:
+            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return longest
+
+    def _plain(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         sequences, label_rows = [], []
         for side in ("chosen_input_ids", "rejected_input_ids"):
             for ex in examples:
                 prompt, completion = list(ex["prompt_input_ids"]), list(ex[side])
                 sequences.append(prompt + completion)
                 label_rows.append([-100] * len(prompt) + completion)
-        length = max(len(s) for s in sequences)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        length = self._padded_length(max(len(s) for s in sequences))
         input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
         attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
         labels = torch.full((len(sequences), length), -100, dtype=torch.long)
@@ -491,8 +515,33 @@ class PreferenceCollator:
             input_ids[i, : len(seq)] = torch.tensor(seq)
             attention_mask[i, : len(seq)] = 1
             labels[i, : len(lab)] = torch.tensor(lab)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
-            if key in examples[0]:
-                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _shared(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        parts = [
+            (list(ex["prompt_input_ids"]), list(ex["chosen_input_ids"]), list(ex["rejected_input_ids"]))
+            for ex in examples
+        ]
+        length = self._padded_length(max(len(p) + len(c) + len(r) for p, c, r in parts))
+        shape = (len(parts), length)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        labels = torch.full(shape, -100, dtype=torch.long)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        segment_ids = torch.full(shape, -1, dtype=torch.long)
+        for i, (p, c, r) in enumerate(parts):
+            n = len(p) + len(c) + len(r)
+            input_ids[i, :n] = torch.tensor(p + c + r)
+            attention_mask[i, :n] = 1
+            labels[i, len(p) : n] = torch.tensor(c + r)
+            position_ids[i, :n] = torch.cat(
+                [torch.arange(len(p) + len(c)), torch.arange(len(p), len(p) + len(r))]
+            )  # the rejected branch continues from the prompt, as if chosen were not there
+            segment_ids[i, :n] = torch.tensor([0] * len(p) + [1] * len(c) + [2] * len(r))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "position_ids": position_ids,
+            "segment_ids": segment_ids,
+        }

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -153,3 +154,75 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     """
     per_token, mask = token_logps(logits, labels, ignore_index)
     return per_token.sum(-1), mask.sum(-1)
+
+
+class _LinearLabelLogps(torch.autograd.Function):
+    """log softmax(hidden @ weight.T + bias)[label], chunk by chunk, for a frozen output layer.
+
+    The gradient with respect to the hidden state is known in the forward pass, because the output is one scalar
+    per token: d log p(y_n) / d h_n = W[y_n] − Σ_v p_nv·W_v = W[y_n] − p_n @ W. It is computed per chunk and kept
+    as an (N, H) tensor, so neither the (N, V) logits nor their gradient outlive one chunk, and the backward is a
+    multiply (no recomputation of the LM head, unlike checkpointing).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk_size: int):
+        n_tokens = hidden.shape[0]
+        logps = torch.empty(n_tokens, device=hidden.device, dtype=torch.float32)  # (N,)
+        need_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None  # (N, H)
+        for start in range(0, n_tokens, chunk_size):
+            end = min(start + chunk_size, n_tokens)
+            h = hidden[start:end].to(weight.dtype)  # (n, H)
+            logits = F.linear(h, weight, bias).float()  # (n, V): the only vocabulary-sized tensor
+            y = labels[start:end]
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            logps[start:end] = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
+            if need_grad:
+                probs = logits.sub_(lse.unsqueeze(-1)).exp_()  # (n, V), in place: softmax
+                expected = probs.to(weight.dtype) @ weight  # (n, H): E_p[W_v]
+                grad_hidden[start:end] = (weight[y].float() - expected.float()).to(hidden.dtype)
+            del logits
+        ctx.save_for_backward(grad_hidden if need_grad else None)
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        (grad_hidden,) = ctx.saved_tensors
+        grad = grad_logps.to(grad_hidden.dtype).unsqueeze(-1) * grad_hidden  # (N, H)
+        return grad, None, None, None, None
+
+
+def chunked_label_logps(hidden: torch.Tensor, lm_head, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """log p(labels | hidden) through the output layer `lm_head`, `chunk_size` tokens at a time.
+
+    hidden: (N, H) final hidden states of the positions that predict a label; labels: (N,). Returns (N,) float32.
+    A frozen `torch.nn.Linear` head takes the closed-form gradient of `_LinearLabelLogps`; any other head (trainable,
+    adapter-wrapped) runs each chunk under activation checkpointing, so only one chunk's logits exist at a time in
+    the forward and in the backward alike. Peak extra memory: chunk_size × V floats instead of N × V.
+    """
+    assert hidden.dim() == 2 and labels.shape == hidden.shape[:1], (
+        f"{tuple(hidden.shape)} vs {tuple(labels.shape)}"
+    )
+    chunk_size = max(1, int(chunk_size))
+    weight = getattr(lm_head, "weight", None)
+    bias = getattr(lm_head, "bias", None)
+    frozen = (
+        type(lm_head) is torch.nn.Linear
+        and not weight.requires_grad
+        and (bias is None or not bias.requires_grad)
+    )
+    if frozen:
+        return _LinearLabelLogps.apply(hidden, weight, bias, labels, chunk_size)
+
+    def one_chunk(h, y):
+        return selective_log_softmax(lm_head(h).float(), y)
+
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(torch.utils.checkpoint.checkpoint(one_chunk, h, y, use_reentrant=False))
+        else:
+            pieces.append(one_chunk(h, y))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)

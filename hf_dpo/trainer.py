@@ -9,43 +9,77 @@ One training step reads like the method:
 
 The reference is never a second model: it is the same network with its LoRA adapters switched off
 (or switched to the frozen starting adapter). With `precompute_ref_log_probs` the reference pass runs
-once over the data before training, and steps read the cached values instead.
+once over the data before training, is cached on disk (`hf_dpo.ref_cache`) for later runs, and steps
+read the cached values instead.
+
+Three switches make the same computation cheaper, each checked against the plain path in tests:
+`prefix_sharing` (one row [prompt, chosen, rejected] per pair with a 4D mask, `hf_dpo.batching`),
+`logps_chunk_size` (log-probs of the labelled positions only, through the LM head a chunk at a time,
+`hf_dpo.logps`) and `train_sampling_strategy: group_by_length` (batches of similar length).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from hf_dpo import ref_cache
+from hf_dpo.batching import (
+    LengthGroupedPairSampler,
+    expected_random_pad_share,
+    is_shared,
+    pad_share,
+    pair_lengths,
+    unshare_batch,
+)
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS, PreferenceCollator, tokenize_dataset
-from hf_dpo.loss import dpo_loss, sft_loss, token_logps
-from hf_dpo.modeling import reference_context
+from hf_dpo.logps import PairLogps, base_model, chunking_problem, pair_logps
+from hf_dpo.loss import dpo_loss, sft_loss
+from hf_dpo.modeling import REFERENCE_ADAPTER, reference_context
 
 logger = logging.getLogger(__name__)
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-
-
-@dataclass
-class PairLogps:
-    chosen: torch.Tensor  # (B,) summed log-probs of the chosen completions
-    rejected: torch.Tensor  # (B,)
-    chosen_lengths: torch.Tensor  # (B,) completion token counts
-    rejected_lengths: torch.Tensor  # (B,)
-    chosen_token_logps: torch.Tensor | None = None  # (B, T-1), for the SFT term
-    chosen_mask: torch.Tensor | None = None  # (B, T-1)
+MASK_4D_ATTENTION = ("sdpa", "eager")  # attention kernels that take an arbitrary additive 4D mask
 
 
 def _is_peft(model) -> bool:
     while hasattr(model, "module") and not hasattr(model, "peft_config"):
         model = model.module
     return hasattr(model, "peft_config")
+
+
+def _takes_4d_mask(model) -> bool:
+    """Whether the attention kernel can take the prefix-sharing 4D mask (checked again on the first batch)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl is None or impl in MASK_4D_ATTENTION:
+        return True
+    logger.warning(
+        "Prefix sharing off: attention '%s' takes no 4D mask (use sdpa or eager to enable it).", impl
+    )
+    return False
+
+
+def _keep_4bit_layers_trainable(model) -> None:
+    """bitsandbytes repacks a 4-bit weight for fast CPU inference the first time its layer runs in eval mode without
+    grad (on CPUs with AVX512-BF16), and the repacked kernel has no backward: any training after an evaluation or a
+    reference precompute would silently lose the gradient through every 4-bit layer. DPO alternates between the
+    two, so the layers keep their trainable layout (undoing a repack that already happened)."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
 
 
 class DPOTrainer(Trainer):
@@ -84,16 +118,23 @@ class DPOTrainer(Trainer):
             processing_class.pad_token = processing_class.eos_token
         if peft_config is not None and not _is_peft(model):
             from peft import get_peft_model
+            from transformers import set_seed
 
+            set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
             model = get_peft_model(model, peft_config)
         if not _is_peft(model):
             raise ValueError(
                 "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
                 "Pass peft_config=LoraConfig(...) or a PeftModel."
             )
+        _keep_4bit_layers_trainable(model)
         train_dataset = self._tokenize(train_dataset, processing_class, data_config, args)
         eval_dataset = self._tokenize(eval_dataset, processing_class, data_config, args)
-        data_collator = data_collator or PreferenceCollator(pad_token_id=processing_class.pad_token_id)
+        self._prefix_sharing = bool(getattr(args, "prefix_sharing", False)) and _takes_4d_mask(model)
+        self._sharing_checked = False
+        data_collator = data_collator or PreferenceCollator(
+            pad_token_id=processing_class.pad_token_id, prefix_sharing=self._prefix_sharing
+        )
         super().__init__(
             model=model,
             args=args,
@@ -105,8 +146,14 @@ class DPOTrainer(Trainer):
         )
         # compute_loss returns a per-batch mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self.reference_forward_passes = 0  # batches for which the reference model actually ran
+        self.token_counts = {"real": 0, "total": 0}  # training batches: real tokens, tokens incl. padding
+        self._chunk_size = self._resolve_chunking(int(getattr(args, "logps_chunk_size", 0) or 0))
+        self._reference_fingerprint: dict | None = None
 
     @staticmethod
     def _tokenize(dataset, tokenizer, data_config, args):
@@ -118,21 +165,74 @@ class DPOTrainer(Trainer):
 
     # ------------------------------------------------------------------ forward passes
 
-    def concatenated_forward(self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False) -> PairLogps:
-        """Chosen and rejected sequences in one forward pass: batch rows [chosen_0..B-1, rejected_0..B-1]."""
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        per_token, mask = token_logps(outputs.logits, batch["labels"])  # (2B, T-1) each
-        logps = per_token.sum(-1)  # (2B,)
-        lengths = mask.sum(-1)  # (2B,)
-        half = logps.shape[0] // 2
-        return PairLogps(
-            chosen=logps[:half],
-            rejected=logps[half:],
-            chosen_lengths=lengths[:half],
-            rejected_lengths=lengths[half:],
-            chosen_token_logps=per_token[:half] if with_tokens else None,
-            chosen_mask=mask[:half] if with_tokens else None,
+    def concatenated_forward(
+        self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False
+    ) -> PairLogps:
+        """Policy log-probs of chosen and rejected in one forward pass, in the batch's layout (plain: rows
+        [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected])."""
+        if is_shared(batch) and not self._sharing_works(model, batch):
+            batch = unshare_batch(batch, self.processing_class.pad_token_id)
+        return self._pair_logps(model, batch, with_tokens)
+
+    def _pair_logps(self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False) -> PairLogps:
+        return pair_logps(model, batch, chunk_size=self._chunk_size, with_tokens=with_tokens)
+
+    def _resolve_chunking(self, chunk_size: int) -> int:
+        """`chunk_size`, or 0 (logged) where the chunked log-prob path can't run on this model."""
+        if chunk_size <= 0:
+            return 0
+        deepspeed = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
+            problem = "the LM head is sharded (FSDP / ZeRO-3)"
+        else:
+            problem = chunking_problem(self.model)
+        if problem:
+            logger.info("Chunked log-probs off: %s; computing full logits instead.", problem)
+            return 0
+        logger.info(
+            "Log-probs through the LM head in chunks of %d tokens (completion positions only).", chunk_size
         )
+        return chunk_size
+
+    def _sharing_works(self, model, batch: dict[str, torch.Tensor]) -> bool:
+        """Prefix sharing is checked once, on the first shared batch: its log-probs must match the plain layout's
+        (a model that ignores or rejects a 4D mask fails here). On failure, log and use the plain layout."""
+        if self._prefix_sharing and not self._sharing_checked:
+            self._sharing_checked = True
+            problem = self._check_prefix_sharing(model, batch)
+            if problem:
+                logger.warning(
+                    "Prefix sharing off (%s); computing prompt+chosen and prompt+rejected apart.", problem
+                )
+                self._prefix_sharing = False
+                if isinstance(self.data_collator, PreferenceCollator):
+                    self.data_collator.prefix_sharing = False
+            else:
+                logger.info(
+                    "Prefix sharing on: each prompt is computed once per pair (checked on the first batch)."
+                )
+        return self._prefix_sharing
+
+    @torch.no_grad()
+    def _check_prefix_sharing(self, model, batch: dict[str, torch.Tensor]) -> str | None:
+        was_training = model.training
+        model.eval()  # no dropout: both layouts must see the same network
+        try:
+            shared = self._pair_logps(model, batch)
+            plain = self._pair_logps(model, unshare_batch(batch, self.processing_class.pad_token_id))
+        except Exception as err:  # noqa: BLE001 - any failure of the 4D-mask forward means: don't use it
+            return f"the forward pass with a 4D mask failed: {type(err).__name__}: {err}"
+        finally:
+            model.train(was_training)
+        dtype = base_model(model).get_input_embeddings().weight.dtype
+        per_token_tol = 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+        for side in ("chosen", "rejected"):
+            a, b = getattr(shared, side).float(), getattr(plain, side).float()
+            lengths = getattr(plain, f"{side}_lengths").clamp(min=1)
+            worst = ((a - b).abs() / lengths).max().item()
+            if not worst <= per_token_tol:
+                return f"{side} log-probs differ from the plain layout by {worst:.2g} per token"
+        return None
 
     def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass."""
@@ -145,6 +245,9 @@ class DPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DPOConfig = self.args
+        if model.training:
+            self.token_counts["real"] += int(inputs["attention_mask"].sum())
+            self.token_counts["total"] += inputs["input_ids"].numel()
         policy = self.concatenated_forward(model, inputs, with_tokens=bool(args.rpo_alpha))
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         out = dpo_loss(
@@ -195,7 +298,7 @@ class DPOTrainer(Trainer):
 
     @torch.no_grad()
     def compute_reference_logps(self, dataset) -> tuple[list[float], list[float]]:
-        """One no-grad pass with the reference policy over `dataset`, in its order."""
+        """One no-grad pass with the reference policy over `dataset`, in its order (each rank its shard)."""
         loader = self._plain_loader(dataset)
         chosen, rejected = [], []
         model = self.model
@@ -204,7 +307,9 @@ class DPOTrainer(Trainer):
         try:
             for batch in loader:
                 batch = self._prepare_inputs(batch)
-                ref_c, ref_r = self.reference_logps(model, {k: v for k, v in batch.items() if k not in REF_COLUMNS})
+                ref_c, ref_r = self.reference_logps(
+                    model, {k: v for k, v in batch.items() if k not in REF_COLUMNS}
+                )
                 chosen.extend(self.accelerator.gather_for_metrics(ref_c).float().cpu().tolist())
                 rejected.extend(self.accelerator.gather_for_metrics(ref_r).float().cpu().tolist())
         finally:
@@ -212,7 +317,7 @@ class DPOTrainer(Trainer):
         return chosen, rejected
 
     def _plain_loader(self, dataset) -> DataLoader:
-        columns = [c for c in TOKENIZED_COLUMNS if c in dataset.column_names]
+        columns = [c for c in (*TOKENIZED_COLUMNS, *REF_COLUMNS) if c in dataset.column_names]
         loader = DataLoader(
             dataset.select_columns(columns),
             batch_size=self.args.per_device_eval_batch_size,
@@ -221,36 +326,167 @@ class DPOTrainer(Trainer):
         )
         return self.accelerator.prepare(loader)
 
-    def _with_reference(self, dataset):
-        if dataset is None or not self.args.precompute_ref_log_probs or REF_COLUMNS[0] in dataset.column_names:
+    def _precompute_pays(self, dataset, split: str) -> bool:
+        """`precompute_ref_log_probs: auto`: evaluation always; training when it visits every pair at least once
+        (the one-off pass then costs no more than the per-step reference passes it replaces)."""
+        if split != "train":
+            return True
+        args = self.args
+        if args.max_steps and args.max_steps > 0:
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            visited = args.max_steps * per_step
+        else:
+            visited = args.num_train_epochs * len(dataset)
+        return visited >= len(dataset)
+
+    def _ref_cache_path(self, dataset):
+        root = ref_cache.cache_root(getattr(self.args, "ref_logps_cache_dir", None))
+        if root is None:
+            return None, None
+        if self._reference_fingerprint is None:
+            peft_model = self.accelerator.unwrap_model(self.model)
+            reference = (
+                REFERENCE_ADAPTER if REFERENCE_ADAPTER in getattr(peft_model, "peft_config", {}) else None
+            )
+            self._reference_fingerprint = ref_cache.model_fingerprint(peft_model, reference)
+        template = getattr(self.processing_class, "chat_template", None) or ""
+        parts = {
+            "model": self._reference_fingerprint,
+            "autocast": {"bf16": bool(self.args.bf16), "fp16": bool(self.args.fp16)},
+            "tokenization": {
+                "max_length": getattr(self.args, "max_length", None),
+                "max_prompt_length": getattr(self.args, "max_prompt_length", None),
+                "chat_template": hashlib.sha256(str(template).encode()).hexdigest(),
+            },
+            "dataset": ref_cache.dataset_fingerprint(dataset),
+            "num_pairs": len(dataset),
+        }
+        return root / f"{ref_cache.cache_key(parts)}.safetensors", parts
+
+    def _all_ranks(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        flags = self.accelerator.gather(torch.tensor([int(flag)], device=self.accelerator.device))
+        return bool(flags.min().item())
+
+    def _with_reference(self, dataset, split: str = "train"):
+        """`dataset` plus ref_chosen_logps / ref_rejected_logps columns: read from the disk cache, or computed once
+        and written there. Unchanged when precomputing is off (the reference then runs at every step)."""
+        setting = getattr(self.args, "precompute_ref_log_probs", False)
+        if dataset is None or setting is False or REF_COLUMNS[0] in dataset.column_names:
             return dataset
-        chosen, rejected = self.compute_reference_logps(dataset)
+        path, parts = self._ref_cache_path(dataset)
+        cached = ref_cache.load(path, len(dataset)) if path is not None else None
+        if not self._all_ranks(cached is not None):  # every rank computes, or none does
+            cached = None
+        if cached is not None:
+            logger.info("Reference log-probs of %d %s pairs read from %s", len(dataset), split, path)
+            chosen, rejected = cached
+        else:
+            if setting == "auto" and not self._precompute_pays(dataset, split):
+                logger.info(
+                    "Reference log-probs computed at each step: this run visits fewer pairs than the %s set holds "
+                    "(precompute_ref_log_probs: true forces a one-off pass).",
+                    split,
+                )
+                return dataset
+            # The pass leaves the random state as it found it (its DataLoader draws a seed), so dropout masks and
+            # batch order are those of a run that computes the reference at each step.
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                chosen, rejected = self.compute_reference_logps(dataset)
+            if path is not None and self.accelerator.is_local_main_process:
+                ref_cache.save(path, chosen, rejected, parts)
+            logger.info(
+                "Reference log-probs of %d %s pairs computed once%s",
+                len(dataset),
+                split,
+                f", cached in {path}" if path else "",
+            )
         return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
 
     def get_train_dataloader(self) -> DataLoader:
-        self.train_dataset = self._with_reference(self.train_dataset)
+        if getattr(self.args, "precompute_ref_log_probs", False) is True:
+            self.train_dataset = self._with_reference(self.train_dataset, "train")
         return super().get_train_dataloader()
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         if isinstance(eval_dataset, str):
-            self.eval_dataset[eval_dataset] = self._with_reference(self.eval_dataset[eval_dataset])
+            self.eval_dataset[eval_dataset] = self._with_reference(self.eval_dataset[eval_dataset], "eval")
         elif eval_dataset is not None:
-            eval_dataset = self._with_reference(eval_dataset)
+            eval_dataset = self._with_reference(eval_dataset, "eval")
         elif not isinstance(self.eval_dataset, dict):
-            self.eval_dataset = self._with_reference(self.eval_dataset)
+            self.eval_dataset = self._with_reference(self.eval_dataset, "eval")
         return super().get_eval_dataloader(eval_dataset)
+
+    # ------------------------------------------------------------------ batch order and padding
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`train_sampling_strategy: group_by_length` groups pairs of similar length (seeded); anything else is
+        transformers' own sampler."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "column_names"):
+            return super()._get_train_sampler(train_dataset)
+        lengths = pair_lengths(dataset, self._prefix_sharing)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = LengthGroupedPairSampler(lengths, self.args.per_device_train_batch_size, seed=seed)
+        batch_size = self.args.per_device_train_batch_size
+        logger.info(
+            "Length-grouped batches: %.1f%% padding (random batches: %.1f%%)",
+            100 * pad_share(lengths, sampler.batches(0)),
+            100 * expected_random_pad_share(lengths, batch_size, seed),
+        )
+        return sampler
+
+    @property
+    def pad_share(self) -> float | None:
+        """Share of padding among the tokens of the training batches seen so far (None before any)."""
+        total = self.token_counts["total"]
+        return None if total == 0 else 1 - self.token_counts["real"] / total
+
+    def train(self, *args, **kwargs):
+        self.train_dataset = self._with_reference(self.train_dataset, "train")  # before the first step
+        result = super().train(*args, **kwargs)
+        if self.pad_share is not None:
+            logger.info(
+                "Training batches: %d tokens, %.1f%% of them padding",
+                self.token_counts["total"],
+                100 * self.pad_share,
+            )
+        return result
 
     # ------------------------------------------------------------------ evaluation helpers
 
     @torch.no_grad()
-    def pair_logps(self, dataset=None) -> dict[str, torch.Tensor]:
-        """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,)."""
-        dataset = dataset if dataset is not None else self.eval_dataset
+    def pair_logps(self, dataset=None, policy_is_reference: bool = False) -> dict[str, torch.Tensor]:
+        """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,).
+
+        policy_is_reference: the caller knows the policy still equals the reference (before the first step):
+        the cached reference log-probs then serve for both and no policy pass runs.
+        """
+        if dataset is None:
+            self.eval_dataset = dataset = self._with_reference(self.eval_dataset, "eval")
+        else:
+            dataset = self._with_reference(dataset, "eval")
+        if policy_is_reference and all(c in dataset.column_names for c in REF_COLUMNS):
+            ref_c = torch.tensor(dataset[REF_COLUMNS[0]], dtype=torch.float32)
+            ref_r = torch.tensor(dataset[REF_COLUMNS[1]], dtype=torch.float32)
+            return {
+                "policy_chosen_logps": ref_c,
+                "policy_rejected_logps": ref_r,
+                "ref_chosen_logps": ref_c,
+                "ref_rejected_logps": ref_r,
+                # every completion token is a label, so its count is the completion's length
+                "chosen_lengths": torch.tensor([len(x) for x in dataset["chosen_input_ids"]]),
+                "rejected_lengths": torch.tensor([len(x) for x in dataset["rejected_input_ids"]]),
+            }
         loader = self._plain_loader(dataset)
         model = self.model
         was_training = model.training
         model.eval()
         out = defaultdict(list)
+        rng = torch.random.fork_rng(devices=[])  # leave the training shuffle untouched
+        rng.__enter__()
         try:
             for batch in loader:
                 batch = self._prepare_inputs(batch)
@@ -266,6 +502,7 @@ class DPOTrainer(Trainer):
                 ):
                     out[key].append(self.accelerator.gather_for_metrics(value).float().cpu())
         finally:
+            rng.__exit__(None, None, None)
             model.train(was_training)
         return {key: torch.cat(values) for key, values in out.items()}
 

@@ -248,3 +248,22 @@ def test_token_never_lands_in_saved_training_args(tmp_path, tiny):
         if path.is_file():
             assert b"hf_supersecret_token" not in path.read_bytes(), path
     assert trainer.args.hub_token == "hf_supersecret_token"
+
+
+def test_pair_logps_shortcut_before_training_equals_the_full_pass(tmp_path, tiny):
+    """Before the first step the policy is the reference: the cached reference values stand for both."""
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, precompute_ref_log_probs=True),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    full = trainer.pair_logps()
+    passes = trainer.reference_forward_passes
+    quick = trainer.pair_logps(policy_is_reference=True)
+    assert trainer.reference_forward_passes == passes  # nothing recomputed
+    for key in full:
+        assert torch.allclose(full[key].float(), quick[key].float(), atol=1e-4), key

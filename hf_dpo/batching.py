@@ -1,0 +1,164 @@
+"""Batch layouts and batch order for preference pairs: which logits predict which label, the prefix-shared
+4D attention mask, and a length-grouped sampler that keeps padding small.
+
+Two layouts come out of `hf_dpo.data.PreferenceCollator`:
+
+    plain           2B rows  [prompt, chosen, pad] ... [prompt, rejected, pad]      labels predicted at t-1
+    prefix-shared    B rows  [prompt, chosen, rejected, pad]                          see `label_targets`
+
+`label_targets` describes both the same way, as flat lists of (row, source position, label, sequence), so the
+trainer computes log-probs of exactly the labelled tokens whatever the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Sampler
+
+CHOSEN, REJECTED, PAD = 1, 2, -1  # segment ids of the prefix-shared layout (0 is the prompt)
+
+
+def is_shared(batch: dict) -> bool:
+    return "segment_ids" in batch
+
+
+def shared_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) segment ids -> (B, 1, T, T) additive float mask: causal, padding barred as keys, and the rejected
+    branch barred from the chosen block (so rejected tokens see exactly prompt + rejected, as in their own row)."""
+    seq = segment_ids.shape[1]
+    positions = torch.arange(seq, device=segment_ids.device)
+    causal = positions[None, :, None] >= positions[None, None, :]  # (1, T, T): query i sees key j <= i
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, T, 1), (B, 1, T)
+    allowed = causal & (key != PAD) & ~((query == REJECTED) & (key == CHOSEN))  # (B, T, T)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1)  # (B, 1, T, T)
+
+
+@dataclass
+class LabelTargets:
+    """The labelled tokens of a batch, flattened to N entries (row-major order)."""
+
+    rows: torch.Tensor  # (N,) batch row of the token
+    sources: torch.Tensor  # (N,) position in that row whose output predicts the token
+    labels: torch.Tensor  # (N,) the token id
+    sequences: torch.Tensor  # (N,) 0..B-1: chosen of pair b, B..2B-1: rejected of pair b
+    num_pairs: int
+
+
+def label_targets(batch: dict) -> LabelTargets:
+    """Which position predicts which label, for either layout.
+
+    Plain: label at t is predicted at t-1. Prefix-shared: the same inside each branch, except the first rejected
+    token, which is predicted at the last prompt position (P-1) — the shifted-label trick would wrongly use the
+    last chosen position there. A token with nothing before it (an empty prompt) has no prediction and is left
+    out, as the shifted labels of the full-logits path leave it out.
+    """
+    labels = batch["labels"]
+    mask = labels != -100  # (rows, T)
+    mask[:, 0] = False
+    rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
+    sources = cols - 1
+    if not is_shared(batch):
+        num_pairs = labels.shape[0] // 2
+        return LabelTargets(rows, sources, labels[rows, cols], rows, num_pairs)
+    segments = batch["segment_ids"]
+    num_pairs = labels.shape[0]
+    prompt_lengths = (segments == 0).sum(-1)  # (B,)
+    seg = segments[rows, cols]  # (N,)
+    first_rejected = (seg == REJECTED) & (segments[rows, cols - 1] != REJECTED)
+    sources = torch.where(first_rejected, prompt_lengths[rows] - 1, sources)
+    keep = sources >= 0  # (N,): a rejected branch right after an empty prompt has no predicting position
+    rows, cols, sources, seg = rows[keep], cols[keep], sources[keep], seg[keep]
+    sequences = rows + num_pairs * (seg == REJECTED).long()
+    return LabelTargets(rows, sources, labels[rows, cols], sequences, num_pairs)
+
+
+def unshare_batch(batch: dict, pad_token_id: int) -> dict:
+    """A prefix-shared batch in the plain layout (the fallback when a model can't take a 4D mask)."""
+    from hf_dpo.data import PreferenceCollator
+
+    examples = []
+    for ids, seg in zip(batch["input_ids"].tolist(), batch["segment_ids"].tolist()):
+        examples.append(
+            {
+                "prompt_input_ids": [t for t, s in zip(ids, seg) if s == 0],
+                "chosen_input_ids": [t for t, s in zip(ids, seg) if s == CHOSEN],
+                "rejected_input_ids": [t for t, s in zip(ids, seg) if s == REJECTED],
+            }
+        )
+    plain = PreferenceCollator(pad_token_id=pad_token_id)(examples)
+    plain = {k: v.to(batch["input_ids"].device) for k, v in plain.items()}
+    for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        if key in batch:
+            plain[key] = batch[key]
+    return plain
+
+
+# ---------------------------------------------------------------- batch order
+
+
+def pair_lengths(dataset, prefix_sharing: bool) -> list[int]:
+    """Tokens each pair occupies in a batch row: P+C+R shared, P+max(C, R) plain (its two rows pad to that)."""
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:]
+    p, c, r = (pc.list_value_length(table[f"{k}_input_ids"]) for k in ("prompt", "chosen", "rejected"))
+    total = pc.add(p, pc.add(c, r)) if prefix_sharing else pc.add(p, pc.max_element_wise(c, r))
+    return total.to_pylist()
+
+
+class LengthGroupedPairSampler(Sampler):
+    """Random batches of similar length: shuffle (seeded), cut into mega-batches of `mega_batch` batches, sort each
+    by length, cut into batches, shuffle the batch order. Every pair is visited once per epoch; only which pairs
+    share a batch changes, so no per-pair value does. Unlike transformers' LengthGroupedSampler it does not put the
+    longest batch first (that would skew any timing that skips warm-up steps)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batch: int = 16):
+        self.lengths, self.batch_size, self.seed, self.mega_batch = (
+            list(lengths),
+            batch_size,
+            seed,
+            mega_batch,
+        )
+        self.epoch = None  # set by set_epoch (Trainer/accelerate); otherwise each iteration moves on by one
+        self._iterations = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        span = self.batch_size * self.mega_batch
+        batches = []
+        for start in range(0, len(order), span):
+            mega = sorted(order[start : start + span], key=lambda i: self.lengths[i], reverse=True)
+            batches += [mega[i : i + self.batch_size] for i in range(0, len(mega), self.batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
+
+    def __iter__(self):
+        epoch = self.epoch if self.epoch is not None else self._iterations
+        self._iterations += 1
+        for batch in self.batches(epoch):
+            yield from batch
+
+
+def pad_share(lengths: list[int], batches: list[list[int]]) -> float:
+    """Share of padding tokens when `batches` of pairs with `lengths` are padded to their longest member."""
+    real = sum(lengths[i] for b in batches for i in b)
+    total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    return 0.0 if total == 0 else 1 - real / total
+
+
+def expected_random_pad_share(lengths: list[int], batch_size: int, seed: int = 0) -> float:
+    """Pad share of random batches (one seeded shuffle), the baseline length grouping is compared with."""
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return pad_share(lengths, batches)

@@ -1,0 +1,146 @@
+"""Summed log-probs of the chosen and rejected completions of a batch of pairs, from a causal LM.
+
+Two ways, for either batch layout of `hf_dpo.batching` (plain 2B rows, or prefix-shared B rows):
+
+    full logits   model(...).logits, (rows, T, V), then the labels' log-softmax — the plain path, as TRL
+    chunked       the decoder's final hidden states at the N positions that predict a label, through the LM
+                  head `chunk_size` tokens at a time (`hf_dpo.loss.chunked_label_logps`): prompt and padding
+                  positions never reach the head, and no (rows, T, V) tensor exists
+
+    policy = pair_logps(model, batch, chunk_size=256)   # PairLogps: chosen, rejected (B,), lengths, ...
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+
+from hf_dpo.batching import is_shared, label_targets, shared_attention_mask
+from hf_dpo.loss import chunked_label_logps, selective_log_softmax, token_logps
+
+# Config keys that rescale or cap logits after the LM head; the chunked path does not apply them.
+LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier",
+    "lm_head_multiplier",
+)
+
+
+@dataclass
+class PairLogps:
+    chosen: torch.Tensor  # (B,) summed log-probs of the chosen completions
+    rejected: torch.Tensor  # (B,)
+    chosen_lengths: torch.Tensor  # (B,) completion token counts
+    rejected_lengths: torch.Tensor  # (B,)
+    chosen_token_logps: torch.Tensor | None = None  # (B, T-1), or flat (N_chosen,): for the SFT term
+    chosen_mask: torch.Tensor | None = None  # same shape, 0/1
+
+
+def base_model(model):
+    """The transformers model inside DDP/DeepSpeed/compile and peft wrappers."""
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def head_and_decoder(model):
+    """(LM head, decoder backbone) of `model`; either may be None."""
+    base = base_model(model)
+    lm_head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    return lm_head, decoder if decoder is not None else getattr(base, "model", None)
+
+
+def chunking_problem(model) -> str | None:
+    """Why the chunked path can't run on `model`, or None if it can."""
+    base = base_model(model)
+    lm_head, decoder = head_and_decoder(model)
+    if lm_head is None or decoder is None or not hasattr(lm_head, "weight"):
+        return "no LM head / decoder backbone found"
+    if "logits_to_keep" not in inspect.signature(type(base).forward).parameters:
+        return f"{type(base).__name__}.forward has no logits_to_keep"
+    if any(getattr(base.config, key, None) not in (None, 1, 1.0) for key in LOGIT_TRANSFORMS):
+        return "the model rescales or caps its logits"
+    return None
+
+
+def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Forward arguments for the batch's layout; the shared one gets its 4D mask in the embeddings' dtype."""
+    if not is_shared(batch):
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    dtype = base_model(model).get_input_embeddings().weight.dtype
+    return {
+        "input_ids": batch["input_ids"],  # (B, T)
+        "attention_mask": shared_attention_mask(batch["segment_ids"], dtype),  # (B, 1, T, T)
+        "position_ids": batch["position_ids"],  # (B, T)
+    }
+
+
+def final_hidden_states(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(rows, T, H) hidden states the LM head would read. The forward goes through the outermost wrapper (DDP,
+    peft) so gradient sync still works; a hook on the decoder catches its output, and the model projects only
+    the last position onto the vocabulary (logits_to_keep=1)."""
+    captured = []
+
+    def grab(module, args, output):
+        hidden = getattr(output, "last_hidden_state", None)
+        captured.append(hidden if hidden is not None else output[0])
+
+    handle = head_and_decoder(model)[1].register_forward_hook(grab)
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def full_logits_pair_logps(model, batch: dict[str, torch.Tensor], with_tokens: bool = False) -> PairLogps:
+    """The plain path, as TRL computes it: (2B, T, V) logits, labels shifted by one."""
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    per_token, mask = token_logps(outputs.logits, batch["labels"])  # (2B, T-1) each
+    logps = per_token.sum(-1)  # (2B,)
+    lengths = mask.sum(-1)  # (2B,)
+    half = logps.shape[0] // 2
+    return PairLogps(
+        chosen=logps[:half],
+        rejected=logps[half:],
+        chosen_lengths=lengths[:half],
+        rejected_lengths=lengths[half:],
+        chosen_token_logps=per_token[:half] if with_tokens else None,
+        chosen_mask=mask[:half] if with_tokens else None,
+    )
+
+
+def pair_logps(
+    model, batch: dict[str, torch.Tensor], chunk_size: int = 0, with_tokens: bool = False
+) -> PairLogps:
+    """Log-probs of the batch's completions in its own layout; `chunk_size` > 0 takes the chunked path."""
+    if not is_shared(batch) and not chunk_size:
+        return full_logits_pair_logps(model, batch, with_tokens)
+    targets = label_targets(batch)  # N labelled tokens: row, source position, label, sequence
+    inputs = model_inputs(model, batch)
+    if chunk_size:
+        hidden = final_hidden_states(model, inputs)  # (rows, T, H)
+        selected = hidden[targets.rows, targets.sources]  # (N, H): only positions that predict a label
+        per_token = chunked_label_logps(
+            selected, head_and_decoder(model)[0], targets.labels, chunk_size
+        )  # (N,)
+    else:
+        logits = model(**inputs, use_cache=False).logits  # (rows, T, V)
+        per_token = selective_log_softmax(logits[targets.rows, targets.sources], targets.labels)  # (N,)
+    pairs = targets.num_pairs
+    logps = per_token.new_zeros(2 * pairs).index_add(0, targets.sequences, per_token)  # (2B,)
+    lengths = torch.bincount(targets.sequences, minlength=2 * pairs)  # (2B,)
+    is_chosen = targets.sequences < pairs
+    return PairLogps(
+        chosen=logps[:pairs],
+        rejected=logps[pairs:],
+        chosen_lengths=lengths[:pairs],
+        rejected_lengths=lengths[pairs:],
+        chosen_token_logps=per_token[is_chosen] if with_tokens else None,  # (N_chosen,)
+        chosen_mask=torch.ones_like(per_token[is_chosen]) if with_tokens else None,
+    )

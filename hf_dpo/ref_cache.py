@@ -1,0 +1,170 @@
+"""Reference log-probs on disk: computed once per (base model, tokenization, dataset), reused by later runs.
+
+The reference policy of DPO-with-LoRA is fixed: the base with adapters off, or a frozen starting adapter. So its
+log-probs of each pair are a pure function of
+
+    base model     path, config (incl. quantization), a weights fingerprint, compute dtype and device type
+    reference      none (adapters off) or a hash of the starting adapter's weights
+    tokenization   max_length, max_prompt_length, the chat template
+    dataset        a hash of the tokenized prompt/chosen/rejected id columns, in order
+
+and the cache file is named by a hash of all of them: change any and the old file is simply not found.
+
+    <ref_logps_cache_dir, or $HF_DPO_REF_CACHE, or $HF_DPO_CACHE/ref_logps>/<key>.safetensors   (ref_chosen_logps, ref_rejected_logps: (N,))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TOKENIZED_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# Config entries that do not change what the model computes.
+VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "use_cache", "_commit_hash", "architectures"}
+
+
+def cache_root(configured: str | None) -> Path | None:
+    """The cache directory, or None when disk caching is off (`ref_logps_cache_dir: none`)."""
+    if configured is not None and str(configured).strip().lower() in ("", "none", "off", "false"):
+        return None
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("HF_DPO_REF_CACHE"):
+        return Path(os.environ["HF_DPO_REF_CACHE"]).expanduser()
+    from hf_dpo.modeling import cache_dir
+
+    return cache_dir() / "ref_logps"
+
+
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def dataset_fingerprint(dataset) -> str:
+    """sha256 of the tokenized id columns (values and row lengths, in dataset order)."""
+    import pyarrow as pa
+
+    table = dataset.with_format("arrow")[:]
+    digest = hashlib.sha256()
+    digest.update(str(len(table)).encode())
+    for name in TOKENIZED_COLUMNS:
+        column = table[name].combine_chunks()
+        digest.update(name.encode())
+        if pa.types.is_null(column.type):  # an empty dataset
+            continue
+        digest.update(column.value_lengths().cast(pa.int64()).to_numpy(zero_copy_only=False).tobytes())
+        digest.update(column.flatten().cast(pa.int64()).to_numpy(zero_copy_only=False).tobytes())
+    return digest.hexdigest()
+
+
+def _files_fingerprint(path: str) -> list | None:
+    """(name, size, mtime) of a local model directory's weight files; None for a Hub id."""
+    if not path or not os.path.isdir(path):
+        return None
+    out = []
+    for entry in sorted(Path(path).iterdir()):
+        if entry.is_file() and entry.suffix in WEIGHT_SUFFIXES:
+            stat = entry.stat()
+            out.append([entry.name, stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def _tensor_sample(tensor: torch.Tensor, n: int = 16) -> bytes:
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:  # sharded away (FSDP/ZeRO-3) or on the meta device
+        return b""
+    picked = torch.cat([flat[:n], flat[-n:]]) if flat.numel() > 2 * n else flat
+    return picked.cpu().contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _unwrap(model):
+    while hasattr(model, "module") and not hasattr(model, "peft_config"):
+        model = model.module
+    return model
+
+
+def model_fingerprint(model, reference_adapter: str | None) -> dict:
+    """What identifies the reference policy of a (peft-wrapped) model."""
+    peft_model = _unwrap(model)
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    config = {k: v for k, v in base.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
+    name = getattr(base.config, "_name_or_path", "")
+    weights = hashlib.sha256()
+    reference = hashlib.sha256() if reference_adapter else None
+    for param_name, param in base.named_parameters():
+        if "lora_" in param_name:
+            if reference is not None and f".{reference_adapter}." in param_name:
+                reference.update(param_name.encode())
+                reference.update(param.detach().float().cpu().numpy().tobytes())
+            continue
+        weights.update(param_name.encode())
+        weights.update(_tensor_sample(param))
+    try:
+        device = next(base.parameters()).device.type
+    except StopIteration:
+        device = "cpu"
+    return {
+        "name_or_path": name,
+        "commit": getattr(base.config, "_commit_hash", None),
+        "config": _sha(json.dumps(config, sort_keys=True, default=str)),
+        "weight_files": _files_fingerprint(name),
+        "weight_sample": weights.hexdigest(),
+        "dtype": str(getattr(base, "dtype", "")),
+        "device": device,
+        "reference": reference.hexdigest() if reference is not None else "base (adapters off)",
+    }
+
+
+def cache_key(parts: dict) -> str:
+    return _sha(json.dumps(parts, sort_keys=True, default=str))[:40]
+
+
+def load(path: Path, num_pairs: int) -> tuple[list[float], list[float]] | None:
+    """Cached (chosen, rejected) reference log-probs, or None if absent or unreadable."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        chosen, rejected = tensors["ref_chosen_logps"], tensors["ref_rejected_logps"]
+    except Exception as err:  # noqa: BLE001 - a damaged cache file is recomputed, never fatal
+        logger.warning("Ignoring unreadable reference log-prob cache %s (%s)", path, err)
+        return None
+    if chosen.numel() != num_pairs or rejected.numel() != num_pairs:
+        logger.warning(
+            "Ignoring reference log-prob cache %s: %d pairs, expected %d", path, chosen.numel(), num_pairs
+        )
+        return None
+    return chosen.tolist(), rejected.tolist()
+
+
+def save(path: Path, chosen: list[float], rejected: list[float], parts: dict) -> None:
+    """Write atomically (temp file + rename), so a reader never sees half a file."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(
+            {
+                "ref_chosen_logps": torch.tensor(chosen, dtype=torch.float32),
+                "ref_rejected_logps": torch.tensor(rejected, dtype=torch.float32),
+            },
+            tmp,
+            metadata={"key_parts": json.dumps(parts, sort_keys=True, default=str)},
+        )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
