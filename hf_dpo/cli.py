@@ -158,8 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
-    p.add_argument("--recipe", help="recipe giving LoRA settings, max_length and data (default: recipes/demo.yaml)")
-    p.add_argument("--max-length", type=int, default=None, help="max prompt+completion tokens (default: the recipe's)")
+    p.add_argument(
+        "--recipe", help="recipe giving LoRA settings, max_length and data (default: recipes/demo.yaml)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=None, help="max prompt+completion tokens (default: the recipe's)"
+    )
     p.add_argument("--quantization", nargs="+", default=["4bit", "none"], help="4bit and/or none")
     p.add_argument("--configs", nargs="+", help="subset of configurations (default: all)")
     p.add_argument("--quick", action="store_true", help="unquantized, TRL x2 + hf_dpo all on, 3+1 steps")

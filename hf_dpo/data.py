@@ -83,7 +83,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({err.msg}). Fix or delete that line.") from None
+                raise DataError(
+                    f"{path}, line {lineno}: not valid JSON ({err.msg}). Fix or delete that line."
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
             rows.append(row)
@@ -129,7 +131,9 @@ def _split_files(directory: Path) -> dict[str, Path]:
         if path.suffix.lower() in LOCAL_FORMATS:
             files.setdefault(path.stem, path)
     if not files:
-        raise DataError(f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl).")
+        raise DataError(
+            f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl)."
+        )
     return files
 
 
@@ -233,10 +237,14 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
         if _is_messages(value):
             value = _check_messages(value, column)
         elif not isinstance(value, str):
-            raise BadRow(column, f"expected a string or a list of messages, got {type(value).__name__}", "wrong type")
+            raise BadRow(
+                column, f"expected a string or a list of messages, got {type(value).__name__}", "wrong type"
+            )
         values[key] = value
     if type(values["chosen"]) is not type(values["rejected"]):
-        raise BadRow(cfg.rejected_column, "chosen and rejected must both be strings or both messages", "wrong type")
+        raise BadRow(
+            cfg.rejected_column, "chosen and rejected must both be strings or both messages", "wrong type"
+        )
     prompt = row.get(cfg.prompt_column)
     implicit = prompt is None
     if implicit:
@@ -255,11 +263,15 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
                 values["rejected"][n:],
             )
         if not prompt:
-            raise BadRow(cfg.prompt_column, "no prompt column and chosen/rejected share no prefix", "missing prompt")
+            raise BadRow(
+                cfg.prompt_column, "no prompt column and chosen/rejected share no prefix", "missing prompt"
+            )
     elif _is_messages(prompt):
         prompt = _check_messages(prompt, cfg.prompt_column)
     elif not isinstance(prompt, str):
-        raise BadRow(cfg.prompt_column, f"expected a string or messages, got {type(prompt).__name__}", "wrong type")
+        raise BadRow(
+            cfg.prompt_column, f"expected a string or messages, got {type(prompt).__name__}", "wrong type"
+        )
     elif not prompt.strip():
         raise BadRow(cfg.prompt_column, "empty prompt", "empty prompt")
     for key, column in (("chosen", cfg.chosen_column), ("rejected", cfg.rejected_column)):
@@ -269,7 +281,12 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             raise BadRow(column, "empty response", "empty response")
     if values["chosen"] == values["rejected"]:
         raise BadRow(cfg.rejected_column, "chosen and rejected are identical", "chosen == rejected")
-    return {"prompt": prompt, "chosen": values["chosen"], "rejected": values["rejected"], "implicit": implicit}
+    return {
+        "prompt": prompt,
+        "chosen": values["chosen"],
+        "rejected": values["rejected"],
+        "implicit": implicit,
+    }
 
 
 # ---------------------------------------------------------------- formatting and tokenizing
@@ -309,7 +326,9 @@ def format_pair(pair: dict, tokenizer, cfg: DataConfig) -> tuple[str, str, str]:
         messages = _as_messages(prompt, cfg.system_prompt)
 
         def full(completion):
-            turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            turns = (
+                completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            )
             return tokenizer.apply_chat_template(messages + turns, tokenize=False)
 
         return prompt_text, full(chosen), full(rejected)
@@ -345,7 +364,9 @@ def tokenize_pair(pair: dict, tokenizer, cfg: DataConfig) -> dict[str, list[int]
     }
 
 
-def truncate_pair(ids: dict[str, list[int]], max_length: int | None, max_prompt_length: int | None, report: DataReport):
+def truncate_pair(
+    ids: dict[str, list[int]], max_length: int | None, max_prompt_length: int | None, report: DataReport
+):
     """Fit prompt+completion into max_length: first cut the prompt to max_prompt_length (keeping its end),
     then the completions (keeping their start). Returns None when nothing trainable is left (counted)."""
     prompt, chosen, rejected = ids["prompt_input_ids"], ids["chosen_input_ids"], ids["rejected_input_ids"]
@@ -388,7 +409,9 @@ def prepare_rows(
             if data_cfg.on_bad_rows == "skip":
                 report.skipped[bad.reason] += 1
                 continue
-            raise DataError(f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}") from None
+            raise DataError(
+                f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}"
+            ) from None
         ids = truncate_pair(tokenize_pair(pair, tokenizer, data_cfg), max_length, max_prompt_length, report)
         if ids is None:
             continue
@@ -458,7 +481,9 @@ def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) ->
     for name, source, rows in (("train", train_source, train_rows), ("eval", eval_source, eval_rows)):
         if rows is None:
             continue
-        columns, split_report = prepare_rows(rows, source, tokenizer, data_cfg, args.max_length, args.max_prompt_length)
+        columns, split_report = prepare_rows(
+            rows, source, tokenizer, data_cfg, args.max_length, args.max_prompt_length
+        )
         logger.info("%s", split_report.summary())
         report[name] = split_report.to_dict()
         built[name] = datasets.Dataset.from_dict(columns)
