@@ -73,6 +73,19 @@ THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 # ---------------------------------------------------------------- data
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a worker would
+    inherit its parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
     """Arithmetic prompts with a terse correct answer (chosen) and a chatty, often wrong one (rejected), of
     varied length: the shape of the demo's on-policy pairs, for when recipes/data/demo/ is not there yet."""
@@ -243,7 +256,7 @@ def run_config(spec: dict) -> dict:
         "pairs_per_s": statistics.median(pairs / t for t in times),
         "tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
         "setup_s": timer.get("first_step_begin", time.perf_counter()) - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "loss_first": logs[0]["loss"],
         "logps_chosen_first": logs[0].get("logps/chosen"),

@@ -284,9 +284,11 @@ def test_arch_from_nested_text_config():
 @pytest.mark.slow
 def test_cpu_baseline_matches_constant():
     """The planner's CPU process baseline is the RSS of a process that imported the training stack."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child of a big pytest process would
+    # report its parent's peak.
     code = (
-        "import resource, torch, transformers, peft, datasets, accelerate, bitsandbytes, hf_dpo.train; "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        "import torch, transformers, peft, datasets, accelerate, bitsandbytes, hf_dpo.train; "
+        "print([int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     rss = int(
         subprocess.run(
