@@ -25,6 +25,7 @@ from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
 from hf_dpo.evaluation import evaluate_trainer
 from hf_dpo.hub import HubCheckpointCallback, push_run, take_hub_settings
+from hf_dpo.metrics import LOGPS_KEYS, preference_metrics
 from hf_dpo.modeling import (
     REFERENCE_ADAPTER,
     hub_id_for,
@@ -47,16 +48,16 @@ def hardware_summary() -> str:
 
 
 def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
-    """Held-out numbers for the log: reward accuracy (strict, as TRL), mean margin, and whether the policy
-    itself gives the chosen completion more probability per token than the rejected one."""
-    chosen_rewards = beta * (logps["policy_chosen_logps"] - logps["ref_chosen_logps"])
-    rejected_rewards = beta * (logps["policy_rejected_logps"] - logps["ref_rejected_logps"])
+    """Held-out numbers for the log and run_info.json: reward accuracy (strict, as TRL) and mean margin, as
+    defined in `metrics.preference_metrics`, plus whether the policy itself gives the chosen completion more
+    probability per token than the rejected one."""
+    metrics = preference_metrics(*(logps[key] for key in LOGPS_KEYS), beta=beta)
     per_token_chosen = logps["policy_chosen_logps"] / logps["chosen_lengths"].clamp(min=1)
     per_token_rejected = logps["policy_rejected_logps"] / logps["rejected_lengths"].clamp(min=1)
     return {
-        "num_pairs": int(chosen_rewards.numel()),
-        "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-        "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "num_pairs": metrics["reward_accuracy"].n,
+        "reward_accuracy": metrics["reward_accuracy"].value,
+        "reward_margin": metrics["rewards/margins"].value,
         "policy_prefers_chosen": (per_token_chosen > per_token_rejected).float().mean().item(),
     }
 
