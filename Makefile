@@ -22,7 +22,7 @@ GPUS ?= 1
 ACCELERATE_CONFIG ?= recipes/accelerate/ddp.yaml
 FREE_PORT = $(shell $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-.PHONY: install demo train plan bench eval push pairs demo-prompts browser-deps test lint format clean
+.PHONY: install demo train plan bench gpu-check eval push pairs demo-prompts browser-deps test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ plan: install
 
 bench: install
 	$(BIN)/hf-dpo bench $(ARGS)
+
+# On a CUDA machine: the 4-bit CUDA path, a demo-recipe run beside its plan, and the bench on the GPU (~8 min).
+gpu-check: install
+	PY=$(BIN)/python OUT=$(or $(OUT),runs/gpu_check) bash scripts/gpu/run_checks.sh
 
 eval: install
 	$(BIN)/hf-dpo eval $(RUN) $(ARGS)

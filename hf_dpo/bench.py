@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hf_dpo.memory import peak_rss_mb, return_freed_memory_to_os
 
 DEMO_DATA = Path("recipes/data/demo/train.jsonl")
 DEMO_RECIPE = Path("recipes/demo.yaml")
@@ -39,19 +40,33 @@ HF_ALL = {
     "precompute_ref_log_probs": True,
     "train_sampling_strategy": "group_by_length",
 }
+
+
+def _checkpointing(every_n_layers: int) -> dict:
+    return {
+        "gradient_checkpointing": True,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False, "every_n_layers": every_n_layers},
+    }
+
+
+# A bench-only option for TRL lines: the allocator setting hf_dpo applies on CPU (return_freed_memory), applied
+# to TRL's process too, so that line shows how much of the memory gap is the allocator and how much the method.
+SAME_ALLOCATOR = "_return_freed_memory"
 CONFIGS = {
     "trl_default": ("trl", {}),
     "trl_precompute": ("trl", {"precompute_ref_log_probs": True}),
+    "trl_default_same_allocator": ("trl", {SAME_ALLOCATOR: True}),
     "hf_dpo_all": ("hf_dpo", HF_ALL),
-    # TRL checkpoints activations by default; this line is hf_dpo in that same memory regime.
-    "hf_dpo_all_grad_ckpt": (
-        "hf_dpo",
-        {**HF_ALL, "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}},
-    ),
+    # TRL checkpoints activations of every layer by default; these lines are hf_dpo doing the same, and doing it
+    # for every other / every third decoder layer only (selective checkpointing: transformers' every_n_layers).
+    "hf_dpo_all_grad_ckpt": ("hf_dpo", {**HF_ALL, **_checkpointing(1)}),
+    "hf_dpo_all_ckpt_every_2": ("hf_dpo", {**HF_ALL, **_checkpointing(2)}),
+    "hf_dpo_all_ckpt_every_3": ("hf_dpo", {**HF_ALL, **_checkpointing(3)}),
     "hf_dpo_no_prefix_sharing": ("hf_dpo", {**HF_ALL, "prefix_sharing": False}),
     "hf_dpo_no_ref_cache": ("hf_dpo", {**HF_ALL, "precompute_ref_log_probs": False}),
     "hf_dpo_no_chunking": ("hf_dpo", {**HF_ALL, "logps_chunk_size": 0}),
     "hf_dpo_no_length_grouping": ("hf_dpo", {**HF_ALL, "train_sampling_strategy": "random"}),
+    "hf_dpo_all_return_freed_memory": ("hf_dpo", {**HF_ALL, "return_freed_memory": True}),
     "hf_dpo_plain": (
         "hf_dpo",
         {
@@ -59,11 +74,13 @@ CONFIGS = {
             "logps_chunk_size": 0,
             "precompute_ref_log_probs": False,
             "train_sampling_strategy": "random",
+            "return_freed_memory": False,
         },
     ),
 }
 QUICK_CONFIGS = ["trl_default", "trl_precompute", "hf_dpo_all"]
-DEFAULT_CONFIGS = [name for name in CONFIGS if name != "hf_dpo_plain"]  # hf_dpo_plain: on request (--configs)
+ON_REQUEST = ("hf_dpo_plain", "trl_default_same_allocator", "hf_dpo_all_ckpt_every_3")  # run with --configs
+DEFAULT_CONFIGS = [name for name in CONFIGS if name not in ON_REQUEST]
 # Every configuration gets the same threading environment. OpenMP's default spin-waiting made every
 # parallel elementwise op take ~8 ms with 2 threads on a shared 2-vCPU VM (0.7 ms passive), which swamps any
 # difference between trainers; passive waiting is set unless the caller's environment says otherwise.
@@ -71,19 +88,6 @@ THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # ---------------------------------------------------------------- data
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a worker would
-    inherit its parent's peak."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[dict]:
@@ -210,9 +214,12 @@ def run_config(spec: dict) -> dict:
             }
             for r in rows
         ]
+        options = dict(spec["options"])
+        if options.pop(SAME_ALLOCATOR, False) and not cuda:
+            return_freed_memory_to_os()
         trainer = TRLTrainer(
             model=model,
-            args=TRLConfig(**common, **spec["options"]),
+            args=TRLConfig(**common, **options),
             train_dataset=Dataset.from_list(conversational),
             processing_class=tokenizer,
             peft_config=peft_config,
@@ -256,7 +263,7 @@ def run_config(spec: dict) -> dict:
         "pairs_per_s": statistics.median(pairs / t for t in times),
         "tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
         "setup_s": timer.get("first_step_begin", time.perf_counter()) - started,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "loss_first": logs[0]["loss"],
         "logps_chosen_first": logs[0].get("logps/chosen"),
@@ -307,29 +314,36 @@ def add_ratios(results: list[dict]) -> None:
         group = {r["name"]: r for r in results if r["quantization"] == quant and "error" not in r}
         for r in group.values():
             mem = "peak_cuda_mb" if r.get("peak_cuda_mb") else "peak_rss_mb"
-            for base in ("trl_default", "trl_precompute"):
+            for base in ("trl_default", "trl_precompute", "trl_default_same_allocator"):
                 if base in group:
                     r[f"speed_vs_{base}"] = r["pairs_per_s"] / group[base]["pairs_per_s"]
                     r[f"memory_vs_{base}"] = r[mem] / group[base][mem]
 
 
 def format_table(results: list[dict]) -> str:
+    same_allocator = any("memory_vs_trl_default_same_allocator" in r for r in results)
     header = (
-        f"{'configuration':<28}{'quant':>6}{'pairs/s':>9}{'tokens/s':>10}{'peak MB':>9}{'loss@1':>8}"
+        f"{'configuration':<32}{'quant':>6}{'pairs/s':>9}{'tokens/s':>10}{'peak MB':>9}{'loss@1':>8}"
         f"{'setup s':>9}{'pad %':>7}{'x TRL':>7}{'x TRL-pre':>10}{'mem/TRL':>9}"
+        + (f"{'mem/TRL-sa':>11}" if same_allocator else "")
     )
     lines = [header, "-" * len(header)]
     for r in results:
         if "error" in r:
-            lines.append(f"{r['name']:<28}{r['quantization']:>6}  failed: {r['error']}")
+            lines.append(f"{r['name']:<32}{r['quantization']:>6}  failed: {r['error']}")
             continue
         mem = r["peak_cuda_mb"] or r["peak_rss_mb"]
         pad = f"{100 * r['pad_share']:.0f}" if r.get("pad_share") is not None else "-"
         lines.append(
-            f"{r['name']:<28}{r['quantization']:>6}{r['pairs_per_s']:>9.3f}{r['tokens_per_s']:>10.0f}{mem:>9.0f}"
+            f"{r['name']:<32}{r['quantization']:>6}{r['pairs_per_s']:>9.3f}{r['tokens_per_s']:>10.0f}{mem:>9.0f}"
             f"{r['loss_first']:>8.4f}{r['setup_s']:>9.1f}{pad:>7}"
             f"{r.get('speed_vs_trl_default', float('nan')):>7.2f}{r.get('speed_vs_trl_precompute', float('nan')):>10.2f}"
             f"{r.get('memory_vs_trl_default', float('nan')):>9.2f}"
+            + (
+                f"{r.get('memory_vs_trl_default_same_allocator', float('nan')):>11.2f}"
+                if same_allocator
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -218,6 +218,15 @@ class DPOConfig(TrainingArguments):
             "Higher: a little faster, more memory. 0 or null: off (full logits, as TRL)."
         },
     )
+    return_freed_memory: bool = field(
+        default=False,
+        metadata={
+            "help": "CPU training (Linux/glibc): hand freed tensor memory back to the OS at once (fixed 128 KiB "
+            "mmap threshold) instead of letting glibc keep every step's activations resident and fragmented. "
+            "Lower peak RSS (-15% in the 4-bit bench), same results, but slower (every large tensor is a fresh "
+            "mapping: -40% pairs/s there); process-wide. No effect on GPU memory."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the DPO collator needs the tokenized pair columns."}
     )

@@ -73,6 +73,11 @@ def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     if not is_shared(batch):
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     dtype = base_model(model).get_input_embeddings().weight.dtype
+    device = batch["input_ids"].device.type
+    if torch.is_autocast_enabled(device):
+        # k-bit training keeps the embeddings in float32 while autocast runs attention in bf16/fp16: the mask
+        # takes the dtype of the scores it is added to (SDPA expects the query's dtype).
+        dtype = torch.get_autocast_dtype(device)
     return {
         "input_ids": batch["input_ids"],  # (B, T)
         "attention_mask": shared_attention_mask(batch["segment_ids"], dtype),  # (B, 1, T, T)

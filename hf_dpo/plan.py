@@ -82,6 +82,9 @@ class Settings:
     logps_chunk_size: int | None = None
     gradient_accumulation_steps: int = 1
     data_row_length: int | None = None  # longest batch row measured on the recipe's data (None: worst case)
+    checkpoint_every: int = (
+        1  # gradient_checkpointing_kwargs every_n_layers: checkpoint every n-th layer only
+    )
 
     @property
     def quantized(self) -> bool:
@@ -142,6 +145,7 @@ def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
         prefix_sharing=bool(getattr(t, "prefix_sharing", False)),
         logps_chunk_size=getattr(t, "logps_chunk_size", None) or None,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
+        checkpoint_every=max(1, int((t.gradient_checkpointing_kwargs or {}).get("every_n_layers", 1))),
     )
 
 
@@ -233,8 +237,17 @@ def activation_bytes(arch: Arch, s: Settings) -> int:
     if not s.gradient_checkpointing:
         return arch.num_hidden_layers * per_layer
     residual = 4 if (s.quantized or s.compute_bytes == 4) else s.compute_bytes
-    # Checkpointing keeps each layer's input; the backward recomputes one layer at a time.
-    return arch.num_hidden_layers * s.tokens * arch.hidden_size * residual + per_layer
+    layer_input = s.tokens * arch.hidden_size * residual
+    # Checkpointed layers (every n-th from the first, transformers' every_n_layers) keep only their input; the
+    # others keep all their activations. Peak: the end of the forward, or the backward of a checkpointed layer,
+    # which recomputes its activations while the layers below it still hold theirs.
+    checkpointed = [i % s.checkpoint_every == 0 for i in range(arch.num_hidden_layers)]
+    peak = sum(layer_input if c else per_layer for c in checkpointed)
+    for top, is_checkpointed in enumerate(checkpointed):
+        if is_checkpointed:
+            below = sum(layer_input if c else per_layer for c in checkpointed[:top])
+            peak = max(peak, below + per_layer)  # the recomputed activations include (share) the input
+    return peak
 
 
 def logits_bytes(arch: Arch, s: Settings) -> tuple[int, str]:
@@ -262,7 +275,9 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
     n_lora = lora_params(arch, s)
     logits, logits_note = logits_bytes(arch, s)
     biggest = max(i * o for i, o in arch.linear_shapes().values())
-    gc = "with" if s.gradient_checkpointing else "without"
+    gc = "with gradient checkpointing" if s.gradient_checkpointing else "without gradient checkpointing"
+    if s.gradient_checkpointing and s.checkpoint_every > 1:
+        gc = f"gradient checkpointing on 1 layer in {s.checkpoint_every}"
     terms = [
         Term(
             "base weights (decoder linears)",
@@ -279,9 +294,7 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
             n_lora * (4 + 4 + s.optimizer_state_bytes),
             f"{n_lora / 1e6:.2f} M params, r={s.lora_r}, {4 + 4 + s.optimizer_state_bytes} B/param",
         ),
-        Term(
-            "activations", activation_bytes(arch, s), f"{s.tokens} tokens/step, {gc} gradient checkpointing"
-        ),
+        Term("activations", activation_bytes(arch, s), f"{s.tokens} tokens/step, {gc}"),
         Term("logits", logits, logits_note),
         # Prefix sharing's (B, 1, T, T) additive mask, in the compute dtype (hf_dpo.batching.shared_attention_mask).
         Term(

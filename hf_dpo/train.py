@@ -25,6 +25,7 @@ from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
 from hf_dpo.evaluation import evaluate_trainer
 from hf_dpo.hub import HubCheckpointCallback, push_run, take_hub_settings
+from hf_dpo.memory import peak_memory
 from hf_dpo.metrics import LOGPS_KEYS, preference_metrics
 from hf_dpo.modeling import (
     REFERENCE_ADAPTER,
@@ -150,6 +151,7 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
             "loss_type": args.loss_type,
             "eval_before": eval_before,
             "eval_after": eval_after,
+            "peak_memory": peak_memory(),
         }
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
         _print_summary(out, info)

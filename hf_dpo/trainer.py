@@ -128,6 +128,11 @@ class DPOTrainer(Trainer):
                 "Pass peft_config=LoraConfig(...) or a PeftModel."
             )
         _keep_4bit_layers_trainable(model)
+        if getattr(args, "return_freed_memory", False) and (args.use_cpu or not torch.cuda.is_available()):
+            from hf_dpo.memory import return_freed_memory_to_os
+
+            if return_freed_memory_to_os():
+                logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
         train_dataset = self._tokenize(train_dataset, processing_class, data_config, args)
         eval_dataset = self._tokenize(eval_dataset, processing_class, data_config, args)
         self._prefix_sharing = bool(getattr(args, "prefix_sharing", False)) and _takes_4d_mask(model)
@@ -224,8 +229,7 @@ class DPOTrainer(Trainer):
             return f"the forward pass with a 4D mask failed: {type(err).__name__}: {err}"
         finally:
             model.train(was_training)
-        dtype = base_model(model).get_input_embeddings().weight.dtype
-        per_token_tol = 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+        per_token_tol = 1e-4 if self._computes_in_float32(model) else 1e-2
         for side in ("chosen", "rejected"):
             a, b = getattr(shared, side).float(), getattr(plain, side).float()
             lengths = getattr(plain, f"{side}_lengths").clamp(min=1)
@@ -233,6 +237,18 @@ class DPOTrainer(Trainer):
             if not worst <= per_token_tol:
                 return f"{side} log-probs differ from the plain layout by {worst:.2g} per token"
         return None
+
+    def _computes_in_float32(self, model) -> bool:
+        """Whether the forward runs in float32. Not the embeddings' dtype alone: k-bit training upcasts them to
+        float32 while a 4-bit layer computes in its bnb compute dtype and autocast (bf16/fp16 args) runs the
+        matmuls in half precision; there the two layouts differ by rounding (~3e-4 per token on an H100)."""
+        device = next(model.parameters()).device.type
+        if self.args.bf16 or self.args.fp16 or torch.is_autocast_enabled(device):
+            return False
+        low = (torch.float16, torch.bfloat16)
+        if base_model(model).get_input_embeddings().weight.dtype in low:
+            return False
+        return not any(getattr(m, "compute_dtype", None) in low for m in model.modules())
 
     def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass."""

@@ -59,3 +59,20 @@ def test_synthetic_pairs_are_seeded_and_varied():
     assert rows == synthetic_pairs(20, seed=1)
     assert len({len(r["rejected"]) for r in rows}) > 5  # varied lengths: length grouping has work to do
     assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_same_allocator_line_is_trl_with_hf_dpos_allocator_setting_only():
+    from hf_dpo.bench import SAME_ALLOCATOR
+
+    impl, options = CONFIGS["trl_default_same_allocator"]
+    assert impl == "trl" and options == {SAME_ALLOCATOR: True}
+    assert CONFIGS["hf_dpo_all_return_freed_memory"][1]["return_freed_memory"] is True
+    results = [
+        result("trl_default", "4bit", 0.5, 2000),
+        result("trl_default_same_allocator", "4bit", 0.5, 1600),
+        result("hf_dpo_all", "4bit", 1.5, 1500),
+    ]
+    add_ratios(results)
+    assert results[2]["memory_vs_trl_default"] == pytest.approx(0.75)
+    assert results[2]["memory_vs_trl_default_same_allocator"] == pytest.approx(1500 / 1600)
+    assert "0.94" in format_table(results)

@@ -333,3 +333,68 @@ def test_trainer_uses_length_groups_and_per_pair_values_do_not_change(tmp_path, 
                 by_index.setdefault(i, []).append((c, r))
     for values in by_index.values():
         assert values[0] == pytest.approx(values[1], abs=1e-4)
+
+
+# ---------------------------------------------------------------- freed memory back to the OS, masks in autocast
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_return_freed_memory_is_applied_on_cpu_and_changes_no_result(
+    tmp_path, tiny_model_dir, tokenizer, monkeypatch, on
+):
+    import hf_dpo.memory
+
+    calls = []
+    real = hf_dpo.memory.return_freed_memory_to_os
+    monkeypatch.setattr(hf_dpo.memory, "return_freed_memory_to_os", lambda: calls.append(1) or real())
+    plain = loss_and_grads(
+        make_trainer(tmp_path, tiny_model_dir, tokenizer, return_freed_memory=False, **PLAIN)
+    )
+    assert calls == []
+    fast = make_trainer(tmp_path, tiny_model_dir, tokenizer, return_freed_memory=on, **PLAIN)
+    assert calls == ([1] if on else [])
+    assert_same(loss_and_grads(fast), plain, loss_tol=0, grad_tol=1e-12)  # bit-identical
+
+
+def test_shared_mask_takes_the_autocast_dtype(tmp_path, tiny_model_dir, tokenizer):
+    """k-bit training keeps embeddings in float32; under bf16 autocast the attention scores are bf16 and the
+    4D mask added to them must be too. And the prefix-sharing self-check is only as strict as the precision."""
+    from hf_dpo.logps import model_inputs
+
+    trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batching.is_shared(batch)
+    assert model_inputs(trainer.model, batch)["attention_mask"].dtype == torch.float32
+    assert trainer._computes_in_float32(trainer.model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model_inputs(trainer.model, batch)["attention_mask"].dtype == torch.bfloat16
+        assert not trainer._computes_in_float32(trainer.model)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_activation_checkpointing_on_some_layers_changes_no_result(
+    tmp_path, tiny_model_dir, tokenizer, every
+):
+    """Gradient checkpointing (every layer, or every n-th: `gradient_checkpointing_kwargs: {every_n_layers: n}`)
+    recomputes the same activations on hf_dpo's fast paths (4D mask, hooked hidden states, chunked head)."""
+    plain = loss_and_grads(make_trainer(tmp_path, tiny_model_dir, tokenizer))
+    trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer)
+    base = trainer.model.get_base_model()
+    base.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
+    flags = [layer.gradient_checkpointing for layer in base.model.layers]
+    assert flags == [i % every == 0 for i in range(len(flags))] and any(flags)
+    assert_same(loss_and_grads(trainer), plain)
+
+
+def test_every_n_layers_from_the_recipe_reaches_the_layers(tmp_path, tiny_model_dir, tokenizer):
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_dir,
+        tokenizer,
+        max_steps=1,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": 2},
+    )
+    trainer.train()
+    flags = [layer.gradient_checkpointing for layer in trainer.model.get_base_model().model.layers]
+    assert flags == [True, False]

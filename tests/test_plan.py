@@ -3,6 +3,7 @@ recipe planned offline under its stated card, and suggestions that really fit.""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import subprocess
@@ -229,6 +230,18 @@ def test_knobs_move_the_estimate_the_right_way(tiny_model_dir):
         return sum(t.bytes for t in planmod.estimate(arch, cpu_settings(**kw)))
 
     assert total(gradient_checkpointing=True) < total()
+    # selective checkpointing (every_n_layers) lies between none and all (on 12 layers: the tiny model has 2)
+    deep = dataclasses.replace(arch, num_hidden_layers=12)
+
+    def activations(**kw):
+        return planmod.activation_bytes(deep, cpu_settings(**kw))
+
+    assert (
+        activations(gradient_checkpointing=True)
+        < activations(gradient_checkpointing=True, checkpoint_every=2)
+        < activations(gradient_checkpointing=True, checkpoint_every=3)
+        < activations()
+    )
     assert total(batch_size=1) < total() < total(batch_size=4)
     assert total(lora_r=4) < total()
     assert total(logps_chunk_size=16, batch_size=8) < total(batch_size=8)
