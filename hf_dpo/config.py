@@ -252,6 +252,34 @@ class DPOConfig(TrainingArguments):
             # use_cpu makes it a gloo process group (accelerate's MULTI_CPU): real DDP on CPU.
             self.use_cpu = not torch.cuda.is_available()
         super().__post_init__()
+        _check_checkpointing_kwargs(
+            self.activation_checkpointing_kwargs or self.gradient_checkpointing_kwargs
+        )
+
+
+def _check_checkpointing_kwargs(kwargs: dict | None) -> None:
+    """`every_n_layers` (selective checkpointing) is a transformers 5.x feature; an older one would pass it on to
+    torch.utils.checkpoint and fail at the first step."""
+    if not kwargs or "every_n_layers" not in kwargs:
+        return
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    every = kwargs["every_n_layers"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise RecipeError(
+            f"gradient_checkpointing_kwargs.every_n_layers must be an integer >= 1 (got {every!r})."
+        )
+    enable = getattr(PreTrainedModel, "activation_checkpointing_enable", None)
+    if enable is None or "every_n_layers" not in inspect.signature(enable).parameters:
+        import transformers
+
+        raise RecipeError(
+            "gradient_checkpointing_kwargs.every_n_layers needs a transformers with selective checkpointing "
+            f"(this one is {transformers.__version__}): upgrade transformers, or drop every_n_layers to "
+            "checkpoint every layer."
+        )
 
 
 def _auto_bool(value: Any, key: str) -> bool | str:

@@ -115,3 +115,21 @@ def test_saved_recipe_never_holds_the_token(tmp_path):
     recipe = load_recipe(recipe_file, ["--hub_token", "hf_secret123"])
     assert recipe.training.hub_token == "hf_secret123"
     assert "hf_secret123" not in recipe.to_yaml()
+
+
+def test_every_n_layers_is_checked(tmp_path, monkeypatch):
+    recipe = tmp_path / "ckpt.yaml"
+    recipe.write_text(
+        "model_name_or_path: x\ngradient_checkpointing: true\n"
+        "gradient_checkpointing_kwargs: {use_reentrant: false, every_n_layers: 2}\n"
+    )
+    loaded = load_recipe(str(recipe))
+    assert loaded.training.activation_checkpointing_kwargs["every_n_layers"] == 2
+    with pytest.raises(RecipeError, match="every_n_layers must be an integer >= 1"):
+        load_recipe(str(recipe), ["--gradient_checkpointing_kwargs", '{"every_n_layers": 0}'])
+    # a transformers without selective checkpointing: a clear error at load time, not a TypeError at step 1
+    from transformers import PreTrainedModel
+
+    monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
+    with pytest.raises(RecipeError, match="needs a transformers with selective checkpointing"):
+        load_recipe(str(recipe))
