@@ -320,6 +320,33 @@ def add_ratios(results: list[dict]) -> None:
                     r[f"memory_vs_{base}"] = r[mem] / group[base][mem]
 
 
+# The targets hf_dpo is held to (issue "Faster and leaner than TRL"): pairs/s over TRL default and over TRL with a
+# precomputed reference, and peak memory over TRL default's, same model, data, batch and LoRA.
+TARGETS = {"speed_vs_trl_default": 2.0, "speed_vs_trl_precompute": 1.4, "memory_vs_trl_default": 1.0}
+
+
+def lines_meeting_targets(results: list[dict]) -> dict[str, list[str]]:
+    """Per quantization, the hf_dpo lines that meet every target (needs both TRL lines in the run)."""
+    met: dict[str, list[str]] = {}
+    for r in results:
+        if r.get("impl") != "hf_dpo" or "error" in r or not all(k in r for k in TARGETS):
+            continue
+        met.setdefault(r["quantization"], [])
+        ok = (
+            r["speed_vs_trl_default"] >= TARGETS["speed_vs_trl_default"]
+            and r["speed_vs_trl_precompute"] >= TARGETS["speed_vs_trl_precompute"]
+            and r["memory_vs_trl_default"] <= TARGETS["memory_vs_trl_default"]
+        )
+        if ok:
+            met[r["quantization"]].append(r["name"])
+    return met
+
+
+def format_verdict(met: dict[str, list[str]]) -> str:
+    head = "Lines at >= 2x TRL default, >= 1.4x TRL precompute and <= TRL default's peak memory:"
+    return "\n".join([head] + [f"  {q}: {', '.join(names) or 'none'}" for q, names in met.items()])
+
+
 def format_table(results: list[dict]) -> str:
     same_allocator = any("memory_vs_trl_default_same_allocator" in r for r in results)
     header = (
@@ -455,6 +482,7 @@ def run_bench(
             echo(f"  {name:<28}{quant:>6}  {status}  ({time.time() - t0:.0f} s)")
     add_ratios(results)
     table = format_table(results)
+    met = lines_meeting_targets(results)
     report = {
         "machine": machine_summary(),
         "setup": {
@@ -470,9 +498,13 @@ def run_bench(
         },
         "results": results,
         "table": table,
+        "targets": TARGETS,
+        "lines_meeting_targets": met,
     }
     echo("")
     echo(table)
+    if met:
+        echo("\n" + format_verdict(met))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2))

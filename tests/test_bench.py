@@ -76,3 +76,21 @@ def test_same_allocator_line_is_trl_with_hf_dpos_allocator_setting_only():
     assert results[2]["memory_vs_trl_default"] == pytest.approx(0.75)
     assert results[2]["memory_vs_trl_default_same_allocator"] == pytest.approx(1500 / 1600)
     assert "0.94" in format_table(results)
+
+
+def test_verdict_names_only_lines_meeting_all_three_targets():
+    from hf_dpo.bench import format_verdict, lines_meeting_targets
+
+    results = [
+        result("trl_default", "4bit", 0.5, 2000, impl="trl"),
+        result("trl_precompute", "4bit", 0.6, 2000, impl="trl"),
+        result("fast_but_big", "4bit", 1.5, 2100, impl="hf_dpo"),  # 3x, 2.5x, 1.05x memory: no
+        result("fast_and_lean", "4bit", 1.2, 1800, impl="hf_dpo"),  # 2.4x, 2.0x, 0.9x: yes
+        result("lean_but_slow", "4bit", 0.8, 1500, impl="hf_dpo"),  # 1.6x: no
+        result("edge", "4bit", 1.0, 2000, impl="hf_dpo"),  # exactly 2x, 1.67x, 1.0x: yes
+        result("hf_only", "none", 3.0, 1000, impl="hf_dpo"),  # no TRL lines for 'none': no verdict
+    ]
+    add_ratios(results)
+    met = lines_meeting_targets(results)
+    assert met == {"4bit": ["fast_and_lean", "edge"]}
+    assert "4bit: fast_and_lean, edge" in format_verdict(met)
