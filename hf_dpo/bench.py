@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hf_dpo.memory import peak_rss_mb, return_freed_memory_to_os
+from hf_dpo.memory import peak_memory, return_freed_memory_to_os
 
 DEMO_DATA = Path("recipes/data/demo/train.jsonl")
 DEMO_RECIPE = Path("recipes/demo.yaml")
@@ -248,6 +248,7 @@ def run_config(spec: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
+    peak = peak_memory()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     warm = spec["warmup"]
     times = timer["steps"][warm:]
@@ -263,8 +264,8 @@ def run_config(spec: dict) -> dict:
         "pairs_per_s": statistics.median(pairs / t for t in times),
         "tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
         "setup_s": timer.get("first_step_begin", time.perf_counter()) - started,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "peak_rss_mb": peak["peak_rss_mb"],
+        "peak_cuda_mb": peak.get("peak_cuda_allocated_mb"),
         "loss_first": logs[0]["loss"],
         "logps_chosen_first": logs[0].get("logps/chosen"),
         "loss_mean": statistics.fmean(h["loss"] for h in logs),
@@ -343,7 +344,10 @@ def lines_meeting_targets(results: list[dict]) -> dict[str, list[str]]:
 
 
 def format_verdict(met: dict[str, list[str]]) -> str:
-    head = "Lines at >= 2x TRL default, >= 1.4x TRL precompute and <= TRL default's peak memory:"
+    head = (
+        f"Lines at >= {TARGETS['speed_vs_trl_default']:g}x TRL default, >= {TARGETS['speed_vs_trl_precompute']:g}x "
+        f"TRL precompute and <= {TARGETS['memory_vs_trl_default']:g}x TRL default's peak memory:"
+    )
     return "\n".join([head] + [f"  {q}: {', '.join(names) or 'none'}" for q, names in met.items()])
 
 

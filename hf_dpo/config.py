@@ -253,8 +253,8 @@ class DPOConfig(TrainingArguments):
             self.use_cpu = not torch.cuda.is_available()
         super().__post_init__()
         _check_checkpointing_kwargs(
-            self.activation_checkpointing_kwargs or self.gradient_checkpointing_kwargs
-        )
+            self.activation_checkpointing_kwargs
+        )  # gradient_checkpointing_* mirror it
 
 
 def _check_checkpointing_kwargs(kwargs: dict | None) -> None:

@@ -43,9 +43,10 @@ def return_freed_memory_to_os(threshold: int = RELEASE_THRESHOLD) -> bool:
     By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so the tensors
     of a training step soon come from the heap, and a heap only shrinks from its top: the freed activations of
     one step stay resident, fragmented, and the next step's allocations land beside them. Peak RSS then grows
-    well past the live tensors (measured on the bench's 4-bit run: 2179 MiB vs 1743 MiB with this on, same
-    speed within noise). With a fixed 128 KiB threshold every tensor of that size or more is its own mapping,
-    unmapped when freed, and the heap is trimmed above 128 KiB of free space.
+    well past the live tensors (measured on the bench's 4-bit run: 2179 MiB vs 1743 MiB with this on). With a
+    fixed 128 KiB threshold every tensor of that size or more is its own mapping, unmapped when freed, and the
+    heap is trimmed above 128 KiB of free space. The price is speed: every large tensor is a fresh mapping whose
+    pages fault in again (15-40% fewer pairs/s in the bench).
     Process-wide; a no-op (False) on other C libraries."""
     import ctypes
     import sys

@@ -82,9 +82,8 @@ class Settings:
     logps_chunk_size: int | None = None
     gradient_accumulation_steps: int = 1
     data_row_length: int | None = None  # longest batch row measured on the recipe's data (None: worst case)
-    checkpoint_every: int = (
-        1  # gradient_checkpointing_kwargs every_n_layers: checkpoint every n-th layer only
-    )
+    # gradient_checkpointing_kwargs every_n_layers: checkpoint every n-th decoder layer only
+    checkpoint_every: int = 1
 
     @property
     def quantized(self) -> bool:
@@ -241,13 +240,14 @@ def activation_bytes(arch: Arch, s: Settings) -> int:
     # Checkpointed layers (every n-th from the first, transformers' every_n_layers) keep only their input; the
     # others keep all their activations. Peak: the end of the forward, or the backward of a checkpointed layer,
     # which recomputes its activations while the layers below it still hold theirs.
-    checkpointed = [i % s.checkpoint_every == 0 for i in range(arch.num_hidden_layers)]
-    peak = sum(layer_input if c else per_layer for c in checkpointed)
-    for top, is_checkpointed in enumerate(checkpointed):
-        if is_checkpointed:
-            below = sum(layer_input if c else per_layer for c in checkpointed[:top])
-            peak = max(peak, below + per_layer)  # the recomputed activations include (share) the input
-    return peak
+    held = peak = 0  # bytes kept by the layers below the current one
+    for layer in range(arch.num_hidden_layers):
+        if layer % s.checkpoint_every == 0:
+            peak = max(peak, held + per_layer)  # its recomputed activations include (share) its input
+            held += layer_input
+        else:
+            held += per_layer
+    return max(peak, held)
 
 
 def logits_bytes(arch: Arch, s: Settings) -> tuple[int, str]:
