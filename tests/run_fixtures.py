@@ -8,6 +8,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
+def dpo_args(tmp_path, **kw):
+    """A DPOConfig for CPU tests: no reporting, no saving, logs every step; `kw` overrides."""
+    from hf_dpo.config import DPOConfig
+
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        beta=0.1,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return DPOConfig(**base)
+
+
 # A secret passed to training as --hub_token: it must land in no file of the run dir.
 TRAIN_TOKEN = "hf_trainSECRETtoken0123456789abcdefgh"
 

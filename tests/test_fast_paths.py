@@ -7,11 +7,11 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from run_fixtures import dpo_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_dpo import batching
 from hf_dpo.batching import LengthGroupedPairSampler, label_targets, pad_share, shared_attention_mask
-from hf_dpo.config import DPOConfig
 from hf_dpo.data import PreferenceCollator
 from hf_dpo.trainer import DPOTrainer
 
@@ -25,19 +25,10 @@ PLAIN = dict(prefix_sharing=False, logps_chunk_size=0)
 
 
 def args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        report_to="none",
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        precompute_ref_log_probs=False,
+    options = dict(
+        per_device_train_batch_size=4, per_device_eval_batch_size=4, precompute_ref_log_probs=False
     )
-    base.update(kw)
-    return DPOConfig(**base)
+    return dpo_args(tmp_path, **{**options, **kw})
 
 
 def lora():

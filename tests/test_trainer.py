@@ -6,11 +6,22 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from run_fixtures import dpo_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from hf_dpo.config import DataConfig, DPOConfig
+from hf_dpo.config import DataConfig
 from hf_dpo.trainer import DPOTrainer
+
+# The per-step metrics TRL logs, under the same names in hf_dpo.
+TRL_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 ROWS = [
     {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
@@ -29,22 +40,6 @@ def lora(init=True, dropout=0.0):
         init_lora_weights=init,
         task_type="CAUSAL_LM",
     )
-
-
-def dpo_args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        report_to="none",
-        use_cpu=True,
-        beta=0.1,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return DPOConfig(**base)
 
 
 @pytest.fixture
@@ -93,14 +88,7 @@ def test_matches_trl_loss_and_metrics(tmp_path, tiny, loss_type):
 
     assert trl_metrics["rewards/margins"] != 0.0  # a non-zero adapter: the comparison is not trivial
     assert our_loss == pytest.approx(trl_loss, abs=1e-5)
-    for key in (
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/accuracies",
-        "rewards/margins",
-        "logps/chosen",
-        "logps/rejected",
-    ):
+    for key in TRL_METRICS:
         assert our_metrics[key] == pytest.approx(trl_metrics[key], abs=1e-5), key
 
 
@@ -141,14 +129,7 @@ def test_training_logs_train_and_eval_metrics(tmp_path, tiny):
     train_logs = [h for h in history if "loss" in h]
     eval_logs = [h for h in history if "eval_loss" in h]
     assert len(train_logs) == 3 and len(eval_logs) == 1
-    for key in (
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/accuracies",
-        "rewards/margins",
-        "logps/chosen",
-        "logps/rejected",
-    ):
+    for key in TRL_METRICS:
         assert key in train_logs[0]
         assert f"eval_{key}" in eval_logs[0]
     assert train_logs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1: policy == reference
