@@ -88,46 +88,24 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
     hub_dataset = dataset if _looks_like_hub_id(dataset) else None
     results = []
     if report is not None:
-        ds = dict(
+        where = dict(
+            task_type="text-generation",
             dataset_type=hub_dataset or "local",
             dataset_name=Path(str(dataset)).name if dataset else "held-out",
+            dataset_split="held-out",
         )
-        split = {"dataset_split": "held-out"}
+        metrics = []  # (metric_type, metric_name, estimate)
         if report.get("preference"):
-            acc = report["preference"]["metrics"]["reward_accuracy"]
-            margin = report["preference"]["metrics"]["rewards/margins"]
-            results.append(
-                EvalResult(
-                    task_type="text-generation",
-                    **ds,
-                    **split,
-                    metric_type="accuracy",
-                    metric_name="Held-out reward accuracy",
-                    metric_value=round(acc["value"], 4),
-                )
-            )
-            results.append(
-                EvalResult(
-                    task_type="text-generation",
-                    **ds,
-                    **split,
-                    metric_type="reward_margin",
-                    metric_name="Held-out mean reward margin",
-                    metric_value=round(margin["value"], 4),
-                )
-            )
+            pref = report["preference"]["metrics"]
+            metrics.append(("accuracy", "Held-out reward accuracy", pref["reward_accuracy"]))
+            metrics.append(("reward_margin", "Held-out mean reward margin", pref["rewards/margins"]))
         if report.get("behaviour"):
             win = report["behaviour"]["win_rate"]
-            results.append(
-                EvalResult(
-                    task_type="text-generation",
-                    **ds,
-                    **split,
-                    metric_type="win_rate",
-                    metric_name="Judged win rate vs reference (ties = 1/2)",
-                    metric_value=round(win["value"], 4),
-                )
-            )
+            metrics.append(("win_rate", "Judged win rate vs reference (ties = 1/2)", win))
+        results = [
+            EvalResult(**where, metric_type=kind, metric_name=name, metric_value=round(est["value"], 4))
+            for kind, name, est in metrics
+        ]
     return ModelCardData(
         base_model=hub_base,
         library_name="peft",
