@@ -46,7 +46,7 @@ def return_freed_memory_to_os(threshold: int = RELEASE_THRESHOLD) -> bool:
     well past the live tensors (measured on the bench's 4-bit run: 2179 MiB vs 1743 MiB with this on). With a
     fixed 128 KiB threshold every tensor of that size or more is its own mapping, unmapped when freed, and the
     heap is trimmed above 128 KiB of free space. The price is speed: every large tensor is a fresh mapping whose
-    pages fault in again (15-40% fewer pairs/s in the bench).
+    pages fault in again (15-45% fewer pairs/s in the bench).
     Process-wide; a no-op (False) on other C libraries."""
     import ctypes
     import sys
