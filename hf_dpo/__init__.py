@@ -15,15 +15,15 @@ def __getattr__(name):
 
         return DPOConfig
     if name == "DPOTrainer":
-        from hf_dpo.trainer import DPOTrainer
+        from hf_dpo.train.trainer import DPOTrainer
 
         return DPOTrainer
     if name == "dpo_loss":
-        from hf_dpo.loss import dpo_loss
+        from hf_dpo.train.loss import dpo_loss
 
         return dpo_loss
     if name == "load_policy":
-        from hf_dpo.modeling import load_policy
+        from hf_dpo.model.loading import load_policy
 
         return load_policy
     if name == "load_preference_dataset":
@@ -31,7 +31,7 @@ def __getattr__(name):
 
         return load_preference_dataset
     if name == "push_run":
-        from hf_dpo.hub import push_run
+        from hf_dpo.hub.push import push_run
 
         return push_run
     raise AttributeError(f"module 'hf_dpo' has no attribute {name!r}")

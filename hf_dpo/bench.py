@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hf_dpo.memory import peak_memory, return_freed_memory_to_os
+from hf_dpo.model.memory import peak_memory, return_freed_memory_to_os
 
 DEMO_DATA = Path("recipes/data/demo/train.jsonl")
 DEMO_RECIPE = Path("recipes/demo.yaml")
@@ -168,7 +168,7 @@ def run_config(spec: dict) -> dict:
     from datasets import Dataset
 
     from hf_dpo.config import ModelConfig
-    from hf_dpo.modeling import load_base_model, load_tokenizer, lora_config
+    from hf_dpo.model.loading import load_base_model, load_tokenizer, lora_config
 
     torch.manual_seed(spec["seed"])
     cuda = torch.cuda.is_available()
@@ -228,7 +228,7 @@ def run_config(spec: dict) -> dict:
         keys = ("prompt_ids", "chosen_ids", "rejected_ids")
     else:
         from hf_dpo.config import DPOConfig
-        from hf_dpo.trainer import DPOTrainer
+        from hf_dpo.train.trainer import DPOTrainer
 
         options = dict(spec["options"])
         trainer = DPOTrainer(

@@ -34,7 +34,7 @@ class UserError(Exception):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hf_dpo.train import run_training
+    from hf_dpo.run import run_training
 
     run_training(args.recipe, args.overrides)
     return 0
@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hf_dpo.evaluation import EvaluationError, evaluate_run
-    from hf_dpo.judges import JudgeError
+    from hf_dpo.pairs.judges import JudgeError
+    from hf_dpo.report.evaluation import EvaluationError
+    from hf_dpo.run import evaluate_run
 
     try:
         report = evaluate_run(
@@ -186,14 +187,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     except (EvaluationError, JudgeError, FileNotFoundError) as err:
         raise UserError(str(err)) from None
-    from hf_dpo.report_md import console_summary
+    from hf_dpo.report.markdown import console_summary
 
     print(console_summary(report, args.run_dir))
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from hf_dpo.hub import PushError, push_run
+    from hf_dpo.hub.push import PushError, push_run
 
     try:
         url = push_run(
@@ -213,7 +214,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
-    from hf_dpo.plan import PlanError, parse_size, plan_recipe
+    from hf_dpo.plan.estimate import PlanError, parse_size, plan_recipe
 
     try:
         memory = parse_size(args.gpu_memory) if args.gpu_memory else None
@@ -225,7 +226,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from hf_dpo.merge import merge_run
+    from hf_dpo.model.merge import merge_run
 
     out = merge_run(args.run_dir, args.out, dtype=args.dtype)
     print(f"Merged model written to {out} (load it with AutoModelForCausalLM.from_pretrained('{out}')).")
@@ -234,8 +235,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
-    from hf_dpo.judges import JudgeError
-    from hf_dpo.sampling import SamplingError, run_sampling
+    from hf_dpo.pairs.judges import JudgeError
+    from hf_dpo.pairs.sampling import SamplingError, run_sampling
 
     try:
         report = run_sampling(load_recipe(args.recipe, args.overrides))
@@ -256,8 +257,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from hf_dpo.label_server import serve
-    from hf_dpo.sampling import SamplingError
+    from hf_dpo.pairs.label_server import serve
+    from hf_dpo.pairs.sampling import SamplingError
 
     try:
         serve(args.samples, args.out, host=args.host, port=args.port)
@@ -331,14 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from hf_dpo.arch import PlanError
     from hf_dpo.config import RecipeError
     from hf_dpo.data import DataError
-    from hf_dpo.hub import PushError
-    from hf_dpo.judges import JudgeError
-    from hf_dpo.metrics import EvaluationError
-    from hf_dpo.modeling import ModelLoadError
-    from hf_dpo.sampling import SamplingError
+    from hf_dpo.hub.push import PushError
+    from hf_dpo.model.loading import ModelLoadError
+    from hf_dpo.pairs.judges import JudgeError
+    from hf_dpo.pairs.sampling import SamplingError
+    from hf_dpo.plan.arch import PlanError
+    from hf_dpo.report.metrics import EvaluationError
 
     try:
         return args.func(args)

@@ -505,7 +505,7 @@ class PreferenceCollator:
     once; input_ids, attention_mask (1 on tokens, 0 on padding), labels (the token itself on completion tokens,
     -100 elsewhere), position_ids (`[0..P+C-1, P..P+R-1]`: the rejected branch restarts after the prompt) and
     segment_ids (0 prompt, 1 chosen, 2 rejected, -1 padding), all (B, T). The trainer turns segment_ids into the
-    4D attention mask (`hf_dpo.batching.shared_attention_mask`).
+    4D attention mask (`hf_dpo.train.batching.shared_attention_mask`).
     Both carry ref_chosen_logps / ref_rejected_logps (B,) when the examples hold cached reference log-probs.
     """
 

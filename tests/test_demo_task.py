@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_dpo.demo_task import (
+from hf_dpo.pairs.demo_task import (
     CAPITALS,
     demo_prompts,
     expected_answer,

@@ -1,4 +1,4 @@
-"""hf_dpo.evaluation and hf_dpo.plots: intervals and metrics by hand-worked numbers, then the report of a
+"""hf_dpo.report.evaluation and hf_dpo.report.plots: intervals and metrics by hand-worked numbers, then the report of a
 real tiny run (tests/run_fixtures.py) with its plots decoded and checked for content."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from run_fixtures import tiny_run
 
-from hf_dpo.evaluation import (
+from hf_dpo.report.evaluation import (
     EvaluationError,
     bootstrap_mean_ci,
     build_report,
@@ -121,7 +121,7 @@ def test_report_of_a_real_tiny_run(run):
         info["eval_after"]["reward_margin"], rel=0.05, abs=1e-4
     )
     beh = report["behaviour"]
-    assert beh["judge"] == "hf_dpo.demo_task:judge" and beh["n"] == 4
+    assert beh["judge"] == "hf_dpo.pairs.demo_task:judge" and beh["n"] == 4
     assert beh["wins"] + beh["ties"] + beh["losses"] == 4 and beh["decoding"]["do_sample"] is False
     assert len(beh["samples"]) == 4 and {"prompt", "policy", "reference"} <= set(beh["samples"][0])
     assert "kl_estimate" in beh
@@ -153,7 +153,7 @@ def test_report_without_eval_pairs_or_judge_says_why(run, tmp_path):
 
 
 def test_training_curves_tolerate_missing_keys(tmp_path):
-    from hf_dpo.plots import training_curves
+    from hf_dpo.report.plots import training_curves
 
     history = [
         {"step": s, "loss": 0.7 - 0.01 * s, "epoch": s / 10} for s in range(1, 8)
@@ -185,14 +185,14 @@ def test_evaluate_trainer_on_an_untrained_adapter_finds_no_difference(run, tmp_p
     import shutil
 
     from hf_dpo.config import load_recipe
-    from hf_dpo.evaluation import evaluate_trainer
-    from hf_dpo.train import build_trainer
+    from hf_dpo.report.evaluation import evaluate_trainer
+    from hf_dpo.run import build_trainer
 
     dst = tmp_path / "run"
     shutil.copytree(run, dst, ignore=shutil.ignore_patterns("checkpoint-*", "eval_report.*", "plots"))
     recipe = load_recipe(dst / "recipe.yaml", ["--output_dir", str(dst), "--report_to", "[]"])
     trainer, _ = build_trainer(recipe)
-    report = evaluate_trainer(trainer, "hf_dpo.demo_task:judge", num_generations=3, max_new_tokens=6)
+    report = evaluate_trainer(trainer, "hf_dpo.pairs.demo_task:judge", num_generations=3, max_new_tokens=6)
     metrics = report["preference"]["metrics"]
     assert metrics["reward_accuracy"]["value"] == 0.0
     assert metrics["rewards/margins"]["value"] == pytest.approx(0.0, abs=1e-6)
@@ -200,5 +200,6 @@ def test_evaluate_trainer_on_an_untrained_adapter_finds_no_difference(run, tmp_p
     assert beh["ties"] == beh["n"] == beh["identical_completions"] == 3 and beh["win_rate"]["value"] == 0.5
     assert beh["kl_estimate"]["value"] == pytest.approx(0.0, abs=1e-4)
     assert (
-        json.loads((dst / "eval_report.json").read_text())["behaviour"]["judge"] == "hf_dpo.demo_task:judge"
+        json.loads((dst / "eval_report.json").read_text())["behaviour"]["judge"]
+        == "hf_dpo.pairs.demo_task:judge"
     )

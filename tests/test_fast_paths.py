@@ -10,10 +10,10 @@ from peft import LoraConfig
 from run_fixtures import dpo_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_dpo import batching
-from hf_dpo.batching import LengthGroupedPairSampler, label_targets, pad_share, shared_attention_mask
 from hf_dpo.data import PreferenceCollator
-from hf_dpo.trainer import DPOTrainer
+from hf_dpo.train import batching
+from hf_dpo.train.batching import LengthGroupedPairSampler, label_targets, pad_share, shared_attention_mask
+from hf_dpo.train.trainer import DPOTrainer
 
 ROWS = [
     {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
@@ -126,12 +126,12 @@ def test_prefix_sharing_falls_back_when_the_mask_is_ignored(
     """A model that ignores the 4D mask (simulated: a mask that hides nothing) gives different log-probs on the
     first batch; the trainer notices, says so, and computes the plain layout from then on."""
     monkeypatch.setattr(
-        "hf_dpo.logps.shared_attention_mask",
+        "hf_dpo.train.logps.shared_attention_mask",
         lambda seg, dtype: torch.zeros(seg.shape[0], 1, seg.shape[1], seg.shape[1], dtype=dtype),
     )
     plain = loss_and_grads(make_trainer(tmp_path, tiny_model_dir, tokenizer, **PLAIN))
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, prefix_sharing=True, logps_chunk_size=0)
-    with caplog.at_level(logging.WARNING, logger="hf_dpo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.train.trainer"):
         fallback = loss_and_grads(trainer)
     assert not trainer._prefix_sharing and not trainer.data_collator.prefix_sharing
     assert "Prefix sharing off" in caplog.text and "log-probs differ from the plain layout" in caplog.text
@@ -142,10 +142,10 @@ def test_prefix_sharing_falls_back_when_the_forward_rejects_the_mask(
     tmp_path, tiny_model_dir, tokenizer, monkeypatch, caplog
 ):
     monkeypatch.setattr(
-        "hf_dpo.logps.shared_attention_mask", lambda seg, dtype: torch.zeros(1, 2, 3, dtype=dtype)
+        "hf_dpo.train.logps.shared_attention_mask", lambda seg, dtype: torch.zeros(1, 2, 3, dtype=dtype)
     )
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, prefix_sharing=True, logps_chunk_size=0)
-    with caplog.at_level(logging.WARNING, logger="hf_dpo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.train.trainer"):
         loss_and_grads(trainer)
     assert not trainer._prefix_sharing and "forward pass with a 4D mask failed" in caplog.text
 
@@ -153,7 +153,7 @@ def test_prefix_sharing_falls_back_when_the_forward_rejects_the_mask(
 def test_prefix_sharing_is_off_for_flash_attention(tmp_path, tiny_model_dir, tokenizer, caplog):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config._attn_implementation = "flash_attention_2"  # only inspected, never run here
-    with caplog.at_level(logging.WARNING, logger="hf_dpo.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.train.trainer"):
         trainer = DPOTrainer(
             model=model,
             args=args(tmp_path),
@@ -186,7 +186,7 @@ def test_4bit_base_all_paths_equal(tmp_path, tiny_model_dir, tokenizer):
     """QLoRA: the same NF4 base (bitsandbytes on CPU) gives the same loss and gradients on every path."""
     pytest.importorskip("bitsandbytes")
     from hf_dpo.config import ModelConfig
-    from hf_dpo.modeling import load_base_model
+    from hf_dpo.model.loading import load_base_model
 
     def trainer(**kw):
         torch.manual_seed(0)
@@ -256,7 +256,7 @@ def test_reference_cache_is_invalidated_by_a_change(tmp_path, tiny_model_dir, to
 
 
 def test_reference_cache_key_covers_base_weights_and_starting_adapter(tmp_path, tiny_model_dir, tokenizer):
-    from hf_dpo.ref_cache import model_fingerprint
+    from hf_dpo.train.ref_cache import model_fingerprint
 
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer)
     before = model_fingerprint(trainer.model, None)
@@ -333,11 +333,11 @@ def test_trainer_uses_length_groups_and_per_pair_values_do_not_change(tmp_path, 
 def test_return_freed_memory_is_applied_on_cpu_and_changes_no_result(
     tmp_path, tiny_model_dir, tokenizer, monkeypatch, on
 ):
-    import hf_dpo.memory
+    import hf_dpo.model.memory
 
     calls = []
-    real = hf_dpo.memory.return_freed_memory_to_os
-    monkeypatch.setattr(hf_dpo.memory, "return_freed_memory_to_os", lambda: calls.append(1) or real())
+    real = hf_dpo.model.memory.return_freed_memory_to_os
+    monkeypatch.setattr(hf_dpo.model.memory, "return_freed_memory_to_os", lambda: calls.append(1) or real())
     plain = loss_and_grads(
         make_trainer(tmp_path, tiny_model_dir, tokenizer, return_freed_memory=False, **PLAIN)
     )
@@ -350,7 +350,7 @@ def test_return_freed_memory_is_applied_on_cpu_and_changes_no_result(
 def test_shared_mask_takes_the_autocast_dtype(tmp_path, tiny_model_dir, tokenizer):
     """k-bit training keeps embeddings in float32; under bf16 autocast the attention scores are bf16 and the
     4D mask added to them must be too. And the prefix-sharing self-check is only as strict as the precision."""
-    from hf_dpo.logps import model_inputs
+    from hf_dpo.train.logps import model_inputs
 
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])

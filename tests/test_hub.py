@@ -1,4 +1,4 @@
-"""hf_dpo.hub against a local Hub-compatible server: the real huggingface_hub client, no network.
+"""hf_dpo.hub.push against a local Hub-compatible server: the real huggingface_hub client, no network.
 
 The run dir is a real tiny run (tests/run_fixtures.py): trained 3 steps with `hf-dpo train`'s pipeline,
 evaluated, then pushed. Checks: the bytes that arrive, the card's metadata round trip, 401 / 503 /
@@ -78,7 +78,7 @@ EXPECTED = {
 def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
     from huggingface_hub import HfApi, hf_hub_download
 
-    from hf_dpo.hub import push_run
+    from hf_dpo.hub.push import push_run
 
     url = push_run(run_dir, REPO, backoff_s=0.01)
 
@@ -109,7 +109,7 @@ def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
 
     from huggingface_hub import ModelCard
 
-    from hf_dpo.hub import push_run
+    from hf_dpo.hub.push import push_run
 
     info = json.loads((run_dir / "run_info.json").read_text())
     info["base_model"] = "tester/tiny-llama"  # as for a base from the Hub (the tiny one is a local dir)
@@ -143,7 +143,7 @@ def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
 def test_known_base_gets_its_license_and_hub_dataset_is_listed(run_dir):
     import json
 
-    from hf_dpo.hub import render_card
+    from hf_dpo.hub.push import render_card
 
     info = json.loads((run_dir / "run_info.json").read_text())
     info.update(
@@ -163,7 +163,7 @@ def test_local_base_and_unevaluated_run_still_give_a_valid_card(hub, run_dir):
 
     from huggingface_hub import ModelCard
 
-    from hf_dpo.hub import push_run
+    from hf_dpo.hub.push import push_run
 
     (run_dir / "eval_report.json").unlink()
     push_run(run_dir, REPO, backoff_s=0.01)  # the server rejects a base_model that is not a Hub id
@@ -177,7 +177,7 @@ def test_local_base_and_unevaluated_run_still_give_a_valid_card(hub, run_dir):
 
 
 def test_auth_error_is_clear_not_retried_and_loses_nothing(hub, run_dir, monkeypatch, caplog):
-    from hf_dpo.hub import PushError, push_run
+    from hf_dpo.hub.push import PushError, push_run
 
     wrong = "hf_wrongSECRET000000000000000000000"
     before = _snapshot(run_dir)
@@ -197,7 +197,7 @@ def test_auth_error_is_clear_not_retried_and_loses_nothing(hub, run_dir, monkeyp
 
 
 def test_unknown_repo_is_reported_as_not_found(hub, run_dir, monkeypatch):
-    from hf_dpo.hub import PushError, push_run
+    from hf_dpo.hub.push import PushError, push_run
 
     hub.fail("POST", r"/preupload/", [404])
     with pytest.raises(PushError) as err:
@@ -206,7 +206,7 @@ def test_unknown_repo_is_reported_as_not_found(hub, run_dir, monkeypatch):
 
 
 def test_transient_errors_are_retried_with_backoff(hub, run_dir, caplog):
-    from hf_dpo.hub import push_run
+    from hf_dpo.hub.push import push_run
 
     hub.fail("POST", r"/api/repos/create$", ["reset"])  # connection dropped without an answer
     hub.fail("POST", r"/commit/main$", [503])
@@ -223,7 +223,7 @@ def test_transient_errors_are_retried_with_backoff(hub, run_dir, caplog):
 
 
 def test_transient_errors_give_up_after_bounded_attempts(hub, run_dir):
-    from hf_dpo.hub import PushError, push_run
+    from hf_dpo.hub.push import PushError, push_run
 
     hub.fail("POST", r"/commit/main$", [503, 503, 503])
     start = time.monotonic()
@@ -236,7 +236,7 @@ def test_transient_errors_give_up_after_bounded_attempts(hub, run_dir):
 
 
 def test_token_lands_nowhere(hub, run_dir, caplog, capsys):
-    from hf_dpo.hub import push_run
+    from hf_dpo.hub.push import push_run
 
     with caplog.at_level(logging.DEBUG):
         push_run(run_dir, REPO, private=True, backoff_s=0.01)
@@ -258,7 +258,7 @@ def test_token_lands_nowhere(hub, run_dir, caplog, capsys):
 
 
 def test_refuses_to_push_a_file_holding_the_token(hub, run_dir):
-    from hf_dpo.hub import PushError, push_run
+    from hf_dpo.hub.push import PushError, push_run
 
     (run_dir / "recipe.yaml").write_text(f"hub_token: {PUSH_TOKEN}\n")
     with pytest.raises(PushError) as err:
@@ -268,7 +268,7 @@ def test_refuses_to_push_a_file_holding_the_token(hub, run_dir):
 
 
 def test_push_to_a_branch_and_only_from_the_main_process(hub, run_dir, monkeypatch):
-    from hf_dpo.hub import push_run
+    from hf_dpo.hub.push import push_run
 
     push_run(run_dir, REPO, revision="experiment-1", commit_message="first try", backoff_s=0.01)
     assert "adapter_model.safetensors" in hub.files(REPO, "experiment-1")
@@ -281,7 +281,7 @@ def test_push_to_a_branch_and_only_from_the_main_process(hub, run_dir, monkeypat
 
 
 def test_missing_adapter_is_a_clear_error(tmp_path, hub):
-    from hf_dpo.hub import PushError, push_run
+    from hf_dpo.hub.push import PushError, push_run
 
     with pytest.raises(PushError, match="does not exist"):
         push_run(tmp_path / "nope", REPO)
@@ -289,8 +289,8 @@ def test_missing_adapter_is_a_clear_error(tmp_path, hub):
 
 def test_checkpoint_callback_pushes_in_the_background_of_a_real_training(hub, run_dir, tmp_path):
     from hf_dpo.config import load_recipe
-    from hf_dpo.hub import HubCheckpointCallback, HubSettings
-    from hf_dpo.train import build_trainer
+    from hf_dpo.hub.push import HubCheckpointCallback, HubSettings
+    from hf_dpo.run import build_trainer
 
     class Timed(HubCheckpointCallback):
         on_save_seconds: list[float] = []
@@ -325,7 +325,7 @@ def test_checkpoint_callback_pushes_in_the_background_of_a_real_training(hub, ru
 def test_checkpoint_callback_logs_failures_without_stopping_training(hub, run_dir, caplog):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from hf_dpo.hub import HubCheckpointCallback, HubSettings
+    from hf_dpo.hub.push import HubCheckpointCallback, HubSettings
 
     cb = HubCheckpointCallback(HubSettings(repo_id=REPO, token="hf_badSECRET999999999"), backoff_s=0.01)
     args = TrainingArguments(output_dir=str(run_dir), report_to=[])
@@ -339,7 +339,7 @@ def test_checkpoint_callback_logs_failures_without_stopping_training(hub, run_di
 
 def test_take_hub_settings_moves_the_token_out_of_training_args(tmp_path):
     from hf_dpo.config import DPOConfig
-    from hf_dpo.hub import take_hub_settings
+    from hf_dpo.hub.push import take_hub_settings
 
     args = DPOConfig(
         output_dir=str(tmp_path / "r"),
@@ -409,7 +409,7 @@ def test_recipe_with_push_to_hub_trains_reports_and_pushes(hub, tiny_model_dir, 
         "--eval_num_generations",
         "2",
     ]
-    argv += ["--judge", "hf_dpo.demo_task:judge", "--max_new_tokens", "8"]
+    argv += ["--judge", "hf_dpo.pairs.demo_task:judge", "--max_new_tokens", "8"]
     argv += ["--push_to_hub", "true", "--hub_model_id", REPO, "--hub_token", PUSH_TOKEN]
     assert main(argv) == 0
     printed = capsys.readouterr().out

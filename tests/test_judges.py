@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hf_dpo.judges import CallableJudge, Judge, JudgeError, RewardModelJudge, load_judge
+from hf_dpo.pairs.judges import CallableJudge, Judge, JudgeError, RewardModelJudge, load_judge
 
 
 def length_judge(prompt: str, completion: str) -> float:
@@ -15,9 +15,9 @@ def length_judge(prompt: str, completion: str) -> float:
 
 
 def test_module_function_spec():
-    judge = load_judge("hf_dpo.demo_task:judge")
+    judge = load_judge("hf_dpo.pairs.demo_task:judge")
     assert isinstance(judge, Judge)
-    assert judge.name == "hf_dpo.demo_task:judge"
+    assert judge.name == "hf_dpo.pairs.demo_task:judge"
     assert judge.score(
         ["What is 2 + 3?", "What is 2 + 3?"],
         ["5", "Six, I would say, after thinking about it for a long while, is it."],
@@ -36,10 +36,10 @@ def test_callable_and_judge_objects_pass_through():
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("hf_dpo.demo_task", "neither 'module:function'"),
+        ("hf_dpo.pairs.demo_task", "neither 'module:function'"),
         ("no_such_module_xyz:judge", "cannot import module"),
-        ("hf_dpo.demo_task:no_such_fn", "has no attribute"),
-        ("hf_dpo.demo_task:CAPITALS", "not callable"),
+        ("hf_dpo.pairs.demo_task:no_such_fn", "has no attribute"),
+        ("hf_dpo.pairs.demo_task:CAPITALS", "not callable"),
         ("", "must be"),
     ],
 )

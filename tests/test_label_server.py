@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_dpo.label_server import LabelStore, decisions_path, left_is_first, make_server
-from hf_dpo.sampling import SamplingError
+from hf_dpo.pairs.label_server import LabelStore, decisions_path, left_is_first, make_server
+from hf_dpo.pairs.sampling import SamplingError
 
 XSS_PROMPT = 'Say <b>hi</b> & <script>window.__xss = "prompt"</script>'
 XSS_COMPLETION = '<img src=x onerror="window.__xss = \'img\'"><script>window.__xss = "script"</script>'

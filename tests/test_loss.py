@@ -1,11 +1,11 @@
-"""hf_dpo.loss: each loss on hand-picked log-probs, arithmetic in the docstrings."""
+"""hf_dpo.train.loss: each loss on hand-picked log-probs, arithmetic in the docstrings."""
 
 import math
 
 import pytest
 import torch
 
-from hf_dpo.loss import LOSSES, dpo_loss, sequence_logps, sft_loss, token_logps
+from hf_dpo.train.loss import LOSSES, dpo_loss, sequence_logps, sft_loss, token_logps
 
 
 def t(*values):
@@ -142,7 +142,7 @@ class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def _head_case(bias: bool, trainable: bool, n=37, hidden=16, vocab=101):
-    from hf_dpo.loss import chunked_label_logps  # noqa: F401 - imported where used
+    from hf_dpo.train.loss import chunked_label_logps  # noqa: F401 - imported where used
 
     torch.manual_seed(0)
     head = torch.nn.Linear(hidden, vocab, bias=bias)
@@ -157,7 +157,7 @@ def _head_case(bias: bool, trainable: bool, n=37, hidden=16, vocab=101):
 @pytest.mark.parametrize("trainable", [False, True])
 def test_chunked_label_logps_equal_full_logits_values_and_gradients(bias, trainable):
     """Frozen head: closed-form gradient W[y] − p·W; trainable head: checkpointed chunks. Both equal full logits."""
-    from hf_dpo.loss import chunked_label_logps, selective_log_softmax
+    from hf_dpo.train.loss import chunked_label_logps, selective_log_softmax
 
     head, h, labels, weights = _head_case(bias, trainable)
     full = selective_log_softmax(head(h), labels)
@@ -177,7 +177,7 @@ def test_chunked_label_logps_equal_full_logits_values_and_gradients(bias, traina
 
 def test_chunked_label_logps_never_builds_a_tokens_by_vocab_tensor():
     """The largest tensor of forward + backward is one chunk's logits (8 × V), not all tokens' (N × V)."""
-    from hf_dpo.loss import chunked_label_logps, selective_log_softmax
+    from hf_dpo.train.loss import chunked_label_logps, selective_log_softmax
 
     head, h, labels, weights = _head_case(bias=False, trainable=False, n=64, vocab=1000)
     with LargestTensor() as full:
@@ -190,7 +190,7 @@ def test_chunked_label_logps_never_builds_a_tokens_by_vocab_tensor():
 
 
 def test_chunked_label_logps_without_grad_keeps_nothing():
-    from hf_dpo.loss import chunked_label_logps
+    from hf_dpo.train.loss import chunked_label_logps
 
     head, h, labels, _ = _head_case(bias=False, trainable=False)
     with torch.no_grad():

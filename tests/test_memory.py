@@ -1,4 +1,4 @@
-"""hf_dpo.memory: freed tensor memory goes back to the OS on CPU (return_freed_memory), and the switch changes
+"""hf_dpo.model.memory: freed tensor memory goes back to the OS on CPU (return_freed_memory), and the switch changes
 no result."""
 
 import subprocess
@@ -8,14 +8,14 @@ import textwrap
 import pytest
 import torch
 
-from hf_dpo.memory import peak_memory, peak_rss_mb
+from hf_dpo.model.memory import peak_memory, peak_rss_mb
 
 # A training step in miniature: 1 MiB activations interleaved with small tensors that outlive them (as optimizer
 # state and metrics do), then the activations are freed. Prints how much RSS the free gave back, in MiB.
 FRAGMENT = textwrap.dedent(
     """
     import sys, torch
-    from hf_dpo.memory import return_freed_memory_to_os
+    from hf_dpo.model.memory import return_freed_memory_to_os
     def rss():
         for line in open("/proc/self/status"):
             if line.startswith("VmRSS:"):

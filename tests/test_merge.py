@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_dpo.merge import merge_run
-from hf_dpo.modeling import ModelLoadError
+from hf_dpo.model.loading import ModelLoadError
+from hf_dpo.model.merge import merge_run
 
 
 @pytest.fixture()

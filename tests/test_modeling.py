@@ -1,4 +1,4 @@
-"""hf_dpo.modeling: dtype choice, the built-in alias, 4-bit loading on CPU, adapters and the reference."""
+"""hf_dpo.model.loading: dtype choice, the built-in alias, 4-bit loading on CPU, adapters and the reference."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from hf_dpo.config import ModelConfig
-from hf_dpo.modeling import (
+from hf_dpo.model.loading import (
     REFERENCE_ADAPTER,
     ModelLoadError,
     hub_id_for,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_dpo import plan as planmod
 from hf_dpo.config import ModelConfig, load_recipe
-from hf_dpo.plan import GB, Arch, PlanError, Settings, load_arch, parse_size, plan_recipe
+from hf_dpo.plan import estimate as planmod
+from hf_dpo.plan.estimate import GB, Arch, PlanError, Settings, load_arch, parse_size, plan_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 GPU_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if "planned peak" in p.read_text())
@@ -71,7 +71,7 @@ def test_4bit_weight_bytes_match_the_loaded_model(tiny_model_dir):
     """Hand count for the tiny Llama (h=64, kv=32, i=128, 2 layers): linears per layer 64·64·2 + 64·32·2 +
     64·128·3 = 36,864 -> 73,728 params; NF4 packs 2 per byte = 36,864 B; double-quant absmax 1 B per 64 = 1,152 B.
     Embedding 49,152 x 64 (tied) + norms 2·2·64 + 64, float32 after prepare_model_for_kbit_training."""
-    from hf_dpo.modeling import load_base_model
+    from hf_dpo.model.loading import load_base_model
 
     model = load_base_model(
         ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit", use_peft=False)
@@ -134,7 +134,7 @@ def _saved_bytes_per_layer(model, layer, input_ids) -> int:
 @pytest.mark.parametrize("dropout", [0.05, 0.0])
 def test_layer_activations_match_saved_tensors(tiny_model_dir, dropout):
     """The per-layer activation count equals what autograd really keeps for a 4-bit + LoRA Llama layer (CPU, fp32)."""
-    from hf_dpo.modeling import load_policy
+    from hf_dpo.model.loading import load_policy
 
     cfg = ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit", lora_r=8, lora_dropout=dropout)
     model, _ = load_policy(cfg)
@@ -300,7 +300,7 @@ def test_cpu_baseline_matches_constant():
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child of a big pytest process would
     # report its parent's peak.
     code = (
-        "import torch, transformers, peft, datasets, accelerate, bitsandbytes, hf_dpo.train; "
+        "import torch, transformers, peft, datasets, accelerate, bitsandbytes, hf_dpo.run; "
         "print([int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     rss = int(

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hf_dpo.config import DataConfig, load_recipe
-from hf_dpo.judges import JudgeError
-from hf_dpo.sampling import (
+from hf_dpo.pairs.judges import JudgeError
+from hf_dpo.pairs.sampling import (
     PerRowSampler,
     SamplingError,
     format_prompt,
@@ -131,7 +131,7 @@ def test_broken_line_in_the_middle_names_file_and_line(tmp_path, tiny, tiny_mode
     with pytest.raises(SamplingError, match=r"s\.jsonl, line 2: not valid JSON"):
         sample(_recipe(tmp_path, tiny_model_dir), prompts, tmp_path / "s.jsonl", tiny)
     with pytest.raises(SamplingError, match=r"s\.jsonl, line 2"):
-        label_with_judge(tmp_path / "s.jsonl", "hf_dpo.demo_task:judge", tmp_path / "pairs.jsonl")
+        label_with_judge(tmp_path / "s.jsonl", "hf_dpo.pairs.demo_task:judge", tmp_path / "pairs.jsonl")
     assert (tmp_path / "s.jsonl").read_text() == lines[0] + "{not json\n" + lines[2]
 
 
@@ -219,12 +219,12 @@ def test_label_with_judge_best_vs_worst_and_ties(tmp_path):
             ("What is the capital of Japan?", ["Kyoto", "Tokyo is the capital of Japan.", "Kyoto"]),
         ],
     )
-    stats = label_with_judge(samples, "hf_dpo.demo_task:judge", tmp_path / "out" / "train.jsonl")
+    stats = label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "out" / "train.jsonl")
     assert stats == {
         "prompts": 3,
         "pairs": 2,
         "ties": 1,
-        "judge": "hf_dpo.demo_task:judge",
+        "judge": "hf_dpo.pairs.demo_task:judge",
         "pairs_file": str(tmp_path / "out" / "train.jsonl"),
     }
     rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
@@ -246,7 +246,7 @@ def test_failing_judge_keeps_previous_pairs_and_names_the_prompt(tmp_path):
     pairs = tmp_path / "train.jsonl"
     pairs.write_text("previous pairs\n")
     with pytest.raises(JudgeError, match=r"prompt 1 \('Write a haiku\.'\)"):
-        label_with_judge(samples, "hf_dpo.demo_task:judge", pairs)
+        label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", pairs)
     assert pairs.read_text() == "previous pairs\n"
 
 
@@ -254,7 +254,7 @@ def test_conversational_prompts_give_conversational_pairs(tmp_path):
     conv = [{"role": "user", "content": "What is 2 + 3?"}]
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps({"index": 0, "prompt": conv, "completions": ["5", "six"]}) + "\n")
-    label_with_judge(path, "hf_dpo.demo_task:judge", tmp_path / "train.jsonl")
+    label_with_judge(path, "hf_dpo.pairs.demo_task:judge", tmp_path / "train.jsonl")
     row = json.loads((tmp_path / "train.jsonl").read_text())
     assert row["prompt"] == conv
     assert row["chosen"] == [{"role": "assistant", "content": "5"}]
@@ -343,7 +343,7 @@ def test_cli_sample_bad_judge_is_a_clean_error(tmp_path, tiny_model_dir, capsys)
 
 def test_demo_pairs_recipe_loads():
     recipe = load_recipe(REPO / "recipes" / "demo_pairs.yaml")
-    assert recipe.sampling.judge == "hf_dpo.demo_task:judge"
+    assert recipe.sampling.judge == "hf_dpo.pairs.demo_task:judge"
     assert recipe.sampling.num_samples_per_prompt == 4
     assert recipe.model.model_name_or_path == "smollm2-135m-instruct"
     assert recipe.sampling.pairs_file == "recipes/data/demo/train.jsonl"
@@ -374,7 +374,7 @@ def test_push_pairs_to_a_local_hub(tmp_path, monkeypatch):
     from hub_server import HubServer
     from huggingface_hub import constants
 
-    from hf_dpo.sampling import push_pairs
+    from hf_dpo.pairs.sampling import push_pairs
 
     server = HubServer(token="hf_test_token").start()
     try:
@@ -409,8 +409,8 @@ def test_push_pairs_to_a_local_hub(tmp_path, monkeypatch):
 def test_dequantized_reference_computes_what_the_4bit_model_computes(tiny_model_dir):
     """On CPU the 4-bit linears are swapped for float ones with the same NF4-rounded weights: same logits."""
     from hf_dpo.config import ModelConfig
-    from hf_dpo.modeling import load_base_model
-    from hf_dpo.sampling import dequantize_on_cpu
+    from hf_dpo.model.loading import load_base_model
+    from hf_dpo.pairs.sampling import dequantize_on_cpu
 
     model = load_base_model(ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit"))
     ids = torch.tensor([[1, 5, 9, 300, 42, 7]])
@@ -430,7 +430,7 @@ def test_shared_prompt_cache_gives_the_same_samples_as_k_copies(tiny, tiny_model
     """generate_batch runs each prompt once and copies its cache K times; same tokens as K padded copies."""
     from transformers import GenerationConfig
 
-    from hf_dpo.sampling import generate_batch
+    from hf_dpo.pairs.sampling import generate_batch
 
     model, tokenizer = tiny
     cfg = _recipe(tmp_path, tiny_model_dir, max_new_tokens=8).sampling
@@ -460,7 +460,7 @@ def test_label_with_judge_all_pairs_with_different_scores(tmp_path):
         ],
     )
     stats = label_with_judge(
-        samples, "hf_dpo.demo_task:judge", tmp_path / "train.jsonl", pairs_per_prompt="all"
+        samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "train.jsonl", pairs_per_prompt="all"
     )
     assert stats["pairs"] == 5 and stats["ties"] == 0
     rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
@@ -470,4 +470,6 @@ def test_label_with_judge_all_pairs_with_different_scores(tmp_path):
     japan = [r for r in rows if r["index"] == 1]
     assert len(japan) == 2 and all(r["chosen"] == "Tokyo is the capital of Japan." for r in japan)
     with pytest.raises(SamplingError, match="pairs_per_prompt must be"):
-        label_with_judge(samples, "hf_dpo.demo_task:judge", tmp_path / "x.jsonl", pairs_per_prompt="some")
+        label_with_judge(
+            samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "x.jsonl", pairs_per_prompt="some"
+        )

@@ -1,4 +1,4 @@
-"""hf_dpo.trainer: parity with TRL's DPOTrainer, metrics, the adapters-off reference, resuming."""
+"""hf_dpo.train.trainer: parity with TRL's DPOTrainer, metrics, the adapters-off reference, resuming."""
 
 import copy
 
@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from hf_dpo.config import DataConfig
-from hf_dpo.trainer import DPOTrainer
+from hf_dpo.train.trainer import DPOTrainer
 
 # The per-step metrics TRL logs, under the same names in hf_dpo.
 TRL_METRICS = (

@@ -8,7 +8,7 @@ import bitsandbytes as bnb
 import torch
 
 from hf_dpo.config import ModelConfig
-from hf_dpo.modeling import load_policy, reference_context
+from hf_dpo.model.loading import load_policy, reference_context
 
 path = sys.argv[1]
 torch.cuda.reset_peak_memory_stats()

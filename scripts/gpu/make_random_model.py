@@ -30,7 +30,7 @@ print("cuda", torch.cuda.is_available(), torch.version.cuda, gpu)
 if len(sys.argv) > 2:
     src = Path(sys.argv[2])
 else:
-    from hf_dpo.modeling import resolve_model_path
+    from hf_dpo.model.loading import resolve_model_path
 
     src = Path(resolve_model_path("smollm2-135m-instruct"))
 dst = Path(sys.argv[1])

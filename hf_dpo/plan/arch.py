@@ -135,7 +135,7 @@ def load_arch(name_or_path: str, revision: str | None = None, trust_remote_code:
     upstream model); the facts bundled for the shipped recipes' models; the Hub config (only when the Hub
     answers within 2 s, so offline runs never wait); the local HF cache.
     """
-    from hf_dpo.modeling import MODEL_ALIASES, cache_dir
+    from hf_dpo.model.loading import MODEL_ALIASES, cache_dir
 
     facts = _bundled_facts()
     alias = MODEL_ALIASES.get(name_or_path.lower())

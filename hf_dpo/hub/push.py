@@ -11,7 +11,7 @@ Rules this module keeps:
 - The token lives in memory only: it is never written to a file, a log line, the card or an error message.
   `take_hub_settings` moves it out of TrainingArguments before the Trainer can save them.
 
-The card comes from hf_dpo.card (model_cards/adapter_card.md through huggingface_hub's ModelCard).
+The card comes from hf_dpo.hub.card (model_cards/adapter_card.md through huggingface_hub's ModelCard).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hf_dpo.card import render_card, write_card  # noqa: F401 - part of the hub API
+from hf_dpo.hub.card import render_card, write_card  # noqa: F401 - part of the hub API
 
 logger = logging.getLogger(__name__)
 

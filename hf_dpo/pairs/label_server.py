@@ -10,7 +10,7 @@ Safety: the page only ever puts data into the DOM with `textContent`; data comes
 the Content-Security-Policy allows no inline script, so text from a model can never run as code.
 Writes must be `application/json` from the page's own origin (blocks cross-site form posts).
 
-    python -m hf_dpo.label_server runs/demo_pairs/samples_train.jsonl --port 8765
+    python -m hf_dpo.pairs.label_server runs/demo_pairs/samples_train.jsonl --port 8765
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from hf_dpo.sampling import SamplingError, pair_row, prompt_text, read_jsonl, read_samples, write_jsonl_atomic
+from hf_dpo.pairs.sampling import (
+    SamplingError,
+    pair_row,
+    prompt_text,
+    read_jsonl,
+    read_samples,
+    write_jsonl_atomic,
+)
 
 CHOICES = ("left", "right", "tie", "skip")
 
@@ -350,7 +357,9 @@ document.addEventListener("DOMContentLoaded", () => {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_dpo.label_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_dpo.pairs.label_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("samples")
     parser.add_argument("--out")
     parser.add_argument("--host", default="127.0.0.1")

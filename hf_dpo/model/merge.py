@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from hf_dpo.config import ModelConfig, load_recipe
-from hf_dpo.modeling import ModelLoadError, load_tokenizer, pick_dtype, resolve_model_path
+from hf_dpo.model.loading import ModelLoadError, load_tokenizer, pick_dtype, resolve_model_path
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Summed log-probs of the chosen and rejected completions of a batch of pairs, from a causal LM.
 
-Two ways, for either batch layout of `hf_dpo.batching` (plain 2B rows, or prefix-shared B rows):
+Two ways, for either batch layout of `hf_dpo.train.batching` (plain 2B rows, or prefix-shared B rows):
 
     full logits   model(...).logits, (rows, T, V), then the labels' log-softmax — the plain path, as TRL
     chunked       the decoder's final hidden states at the N positions that predict a label, through the LM
-                  head `chunk_size` tokens at a time (`hf_dpo.loss.chunked_label_logps`): prompt and padding
+                  head `chunk_size` tokens at a time (`hf_dpo.train.loss.chunked_label_logps`): prompt and padding
                   positions never reach the head, and no (rows, T, V) tensor exists
 
     policy = pair_logps(model, batch, chunk_size=256)   # PairLogps: chosen, rejected (B,), lengths, ...
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from hf_dpo.batching import is_shared, label_targets, shared_attention_mask
-from hf_dpo.loss import chunked_label_logps, selective_log_softmax, token_logps
+from hf_dpo.train.batching import is_shared, label_targets, shared_attention_mask
+from hf_dpo.train.loss import chunked_label_logps, selective_log_softmax, token_logps
 
 # Config keys that rescale or cap logits after the LM head; the chunked path does not apply them.
 LOGIT_TRANSFORMS = (

@@ -1,6 +1,10 @@
-"""`hf-dpo train`: recipe -> policy + data -> DPOTrainer -> adapter, run info and report in the run dir.
+"""The one place that wires the path: recipe -> policy + data -> DPOTrainer -> report -> card -> Hub.
 
-    run_training("recipes/demo.yaml", ["--max_steps", "10"])
+    run_training("recipes/demo.yaml", ["--max_steps", "10"])     # `hf-dpo train`
+    evaluate_run("runs/demo")                                     # `hf-dpo eval`: reload a run, rewrite its report
+
+`hf_dpo.train` trains, `hf_dpo.report` measures, `hf_dpo.hub` publishes; none of them imports another's
+higher step, so this module is where they meet.
 
 The run dir (`output_dir`) receives, in order: `recipe.yaml` (before anything can fail), checkpoints,
 the adapter and tokenizer, `trainer_state.json`, `run_info.json` (what was trained, how, how long, the
@@ -15,19 +19,17 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import set_seed
 
 from hf_dpo import __version__
-from hf_dpo.card import write_card
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
-from hf_dpo.evaluation import evaluate_trainer
-from hf_dpo.hub import HubCheckpointCallback, push_run, take_hub_settings
-from hf_dpo.memory import peak_memory
-from hf_dpo.metrics import LOGPS_KEYS, preference_metrics
-from hf_dpo.modeling import (
+from hf_dpo.hub.card import write_card
+from hf_dpo.hub.push import HubCheckpointCallback, push_run, take_hub_settings
+from hf_dpo.model.loading import (
     REFERENCE_ADAPTER,
     hub_id_for,
     load_base_model,
@@ -35,8 +37,11 @@ from hf_dpo.modeling import (
     load_tokenizer,
     pick_dtype,
 )
-from hf_dpo.report_md import console_summary
-from hf_dpo.trainer import DPOTrainer
+from hf_dpo.model.memory import peak_memory
+from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
+from hf_dpo.report.markdown import console_summary
+from hf_dpo.report.metrics import LOGPS_KEYS, preference_metrics
+from hf_dpo.train.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +228,41 @@ def load_run(run_dir: str | os.PathLike):
     except Exception as err:  # noqa: BLE001 - the data may have moved; evaluation can still generate
         logger.warning("Could not load the eval split of %s: %s", recipe.data.dataset_name, err)
     return recipe, model, tokenizer, eval_dataset
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    judge=None,
+    num_generations: int = 32,
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    seed: int = 0,
+    confidence: float = 0.95,
+    num_samples_shown: int = 4,
+) -> dict[str, Any]:
+    """Reload a finished run (base + trained adapter) and write its report. `judge` defaults to the recipe's."""
+    recipe, model, tokenizer, eval_dataset = load_run(run_dir)
+    spec = judge if judge is not None else recipe.sampling.judge
+    judge_obj, judge_name = resolve_judge(spec)
+    args = recipe.training
+    args.report_to = []
+    take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
+    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=eval_dataset)
+    return evaluate_model(
+        run_dir,
+        model,
+        tokenizer,
+        eval_dataset,
+        pair_logps_fn=trainer.pair_logps,
+        judge=judge_obj,
+        judge_name=judge_name,
+        num_generations=num_generations,
+        max_new_tokens=max_new_tokens or recipe.sampling.max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        seed=seed,
+        confidence=confidence,
+        num_samples_shown=num_samples_shown,
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_dpo.metrics import EvaluationError, judged_comparison, mean_estimate
+from hf_dpo.report.metrics import EvaluationError, judged_comparison, mean_estimate
 
 
 def _messages_or_text(prompt: Any) -> Any:
@@ -179,7 +179,7 @@ def judged_generations(
     num_samples_shown: int = 4,
 ) -> dict[str, Any]:
     """Generate from policy and reference (adapters off) with identical settings, judge both, compare."""
-    from hf_dpo.modeling import reference_context
+    from hf_dpo.model.loading import reference_context
 
     texts = [t for t, _ in prompts]
     ids = [i for _, i in prompts]

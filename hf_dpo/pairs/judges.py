@@ -3,7 +3,7 @@
 A judge is anything with a `name` and `score(prompts, completions) -> list[float]` (higher is better).
 `load_judge` builds one from a recipe's `judge:` value:
 
-    load_judge("hf_dpo.demo_task:judge")     # a Python callable (prompt, completion) -> float
+    load_judge("hf_dpo.pairs.demo_task:judge")     # a Python callable (prompt, completion) -> float
     load_judge("rm:path/or/hub-id")          # a reward model (AutoModelForSequenceClassification, 1 output)
     load_judge(my_function)                   # a callable directly
 
@@ -150,7 +150,7 @@ def load_judge(spec: str | Callable) -> Judge:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise JudgeError(
-            f"judge '{spec}' is neither 'module:function' (e.g. hf_dpo.demo_task:judge) nor 'rm:<reward model>'."
+            f"judge '{spec}' is neither 'module:function' (e.g. hf_dpo.pairs.demo_task:judge) nor 'rm:<reward model>'."
         )
     try:
         module = importlib.import_module(module_name)

@@ -40,7 +40,7 @@ def cache_root(configured: str | None) -> Path | None:
         return Path(configured).expanduser()
     if os.environ.get("HF_DPO_REF_CACHE"):
         return Path(os.environ["HF_DPO_REF_CACHE"]).expanduser()
-    from hf_dpo.modeling import cache_dir
+    from hf_dpo.model.loading import cache_dir
 
     return cache_dir() / "ref_logps"
 

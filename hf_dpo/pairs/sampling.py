@@ -30,7 +30,7 @@ import torch
 from transformers import LogitsProcessor
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
-from hf_dpo.judges import Judge, load_judge
+from hf_dpo.pairs.judges import Judge, load_judge
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def dequantize_on_cpu(model):
 
 def load_reference(model_cfg: ModelConfig):
     """(model, tokenizer) of the reference policy: the base quantized as in training, plus its starting adapter."""
-    from hf_dpo.modeling import load_base_model, load_tokenizer
+    from hf_dpo.model.loading import load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_cfg)
     tokenizer.padding_side = "left"  # generation appends on the right
@@ -224,7 +224,7 @@ def load_reference(model_cfg: ModelConfig):
     if model_cfg.adapter_name_or_path:
         from peft import PeftModel
 
-        from hf_dpo.modeling import ModelLoadError
+        from hf_dpo.model.loading import ModelLoadError
 
         try:
             model = PeftModel.from_pretrained(model, model_cfg.adapter_name_or_path, is_trainable=False)
@@ -523,7 +523,7 @@ def _score_all(
     judge: Judge, prompts: list[str], completions: list[str], samples: list[dict], owners: list[int]
 ):
     """Score everything; errors are re-pointed from the flat position to the sample row's prompt index."""
-    from hf_dpo.judges import JudgeError, check_score
+    from hf_dpo.pairs.judges import JudgeError, check_score
 
     try:
         scores = judge.score(prompts, completions)
@@ -630,7 +630,7 @@ def write_dataset_card(directory: str | os.PathLike, recipe: Recipe, report: dic
     """README.md (a huggingface_hub DatasetCard) beside the pairs, describing how they were made."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from hf_dpo.modeling import hub_id_for
+    from hf_dpo.model.loading import hub_id_for
 
     cfg, splits = recipe.sampling, report["splits"]
     data = DatasetCardData(

@@ -1,6 +1,6 @@
 """The evaluation report of a run: held-out preference metrics, judged generations, plots.
 
-    hf-dpo eval runs/demo --judge hf_dpo.demo_task:judge      # or evaluate_run("runs/demo", judge=...)
+    hf-dpo eval runs/demo --judge hf_dpo.pairs.demo_task:judge      # or hf_dpo.run.evaluate_run("runs/demo", judge=...)
 
 Two questions, answered separately because they can disagree (DESIGN.md: reward accuracy is not behaviour):
 
@@ -13,8 +13,8 @@ Two questions, answered separately because they can disagree (DESIGN.md: reward 
 Every number carries n and a 95% interval: Wilson for proportions, a fixed-seed percentile bootstrap for
 means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png.
 
-The pieces: hf_dpo.metrics (intervals, metrics: pure), hf_dpo.behaviour (generation and judging),
-hf_dpo.plots (PNGs), hf_dpo.report_md (markdown shared with the model card). This module reads the run dir,
+The pieces: hf_dpo.report.metrics (intervals, metrics: pure), hf_dpo.report.behaviour (generation and judging),
+hf_dpo.report.plots (PNGs), hf_dpo.report.markdown (markdown shared with the model card). This module reads the run dir,
 calls them and writes the report.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_dpo.metrics import (  # noqa: F401 - re-exported: the metric functions are part of this module's API
+from hf_dpo.report.metrics import (  # noqa: F401 - re-exported: the metric functions are part of this module's API
     LOGPS_KEYS,
     Estimate,
     EvaluationError,
@@ -120,8 +120,8 @@ def build_report(
     `pair_logps` is DPOTrainer.pair_logps(eval_dataset); `behaviour` is judged_generations(...). Either may be
     None (the report says why that part is missing).
     """
-    from hf_dpo import plots
-    from hf_dpo.report_md import render_markdown
+    from hf_dpo.report import plots
+    from hf_dpo.report.markdown import render_markdown
 
     run_dir = Path(run_dir)
     info, history = read_run(run_dir)
@@ -216,7 +216,7 @@ def evaluate_model(
     elif num_generations <= 0:
         skipped = "num_generations is 0"
     else:
-        from hf_dpo.behaviour import heldout_prompts, judged_generations
+        from hf_dpo.report.behaviour import heldout_prompts, judged_generations
 
         prompts = heldout_prompts(eval_dataset, tokenizer, num_generations)
         behaviour = judged_generations(
@@ -289,49 +289,7 @@ def resolve_judge(spec):
         return None, None
     if hasattr(spec, "score"):  # already a Judge
         return spec, getattr(spec, "name", None) or type(spec).__name__
-    from hf_dpo.judges import load_judge
+    from hf_dpo.pairs.judges import load_judge
 
     name = spec if isinstance(spec, str) else getattr(spec, "__qualname__", None) or type(spec).__name__
     return load_judge(spec), name
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    judge=None,
-    num_generations: int = 32,
-    *,
-    max_new_tokens: int | None = None,
-    batch_size: int = 8,
-    do_sample: bool = False,
-    seed: int = 0,
-    confidence: float = 0.95,
-    num_samples_shown: int = 4,
-) -> dict[str, Any]:
-    """Reload a finished run (base + trained adapter) and write its report. `judge` defaults to the recipe's."""
-    from hf_dpo.hub import take_hub_settings
-    from hf_dpo.train import load_run
-    from hf_dpo.trainer import DPOTrainer
-
-    recipe, model, tokenizer, eval_dataset = load_run(run_dir)
-    spec = judge if judge is not None else recipe.sampling.judge
-    judge_obj, judge_name = resolve_judge(spec)
-    args = recipe.training
-    args.report_to = []
-    take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
-    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=eval_dataset)
-    return evaluate_model(
-        run_dir,
-        model,
-        tokenizer,
-        eval_dataset,
-        pair_logps_fn=trainer.pair_logps,
-        judge=judge_obj,
-        judge_name=judge_name,
-        num_generations=num_generations,
-        max_new_tokens=max_new_tokens or recipe.sampling.max_new_tokens,
-        batch_size=batch_size,
-        do_sample=do_sample,
-        seed=seed,
-        confidence=confidence,
-        num_samples_shown=num_samples_shown,
-    )

@@ -9,13 +9,13 @@ One training step reads like the method:
 
 The reference is never a second model: it is the same network with its LoRA adapters switched off
 (or switched to the frozen starting adapter). With `precompute_ref_log_probs` the reference pass runs
-once over the data before training, is cached on disk (`hf_dpo.ref_cache`) for later runs, and steps
+once over the data before training, is cached on disk (`hf_dpo.train.ref_cache`) for later runs, and steps
 read the cached values instead.
 
 Three switches make the same computation cheaper, each checked against the plain path in tests:
-`prefix_sharing` (one row [prompt, chosen, rejected] per pair with a 4D mask, `hf_dpo.batching`),
+`prefix_sharing` (one row [prompt, chosen, rejected] per pair with a 4D mask, `hf_dpo.train.batching`),
 `logps_chunk_size` (log-probs of the labelled positions only, through the LM head a chunk at a time,
-`hf_dpo.logps`) and `train_sampling_strategy: group_by_length` (batches of similar length).
+`hf_dpo.train.logps`) and `train_sampling_strategy: group_by_length` (batches of similar length).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from hf_dpo import ref_cache
-from hf_dpo.batching import (
+from hf_dpo.config import DataConfig, DPOConfig
+from hf_dpo.data import TOKENIZED_COLUMNS, PreferenceCollator, tokenize_dataset
+from hf_dpo.model.loading import REFERENCE_ADAPTER, reference_context
+from hf_dpo.train import ref_cache
+from hf_dpo.train.batching import (
     LengthGroupedPairSampler,
     expected_random_pad_share,
     is_shared,
@@ -37,11 +40,8 @@ from hf_dpo.batching import (
     pair_lengths,
     unshare_batch,
 )
-from hf_dpo.config import DataConfig, DPOConfig
-from hf_dpo.data import TOKENIZED_COLUMNS, PreferenceCollator, tokenize_dataset
-from hf_dpo.logps import PairLogps, base_model, chunking_problem, pair_logps
-from hf_dpo.loss import dpo_loss, sft_loss
-from hf_dpo.modeling import REFERENCE_ADAPTER, reference_context
+from hf_dpo.train.logps import PairLogps, base_model, chunking_problem, pair_logps
+from hf_dpo.train.loss import dpo_loss, sft_loss
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class DPOTrainer(Trainer):
             )
         _keep_4bit_layers_trainable(model)
         if getattr(args, "return_freed_memory", False) and (args.use_cpu or not torch.cuda.is_available()):
-            from hf_dpo.memory import return_freed_memory_to_os
+            from hf_dpo.model.memory import return_freed_memory_to_os
 
             if return_freed_memory_to_os():
                 logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
@@ -533,7 +533,7 @@ class DPOTrainer(Trainer):
             self.args.hub_token = token
 
     def init_hf_repo(self, token=None, private=None) -> None:
-        """Pushing is hf_dpo's (hf_dpo.hub): the repo is created at push time, after local files are safe."""
+        """Pushing is hf_dpo's (hf_dpo.hub.push): the repo is created at push time, after local files are safe."""
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Checkpoint pushes go through hf_dpo.hub's background callback, not Trainer's."""
+        """Checkpoint pushes go through hf_dpo.hub.push's background callback, not Trainer's."""

@@ -10,7 +10,7 @@ held-out sets, and `judge(prompt, completion)`:
 
 Write the prompt files (`make demo-prompts`):
 
-    python -m hf_dpo.demo_task recipes/data
+    python -m hf_dpo.pairs.demo_task recipes/data
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ qlora when 4-bit, hf-dpo, base_model:adapter:<id>), datasets (Hub ids only), lic
 (EvalResult) with the held-out reward accuracy, margin and judged win rate. PEFT's and transformers' own
 card writers are never used: they overwrite each other's metadata (DESIGN.md).
 
-The template lives at the repo root in model_cards/; hf_dpo/templates/adapter_card.md is a symlink to it
+The template lives at the repo root in model_cards/; hf_dpo/hub/templates/adapter_card.md is a symlink to it
 that setuptools ships as package data, so an installed wheel finds it too.
 """
 
@@ -30,15 +30,15 @@ KNOWN_BASE_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
 
 def template_path() -> Path:
     """model_cards/adapter_card.md at the repo root (source checkout, editable install), else the copy shipped
-    as package data in hf_dpo/templates/ (a symlink to the same file in the source tree)."""
+    as package data in hf_dpo/hub/templates/ (a symlink to the same file in the source tree)."""
     for candidate in (
-        Path(__file__).resolve().parent.parent / "model_cards" / CARD_TEMPLATE,
+        Path(__file__).resolve().parents[2] / "model_cards" / CARD_TEMPLATE,
         Path(__file__).resolve().parent / "templates" / CARD_TEMPLATE,
     ):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"The model card template {CARD_TEMPLATE} is missing from model_cards/ and hf_dpo/templates/; "
+        f"The model card template {CARD_TEMPLATE} is missing from model_cards/ and hf_dpo/hub/templates/; "
         "reinstall hf_dpo (`pip install -e .`)."
     )
 
@@ -122,7 +122,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
     """The ModelCard of a run dir (run_info.json, recipe.yaml, eval_report.json if present)."""
     from huggingface_hub import ModelCard
 
-    from hf_dpo import report_md
+    from hf_dpo.report import markdown as report_md
 
     run_dir = Path(run_dir)
     info = _read_json(run_dir / "run_info.json")

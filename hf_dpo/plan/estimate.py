@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_dpo.arch import Arch, PlanError, load_arch
 from hf_dpo.config import Recipe
+from hf_dpo.plan.arch import Arch, PlanError, load_arch
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CUDA_CONTEXT_BYTES = int(0.6 * GB)
 CUDA_ALLOCATOR_SLACK = 0.10
 # CPU (the process RSS, which is what runs out on a laptop), measured with real `hf-dpo train` runs of
 # SmolLM2-135M 4-bit on this project's 2-core machine (RSS sampled every 20 ms; numbers in the issue note):
-# - 480 MB after importing torch, transformers, peft, datasets, accelerate, bitsandbytes and hf_dpo.train;
+# - 480 MB after importing torch, transformers, peft, datasets, accelerate, bitsandbytes and hf_dpo.run;
 # - after loading, the RSS stays above the model's own size by 0.9-1.6x the checkpoint read (safetensors
 #   pages and freed load buffers that glibc keeps; it varied between identical runs): 1.25x is planned;
 # - per token, the RSS grew by 1.55x the tensors autograd saves + the logits (backward transients and
@@ -255,7 +255,7 @@ def logits_bytes(arch: Arch, s: Settings) -> tuple[int, str]:
 
     Full logits (logps_chunk_size off): the logits kept for backward plus two same-sized transients (softmax
     gradient and the gather's scatter, float32; in half precision the float32 log-softmax rows that
-    hf_dpo.loss.selective_log_softmax keeps plus the half gradient). Chunked (hf_dpo.loss.chunked_label_logps):
+    hf_dpo.train.loss.selective_log_softmax keeps plus the half gradient). Chunked (hf_dpo.train.loss.chunked_label_logps):
     one chunk's float32 logits and softmax, plus the gathered hidden states and their gradient (tokens x hidden).
     """
     if s.logps_chunk_size:
@@ -296,7 +296,7 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
         ),
         Term("activations", activation_bytes(arch, s), f"{s.tokens} tokens/step, {gc}"),
         Term("logits", logits, logits_note),
-        # Prefix sharing's (B, 1, T, T) additive mask, in the compute dtype (hf_dpo.batching.shared_attention_mask).
+        # Prefix sharing's (B, 1, T, T) additive mask, in the compute dtype (hf_dpo.train.batching.shared_attention_mask).
         Term(
             "4D attention mask",
             s.batch_size * (2 * s.row_length) ** 2 * s.compute_bytes if s.prefix_sharing else 0,
@@ -502,16 +502,16 @@ def suggest(arch: Arch, s: Settings, budget: int) -> list[Suggestion]:
 def data_row_length(recipe: Recipe) -> int | None:
     """The longest batch row of the recipe's training pairs, when its dataset and tokenizer are local files
     (tokenizes the data as training would); None when either would need the Hub."""
-    from hf_dpo.modeling import MODEL_ALIASES
+    from hf_dpo.model.loading import MODEL_ALIASES
 
     model, data = recipe.model.model_name_or_path, recipe.data.dataset_name
     if not data or not Path(data).exists():
         return None
     if model.lower() not in MODEL_ALIASES and not Path(model).is_dir():
         return None
-    from hf_dpo.batching import pair_lengths
     from hf_dpo.data import load_preference_dataset
-    from hf_dpo.modeling import load_tokenizer
+    from hf_dpo.model.loading import load_tokenizer
+    from hf_dpo.train.batching import pair_lengths
 
     train = load_preference_dataset(recipe.data, load_tokenizer(recipe.model), recipe.training).train
     return max(pair_lengths(train, prefix_sharing=False))

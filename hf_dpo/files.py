@@ -1,0 +1,76 @@
+"""Reading and writing the project's files: one JSONL reader, one atomic write.
+
+rows = read_jsonl("pairs.jsonl", error=DataError)       # [(line number, row dict), ...]
+with atomic_path("eval_report.json") as tmp: tmp.write_text(...)   # readers never see half a file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from hf_dpo.errors import HfDpoError
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    error: type[HfDpoError] = HfDpoError,
+    hint: str = "Fix or delete that line.",
+) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-blank line of a JSONL file.
+
+    A line that is not UTF-8, not JSON or not a JSON object raises `error` naming the file and line, with `hint`.
+    """
+    rows = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise error(
+                    f"{path}, line {lineno}: not UTF-8 text (byte {err.start}: {raw[err.start : err.start + 1]!r}). "
+                    f"Save the file as UTF-8. {hint}"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{path}, line {lineno}: not valid JSON ({err.msg}). {hint}") from None
+            if not isinstance(row, dict):
+                raise error(
+                    f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}. {hint}"
+                )
+            rows.append((lineno, row))
+    return rows
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed over it when the block ends without an error (removed otherwise),
+    so a crash never leaves half a file and a reader sees the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
