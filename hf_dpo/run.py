@@ -27,7 +27,7 @@ from transformers import set_seed
 from hf_dpo import __version__
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
-from hf_dpo.hub.card import write_card
+from hf_dpo.hub.card import framework_versions, write_card
 from hf_dpo.hub.push import HubCheckpointCallback, push_run, take_hub_settings
 from hf_dpo.model.loading import (
     REFERENCE_ADAPTER,
@@ -133,6 +133,7 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     if trainer.is_world_process_zero():
         info = {
             "hf_dpo_version": __version__,
+            "framework_versions": framework_versions({}),
             "base_model": hub_id_for(recipe.model.model_name_or_path),
             "model_name_or_path": recipe.model.model_name_or_path,
             "quantization": recipe.model.quantization if recipe.model.quantization else "none",

@@ -72,6 +72,9 @@ EXPECTED = {
     "plots/training_curves.png",
     "plots/eval_summary.png",
     "plots/heldout_margins.png",
+    ".eval_results/accuracy.yaml",
+    ".eval_results/reward_margin.yaml",
+    ".eval_results/win_rate.yaml",
 }
 
 
@@ -138,6 +141,47 @@ def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
         assert (run_dir / "recipe.yaml").read_text().strip().splitlines()[-1] in body  # the recipe itself
     loaded = ModelCard.load(run_dir / "README.md")
     assert loaded.data.to_dict() == ModelCard(hub.file(REPO, "README.md").decode()).data.to_dict()
+
+
+def test_card_names_framework_versions_and_cites_dpo(run_dir):
+    from importlib.metadata import version
+
+    from huggingface_hub import ModelCard
+
+    from hf_dpo.hub.card import write_card
+
+    text = ModelCard.load(write_card(run_dir, REPO)).text
+    versions = text.split("## Framework versions", 1)[1].split("##", 1)[0]
+    for package in ("transformers", "peft", "bitsandbytes", "torch", "datasets"):
+        assert f"- {package}: {version(package)}" in versions  # recorded in run_info.json at training time
+    assert "- hf_dpo: " in versions
+    assert "@inproceedings{rafailov2023direct" in text and "Direct Preference Optimization" in text
+
+
+def test_eval_results_entries_carry_the_model_index_numbers_and_parse_back(hub, run_dir):
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard, parse_eval_result_entries
+
+    from hf_dpo.hub.push import push_run
+
+    push_run(run_dir, REPO, backoff_s=0.01)
+    model_index = {
+        r.metric_type: r.metric_value for r in ModelCard.load(run_dir / "README.md").data.eval_results
+    }
+    pushed = hub.files(REPO)
+    entries = {}
+    for path, data in pushed.items():
+        if path.startswith(".eval_results/"):
+            (entry,) = parse_eval_result_entries(yaml.safe_load(data.decode()))
+            entries[entry.task_id] = entry
+    assert set(entries) == set(model_index) == {"accuracy", "reward_margin", "win_rate"}
+    for kind, entry in entries.items():
+        assert entry.value == model_index[kind]
+        dataset = json.loads((run_dir / "run_info.json").read_text())["dataset"]
+        assert entry.dataset_id == Path(dataset).name  # a local dataset: its name, said to be local in the notes
+        assert "local" in entry.notes
 
 
 def test_known_base_gets_its_license_and_hub_dataset_is_listed(run_dir):

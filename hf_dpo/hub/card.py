@@ -26,6 +26,32 @@ logger = logging.getLogger(__name__)
 CARD_TEMPLATE = "adapter_card.md"
 # Licenses of the built-in aliases' upstream models; anything else is "other" unless given.
 KNOWN_BASE_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+# The libraries whose versions decide what the adapter is and how it loads, in the card's "Framework versions".
+FRAMEWORKS = ("hf_dpo", "transformers", "peft", "bitsandbytes", "torch", "datasets", "huggingface_hub")
+DPO_BIBTEX = """@inproceedings{rafailov2023direct,
+    title     = {{Direct Preference Optimization: Your Language Model is Secretly a Reward Model}},
+    author    = {Rafael Rafailov and Archit Sharma and Eric Mitchell and Christopher D. Manning and Stefano Ermon and Chelsea Finn},
+    booktitle = {Advances in Neural Information Processing Systems 36 (NeurIPS 2023)},
+    year      = 2023,
+    url       = {https://arxiv.org/abs/2305.18290}
+}"""
+
+
+def framework_versions(info: dict[str, Any]) -> dict[str, str]:
+    """Versions recorded in run_info.json at training time; libraries it lacks (older runs) are read now."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    recorded = info.get("framework_versions") or {}
+    versions = {}
+    for name in FRAMEWORKS:
+        if name in recorded:
+            versions[name] = recorded[name]
+            continue
+        try:
+            versions[name] = version("hf-dpo" if name == "hf_dpo" else name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def template_path() -> Path:
@@ -68,6 +94,47 @@ def _public_recipe(path: Path) -> str:
     return pattern.sub(r"# \1: (removed)", path.read_text())
 
 
+def headline_metrics(report: dict[str, Any] | None) -> list[tuple[str, str, float]]:
+    """(metric type, metric name, value) of the card's results: the one list behind both the card's
+    model-index and the `.eval_results/` entries, so the two can never disagree."""
+    if report is None:
+        return []
+    metrics = []  # (metric_type, metric_name, estimate)
+    if report.get("preference"):
+        pref = report["preference"]["metrics"]
+        metrics.append(("accuracy", "Held-out reward accuracy", pref["reward_accuracy"]))
+        metrics.append(("reward_margin", "Held-out mean reward margin", pref["rewards/margins"]))
+    if report.get("behaviour"):
+        win = report["behaviour"]["win_rate"]
+        metrics.append(("win_rate", "Judged win rate vs reference (ties = 1/2)", win))
+    return [(kind, name, round(est["value"], 4)) for kind, name, est in metrics]
+
+
+def eval_result_files(run_dir: str | Path) -> dict[str, str]:
+    """`.eval_results/<metric>.yaml` texts (huggingface_hub's EvalResultEntry format) from the same numbers as
+    the card's model-index. The dataset is the run's Hub dataset id, or its local name (named in `notes`)."""
+    import yaml
+    from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
+
+    run_dir = Path(run_dir)
+    info = _read_json(run_dir / "run_info.json") or {}
+    report = _read_json(run_dir / "eval_report.json")
+    dataset = info.get("dataset")
+    hub_dataset = dataset if _looks_like_hub_id(dataset) else None
+    dataset_id = hub_dataset or (Path(str(dataset)).name if dataset else "held-out")
+    notes = None if hub_dataset else "held-out split of a local dataset (not on the Hub)"
+    date = (report or {}).get("created_at")
+    files = {}
+    for kind, name, value in headline_metrics(report):
+        entry = EvalResultEntry(
+            dataset_id=dataset_id, task_id=kind, value=value, date=date, notes=notes or name
+        )
+        files[f".eval_results/{kind}.yaml"] = yaml.safe_dump(
+            eval_result_entries_to_yaml([entry]), sort_keys=False
+        )
+    return files
+
+
 def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str, license: str | None = None):
     """ModelCardData: base_model, library_name peft, tags, datasets (Hub ids only), license, model-index."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -86,26 +153,16 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
     tags += [f"base_model:adapter:{hub_base}"] if hub_base else []
     dataset = info.get("dataset")
     hub_dataset = dataset if _looks_like_hub_id(dataset) else None
-    results = []
-    if report is not None:
-        where = dict(
-            task_type="text-generation",
-            dataset_type=hub_dataset or "local",
-            dataset_name=Path(str(dataset)).name if dataset else "held-out",
-            dataset_split="held-out",
-        )
-        metrics = []  # (metric_type, metric_name, estimate)
-        if report.get("preference"):
-            pref = report["preference"]["metrics"]
-            metrics.append(("accuracy", "Held-out reward accuracy", pref["reward_accuracy"]))
-            metrics.append(("reward_margin", "Held-out mean reward margin", pref["rewards/margins"]))
-        if report.get("behaviour"):
-            win = report["behaviour"]["win_rate"]
-            metrics.append(("win_rate", "Judged win rate vs reference (ties = 1/2)", win))
-        results = [
-            EvalResult(**where, metric_type=kind, metric_name=name, metric_value=round(est["value"], 4))
-            for kind, name, est in metrics
-        ]
+    where = dict(
+        task_type="text-generation",
+        dataset_type=hub_dataset or "local",
+        dataset_name=Path(str(dataset)).name if dataset else "held-out",
+        dataset_split="held-out",
+    )
+    results = [
+        EvalResult(**where, metric_type=kind, metric_name=name, metric_value=value)
+        for kind, name, value in headline_metrics(report)
+    ]
     return ModelCardData(
         base_model=hub_base,
         library_name="peft",
@@ -162,6 +219,8 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         samples_table=report_md.samples_table(rep),
         training_table=report_md.training_table(info, rep),
         recipe_yaml=_public_recipe(recipe),
+        framework_versions="\n".join(f"- {name}: {v}" for name, v in framework_versions(info).items()),
+        citation_bibtex=DPO_BIBTEX,
         judge_note=f"judge `{beh.get('judge')}`" if beh else "no judge was run",
         n_note=(
             f"The held-out set has {n_eval} pairs and {beh['n'] if beh else 0} judged prompts; the intervals show "
@@ -176,3 +235,17 @@ def write_card(run_dir: str | Path, repo_id: str | None = None, license: str | N
     path = Path(run_dir) / "README.md"
     render_card(run_dir, repo_id, license).save(path)
     return path
+
+
+def write_eval_results(run_dir: str | Path) -> list[Path]:
+    """Write the `.eval_results/*.yaml` entries into the run dir (replacing older ones); return their paths."""
+    run_dir = Path(run_dir)
+    folder = run_dir / ".eval_results"
+    for old in folder.glob("*.yaml"):
+        old.unlink()
+    written = []
+    for name, text in eval_result_files(run_dir).items():
+        (run_dir / name).parent.mkdir(exist_ok=True)
+        (run_dir / name).write_text(text)
+        written.append(run_dir / name)
+    return written

@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hf_dpo.hub.card import render_card, write_card  # noqa: F401 - part of the hub API
+from hf_dpo.hub.card import render_card, write_card, write_eval_results  # noqa: F401 - part of the hub API
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
     names = [*ADAPTER_FILES, "README.md", *REPORT_FILES, "recipe.yaml", *TOKENIZER_FILES]
     found = [Path(n) for n in names if (run_dir / n).is_file()]
     found += sorted(p.relative_to(run_dir) for p in (run_dir / "plots").glob("*.png"))
+    found += sorted(p.relative_to(run_dir) for p in (run_dir / ".eval_results").glob("*.yaml"))
     return found
 
 
@@ -278,6 +279,7 @@ def push_run(
         raise PushError(f"run dir {run_dir} does not exist.", "invalid")
     retry = retry_command(run_dir, repo_id, private, revision, commit_message)
     write_card(run_dir, repo_id, license)  # local first
+    write_eval_results(run_dir)  # the model-index numbers in the Hub's .eval_results/ format
     paths = files_to_push(run_dir)
     for name in REPORT_FILES:
         if not (run_dir / name).is_file():
