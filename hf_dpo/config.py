@@ -95,6 +95,9 @@ class ModelConfig:
         },
     )
 
+    def __post_init__(self):
+        _check_values(self)
+
 
 @dataclass
 class DataConfig:
@@ -150,6 +153,9 @@ class DataConfig:
             "count and report them."
         },
     )
+
+    def __post_init__(self):
+        _check_values(self)
 
 
 @dataclass
@@ -235,6 +241,7 @@ class DPOConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        _check_values(self)  # types, finiteness, ranges and choices of every key, TrainingArguments' too
         if self.loss_type not in LOSS_TYPES:
             raise RecipeError(f"loss_type '{self.loss_type}' is not one of {', '.join(LOSS_TYPES)}.")
         if self.beta <= 0:
@@ -352,6 +359,16 @@ class SamplingConfig:
         },
     )
 
+    def __post_init__(self):
+        _check_values(self)
+
+
+def _check_values(section) -> None:
+    """Every key of a section by its declared type and meaning (hf_dpo.validate); RecipeError naming the key."""
+    from hf_dpo.validate import check_values
+
+    check_values(section)
+
 
 RECIPE_SECTIONS = (ModelConfig, DataConfig, DPOConfig, SamplingConfig)
 
@@ -401,6 +418,13 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
         raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of key: value, not {type(values).__name__}.")
+    for key in values:
+        if not isinstance(key, str):
+            raise RecipeError(
+                f"Recipe {path}: key {key!r} is not a name (YAML read it as {type(key).__name__}"
+                + (": on/off/yes/no/true/false are booleans in YAML" if isinstance(key, bool) else "")
+                + "). Every key is a word such as learning_rate; `hf-dpo keys` lists them."
+            )
     return values
 
 
@@ -476,8 +500,8 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
         try:
             built[section] = section(**kw)
         except RecipeError as err:
-            raise RecipeError(f"Recipe {path}: {err}") from None
-        except (TypeError, ValueError) as err:
+            raise RecipeError(f"{f'Recipe {path}' if path else 'command line'}: {err}") from None
+        except (TypeError, ValueError, OverflowError) as err:
             raise RecipeError(f"Recipe {path}: invalid value in section {section.__name__}: {err}") from None
     return Recipe(
         model=built[ModelConfig],

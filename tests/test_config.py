@@ -97,7 +97,7 @@ def test_overrides_are_typed_and_win_over_the_recipe(tmp_path):
 def test_bad_values_are_named(tmp_path):
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("loss_type: kto\n")
-    with pytest.raises(RecipeError, match="r.yaml.*loss_type 'kto'"):
+    with pytest.raises(RecipeError, match="r.yaml.*loss_type.*'kto'"):
         load_recipe(recipe_file)
     recipe_file.write_text("learning_rate: fast\n")
     with pytest.raises(RecipeError, match="learning_rate.*expected a number"):

@@ -1,0 +1,263 @@
+"""Value checks of the recipe sections, run by each config dataclass's `__post_init__`.
+
+Every field is checked by its declared type (an `int` key takes no 1.5, no `true`, no NaN; a `float` key
+takes no NaN or infinity; a `str` key takes no list), then by its declared meaning (`RANGES`: a rank is
+>= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like strings, against its choices
+(`CHOICES`, plus any `choices` in the field's metadata). The first problem raises `RecipeError` naming the
+key, the value and what it may be, so a recipe fails when it is read, not minutes into a run.
+
+    check_values(ModelConfig(lora_r=-1))   # RecipeError: key 'lora_r': must be >= 1 (got -1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+# key -> (low, high, low inclusive, high inclusive); None: unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    # ModelConfig
+    "lora_r": (1, None, True, True),
+    "lora_alpha": (0, None, False, True),
+    "lora_dropout": (0, 1, True, False),
+    # DataConfig
+    "eval_fraction": (0, 1, True, False),
+    "max_train_samples": (1, None, True, True),
+    "max_eval_samples": (1, None, True, True),
+    # DPOConfig (DPO keys)
+    "beta": (0, None, False, True),
+    "label_smoothing": (0, 0.5, True, False),
+    "rpo_alpha": (0, None, True, True),
+    "max_length": (1, None, True, True),
+    "max_prompt_length": (1, None, True, True),
+    "logps_chunk_size": (0, None, True, True),
+    "dataset_num_proc": (1, None, True, True),
+    # DPOConfig (TrainingArguments keys)
+    "learning_rate": (0, None, True, True),
+    "weight_decay": (0, None, True, True),
+    "adam_beta1": (0, 1, True, False),
+    "adam_beta2": (0, 1, True, False),
+    "adam_epsilon": (0, None, False, True),
+    "max_grad_norm": (0, None, True, True),
+    "num_train_epochs": (0, None, False, True),
+    "max_steps": (-1, None, True, True),
+    "warmup_steps": (0, None, True, True),
+    "warmup_ratio": (0, 1, True, True),
+    "per_device_train_batch_size": (1, None, True, True),
+    "per_device_eval_batch_size": (1, None, True, True),
+    "gradient_accumulation_steps": (1, None, True, True),
+    "eval_accumulation_steps": (1, None, True, True),
+    "logging_steps": (0, None, False, True),
+    "save_steps": (0, None, False, True),
+    "eval_steps": (0, None, False, True),
+    "eval_delay": (0, None, True, True),
+    "save_total_limit": (0, None, True, True),
+    "seed": (0, 2**32 - 1, True, True),
+    "data_seed": (0, 2**32 - 1, True, True),
+    "label_smoothing_factor": (0, 1, True, False),
+    "neftune_noise_alpha": (0, None, False, True),
+    "torch_empty_cache_steps": (1, None, True, True),
+    "dataloader_num_workers": (0, None, True, True),
+    "dataloader_prefetch_factor": (1, None, True, True),
+    "ddp_timeout": (1, None, True, True),
+    "ddp_bucket_cap_mb": (1, None, True, True),
+    # SamplingConfig
+    "num_samples_per_prompt": (2, None, True, True),
+    "sampling_temperature": (0, None, True, True),
+    "sampling_top_p": (0, 1, False, True),
+    "max_new_tokens": (1, None, True, True),
+    "sampling_batch_size": (1, None, True, True),
+    "sampling_seed": (0, 2**63 - 1, True, True),
+    "eval_num_generations": (0, None, True, True),
+}
+
+# Why a range holds, where the bare bounds would not say it.
+RANGE_HINTS = {
+    "max_steps": " (-1: train num_train_epochs instead)",
+    "num_samples_per_prompt": " (a preference pair needs two answers of the same prompt)",
+    "sampling_top_p": " (the share of probability mass sampled from; 1: all of it)",
+    "sampling_temperature": " (0: greedy)",
+    "eval_fraction": " (the share of the train split held out; 0: none)",
+    "seed": " (numpy seeds are 32-bit)",
+    "data_seed": " (numpy seeds are 32-bit)",
+    "label_smoothing": " (an assumed share of flipped labels)",
+}
+
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
+CHOICES: dict[str, tuple] = {
+    "quantization": ("4bit", "8bit", "none"),
+    "bnb_4bit_quant_type": ("nf4", "fp4"),
+    "bnb_4bit_quant_storage": (None, *TORCH_DTYPES, "uint8", "int8"),
+    "torch_dtype": ("auto", *TORCH_DTYPES),
+    "on_bad_rows": ("error", "skip"),
+    "loss_type": ("sigmoid", "ipo", "hinge", "robust"),
+    "pairs_per_prompt": ("best_worst", "all"),
+}
+
+# Strings that must name something: an empty one is never meant.
+NON_EMPTY = (
+    "model_name_or_path",
+    "dataset_train_split",
+    "prompt_column",
+    "chosen_column",
+    "rejected_column",
+    "output_dir",
+    "lora_target_modules",
+)
+
+_KINDS = re.compile(r"\b(int|float|str|bool|list|dict|None|Optional|Any|NoneType)\b")
+
+
+def _kinds(ftype: Any) -> set[str]:
+    """The outer kinds of a declared type: 'dict[str, Any] | str | None' -> {dict, str, None}."""
+    text = ftype if isinstance(ftype, str) else str(getattr(ftype, "__name__", ftype))
+    if not isinstance(ftype, str) and text in ("int", "float", "str", "bool", "list", "dict"):
+        return {text}
+    text = str(ftype)
+    container = re.compile(r"\b(list|dict|tuple|set)\[[^\[\]]*\]")
+    while container.search(text):
+        text = container.sub(r"\1", text)
+    if "Literal" in text:
+        return {"Any"}  # Union[str, None, Literal[False]]: left to its owner
+    kinds = set(_KINDS.findall(text))
+    if kinds & {"Optional", "NoneType"}:
+        kinds.add("None")
+    return kinds
+
+
+def _error(key: str, message: str):
+    from hf_dpo.config import RecipeError
+
+    return RecipeError(f"key '{key}': {message}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{value!r} (a boolean: YAML reads yes/no/on/off as true/false)"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_type(key: str, value: Any, ftype: Any, default: Any) -> Any:
+    """`value` if it fits the declared type (an integral float for an int key becomes an int, a number for a
+    string-only key becomes its text); RecipeError otherwise."""
+    kinds = _kinds(ftype)
+    scalar = kinds & {"int", "float", "str", "bool", "list", "dict"}
+    if not scalar or "Any" in kinds:
+        return value  # a type this check does not know (an object, a union with an enum): its owner checks it
+    if value is None:
+        if "None" in kinds or default is None:
+            return value
+        raise _error(key, f"needs a value (it is not optional; default: {default!r}).")
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+    if isinstance(value, int):
+        if kinds & {"int", "float"}:
+            return value
+        if "str" in kinds:
+            return str(value)
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+    if isinstance(value, float):
+        if "float" in kinds:
+            if not math.isfinite(value):
+                raise _error(key, f"must be a finite number, got {value!r}.")
+            return value
+        if "int" in kinds:
+            if value.is_integer():
+                return int(value)
+            raise _error(key, f"expected a whole number, got {value!r}.")
+        if "str" in kinds:
+            return str(value)
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+    if isinstance(value, str):
+        if "str" in kinds:
+            return value
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+    if isinstance(value, (list, tuple)):
+        if "list" not in kinds:
+            raise _error(key, f"expected {_expected(scalar)}, got a list {value!r}.")
+        if "list[str]" in str(ftype).replace(" ", ""):
+            bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+            if bad:
+                raise _error(key, f"expected a list of non-empty strings, got {list(value)!r}.")
+        return list(value)
+    if isinstance(value, dict):
+        if "dict" in kinds:
+            return value
+        raise _error(key, f"expected {_expected(scalar)}, got a mapping {value!r}.")
+    raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+
+
+def _expected(kinds: set[str]) -> str:
+    names = {
+        "int": "a whole number",
+        "float": "a number",
+        "str": "a string",
+        "bool": "true or false",
+        "list": "a list",
+        "dict": "a mapping",
+    }
+    order = ("bool", "int", "float", "str", "list", "dict")
+    parts = [names[k] for k in order if k in kinds]
+    if "int" in kinds and "float" in kinds:
+        parts.remove("a whole number")
+    return " or ".join(parts)
+
+
+def check_range(key: str, value: Any) -> None:
+    if key not in RANGES or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high, low_in, high_in = RANGES[key]
+    ok = (low is None or (value >= low if low_in else value > low)) and (
+        high is None or (value <= high if high_in else value < high)
+    )
+    if ok:
+        return
+    if low is not None and high is not None:
+        span = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+    elif low is not None:
+        span = f"{'>=' if low_in else '>'} {low}"
+    else:
+        span = f"{'<=' if high_in else '<'} {high}"
+    raise _error(key, f"must be {span}{RANGE_HINTS.get(key, '')}, got {value!r}.")
+
+
+def check_choice(key: str, value: Any, choices) -> None:
+    if value in choices:
+        return
+    named = ", ".join("null" if c is None else str(c) for c in choices)
+    raise _error(key, f"{value!r} is not one of {named}.")
+
+
+def _inherited() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def check_values(obj: Any, fields: list[str] | None = None) -> None:
+    """Check (and normalise in place) every init field of a config dataclass, or only `fields`."""
+    for f in dataclasses.fields(obj):
+        if not f.init or (fields is not None and f.name not in fields):
+            continue
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if hasattr(value, "value") and not isinstance(value, (str, int, float)):  # an Enum set from Python
+            continue
+        if value is None and f.name not in RANGES and f.name in _inherited():
+            continue  # a TrainingArguments key left unset: transformers fills it in
+        value = check_type(f.name, value, f.type, default)
+        setattr(obj, f.name, value)
+        check_range(f.name, value)
+        choices = CHOICES.get(f.name) or (f.metadata or {}).get("choices")
+        if choices and (value is not None or f.name in CHOICES):
+            check_choice(f.name, value, tuple(choices))
+        if (
+            f.name in NON_EMPTY
+            and isinstance(value, (str, list))
+            and not (value.strip() if isinstance(value, str) else value)
+        ):
+            raise _error(f.name, "must not be empty.")
