@@ -5,7 +5,7 @@
     hf-dpo merge RUN_DIR OUT                 merge the adapter into a full-precision copy of the base
     hf-dpo eval RUN_DIR [--judge SPEC]       write the evaluation report of a run
     hf-dpo push RUN_DIR --repo-id ORG/NAME   push adapter, card, report and plots to the Hub
-    hf-dpo bench [--quick]                   hf_dpo vs TRL's DPOTrainer: speed, memory, loss
+    hf-dpo bench [--quick]                   hf_dpo vs TRL's DPOTrainer, end to end: speed, memory, loss
     hf-dpo sample RECIPE [--key value ...]   on-policy pairs: sample the reference, label by the judge
     hf-dpo label SAMPLES.jsonl              label sampled pairs by hand in the browser
 
@@ -27,10 +27,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 logger = logging.getLogger("hf_dpo")
-
-
-class UserError(Exception):
-    """An error the user can fix; printed without a traceback."""
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -144,29 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="hf_dpo vs TRL's DPOTrainer, same model/data/LoRA: pairs/s, tokens/s, peak memory, loss",
-        description="Train the same slice with TRL's DPOTrainer (defaults, and precompute_ref_log_probs) and with "
-        "hf_dpo (all optimisations, then one off per line), each in a fresh process, 4-bit and unquantized. "
-        "Prints a table (medians over the timed steps) and writes it as JSON.",
+        help="hf_dpo vs TRL's DPOTrainer, end to end: wall time, peak memory, first loss, per data shape",
+        description="Train the same pairs with TRL's DPOTrainer (as is, and with a precomputed reference) and with "
+        "hf_dpo (cold and warm reference cache), each in a fresh process, without and with activation "
+        "checkpointing on both sides, on data sets of several shapes. Prints the end-to-end table and the "
+        "verdict against the targets, and writes them as JSON. Needs TRL: pip install 'hf-dpo[bench]'.",
     )
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, Hub id or local directory")
     p.add_argument(
-        "--dataset",
-        help="prompt/chosen/rejected .jsonl (default: recipes/data/demo/train.jsonl, "
-        "else synthetic arithmetic pairs)",
+        "--data-sets",
+        nargs="+",
+        default=None,
+        help="demo, long_prompt, long_answer, multi_turn (generated) and/or .jsonl paths (default: all four)",
     )
-    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    p.add_argument(
+        "--steps", type=int, default=8, help="optimizer steps: one epoch over batch-size x steps pairs"
+    )
+    p.add_argument("--warmup", type=int, default=1, help="first steps left out of the per-step medians")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument(
-        "--recipe", help="recipe giving LoRA settings, max_length and data (default: recipes/demo.yaml)"
+        "--recipe", help="recipe giving LoRA settings and the demo data (default: recipes/demo.yaml)"
     )
+    p.add_argument("--max-length", type=int, default=256, help="max prompt+completion tokens")
+    p.add_argument("--quantization", nargs="+", default=["4bit"], help="4bit and/or none")
     p.add_argument(
-        "--max-length", type=int, default=None, help="max prompt+completion tokens (default: the recipe's)"
+        "--lines", nargs="+", help="subset of lines (default: both regimes, TRL x2 + hf_dpo x2 each)"
     )
-    p.add_argument("--quantization", nargs="+", default=["4bit", "none"], help="4bit and/or none")
-    p.add_argument("--configs", nargs="+", help="subset of configurations (default: all)")
-    p.add_argument("--quick", action="store_true", help="unquantized, TRL x2 + hf_dpo all on, 3+1 steps")
+    p.add_argument("--quick", action="store_true", help="demo pairs, no checkpointing, 4 steps")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
 
@@ -174,19 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hf_dpo.pairs.judges import JudgeError
-    from hf_dpo.report.evaluation import EvaluationError
     from hf_dpo.run import evaluate_run
 
-    try:
-        report = evaluate_run(
-            args.run_dir,
-            judge=args.judge,
-            num_generations=args.num_generations,
-            max_new_tokens=args.max_new_tokens,
-        )
-    except (EvaluationError, JudgeError, FileNotFoundError) as err:
-        raise UserError(str(err)) from None
+    report = evaluate_run(
+        args.run_dir,
+        judge=args.judge,
+        num_generations=args.num_generations,
+        max_new_tokens=args.max_new_tokens,
+    )
     from hf_dpo.report.markdown import console_summary
 
     print(console_summary(report, args.run_dir))
@@ -194,19 +189,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from hf_dpo.hub.push import PushError, push_run
+    from hf_dpo.hub.push import push_run
 
-    try:
-        url = push_run(
-            args.run_dir,
-            args.repo_id,
-            token=args.token,
-            private=args.private,
-            revision=args.revision,
-            commit_message=args.commit_message,
-        )
-    except (PushError, FileNotFoundError) as err:
-        raise UserError(str(err)) from None
+    url = push_run(
+        args.run_dir,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
     if url:
         print(f"Pushed {args.run_dir} to {args.repo_id}: {url}")
     return 0
@@ -214,13 +206,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
-    from hf_dpo.plan.estimate import PlanError, parse_size, plan_recipe
+    from hf_dpo.plan.estimate import parse_size, plan_recipe
 
-    try:
-        memory = parse_size(args.gpu_memory) if args.gpu_memory else None
-        plan = plan_recipe(load_recipe(args.recipe, args.overrides), device=args.device, memory=memory)
-    except PlanError as err:
-        raise UserError(str(err)) from None
+    memory = parse_size(args.gpu_memory) if args.gpu_memory else None
+    plan = plan_recipe(load_recipe(args.recipe, args.overrides), device=args.device, memory=memory)
     print(plan.report(args.recipe))
     return 0 if plan.fits else 1
 
@@ -235,13 +224,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
-    from hf_dpo.pairs.judges import JudgeError
-    from hf_dpo.pairs.sampling import SamplingError, run_sampling
+    from hf_dpo.pairs.sampling import run_sampling
 
-    try:
-        report = run_sampling(load_recipe(args.recipe, args.overrides))
-    except (SamplingError, JudgeError) as err:
-        raise UserError(str(err)) from None
+    report = run_sampling(load_recipe(args.recipe, args.overrides))
     for split, st in report["splits"].items():
         line = f"{split}: {st['prompts']} prompts ({st['sampled_now']} sampled now in {st['seconds']:.0f} s, "
         line += f"{st['resumed']} resumed) -> {st['samples_file']}"
@@ -258,36 +243,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     from hf_dpo.pairs.label_server import serve
-    from hf_dpo.pairs.sampling import SamplingError
 
-    try:
-        serve(args.samples, args.out, host=args.host, port=args.port)
-    except (SamplingError, OSError) as err:
-        raise UserError(str(err)) from None
+    serve(args.samples, args.out, host=args.host, port=args.port)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from hf_dpo.bench import QUICK_CONFIGS, run_bench
+    from hf_dpo.bench import QUICK_LINES, run_bench
+    from hf_dpo.bench.data_shapes import DATA_SETS
 
+    data_sets = args.data_sets or (["demo"] if args.quick else list(DATA_SETS))
     if args.quick:
-        args.steps, args.warmup, args.quantization = min(args.steps, 3), 1, ["none"]
-        args.configs = args.configs or QUICK_CONFIGS
-    try:
-        run_bench(
-            model=args.model,
-            dataset=args.dataset,
-            recipe=args.recipe,
-            quantizations=tuple(args.quantization),
-            configs=args.configs,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            warmup=args.warmup,
-            max_length=args.max_length,
-            out=args.out,
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
+        args.steps, args.lines = min(args.steps, 4), args.lines or QUICK_LINES
+    run_bench(
+        model=args.model,
+        data_sets=tuple(data_sets),
+        recipe=args.recipe,
+        quantizations=tuple(args.quantization),
+        lines=args.lines,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        max_length=args.max_length,
+        out=args.out,
+    )
     return 0
 
 
@@ -332,28 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from hf_dpo.config import RecipeError
-    from hf_dpo.data import DataError
-    from hf_dpo.hub.push import PushError
-    from hf_dpo.model.loading import ModelLoadError
-    from hf_dpo.pairs.judges import JudgeError
-    from hf_dpo.pairs.sampling import SamplingError
-    from hf_dpo.plan.arch import PlanError
-    from hf_dpo.report.metrics import EvaluationError
+    from hf_dpo.errors import HfDpoError
 
     try:
         return args.func(args)
-    except (
-        UserError,
-        RecipeError,
-        DataError,
-        ModelLoadError,
-        PushError,
-        JudgeError,
-        SamplingError,
-        PlanError,
-        EvaluationError,
-    ) as err:
+    except HfDpoError as err:  # anything else is a bug in hf_dpo and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -23,8 +23,10 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from hf_dpo.errors import HfDpoError
 
-class RecipeError(ValueError):
+
+class RecipeError(HfDpoError, ValueError):
     """A recipe or a command-line override is wrong; the message says where and what to do."""
 
 
@@ -436,69 +438,113 @@ def _check_keys(keys, valid: list[str], where: str) -> None:
             )
 
 
-def _parse_overrides(overrides: list[str], valid: list[str]) -> dict[str, Any]:
-    """`--key value`, `--key=value` and bare `--flag` (true) pairs, values parsed as YAML scalars/lists."""
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(overrides):
-        token = overrides[i]
-        if not token.startswith("--"):
-            raise RecipeError(f"command line: expected --key value, got '{token}'.")
-        key, eq, raw = token[2:].partition("=")
-        key = key.replace("-", "_")
-        _check_keys([key], valid, "command line")
-        if not eq:
-            nxt = overrides[i + 1] if i + 1 < len(overrides) else None
-            if nxt is None or nxt.startswith("--"):
-                raw = "true"
-            else:
-                raw, i = nxt, i + 1
-        try:
-            values[key] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            values[key] = raw
-        i += 1
-    return values
+def _text_value(convert):
+    """An argparse `type` that reads `[a, b]` / `{k: v}` as YAML and `null` / `~` as None, the rest with `convert`
+    (the type `HfArgumentParser` derived from the field)."""
+
+    def parse(text: str):
+        stripped = text.strip()
+        if stripped[:1] in ("[", "{"):
+            try:
+                return yaml.safe_load(stripped)
+            except yaml.YAMLError as err:
+                raise argparse.ArgumentTypeError(f"not a valid YAML list or mapping: {err}") from None
+        if stripped in ("null", "~"):
+            return None
+        return convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid <type> value"
+    return parse
 
 
-def _coerce(section: type, key: str, value: Any) -> Any:
-    """Light type fixing for values that YAML typed differently (e.g. '1e-4' is a string in YAML 1.1)."""
-    ftype = {f.name: f.type for f in dataclasses.fields(section)}[key]
-    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
-    if isinstance(value, str) and ("float" in tname or "int" in tname) and "str" not in tname:
-        try:
-            return float(value) if "float" in tname else int(value)
-        except ValueError:
-            raise RecipeError(f"key '{key}': expected a number, got '{value}'.") from None
-    if "list" in tname and isinstance(value, str):
+def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
+    """`HfArgumentParser` over the four sections: one `--key value` option per field, typed from the dataclass.
+
+    A key that two sections share (`trust_remote_code`, in `ModelConfig` and in TRL's `DPOConfig`) is one option;
+    its value goes to both."""
+    fields = [f for section in RECIPE_SECTIONS for f in dataclasses.fields(section)]
+    declared = [f.type for f in fields]
+    parser = HfArgumentParser(
+        RECIPE_SECTIONS, prog=prog, allow_abbrev=False, exit_on_error=False, conflict_handler="resolve"
+    )
+    # HfArgumentParser narrows `int | None` to `int` on the dataclass field itself: put the declared types back.
+    for f, type_ in zip(fields, declared):
+        f.type = type_
+    for action in parser._actions:
+        if action.dest == "precompute_ref_log_probs":
+            action.type = lambda text: _auto_bool(text, "precompute_ref_log_probs")
+        if action.type is not None:
+            action.type = _text_value(action.type)
+    return parser
+
+
+def _as_default(action: argparse.Action, value: Any) -> Any:
+    """A YAML value as the default of its option. argparse converts string defaults with the option's type;
+    YAML 1.1 reads `no`/`yes`/`off` as booleans, which string keys (`eval_strategy: no`) mean as words."""
+    if isinstance(value, bool) and action.const is not True:
+        return "yes" if value else "no"
+    if action.nargs == "+" and isinstance(value, str):
         return [value]
-    if isinstance(value, bool) and "bool" not in tname:
-        # YAML 1.1 reads `no`/`yes`/`off` as booleans; string-typed keys (eval_strategy: no) mean the word.
-        return "no" if value is False else "yes"
     return value
 
 
+def _given_keys(parser: argparse.ArgumentParser, overrides: list[str]) -> list[str]:
+    """The field names the command-line tokens set, in order."""
+    keys = []
+    for token in overrides:
+        action = parser._option_string_actions.get(token.partition("=")[0])
+        if token.startswith("--") and action is not None and action.dest not in keys:
+            keys.append(action.dest)
+    return keys
+
+
+def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str], path) -> dict[str, Any]:
+    """YAML values as defaults, then the command line: every field's value, typed."""
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # the typed option, not its `--no_<key>` complement
+        actions.setdefault(action.dest, action)
+    parser.set_defaults(**{key: _as_default(actions[key], value) for key, value in values.items()})
+    given = _given_keys(parser, overrides)
+    try:
+        namespace, rest = parser.parse_known_args(overrides)
+    except argparse.ArgumentError as err:
+        key = err.argument_name.split("/")[0].lstrip("-").replace("-", "_") if err.argument_name else "?"
+        where = "command line" if key in given or key == "?" else f"Recipe {path}"
+        message = err.message
+        if "invalid float value" in message or "invalid int value" in message:
+            message = "expected a number, got " + message.rpartition(":")[2].strip()
+        raise RecipeError(f"{where}: key '{key}': {message}.") from None
+    for token in rest:
+        if not token.startswith("--"):
+            raise RecipeError(f"command line: expected --key value, got '{token}'.")
+        _check_keys([token[2:].partition("=")[0].replace("-", "_")], sorted(actions), "command line")
+    parsed = vars(namespace)
+    for key, action in actions.items():  # `--key [a, b]` on a list key: one YAML list, not a list of lists
+        value = parsed.get(key)
+        if action.nargs == "+" and isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            parsed[key] = value[0]
+    return parsed
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
-    """Parse a recipe file plus `--key value` overrides into typed configs.
+    """Parse a recipe file plus `--key value` overrides into typed configs, through `HfArgumentParser`.
 
     Raises RecipeError naming the file and key for unknown keys, wrong types or invalid values.
     """
-    owners = all_field_names()
-    valid = sorted(owners)
+    valid = sorted(all_field_names())
     values = read_recipe_file(path) if path is not None else {}
     _check_keys(values, valid, f"Recipe {path}")
-    values.update(_parse_overrides(list(overrides or []), valid))
     if "output_dir" not in values:
-        stem = Path(path).stem if path else "run"
-        values["output_dir"] = f"runs/{stem}"
-    kwargs: dict[type, dict[str, Any]] = {s: {} for s in RECIPE_SECTIONS}
-    for key, value in values.items():
-        section = owners[key]
-        kwargs[section][key] = _coerce(section, key, value)
+        values["output_dir"] = f"runs/{Path(path).stem if path else 'run'}"
+    overrides = list(overrides or [])
+    parser = recipe_parser()
+    parsed = _parse(parser, values, overrides, path)
+    values.update({key: parsed[key] for key in _given_keys(parser, overrides)})
     built = {}
-    for section, kw in kwargs.items():
+    for section in RECIPE_SECTIONS:
+        kwargs = {f.name: parsed[f.name] for f in dataclasses.fields(section) if f.init and f.name in parsed}
         try:
-            built[section] = section(**kw)
+            built[section] = section(**kwargs)
         except RecipeError as err:
             raise RecipeError(f"{f'Recipe {path}' if path else 'command line'}: {err}") from None
         except (TypeError, ValueError, OverflowError) as err:
@@ -515,6 +561,6 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 def recipe_help_parser(prog: str = "hf-dpo train") -> argparse.ArgumentParser:
     """An argparse parser whose --help lists every recipe key with its help text."""
-    parser = HfArgumentParser(RECIPE_SECTIONS, prog=prog)
+    parser = recipe_parser(prog)
     parser.add_argument("recipe", nargs="?", help="Path to a YAML recipe in recipes/.")
     return parser

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from hf_dpo.config import DataConfig, DPOConfig
+from hf_dpo.errors import HfDpoError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ TOKENIZED_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids
 SKIP_HINT = "Fix the row, or set `on_bad_rows: skip` in the recipe to drop such rows (they are counted)."
 
 
-class DataError(ValueError):
+class DataError(HfDpoError, ValueError):
     """Bad preference data; the message names the source, row and column and says what to do."""
 
 

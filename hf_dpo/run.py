@@ -27,6 +27,7 @@ from transformers import set_seed
 from hf_dpo import __version__
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
+from hf_dpo.errors import HfDpoError
 from hf_dpo.hub.card import framework_versions, write_card
 from hf_dpo.hub.push import HubCheckpointCallback, push_run, take_hub_settings
 from hf_dpo.model.loading import (
@@ -44,6 +45,10 @@ from hf_dpo.report.metrics import LOGPS_KEYS, preference_metrics
 from hf_dpo.train.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
+
+
+class RunDirError(HfDpoError, FileNotFoundError):
+    """A directory given as a run is not a finished `hf-dpo train` run."""
 
 
 def hardware_summary() -> str:
@@ -212,7 +217,7 @@ def load_run(run_dir: str | os.PathLike):
 
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
+        raise RunDirError(
             f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json)."
         )
     recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])

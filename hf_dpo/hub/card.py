@@ -6,7 +6,7 @@
 Metadata (ModelCardData): base_model, library_name peft, pipeline_tag text-generation, tags (dpo, lora,
 qlora when 4-bit, hf-dpo, base_model:adapter:<id>), datasets (Hub ids only), license, and model-index
 (EvalResult) with the held-out reward accuracy, margin and judged win rate. PEFT's and transformers' own
-card writers are never used: they overwrite each other's metadata (DESIGN.md).
+card writers are never used: each rewrites README.md with its own metadata, dropping the other's.
 
 The template lives at the repo root in model_cards/; hf_dpo/hub/templates/adapter_card.md is a symlink to it
 that setuptools ships as package data, so an installed wheel finds it too.
@@ -21,7 +21,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hf_dpo.errors import HfDpoError
+
 logger = logging.getLogger(__name__)
+
+
+class CardError(HfDpoError, FileNotFoundError):
+    """The card cannot be written: a run file or the template is missing or lacks a field."""
+
 
 CARD_TEMPLATE = "adapter_card.md"
 # Licenses of the built-in aliases' upstream models; anything else is "other" unless given.
@@ -63,7 +70,7 @@ def template_path() -> Path:
     ):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise CardError(
         f"The model card template {CARD_TEMPLATE} is missing from model_cards/ and hf_dpo/hub/templates/; "
         "reinstall hf_dpo (`pip install -e .`)."
     )
@@ -141,7 +148,7 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
 
     base = info.get("base_model")
     if not base:
-        raise ValueError("run_info.json has no 'base_model'; the card needs the base model's Hub id.")
+        raise CardError("run_info.json has no 'base_model'; the card needs the base model's Hub id.")
     quant = str(info.get("quantization") or "none")
     # The Hub only accepts Hub ids as base_model; a local base is named in the card's body instead.
     hub_base = base if _looks_like_hub_id(base) else None
@@ -184,7 +191,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
     run_dir = Path(run_dir)
     info = _read_json(run_dir / "run_info.json")
     if info is None:
-        raise FileNotFoundError(
+        raise CardError(
             f"{run_dir / 'run_info.json'} is missing: is {run_dir} a finished `hf-dpo train` run?"
         )
     report = _read_json(run_dir / "eval_report.json")

@@ -28,6 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from hf_dpo.errors import HfDpoError
 from hf_dpo.hub.card import render_card, write_card, write_eval_results  # noqa: F401 - part of the hub API
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ TOKENIZER_FILES = (
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-class PushError(RuntimeError):
+class PushError(HfDpoError, RuntimeError):
     """A push failed; `kind` is auth | not_found | network | server | invalid, `retry_command` retries it."""
 
     def __init__(self, message: str, kind: str, retry_command: str | None = None):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from hf_dpo.config import ModelConfig
+from hf_dpo.errors import HfDpoError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ MODEL_ALIASES = {
 }
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(HfDpoError, RuntimeError):
     """The model could not be loaded; the message says which and what to do."""
 
 

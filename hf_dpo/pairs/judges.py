@@ -3,12 +3,24 @@
 A judge is anything with a `name` and `score(prompts, completions) -> list[float]` (higher is better).
 `load_judge` builds one from a recipe's `judge:` value:
 
-    load_judge("hf_dpo.pairs.demo_task:judge")     # a Python callable (prompt, completion) -> float
+    load_judge("hf_dpo.pairs.demo_task:judge")     # a Python callable (prompt, completion) -> float or criteria
     load_judge("rm:path/or/hub-id")          # a reward model (AutoModelForSequenceClassification, 1 output)
     load_judge(my_function)                   # a callable directly
 
-Every score is checked: a judge that raises or returns anything but a finite number stops with a
-`JudgeError` naming the prompt.
+Criteria. A Python judge may return named criteria instead of one float, most important first:
+
+    def judge(prompt, completion):
+        return {"correct": 1.0, "concise": 0.0}
+    judge.criteria = ("correct", "concise")      # the declared order of importance
+
+Answers are then compared criterion by criterion (lexicographically): a concise wrong answer never beats a
+correct one. Without `criteria` the dict's own key order is the order. `criteria_scores()` gives the tuples
+(in `judge.criteria` order) and `judge_criteria(judge)` the names, for any judge: a plain float judge or a
+reward model has the single criterion "score". `score()` stays one float per answer (the sum of the
+criteria), for callers that want one number.
+
+Every score is checked: a judge that raises or returns anything but a finite number (or a dict of them with
+the declared names) stops with a `JudgeError` naming the prompt.
 """
 
 from __future__ import annotations
@@ -19,8 +31,10 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from hf_dpo.errors import HfDpoError
 
-class JudgeError(ValueError):
+
+class JudgeError(HfDpoError, ValueError):
     """A judge could not be loaded or gave an unusable score; the message names the prompt and the fix."""
 
 
@@ -29,6 +43,24 @@ class Judge(Protocol):
     name: str
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]: ...
+
+
+Criteria = tuple[float, ...]  # one value per criterion, most important first; compared lexicographically
+SINGLE_CRITERION = ("score",)
+
+
+def judge_criteria(judge) -> tuple[str, ...]:
+    """The criterion names of any judge, most important first: ("score",) for one-number judges."""
+    return tuple(getattr(judge, "criteria", None) or SINGLE_CRITERION)
+
+
+def criteria_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
+    """Per answer, the tuple of criterion values in `judge_criteria(judge)` order (any judge, or a callable)."""
+    if hasattr(judge, "criteria_scores"):
+        return judge.criteria_scores(prompts, completions)
+    if hasattr(judge, "score"):
+        return [(float(v),) for v in judge.score(prompts, completions)]
+    return [(float(judge(p, c)),) for p, c in zip(prompts, completions)]
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -48,13 +80,23 @@ def check_score(value, index: int, prompt: str, judge_name: str) -> float:
 
 
 class CallableJudge:
-    """Wraps `fn(prompt, completion) -> float`, checking every score."""
+    """Wraps `fn(prompt, completion) -> float | dict[str, float]`, checking every score.
 
-    def __init__(self, fn: Callable[[str, str], float], name: str | None = None):
+    `criteria` are fn.criteria when declared; otherwise found on the first call: ("score",) for a float,
+    the dict's key order for a dict. Every later answer must give the same kind and the same names.
+    """
+
+    def __init__(self, fn: Callable[[str, str], float | dict[str, float]], name: str | None = None):
         self.fn = fn
         self.name = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        declared = getattr(fn, "criteria", None)
+        self.criteria: tuple[str, ...] | None = tuple(declared) if declared else None
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """One float per answer: the judge's value, or the sum of its criteria."""
+        return [sum(values) for values in self.criteria_scores(prompts, completions)]
+
+    def criteria_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
         if len(prompts) != len(completions):
             raise JudgeError(
                 f"score() needs as many prompts as completions ({len(prompts)} != {len(completions)})."
@@ -69,8 +111,30 @@ class CallableJudge:
                     f"completion {_short(completion)!r}. Make the judge handle this input (or return 0.0 for it) "
                     "and rerun: the samples are kept."
                 ) from err
-            scores.append(check_score(value, i, prompt, self.name))
+            scores.append(self._as_criteria(value, i, prompt))
         return scores
+
+    def _as_criteria(self, value, index: int, prompt: str) -> Criteria:
+        if isinstance(value, dict):
+            if self.criteria is None:
+                self.criteria = tuple(value)
+            if set(value) != set(self.criteria):
+                raise JudgeError(
+                    f"Judge '{self.name}' returned criteria {sorted(value)} for prompt {index} ({_short(prompt)!r}), "
+                    f"but its criteria are {list(self.criteria)}. Return the same names for every answer "
+                    "(declare them, most important first, as `judge.criteria = (...)`)."
+                )
+            return tuple(
+                check_score(value[name], index, prompt, f"{self.name}[{name}]") for name in self.criteria
+            )
+        if self.criteria is None:
+            self.criteria = SINGLE_CRITERION
+        if self.criteria != SINGLE_CRITERION:
+            raise JudgeError(
+                f"Judge '{self.name}' returned {value!r} for prompt {index} ({_short(prompt)!r}) but declares the "
+                f"criteria {list(self.criteria)}: return a dict with those names for every answer."
+            )
+        return (check_score(value, index, prompt, self.name),)
 
 
 class RewardModelJudge:
@@ -85,6 +149,7 @@ class RewardModelJudge:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"rm:{name_or_path}"
+        self.criteria = SINGLE_CRITERION
         self.batch_size = batch_size
         try:
             config = AutoConfig.from_pretrained(name_or_path)
@@ -134,6 +199,9 @@ class RewardModelJudge:
                 i = start + offset
                 scores.append(check_score(value, i, prompts[i], self.name))
         return scores
+
+    def criteria_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
+        return [(value,) for value in self.score(prompts, completions)]
 
 
 def load_judge(spec: str | Callable) -> Judge:

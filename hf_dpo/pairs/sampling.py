@@ -30,6 +30,7 @@ import torch
 from transformers import LogitsProcessor
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
+from hf_dpo.errors import HfDpoError
 from hf_dpo.pairs.judges import Judge, load_judge
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 Prompt = str | list[dict[str, str]]  # plain text, or a conversation (list of {"role", "content"})
 
 
-class SamplingError(ValueError):
+class SamplingError(HfDpoError, ValueError):
     """Bad prompts, samples or settings; the message names the file/line or prompt and what to do."""
 
 
@@ -247,6 +248,7 @@ def _settings(model_cfg: ModelConfig, cfg: SamplingConfig) -> dict[str, Any]:
         "top_p": cfg.sampling_top_p,
         "max_new_tokens": cfg.max_new_tokens,
         "seed": cfg.sampling_seed,
+        "marks_unfinished": True,  # rows carry "finished" flags (older files did not)
     }
 
 
@@ -301,8 +303,9 @@ def _check_lengths(
 @torch.inference_mode()
 def generate_batch(
     model, tokenizer, prompt_ids: list[list[int]], seeds: list[list[int]], cfg: SamplingConfig
-) -> list[list[str]]:
-    """K completions for each prompt of one batch (left-padded, one random stream per completion)."""
+) -> tuple[list[list[str]], list[list[bool]]]:
+    """K completions for each prompt of one batch (left-padded, one random stream per completion), and for
+    each whether it ended with an end token (False: cut at max_new_tokens)."""
     from transformers import DynamicCache, GenerationConfig
 
     k = cfg.num_samples_per_prompt
@@ -329,8 +332,21 @@ def generate_batch(
     out = model.generate(
         **batch, cache=cache, generation_config=gen_cfg, logits_processor=[sampler]
     )  # (B*K, T+new)
-    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(prompt_ids))]
+    new_tokens = out[:, batch["input_ids"].shape[1] :]  # (B*K, new)
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    # A completion without an end token stopped at max_new_tokens: it is unfinished, however it reads.
+    eos_ids = torch.tensor(sorted(_as_id_set(gen_cfg.eos_token_id)), device=new_tokens.device)  # (E,)
+    finished = torch.isin(new_tokens, eos_ids).any(dim=-1).tolist()  # (B*K,)
+    return (
+        [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(prompt_ids))],
+        [finished[i * k : (i + 1) * k] for i in range(len(prompt_ids))],
+    )
+
+
+def _as_id_set(token_ids: int | list[int] | None) -> set[int]:
+    if token_ids is None:
+        return set()
+    return {token_ids} if isinstance(token_ids, int) else set(token_ids)
 
 
 def sample(
@@ -394,12 +410,15 @@ def sample(
     ):
         for indices in batches.values():
             seeds = [[sample_seed(cfg.sampling_seed, i, j) for j in range(k)] for i in indices]
-            completions = generate_batch(model, tokenizer, [prompt_ids[i] for i in indices], seeds, cfg)
-            for i, comps, row_seeds in zip(indices, completions, seeds):
+            completions, finished = generate_batch(
+                model, tokenizer, [prompt_ids[i] for i in indices], seeds, cfg
+            )
+            for i, comps, done_flags, row_seeds in zip(indices, completions, finished, seeds):
                 row = {
                     "index": i,
                     "prompt": prompts[i],
                     "completions": comps,
+                    "finished": done_flags,
                     "seed": row_seeds[0],
                     "settings": settings,
                 }
@@ -457,17 +476,31 @@ def label_with_judge(
     judge: Judge | str,
     pairs_file: str | os.PathLike,
     pairs_per_prompt: str = "best_worst",
+    *,
+    allow_unfinished_chosen: bool = False,
+    min_chosen_score: float | None = None,
+    min_chosen_criterion: str | None = None,
 ) -> dict[str, Any]:
     """Completions of each prompt scored by `judge` -> preference pairs in `pairs_file`.
 
-    pairs_per_prompt: "best_worst" (one pair: the best vs the worst completion) or "all" (every two
-    completions with different scores, the higher one chosen: up to K(K-1)/2 pairs per prompt).
-    Prompts whose completions all score the same are ties: skipped and counted.
+    Answers are ranked by the judge's criteria, most important first (lexicographically). An unfinished
+    answer (it stopped at max_new_tokens without an end token) ranks below every finished one and is never
+    chosen, unless `allow_unfinished_chosen`. `min_chosen_score`: the chosen answer must reach it on
+    `min_chosen_criterion` (default: the judge's first criterion); pairs below it are dropped and counted.
 
-    Returns {"prompts", "pairs", "ties", "judge", "pairs_file"}. The pairs file is only replaced once every
-    prompt is scored, so a failing judge leaves the previous pairs and the samples untouched.
+    pairs_per_prompt: "best_worst" (one pair: the best vs the worst completion) or "all" (every two
+    completions that rank differently, the higher one chosen: up to K(K-1)/2 pairs per prompt).
+    Prompts whose completions all rank the same are ties: skipped and counted.
+
+    Returns {"prompts", "pairs", "ties", "below_min_chosen", "judge", "criteria", "pairs_file", "composition"}.
+    The pairs file is only replaced once every prompt is scored, so a failing judge leaves the previous pairs
+    and the samples untouched.
     """
+    from hf_dpo.pairs.judges import judge_criteria
+
     judge = load_judge(judge) if not hasattr(judge, "score") else judge
+    if pairs_per_prompt not in ("best_worst", "all"):
+        raise SamplingError(f"pairs_per_prompt must be 'best_worst' or 'all', not '{pairs_per_prompt}'.")
     samples = read_samples(samples_file)
     flat_prompts, flat_completions, owners = [], [], []
     for n, row in enumerate(samples):
@@ -476,36 +509,57 @@ def label_with_judge(
             flat_completions.append(c)
             owners.append(n)
     scores = _score_all(judge, flat_prompts, flat_completions, samples, owners)
-    if pairs_per_prompt not in ("best_worst", "all"):
-        raise SamplingError(f"pairs_per_prompt must be 'best_worst' or 'all', not '{pairs_per_prompt}'.")
-    pairs, ties, pos = [], 0, 0
+    criteria = judge_criteria(judge)
+    gate = None
+    if min_chosen_score is not None:
+        name = min_chosen_criterion or criteria[0]
+        if name not in criteria:
+            raise SamplingError(
+                f"min_chosen_criterion '{name}' is not one of the judge's criteria {list(criteria)}."
+            )
+        gate = (criteria.index(name), float(min_chosen_score))
+    pairs, ties, below_min, pos = [], 0, 0, 0
     for row in samples:
         k = len(row["completions"])
         row_scores, pos = scores[pos : pos + k], pos + k
-        best = max(range(k), key=lambda j: row_scores[j])
-        worst = min(range(k), key=lambda j: row_scores[j])
-        if row_scores[best] == row_scores[worst]:
+        finished = _finished_flags(row)
+        # Rank key: an unfinished answer is not a whole answer, so it ranks below every finished one.
+        keys = [
+            ((1.0,) if allow_unfinished_chosen else (float(finished[j]),)) + row_scores[j] for j in range(k)
+        ]
+        best = max(range(k), key=lambda j: keys[j])
+        worst = min(range(k), key=lambda j: keys[j])
+        if keys[best] == keys[worst]:
             ties += 1
             continue
         if pairs_per_prompt == "best_worst":
             chosen_rejected = [(best, worst)]
-        else:  # every pair with different scores, each completion text once per side
+        else:  # every two answers that rank differently, each completion text once per side
             chosen_rejected = [
-                (i, j) if row_scores[i] > row_scores[j] else (j, i)
+                (i, j) if keys[i] > keys[j] else (j, i)
                 for i in range(k)
                 for j in range(i + 1, k)
-                if row_scores[i] != row_scores[j] and row["completions"][i] != row["completions"][j]
+                if keys[i] != keys[j] and row["completions"][i] != row["completions"][j]
             ]
         for c, r in chosen_rejected:
+            if not (finished[c] or allow_unfinished_chosen):
+                continue
+            if gate is not None and row_scores[c][gate[0]] < gate[1]:
+                below_min += 1
+                continue
             pairs.append(
                 pair_row(
                     row["prompt"],
                     row["completions"][c],
                     row["completions"][r],
-                    score_chosen=row_scores[c],
-                    score_rejected=row_scores[r],
-                    margin=row_scores[c] - row_scores[r],
-                    scores=row_scores,
+                    score_chosen=_one_number(row_scores[c]),
+                    score_rejected=_one_number(row_scores[r]),
+                    margin=_one_number(row_scores[c]) - _one_number(row_scores[r]),
+                    scores=[_one_number(v) for v in row_scores],
+                    criteria_chosen=dict(zip(criteria, row_scores[c])),
+                    criteria_rejected=dict(zip(criteria, row_scores[r])),
+                    finished_chosen=finished[c],
+                    finished_rejected=finished[r],
                     index=row.get("index"),
                 )
             )
@@ -514,19 +568,56 @@ def label_with_judge(
         "prompts": len(samples),
         "pairs": len(pairs),
         "ties": ties,
+        "below_min_chosen": below_min,
         "judge": judge.name,
+        "criteria": list(criteria),
         "pairs_file": str(pairs_file),
+        "composition": pair_composition(pairs, samples),
     }
+
+
+def _finished_flags(row: dict) -> list[bool]:
+    """Per completion, whether it ended with an end token; files written before the flag count as finished."""
+    flags = row.get("finished")
+    return [bool(f) for f in flags] if isinstance(flags, list) else [True] * len(row["completions"])
+
+
+def _one_number(values: tuple[float, ...]) -> float:
+    """A criteria tuple as one number (the plain sum), for the score columns; ranking uses the tuple."""
+    return float(sum(values))
+
+
+def pair_composition(pairs: list[dict], samples: list[dict]) -> dict[str, Any]:
+    """What the pairs are made of: counts by (chosen criteria, rejected criteria), and unfinished shares."""
+    counts: dict[str, int] = {}
+    for p in pairs:
+        key = f"{_criteria_label(p['criteria_chosen'], p['finished_chosen'])} > " + _criteria_label(
+            p["criteria_rejected"], p["finished_rejected"]
+        )
+        counts[key] = counts.get(key, 0) + 1
+    flags = [f for row in samples for f in _finished_flags(row)]
+    return {
+        "by_criteria": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "unfinished_samples": sum(not f for f in flags),
+        "samples": len(flags),
+        "unfinished_chosen": sum(not p["finished_chosen"] for p in pairs),
+        "unfinished_rejected": sum(not p["finished_rejected"] for p in pairs),
+    }
+
+
+def _criteria_label(values: dict[str, float], finished: bool) -> str:
+    text = ", ".join(f"{name}={value:g}" for name, value in values.items())
+    return text + ("" if finished else ", unfinished")
 
 
 def _score_all(
     judge: Judge, prompts: list[str], completions: list[str], samples: list[dict], owners: list[int]
-):
+) -> list[tuple[float, ...]]:
     """Score everything; errors are re-pointed from the flat position to the sample row's prompt index."""
-    from hf_dpo.pairs.judges import JudgeError, check_score
+    from hf_dpo.pairs.judges import JudgeError, check_score, criteria_scores
 
     try:
-        scores = judge.score(prompts, completions)
+        scores = criteria_scores(judge, prompts, completions)
     except JudgeError as err:
         raise JudgeError(_renumber(str(err), samples, owners)) from err.__cause__
     if len(scores) != len(prompts):
@@ -534,7 +625,7 @@ def _score_all(
             f"Judge '{judge.name}' returned {len(scores)} scores for {len(prompts)} completions."
         )
     return [
-        check_score(s, samples[owners[i]].get("index", owners[i]), prompts[i], judge.name)
+        tuple(check_score(v, samples[owners[i]].get("index", owners[i]), prompts[i], judge.name) for v in s)
         for i, s in enumerate(scores)
     ]
 

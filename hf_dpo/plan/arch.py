@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from hf_dpo.errors import HfDpoError
+
 FACTS_FILE = Path(__file__).with_name("model_facts.json")
 
 
-class PlanError(ValueError):
+class PlanError(HfDpoError, ValueError):
     """The plan cannot be made (unknown architecture, unsupported setting); the message says what to do."""
 
 

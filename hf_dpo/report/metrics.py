@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from hf_dpo.errors import HfDpoError
+
 LOGPS_KEYS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(HfDpoError, ValueError):
     """The run dir or the inputs cannot be evaluated; the message says which file/key and what to do."""
 
 
