@@ -225,8 +225,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
     from hf_dpo.pairs.sampling import run_sampling
+    from hf_dpo.preflight import preflight_sampling
 
-    report = run_sampling(load_recipe(args.recipe, args.overrides))
+    recipe = load_recipe(args.recipe, args.overrides)
+    preflight_sampling(recipe)  # prompts, judge, output places: before the reference model loads
+    report = run_sampling(recipe)
     for split, st in report["splits"].items():
         line = f"{split}: {st['prompts']} prompts ({st['sampled_now']} sampled now in {st['seconds']:.0f} s, "
         line += f"{st['resumed']} resumed) -> {st['samples_file']}"

@@ -369,7 +369,7 @@ def _check_values(section) -> None:
     """Every key of a section by its declared type and meaning (hf_dpo.validate); RecipeError naming the key."""
     from hf_dpo.validate import check_values
 
-    check_values(section)
+    check_values(section, RecipeError)
 
 
 RECIPE_SECTIONS = (ModelConfig, DataConfig, DPOConfig, SamplingConfig)

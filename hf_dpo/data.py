@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 TOKENIZED_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
 SKIP_HINT = "Fix the row, or set `on_bad_rows: skip` in the recipe to drop such rows (they are counted)."
 
 
@@ -76,20 +77,18 @@ class PreferenceData:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}, line {lineno}: not valid JSON ({err.msg}). Fix or delete that line."
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append(row)
+    from hf_dpo.files import read_jsonl
+
+    return [row for _, row in read_jsonl(path, error=DataError)]
+
+
+def _check_row_objects(path: Path, rows: list) -> list[dict]:
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{path}, row {index}: expected an object with prompt/chosen/rejected keys, got "
+                f"{type(row).__name__} {row!r:.60}. A .json file holds a list of such objects."
+            )
     return rows
 
 
@@ -98,8 +97,16 @@ def _read_file(path: Path) -> list[dict]:
     if suffix == ".jsonl":
         return _read_jsonl(path)
     if suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise DataError(
+                f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8."
+            ) from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             # Some ".json" files are really JSON lines.
             try:
@@ -114,7 +121,7 @@ def _read_file(path: Path) -> list[dict]:
                 data = [dict(zip(data, values)) for values in zip(*data.values())]
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of rows (objects), got {type(data).__name__}.")
-        return data
+        return _check_row_objects(path, data)
     if suffix in (".parquet", ".csv"):
         import datasets
 
@@ -207,6 +214,10 @@ def _check_messages(value: list, column: str) -> list[dict]:
     for m in value:
         if "role" not in m or "content" not in m or not isinstance(m["content"], str):
             raise BadRow(column, f"message {m!r} lacks a 'role' or a string 'content'", "bad message")
+        if not isinstance(m["role"], str) or m["role"] not in CHAT_ROLES:
+            raise BadRow(
+                column, f"message role {m['role']!r} is not one of {', '.join(CHAT_ROLES)}", "bad message"
+            )
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -490,6 +501,11 @@ def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) ->
         built[name] = datasets.Dataset.from_dict(columns)
     if len(built["train"]) == 0:
         raise DataError(f"{train_source}: no usable pairs left ({report['train']}).")
+    if "eval" in built and len(built["eval"]) == 0:
+        raise DataError(
+            f"{eval_source}: the held-out split has no usable pairs ({report['eval']}). Add pairs to it, or set "
+            "dataset_test_split: null (and eval_fraction: 0) to train without one."
+        )
     return PreferenceData(train=built["train"], eval=built.get("eval"), report=report)
 
 

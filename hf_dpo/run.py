@@ -39,6 +39,7 @@ from hf_dpo.model.loading import (
     pick_dtype,
 )
 from hf_dpo.model.memory import peak_memory
+from hf_dpo.preflight import preflight
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.markdown import console_summary
 from hf_dpo.report.metrics import LOGPS_KEYS, preference_metrics
@@ -102,6 +103,7 @@ def build_trainer(recipe: Recipe, callbacks=None) -> tuple[DPOTrainer, dict]:
 
 def run_training(recipe_path: str | None, overrides: list[str] | None = None) -> Path:
     recipe = load_recipe(recipe_path, overrides)
+    preflight(recipe)  # data, judge, run dir, cache dir: every check that needs no model, before loading one
     args = recipe.training
     out = Path(args.output_dir)
     dtype = _configure_precision(recipe)

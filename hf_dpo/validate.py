@@ -6,7 +6,7 @@ takes no NaN or infinity; a `str` key takes no list), then by its declared meani
 (`CHOICES`, plus any `choices` in the field's metadata). The first problem raises `RecipeError` naming the
 key, the value and what it may be, so a recipe fails when it is read, not minutes into a run.
 
-    check_values(ModelConfig(lora_r=-1))   # RecipeError: key 'lora_r': must be >= 1 (got -1).
+    check_values(ModelConfig(lora_r=-1), RecipeError)   # RecipeError: key 'lora_r': must be >= 1, got -1.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "sampling_batch_size": (1, None, True, True),
     "sampling_seed": (0, 2**63 - 1, True, True),
     "eval_num_generations": (0, None, True, True),
+    "eval_max_new_tokens": (1, None, True, True),
 }
 
 # Why a range holds, where the bare bounds would not say it.
@@ -127,10 +128,12 @@ def _kinds(ftype: Any) -> set[str]:
     return kinds
 
 
-def _error(key: str, message: str):
-    from hf_dpo.config import RecipeError
+class ValueCheckError(ValueError):
+    """Raised by the checks below when no error class is given (config passes its RecipeError)."""
 
-    return RecipeError(f"key '{key}': {message}")
+
+def _error(key: str, message: str, error: type[Exception] = ValueCheckError) -> Exception:
+    return error(f"key '{key}': {message}")
 
 
 def _describe(value: Any) -> str:
@@ -139,7 +142,7 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def check_type(key: str, value: Any, ftype: Any, default: Any) -> Any:
+def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckError) -> Any:
     """`value` if it fits the declared type (an integral float for an int key becomes an int, a number for a
     string-only key becomes its text); RecipeError otherwise."""
     kinds = _kinds(ftype)
@@ -149,46 +152,46 @@ def check_type(key: str, value: Any, ftype: Any, default: Any) -> Any:
     if value is None:
         if "None" in kinds or default is None:
             return value
-        raise _error(key, f"needs a value (it is not optional; default: {default!r}).")
+        raise _error(key, f"needs a value (it is not optional; default: {default!r}).", error)
     if isinstance(value, bool):
         if "bool" in kinds:
             return value
-        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, int):
         if kinds & {"int", "float"}:
             return value
         if "str" in kinds:
             return str(value)
-        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, float):
         if "float" in kinds:
             if not math.isfinite(value):
-                raise _error(key, f"must be a finite number, got {value!r}.")
+                raise _error(key, f"must be a finite number, got {value!r}.", error)
             return value
         if "int" in kinds:
             if value.is_integer():
                 return int(value)
-            raise _error(key, f"expected a whole number, got {value!r}.")
+            raise _error(key, f"expected a whole number, got {value!r}.", error)
         if "str" in kinds:
             return str(value)
-        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, str):
         if "str" in kinds:
             return value
-        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+        raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, (list, tuple)):
         if "list" not in kinds:
-            raise _error(key, f"expected {_expected(scalar)}, got a list {value!r}.")
+            raise _error(key, f"expected {_expected(scalar)}, got a list {value!r}.", error)
         if "list[str]" in str(ftype).replace(" ", ""):
             bad = [v for v in value if not isinstance(v, str) or not v.strip()]
             if bad:
-                raise _error(key, f"expected a list of non-empty strings, got {list(value)!r}.")
+                raise _error(key, f"expected a list of non-empty strings, got {list(value)!r}.", error)
         return list(value)
     if isinstance(value, dict):
         if "dict" in kinds:
             return value
-        raise _error(key, f"expected {_expected(scalar)}, got a mapping {value!r}.")
-    raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.")
+        raise _error(key, f"expected {_expected(scalar)}, got a mapping {value!r}.", error)
+    raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
 
 
 def _expected(kinds: set[str]) -> str:
@@ -207,7 +210,7 @@ def _expected(kinds: set[str]) -> str:
     return " or ".join(parts)
 
 
-def check_range(key: str, value: Any) -> None:
+def check_range(key: str, value: Any, error=ValueCheckError) -> None:
     if key not in RANGES or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     low, high, low_in, high_in = RANGES[key]
@@ -222,14 +225,14 @@ def check_range(key: str, value: Any) -> None:
         span = f"{'>=' if low_in else '>'} {low}"
     else:
         span = f"{'<=' if high_in else '<'} {high}"
-    raise _error(key, f"must be {span}{RANGE_HINTS.get(key, '')}, got {value!r}.")
+    raise _error(key, f"must be {span}{RANGE_HINTS.get(key, '')}, got {value!r}.", error)
 
 
-def check_choice(key: str, value: Any, choices) -> None:
+def check_choice(key: str, value: Any, choices, error=ValueCheckError) -> None:
     if value in choices:
         return
     named = ", ".join("null" if c is None else str(c) for c in choices)
-    raise _error(key, f"{value!r} is not one of {named}.")
+    raise _error(key, f"{value!r} is not one of {named}.", error)
 
 
 def _inherited() -> set[str]:
@@ -238,7 +241,7 @@ def _inherited() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainingArguments)}
 
 
-def check_values(obj: Any, fields: list[str] | None = None) -> None:
+def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: list[str] | None = None) -> None:
     """Check (and normalise in place) every init field of a config dataclass, or only `fields`."""
     for f in dataclasses.fields(obj):
         if not f.init or (fields is not None and f.name not in fields):
@@ -249,15 +252,15 @@ def check_values(obj: Any, fields: list[str] | None = None) -> None:
             continue
         if value is None and f.name not in RANGES and f.name in _inherited():
             continue  # a TrainingArguments key left unset: transformers fills it in
-        value = check_type(f.name, value, f.type, default)
+        value = check_type(f.name, value, f.type, default, error)
         setattr(obj, f.name, value)
-        check_range(f.name, value)
+        check_range(f.name, value, error)
         choices = CHOICES.get(f.name) or (f.metadata or {}).get("choices")
         if choices and (value is not None or f.name in CHOICES):
-            check_choice(f.name, value, tuple(choices))
+            check_choice(f.name, value, tuple(choices), error)
         if (
             f.name in NON_EMPTY
             and isinstance(value, (str, list))
             and not (value.strip() if isinstance(value, str) else value)
         ):
-            raise _error(f.name, "must not be empty.")
+            raise _error(f.name, "must not be empty.", error)

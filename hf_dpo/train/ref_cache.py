@@ -148,8 +148,26 @@ def load(path: Path, num_pairs: int) -> tuple[list[float], list[float]] | None:
     return chosen.tolist(), rejected.tolist()
 
 
-def save(path: Path, chosen: list[float], rejected: list[float], parts: dict) -> None:
-    """Write atomically (temp file + rename), so a reader never sees half a file."""
+def save(path: Path, chosen: list[float], rejected: list[float], parts: dict) -> bool:
+    """Write atomically (temp file + rename), so a reader never sees half a file.
+
+    The cache is an optimisation: a directory that cannot be written (read-only, full disk, no permission) is
+    a warning, and training goes on with the values in memory. Returns whether the file was written."""
+    try:
+        _save(path, chosen, rejected, parts)
+        return True
+    except Exception as err:  # noqa: BLE001 - never fatal: the values are already computed
+        logger.warning(
+            "Could not write the reference log-prob cache %s (%s: %s); going on without it (the next run "
+            "recomputes them). Set ref_logps_cache_dir to a writable directory, or to none.",
+            path,
+            type(err).__name__,
+            err,
+        )
+        return False
+
+
+def _save(path: Path, chosen: list[float], rejected: list[float], parts: dict) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,246 @@
+"""Everything a run will need, checked before the model loads: fail in a second, not after minutes of work.
+
+    preflight(recipe)              # `hf-dpo train`: called by run.run_training before load_policy
+    preflight_sampling(recipe)     # `hf-dpo sample`: prompts, judge, where samples and pairs go
+
+Checks, each raising an `HfDpoError` subclass that names the file, row or key and what to do:
+- recipe values (types, ranges, choices): already done when the recipe was read (hf_dpo.validate);
+- the data: every split's file readable and every row well-formed (the tokenizer-free part of
+  `hf_dpo.data`: columns, types, message roles, empty or identical responses), the held-out split
+  non-empty, eval_fraction leaving pairs on both sides;
+- the judge: `module:function` imported, `rm:<local path>` present;
+- the run dir writable; report_to integrations installed; a token when the recipe pushes;
+- the reference-log-prob cache dir: writable, else a warning and the cache is off (it is an optimisation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from hf_dpo.config import Recipe, RecipeError
+from hf_dpo.data import SKIP_HINT, BadRow, DataError, normalize_row, read_splits
+
+logger = logging.getLogger(__name__)
+
+
+def preflight(recipe: Recipe) -> dict[str, int]:
+    """Check a training recipe end to end without loading a model. Returns {split: usable rows} (before
+    tokenization, which may still truncate). Raises RecipeError / DataError / JudgeError."""
+    args = recipe.training
+    check_writable_dir(args.output_dir, "output_dir")
+    check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
+    check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    check_resume(args)
+    check_report_to(args)
+    check_push(args)
+    counts = check_data(recipe)
+    if recipe.sampling.judge:
+        check_judge(recipe.sampling.judge)
+    check_ref_cache(args)
+    return counts
+
+
+def preflight_sampling(recipe: Recipe) -> None:
+    """Check a sampling recipe before the reference model loads: prompts files, judge, output places."""
+    from hf_dpo.pairs.sampling import read_prompts
+
+    cfg = recipe.sampling
+    if not cfg.prompts_file:
+        raise RecipeError(
+            "prompts_file is not set: give a .txt (one prompt a line) or a .jsonl with a prompt column."
+        )
+    for key in ("prompts_file", "test_prompts_file"):
+        path = getattr(cfg, key)
+        if path:
+            read_prompts(path, recipe.data.prompt_column)
+    for key in ("samples_file", "pairs_file"):
+        path = getattr(cfg, key)
+        if path:
+            check_writable_dir(Path(path).parent, f"the directory of {key}")
+    check_writable_dir(recipe.training.output_dir, "output_dir")
+    check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
+    check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    if cfg.judge:
+        check_judge(cfg.judge)
+
+
+# ---------------------------------------------------------------- places
+
+
+def check_local_path(value: str | None, key: str) -> None:
+    """A value that is clearly a local path (starts with / ./ ../ ~) must exist; Hub ids are left to the loader."""
+    if not value or not value.startswith(("/", "./", "../", "~")):
+        return
+    if not Path(value).expanduser().exists():
+        raise RecipeError(f"key '{key}': {value} does not exist. Give an existing directory or a Hub id.")
+
+
+def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:
+    """Create `directory` if needed and prove it takes a file; RecipeError naming `what` otherwise."""
+    path = Path(directory).expanduser()
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{path} is a file, not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".hf_dpo-write-check-"):
+            pass
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise RecipeError(
+            f"{what} {path} cannot be written to ({reason}). Choose a writable directory."
+        ) from None
+    return path
+
+
+def check_resume(args) -> None:
+    resume = getattr(args, "resume_from_checkpoint", None)
+    if isinstance(resume, str) and resume.strip() and resume.strip().lower() not in ("true", "false"):
+        if not Path(resume).expanduser().is_dir():
+            raise RecipeError(
+                f"key 'resume_from_checkpoint': {resume} is not a directory. Give a checkpoint-N directory of "
+                f"a run (e.g. {args.output_dir}/checkpoint-100)."
+            )
+
+
+def check_report_to(args) -> None:
+    """Every `report_to` integration installed (transformers would fail only when the Trainer is built)."""
+    wanted = args.report_to or []
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    wanted = [w for w in wanted if w not in ("none", "all")]
+    if not wanted:
+        return
+    from transformers.integrations import get_available_reporting_integrations
+
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except ImportError:  # pragma: no cover - older transformers
+        INTEGRATION_TO_CALLBACK = {}
+    available = set(get_available_reporting_integrations())
+    for name in wanted:
+        if INTEGRATION_TO_CALLBACK and name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(
+                f"key 'report_to': '{name}' is not a reporting integration "
+                f"(known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none)."
+            )
+        if name not in available:
+            raise RecipeError(
+                f"key 'report_to': '{name}' is not installed (pip install {name}), or set report_to: none."
+            )
+
+
+def check_push(args) -> None:
+    """A recipe that pushes needs a valid repo id and a token before training starts, not after it ends."""
+    if not getattr(args, "push_to_hub", False):
+        return
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise RecipeError(f"key 'hub_model_id': '{repo_id}' is not a valid Hub repo id ({err}).") from None
+    if not (getattr(args, "hub_token", None) or os.environ.get("HF_TOKEN") or get_token()):
+        raise RecipeError(
+            "push_to_hub is on but there is no Hub token: set HF_TOKEN (or run `hf auth login`), or set "
+            "push_to_hub: false and push later with `hf-dpo push`."
+        )
+
+
+def check_ref_cache(args) -> None:
+    """The on-disk reference cache is an optimisation: an unwritable directory turns it off, with a warning."""
+    from hf_dpo.train import ref_cache
+
+    if getattr(args, "precompute_ref_log_probs", False) is False:
+        return
+    root = ref_cache.cache_root(getattr(args, "ref_logps_cache_dir", None))
+    if root is None:
+        return
+    try:
+        check_writable_dir(root, "ref_logps_cache_dir")
+    except RecipeError as err:
+        logger.warning("%s The reference log-probs are kept in memory only for this run.", err)
+        args.ref_logps_cache_dir = "none"
+
+
+# ---------------------------------------------------------------- judge
+
+
+def check_judge(spec: str) -> None:
+    """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one."""
+    from hf_dpo.pairs.judges import JudgeError, load_judge
+
+    spec = str(spec).strip()
+    if spec.startswith("rm:"):
+        target = spec[3:].strip()
+        if not target:
+            raise JudgeError(
+                f"judge '{spec}': give the reward model after 'rm:' (a Hub id or a local directory)."
+            )
+        if target.startswith(("/", "./", "../", "~")) and not Path(target).expanduser().exists():
+            raise JudgeError(f"judge '{spec}': {target} does not exist.")
+        return
+    load_judge(spec)
+
+
+# ---------------------------------------------------------------- data
+
+
+def check_data(recipe: Recipe) -> dict[str, int]:
+    """Read every split and check every row as `hf_dpo.data` will (without tokenizing). {split: usable rows}."""
+    cfg = recipe.data
+    try:
+        splits = read_splits(cfg)
+    except (DataError, RecipeError):
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(f"{cfg.dataset_name}: not UTF-8 text ({err}). Save the data as UTF-8.") from None
+    except OSError as err:
+        raise DataError(f"{cfg.dataset_name}: cannot be read ({err.strerror or err}).") from None
+    counts = {}
+    for split, (source, rows) in splits.items():
+        counts[split] = _check_rows(source, rows, cfg)
+    train = cfg.dataset_train_split
+    if counts[train] == 0:
+        source = splits[train][0]
+        raise DataError(
+            f"{source}: no usable pairs ({len(splits[train][1])} rows read, none valid). {SKIP_HINT}"
+        )
+    test = cfg.dataset_test_split
+    if test and test in counts and counts[test] == 0:
+        raise DataError(
+            f"{splits[test][0]}: the held-out split '{test}' has no usable pairs. Add pairs to it, or set "
+            "dataset_test_split: null (and eval_fraction: 0) to train without one."
+        )
+    if not (test and test in counts) and cfg.eval_fraction > 0:
+        n = counts[train]
+        n_eval = max(1, round(n * cfg.eval_fraction))
+        if n - n_eval < 1:
+            raise DataError(
+                f"{splits[train][0]}: eval_fraction {cfg.eval_fraction} of {n} usable pairs leaves none to train "
+                "on. Lower eval_fraction or add pairs."
+            )
+    return counts
+
+
+def _check_rows(source: str, rows: list, cfg) -> int:
+    usable = 0
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{source}, row {index}: expected an object with prompt/chosen/rejected keys, got "
+                f"{type(row).__name__}."
+            )
+        try:
+            normalize_row(row, cfg)
+        except BadRow as bad:
+            if cfg.on_bad_rows == "skip":
+                continue
+            raise DataError(
+                f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}"
+            ) from None
+        usable += 1
+    return usable

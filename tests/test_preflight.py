@@ -1,0 +1,241 @@
+"""`hf-dpo train` checks everything it can before loading a model: each hostile input ends in under a second with
+exit code 2 and one `error:` line naming the file, row or key; the model loader is never reached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from hf_dpo import cli
+from hf_dpo.config import RecipeError, load_recipe
+from hf_dpo.preflight import preflight
+
+
+def _pairs(n: int = 4) -> list[dict]:
+    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if anything tries to load a model: every check here must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the recipe and data were checked")
+
+    monkeypatch.setattr("hf_dpo.run.load_policy", refuse)
+    monkeypatch.setattr("hf_dpo.run.build_trainer", refuse)
+
+
+def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
+    """`hf-dpo train RECIPE --output_dir ... OVERRIDES` in-process: (exit code, stderr)."""
+    data = tmp_path / "data"
+    if not data.exists():
+        _write_jsonl(data / "train.jsonl", _pairs(6))
+        _write_jsonl(data / "test.jsonl", _pairs(2))
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
+    rc = cli.main(["train", str(path), *overrides])
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def _one_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def test_misspelled_judge_stops_before_the_model_loads_and_leaves_no_files(tmp_path, capsys, no_model):
+    rc, err = train(tmp_path, capsys, "judge: hf_dpo.pairs.demo_task:judgee\n")
+    assert rc == 2
+    line = _one_error(err)
+    assert "judgee" in line and "has no attribute" in line
+    assert not (tmp_path / "run" / "README.md").exists() and not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        (
+            [{"prompt": "p", "chosen": "same", "rejected": "same"}],
+            r"train.jsonl, row 0, column 'rejected'.*identical",
+        ),
+        ([{"prompt": "p", "chosen": "a"}], r"no column 'rejected'|row 0, column 'rejected'"),
+        (
+            [{"prompt": [{"role": 3, "content": "hi"}], "chosen": "a", "rejected": "b"}],
+            r"row 0, column 'prompt': message role 3 is not one of",
+        ),
+        (
+            [{"prompt": [{"role": "wizard", "content": "hi"}], "chosen": "a", "rejected": "b"}],
+            r"row 0, column 'prompt': message role 'wizard'",
+        ),
+    ],
+)
+def test_bad_rows_are_found_before_the_model_loads(tmp_path, capsys, no_model, rows, expected):
+    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(3) + rows)
+    _write_jsonl(tmp_path / "data" / "test.jsonl", _pairs(2))
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2
+    line = _one_error(err)
+    assert "train.jsonl" in line
+    import re
+
+    assert re.search(expected.replace("row 0", "row 3"), line), line
+
+
+def test_non_utf8_jsonl_and_json_name_the_file_and_line(tmp_path, capsys, no_model):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_bytes(
+        json.dumps(_pairs(1)[0]).encode() + b"\n" + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
+    )
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2 and re_search(r"train.jsonl, line 2: not UTF-8", _one_error(err))
+
+    (data / "train.jsonl").unlink()
+    (data / "train.json").write_bytes(b'[{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}]')
+    rc, err = train(tmp_path, capsys, "", "--dataset_test_split", "null")
+    assert rc == 2 and re_search(r"train.json, line 1: not UTF-8", _one_error(err))
+
+
+def test_json_file_of_numbers_is_named(tmp_path, capsys, no_model):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text("[1, 2, 3]")
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2 and re_search(r"train.json, row 0: expected an object", _one_error(err))
+
+
+def test_empty_held_out_split_is_named(tmp_path, capsys, no_model):
+    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(4))
+    (tmp_path / "data" / "test.jsonl").write_text("")
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2 and re_search(r"test.jsonl.*held-out split 'test' has no usable pairs", _one_error(err))
+    # ... and one whose rows are all skipped as bad
+    _write_jsonl(tmp_path / "data" / "test.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}])
+    rc, err = train(tmp_path, capsys, "on_bad_rows: skip\n")
+    assert rc == 2 and re_search(r"held-out split 'test' has no usable pairs", _one_error(err))
+
+
+def test_eval_fraction_out_of_range_and_leaving_nothing_to_train(tmp_path, capsys, no_model):
+    rc, err = train(tmp_path, capsys, "eval_fraction: 1.5\n")
+    assert rc == 2 and re_search(r"key 'eval_fraction': must be in \[0, 1\)", _one_error(err))
+    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(1))
+    (tmp_path / "data" / "test.jsonl").unlink()
+    rc, err = train(tmp_path, capsys, "eval_fraction: 0.5\n")
+    assert rc == 2 and re_search(r"eval_fraction 0.5 of 1 usable pairs leaves none", _one_error(err))
+
+
+def test_unwritable_output_dir_is_named(tmp_path, capsys, no_model):
+    (tmp_path / "afile").write_text("x")
+    rc, err = train(tmp_path, capsys, "", "--output_dir", str(tmp_path / "afile" / "run"))
+    assert rc == 2 and re_search(r"output_dir .*afile/run cannot be written", _one_error(err))
+
+
+def test_unwritable_ref_cache_dir_is_a_warning_and_the_cache_goes_off(tmp_path, caplog):
+    data = _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(4)).parent
+    (tmp_path / "afile").write_text("x")
+    recipe = load_recipe(
+        None,
+        ["--dataset_name", str(data), "--output_dir", str(tmp_path / "run"), "--report_to", "none"]
+        + ["--ref_logps_cache_dir", str(tmp_path / "afile" / "cache"), "--precompute_ref_log_probs", "true"],
+    )
+    with caplog.at_level(logging.WARNING):
+        preflight(recipe)
+    assert recipe.training.ref_logps_cache_dir == "none"
+    assert "ref_logps_cache_dir" in caplog.text and "in memory only" in caplog.text
+
+
+def test_unwritable_ref_cache_file_write_warns_and_returns(tmp_path, caplog):
+    """After the reference pass: a cache that cannot be written loses nothing but the cache."""
+    from hf_dpo.train import ref_cache
+
+    (tmp_path / "afile").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        written = ref_cache.save(
+            tmp_path / "afile" / "sub" / "k.safetensors", [1.0, 2.0], [0.5, 0.1], {"a": 1}
+        )
+    assert written is False
+    assert "Could not write the reference log-prob cache" in caplog.text
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert ref_cache.save(ro / "k.safetensors", [1.0], [0.5], {}) is False
+        finally:
+            ro.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    "recipe, key",
+    [
+        ("on: 3\n", "True"),
+        ("123: x\n", "123"),
+        ("beta: .nan\n", "beta"),
+        ("learning_rate: .inf\n", "learning_rate"),
+        ("lora_r: -1\n", "lora_r"),
+        ("lora_r: 1.5\n", "lora_r"),
+        ("bnb_4bit_quant_storage: foo\n", "bnb_4bit_quant_storage"),
+        ("sampling_top_p: 0\n", "sampling_top_p"),
+        ("sampling_top_p: -0.5\n", "sampling_top_p"),
+        ("sampling_temperature: .nan\n", "sampling_temperature"),
+        ("max_new_tokens: 0\n", "max_new_tokens"),
+        ("num_samples_per_prompt: 1\n", "num_samples_per_prompt"),
+        ("per_device_train_batch_size: 0\n", "per_device_train_batch_size"),
+        ("seed: -1\n", "seed"),
+        ("max_length: 0\n", "max_length"),
+        ("lora_dropout: 1.5\n", "lora_dropout"),
+        ("quantization: nf4\n", "quantization"),
+        ("lora_target_modules: []\n", "lora_target_modules"),
+        ("dataset_name: [a, b]\n", "dataset_name"),
+        ("report_to: not_an_integration\n", "report_to"),
+    ],
+)
+def test_bad_recipe_values_name_the_key(tmp_path, capsys, no_model, recipe, key):
+    rc, err = train(tmp_path, capsys, recipe)
+    assert rc == 2
+    assert key in _one_error(err)
+
+
+def test_push_without_a_token_fails_before_training(tmp_path, capsys, no_model, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    rc, err = train(tmp_path, capsys, "push_to_hub: true\nhub_model_id: me/x\n")
+    assert rc == 2 and "no Hub token" in _one_error(err)
+
+
+def test_missing_local_model_dir_is_named(tmp_path, capsys, no_model):
+    rc, err = train(tmp_path, capsys, f"model_name_or_path: {tmp_path / 'nope'}\n")
+    assert rc == 2 and "model_name_or_path" in _one_error(err)
+
+
+def test_the_demo_recipe_passes(tmp_path):
+    recipe = load_recipe("recipes/demo.yaml", ["--output_dir", str(tmp_path / "run")])
+    counts = preflight(recipe)
+    assert counts["train"] > 0 and counts["test"] > 0
+
+
+def test_cli_override_values_are_checked_too():
+    with pytest.raises(RecipeError, match="sampling_top_p"):
+        load_recipe("recipes/demo.yaml", ["--sampling_top_p", "0"])
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in {text!r}"
+    return True
