@@ -22,7 +22,7 @@ XSS_COMPLETION = '<img src=x onerror="window.__xss = \'img\'"><script>window.__x
 
 def _samples(path: Path) -> Path:
     rows = [
-        {"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "six", "4"]},
+        {"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "six"]},
         {"index": 1, "prompt": "What is the capital of Japan?", "completions": ["Tokyo.", "Kyoto"]},
         {"index": 2, "prompt": XSS_PROMPT, "completions": [XSS_COMPLETION, "plain answer"]},
         {

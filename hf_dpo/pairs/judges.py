@@ -69,14 +69,25 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def check_score(value, index: int, prompt: str, judge_name: str) -> float:
-    """`value` as a float, or JudgeError if it is not a finite real number (bools and None included)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+    """`value` as a float, or JudgeError if it is not a finite real number (bools, None and ints too large for
+    a float, such as 10**400, included)."""
+    number = None
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            number = None
+    if number is None or not math.isfinite(number):
+        try:
+            shown = _short(repr(value), 60)
+        except Exception:  # noqa: BLE001 - repr of a 10**5000 int raises; the type is enough then
+            shown = "<unprintable>"
         raise JudgeError(
-            f"Judge '{judge_name}' returned {value!r} ({type(value).__name__}) for prompt {index} "
+            f"Judge '{judge_name}' returned {shown} ({type(value).__name__}) for prompt {index} "
             f"({_short(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
             "(e.g. return 0.0 for an answer it cannot score) and rerun: the samples are kept."
         )
-    return float(value)
+    return number
 
 
 class CallableJudge:

@@ -35,6 +35,8 @@ from hf_dpo.pairs.sampling import (
 )
 
 CHOICES = ("left", "right", "tie", "skip")
+MAX_BODY_BYTES = 64 * 1024  # a decision is a few dozen bytes
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 def default_out(samples_file: str | os.PathLike) -> Path:
@@ -52,10 +54,58 @@ def left_is_first(index: int, prompt: str) -> bool:
     return hashlib.sha256(f"{index}\0{prompt}".encode()).digest()[0] % 2 == 0
 
 
+def content_key(row: dict) -> str:
+    """What a decision was made on: a hash of the prompt and every completion of its samples row. A decision
+    whose key differs from the current row's was made on other answers and is never replayed onto these."""
+    text = json.dumps(
+        {"prompt": row["prompt"], "completions": row["completions"]}, sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def answer_pairs(index: int, row: dict) -> list[tuple[int, int]]:
+    """The (left, right) completion positions shown for one prompt, so that every distinct answer is seen.
+
+    Identical answers (same text up to surrounding whitespace) and empty ones are shown once / never: a pair of
+    them could not be trained on. The distinct answers are put in a random but stable order and shown two at a
+    time ((1st, 2nd), (3rd, 4th), ...; an odd last one against the first); with two answers this is the one pair,
+    left/right as `left_is_first`."""
+    seen: dict[str, int] = {}
+    for pos, text in enumerate(row["completions"]):
+        norm = text.strip()
+        if norm and norm not in seen:
+            seen[norm] = pos
+    distinct = list(seen.values())
+    if len(distinct) < 2:
+        return []
+    prompt = prompt_text(row["prompt"])
+    if len(distinct) == 2:
+        order = distinct if left_is_first(index, prompt) else distinct[::-1]
+    else:
+        order = sorted(distinct, key=lambda p: hashlib.sha256(f"{index}\0{prompt}\0{p}".encode()).hexdigest())
+    items = [(order[i], order[i + 1]) for i in range(0, len(order) - 1, 2)]
+    if len(order) % 2:
+        items.append((order[-1], order[0]))
+    return items
+
+
+def item_id(index: int, pair: tuple[int, int]) -> str:
+    return f"{index}:{pair[0]}:{pair[1]}"
+
+
 class LabelStore:
-    """Samples + the append-only decision log; derives the current prompt, progress and the pairs file."""
+    """Samples + the append-only decision log; derives the current pair, progress and the pairs file.
+
+    One labelling item is one (prompt, left answer, right answer); a prompt with K distinct answers gives
+    ceil(K/2) items, so every answer is shown. Every logged decision carries the prompt index, the two answer
+    positions and `content_key` of the samples row: a log made on other samples (regenerated, edited) is refused
+    by line, never replayed onto new answers."""
 
     def __init__(self, samples_file: str | os.PathLike, out: str | os.PathLike | None = None):
+        self.samples_file = Path(samples_file)
+        self.out = Path(out) if out else default_out(samples_file)
+        self.log = decisions_path(self.out)
+        _check_distinct_files(self.samples_file, self.out, self.log)
         self.samples = read_samples(samples_file)
         for row in self.samples:
             if len(row["completions"]) < 2:
@@ -64,80 +114,137 @@ class LabelStore:
                     "labelling needs at least 2 (sample with num_samples_per_prompt >= 2)."
                 )
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
-        self.out = Path(out) if out else default_out(samples_file)
-        self.log = decisions_path(self.out)
+        self.row_keys = [content_key(row) for row in self.samples]
+        self.items: list[tuple[int, tuple[int, int]]] = []  # (sample position, (left, right))
+        self.unlabellable = 0  # prompts whose answers are all identical or empty
+        for pos, row in enumerate(self.samples):
+            pairs = answer_pairs(self.keys[pos], row)
+            self.unlabellable += not pairs
+            self.items += [(pos, pair) for pair in pairs]
+        if not self.items:
+            raise SamplingError(
+                f"{samples_file}: nothing to label: every prompt's answers are identical or empty. Sample again "
+                "with a higher sampling_temperature or more num_samples_per_prompt."
+            )
+        self.item_ids = [item_id(self.keys[pos], pair) for pos, pair in self.items]
+        self.by_id = {iid: n for n, iid in enumerate(self.item_ids)}
         self.lock = threading.Lock()
-        self.decisions: dict[int, dict] = {}  # sample position -> decision
-        self.history: list[int] = []  # positions in decision order, for undo
+        self.decisions: dict[int, dict] = {}  # item number -> decision
+        self.history: list[int] = []  # item numbers in decision order, for undo
         if self.log.exists():
             self._replay()
+            # A kill between the logged decision and the pairs rewrite left the pairs file behind the log.
+            self._write_pairs()
 
     def _replay(self) -> None:
         by_key = {k: n for n, k in enumerate(self.keys)}
+        fix = "Label into another --out, or move the log away to start over."
         for lineno, entry in read_jsonl(self.log):
+            where = f"{self.log}, line {lineno}"
             if entry.get("undo"):
                 if self.history:
                     self.decisions.pop(self.history.pop(), None)
                 continue
-            pos = by_key.get(entry.get("index"))
+            pos = by_key.get(entry.get("index")) if _is_index(entry.get("index")) else None
             if pos is None or entry.get("choice") not in CHOICES:
                 raise SamplingError(
-                    f"{self.log}, line {lineno}: decision for an unknown prompt or choice ({entry}); this log "
-                    "belongs to other samples. Give another --out, or move the log away."
+                    f"{where}: decision for an unknown prompt or choice ({entry}); this log belongs to other "
+                    f"samples. {fix}"
                 )
-            self.decisions[pos] = entry
-            self.history.append(pos)
+            if entry.get("key") != self.row_keys[pos]:
+                raise SamplingError(
+                    f"{where}: the decision on prompt {entry.get('index')} was made on other answers than "
+                    f"{self.samples_file} now holds (the samples were regenerated or edited, or the log predates "
+                    f"content keys), so it cannot be applied to these. {fix}"
+                )
+            pair = entry.get("item")
+            number = (
+                self.by_id.get(item_id(self.keys[pos], tuple(pair)))
+                if isinstance(pair, list) and len(pair) == 2 and all(_is_index(p) for p in pair)
+                else None
+            )
+            if number is None:
+                raise SamplingError(
+                    f"{where}: answers {pair!r} are not a pair shown for prompt {entry['index']}. {fix}"
+                )
+            self.decisions[number] = entry
+            self.history.append(number)
 
-    def view(self, pos: int) -> dict[str, Any]:
+    def view(self, number: int) -> dict[str, Any]:
+        pos, (a, b) = self.items[number]
         row = self.samples[pos]
-        a, b = row["completions"][0], row["completions"][1]
-        left_first = left_is_first(self.keys[pos], prompt_text(row["prompt"]))
         prompt = row["prompt"]
         turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        siblings = [n for n, (p, _) in enumerate(self.items) if p == pos]
         return {
             "index": self.keys[pos],
+            "item": self.item_ids[number],
             "prompt": turns,
-            "left": a if left_first else b,
-            "right": b if left_first else a,
+            "left": row["completions"][a],
+            "right": row["completions"][b],
+            "pair": siblings.index(number) + 1,
+            "pairs": len(siblings),
+            "answers": len(row["completions"]),
         }
 
     def state(self) -> dict[str, Any]:
-        current = next((pos for pos in range(len(self.samples)) if pos not in self.decisions), None)
+        current = next((n for n in range(len(self.items)) if n not in self.decisions), None)
         counts = {c: 0 for c in CHOICES}
         for d in self.decisions.values():
             counts[d["choice"]] += 1
         return {
-            "total": len(self.samples),
+            "total": len(self.items),
             "done": len(self.decisions),
             "counts": counts,
             "can_undo": bool(self.history),
             "current": None if current is None else self.view(current),
+            "unlabellable_prompts": self.unlabellable,
             "out": str(self.out),
         }
 
-    def decide(self, index: Any, choice: str) -> dict[str, Any]:
+    def _find(self, index: Any, item: Any) -> int:
+        if item is not None:
+            if not isinstance(item, str) or item not in self.by_id:
+                raise ValueError(f"unknown item {item!r}")
+            return self.by_id[item]
+        if not _is_index(index):
+            raise ValueError(f"unknown prompt index {index!r}")
+        numbers = [n for n, (pos, _) in enumerate(self.items) if self.keys[pos] == index]
+        if not numbers:
+            raise ValueError(f"unknown prompt index {index!r}")
+        return next((n for n in numbers if n not in self.decisions), numbers[0])
+
+    def decide(self, index: Any, choice: str, item: str | None = None) -> dict[str, Any]:
+        """Record `choice` for an item (by id, or the first undecided pair of prompt `index`)."""
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}")
         with self.lock:
-            try:
-                pos = self.keys.index(index)
-            except ValueError:
-                raise ValueError(f"unknown prompt index {index!r}") from None
-            if pos not in self.decisions:  # a repeated click on an already labelled prompt is ignored
-                entry = {"index": index, "choice": choice, "time": round(time.time(), 3)}
+            number = self._find(index, item)
+            if number not in self.decisions:  # a repeated click on an already labelled pair is ignored
+                pos, pair = self.items[number]
+                entry = {
+                    "index": self.keys[pos],
+                    "item": list(pair),
+                    "key": self.row_keys[pos],
+                    "choice": choice,
+                    "time": round(time.time(), 3),
+                }
                 self._append(entry)
-                self.decisions[pos] = entry
-                self.history.append(pos)
+                self.decisions[number] = entry
+                self.history.append(number)
                 self._write_pairs()
             return self.state()
 
     def undo(self) -> dict[str, Any]:
         with self.lock:
             if self.history:
-                pos = self.history[-1]
-                self._append({"undo": True, "index": self.keys[pos], "time": round(time.time(), 3)})
+                number = self.history[-1]
+                pos, pair = self.items[number]
+                self._append(
+                    {"undo": True, "index": self.keys[pos], "item": list(pair), "time": round(time.time(), 3)}
+                )
                 self.history.pop()
-                self.decisions.pop(pos, None)
+                self.decisions.pop(number, None)
                 self._write_pairs()
             return self.state()
 
@@ -150,14 +257,15 @@ class LabelStore:
 
     def pairs(self) -> list[dict]:
         rows = []
-        for pos in sorted(self.decisions):
-            choice = self.decisions[pos]["choice"]
+        for number in sorted(self.decisions):
+            choice = self.decisions[number]["choice"]
             if choice not in ("left", "right"):
                 continue
-            view = self.view(pos)
+            view = self.view(number)
             chosen, rejected = (
                 (view["left"], view["right"]) if choice == "left" else (view["right"], view["left"])
             )
+            pos = self.items[number][0]
             rows.append(
                 pair_row(self.samples[pos]["prompt"], chosen, rejected, index=self.keys[pos], judge="human")
             )
@@ -167,8 +275,34 @@ class LabelStore:
         write_jsonl_atomic(self.out, self.pairs())
 
 
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
+    """The pairs file and the decision log must not be the samples file (nor each other)."""
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+        except OSError:
+            return False
+
+    if same(out, samples):
+        raise SamplingError(
+            f"--out {out} is the samples file: labelling would overwrite the samples. Give another --out "
+            f"(default: {default_out(samples)})."
+        )
+    if same(log, samples):
+        raise SamplingError(
+            f"the decision log of --out {out} would be {log}, the samples file itself. Give another --out."
+        )
+
+
 class _Handler(BaseHTTPRequestHandler):
     store: LabelStore  # set on the subclass made by make_server
+    host_ok = staticmethod(lambda value: False)  # set by make_server: host_checker(bound host, bound port)
+    timeout = 10  # seconds a client may take to send its request (a short body never blocks a thread)
 
     def log_message(self, format, *args):  # quiet: the page is the interface
         pass
@@ -190,7 +324,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
 
+    def _host_ok(self) -> bool:
+        """DNS rebinding: a page on a foreign name that resolves to 127.0.0.1 sends its own name as Host. Only
+        the loopback names (and the bound address) with the bound port are answered."""
+        return self.host_ok(self.headers.get("Host") or "")
+
     def do_GET(self):
+        if not self._host_ok():
+            return self._json(
+                421, {"error": "unknown Host: open the page at the address hf-dpo label printed"}
+            )
         path = self.path.split("?", 1)[0]
         if path == "/":
             self._send(200, PAGE.encode(), "text/html; charset=utf-8")
@@ -203,21 +346,92 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": "not found"})
 
+    def _read_body(self) -> Any:
+        """The JSON body, bounded: a Content-Length that is missing, negative, not a number or over
+        MAX_BODY_BYTES, a short body, or JSON nested too deep is a ValueError (400), never a stuck thread."""
+        raw_length = self.headers.get("Content-Length")
+        try:
+            length = int(raw_length) if raw_length is not None else 0
+        except ValueError:
+            raise ValueError(f"bad Content-Length {raw_length!r}") from None
+        if length < 0:
+            raise ValueError(f"bad Content-Length {raw_length!r}")
+        if length > MAX_BODY_BYTES:
+            raise _TooLarge(f"body of {length} bytes; at most {MAX_BODY_BYTES}")
+        data = self.rfile.read(length) if length else b""
+        if len(data) != length:
+            raise ValueError("the body is shorter than its Content-Length")
+        try:
+            body = json.loads(data or b"{}")
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        return body
+
     def do_POST(self):
+        if not self._host_ok():
+            return self._json(
+                421, {"error": "unknown Host: open the page at the address hf-dpo label printed"}
+            )
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._json(415, {"error": "send application/json"})
         origin = self.headers.get("Origin")
-        if origin and origin.split("://", 1)[-1] != self.headers.get("Host"):
+        if origin and origin.split("://", 1)[-1].lower() != (self.headers.get("Host") or "").lower():
             return self._json(403, {"error": "cross-origin write refused"})
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            body = self._read_body()
             if self.path == "/api/decide":
-                return self._json(200, self.store.decide(body.get("index"), body.get("choice")))
+                return self._json(
+                    200, self.store.decide(body.get("index"), body.get("choice"), body.get("item"))
+                )
             if self.path == "/api/undo":
                 return self._json(200, self.store.undo())
-        except (ValueError, AttributeError) as err:
+        except _TooLarge as err:
+            self.close_connection = True
+            return self._json(413, {"error": str(err)})
+        except (ValueError, AttributeError, TypeError) as err:
+            self.close_connection = True
             return self._json(400, {"error": str(err)})
+        except (TimeoutError, OSError):
+            self.close_connection = True
+            return None
         self._json(404, {"error": "not found"})
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def host_checker(host: str, port: int):
+    """A predicate on the Host header: the loopback names, plus the bound address when it is a specific one
+    (`--host 192.168.1.5`) or any IP literal when bound to all interfaces; always with the bound port. A name
+    other than localhost is never answered: that is what a DNS-rebinding page sends."""
+    import ipaddress
+
+    names = set(LOOPBACK_NAMES)
+    wildcard = host in ("0.0.0.0", "::", "")
+    if not wildcard:
+        names.add(f"[{host}]" if ":" in host else host.lower())
+
+    def ok(value: str) -> bool:
+        value = value.strip().lower()
+        name, sep, given_port = value.rpartition(":")
+        if not sep or name.endswith(":") or (value.startswith("[") and not name.endswith("]")):
+            name, given_port = value, "80"  # no port: only right when serving on port 80
+        if given_port != str(port):
+            return False
+        if name in names:
+            return True
+        if wildcard:
+            try:
+                ipaddress.ip_address(name.strip("[]"))
+                return True
+            except ValueError:
+                return False
+        return False
+
+    return ok
 
 
 def make_server(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
@@ -225,6 +439,7 @@ def make_server(samples_file, out=None, host: str = "127.0.0.1", port: int = 876
     store = LabelStore(samples_file, out)
     handler = type("LabelHandler", (_Handler,), {"store": store})
     server = ThreadingHTTPServer((host, port), handler)
+    handler.host_ok = staticmethod(host_checker(host, server.server_address[1]))
     server.store = store
     return server
 
@@ -236,7 +451,14 @@ def serve(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> 
         raise SamplingError(f"cannot serve on {host}:{port}: {err}") from None
     state = server.store.state()
     url_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
-    print(f"Labelling {state['total']} prompts ({state['done']} done) -> {server.store.out}")
+    print(
+        f"Labelling {len(server.store.samples)} prompts: {state['total']} answer pairs ({state['done']} done) "
+        f"-> {server.store.out}"
+    )
+    if state["unlabellable_prompts"]:
+        print(
+            f"{state['unlabellable_prompts']} prompt(s) left out: all their answers are identical or empty."
+        )
     print(f"Decisions log: {server.store.log}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: bound to {host}: anyone who can reach this address can label (there is no login).")
@@ -259,7 +481,7 @@ PAGE = """<!doctype html>
 <header><strong>hf-dpo label</strong> <span id="progress">loading...</span>
 <progress id="bar" value="0" max="1"></progress></header>
 <main id="main">
-  <section id="prompt-box"><h2>Prompt</h2><div id="prompt"></div></section>
+  <section id="prompt-box"><h2>Prompt <small id="pairinfo"></small></h2><div id="prompt"></div></section>
   <section id="pair">
     <article><h2>1 &middot; left</h2><div id="left" class="completion"></div>
       <button id="pick-left">Left is better (1)</button></article>
@@ -294,7 +516,7 @@ const $ = (id) => document.getElementById(id);
 
 function render(s) {
   state = s;
-  $("progress").textContent = s.done + " / " + s.total + " labelled (left/right " +
+  $("progress").textContent = s.done + " / " + s.total + " pairs labelled (left/right " +
     (s.counts.left + s.counts.right) + ", tie " + s.counts.tie + ", skip " + s.counts.skip + ")";
   $("bar").max = s.total; $("bar").value = s.done;
   $("undo").disabled = !s.can_undo;
@@ -317,6 +539,8 @@ function render(s) {
   }
   $("left").textContent = cur.left;
   $("right").textContent = cur.right;
+  $("pairinfo").textContent = cur.pairs > 1 ?
+    "(pair " + cur.pair + " of " + cur.pairs + ": every answer of this prompt is shown)" : "";
   document.body.dataset.index = String(cur.index);
 }
 
@@ -336,7 +560,9 @@ async function call(path, body) {
 }
 
 function decide(choice) {
-  if (state && state.current) call("/api/decide", {index: state.current.index, choice: choice});
+  if (state && state.current) {
+    call("/api/decide", {index: state.current.index, item: state.current.item, choice: choice});
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {

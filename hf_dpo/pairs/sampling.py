@@ -77,25 +77,15 @@ def _check_prompt(value: Any, where: str) -> Prompt:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line; SamplingError naming file and line for a broken one."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SamplingError(
-                    f"{path}, line {lineno}: not valid JSON ({err.msg}). Fix or delete that line; the other lines "
-                    "are kept (a sampling run resumes and redoes missing prompts)."
-                ) from None
-            if not isinstance(row, dict):
-                raise SamplingError(
-                    f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}."
-                )
-            rows.append((lineno, row))
-    return rows
+    """(line number, row) for each non-blank line; SamplingError naming file and line for a broken one
+    (not UTF-8, not JSON, not an object)."""
+    from hf_dpo.files import read_jsonl as read_lines
+
+    return read_lines(
+        path,
+        error=SamplingError,
+        hint="Fix or delete that line; the other lines are kept (a sampling run resumes and redoes missing prompts).",
+    )
 
 
 def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list[Prompt]:
@@ -163,6 +153,10 @@ class PerRowSampler(LogitsProcessor):
     """
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        if not (temperature >= 0 and temperature != float("inf")):  # NaN fails both
+            raise SamplingError(f"sampling_temperature must be a finite number >= 0 (0: greedy), got {temperature}.")
+        if not 0 < top_p <= 1:  # top_p <= 0 would drop every token, and token 0 would be picked at every step
+            raise SamplingError(f"sampling_top_p must be in (0, 1], got {top_p}.")
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.temperature = temperature
         self.top_p = top_p
@@ -266,7 +260,7 @@ def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -
         try:
             json.loads(raw[cut:])
             path.write_bytes(raw + b"\n")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):  # cut inside a multi-byte character too
             logger.warning("%s: dropping a last line cut off mid-write; that prompt is sampled again.", path)
             path.write_bytes(raw[:cut])
     done = set()
@@ -443,7 +437,17 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
                 f"{path}, line {lineno}: needs 'prompt' and 'completions' (a list of strings)."
             )
         _check_prompt(row["prompt"], f"{path}, line {lineno}")
-        rows[row.get("index", len(rows))] = row
+        index = row.get("index", len(rows))
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise SamplingError(
+                f"{path}, line {lineno}: 'index' must be a whole number >= 0 (the prompt's position in the prompt "
+                f"file), got {index!r}. Fix that line, or sample again with `hf-dpo sample`."
+            )
+        if index in rows:
+            raise SamplingError(
+                f"{path}, line {lineno}: prompt index {index} appears a second time. Keep one of its lines."
+            )
+        rows[index] = row
     if not rows:
         raise SamplingError(f"Samples file {path} is empty; run `hf-dpo sample RECIPE` first.")
     return [rows[i] for i in sorted(rows)]
