@@ -1,42 +1,160 @@
-"""hf_dpo.bench: the parts that need no model (ratios, table, token counting, data); `make bench` runs the rest."""
+"""hf_dpo.bench: the parts that need no model (lines, data shapes, ratios, table, verdicts, token counting), and
+the message when TRL is missing. `make bench` runs the rest; no speed is asserted here."""
 
 import pytest
 
-from hf_dpo.bench import CONFIGS, CountingCollator, add_ratios, format_table, synthetic_pairs
+from hf_dpo.bench import data_shapes
+from hf_dpo.bench.lines import (
+    CHECKPOINTING,
+    DEFAULT_LINES,
+    HF_ALL,
+    LINES,
+    NO_CHECKPOINTING,
+    QUICK_LINES,
+    check_lines,
+)
+from hf_dpo.bench.table import add_ratios, format_table, format_verdicts, verdicts
+from hf_dpo.bench.worker import CountingCollator
 
 
-def result(name, quant, pairs_per_s, rss, **extra):
+def result(name, end_to_end_s, rss, data_set="demo", **extra):
+    line = LINES[name]
     return {
         "name": name,
-        "quantization": quant,
-        "pairs_per_s": pairs_per_s,
-        "tokens_per_s": 100 * pairs_per_s,
+        "impl": line.impl,
+        "regime": line.regime,
+        "baseline": line.baseline,
+        "warm_cache_of": line.warm_cache_of,
+        "data_set": data_set,
+        "quantization": "4bit",
+        "pairs": 32,
+        "end_to_end_s": end_to_end_s,
+        "setup_s": 1.0,
+        "step_pairs_per_s": 32 / end_to_end_s,
         "peak_rss_mb": rss,
         "peak_cuda_mb": None,
         "loss_first": 0.6931,
-        "setup_s": 1.0,
+        "logps_chosen_first": -40.0,
+        "tokens_per_pair": 200.0,
+        "prompt_share": 0.75,
+        "completion_share": 0.25,
         **extra,
     }
 
 
-def test_ratios_are_per_quantization_against_both_trl_lines():
+def test_each_regime_is_compared_with_its_own_trl_lines():
     results = [
-        result("trl_default", "4bit", 0.5, 2000),
-        result("trl_precompute", "4bit", 1.0, 1800),
-        result("hf_dpo_all", "4bit", 2.0, 1500, pad_share=0.02),
-        result("trl_default", "none", 1.0, 3000),
-        result("hf_dpo_all", "none", 3.0, 3300),
-        {"name": "hf_dpo_no_chunking", "quantization": "none", "error": "boom"},
+        result("trl", 40.0, 2000),
+        result("trl_precompute", 30.0, 1900),
+        result("hf_dpo", 20.0, 1500, pad_share=0.02),
+        result("hf_dpo_warm_cache", 10.0, 1500),
+        result("trl_ckpt", 60.0, 1600),
+        result("trl_precompute_ckpt", 50.0, 1600),
+        result("hf_dpo_ckpt", 25.0, 1200),
+        result("hf_dpo", 10.0, 1000, data_set="long_prompt"),  # no TRL lines for that set: no ratios
+        {"name": "hf_dpo_ckpt_warm_cache", "data_set": "demo", "quantization": "4bit", "error": "boom"},
     ]
     add_ratios(results)
-    four = results[2]
-    assert four["speed_vs_trl_default"] == pytest.approx(4.0)
-    assert four["speed_vs_trl_precompute"] == pytest.approx(2.0)
-    assert four["memory_vs_trl_default"] == pytest.approx(0.75)
-    assert results[4]["speed_vs_trl_default"] == pytest.approx(3.0)  # against the unquantized TRL line
-    assert "speed_vs_trl_precompute" not in results[4]  # no such baseline in that group
+    hf, ckpt = results[2], results[6]
+    assert hf["speed_vs_trl"] == pytest.approx(2.0)  # TRL's wall time over hf_dpo's
+    assert hf["speed_vs_trl_precompute"] == pytest.approx(1.5)
+    assert hf["memory_vs_trl"] == pytest.approx(0.75)
+    assert ckpt["speed_vs_trl"] == pytest.approx(60 / 25)  # against the checkpointed TRL, not the other
+    assert ckpt["memory_vs_trl"] == pytest.approx(1200 / 1600)
+    assert "speed_vs_trl" not in results[7]
     table = format_table(results)
-    assert "hf_dpo_all" in table and "4.00" in table and "failed: boom" in table
+    assert NO_CHECKPOINTING in table and CHECKPOINTING in table and "failed: boom" in table
+    assert "prompt 75%, completions 25%" in table and "long_prompt (4bit)" in table
+
+
+def test_verdict_covers_cold_hf_dpo_lines_and_names_the_regime():
+    results = [
+        result("trl", 40.0, 2000),
+        result("trl_precompute", 28.0, 2000),
+        result("hf_dpo", 20.0, 1800),  # 2.0x, 1.4x, 0.9x: meets
+        result("hf_dpo_warm_cache", 5.0, 1800),  # warm cache: no verdict of its own
+        result("trl_ckpt", 40.0, 1500),
+        result("trl_precompute_ckpt", 30.0, 1500),
+        result("hf_dpo_ckpt", 25.0, 1400),  # 1.6x: misses
+    ]
+    add_ratios(results)
+    found = verdicts(results)
+    assert [(v["line"], v["regime"], v["meets_targets"]) for v in found] == [
+        ("hf_dpo", NO_CHECKPOINTING, True),
+        ("hf_dpo_ckpt", CHECKPOINTING, False),
+    ]
+    text = format_verdicts(found)
+    assert "meets" in text and "MISSES" in text and CHECKPOINTING in text
+
+
+def test_lines_differ_from_their_partner_only_where_they_say():
+    assert LINES["hf_dpo"].trainer_options()["gradient_checkpointing"] is False
+    assert LINES["trl"].trainer_options() == {"gradient_checkpointing": False}
+    assert LINES["trl_ckpt"].trainer_options()["gradient_checkpointing"] is True
+    for name, line in LINES.items():
+        if name.startswith("hf_dpo_no_"):
+            changed = {k for k in HF_ALL if line.options.get(k) != HF_ALL[k]}
+            assert len(changed) == 1, (name, changed)
+    for regime in (NO_CHECKPOINTING, CHECKPOINTING):  # each regime has both baselines in the default run
+        assert {LINES[n].baseline for n in DEFAULT_LINES if LINES[n].regime == regime} >= {
+            "trl",
+            "trl_precompute",
+        }
+
+
+def test_warm_cache_lines_run_after_the_line_that_fills_the_cache():
+    assert check_lines(["hf_dpo_warm_cache", "trl", "hf_dpo"]) == ["trl", "hf_dpo", "hf_dpo_warm_cache"]
+    assert check_lines(QUICK_LINES)[-1] == "hf_dpo_warm_cache"
+    with pytest.raises(ValueError, match="add hf_dpo"):
+        check_lines(["trl", "hf_dpo_warm_cache"])
+    with pytest.raises(ValueError, match="unknown"):
+        check_lines(["trl_fast"])
+
+
+@pytest.mark.parametrize("name", data_shapes.DATA_SETS[1:])
+def test_generated_sets_are_seeded_conversational_and_distinct(name):
+    rows, source = data_shapes.load_data_set(name, 12, seed=3)
+    assert rows == data_shapes.load_data_set(name, 12, seed=3)[0] and "generated" in source
+    for row in rows:
+        assert isinstance(row["prompt"], list) and row["prompt"][-1]["role"] == "user"
+        assert row["chosen"][0]["role"] == "assistant" and row["chosen"] != row["rejected"]
+    assert len({str(r["prompt"]) for r in rows}) == len(rows)
+
+
+def test_generated_sets_span_the_prompt_share():
+    def chars(rows, key):
+        return sum(len(m["content"]) for r in rows for m in r[key])
+
+    shares = {}
+    for name in ("long_prompt", "long_answer", "multi_turn"):
+        rows, _ = data_shapes.load_data_set(name, 16)
+        p = 2 * chars(rows, "prompt")
+        shares[name] = p / (p + chars(rows, "chosen") + chars(rows, "rejected"))
+    assert shares["long_prompt"] > 0.9 and shares["long_answer"] < 0.2
+    assert 0.5 < shares["multi_turn"] < 0.9
+
+
+def test_demo_rows_read_from_jsonl_become_conversational(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "Add 2 and 3.", "chosen": "5.", "rejected": "6.", "score": 1}\n')
+    rows, source = data_shapes.load_data_set("demo", 1, demo_path=path)
+    assert source == str(path)
+    assert rows == [
+        {
+            "prompt": [{"role": "user", "content": "Add 2 and 3."}],
+            "chosen": [{"role": "assistant", "content": "5."}],
+            "rejected": [{"role": "assistant", "content": "6."}],
+        }
+    ]
+    with pytest.raises(ValueError, match="needs 2"):
+        data_shapes.load_data_set(str(path), 2)
+    assert "arithmetic" in data_shapes.load_data_set("demo", 4, demo_path=tmp_path / "absent.jsonl")[1]
+
+
+def test_token_shares_count_the_prompt_twice():
+    shares = data_shapes.token_shares([10, 30], [(5, 5), (10, 10)])
+    assert shares["tokens_per_pair"] == pytest.approx((80 + 30) / 2)
+    assert shares["prompt_share"] == pytest.approx(80 / 110)
 
 
 def test_counting_collator_counts_prompt_twice():
@@ -46,51 +164,15 @@ def test_counting_collator_counts_prompt_twice():
     assert seen == [2 * 2 + 1 + 3 + 2 * 1 + 1 + 1]
 
 
-def test_every_hf_dpo_line_differs_from_all_on_by_one_switch():
-    all_on = CONFIGS["hf_dpo_all"][1]
-    for name, (impl, options) in CONFIGS.items():
-        if impl == "hf_dpo" and name.startswith("hf_dpo_no_"):
-            changed = {k for k in all_on if options.get(k) != all_on[k]}
-            assert len(changed) == 1, (name, changed)
+def test_bench_without_trl_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
 
+    from hf_dpo import cli
 
-def test_synthetic_pairs_are_seeded_and_varied():
-    rows = synthetic_pairs(20, seed=1)
-    assert rows == synthetic_pairs(20, seed=1)
-    assert len({len(r["rejected"]) for r in rows}) > 5  # varied lengths: length grouping has work to do
-    assert all(r["chosen"] != r["rejected"] for r in rows)
-
-
-def test_same_allocator_line_is_trl_with_hf_dpos_allocator_setting_only():
-    from hf_dpo.bench import SAME_ALLOCATOR
-
-    impl, options = CONFIGS["trl_default_same_allocator"]
-    assert impl == "trl" and options == {SAME_ALLOCATOR: True}
-    assert CONFIGS["hf_dpo_all_return_freed_memory"][1]["return_freed_memory"] is True
-    results = [
-        result("trl_default", "4bit", 0.5, 2000),
-        result("trl_default_same_allocator", "4bit", 0.5, 1600),
-        result("hf_dpo_all", "4bit", 1.5, 1500),
-    ]
-    add_ratios(results)
-    assert results[2]["memory_vs_trl_default"] == pytest.approx(0.75)
-    assert results[2]["memory_vs_trl_default_same_allocator"] == pytest.approx(1500 / 1600)
-    assert "0.94" in format_table(results)
-
-
-def test_verdict_names_only_lines_meeting_all_three_targets():
-    from hf_dpo.bench import format_verdict, lines_meeting_targets
-
-    results = [
-        result("trl_default", "4bit", 0.5, 2000, impl="trl"),
-        result("trl_precompute", "4bit", 0.6, 2000, impl="trl"),
-        result("fast_but_big", "4bit", 1.5, 2100, impl="hf_dpo"),  # 3x, 2.5x, 1.05x memory: no
-        result("fast_and_lean", "4bit", 1.2, 1800, impl="hf_dpo"),  # 2.4x, 2.0x, 0.9x: yes
-        result("lean_but_slow", "4bit", 0.8, 1500, impl="hf_dpo"),  # 1.6x: no
-        result("edge", "4bit", 1.0, 2000, impl="hf_dpo"),  # exactly 2x, 1.67x, 1.0x: yes
-        result("hf_only", "none", 3.0, 1000, impl="hf_dpo"),  # no TRL lines for 'none': no verdict
-    ]
-    add_ratios(results)
-    met = lines_meeting_targets(results)
-    assert met == {"4bit": ["fast_and_lean", "edge"]}
-    assert "4bit: fast_and_lean, edge" in format_verdict(met)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a)
+    )
+    code = cli.main(["bench", "--quick"])
+    assert code == 2
+    assert "pip install 'hf-dpo[bench]'" in capsys.readouterr().err

@@ -1,0 +1,208 @@
+"""`run_bench`: every (data set, quantization, line) in a fresh process, then the table, verdicts and JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from hf_dpo.bench.data_shapes import DATA_SETS, load_data_set
+from hf_dpo.bench.lines import DEFAULT_LINES, LINES, TARGETS, BenchError, check_lines
+from hf_dpo.bench.table import add_ratios, format_table, format_verdicts, verdicts
+
+DEMO_RECIPE = Path("recipes/demo.yaml")
+DEFAULT_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["all-linear"]}
+# Every line gets the same threading environment. OpenMP's default spin-waiting made every parallel
+# elementwise op take ~8 ms with 2 threads on a shared 2-vCPU VM (0.7 ms passive), which swamps any
+# difference between trainers; passive waiting is set unless the caller's environment says otherwise.
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def require_trl() -> None:
+    if importlib.util.find_spec("trl") is None:
+        raise BenchError(
+            "hf-dpo bench compares hf_dpo with TRL's DPOTrainer, and TRL is not installed: "
+            "pip install 'hf-dpo[bench]' (or pip install 'trl>=1.0')."
+        )
+
+
+def recipe_settings(recipe: str | None) -> tuple[dict, str | None, str | None]:
+    """(LoRA settings, demo data path, recipe used) from the recipe (default recipes/demo.yaml if present).
+
+    Read as plain YAML: the bench needs five keys, not a validated training configuration."""
+    recipe = recipe or (str(DEMO_RECIPE) if DEMO_RECIPE.is_file() else None)
+    if not recipe:
+        return dict(DEFAULT_LORA), None, None
+    import yaml
+
+    keys = yaml.safe_load(Path(recipe).read_text()) or {}
+    lora = {name: keys.get(f"lora_{name}", value) for name, value in DEFAULT_LORA.items()}
+    data = Path(keys["dataset_name"]) if keys.get("dataset_name") else None
+    if data is not None and data.is_dir():
+        data = data / f"{keys.get('dataset_train_split', 'train')}.jsonl"
+    return lora, (str(data) if data is not None and data.is_file() else None), recipe
+
+
+def spawn(spec: dict, timeout: int) -> dict:
+    """Run one line in a fresh interpreter; its result, or {"error": ...}."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+    env = {**THREAD_ENV, **os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    failed = {k: spec[k] for k in ("name", "data_set", "quantization", "regime")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hf_dpo.bench", "--worker", fh.name],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {**failed, "error": f"timed out after {timeout} s"}
+    finally:
+        os.unlink(fh.name)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT ") :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {**failed, "error": " | ".join(tail)}
+
+
+def line_specs(names: list[str], data_set: str, quant: str, shared: dict, work: Path) -> list[dict]:
+    """One worker spec per line; a warm-cache line points at the cache directory its cold line fills."""
+    specs = []
+    for name in check_lines(names):
+        line = LINES[name]
+        cache_owner = line.warm_cache_of or name
+        specs.append(
+            {
+                **shared,
+                "name": name,
+                "impl": line.impl,
+                "regime": line.regime,
+                "options": line.trainer_options(),
+                "data_set": data_set,
+                "quantization": quant,
+                "output_dir": str(work / f"{data_set}-{quant}-{name}"),
+                "cache_dir": str(work / f"{data_set}-{quant}-{cache_owner}-ref-cache"),
+            }
+        )
+    return specs
+
+
+def run_line(spec: dict, timeout: int, echo) -> dict:
+    started = time.time()
+    result = spawn(spec, timeout)
+    line = LINES[spec["name"]]
+    result.update(baseline=line.baseline, warm_cache_of=line.warm_cache_of)
+    status = result.get("error") or f"{result['end_to_end_s']:.1f} s end to end"
+    echo(
+        f"  {spec['data_set']:<12}{spec['quantization']:>5}  {spec['name']:<24}{status}  ({time.time() - started:.0f} s)"
+    )
+    return result
+
+
+def machine_summary() -> dict:
+    import platform
+
+    import torch
+
+    info = {
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", THREAD_ENV["OMP_WAIT_POLICY"]),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15": os.getloadavg(),
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else platform.processor() or "CPU",
+    }
+    import transformers
+    import trl
+
+    info["transformers"], info["trl"] = transformers.__version__, trl.__version__
+    return info
+
+
+def write_report(report: dict, out: str | None, echo) -> None:
+    echo("")
+    echo(report["table"])
+    if report["verdicts"]:
+        echo("\n" + format_verdicts(report["verdicts"]))
+    echo(f"\nload average (1, 5, 15 min) at the end: {report['machine']['load_average_end']}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+        echo(f"Results written to {out}")
+
+
+def run_bench(
+    model: str = "smollm2-135m-instruct",
+    data_sets: tuple[str, ...] = DATA_SETS,
+    recipe: str | None = None,
+    quantizations: tuple[str, ...] = ("4bit",),
+    lines: list[str] | None = None,
+    batch_size: int = 4,
+    steps: int = 8,
+    warmup: int = 1,
+    max_length: int = 256,
+    seed: int = 0,
+    out: str | None = "runs/bench/bench.json",
+    timeout: int = 1800,
+    echo=print,
+) -> dict:
+    """One epoch over `batch_size * steps` pairs of each data set, every line in a fresh process.
+
+    `recipe` (default recipes/demo.yaml) gives the LoRA settings and the demo data; `warmup` first steps are
+    left out of the per-step medians (the end-to-end time counts every step)."""
+    require_trl()
+    lines = check_lines(lines or DEFAULT_LINES)
+    lora, demo_path, recipe = recipe_settings(recipe)
+    n_pairs = batch_size * steps
+    sources = {name: load_data_set(name, n_pairs, seed, demo_path) for name in data_sets}
+    machine = machine_summary()
+    echo(
+        f"bench: {model}, {n_pairs} pairs per data set, batch {batch_size}, {steps} steps (1 epoch), max_length "
+        f"{max_length}, LoRA r {lora['r']}; load average {machine['load_average_1_5_15']}"
+    )
+    work = Path(tempfile.mkdtemp(prefix="hf_dpo_bench_"))
+    shared = dict(
+        model=model,
+        batch_size=batch_size,
+        steps=steps,
+        warmup=warmup,
+        max_length=max_length,
+        lora=lora,
+        seed=seed,
+    )
+    results = []
+    for data_set, (rows, _) in sources.items():
+        for quant in quantizations:
+            for spec in line_specs(lines, data_set, quant, {**shared, "rows": rows}, work):
+                results.append(run_line(spec, timeout, echo))
+    add_ratios(results)
+    machine["load_average_end"] = os.getloadavg()
+    report = {
+        "machine": machine,
+        "setup": {
+            **{k: v for k, v in shared.items() if k != "lora"},
+            "lora": lora,
+            "recipe": recipe,
+            "pairs": n_pairs,
+            "data_sets": {name: source for name, (_, source) in sources.items()},
+        },
+        "lines": {name: asdict(LINES[name]) for name in lines},
+        "results": results,
+        "table": format_table(results),
+        "targets": TARGETS,
+        "verdicts": verdicts(results),
+    }
+    write_report(report, out, echo)
+    return report
