@@ -265,6 +265,12 @@ class DPOConfig(TrainingArguments):
             self.activation_checkpointing_kwargs
         )  # gradient_checkpointing_* mirror it
 
+    def __getstate__(self) -> dict:
+        # Trainer saves training_args.bin as a pickle of these arguments: the Hub token never rides along.
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
+
 
 def _check_checkpointing_kwargs(kwargs: dict | None) -> None:
     """`every_n_layers` (selective checkpointing) is a transformers 5.x feature; an older one would pass it on to
@@ -344,6 +350,31 @@ class SamplingConfig:
         metadata={
             "help": "best_worst: one pair per prompt (best vs worst completion). all: every two completions with "
             "different scores (more pairs from the same samples)."
+        },
+    )
+    allow_unfinished_chosen: bool = field(
+        default=False,
+        metadata={
+            "help": "Let an answer that stopped at max_new_tokens without an end token (unfinished) be chosen. "
+            "Default: an unfinished answer ranks below every finished one and is never chosen."
+        },
+    )
+    min_chosen_score: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only pairs whose chosen answer reaches this value on min_chosen_criterion (e.g. 1 with "
+            "min_chosen_criterion: correct: every chosen answer is correct)."
+        },
+    )
+    min_chosen_criterion: str | None = field(
+        default=None,
+        metadata={"help": "The judge criterion min_chosen_score applies to (default: the judge's first)."},
+    )
+    eval_max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "Cap on new tokens of the report's judged generations; answers decode until their end token "
+            "and one that reaches the cap is reported as unfinished (never judged as a whole answer)."
         },
     )
     eval_num_generations: int = field(

@@ -350,16 +350,16 @@ def test_return_freed_memory_is_applied_on_cpu_and_changes_no_result(
 def test_shared_mask_takes_the_autocast_dtype(tmp_path, tiny_model_dir, tokenizer):
     """k-bit training keeps embeddings in float32; under bf16 autocast the attention scores are bf16 and the
     4D mask added to them must be too. And the prefix-sharing self-check is only as strict as the precision."""
-    from hf_dpo.train.logps import model_inputs
+    from hf_dpo.train.logps import computes_in_float32, model_inputs
 
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     assert batching.is_shared(batch)
     assert model_inputs(trainer.model, batch)["attention_mask"].dtype == torch.float32
-    assert trainer._computes_in_float32(trainer.model)
+    assert computes_in_float32(trainer.model, trainer.args)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model_inputs(trainer.model, batch)["attention_mask"].dtype == torch.bfloat16
-        assert not trainer._computes_in_float32(trainer.model)
+        assert not computes_in_float32(trainer.model, trainer.args)
 
 
 @pytest.mark.parametrize("every", [1, 2])

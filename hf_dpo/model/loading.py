@@ -278,3 +278,19 @@ def reference_context(model):
     else:
         with peft_model.disable_adapter():
             yield
+
+
+def keep_4bit_layers_trainable(model) -> None:
+    """bitsandbytes repacks a 4-bit weight for fast CPU inference the first time its layer runs in eval mode without
+    grad (on CPUs with AVX512-BF16), and the repacked kernel has no backward: any training after an evaluation or a
+    reference precompute would silently lose the gradient through every 4-bit layer. DPO alternates between the
+    two, so the layers keep their trainable layout (undoing a repack that already happened)."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)

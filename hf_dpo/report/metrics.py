@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hf_dpo.errors import HfDpoError
+from hf_dpo.train.loss import implicit_rewards
 
 LOGPS_KEYS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
@@ -135,8 +136,7 @@ def preference_metrics(
         raise EvaluationError(
             f"per-pair log-probs must have the same non-zero length, got {[a.size for a in (pc, pr, rc, rr)]}."
         )
-    chosen_rewards = beta * (pc - rc)  # (n,)
-    rejected_rewards = beta * (pr - rr)  # (n,)
+    chosen_rewards, rejected_rewards = implicit_rewards(pc, pr, rc, rr, beta)  # (n,) each
     margins = chosen_rewards - rejected_rewards  # (n,)
     shift = 0.5 * ((pc - rc) + (pr - rr))  # (n,) per-pair mean shift
     return {

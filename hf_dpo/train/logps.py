@@ -4,7 +4,7 @@ Two ways, for either batch layout of `hf_dpo.train.batching` (plain 2B rows, or 
 
     full logits   model(...).logits, (rows, T, V), then the labels' log-softmax — the plain path, as TRL
     chunked       the decoder's final hidden states at the N positions that predict a label, through the LM
-                  head `chunk_size` tokens at a time (`hf_dpo.train.loss.chunked_label_logps`): prompt and padding
+                  head `chunk_size` tokens at a time (`hf_dpo.train.label_logps.chunked_label_logps`): prompt and padding
                   positions never reach the head, and no (rows, T, V) tensor exists
 
     policy = pair_logps(model, batch, chunk_size=256)   # PairLogps: chosen, rejected (B,), lengths, ...
@@ -16,10 +16,10 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 
-from hf_dpo.train.batching import is_shared, label_targets, shared_attention_mask
-from hf_dpo.train.loss import chunked_label_logps, selective_log_softmax, token_logps
+from hf_dpo.model.unwrap import base_model
+from hf_dpo.train.batching import is_shared, label_targets, shared_attention_mask, unshare_batch
+from hf_dpo.train.label_logps import chunked_label_logps, selective_log_softmax, token_logps
 
 # Config keys that rescale or cap logits after the LM head; the chunked path does not apply them.
 LOGIT_TRANSFORMS = (
@@ -39,12 +39,6 @@ class PairLogps:
     rejected_lengths: torch.Tensor  # (B,)
     chosen_token_logps: torch.Tensor | None = None  # (B, T-1), or flat (N_chosen,): for the SFT term
     chosen_mask: torch.Tensor | None = None  # same shape, 0/1
-
-
-def base_model(model):
-    """The transformers model inside DDP/DeepSpeed/compile and peft wrappers."""
-    model = extract_model_from_parallel(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_and_decoder(model):
@@ -149,3 +143,42 @@ def pair_logps(
         chosen_token_logps=per_token[is_chosen] if with_tokens else None,  # (N_chosen,)
         chosen_mask=torch.ones_like(per_token[is_chosen]) if with_tokens else None,
     )
+
+
+@torch.no_grad()
+def prefix_sharing_problem(
+    model, batch: dict[str, torch.Tensor], pad_token_id: int, chunk_size: int, args
+) -> str | None:
+    """Why the prefix-shared `batch` can't be trusted on `model`, or None: its log-probs must match the plain
+    layout's within 1e-4 per token in float32 (1e-2 under bf16/fp16 rounding). A model that ignores or rejects
+    a 4D mask fails here."""
+    was_training = model.training
+    model.eval()  # no dropout: both layouts must see the same network
+    try:
+        shared = pair_logps(model, batch, chunk_size=chunk_size)
+        plain = pair_logps(model, unshare_batch(batch, pad_token_id), chunk_size=chunk_size)
+    except Exception as err:  # noqa: BLE001 - any failure of the 4D-mask forward means: don't use it
+        return f"the forward pass with a 4D mask failed: {type(err).__name__}: {err}"
+    finally:
+        model.train(was_training)
+    per_token_tol = 1e-4 if computes_in_float32(model, args) else 1e-2
+    for side in ("chosen", "rejected"):
+        a, b = getattr(shared, side).float(), getattr(plain, side).float()
+        lengths = getattr(plain, f"{side}_lengths").clamp(min=1)
+        worst = ((a - b).abs() / lengths).max().item()
+        if not worst <= per_token_tol:
+            return f"{side} log-probs differ from the plain layout by {worst:.2g} per token"
+    return None
+
+
+def computes_in_float32(model, args) -> bool:
+    """Whether the forward runs in float32. Not the embeddings' dtype alone: k-bit training upcasts them to
+    float32 while a 4-bit layer computes in its bnb compute dtype and autocast (bf16/fp16 args) runs the
+    matmuls in half precision; there the two layouts differ by rounding (~3e-4 per token on an H100)."""
+    device = next(model.parameters()).device.type
+    if args.bf16 or args.fp16 or torch.is_autocast_enabled(device):
+        return False
+    low = (torch.float16, torch.bfloat16)
+    if base_model(model).get_input_embeddings().weight.dtype in low:
+        return False
+    return not any(getattr(m, "compute_dtype", None) in low for m in model.modules())

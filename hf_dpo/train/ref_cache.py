@@ -1,4 +1,4 @@
-"""Reference log-probs on disk: computed once per (base model, tokenization, dataset), reused by later runs.
+"""Reference log-probs computed once per (base model, tokenization, dataset), kept on disk, reused by later runs.
 
 The reference policy of DPO-with-LoRA is fixed: the base with adapters off, or a frozen starting adapter. So its
 log-probs of each pair are a pure function of
@@ -11,6 +11,9 @@ log-probs of each pair are a pure function of
 and the cache file is named by a hash of all of them: change any and the old file is simply not found.
 
     <ref_logps_cache_dir, or $HF_DPO_REF_CACHE, or $HF_DPO_CACHE/ref_logps>/<key>.safetensors   (ref_chosen_logps, ref_rejected_logps: (N,))
+
+`ReferenceColumns.attach(dataset, split, model, compute)` is what the trainer calls: the dataset with
+ref_chosen_logps / ref_rejected_logps columns, read from that file or computed once (`compute`) and written there.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from hf_dpo.files import atomic_path
+from hf_dpo.model.loading import REFERENCE_ADAPTER, cache_dir
+from hf_dpo.model.unwrap import peft_model
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +47,6 @@ def cache_root(configured: str | None) -> Path | None:
         return Path(configured).expanduser()
     if os.environ.get("HF_DPO_REF_CACHE"):
         return Path(os.environ["HF_DPO_REF_CACHE"]).expanduser()
-    from hf_dpo.model.loading import cache_dir
-
     return cache_dir() / "ref_logps"
 
 
@@ -86,16 +91,10 @@ def _tensor_sample(tensor: torch.Tensor, n: int = 16) -> bytes:
     return picked.cpu().contiguous().view(torch.uint8).numpy().tobytes()
 
 
-def _unwrap(model):
-    while hasattr(model, "module") and not hasattr(model, "peft_config"):
-        model = model.module
-    return model
-
-
 def model_fingerprint(model, reference_adapter: str | None) -> dict:
     """What identifies the reference policy of a (peft-wrapped) model."""
-    peft_model = _unwrap(model)
-    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    inner = peft_model(model)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     config = {k: v for k, v in base.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
     name = getattr(base.config, "_name_or_path", "")
     weights = hashlib.sha256()
@@ -170,19 +169,97 @@ def save(path: Path, chosen: list[float], rejected: list[float], parts: dict) ->
 def _save(path: Path, chosen: list[float], rejected: list[float], parts: dict) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(
             {
                 "ref_chosen_logps": torch.tensor(chosen, dtype=torch.float32),
                 "ref_rejected_logps": torch.tensor(rejected, dtype=torch.float32),
             },
-            tmp,
+            str(tmp),
             metadata={"key_parts": json.dumps(parts, sort_keys=True, default=str)},
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def precompute_pays(args, num_pairs: int, split: str) -> bool:
+    """`precompute_ref_log_probs: auto`: evaluation always; training when it visits every pair at least once
+    (the one-off pass then costs no more than the per-step reference passes it replaces)."""
+    if split != "train":
+        return True
+    if args.max_steps and args.max_steps > 0:
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        visited = args.max_steps * per_step
+    else:
+        visited = args.num_train_epochs * num_pairs
+    return visited >= num_pairs
+
+
+class ReferenceColumns:
+    """Adds the reference log-prob columns to a dataset, from the disk cache or from one no-grad pass.
+
+    `accelerator` makes the ranks agree (every rank reads the cache, or every rank computes) and lets only the
+    local main process write."""
+
+    def __init__(self, args, tokenizer, accelerator):
+        self.args, self.tokenizer, self.accelerator = args, tokenizer, accelerator
+        self._model_fingerprint: dict | None = None  # hashing the weights once per trainer is enough
+
+    def key_parts(self, dataset, model) -> dict:
+        """Everything the reference log-probs of `dataset` depend on (module docstring)."""
+        if self._model_fingerprint is None:
+            inner = peft_model(model)
+            reference = REFERENCE_ADAPTER if REFERENCE_ADAPTER in getattr(inner, "peft_config", {}) else None
+            self._model_fingerprint = model_fingerprint(inner, reference)
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        return {
+            "model": self._model_fingerprint,
+            "autocast": {"bf16": bool(self.args.bf16), "fp16": bool(self.args.fp16)},
+            "tokenization": {
+                "max_length": getattr(self.args, "max_length", None),
+                "max_prompt_length": getattr(self.args, "max_prompt_length", None),
+                "chat_template": _sha(str(template)),
+            },
+            "dataset": dataset_fingerprint(dataset),
+            "num_pairs": len(dataset),
+        }
+
+    def _all_ranks(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        flags = self.accelerator.gather(torch.tensor([int(flag)], device=self.accelerator.device))
+        return bool(flags.min().item())
+
+    def attach(self, dataset, split: str, model, compute: Callable) -> object:
+        """`dataset` plus ref_chosen_logps / ref_rejected_logps, read from the cache or `compute(dataset)` ->
+        (chosen, rejected) lists, written there. Unchanged when precomputing is off (the reference then runs at
+        every step) or when `auto` finds the pass not worth it."""
+        setting = getattr(self.args, "precompute_ref_log_probs", False)
+        if dataset is None or setting is False or REF_COLUMNS[0] in dataset.column_names:
+            return dataset
+        root = cache_root(getattr(self.args, "ref_logps_cache_dir", None))
+        path = parts = None
+        if root is not None:
+            parts = self.key_parts(dataset, model)
+            path = root / f"{cache_key(parts)}.safetensors"
+        cached = load(path, len(dataset)) if path is not None else None
+        if not self._all_ranks(cached is not None):  # every rank computes, or none does
+            cached = None
+        if cached is not None:
+            logger.info("Reference log-probs of %d %s pairs read from %s", len(dataset), split, path)
+            chosen, rejected = cached
+        elif setting == "auto" and not precompute_pays(self.args, len(dataset), split):
+            logger.info(
+                "Reference log-probs computed at each step: this run visits fewer pairs than the %s set holds "
+                "(precompute_ref_log_probs: true forces a one-off pass).",
+                split,
+            )
+            return dataset
+        else:
+            chosen, rejected = compute(dataset)
+            if path is not None and self.accelerator.is_local_main_process:
+                save(path, chosen, rejected, parts)
+            where = f", cached in {path}" if path else ""
+            logger.info("Reference log-probs of %d %s pairs computed once%s", len(dataset), split, where)
+        return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)

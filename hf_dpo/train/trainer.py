@@ -1,11 +1,10 @@
 """`DPOTrainer`: the DPO objective inside a `transformers.Trainer`.
 
-One training step reads like the method:
+One training step reads like the method (`compute_loss`):
 
     policy = concatenated_forward(model, batch)                       # adapters on, with grad
-    with torch.no_grad(), reference_context(model):
-        reference = concatenated_forward(model, batch)                # adapters off: π_ref
-    loss = dpo_loss(policy.chosen, policy.rejected, reference.chosen, reference.rejected, beta=β)
+    reference = reference_logps(model, batch)                         # cached, or adapters off, no grad: π_ref
+    loss = dpo_loss(policy.chosen, policy.rejected, *reference, beta=β).losses.mean()
 
 The reference is never a second model: it is the same network with its LoRA adapters switched off
 (or switched to the frozen starting adapter). With `precompute_ref_log_probs` the reference pass runs
@@ -16,11 +15,13 @@ Three switches make the same computation cheaper, each checked against the plain
 `prefix_sharing` (one row [prompt, chosen, rejected] per pair with a 4D mask, `hf_dpo.train.batching`),
 `logps_chunk_size` (log-probs of the labelled positions only, through the LM head a chunk at a time,
 `hf_dpo.train.logps`) and `train_sampling_strategy: group_by_length` (batches of similar length).
+
+Pushing to the Hub is not the trainer's business: `hf_dpo.run` takes the Hub settings (and the token) out of the
+arguments before a trainer exists and pushes with `hf_dpo.hub.push` once the local files are written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 
@@ -30,8 +31,8 @@ from transformers import Trainer
 
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS, PreferenceCollator, tokenize_dataset
-from hf_dpo.model.loading import REFERENCE_ADAPTER, reference_context
-from hf_dpo.train import ref_cache
+from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
+from hf_dpo.model.unwrap import is_peft
 from hf_dpo.train.batching import (
     LengthGroupedPairSampler,
     expected_random_pad_share,
@@ -40,19 +41,13 @@ from hf_dpo.train.batching import (
     pair_lengths,
     unshare_batch,
 )
-from hf_dpo.train.logps import PairLogps, base_model, chunking_problem, pair_logps
+from hf_dpo.train.logps import PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
 from hf_dpo.train.loss import dpo_loss, sft_loss
+from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
 
 logger = logging.getLogger(__name__)
 
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 MASK_4D_ATTENTION = ("sdpa", "eager")  # attention kernels that take an arbitrary additive 4D mask
-
-
-def _is_peft(model) -> bool:
-    while hasattr(model, "module") and not hasattr(model, "peft_config"):
-        model = model.module
-    return hasattr(model, "peft_config")
 
 
 def _takes_4d_mask(model) -> bool:
@@ -66,20 +61,38 @@ def _takes_4d_mask(model) -> bool:
     return False
 
 
-def _keep_4bit_layers_trainable(model) -> None:
-    """bitsandbytes repacks a 4-bit weight for fast CPU inference the first time its layer runs in eval mode without
-    grad (on CPUs with AVX512-BF16), and the repacked kernel has no backward: any training after an evaluation or a
-    reference precompute would silently lose the gradient through every 4-bit layer. DPO alternates between the
-    two, so the layers keep their trainable layout (undoing a repack that already happened)."""
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-        weight = getattr(module, "weight", None)
-        state = getattr(weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+def _with_lora(model, processing_class, peft_config, args: DPOConfig):
+    """(peft model, tokenizer) from TRL-style arguments: a model or its name, a tokenizer or none, a LoRA config."""
+    if isinstance(model, str):
+        from transformers import AutoModelForCausalLM
 
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        model = AutoModelForCausalLM.from_pretrained(model)
+    if processing_class is None:
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    if processing_class.pad_token is None:
+        processing_class.pad_token = processing_class.eos_token
+    if peft_config is not None and not is_peft(model):
+        from peft import get_peft_model
+        from transformers import set_seed
+
+        set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
+        model = get_peft_model(model, peft_config)
+    if not is_peft(model):
+        raise ValueError(
+            "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
+            "Pass peft_config=LoraConfig(...) or a PeftModel."
+        )
+    return model, processing_class
+
+
+def _tokenize(dataset, tokenizer, data_config, args):
+    if dataset is None:
+        return None
+    if isinstance(dataset, dict):
+        return {name: tokenize_dataset(ds, tokenizer, data_config, args) for name, ds in dataset.items()}
+    return tokenize_dataset(dataset, tokenizer, data_config, args)
 
 
 class DPOTrainer(Trainer):
@@ -106,46 +119,24 @@ class DPOTrainer(Trainer):
                 "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
                 "model: pass peft_config (or a PeftModel) and no ref_model."
             )
-        if isinstance(model, str):
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(model)
-        if processing_class is None:
-            from transformers import AutoTokenizer
-
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
-        if processing_class.pad_token is None:
-            processing_class.pad_token = processing_class.eos_token
-        if peft_config is not None and not _is_peft(model):
-            from peft import get_peft_model
-            from transformers import set_seed
-
-            set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
-            model = get_peft_model(model, peft_config)
-        if not _is_peft(model):
-            raise ValueError(
-                "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
-                "Pass peft_config=LoraConfig(...) or a PeftModel."
-            )
-        _keep_4bit_layers_trainable(model)
+        model, processing_class = _with_lora(model, processing_class, peft_config, args)
+        keep_4bit_layers_trainable(model)
         if getattr(args, "return_freed_memory", False) and (args.use_cpu or not torch.cuda.is_available()):
             from hf_dpo.model.memory import return_freed_memory_to_os
 
             if return_freed_memory_to_os():
                 logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
-        train_dataset = self._tokenize(train_dataset, processing_class, data_config, args)
-        eval_dataset = self._tokenize(eval_dataset, processing_class, data_config, args)
         self._prefix_sharing = bool(getattr(args, "prefix_sharing", False)) and _takes_4d_mask(model)
         self._sharing_checked = False
-        data_collator = data_collator or PreferenceCollator(
-            pad_token_id=processing_class.pad_token_id, prefix_sharing=self._prefix_sharing
-        )
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
+            data_collator=data_collator
+            or PreferenceCollator(
+                pad_token_id=processing_class.pad_token_id, prefix_sharing=self._prefix_sharing
+            ),
+            train_dataset=_tokenize(train_dataset, processing_class, data_config, args),
+            eval_dataset=_tokenize(eval_dataset, processing_class, data_config, args),
             processing_class=processing_class,
             **kwargs,
         )
@@ -158,106 +149,9 @@ class DPOTrainer(Trainer):
         self.reference_forward_passes = 0  # batches for which the reference model actually ran
         self.token_counts = {"real": 0, "total": 0}  # training batches: real tokens, tokens incl. padding
         self._chunk_size = self._resolve_chunking(int(getattr(args, "logps_chunk_size", 0) or 0))
-        self._reference_fingerprint: dict | None = None
+        self._reference_columns = ReferenceColumns(args, processing_class, self.accelerator)
 
-    @staticmethod
-    def _tokenize(dataset, tokenizer, data_config, args):
-        if dataset is None:
-            return None
-        if isinstance(dataset, dict):
-            return {name: tokenize_dataset(ds, tokenizer, data_config, args) for name, ds in dataset.items()}
-        return tokenize_dataset(dataset, tokenizer, data_config, args)
-
-    # ------------------------------------------------------------------ forward passes
-
-    def concatenated_forward(
-        self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False
-    ) -> PairLogps:
-        """Policy log-probs of chosen and rejected in one forward pass, in the batch's layout (plain: rows
-        [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected])."""
-        if is_shared(batch) and not self._sharing_works(model, batch):
-            batch = unshare_batch(batch, self.processing_class.pad_token_id)
-        return self._pair_logps(model, batch, with_tokens)
-
-    def _pair_logps(self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False) -> PairLogps:
-        return pair_logps(model, batch, chunk_size=self._chunk_size, with_tokens=with_tokens)
-
-    def _resolve_chunking(self, chunk_size: int) -> int:
-        """`chunk_size`, or 0 (logged) where the chunked log-prob path can't run on this model."""
-        if chunk_size <= 0:
-            return 0
-        deepspeed = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
-            problem = "the LM head is sharded (FSDP / ZeRO-3)"
-        else:
-            problem = chunking_problem(self.model)
-        if problem:
-            logger.info("Chunked log-probs off: %s; computing full logits instead.", problem)
-            return 0
-        logger.info(
-            "Log-probs through the LM head in chunks of %d tokens (completion positions only).", chunk_size
-        )
-        return chunk_size
-
-    def _sharing_works(self, model, batch: dict[str, torch.Tensor]) -> bool:
-        """Prefix sharing is checked once, on the first shared batch: its log-probs must match the plain layout's
-        (a model that ignores or rejects a 4D mask fails here). On failure, log and use the plain layout."""
-        if self._prefix_sharing and not self._sharing_checked:
-            self._sharing_checked = True
-            problem = self._check_prefix_sharing(model, batch)
-            if problem:
-                logger.warning(
-                    "Prefix sharing off (%s); computing prompt+chosen and prompt+rejected apart.", problem
-                )
-                self._prefix_sharing = False
-                if isinstance(self.data_collator, PreferenceCollator):
-                    self.data_collator.prefix_sharing = False
-            else:
-                logger.info(
-                    "Prefix sharing on: each prompt is computed once per pair (checked on the first batch)."
-                )
-        return self._prefix_sharing
-
-    @torch.no_grad()
-    def _check_prefix_sharing(self, model, batch: dict[str, torch.Tensor]) -> str | None:
-        was_training = model.training
-        model.eval()  # no dropout: both layouts must see the same network
-        try:
-            shared = self._pair_logps(model, batch)
-            plain = self._pair_logps(model, unshare_batch(batch, self.processing_class.pad_token_id))
-        except Exception as err:  # noqa: BLE001 - any failure of the 4D-mask forward means: don't use it
-            return f"the forward pass with a 4D mask failed: {type(err).__name__}: {err}"
-        finally:
-            model.train(was_training)
-        per_token_tol = 1e-4 if self._computes_in_float32(model) else 1e-2
-        for side in ("chosen", "rejected"):
-            a, b = getattr(shared, side).float(), getattr(plain, side).float()
-            lengths = getattr(plain, f"{side}_lengths").clamp(min=1)
-            worst = ((a - b).abs() / lengths).max().item()
-            if not worst <= per_token_tol:
-                return f"{side} log-probs differ from the plain layout by {worst:.2g} per token"
-        return None
-
-    def _computes_in_float32(self, model) -> bool:
-        """Whether the forward runs in float32. Not the embeddings' dtype alone: k-bit training upcasts them to
-        float32 while a 4-bit layer computes in its bnb compute dtype and autocast (bf16/fp16 args) runs the
-        matmuls in half precision; there the two layouts differ by rounding (~3e-4 per token on an H100)."""
-        device = next(model.parameters()).device.type
-        if self.args.bf16 or self.args.fp16 or torch.is_autocast_enabled(device):
-            return False
-        low = (torch.float16, torch.bfloat16)
-        if base_model(model).get_input_embeddings().weight.dtype in low:
-            return False
-        return not any(getattr(m, "compute_dtype", None) in low for m in model.modules())
-
-    def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass."""
-        if all(key in batch for key in REF_COLUMNS):
-            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        with torch.no_grad(), reference_context(model):
-            ref = self.concatenated_forward(model, batch)
-        self.reference_forward_passes += 1
-        return ref.chosen.detach(), ref.rejected.detach()
+    # ------------------------------------------------------------------ the objective
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DPOConfig = self.args
@@ -282,6 +176,24 @@ class DPOTrainer(Trainer):
             loss = loss + args.rpo_alpha * sft_loss(policy.chosen_token_logps, policy.chosen_mask)
         self._store_metrics(out, policy)
         return (loss, {"chosen_rewards": out.chosen_rewards}) if return_outputs else loss
+
+    def concatenated_forward(
+        self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False
+    ) -> PairLogps:
+        """Policy log-probs of chosen and rejected in one forward pass, in the batch's layout (plain: rows
+        [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected])."""
+        if is_shared(batch) and not self._sharing_works(model, batch):
+            batch = unshare_batch(batch, self.processing_class.pad_token_id)
+        return pair_logps(model, batch, chunk_size=self._chunk_size, with_tokens=with_tokens)
+
+    def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass."""
+        if all(key in batch for key in REF_COLUMNS):
+            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        with torch.no_grad(), reference_context(model):
+            ref = self.concatenated_forward(model, batch)
+        self.reference_forward_passes += 1
+        return ref.chosen.detach(), ref.rejected.detach()
 
     def _store_metrics(self, out, policy: PairLogps) -> None:
         mode = "train" if self.model.training else "eval"
@@ -310,27 +222,89 @@ class DPOTrainer(Trainer):
         super().log(logs, start_time)
         self._metrics[mode].clear()
 
-    # ------------------------------------------------------------------ reference log-prob cache
+    # ------------------------------------------------------------------ fast paths: chunking, prefix sharing
+
+    def _resolve_chunking(self, chunk_size: int) -> int:
+        """`chunk_size`, or 0 (logged) where the chunked log-prob path can't run on this model."""
+        if chunk_size <= 0:
+            return 0
+        deepspeed = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
+            problem = "the LM head is sharded (FSDP / ZeRO-3)"
+        else:
+            problem = chunking_problem(self.model)
+        if problem:
+            logger.info("Chunked log-probs off: %s; computing full logits instead.", problem)
+            return 0
+        logger.info(
+            "Log-probs through the LM head in chunks of %d tokens (completion positions only).", chunk_size
+        )
+        return chunk_size
+
+    def _sharing_works(self, model, batch: dict[str, torch.Tensor]) -> bool:
+        """Prefix sharing is checked once, on the first shared batch: its log-probs must match the plain layout's
+        (a model that ignores or rejects a 4D mask fails here). On failure, log and use the plain layout."""
+        if self._prefix_sharing and not self._sharing_checked:
+            self._sharing_checked = True
+            problem = prefix_sharing_problem(
+                model, batch, self.processing_class.pad_token_id, self._chunk_size, self.args
+            )
+            if problem:
+                logger.warning(
+                    "Prefix sharing off (%s); computing prompt+chosen and prompt+rejected apart.", problem
+                )
+                self._prefix_sharing = False
+                if isinstance(self.data_collator, PreferenceCollator):
+                    self.data_collator.prefix_sharing = False
+            else:
+                logger.info(
+                    "Prefix sharing on: each prompt is computed once per pair (checked on the first batch)."
+                )
+        return self._prefix_sharing
+
+    # ------------------------------------------------------------------ passes over a whole dataset
 
     @torch.no_grad()
-    def compute_reference_logps(self, dataset) -> tuple[list[float], list[float]]:
-        """One no-grad pass with the reference policy over `dataset`, in its order (each rank its shard)."""
-        loader = self._plain_loader(dataset)
-        chosen, rejected = [], []
-        model = self.model
-        was_training = model.training
+    def logps_over(self, dataset, with_policy: bool = True) -> dict[str, torch.Tensor]:
+        """Per-pair log-probs over `dataset`, in its order (each rank its shard, gathered), each (N,) float32:
+        ref_chosen_logps / ref_rejected_logps (the dataset's cached columns, or one adapters-off pass) and, with
+        `with_policy`, policy_chosen_logps / policy_rejected_logps and chosen_lengths / rejected_lengths.
+        Eval mode (no dropout); the random state is left as it was, so the training shuffle and dropout masks
+        are those of a run without this pass."""
+        if not with_policy:  # the reference pass itself: compute, never read a column
+            dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+        model, was_training = self.model, self.model.training
         model.eval()
+        out = defaultdict(list)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
-            for batch in loader:
-                batch = self._prepare_inputs(batch)
-                ref_c, ref_r = self.reference_logps(
-                    model, {k: v for k, v in batch.items() if k not in REF_COLUMNS}
-                )
-                chosen.extend(self.accelerator.gather_for_metrics(ref_c).float().cpu().tolist())
-                rejected.extend(self.accelerator.gather_for_metrics(ref_r).float().cpu().tolist())
+            with torch.random.fork_rng(devices=devices):
+                for batch in self._plain_loader(dataset):
+                    batch = self._prepare_inputs(batch)
+                    values = {}
+                    if with_policy:
+                        policy = self.concatenated_forward(model, batch)
+                        values["policy_chosen_logps"], values["policy_rejected_logps"] = (
+                            policy.chosen,
+                            policy.rejected,
+                        )
+                        values["chosen_lengths"], values["rejected_lengths"] = (
+                            policy.chosen_lengths,
+                            policy.rejected_lengths,
+                        )
+                    values["ref_chosen_logps"], values["ref_rejected_logps"] = self.reference_logps(
+                        model, batch
+                    )
+                    for key, value in values.items():
+                        out[key].append(self.accelerator.gather_for_metrics(value).float().cpu())
         finally:
             model.train(was_training)
-        return chosen, rejected
+        return {key: torch.cat(values) for key, values in out.items()}
+
+    def compute_reference_logps(self, dataset) -> tuple[list[float], list[float]]:
+        """One no-grad pass with the reference policy over `dataset`, in its order (each rank its shard)."""
+        ref = self.logps_over(dataset, with_policy=False)
+        return ref["ref_chosen_logps"].tolist(), ref["ref_rejected_logps"].tolist()
 
     def _plain_loader(self, dataset) -> DataLoader:
         columns = [c for c in (*TOKENIZED_COLUMNS, *REF_COLUMNS) if c in dataset.column_names]
@@ -342,84 +316,34 @@ class DPOTrainer(Trainer):
         )
         return self.accelerator.prepare(loader)
 
-    def _precompute_pays(self, dataset, split: str) -> bool:
-        """`precompute_ref_log_probs: auto`: evaluation always; training when it visits every pair at least once
-        (the one-off pass then costs no more than the per-step reference passes it replaces)."""
-        if split != "train":
-            return True
-        args = self.args
-        if args.max_steps and args.max_steps > 0:
-            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            visited = args.max_steps * per_step
-        else:
-            visited = args.num_train_epochs * len(dataset)
-        return visited >= len(dataset)
-
-    def _ref_cache_path(self, dataset):
-        root = ref_cache.cache_root(getattr(self.args, "ref_logps_cache_dir", None))
-        if root is None:
-            return None, None
-        if self._reference_fingerprint is None:
-            peft_model = self.accelerator.unwrap_model(self.model)
-            reference = (
-                REFERENCE_ADAPTER if REFERENCE_ADAPTER in getattr(peft_model, "peft_config", {}) else None
-            )
-            self._reference_fingerprint = ref_cache.model_fingerprint(peft_model, reference)
-        template = getattr(self.processing_class, "chat_template", None) or ""
-        parts = {
-            "model": self._reference_fingerprint,
-            "autocast": {"bf16": bool(self.args.bf16), "fp16": bool(self.args.fp16)},
-            "tokenization": {
-                "max_length": getattr(self.args, "max_length", None),
-                "max_prompt_length": getattr(self.args, "max_prompt_length", None),
-                "chat_template": hashlib.sha256(str(template).encode()).hexdigest(),
-            },
-            "dataset": ref_cache.dataset_fingerprint(dataset),
-            "num_pairs": len(dataset),
-        }
-        return root / f"{ref_cache.cache_key(parts)}.safetensors", parts
-
-    def _all_ranks(self, flag: bool) -> bool:
-        if self.accelerator.num_processes == 1:
-            return flag
-        flags = self.accelerator.gather(torch.tensor([int(flag)], device=self.accelerator.device))
-        return bool(flags.min().item())
-
     def _with_reference(self, dataset, split: str = "train"):
-        """`dataset` plus ref_chosen_logps / ref_rejected_logps columns: read from the disk cache, or computed once
-        and written there. Unchanged when precomputing is off (the reference then runs at every step)."""
-        setting = getattr(self.args, "precompute_ref_log_probs", False)
-        if dataset is None or setting is False or REF_COLUMNS[0] in dataset.column_names:
-            return dataset
-        path, parts = self._ref_cache_path(dataset)
-        cached = ref_cache.load(path, len(dataset)) if path is not None else None
-        if not self._all_ranks(cached is not None):  # every rank computes, or none does
-            cached = None
-        if cached is not None:
-            logger.info("Reference log-probs of %d %s pairs read from %s", len(dataset), split, path)
-            chosen, rejected = cached
+        return self._reference_columns.attach(dataset, split, self.model, self.compute_reference_logps)
+
+    def pair_logps(self, dataset=None, policy_is_reference: bool = False) -> dict[str, torch.Tensor]:
+        """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,).
+
+        policy_is_reference: the caller knows the policy still equals the reference (before the first step):
+        the cached reference log-probs then serve for both and no policy pass runs.
+        """
+        if dataset is None:
+            self.eval_dataset = dataset = self._with_reference(self.eval_dataset, "eval")
         else:
-            if setting == "auto" and not self._precompute_pays(dataset, split):
-                logger.info(
-                    "Reference log-probs computed at each step: this run visits fewer pairs than the %s set holds "
-                    "(precompute_ref_log_probs: true forces a one-off pass).",
-                    split,
-                )
-                return dataset
-            # The pass leaves the random state as it found it (its DataLoader draws a seed), so dropout masks and
-            # batch order are those of a run that computes the reference at each step.
-            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices):
-                chosen, rejected = self.compute_reference_logps(dataset)
-            if path is not None and self.accelerator.is_local_main_process:
-                ref_cache.save(path, chosen, rejected, parts)
-            logger.info(
-                "Reference log-probs of %d %s pairs computed once%s",
-                len(dataset),
-                split,
-                f", cached in {path}" if path else "",
-            )
-        return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+            dataset = self._with_reference(dataset, "eval")
+        if policy_is_reference and all(c in dataset.column_names for c in REF_COLUMNS):
+            ref_c = torch.tensor(dataset[REF_COLUMNS[0]], dtype=torch.float32)
+            ref_r = torch.tensor(dataset[REF_COLUMNS[1]], dtype=torch.float32)
+            return {
+                "policy_chosen_logps": ref_c,
+                "policy_rejected_logps": ref_r,
+                "ref_chosen_logps": ref_c,
+                "ref_rejected_logps": ref_r,
+                # every completion token is a label, so its count is the completion's length
+                "chosen_lengths": torch.tensor([len(x) for x in dataset["chosen_input_ids"]]),
+                "rejected_lengths": torch.tensor([len(x) for x in dataset["rejected_input_ids"]]),
+            }
+        return self.logps_over(dataset)
+
+    # ------------------------------------------------------------------ data loading, batch order, training
 
     def get_train_dataloader(self) -> DataLoader:
         if getattr(self.args, "precompute_ref_log_probs", False) is True:
@@ -434,8 +358,6 @@ class DPOTrainer(Trainer):
         elif not isinstance(self.eval_dataset, dict):
             self.eval_dataset = self._with_reference(self.eval_dataset, "eval")
         return super().get_eval_dataloader(eval_dataset)
-
-    # ------------------------------------------------------------------ batch order and padding
 
     def _get_train_sampler(self, train_dataset=None):
         """`train_sampling_strategy: group_by_length` groups pairs of similar length (seeded); anything else is
@@ -470,70 +392,3 @@ class DPOTrainer(Trainer):
                 100 * self.pad_share,
             )
         return result
-
-    # ------------------------------------------------------------------ evaluation helpers
-
-    @torch.no_grad()
-    def pair_logps(self, dataset=None, policy_is_reference: bool = False) -> dict[str, torch.Tensor]:
-        """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,).
-
-        policy_is_reference: the caller knows the policy still equals the reference (before the first step):
-        the cached reference log-probs then serve for both and no policy pass runs.
-        """
-        if dataset is None:
-            self.eval_dataset = dataset = self._with_reference(self.eval_dataset, "eval")
-        else:
-            dataset = self._with_reference(dataset, "eval")
-        if policy_is_reference and all(c in dataset.column_names for c in REF_COLUMNS):
-            ref_c = torch.tensor(dataset[REF_COLUMNS[0]], dtype=torch.float32)
-            ref_r = torch.tensor(dataset[REF_COLUMNS[1]], dtype=torch.float32)
-            return {
-                "policy_chosen_logps": ref_c,
-                "policy_rejected_logps": ref_r,
-                "ref_chosen_logps": ref_c,
-                "ref_rejected_logps": ref_r,
-                # every completion token is a label, so its count is the completion's length
-                "chosen_lengths": torch.tensor([len(x) for x in dataset["chosen_input_ids"]]),
-                "rejected_lengths": torch.tensor([len(x) for x in dataset["rejected_input_ids"]]),
-            }
-        loader = self._plain_loader(dataset)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        out = defaultdict(list)
-        rng = torch.random.fork_rng(devices=[])  # leave the training shuffle untouched
-        rng.__enter__()
-        try:
-            for batch in loader:
-                batch = self._prepare_inputs(batch)
-                policy = self.concatenated_forward(model, batch)
-                ref_c, ref_r = self.reference_logps(model, batch)
-                for key, value in (
-                    ("policy_chosen_logps", policy.chosen),
-                    ("policy_rejected_logps", policy.rejected),
-                    ("ref_chosen_logps", ref_c),
-                    ("ref_rejected_logps", ref_r),
-                    ("chosen_lengths", policy.chosen_lengths),
-                    ("rejected_lengths", policy.rejected_lengths),
-                ):
-                    out[key].append(self.accelerator.gather_for_metrics(value).float().cpu())
-        finally:
-            rng.__exit__(None, None, None)
-            model.train(was_training)
-        return {key: torch.cat(values) for key, values in out.items()}
-
-    # ------------------------------------------------------------------ saving and the Hub
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # training_args.bin is a pickle of the arguments: never let the Hub token ride along.
-        token, self.args.hub_token = self.args.hub_token, None
-        try:
-            super()._save(output_dir, state_dict=state_dict)
-        finally:
-            self.args.hub_token = token
-
-    def init_hf_repo(self, token=None, private=None) -> None:
-        """Pushing is hf_dpo's (hf_dpo.hub.push): the repo is created at push time, after local files are safe."""
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Checkpoint pushes go through hf_dpo.hub.push's background callback, not Trainer's."""
