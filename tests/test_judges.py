@@ -131,3 +131,30 @@ def test_causal_lm_is_not_a_reward_model(tiny_model_dir):
 def test_missing_reward_model_path(tmp_path):
     with pytest.raises(JudgeError, match="Could not load reward model"):
         load_judge(f"rm:{tmp_path / 'nothing-here'}")
+
+
+def test_a_judge_with_criteria_gives_tuples_in_its_declared_order():
+    def graded(prompt, completion):
+        return {"polite": float("please" in completion), "correct": float("5" in completion)}
+
+    graded.criteria = ("correct", "polite")  # declared order of importance, not the dict's
+    judge = load_judge(graded)
+    scores = judge.criteria_scores(["What is 2 + 3?"] * 2, ["5", "6, please"])
+    assert judge.criteria == ("correct", "polite")
+    assert scores == [(1.0, 0.0), (0.0, 1.0)]
+    assert max(scores) == (1.0, 0.0)  # lexicographic: correctness decides before politeness
+    assert judge.score(["p"], ["5, please"]) == [2.0]  # one number per answer: the sum
+
+
+def test_criteria_without_a_declaration_follow_the_dict_order_and_must_stay_the_same():
+    judge = CallableJudge(lambda p, c: {"a": 1.0, "b": 0.0} if c == "x" else {"a": 1.0})
+    with pytest.raises(JudgeError, match=r"criteria \['a'\].*its criteria are \['a', 'b'\]"):
+        judge.criteria_scores(["p", "q"], ["x", "y"])
+    assert judge.criteria == ("a", "b")
+
+
+def test_plain_float_judges_and_reward_models_have_one_criterion():
+    from hf_dpo.pairs.judges import criteria_scores, judge_criteria
+
+    judge = load_judge(length_judge)
+    assert criteria_scores(judge, ["p"], ["abc"]) == [(3.0,)] and judge_criteria(judge) == ("score",)

@@ -220,12 +220,17 @@ def test_label_with_judge_best_vs_worst_and_ties(tmp_path):
         ],
     )
     stats = label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "out" / "train.jsonl")
-    assert stats == {
+    assert {k: stats[k] for k in ("prompts", "pairs", "ties", "judge", "criteria", "pairs_file")} == {
         "prompts": 3,
         "pairs": 2,
         "ties": 1,
         "judge": "hf_dpo.pairs.demo_task:judge",
+        "criteria": ["correct", "concise"],
         "pairs_file": str(tmp_path / "out" / "train.jsonl"),
+    }
+    assert stats["composition"]["by_criteria"] == {
+        "correct=1, concise=1 > correct=0, concise=0": 1,
+        "correct=1, concise=1 > correct=0, concise=1": 1,
     }
     rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert rows[0]["prompt"] == "What is 2 + 3?" and rows[0]["chosen"] == "5"
@@ -278,6 +283,7 @@ def test_run_sampling_writes_train_test_and_card(tmp_path, tiny_model_dir, monke
         test_prompts_file=str(test),
         judge="my_judges:length_judge",
         pairs_file=str(tmp_path / "pairs" / "train.jsonl"),
+        allow_unfinished_chosen=True,  # the tiny random model never writes its end token in 6 tokens
     )
     report = run_sampling(recipe, progress=False)
     assert report["splits"]["train"]["prompts"] == 3 and report["splits"]["test"]["prompts"] == 2
@@ -291,6 +297,9 @@ def test_run_sampling_writes_train_test_and_card(tmp_path, tiny_model_dir, monke
     assert "dpo" in card.data.tags
     assert "my_judges:length_judge" in card.text and "3 completions" in card.text
     assert "| train | 3 | " in card.text and "train 3 prompts in" in card.text
+    assert (
+        "unfinished" in card.text and "| 9 / 9 (100%) |" in card.text
+    )  # train: 3 prompts x 3, all cut at 6 tokens
     # The pairs directory is what `hf-dpo train` reads: a `datasets` json load of both splits works.
     from datasets import load_dataset
 
@@ -436,7 +445,7 @@ def test_shared_prompt_cache_gives_the_same_samples_as_k_copies(tiny, tiny_model
     cfg = _recipe(tmp_path, tiny_model_dir, max_new_tokens=8).sampling
     prompt_ids = [tokenizer(p)["input_ids"] for p in ("What is 2 + 3?", "Hi", "Name the capital of Peru.")]
     seeds = [[10 * i + j for j in range(3)] for i in range(3)]
-    shared = generate_batch(model, tokenizer, prompt_ids, seeds, cfg)
+    shared, _ = generate_batch(model, tokenizer, prompt_ids, seeds, cfg)
     rows = tokenizer.pad({"input_ids": [ids for ids in prompt_ids for _ in range(3)]}, return_tensors="pt")
     gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id)
     with torch.inference_mode():
@@ -472,4 +481,77 @@ def test_label_with_judge_all_pairs_with_different_scores(tmp_path):
     with pytest.raises(SamplingError, match="pairs_per_prompt must be"):
         label_with_judge(
             samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "x.jsonl", pairs_per_prompt="some"
+        )
+
+
+def test_a_concise_wrong_answer_never_beats_a_correct_one(tmp_path):
+    """The demo judge ranks `correct` before `concise`: a long correct answer is chosen over a short wrong one."""
+    long_correct = "Let me add the two numbers carefully, step by step, and the result of it all is 5."
+    samples = _write_samples(tmp_path / "s.jsonl", [("What is 2 + 3?", ["6", long_correct])])
+    label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "train.jsonl")
+    row = json.loads((tmp_path / "train.jsonl").read_text())
+    assert (row["chosen"], row["rejected"]) == (long_correct, "6")
+    assert row["criteria_chosen"] == {"correct": 1.0, "concise": 0.0}
+    assert row["criteria_rejected"] == {"correct": 0.0, "concise": 1.0}
+
+
+def _write_marked_samples(path: Path, prompt: str, completions: list[str], finished: list[bool]) -> Path:
+    path.write_text(
+        json.dumps({"index": 0, "prompt": prompt, "completions": completions, "finished": finished})
+    )
+    return path
+
+
+def test_an_unfinished_answer_is_never_chosen_unless_allowed(tmp_path):
+    """A cut answer that reads as correct ranks below a finished wrong one; allow_unfinished_chosen lifts that."""
+    samples = _write_marked_samples(
+        tmp_path / "s.jsonl", "What is 2 + 3?", ["It is 5 and", "It is 6.", "Seven"], [False, True, True]
+    )
+    stats = label_with_judge(
+        samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "train.jsonl", pairs_per_prompt="all"
+    )
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert all(r["chosen"] != "It is 5 and" and r["finished_chosen"] for r in rows)
+    assert ("It is 6.", "It is 5 and") in [(r["chosen"], r["rejected"]) for r in rows]
+    assert (
+        stats["composition"]["unfinished_samples"] == 1 and stats["composition"]["unfinished_rejected"] == 2
+    )
+    label_with_judge(
+        samples,
+        "hf_dpo.pairs.demo_task:judge",
+        tmp_path / "allowed.jsonl",
+        pairs_per_prompt="all",
+        allow_unfinished_chosen=True,
+    )
+    allowed = [json.loads(x) for x in (tmp_path / "allowed.jsonl").read_text().splitlines()]
+    assert {r["rejected"] for r in allowed if r["chosen"] == "It is 5 and"} == {"It is 6.", "Seven"}
+
+
+def test_min_chosen_score_keeps_only_pairs_with_a_good_enough_chosen_answer(tmp_path):
+    samples = _write_samples(
+        tmp_path / "s.jsonl",
+        [
+            (
+                "What is 2 + 3?",
+                ["5", "6", "Six, or maybe seven, or eight, or perhaps nine, who could really tell for sure."],
+            )
+        ],
+    )
+    stats = label_with_judge(
+        samples,
+        "hf_dpo.pairs.demo_task:judge",
+        tmp_path / "train.jsonl",
+        pairs_per_prompt="all",
+        min_chosen_score=1.0,
+        min_chosen_criterion="correct",
+    )
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert {r["chosen"] for r in rows} == {"5"} and stats["below_min_chosen"] == 1
+    with pytest.raises(SamplingError, match="not one of the judge's criteria"):
+        label_with_judge(
+            samples,
+            "hf_dpo.pairs.demo_task:judge",
+            tmp_path / "x.jsonl",
+            min_chosen_score=1,
+            min_chosen_criterion="kind",
         )

@@ -2,11 +2,11 @@
 
 Everything is generated here by code (no downloaded data, nothing to license): prompts such as
 "What is 23 + 58?" or "What is the capital of Japan?", split deterministically into train and
-held-out sets, and `judge(prompt, completion)`:
+held-out sets, and `judge(prompt, completion)` with two criteria, most important first:
 
-    score = 1 if the correct answer is given as the answer      (numbers may carry commas; capitals
-                                                                  match case- and accent-insensitively)
-          + 1 if the answer is 1..12 words long
+    correct = 1 if the correct answer is given as the answer   (numbers may carry commas; capitals
+                                                                 match case- and accent-insensitively)
+    concise = 1 if the answer is 1..12 words long
 
 Write the prompt files (`make demo-prompts`):
 
@@ -285,10 +285,14 @@ def is_correct(prompt: str, completion: str) -> bool:
     return any(re.search(rf"\b{re.escape(_fold(name))}\b", folded) for name in answer)
 
 
-def judge(prompt: str, completion: str) -> float:
-    """Demo judge: 1 for the correct answer + 1 for an answer of 1..12 words (so 0, 1 or 2)."""
+def judge(prompt: str, completion: str) -> dict[str, float]:
+    """Demo judge, two criteria in order of importance: `correct` (1 for the correct answer) and `concise`
+    (1 for an answer of 1..12 words). Compared correct first: a concise wrong answer never beats a correct one."""
     n_words = len(completion.split())
-    return float(is_correct(prompt, completion)) + float(1 <= n_words <= MAX_WORDS)
+    return {"correct": float(is_correct(prompt, completion)), "concise": float(1 <= n_words <= MAX_WORDS)}
+
+
+judge.criteria = ("correct", "concise")
 
 
 def write_prompt_files(directory: str | Path) -> list[Path]:

@@ -154,7 +154,9 @@ class PerRowSampler(LogitsProcessor):
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
         if not (temperature >= 0 and temperature != float("inf")):  # NaN fails both
-            raise SamplingError(f"sampling_temperature must be a finite number >= 0 (0: greedy), got {temperature}.")
+            raise SamplingError(
+                f"sampling_temperature must be a finite number >= 0 (0: greedy), got {temperature}."
+            )
         if not 0 < top_p <= 1:  # top_p <= 0 would drop every token, and token 0 would be picked at every step
             raise SamplingError(f"sampling_top_p must be in (0, 1], got {top_p}.")
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -494,9 +496,10 @@ def label_with_judge(
 
     pairs_per_prompt: "best_worst" (one pair: the best vs the worst completion) or "all" (every two
     completions that rank differently, the higher one chosen: up to K(K-1)/2 pairs per prompt).
-    Prompts whose completions all rank the same are ties: skipped and counted.
+    Prompts whose completions all rank the same are ties, prompts without a finished completion have no
+    answer to choose: both are skipped and counted.
 
-    Returns {"prompts", "pairs", "ties", "below_min_chosen", "judge", "criteria", "pairs_file", "composition"}.
+    Returns {"prompts", "pairs", "ties", "no_finished_answer", "below_min_chosen", "judge", "criteria", "pairs_file", "composition"}.
     The pairs file is only replaced once every prompt is scored, so a failing judge leaves the previous pairs
     and the samples untouched.
     """
@@ -522,11 +525,14 @@ def label_with_judge(
                 f"min_chosen_criterion '{name}' is not one of the judge's criteria {list(criteria)}."
             )
         gate = (criteria.index(name), float(min_chosen_score))
-    pairs, ties, below_min, pos = [], 0, 0, 0
+    pairs, ties, below_min, none_finished, pos = [], 0, 0, 0, 0
     for row in samples:
         k = len(row["completions"])
         row_scores, pos = scores[pos : pos + k], pos + k
         finished = _finished_flags(row)
+        if not (any(finished) or allow_unfinished_chosen):
+            none_finished += 1  # nothing here may be chosen
+            continue
         # Rank key: an unfinished answer is not a whole answer, so it ranks below every finished one.
         keys = [
             ((1.0,) if allow_unfinished_chosen else (float(finished[j]),)) + row_scores[j] for j in range(k)
@@ -572,6 +578,7 @@ def label_with_judge(
         "prompts": len(samples),
         "pairs": len(pairs),
         "ties": ties,
+        "no_finished_answer": none_finished,
         "below_min_chosen": below_min,
         "judge": judge.name,
         "criteria": list(criteria),
@@ -680,7 +687,13 @@ def run_sampling(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         stats = sample(recipe, prompts_file, samples_path, model_and_tokenizer, progress)
         if judge is not None:
             stats |= label_with_judge(
-                samples_path, judge, default_pairs_file(recipe, split), cfg.pairs_per_prompt
+                samples_path,
+                judge,
+                default_pairs_file(recipe, split),
+                cfg.pairs_per_prompt,
+                allow_unfinished_chosen=cfg.allow_unfinished_chosen,
+                min_chosen_score=cfg.min_chosen_score,
+                min_chosen_criterion=cfg.min_chosen_criterion,
             )
         report["splits"][split] = stats
         if judge is not None:  # after each split, so the card always matches the pairs on disk
@@ -706,19 +719,34 @@ On-policy preference pairs for DPO, made with hf_dpo's `hf-dpo sample`.
 1. For every prompt, {k} completions were sampled from the reference policy **{model}**{adapter}
    (quantization: {quantization}) with temperature {temperature}, top-p {top_p}, at most {max_new_tokens}
    new tokens, seed {seed}. Prompts were formatted as in training (the tokenizer's chat template){system}.
-2. The judge **`{judge}`** scored every completion. The best-scored completion became `chosen`, the
-   worst `rejected`; prompts whose completions all scored the same (ties) were skipped.
+   A completion that stopped at {max_new_tokens} tokens without an end token is marked unfinished.
+2. The judge **`{judge}`** scored every completion on its criteria ({criteria}, most important first);
+   completions were ranked criterion by criterion, an unfinished one below every finished one{unfinished_rule}.
+   Pairs: {pairs_rule}{gate_rule}. Prompts whose completions all ranked the same (ties) or that had no
+   finished completion were skipped.
 
-| split | prompts | pairs | ties (skipped) |
-|---|---|---|---|
+| split | prompts | pairs | ties (skipped) | no finished answer (skipped) | chosen below the minimum (dropped) | unfinished samples |
+|---|---|---|---|---|---|---|
 {rows}
+
+What the pairs are made of (chosen > rejected, by criteria):
+
+{composition}
 {notes}
 Columns: `prompt`, `chosen`, `rejected` (the format `hf-dpo train` reads), `score_chosen`,
-`score_rejected`, `margin` (= score_chosen - score_rejected), `scores` (all {k} scores), `index`
-(the prompt's line in the prompt file).
+`score_rejected`, `margin` (= score_chosen - score_rejected; a score is the sum of the criteria), `scores`
+(all {k} scores), `criteria_chosen`, `criteria_rejected` (per criterion), `finished_chosen`,
+`finished_rejected`, `index` (the prompt's line in the prompt file).
 
 Regenerate with `hf-dpo sample {recipe}`.
 """
+
+
+def _share(composition: dict[str, Any] | None) -> str:
+    if not composition or not composition.get("samples"):
+        return "-"
+    n, total = composition["unfinished_samples"], composition["samples"]
+    return f"{n} / {total} ({n / total:.0%})"
 
 
 def write_dataset_card(directory: str | os.PathLike, recipe: Recipe, report: dict[str, Any]) -> Path:
@@ -736,8 +764,15 @@ def write_dataset_card(directory: str | os.PathLike, recipe: Recipe, report: dic
         ],
     )
     rows = "\n".join(
-        f"| {s} | {st['prompts']} | {st.get('pairs', '-')} | {st.get('ties', '-')} |"
+        f"| {s} | {st['prompts']} | {st.get('pairs', '-')} | {st.get('ties', '-')} | "
+        f"{st.get('no_finished_answer', '-')} | {st.get('below_min_chosen', '-')} | {_share(st.get('composition'))} |"
         for s, st in splits.items()
+    )
+    composition = "\n\n".join(
+        f"{s}:\n\n| chosen > rejected | pairs |\n|---|---|\n"
+        + "\n".join(f"| {k} | {v} |" for k, v in st["composition"]["by_criteria"].items())
+        for s, st in splits.items()
+        if st.get("composition")
     )
     body = CARD_TEMPLATE.format(
         title=f"Preference pairs: {Path(recipe.path).stem if recipe.path else 'hf-dpo sample'}",
@@ -753,6 +788,20 @@ def write_dataset_card(directory: str | os.PathLike, recipe: Recipe, report: dic
         seed=cfg.sampling_seed,
         system=f' and system prompt "{recipe.data.system_prompt}"' if recipe.data.system_prompt else "",
         judge=cfg.judge,
+        criteria=", ".join(
+            f"`{c}`" for c in next((st["criteria"] for st in splits.values() if "criteria" in st), ["score"])
+        ),
+        unfinished_rule=" (unfinished answers were never chosen)"
+        if not cfg.allow_unfinished_chosen
+        else " (allow_unfinished_chosen: an unfinished answer could still be chosen over a worse one)",
+        pairs_rule="the best vs the worst completion of each prompt"
+        if cfg.pairs_per_prompt == "best_worst"
+        else "every two completions that ranked differently, the higher one chosen",
+        gate_rule=f"; only pairs whose chosen answer has {cfg.min_chosen_criterion or 'the first criterion'} "
+        f">= {cfg.min_chosen_score:g}"
+        if cfg.min_chosen_score is not None
+        else "",
+        composition=composition or "*(not recorded)*",
         rows=rows,
         recipe=recipe.path or "RECIPE",
         notes="".join(f"\n{note}\n" for note in report.get("notes", [])),
