@@ -24,6 +24,7 @@ import torch
 
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.errors import HfDpoError
+from hf_dpo.files import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ class PreferenceData:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from hf_dpo.files import read_jsonl
-
     return [row for _, row in read_jsonl(path, error=DataError)]
 
 
@@ -507,83 +506,3 @@ def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) ->
             "dataset_test_split: null (and eval_fraction: 0) to train without one."
         )
     return PreferenceData(train=built["train"], eval=built.get("eval"), report=report)
-
-
-# ---------------------------------------------------------------- collating
-
-
-@dataclass
-class PreferenceCollator:
-    """Pairs -> one padded batch, in one of two layouts.
-
-    Plain (default): 2B rows, chosen rows 0..B-1, rejected rows B..2B-1; input_ids, attention_mask, labels
-    (prompt and padding = -100), all (2B, T).
-    Prefix-shared (`prefix_sharing=True`): B rows `[prompt, chosen, rejected, pad]`, so each prompt is computed
-    once; input_ids, attention_mask (1 on tokens, 0 on padding), labels (the token itself on completion tokens,
-    -100 elsewhere), position_ids (`[0..P+C-1, P..P+R-1]`: the rejected branch restarts after the prompt) and
-    segment_ids (0 prompt, 1 chosen, 2 rejected, -1 padding), all (B, T). The trainer turns segment_ids into the
-    4D attention mask (`hf_dpo.train.batching.shared_attention_mask`).
-    Both carry ref_chosen_logps / ref_rejected_logps (B,) when the examples hold cached reference log-probs.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-    prefix_sharing: bool = False
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self._shared(examples) if self.prefix_sharing else self._plain(examples)
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
-            if key in examples[0]:
-                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
-        return batch
-
-    def _padded_length(self, longest: int) -> int:
-        if self.pad_to_multiple_of:
-            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return longest
-
-    def _plain(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        sequences, label_rows = [], []
-        for side in ("chosen_input_ids", "rejected_input_ids"):
-            for ex in examples:
-                prompt, completion = list(ex["prompt_input_ids"]), list(ex[side])
-                sequences.append(prompt + completion)
-                label_rows.append([-100] * len(prompt) + completion)
-        length = self._padded_length(max(len(s) for s in sequences))
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), -100, dtype=torch.long)
-        for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
-            input_ids[i, : len(seq)] = torch.tensor(seq)
-            attention_mask[i, : len(seq)] = 1
-            labels[i, : len(lab)] = torch.tensor(lab)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-    def _shared(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        parts = [
-            (list(ex["prompt_input_ids"]), list(ex["chosen_input_ids"]), list(ex["rejected_input_ids"]))
-            for ex in examples
-        ]
-        length = self._padded_length(max(len(p) + len(c) + len(r) for p, c, r in parts))
-        shape = (len(parts), length)
-        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros(shape, dtype=torch.long)
-        labels = torch.full(shape, -100, dtype=torch.long)
-        position_ids = torch.zeros(shape, dtype=torch.long)
-        segment_ids = torch.full(shape, -1, dtype=torch.long)
-        for i, (p, c, r) in enumerate(parts):
-            n = len(p) + len(c) + len(r)
-            input_ids[i, :n] = torch.tensor(p + c + r)
-            attention_mask[i, :n] = 1
-            labels[i, len(p) : n] = torch.tensor(c + r)
-            position_ids[i, :n] = torch.cat(
-                [torch.arange(len(p) + len(c)), torch.arange(len(p), len(p) + len(r))]
-            )  # the rejected branch continues from the prompt, as if chosen were not there
-            segment_ids[i, :n] = torch.tensor([0] * len(p) + [1] * len(c) + [2] * len(r))
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "position_ids": position_ids,
-            "segment_ids": segment_ids,
-        }

@@ -6,7 +6,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from hf_dpo.config import DataConfig, DPOConfig
-from hf_dpo.data import DataError, PreferenceCollator, load_preference_dataset, prepare_rows, read_splits
+from hf_dpo.data import DataError, load_preference_dataset, prepare_rows, read_splits
+from hf_dpo.train.batching import PreferenceCollator
 
 
 @pytest.fixture(scope="module")

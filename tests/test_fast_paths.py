@@ -10,9 +10,14 @@ from peft import LoraConfig
 from run_fixtures import dpo_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_dpo.data import PreferenceCollator
 from hf_dpo.train import batching
-from hf_dpo.train.batching import LengthGroupedPairSampler, label_targets, pad_share, shared_attention_mask
+from hf_dpo.train.batching import (
+    LengthGroupedPairSampler,
+    PreferenceCollator,
+    label_targets,
+    pad_share,
+    shared_attention_mask,
+)
 from hf_dpo.train.trainer import DPOTrainer
 
 ROWS = [

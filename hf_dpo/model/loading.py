@@ -107,7 +107,7 @@ def pick_dtype(requested: str = "auto", device: str | None = None) -> torch.dtyp
     """The compute dtype: bf16 on a GPU that has it, else fp16 on GPU; float32 on CPU.
 
     CPU is always float32 under "auto": bf16 on CPUs without native support made a LoRA backward ~40x
-    slower (DESIGN.md), and even with AMX the bitsandbytes 4-bit CPU kernels gain nothing from it.
+    slower in this project's CPU measurements, and even with AMX the bitsandbytes 4-bit CPU kernels gain nothing from it.
     """
     if requested != "auto":
         try:

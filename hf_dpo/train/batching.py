@@ -1,7 +1,7 @@
 """Batch layouts and batch order for preference pairs: which logits predict which label, the prefix-shared
 4D attention mask, and a length-grouped sampler that keeps padding small.
 
-Two layouts come out of `hf_dpo.data.PreferenceCollator`:
+Two layouts come out of `PreferenceCollator`:
 
     plain           2B rows  [prompt, chosen, pad] ... [prompt, rejected, pad]      labels predicted at t-1
     prefix-shared    B rows  [prompt, chosen, rejected, pad]                          see `label_targets`
@@ -78,8 +78,6 @@ def label_targets(batch: dict) -> LabelTargets:
 
 def unshare_batch(batch: dict, pad_token_id: int) -> dict:
     """A prefix-shared batch in the plain layout (the fallback when a model can't take a 4D mask)."""
-    from hf_dpo.data import PreferenceCollator
-
     examples = []
     for ids, seg in zip(batch["input_ids"].tolist(), batch["segment_ids"].tolist()):
         examples.append(
@@ -95,6 +93,86 @@ def unshare_batch(batch: dict, pad_token_id: int) -> dict:
         if key in batch:
             plain[key] = batch[key]
     return plain
+
+
+# ---------------------------------------------------------------- collating
+
+
+@dataclass
+class PreferenceCollator:
+    """Pairs -> one padded batch, in one of two layouts.
+
+    Plain (default): 2B rows, chosen rows 0..B-1, rejected rows B..2B-1; input_ids, attention_mask, labels
+    (prompt and padding = -100), all (2B, T).
+    Prefix-shared (`prefix_sharing=True`): B rows `[prompt, chosen, rejected, pad]`, so each prompt is computed
+    once; input_ids, attention_mask (1 on tokens, 0 on padding), labels (the token itself on completion tokens,
+    -100 elsewhere), position_ids (`[0..P+C-1, P..P+R-1]`: the rejected branch restarts after the prompt) and
+    segment_ids (0 prompt, 1 chosen, 2 rejected, -1 padding), all (B, T). The trainer turns segment_ids into the
+    4D attention mask (`hf_dpo.train.batching.shared_attention_mask`).
+    Both carry ref_chosen_logps / ref_rejected_logps (B,) when the examples hold cached reference log-probs.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    prefix_sharing: bool = False
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self._shared(examples) if self.prefix_sharing else self._plain(examples)
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
+        return batch
+
+    def _padded_length(self, longest: int) -> int:
+        if self.pad_to_multiple_of:
+            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return longest
+
+    def _plain(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences, label_rows = [], []
+        for side in ("chosen_input_ids", "rejected_input_ids"):
+            for ex in examples:
+                prompt, completion = list(ex["prompt_input_ids"]), list(ex[side])
+                sequences.append(prompt + completion)
+                label_rows.append([-100] * len(prompt) + completion)
+        length = self._padded_length(max(len(s) for s in sequences))
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        labels = torch.full((len(sequences), length), -100, dtype=torch.long)
+        for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            attention_mask[i, : len(seq)] = 1
+            labels[i, : len(lab)] = torch.tensor(lab)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _shared(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        parts = [
+            (list(ex["prompt_input_ids"]), list(ex["chosen_input_ids"]), list(ex["rejected_input_ids"]))
+            for ex in examples
+        ]
+        length = self._padded_length(max(len(p) + len(c) + len(r) for p, c, r in parts))
+        shape = (len(parts), length)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        labels = torch.full(shape, -100, dtype=torch.long)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        segment_ids = torch.full(shape, -1, dtype=torch.long)
+        for i, (p, c, r) in enumerate(parts):
+            n = len(p) + len(c) + len(r)
+            input_ids[i, :n] = torch.tensor(p + c + r)
+            attention_mask[i, :n] = 1
+            labels[i, len(p) : n] = torch.tensor(c + r)
+            position_ids[i, :n] = torch.cat(
+                [torch.arange(len(p) + len(c)), torch.arange(len(p), len(p) + len(r))]
+            )  # the rejected branch continues from the prompt, as if chosen were not there
+            segment_ids[i, :n] = torch.tensor([0] * len(p) + [1] * len(c) + [2] * len(r))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "position_ids": position_ids,
+            "segment_ids": segment_ids,
+        }
 
 
 # ---------------------------------------------------------------- batch order

@@ -30,11 +30,12 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from hf_dpo.config import DataConfig, DPOConfig
-from hf_dpo.data import TOKENIZED_COLUMNS, PreferenceCollator, tokenize_dataset
+from hf_dpo.data import TOKENIZED_COLUMNS, tokenize_dataset
 from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
 from hf_dpo.model.unwrap import is_peft
 from hf_dpo.train.batching import (
     LengthGroupedPairSampler,
+    PreferenceCollator,
     expected_random_pad_share,
     is_shared,
     pad_share,
