@@ -9,7 +9,7 @@
     hf-dpo sample RECIPE [--key value ...]   on-policy pairs: sample the reference, label by the judge
     hf-dpo label SAMPLES.jsonl              label sampled pairs by hand in the browser
 
-Each subcommand is one `cmd_*` function plus an entry in `build_parser`; the algorithms live in the
+Each subcommand is one `_add_*` function (its arguments) and one `cmd_*` function (what it runs); the algorithms live in the
 modules they call.
 """
 
@@ -42,7 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_train,
+        _add_keys,
+        _add_sample,
+        _add_label,
+        _add_plan,
+        _add_merge,
+        _add_eval,
+        _add_push,
+        _add_bench,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="Train a recipe: hf-dpo train RECIPE [--key value ...]",
@@ -53,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="Path to a YAML recipe, e.g. recipes/demo.yaml")
     p.set_defaults(func=cmd_train, takes_overrides=True)
 
+
+def _add_keys(sub) -> None:
     p = sub.add_parser("keys", help="List every recipe key with its default and help text.")
     p.set_defaults(func=cmd_keys)
 
-    # --- subcommands added by other modules go below (one block each) ---
 
+def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="Step 1 of DPO: sample K completions per prompt, label best vs worst: hf-dpo sample RECIPE",
@@ -69,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/demo_pairs.yaml")
     p.set_defaults(func=cmd_sample, takes_overrides=True)
 
+
+def _add_label(sub) -> None:
     p = sub.add_parser(
         "label",
         help="Label samples by hand in the browser: hf-dpo label SAMPLES.jsonl [--out PAIRS.jsonl]",
@@ -82,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     p.set_defaults(func=cmd_label)
 
+
+def _add_plan(sub) -> None:
     p = sub.add_parser(
         "plan",
         help="Estimate a recipe's peak memory before downloading: hf-dpo plan RECIPE [--gpu-memory 24GB]",
@@ -96,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_plan, takes_overrides=True)
 
+
+def _add_merge(sub) -> None:
     p = sub.add_parser(
         "merge",
         help="Merge a run's LoRA adapter into a full-precision base: hf-dpo merge RUN_DIR OUT",
@@ -110,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_merge)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="Evaluate a finished run: hf-dpo eval RUN_DIR [--judge SPEC] [--num-generations N]",
@@ -121,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-generations", type=int, default=32, help="held-out prompts to generate for (0: skip)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's max_new_tokens")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default: the recipe's eval_max_new_tokens"
+    )
     p.set_defaults(func=cmd_eval)
 
+
+def _add_push(sub) -> None:
     p = sub.add_parser(
         "push",
         help="Push a run to the Hub: hf-dpo push RUN_DIR --repo-id ORG/NAME",
@@ -138,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="Hub token (prefer the HF_TOKEN environment variable)")
     p.set_defaults(func=cmd_push)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="hf_dpo vs TRL's DPOTrainer, end to end: wall time, peak memory, first loss, per data shape",
@@ -169,8 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="demo pairs, no checkpointing, 4 steps")
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
-
-    return parser
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -506,6 +507,8 @@ def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
             action.type = lambda text: _auto_bool(text, "precompute_ref_log_probs")
         if action.type is not None:
             action.type = _text_value(action.type)
+        if action.help:  # a literal "15% in" would read as a %-format in --help
+            action.help = re.sub(r"%(?!\()", "%%", action.help)
     return parser
 
 

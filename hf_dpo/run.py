@@ -28,8 +28,8 @@ from hf_dpo import __version__
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
 from hf_dpo.errors import HfDpoError
-from hf_dpo.hub.card import framework_versions, write_card
-from hf_dpo.hub.push import HubCheckpointCallback, push_run, take_hub_settings
+from hf_dpo.hub.card import framework_versions
+from hf_dpo.hub.push import HubCheckpointCallback, push_run, refresh_card, take_hub_settings
 from hf_dpo.model.loading import (
     REFERENCE_ADAPTER,
     hub_id_for,
@@ -102,89 +102,107 @@ def build_trainer(recipe: Recipe, callbacks=None) -> tuple[DPOTrainer, dict]:
 
 
 def run_training(recipe_path: str | None, overrides: list[str] | None = None) -> Path:
+    """`hf-dpo train`: recipe -> trained adapter + run_info.json -> report -> card -> Hub (when asked)."""
     recipe = load_recipe(recipe_path, overrides)
     preflight(recipe)  # data, judge, run dir, cache dir: every check that needs no model, before loading one
     args = recipe.training
     out = Path(args.output_dir)
     dtype = _configure_precision(recipe)
-    main = int(os.environ.get("RANK", "0")) == 0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(
-            f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path or 'command-line keys'}\n"
-            + recipe.to_yaml()
-        )
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_recipe(out, recipe)
     started = time.time()
     # The Hub token leaves the arguments before any Trainer sees them (training_args.bin is a pickle);
     # hf_dpo pushes itself, after local files are written.
     hub = take_hub_settings(args)
     callbacks = [HubCheckpointCallback(hub)] if hub and hub.strategy != "end" else None
     trainer, data_report = build_trainer(recipe, callbacks=callbacks)
-    eval_before = None
-    if trainer.eval_dataset is not None:
-        # Before the first step the policy is the reference (a fresh LoRA is a no-op; a starting adapter is
-        # its own reference), so one reference pass gives both sides, unless a checkpoint is resumed.
-        before_logps = trainer.pair_logps(policy_is_reference=not args.resume_from_checkpoint)
-        eval_before = preference_summary(before_logps, args.beta)
-        logger.info("Held-out before training: %s", _fmt(eval_before))
+    # Before the first step the policy is the reference (a fresh LoRA is a no-op; a starting adapter is its own
+    # reference), so one reference pass gives both sides, unless a checkpoint is resumed.
+    eval_before, _ = held_out(trainer, "before", policy_is_reference=not args.resume_from_checkpoint)
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    train_runtime = time.time() - train_started
+    runtimes = {"train_runtime_s": round(time.time() - train_started, 1)}
     trainer.save_model(str(out))
     trainer.save_state()
-    eval_after = after_logps = None
-    if trainer.eval_dataset is not None:
-        after_logps = trainer.pair_logps()  # one policy pass, shared with the report below
-        eval_after = preference_summary(after_logps, args.beta)
-        logger.info("Held-out after training: %s", _fmt(eval_after))
+    eval_after, after_logps = held_out(trainer, "after")  # one policy pass, shared with the report below
     if trainer.is_world_process_zero():
-        info = {
-            "hf_dpo_version": __version__,
-            "framework_versions": framework_versions({}),
-            "base_model": hub_id_for(recipe.model.model_name_or_path),
-            "model_name_or_path": recipe.model.model_name_or_path,
-            "quantization": recipe.model.quantization if recipe.model.quantization else "none",
-            "compute_dtype": str(dtype).replace("torch.", ""),
-            "lora": {
-                "r": recipe.model.lora_r,
-                "alpha": recipe.model.lora_alpha,
-                "dropout": recipe.model.lora_dropout,
-                "target_modules": recipe.model.lora_target_modules,
-            },
-            "dataset": recipe.data.dataset_name,
-            "num_train_pairs": len(trainer.train_dataset),
-            "num_eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
-            "data_report": data_report,
-            "hardware": hardware_summary(),
-            "train_runtime_s": round(train_runtime, 1),
-            "total_runtime_s": round(time.time() - started, 1),
-            "global_steps": result.global_step,
-            "train_loss": result.training_loss,
-            "beta": args.beta,
-            "loss_type": args.loss_type,
-            "eval_before": eval_before,
-            "eval_after": eval_after,
-            "peak_memory": peak_memory(),
-        }
+        runtimes["total_runtime_s"] = round(time.time() - started, 1)
+        info = run_info(recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after)
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
         _print_summary(out, info)
     report = evaluate_trainer(
         trainer,
         recipe.sampling.judge,
         num_generations=recipe.sampling.eval_num_generations,
-        max_new_tokens=recipe.sampling.max_new_tokens,
+        max_new_tokens=recipe.sampling.eval_max_new_tokens,
         seed=args.seed,
         pair_logps=after_logps,
     )
     if trainer.is_world_process_zero():
-        write_card(out, hub.repo_id if hub else None)
-        if report is not None:
-            print(console_summary(report, str(out)), flush=True)
-        if hub:
-            print(f"Pushing {out} to {hub.repo_id} ...", flush=True)
-            url = push_run(out, hub.repo_id, token=hub.token, private=hub.private, revision=hub.revision)
-            print(f"Pushed: {url}", flush=True)
+        publish(out, report, hub)
     return out
+
+
+def write_recipe(out: Path, recipe: Recipe) -> None:
+    """recipe.yaml first, before anything can fail: exactly what runs, re-runnable as it is."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(
+        f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path or 'command-line keys'}\n"
+        + recipe.to_yaml()
+    )
+
+
+def held_out(trainer: DPOTrainer, when: str, policy_is_reference: bool = False):
+    """(summary, per-pair log-probs) of the eval split, logged; (None, None) without one."""
+    if trainer.eval_dataset is None:
+        return None, None
+    logps = trainer.pair_logps(policy_is_reference=policy_is_reference)
+    summary = preference_summary(logps, trainer.args.beta)
+    logger.info("Held-out %s training: %s", when, _fmt(summary))
+    return summary, logps
+
+
+def run_info(recipe: Recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after) -> dict:
+    """What run_info.json records: what was trained, how, on what, how long, and the held-out numbers."""
+    args = recipe.training
+    return {
+        "hf_dpo_version": __version__,
+        "framework_versions": framework_versions({}),
+        "base_model": hub_id_for(recipe.model.model_name_or_path),
+        "model_name_or_path": recipe.model.model_name_or_path,
+        "quantization": recipe.model.quantization if recipe.model.quantization else "none",
+        "compute_dtype": str(dtype).replace("torch.", ""),
+        "lora": {
+            "r": recipe.model.lora_r,
+            "alpha": recipe.model.lora_alpha,
+            "dropout": recipe.model.lora_dropout,
+            "target_modules": recipe.model.lora_target_modules,
+        },
+        "dataset": recipe.data.dataset_name,
+        "num_train_pairs": len(trainer.train_dataset),
+        "num_eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        "data_report": data_report,
+        "hardware": hardware_summary(),
+        **runtimes,
+        "global_steps": result.global_step,
+        "train_loss": result.training_loss,
+        "beta": args.beta,
+        "loss_type": args.loss_type,
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+        "peak_memory": peak_memory(),
+    }
+
+
+def publish(out: Path, report: dict | None, hub) -> None:
+    """The card (never over a hand-edited one), the report summary, then the push when the recipe asked."""
+    refresh_card(out, hub.repo_id if hub else None)  # replaces PEFT's placeholder, never a hand-edited card
+    if report is not None:
+        print(console_summary(report, str(out)), flush=True)
+    if hub:
+        print(f"Pushing {out} to {hub.repo_id} ...", flush=True)
+        url = push_run(out, hub.repo_id, token=hub.token, private=hub.private, revision=hub.revision)
+        print(f"Pushed: {url}", flush=True)
 
 
 def _fmt(summary: dict) -> str:
@@ -267,7 +285,7 @@ def evaluate_run(
         judge=judge_obj,
         judge_name=judge_name,
         num_generations=num_generations,
-        max_new_tokens=max_new_tokens or recipe.sampling.max_new_tokens,
+        max_new_tokens=max_new_tokens or recipe.sampling.eval_max_new_tokens,
         batch_size=batch_size,
         do_sample=do_sample,
         seed=seed,

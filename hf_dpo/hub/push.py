@@ -7,7 +7,14 @@ Rules this module keeps:
   failed push loses nothing and `hf-dpo push` retries it (the error prints that exact command).
 - Only the main process pushes (RANK / PartialState); the others return None.
 - Transient failures (5xx, 429, 408, connection reset, timeouts) are retried with exponential backoff;
-  auth (401/403) and not-found errors are not.
+  auth (401/403) and not-found errors are not. One retry budget: each Hub call (create repo, create
+  branch, the commit with its uploads) gets `attempts` tries (default 4: waits 2, 4, 8 s), and
+  huggingface_hub's own inner retries are off for those calls, so a dead server fails in ~15 s, not minutes.
+- A README.md edited by hand is never overwritten: the card is regenerated only while README.md is the one
+  hf_dpo wrote (its sha256 is kept in `.hf_dpo_card.sha256`) or PEFT's placeholder.
+- What leaves the machine names no local path: `adapter_config.json` names the base model's Hub id, and
+  absolute paths of this machine in the pushed text files (recipe, card, report) become names relative to
+  the run dir or the base name of the model / data directory (`public_files`).
 - The token lives in memory only: it is never written to a file, a log line, the card or an error message.
   `take_hub_settings` moves it out of TrainingArguments before the Trainer can save them.
 
@@ -47,6 +54,17 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+CARD_RECORD = ".hf_dpo_card.sha256"  # sha256 of the README.md hf_dpo last wrote into the run dir
+# PEFT's save_pretrained writes a placeholder card; it is replaced like one of ours.
+PEFT_CARD_MARKERS = ("<!-- Provide a quick summary of what the model is/does. -->", "- PEFT ")
+# Text files whose absolute local paths are rewritten on the way out (tokenizer.json / vocab stay byte-exact).
+SCRUBBED_SUFFIXES = (".md", ".yaml", ".yml")
+SCRUBBED_JSON = (
+    "adapter_config.json",
+    "eval_report.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 class PushError(HfDpoError, RuntimeError):
@@ -138,6 +156,179 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
     return found
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The run dir: its run_info.json, its card, and what of it may leave the machine
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """run_info.json of a finished run, checked: PushError naming the file when missing, corrupt or incomplete."""
+    import json
+
+    path = run_dir / "run_info.json"
+    fix = f"Re-run `hf-dpo train` into {run_dir}, or restore run_info.json from a copy."
+    if not path.is_file():
+        raise PushError(f"{path} is missing: is {run_dir} a finished `hf-dpo train` run? {fix}", "invalid")
+    try:
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise PushError(f"{path} is not valid JSON ({err}): the file is damaged. {fix}", "invalid") from None
+    if not isinstance(info, dict):
+        raise PushError(f"{path} must hold a JSON object, not {type(info).__name__}. {fix}", "invalid")
+    base = info.get("base_model")
+    if not isinstance(base, str) or not base.strip():
+        raise PushError(f"{path} has no 'base_model' (the base model's Hub id or path). {fix}", "invalid")
+    return info
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def card_was_edited(run_dir: Path) -> bool:
+    """Whether README.md is someone's own text: neither the card hf_dpo last wrote nor PEFT's placeholder."""
+    readme = run_dir / "README.md"
+    if not readme.is_file():
+        return False
+    data = readme.read_bytes()
+    record = run_dir / CARD_RECORD
+    if record.is_file() and record.read_text().strip() == _sha256(data):
+        return False
+    text = data.decode("utf-8", errors="replace")
+    return not all(marker in text for marker in PEFT_CARD_MARKERS)
+
+
+def refresh_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None) -> Path:
+    """(Re)write README.md from the run's files unless it was edited by hand; returns its path.
+
+    A hand-edited card is kept (and pushed) as it is, with a warning; delete it to get a fresh one."""
+    run_dir = Path(run_dir)
+    readme = run_dir / "README.md"
+    if card_was_edited(run_dir):
+        logger.warning(
+            "%s was edited by hand: keeping it as it is (not regenerated). Delete it to get a fresh card.",
+            readme,
+        )
+        return readme
+    try:
+        path = write_card(run_dir, repo_id, license)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise PushError(
+            f"{run_dir / 'run_info.json'} or {run_dir / 'eval_report.json'} lacks what the model card needs "
+            f"({type(err).__name__}: {err}). Re-run `hf-dpo eval {run_dir}`, or `hf-dpo train` into it.",
+            "invalid",
+        ) from None
+    (run_dir / CARD_RECORD).write_text(_sha256(path.read_bytes()) + "\n")
+    return path
+
+
+def _local_roots(run_dir: Path, info: dict[str, Any]) -> list[tuple[str, str]]:
+    """(absolute local prefix, public replacement), longest first: the run dir, the model and data dirs, then
+    places any path of this machine lives under (home, temp, cwd, caches)."""
+    import sys
+    import tempfile
+
+    def absolute(p) -> str | None:
+        try:
+            return str(Path(p).expanduser().resolve()) if p and str(p).startswith(("/", "~", ".")) else None
+        except (OSError, RuntimeError, ValueError):
+            return None
+
+    base = str(info.get("base_model") or "")
+    hub_base = base if _is_hub_id(base) else None
+    pairs: list[tuple[str, str]] = []
+    for path in {run_dir.resolve().as_posix(), str(run_dir.absolute())}:
+        pairs.append((path, "."))
+    model = info.get("model_name_or_path") or base
+    for path in {absolute(model), absolute(base)} - {None}:
+        pairs.append((path, hub_base or Path(path).name))
+    dataset = info.get("dataset")
+    if absolute(dataset):
+        pairs.append((absolute(dataset), Path(absolute(dataset)).name))
+    cache = os.environ.get("HF_DPO_CACHE") or str(Path.home() / ".cache" / "hf_dpo")
+    for root in (
+        cache,
+        os.environ.get("HF_HOME"),
+        tempfile.gettempdir(),
+        os.getcwd(),
+        str(Path.home()),
+        sys.prefix,
+    ):
+        if absolute(root) and absolute(root) != "/":
+            pairs.append((absolute(root), ""))
+    return sorted(set(pairs), key=lambda kv: -len(kv[0]))
+
+
+def scrub_local_paths(text: str, roots: list[tuple[str, str]]) -> str:
+    """Absolute paths under `roots` -> their public names: `run/x` -> `x`, `<model dir>/f` -> `<hub id>/f`,
+    anything else of this machine -> its last component."""
+    import re
+
+    def public(match: re.Match) -> str:
+        path = match.group(0)
+        for prefix, name in roots:
+            if path == prefix or path.startswith(prefix + "/"):
+                rest = path[len(prefix) :].lstrip("/")
+                if name == ".":
+                    return rest or "."
+                if name:
+                    return f"{name}/{rest}" if rest else name
+                return Path(path).name or path
+        return path
+
+    return re.sub(r"(?<![\w.:/~-])/[^\s\"'`|()<>\[\]{},;*]+", public, text)
+
+
+def _is_hub_id(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or "")) and not os.path.exists(
+        name
+    )
+
+
+def public_files(run_dir: str | Path, paths: list[Path] | None = None) -> dict[str, Path | bytes]:
+    """What one push sends: {path in repo: local file, or the bytes to send instead}.
+
+    adapter_config.json names the base model's Hub id (not a local cache path); the recipe, card, report and
+    the other small text files carry no absolute path of this machine. Binary and tokenizer files go byte-exact."""
+    import json
+
+    run_dir = Path(run_dir)
+    paths = files_to_push(run_dir) if paths is None else paths
+    info = read_run_info(run_dir)
+    roots = _local_roots(run_dir, info)
+    base = str(info["base_model"])
+    out: dict[str, Path | bytes] = {}
+    for rel in paths:
+        local = run_dir / rel
+        name = rel.as_posix()
+        if rel.name == "adapter_config.json":
+            config = json.loads(local.read_text(encoding="utf-8"))
+            named = config.get("base_model_name_or_path")
+            if _is_hub_id(base):
+                config["base_model_name_or_path"] = base
+            elif named:
+                config["base_model_name_or_path"] = Path(str(named)).name
+                logger.warning(
+                    "The base model %s has no Hub id: the pushed adapter_config.json names it '%s'; loaders need "
+                    "the base under that name.",
+                    named,
+                    config["base_model_name_or_path"],
+                )
+            text = scrub_local_paths(json.dumps(config, indent=2, sort_keys=True) + "\n", roots)
+            out[name] = text.encode("utf-8")
+        elif rel.suffix in SCRUBBED_SUFFIXES or rel.name in SCRUBBED_JSON:
+            original = local.read_bytes()
+            text = scrub_local_paths(original.decode("utf-8", errors="surrogateescape"), roots)
+            data = text.encode("utf-8", errors="surrogateescape")
+            out[name] = local if data == original else data
+        else:
+            out[name] = local
+    return out
+
+
 def _classify(err: BaseException) -> tuple[str, str]:
     """(kind, reason) of a failed Hub call; kind 'server'/'network' are worth retrying."""
     import httpx2
@@ -159,11 +350,46 @@ def _classify(err: BaseException) -> tuple[str, str]:
     return "other", type(err).__name__
 
 
+# While > 0, huggingface_hub's http_backoff tries once. Process-wide, not per thread: the LFS uploads of one
+# commit run in huggingface_hub's own worker threads.
+_INNER_RETRIES_OFF = [0]
+_INNER_RETRIES_LOCK = threading.Lock()
+
+
+def _single_retry_budget() -> None:
+    """Make huggingface_hub's `http_backoff` (LFS batch/upload/verify, commit, pagination) try once whenever
+    `with_retries` is calling, so `attempts` is the whole budget: no 4 x 6 = 24 uploads of one file."""
+    import importlib
+
+    for name in ("huggingface_hub.lfs", "huggingface_hub._commit_api", "huggingface_hub.hf_api"):
+        module = importlib.import_module(name)
+        inner = getattr(module, "http_backoff", None)
+        if inner is None or getattr(inner, "_hf_dpo_single_budget", False):
+            continue
+
+        def once(*args, _inner=inner, **kwargs):
+            if _INNER_RETRIES_OFF[0] > 0:
+                kwargs["max_retries"] = 0
+            return _inner(*args, **kwargs)
+
+        once._hf_dpo_single_budget = True
+        module.http_backoff = once
+
+
 def with_retries(fn, *, what: str, attempts: int = 4, backoff_s: float = 2.0, token: str | None = None):
-    """Call fn(); retry transient failures with delays backoff_s * 2**i. Other failures raise at once."""
+    """Call fn(); retry transient failures with delays backoff_s * 2**i. Other failures raise at once.
+
+    This is the only retry loop: huggingface_hub's inner retries are off while fn runs."""
+    _single_retry_budget()
     for attempt in range(1, attempts + 1):
         try:
-            return fn()
+            with _INNER_RETRIES_LOCK:
+                _INNER_RETRIES_OFF[0] += 1
+            try:
+                return fn()
+            finally:
+                with _INNER_RETRIES_LOCK:
+                    _INNER_RETRIES_OFF[0] -= 1
         except Exception as err:
             kind, reason = _classify(err)
             if kind not in ("server", "network") or attempt == attempts:
@@ -211,6 +437,15 @@ def _check_no_token(paths: list[Path], run_dir: Path, token: str | None) -> None
         raise PushError(
             f"{', '.join(leaks)} contain(s) the Hub token; refusing to push. Remove it and retry.", "invalid"
         )
+
+
+def _check_no_token_in(payload: dict[str, Path | bytes], token: str | None) -> None:
+    if not token:
+        return
+    needle = token.encode()
+    leaks = [k for k, v in payload.items() if needle in (v if isinstance(v, bytes) else v.read_bytes())]
+    if leaks:
+        raise PushError(f"{', '.join(leaks)} would carry the Hub token; refusing to push.", "invalid")
 
 
 def upload(
@@ -279,19 +514,10 @@ def push_run(
     if not run_dir.is_dir():
         raise PushError(f"run dir {run_dir} does not exist.", "invalid")
     retry = retry_command(run_dir, repo_id, private, revision, commit_message)
-    write_card(run_dir, repo_id, license)  # local first
-    write_eval_results(run_dir)  # the model-index numbers in the Hub's .eval_results/ format
-    paths = files_to_push(run_dir)
-    for name in REPORT_FILES:
-        if not (run_dir / name).is_file():
-            logger.warning(
-                "%s has no %s: pushing without the report (run `hf-dpo eval %s` first).",
-                run_dir,
-                name,
-                run_dir,
-            )
+    paths, payload = prepare_payload(run_dir, repo_id, license)
     token = _resolve_token(token)
     _check_no_token(paths, run_dir, token)
+    _check_no_token_in(payload, token)
     message = commit_message or f"hf-dpo: DPO adapter, card and eval report from {run_dir.name}"
     api = _hf_api(token, endpoint)
     logger.info(
@@ -305,7 +531,7 @@ def push_run(
         info = upload(
             api,
             repo_id,
-            {p.as_posix(): run_dir / p for p in paths},
+            payload,
             message=message,
             private=private,
             revision=revision,
@@ -314,24 +540,49 @@ def push_run(
             token=token,
         )
     except Exception as err:
-        kind, reason = _classify(err)
-        hint = {
-            "auth": "Set HF_TOKEN (or --token) to a token with write access: https://huggingface.co/settings/tokens",
-            "not_found": "Check --repo-id (ORG/NAME) and --revision, and that the token can write to that namespace.",
-            "network": f"Could not reach {api.endpoint}; check the connection / HF_ENDPOINT.",
-            "server": f"The Hub kept failing after {attempts} attempts.",
-        }.get(kind, "")
-        detail = scrub_token(
-            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, token
-        )
-        raise PushError(
-            f"Push of {run_dir} to {repo_id} failed: {reason}. {hint}\n  ({detail})\n"
-            f"Nothing was lost: every file is still in {run_dir}. Retry with:\n  {retry}",
-            kind,
-            retry,
-        ) from None
+        raise push_failed(err, run_dir, repo_id, api.endpoint, attempts, token, retry) from None
     logger.info("Pushed %s: %s", repo_id, info.commit_url)
     return info.commit_url
+
+
+def prepare_payload(run_dir: Path, repo_id: str, license: str | None) -> tuple[list[Path], dict]:
+    """Checks the run, writes the card and .eval_results/ locally (local first: a failed push loses nothing),
+    and returns (files, {path in repo: file or bytes}) of the commit."""
+    files_to_push(run_dir)  # names a missing adapter before anything is written
+    read_run_info(run_dir)  # names a missing, corrupt or incomplete run_info.json
+    refresh_card(run_dir, repo_id, license)  # a hand-edited README.md is kept
+    write_eval_results(run_dir)  # the model-index numbers in the Hub's .eval_results/ format
+    paths = files_to_push(run_dir)
+    for name in REPORT_FILES:
+        if not (run_dir / name).is_file():
+            logger.warning(
+                "%s has no %s: pushing without the report (run `hf-dpo eval %s` first).",
+                run_dir,
+                name,
+                run_dir,
+            )
+    return paths, public_files(run_dir, paths)
+
+
+def push_failed(
+    err, run_dir: Path, repo_id: str, endpoint: str, attempts: int, token, retry: str
+) -> PushError:
+    """The PushError for a failed upload: why (auth, not found, network, server), what to do, and the retry
+    command; the token scrubbed from every word of it."""
+    kind, reason = _classify(err)
+    hint = {
+        "auth": "Set HF_TOKEN (or --token) to a token with write access: https://huggingface.co/settings/tokens",
+        "not_found": "Check --repo-id (ORG/NAME) and --revision, and that the token can write to that namespace.",
+        "network": f"Could not reach {endpoint}; check the connection / HF_ENDPOINT.",
+        "server": f"The Hub kept failing after {attempts} attempts.",
+    }.get(kind, "")
+    detail = scrub_token(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, token)
+    return PushError(
+        f"Push of {run_dir} to {repo_id} failed: {reason}. {hint}\n  ({detail})\n"
+        f"Nothing was lost: every file is still in {run_dir}. Retry with:\n  {retry}",
+        kind,
+        retry,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
