@@ -81,7 +81,7 @@ EXPECTED = {
 def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
     from huggingface_hub import HfApi, hf_hub_download
 
-    from hf_dpo.hub.push import push_run
+    from hf_dpo.hub.push import public_files, push_run
 
     url = push_run(run_dir, REPO, backoff_s=0.01)
 
@@ -90,8 +90,10 @@ def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
     assert not [
         p for p in pushed if p.startswith("checkpoint") or p.endswith((".bin", ".pt")) or "trainer_state" in p
     ]
+    public = {k: v if isinstance(v, bytes) else v.read_bytes() for k, v in public_files(run_dir).items()}
     for path, data in pushed.items():
-        assert data == (run_dir / path).read_bytes(), path  # byte for byte
+        assert data == public[path], path  # byte for byte what push sends: the run's files, local paths out
+    assert public["adapter_model.safetensors"] == (run_dir / "adapter_model.safetensors").read_bytes()
     head = hub.repo(REPO).head("main")
     assert {"adapter_model.safetensors", "plots/training_curves.png"} <= head.lfs  # binaries went through LFS
     assert url == f"{hub.url}/{REPO}/commit/{head.oid}"
@@ -104,7 +106,7 @@ def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
     assert set(api.list_repo_files(REPO)) == set(pushed)
     assert {s.rfilename for s in api.model_info(REPO).siblings} == set(pushed)
     readme = hf_hub_download(REPO, "README.md", endpoint=hub.url, cache_dir=str(run_dir.parent / "dl"))
-    assert Path(readme).read_bytes() == (run_dir / "README.md").read_bytes()
+    assert Path(readme).read_bytes() == public["README.md"]
 
 
 def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
@@ -180,7 +182,9 @@ def test_eval_results_entries_carry_the_model_index_numbers_and_parse_back(hub, 
     for kind, entry in entries.items():
         assert entry.value == model_index[kind]
         dataset = json.loads((run_dir / "run_info.json").read_text())["dataset"]
-        assert entry.dataset_id == Path(dataset).name  # a local dataset: its name, said to be local in the notes
+        assert (
+            entry.dataset_id == Path(dataset).name
+        )  # a local dataset: its name, said to be local in the notes
         assert "local" in entry.notes
 
 
@@ -234,8 +238,9 @@ def test_auth_error_is_clear_not_retried_and_loses_nothing(hub, run_dir, monkeyp
     assert wrong not in msg and wrong not in caplog.text
     assert len(hub.requests_to(r"/api/repos/create$")) == 1  # auth errors are not retried
     after = _snapshot(run_dir)
-    assert {k: v for k, v in before.items() if k != "README.md"} == {
-        k: v for k, v in after.items() if k != "README.md"
+    card = ("README.md", ".hf_dpo_card.sha256")  # the card and the record of what hf_dpo wrote into it
+    assert {k: v for k, v in before.items() if k not in card} == {
+        k: v for k, v in after.items() if k not in card
     }
     assert "model-index" in after["README.md"].decode()  # the card was written locally before the push
 
@@ -419,6 +424,7 @@ def test_recipe_with_push_to_hub_trains_reports_and_pushes(hub, tiny_model_dir, 
     from run_fixtures import write_pairs
 
     from hf_dpo.cli import main
+    from hf_dpo.hub.push import public_files
 
     data = tmp_path / "data"
     data.mkdir()
@@ -466,7 +472,8 @@ def test_recipe_with_push_to_hub_trains_reports_and_pushes(hub, tiny_model_dir, 
         "eval_report.md",
         "recipe.yaml",
     ):
-        assert pushed[name] == (out / name).read_bytes(), name
+        sent = public_files(out)[name]  # the run's file, absolute local paths out
+        assert pushed[name] == (sent if isinstance(sent, bytes) else sent.read_bytes()), name
     assert len(hub.requests_to(r"/commit/main$", "POST")) == 1
     for path in out.rglob("*"):
         if path.is_file():
