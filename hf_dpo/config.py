@@ -79,10 +79,6 @@ class ModelConfig:
         default=None,
         metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2 (default: transformers')."},
     )
-    use_peft: bool = field(
-        default=True,
-        metadata={"help": "Train a LoRA adapter (the reference is the model with adapters off)."},
-    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank. Higher: more capacity, more memory."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
@@ -581,8 +577,12 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             built[section] = section(**kwargs)
         except RecipeError as err:
             raise RecipeError(f"{f'Recipe {path}' if path else 'command line'}: {err}") from None
-        except (TypeError, ValueError, OverflowError) as err:
-            raise RecipeError(f"Recipe {path}: invalid value in section {section.__name__}: {err}") from None
+        except (TypeError, ValueError, OverflowError, OSError, ImportError, KeyError, AssertionError) as err:
+            # transformers' own TrainingArguments checks (a deepspeed file that is missing, bf16 on a CPU, ...)
+            where = f"Recipe {path}" if path else "command line"
+            raise RecipeError(
+                f"{where}: invalid value in section {section.__name__}: {type(err).__name__}: {err}"
+            ) from None
     return Recipe(
         model=built[ModelConfig],
         data=built[DataConfig],

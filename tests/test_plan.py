@@ -73,9 +73,7 @@ def test_4bit_weight_bytes_match_the_loaded_model(tiny_model_dir):
     Embedding 49,152 x 64 (tied) + norms 2·2·64 + 64, float32 after prepare_model_for_kbit_training."""
     from hf_dpo.model.loading import load_base_model
 
-    model = load_base_model(
-        ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit", use_peft=False)
-    )
+    model = load_base_model(ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit"))
     arch = load_arch(tiny_model_dir)
     linear, other = planmod.weight_bytes(arch, cpu_settings())
     packed = absmax = nested = 0
@@ -357,5 +355,5 @@ def test_gpu_recipe_opens_with_its_command_and_names_its_data(path):
     data = recipe.data
     assert data.dataset_name and data.dataset_train_split and data.dataset_test_split
     assert (data.prompt_column, data.chosen_column, data.rejected_column) == ("prompt", "chosen", "rejected")
-    assert recipe.model.quantization == "4bit" and recipe.model.use_peft
+    assert recipe.model.quantization == "4bit"
     assert recipe.training.gradient_checkpointing

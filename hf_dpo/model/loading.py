@@ -21,6 +21,7 @@ import torch
 
 from hf_dpo.config import ModelConfig
 from hf_dpo.errors import HfDpoError
+from hf_dpo.model import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -245,24 +246,20 @@ def attach_adapter(model, cfg: ModelConfig, peft_config=None):
 
 
 def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False):
-    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (or the bare base if use_peft=False)."""
+    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (the reference: adapters off)."""
     tokenizer = load_tokenizer(cfg)
     model = load_base_model(cfg, gradient_checkpointing=gradient_checkpointing)
-    if cfg.use_peft:
-        model = attach_adapter(model, cfg)
-    return model, tokenizer
+    return attach_adapter(model, cfg), tokenizer
 
 
 @contextlib.contextmanager
 def reference_context(model):
     """Make `model` compute the reference policy: the frozen 'reference' adapter if present, else no adapter."""
-    peft_model = model
-    while not hasattr(peft_model, "peft_config") and hasattr(peft_model, "module"):
-        peft_model = peft_model.module  # DDP/FSDP wrappers
+    peft_model = unwrap.peft_model(model)
     if not hasattr(peft_model, "peft_config"):
         raise ModelLoadError(
             "hf_dpo computes the reference by switching LoRA adapters off; the model has none. "
-            "Pass peft_config (or use_peft: true in the recipe)."
+            "Pass peft_config=LoraConfig(...) or a PeftModel."
         )
     if REFERENCE_ADAPTER in peft_model.peft_config:
         active = peft_model.active_adapter

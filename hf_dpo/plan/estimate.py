@@ -115,10 +115,6 @@ def _targets(targets: list[str] | str) -> tuple[str, ...]:
 
 def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
     m, t = recipe.model, recipe.training
-    if not m.use_peft:
-        raise PlanError(
-            "use_peft: false is not planned: hf_dpo trains LoRA adapters (the reference is the base)."
-        )
     if device == "cuda":
         compute = {"float32": 4}.get(m.torch_dtype, 2)
         autocast = compute == 2
