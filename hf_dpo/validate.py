@@ -160,7 +160,7 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
     if isinstance(value, int):
         if kinds & {"int", "float"}:
             return value
-        if "str" in kinds:
+        if "str" in kinds and not kinds & {"dict", "list"}:
             return str(value)
         raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, float):
@@ -172,7 +172,7 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
             if value.is_integer():
                 return int(value)
             raise _error(key, f"expected a whole number, got {value!r}.", error)
-        if "str" in kinds:
+        if "str" in kinds and not kinds & {"dict", "list"}:
             return str(value)
         raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, str):
