@@ -91,9 +91,10 @@ def _add_label(sub) -> None:
     p = sub.add_parser(
         "label",
         help="Label samples by hand in the browser: hf-dpo label SAMPLES.jsonl [--out PAIRS.jsonl]",
-        description="Serve a local page showing each prompt with two of its sampled completions side by side; "
-        "pick one (1/2), tie (t), skip (s), undo (u). Every decision is written to disk at once "
-        "(OUT.decisions.jsonl) and OUT is rewritten from it; reopening resumes at the first unlabeled prompt.",
+        description="Serve a local page showing each prompt with its sampled completions, two at a time side by "
+        "side (every distinct answer is shown; identical ones are never paired); pick one (1/2), tie (t), skip (s), "
+        "undo (u). Every decision is written to disk at once (OUT.decisions.jsonl, keyed to the answers it was made "
+        "on) and OUT is rewritten from it; reopening resumes at the first unlabeled pair.",
     )
     p.add_argument("samples", help="a samples file written by `hf-dpo sample`")
     p.add_argument("--out", help="pairs file to write (default: SAMPLES with .pairs.jsonl)")
