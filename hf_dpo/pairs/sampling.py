@@ -97,7 +97,13 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
         )
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        prompts: list[Prompt] = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise SamplingError(f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8.") from None
+        prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
         prompts = [p for p in prompts if p.strip()]
     elif suffix == ".jsonl":
         prompts = []
@@ -110,7 +116,10 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
     elif suffix in (".json", ".csv", ".parquet"):
         from datasets import load_dataset
 
-        table = load_dataset(suffix[1:], data_files=str(path), split="train")
+        try:
+            table = load_dataset(suffix[1:], data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001 - any parse failure of the file becomes one named error
+            raise SamplingError(f"{path}: could not be read as {suffix[1:]} ({type(err).__name__}: {err}).") from None
         if prompt_column not in table.column_names:
             raise SamplingError(
                 f"{path}: no '{prompt_column}' column (columns: {', '.join(table.column_names)}); set prompt_column."
