@@ -443,7 +443,13 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"Recipe {path} does not exist. Recipes live in recipes/; see `ls recipes/`.")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raw = path.read_bytes()
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise RecipeError(f"Recipe {path}, line {line}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
+    except OSError as err:
+        raise RecipeError(f"Recipe {path} cannot be read ({err.strerror or err}).") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):

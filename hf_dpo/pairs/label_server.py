@@ -447,7 +447,7 @@ def make_server(samples_file, out=None, host: str = "127.0.0.1", port: int = 876
 def serve(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> None:
     try:
         server = make_server(samples_file, out, host, port)
-    except OSError as err:  # the port is taken, the address is not this machine's, ...
+    except (OSError, OverflowError) as err:  # the port is taken or out of range, the address is not this machine's
         raise SamplingError(f"cannot serve on {host}:{port}: {err}") from None
     state = server.store.state()
     url_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
