@@ -137,6 +137,8 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
         max_new_tokens=recipe.sampling.eval_max_new_tokens,
         seed=args.seed,
         pair_logps=after_logps,
+        prompts_file=recipe.sampling.test_prompts_file,
+        data_config=recipe.data,
     )
     if trainer.is_world_process_zero():
         publish(out, report, hub)
@@ -262,7 +264,7 @@ def evaluate_run(
     num_generations: int = 32,
     *,
     max_new_tokens: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = 48,
     do_sample: bool = False,
     seed: int = 0,
     confidence: float = 0.95,
@@ -286,6 +288,8 @@ def evaluate_run(
         judge_name=judge_name,
         num_generations=num_generations,
         max_new_tokens=max_new_tokens or recipe.sampling.eval_max_new_tokens,
+        prompts_file=recipe.sampling.test_prompts_file,
+        data_config=recipe.data,
         batch_size=batch_size,
         do_sample=do_sample,
         seed=seed,

@@ -102,7 +102,7 @@ def _assert_png_with_content(path):
 def test_report_of_a_real_tiny_run(run):
     report = json.loads((run / "eval_report.json").read_text())
     info = json.loads((run / "run_info.json").read_text())
-    assert report["schema_version"] == 1 and report["base_model"] == info["base_model"]
+    assert report["schema_version"] == 2 and report["base_model"] == info["base_model"]
     pref = report["preference"]
     assert pref["n"] == info["num_eval_pairs"] == 4 and pref["beta"] == info["beta"]
     for key in (
@@ -125,8 +125,16 @@ def test_report_of_a_real_tiny_run(run):
     assert beh["wins"] + beh["ties"] + beh["losses"] == 4 and beh["decoding"]["do_sample"] is False
     assert len(beh["samples"]) == 4 and {"prompt", "policy", "reference"} <= set(beh["samples"][0])
     assert "kl_estimate" in beh
+    assert beh["criteria"] == ["correct", "concise"] and set(beh["per_criterion"]) == {"correct", "concise"}
+    assert report["verdict"]["criterion"] == "correct" and report["verdict"]["label"] in (
+        "improved",
+        "not improved",
+        "mixed",
+    )
     md = (run / "eval_report.md").read_text()
     assert "ties count half" in md and "| Reward accuracy (margin > 0) |" in md
+    assert md.splitlines()[4] == f"**{report['verdict']['line']}**"  # the verdict heads the report
+    assert "| **correct** (primary) |" in md and "| unfinished (cut at the cap) |" in md
     assert set(report["plots"]) == {
         "plots/training_curves.png",
         "plots/eval_summary.png",

@@ -75,6 +75,10 @@ EXPECTED = {
     ".eval_results/accuracy.yaml",
     ".eval_results/reward_margin.yaml",
     ".eval_results/win_rate.yaml",
+    ".eval_results/correct_rate.yaml",
+    ".eval_results/correct_rate_reference.yaml",
+    ".eval_results/correct_rate_difference.yaml",
+    ".eval_results/length_controlled_win_rate.yaml",
 }
 
 
@@ -136,6 +140,11 @@ def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
         assert results["accuracy"] == pytest.approx(pref["reward_accuracy"]["value"], abs=1e-4)
         assert results["reward_margin"] == pytest.approx(pref["rewards/margins"]["value"], abs=1e-4)
         assert results["win_rate"] == pytest.approx(report["behaviour"]["win_rate"]["value"], abs=1e-4)
+        # The verdict's numbers head the model-index, and the card's text states the verdict line.
+        assert results["correct_rate_difference"] == pytest.approx(
+            report["verdict"]["difference"]["value"], abs=1e-4
+        )
+        assert report["verdict"]["line"] in card.text
         assert data.to_dict()["model-index"][0]["name"] == "tiny-dpo"
         body = card.text
         assert f'PeftModel.from_pretrained(base, "{REPO}")' in body
@@ -178,7 +187,19 @@ def test_eval_results_entries_carry_the_model_index_numbers_and_parse_back(hub, 
         if path.startswith(".eval_results/"):
             (entry,) = parse_eval_result_entries(yaml.safe_load(data.decode()))
             entries[entry.task_id] = entry
-    assert set(entries) == set(model_index) == {"accuracy", "reward_margin", "win_rate"}
+    assert (
+        set(entries)
+        == set(model_index)
+        == {
+            "correct_rate",
+            "correct_rate_reference",
+            "correct_rate_difference",
+            "accuracy",
+            "reward_margin",
+            "win_rate",
+            "length_controlled_win_rate",
+        }
+    )
     for kind, entry in entries.items():
         assert entry.value == model_index[kind]
         dataset = json.loads((run_dir / "run_info.json").read_text())["dataset"]

@@ -107,6 +107,20 @@ def headline_metrics(report: dict[str, Any] | None) -> list[tuple[str, str, floa
     if report is None:
         return []
     metrics = []  # (metric_type, metric_name, estimate)
+    verdict = report.get("verdict")
+    if verdict:  # the primary criterion first: the very numbers of the verdict line
+        name = verdict["criterion"]
+        metrics.append((f"{name}_rate", f"Judged {name} rate of the policy's answers", verdict["policy"]))
+        metrics.append(
+            (f"{name}_rate_reference", f"Judged {name} rate of the reference", verdict["reference"])
+        )
+        metrics.append(
+            (
+                f"{name}_rate_difference",
+                f"{name} rate, policy - reference (verdict: {verdict['label']})",
+                verdict["difference"],
+            )
+        )
     if report.get("preference"):
         pref = report["preference"]["metrics"]
         metrics.append(("accuracy", "Held-out reward accuracy", pref["reward_accuracy"]))
@@ -114,6 +128,9 @@ def headline_metrics(report: dict[str, Any] | None) -> list[tuple[str, str, floa
     if report.get("behaviour"):
         win = report["behaviour"]["win_rate"]
         metrics.append(("win_rate", "Judged win rate vs reference (ties = 1/2)", win))
+        if "length_controlled_win_rate" in report["behaviour"]:
+            lc = report["behaviour"]["length_controlled_win_rate"]
+            metrics.append(("length_controlled_win_rate", "Length-controlled win rate vs reference", lc))
     return [(kind, name, round(est["value"], 4)) for kind, name, est in metrics]
 
 
@@ -220,6 +237,8 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         quantized=str(info.get("quantization")) in ("4bit", "8bit"),
         quantization=info.get("quantization"),
         hf_dpo_version=info.get("hf_dpo_version", ""),
+        verdict_line=report_md.verdict_line(rep),
+        warnings_text=report_md.warnings_text(rep),
         summary_table=report_md.summary_table(rep),
         behaviour_text=report_md.behaviour_text(rep),
         plots_markdown=report_md.plots_markdown(rep),

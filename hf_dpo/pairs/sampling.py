@@ -102,7 +102,9 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             line = raw.count(b"\n", 0, err.start) + 1
-            raise SamplingError(f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8.") from None
+            raise SamplingError(
+                f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8."
+            ) from None
         prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
         prompts = [p for p in prompts if p.strip()]
     elif suffix == ".jsonl":
@@ -119,7 +121,9 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
         try:
             table = load_dataset(suffix[1:], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure of the file becomes one named error
-            raise SamplingError(f"{path}: could not be read as {suffix[1:]} ({type(err).__name__}: {err}).") from None
+            raise SamplingError(
+                f"{path}: could not be read as {suffix[1:]} ({type(err).__name__}: {err})."
+            ) from None
         if prompt_column not in table.column_names:
             raise SamplingError(
                 f"{path}: no '{prompt_column}' column (columns: {', '.join(table.column_names)}); set prompt_column."
@@ -189,6 +193,22 @@ class PerRowSampler(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
+def float_linear_of_4bit(child):
+    """A torch Linear with exactly the weights a bitsandbytes Linear4bit computes with (dequantized once)."""
+    import bitsandbytes as bnb
+
+    dtype = child.compute_dtype or torch.float32
+    data, state = child.weight.data, child.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # repacked by an eval-mode CPU forward
+        data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, state)
+    weight = bnb.functional.dequantize_4bit(data, state).to(dtype)
+    linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype)
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if child.bias is not None:
+        linear.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
+    return linear
+
+
 def dequantize_on_cpu(model):
     """On CPU, swap 4-bit linears for float ones holding exactly the weights the 4-bit layer computes with.
 
@@ -205,18 +225,7 @@ def dequantize_on_cpu(model):
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, bnb.nn.Linear4bit):
-                dtype = child.compute_dtype or torch.float32
-                data, state = child.weight.data, child.weight.quant_state
-                if getattr(state, "packing_format_for_cpu", False):  # repacked by an eval-mode CPU forward
-                    data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, state)
-                weight = bnb.functional.dequantize_4bit(data, state).to(dtype)
-                linear = torch.nn.Linear(
-                    child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype
-                )
-                linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-                if child.bias is not None:
-                    linear.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
-                setattr(module, name, linear)
+                setattr(module, name, float_linear_of_4bit(child))
     return model
 
 

@@ -2,13 +2,16 @@
 
     hf-dpo eval runs/demo --judge hf_dpo.pairs.demo_task:judge      # or hf_dpo.run.evaluate_run("runs/demo", judge=...)
 
-Two questions, answered separately because they can disagree (DESIGN.md: reward accuracy is not behaviour):
+Two questions, answered separately because they can disagree (reward accuracy is not behaviour):
 
 1. Likelihood: on the held-out pairs, does the policy rank chosen above rejected? From the four per-pair
    log-probs, with the implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)) (DPO paper, eq. 5):
    reward accuracy, mean margin, chosen/rejected rewards and the log-prob shift from the reference.
 2. Behaviour: on the held-out prompts, greedy answers of the policy and of the reference (adapters off,
-   same decoding) are scored by one judge; the policy wins, ties or loses each prompt.
+   same decoding, each until its end token or the cap: a cut answer is reported as unfinished) are scored
+   by one judge on its criteria: per-criterion rates with paired intervals of the difference, win/tie/loss,
+   a length-controlled win rate, unfinished and looping shares, and the one-line verdict on the primary
+   criterion (hf_dpo.report.verdict), with warnings for likelihood displacement and a large KL estimate.
 
 Every number carries n and a 95% interval: Wilson for proportions, a fixed-seed percentile bootstrap for
 means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png.
@@ -42,10 +45,11 @@ from hf_dpo.report.metrics import (  # noqa: F401 - re-exported: the metric func
     proportion,
     wilson_interval,
 )
+from hf_dpo.report.verdict import warnings
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: criteria, unfinished/looping shares, length control, verdict, warnings
 REPORT_JSON = "eval_report.json"
 REPORT_MD = "eval_report.md"
 PLOTS_DIR = "plots"
@@ -161,10 +165,12 @@ def build_report(
         else "no held-out pairs (set dataset_test_split or eval_fraction)",
         "behaviour": behaviour,
         "behaviour_skipped": None if behaviour else (behaviour_skipped or "no judge given (--judge SPEC)"),
+        "verdict": behaviour["verdict"] if behaviour else None,
         "training": training_summary(info, history),
         "plots": [str(p.relative_to(run_dir)) for p in plot_files],
     }
     report = _jsonable(report)
+    report["warnings"] = warnings(report)
     _atomic_write(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
     _atomic_write(run_dir / REPORT_MD, render_markdown(report, info))
     logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
@@ -198,27 +204,37 @@ def evaluate_model(
     judge=None,
     judge_name: str | None = None,
     num_generations: int = 32,
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    prompts_file: str | None = None,
+    data_config=None,
+    batch_size: int = 48,
     do_sample: bool = False,
     seed: int = 0,
     confidence: float = 0.95,
     num_samples_shown: int = 4,
 ) -> dict[str, Any]:
-    """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end)."""
+    """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end).
+
+    The judged prompts are the first `num_generations` of `prompts_file` (the recipe's test_prompts_file:
+    every held-out prompt, also those without a pair) when given, else the eval split's distinct prompts.
+    """
     has_eval = eval_dataset is not None and len(eval_dataset) > 0
     pair_logps = pair_logps_fn(eval_dataset) if (has_eval and pair_logps_fn is not None) else None
     behaviour, skipped = None, None
-    if not has_eval:
-        skipped = "no held-out prompts (set dataset_test_split or eval_fraction)"
+    if not has_eval and not prompts_file:
+        skipped = "no held-out prompts (set dataset_test_split, eval_fraction or test_prompts_file)"
     elif judge is None:
         skipped = "no judge given (--judge SPEC, or `judge:` in the recipe)"
     elif num_generations <= 0:
         skipped = "num_generations is 0"
     else:
-        from hf_dpo.report.behaviour import heldout_prompts, judged_generations
+        from hf_dpo.report.behaviour import heldout_prompts, judged_generations, prompts_from_file
 
-        prompts = heldout_prompts(eval_dataset, tokenizer, num_generations)
+        prompts = (
+            prompts_from_file(prompts_file, tokenizer, data_config, num_generations)
+            if prompts_file
+            else heldout_prompts(eval_dataset, tokenizer, num_generations)
+        )
         behaviour = judged_generations(
             model,
             tokenizer,
@@ -248,10 +264,12 @@ def evaluate_trainer(
     num_generations: int = 32,
     *,
     run_dir: str | Path | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    batch_size: int = 48,
     seed: int = 0,
     pair_logps: dict | None = None,
+    prompts_file: str | None = None,
+    data_config=None,
 ) -> dict[str, Any] | None:
     """The evaluation at the end of `hf-dpo train`, on the in-memory model (no reload).
 
@@ -278,6 +296,8 @@ def evaluate_trainer(
         judge_name=judge_name,
         num_generations=num_generations,
         max_new_tokens=max_new_tokens,
+        prompts_file=prompts_file,
+        data_config=data_config,
         batch_size=batch_size,
         seed=seed,
     )

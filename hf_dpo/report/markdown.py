@@ -40,6 +40,8 @@ def summary_table(report: dict[str, Any]) -> str:
     beh = report.get("behaviour")
     if beh:
         rows.append(f"| Judged win rate vs reference (ties = 1/2) | {_ci(beh['win_rate'])} |")
+        if "length_controlled_win_rate" in beh:
+            rows.append(f"| Length-controlled win rate | {_ci(beh['length_controlled_win_rate'])} |")
         if "kl_estimate" in beh:
             rows.append(
                 f"| log pi/pi_ref on the policy's generations (KL est., nats) | {_ci(beh['kl_estimate'])} |"
@@ -47,6 +49,51 @@ def summary_table(report: dict[str, Any]) -> str:
     if len(rows) == 2:
         return "*No held-out metrics: " + (report.get("preference_skipped") or "no eval split") + ".*"
     return "\n".join(rows)
+
+
+def verdict_line(report: dict[str, Any]) -> str:
+    """The one-line verdict on the judge's primary criterion (hf_dpo.report.verdict), or why there is none."""
+    v = report.get("verdict")
+    if not v:
+        return f"Verdict: none (no judged generations: {report.get('behaviour_skipped') or 'no judge'})."
+    return v["line"]
+
+
+def criteria_table(report: dict[str, Any]) -> str:
+    """Per criterion: policy and reference rates and the paired difference; then unfinished, looping, lengths."""
+    beh = report.get("behaviour")
+    if not beh or "per_criterion" not in beh:
+        return ""
+    conf = int(round(100 * report.get("confidence", 0.95)))
+    rows = [
+        f"| Criterion | Policy | Reference | Difference (policy - reference), {conf}% paired interval |",
+        "|---|---|---|---|",
+    ]
+    for i, name in enumerate(beh["criteria"]):
+        s = beh["per_criterion"][name]
+        d = s["difference"]
+        label = f"**{name}** (primary)" if i == 0 else name
+        rows.append(
+            f"| {label} | {_rate(s['policy'])} | {_rate(s['reference'])} | "
+            f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
+        )
+    for key, label in (("unfinished", "unfinished (cut at the cap)"), ("looping", "looping")):
+        rows.append(f"| {label} | {_rate(beh[key]['policy'])} | {_rate(beh[key]['reference'])} | |")
+    rep = beh["repeated_4gram_share"]
+    rows.append(
+        f"| repeated word 4-grams (mean share) | {rep['policy']['value']:.3f} | {rep['reference']['value']:.3f} | |"
+    )
+    lengths = beh["lengths"]
+    rows.append(
+        f"| length, words (tokens) | {lengths['policy_words']['value']:.1f} ({lengths['policy_tokens']['value']:.1f}) "
+        f"| {lengths['reference_words']['value']:.1f} ({lengths['reference_tokens']['value']:.1f}) | |"
+    )
+    return "\n".join(rows)
+
+
+def _rate(e: dict[str, Any]) -> str:
+    count = f" ({round(e['value'] * e['n'])}/{e['n']})" if e.get("method") == "wilson" else ""
+    return f"{e['value']:.3f}{count} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
 def behaviour_text(report: dict[str, Any]) -> str:
@@ -59,14 +106,33 @@ def behaviour_text(report: dict[str, Any]) -> str:
         if not dec.get("do_sample")
         else f"sampled (T={dec.get('temperature')}, top-p={dec.get('top_p')})"
     )
-    return (
-        f"Policy vs reference (adapters off) on {beh['n']} held-out prompts, {mode} decoding, up to "
-        f"{dec.get('max_new_tokens')} new tokens, both scored by judge `{beh.get('judge')}`: "
-        f"**{beh['wins']} wins / {beh['ties']} ties / {beh['losses']} losses**, win rate "
-        f"{beh['win_rate']['value']:.3f} [{beh['win_rate']['low']:.3f}, {beh['win_rate']['high']:.3f}] "
-        f"(ties count half; {beh.get('identical_completions', 0)} prompts got identical answers). Mean judge score: "
-        f"policy {beh['policy_mean_score']['value']:.3f}, reference {beh['reference_mean_score']['value']:.3f}."
+    text = (
+        f"Policy vs reference (adapters off) on {beh['n']} held-out prompts, {mode} decoding until the end "
+        f"token (at most {dec.get('max_new_tokens')} new tokens), both scored by judge `{beh.get('judge')}`"
     )
+    if "per_criterion" not in beh:  # a report written before criteria
+        return text + f": **{beh['wins']} wins / {beh['ties']} ties / {beh['losses']} losses**."
+    lc = beh["length_controlled_win_rate"]
+    return (
+        text
+        + f" on its criteria ({', '.join(beh['criteria'])}; the first is the primary one). An answer that "
+        "reached the cap is unfinished: it is not judged as a whole answer but fails every criterion and loses "
+        "to any finished answer. Intervals of differences come from a paired bootstrap over prompts.\n\n"
+        + criteria_table(report)
+        + f"\n\nHead to head (finished first, then the criteria in order): **{beh['wins']} wins / {beh['ties']} "
+        f"ties / {beh['losses']} losses**, win rate {beh['win_rate']['value']:.3f} "
+        f"[{beh['win_rate']['low']:.3f}, {beh['win_rate']['high']:.3f}] (ties count half; "
+        f"{beh.get('identical_completions', 0)} prompts got identical answers). Length-controlled win rate "
+        f"{lc['value']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}]: a logistic fit of the outcome (win 1, tie 1/2, "
+        "loss 0) on tanh(word-length difference / its standard deviation), read at equal length, so a judge's "
+        "taste for short or long answers does not count as a win (AlpacaEval 2's idea; bootstrap interval). "
+        "Looping: a word 4-gram three times or a span repeated four times back to back."
+    )
+
+
+def warnings_text(report: dict[str, Any]) -> str:
+    found = report.get("warnings") or []
+    return "\n".join(f"> **Warning.** {w}" for w in found) if found else ""
 
 
 def samples_table(report: dict[str, Any]) -> str:
@@ -127,6 +193,8 @@ def render_markdown(report: dict[str, Any], info: dict[str, Any]) -> str:
         f"# Evaluation report: DPO adapter on `{info.get('base_model')}`",
         f"Generated {report['created_at']} by hf_dpo {report.get('hf_dpo_version')} "
         f"(eval_report.json, schema_version {report['schema_version']}).",
+        f"**{verdict_line(report)}**",
+        *([warnings_text(report)] if report.get("warnings") else []),
         "## Held-out preference metrics",
         "Implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)); pi_ref is the base with adapters off. "
         "Proportions carry Wilson intervals; means a fixed-seed percentile bootstrap.",
@@ -145,8 +213,13 @@ def render_markdown(report: dict[str, Any], info: dict[str, Any]) -> str:
 
 def console_summary(report: dict[str, Any], run_dir: str) -> str:
     """The closing lines of `hf-dpo eval` / `hf-dpo train`: the held-out numbers and how to push them."""
-    lines = [f"Evaluation report: {run_dir}/eval_report.md (plots in {run_dir}/plots/)"]
-    pref, beh = report.get("preference"), report.get("behaviour")
+    lines = [verdict_line(report)]
+    beh = report.get("behaviour")
+    if beh and "per_criterion" in beh:
+        lines += ["  " + row for row in criteria_table(report).splitlines()]
+    lines += [f"Warning: {w}" for w in report.get("warnings") or []]
+    lines.append(f"Evaluation report: {run_dir}/eval_report.md (plots in {run_dir}/plots/)")
+    pref = report.get("preference")
     if pref:
         acc, margin = pref["metrics"]["reward_accuracy"], pref["metrics"]["rewards/margins"]
         lines.append(
@@ -161,6 +234,11 @@ def console_summary(report: dict[str, Any], run_dir: str) -> str:
             f"  judged win rate vs reference  {win['value']:.3f} [{win['low']:.3f}, {win['high']:.3f}]  "
             f"({beh['wins']} wins / {beh['ties']} ties / {beh['losses']} losses, ties count half; n={beh['n']} prompts)"
         )
+        if "length_controlled_win_rate" in beh:
+            lc = beh["length_controlled_win_rate"]
+            lines.append(
+                f"  length-controlled win rate  {lc['value']:.3f} [{lc['low']:.3f}, {lc['high']:.3f}]"
+            )
     else:
         lines.append(f"  judged generations: {report.get('behaviour_skipped')}")
     lines.append(f"Push it: hf-dpo push {run_dir} --repo-id ORG/NAME   (token from HF_TOKEN)")

@@ -1,0 +1,86 @@
+"""The one-line verdict of a run, and the warnings the numbers call for.
+
+    verdict(behaviour)      # {"label": "improved" | "not improved" | "mixed", "line": "Verdict: ...", ...}
+    warnings(report)        # ["Likelihood displacement: ...", ...]
+
+The verdict is decided on the judge's primary (first) criterion alone, by the paired interval of the
+policy-minus-reference difference over the same held-out prompts:
+
+    improved      the interval lies above 0, and the policy has no more unfinished or looping answers than the
+                  reference and no other criterion whose interval lies below 0
+    mixed         the interval lies above 0, but one of those got worse (named in the line)
+    not improved  the interval reaches 0 or lies below it (then: "worse")
+
+So no headline can claim a win when the primary criterion got worse. Pure functions of report dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KL_WARN_NATS = 5.0  # log pi/pi_ref on the policy's own answers above this: the policy has moved far
+LEVERS = "the SFT term (rpo_alpha), a larger beta, a lower learning_rate or fewer num_train_epochs"
+
+
+def _interval(e: dict[str, Any]) -> str:
+    return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+
+
+def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
+    """The verdict on the primary criterion of judged generations (see the module docstring)."""
+    primary = behaviour["criteria"][0]
+    stats = behaviour["per_criterion"][primary]
+    diff = stats["difference"]
+    conf = int(round(100 * diff.get("confidence", 0.95)))
+    worse = []
+    if behaviour["unfinished"]["policy"]["value"] > behaviour["unfinished"]["reference"]["value"]:
+        worse.append("more unfinished answers")
+    if behaviour["looping"]["policy"]["value"] > behaviour["looping"]["reference"]["value"]:
+        worse.append("more looping answers")
+    worse += [
+        f"{name} worse ({_interval(s['difference'])})"
+        for name, s in behaviour["per_criterion"].items()
+        if name != primary and s["difference"]["high"] < 0
+    ]
+    if diff["low"] > 0:
+        label = "mixed" if worse else "improved"
+    else:
+        label = "not improved"
+    detail = (
+        f"{primary}: policy {stats['policy']['value']:.3f} vs reference {stats['reference']['value']:.3f}, "
+        f"difference {_interval(diff)} ({conf}% {diff['method']} interval, {diff['n']} held-out prompts)"
+    )
+    if label == "not improved":
+        detail += "; worse" if diff["high"] < 0 else "; the interval includes 0"
+    if label == "mixed":
+        detail += "; but " + ", ".join(worse)
+    return {
+        "label": label,
+        "criterion": primary,
+        "difference": diff,
+        "policy": stats["policy"],
+        "reference": stats["reference"],
+        "worse": worse,
+        "line": f"Verdict: {label} on {detail}.",
+    }
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    """Likelihood displacement (the chosen answers' log-prob fell) and a large KL estimate, with the levers."""
+    out = []
+    pref = (report.get("preference") or {}).get("metrics") or {}
+    chosen = pref.get("logp_shift/chosen")
+    if chosen and chosen["high"] < 0:
+        out.append(
+            f"Likelihood displacement: on held-out pairs the chosen answers' log-prob fell by "
+            f"{-chosen['value']:.1f} nats on average (interval {_interval(chosen)}): the policy pushed the rejected "
+            f"answers down by pushing everything down, chosen ones included. Levers: {LEVERS}."
+        )
+    kl = (report.get("behaviour") or {}).get("kl_estimate")
+    if kl and kl["value"] > KL_WARN_NATS:
+        out.append(
+            f"Large KL estimate: log pi/pi_ref on the policy's own answers is {kl['value']:.1f} nats "
+            f"(> {KL_WARN_NATS:g}): the policy moved far from the reference, which often shows as odd or looping "
+            f"answers. Levers: {LEVERS}."
+        )
+    return out
