@@ -145,7 +145,10 @@ def _add_eval(sub) -> None:
     p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run")
     p.add_argument("--judge", help="module:function, rm:<path or hub id> (default: the recipe's judge)")
     p.add_argument(
-        "--num-generations", type=int, default=32, help="held-out prompts to generate for (0: skip)"
+        "--num-generations",
+        type=int,
+        default=None,
+        help="held-out prompts to generate for (0: skip); default: the recipe's eval_num_generations",
     )
     p.add_argument(
         "--max-new-tokens", type=int, default=None, help="default: the recipe's eval_max_new_tokens"

@@ -261,7 +261,7 @@ def load_run(run_dir: str | os.PathLike):
 def evaluate_run(
     run_dir: str | Path,
     judge=None,
-    num_generations: int = 32,
+    num_generations: int | None = None,
     *,
     max_new_tokens: int | None = None,
     batch_size: int = 48,
@@ -286,7 +286,7 @@ def evaluate_run(
         pair_logps_fn=trainer.pair_logps,
         judge=judge_obj,
         judge_name=judge_name,
-        num_generations=num_generations,
+        num_generations=recipe.sampling.eval_num_generations if num_generations is None else num_generations,
         max_new_tokens=max_new_tokens or recipe.sampling.eval_max_new_tokens,
         prompts_file=recipe.sampling.test_prompts_file,
         data_config=recipe.data,
