@@ -31,7 +31,27 @@ class RecipeError(HfDpoError, ValueError):
     """A recipe or a command-line override is wrong; the message says where and what to do."""
 
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+# TRL 1.16's loss types, in its order; each is a function of hf_dpo.train.loss.LOSSES.
+LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+# Losses of the chosen-rejected reward difference: the only ones an f-divergence other than reverse KL applies to.
+F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
 
 @dataclass
@@ -81,7 +101,10 @@ class ModelConfig:
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank. Higher: more capacity, more memory."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_dropout: float = field(
+        default=0.05,
+        metadata={"help": "Dropout on the LoRA branch (active only with disable_dropout: false)."},
+    )
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
         metadata={"help": "Modules that get LoRA: 'all-linear' or names such as q_proj v_proj."},
@@ -167,29 +190,100 @@ class DPOConfig(TrainingArguments):
             "help": "DPO temperature: strength of the KL pull towards the reference. Lower: drift further."
         },
     )
-    loss_type: str = field(
-        default="sigmoid",
-        metadata={"help": f"Preference loss, one of {', '.join(LOSS_TYPES)}."},
+    loss_type: list[str] | str = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={
+            "help": "Preference loss, or several combined by loss_weights (TRL's list form; a plain string is one "
+            f"loss): {', '.join(LOSS_TYPES)}. Each is a pure function in hf_dpo.train.loss, with its paper."
+        },
+    )
+    loss_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of each loss_type in the sum (e.g. [0.8, 0.2, 1.0] for MPO). None: 1.0 each."
+        },
     )
     label_smoothing: float = field(
         default=0.0,
         metadata={
-            "help": "Assumed share of flipped labels: conservative DPO (sigmoid) or robust DPO (robust)."
+            "help": "ε, the assumed share of flipped labels: robust (rDPO, must be < 0.5), exo_pair (EXO, must be "
+            "> 0; the paper uses 1e-3), aot and aot_unpaired. The other losses ignore it, as in TRL."
         },
+    )
+    ld_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "LD-DPO α in [0, 1]: completion tokens beyond the shorter completion of a pair count α times in "
+            "its log-probs (policy and reference). None (or 1.0): no down-weighting; 0.0: only the shared length."
+        },
+    )
+    f_divergence_type: str = field(
+        default="reverse_kl",
+        metadata={
+            "help": "f-DPO divergence between policy and reference: reverse_kl (DPO), forward_kl, js_divergence, "
+            "alpha_divergence. Non-default values only for sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, "
+            "discopop and sft."
+        },
+    )
+    f_alpha_divergence_coef: float = field(
+        default=0.5, metadata={"help": "α of f_divergence_type: alpha_divergence."}
+    )
+    use_weighting: bool = field(
+        default=False,
+        metadata={
+            "help": "WPO: weight each pair's loss by the policy's length-normalised probability of its chosen and "
+            "rejected completions (not with aot / aot_unpaired). Needs full logits: logps_chunk_size is "
+            "switched off (logged)."
+        },
+    )
+    discopop_tau: float = field(
+        default=0.05, metadata={"help": "τ of the discopop loss (DiscoPOP paper default 0.05)."}
     )
     rpo_alpha: float | None = field(
         default=None,
         metadata={
-            "help": "Weight of an SFT (negative log-likelihood) term on chosen responses (RPO). None: off."
+            "help": "RPO: weight of an SFT (negative log-likelihood) term on chosen responses; an alias of "
+            "loss_type [<loss>, sft] with loss_weights [1, rpo_alpha]. None: off."
         },
     )
     max_length: int | None = field(
-        default=512,
-        metadata={"help": "Longest prompt+response in tokens; longer pairs are truncated and counted."},
+        default=1024,
+        metadata={
+            "help": "Longest prompt+response in tokens (TRL's default); longer pairs are truncated and counted."
+        },
     )
     max_prompt_length: int | None = field(
-        default=256,
-        metadata={"help": "Longest prompt in tokens when a pair exceeds max_length (prompt keeps its end)."},
+        default=None,
+        metadata={
+            "help": "Longest prompt in tokens when a pair exceeds max_length (the prompt keeps its end). None: the "
+            "prompt is kept whole and the completions cut (TRL's keep_start)."
+        },
+    )
+    truncation_mode: str = field(
+        default="keep_start",
+        metadata={
+            "help": "keep_start (TRL's only supported mode): a pair longer than max_length keeps the start of its "
+            "completions (after max_prompt_length cut the prompt). keep_end is refused (deprecated in TRL)."
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "TRL's flattened, padding-free batches (flash-attention only). TRL 1.16 itself falls back to "
+            "padding; so does hf_dpo, with a log line. prefix_sharing and group_by_length cut padding here."
+        },
+    )
+    pad_to_multiple_of: int | str | None = field(
+        default="auto",
+        metadata={
+            "help": "Pad batch rows to a multiple of this. auto: 128 on Neuron, else no padding beyond the longest."
+        },
+    )
+    pad_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Deprecated in TRL: the tokenizer's padding token, if it should not be its own or EOS."
+        },
     )
     precompute_ref_log_probs: bool | str = field(
         default="auto",
@@ -238,15 +332,63 @@ class DPOConfig(TrainingArguments):
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Processes for dataset tokenization."}
     )
+    precompute_ref_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Pairs per batch of the one-off reference pass. None: per_device_eval_batch_size."},
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Set every dropout probability of the model to 0 (LoRA dropout included), as TRL does by default: "
+            "policy and reference then see the same network. false keeps lora_dropout active."
+        },
+    )
+    activation_offloading: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the activations saved for the backward in (pinned) CPU memory, not on the GPU."
+        },
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments of AutoModelForCausalLM.from_pretrained when DPOTrainer gets a model name "
+            "(Python API; recipes load the model from the model keys)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modeling code from the Hub (model and tokenizer)."}
+    )
+    sync_ref_model: bool = field(
+        default=False,
+        metadata={
+            "help": "TR-DPO's periodically updated reference. Refused: hf_dpo's reference is the base with the "
+            "adapters off, never a second model to update (TRL refuses it with LoRA too)."
+        },
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.6, metadata={"help": "TR-DPO's α (only with sync_ref_model, which hf_dpo refuses)."}
+    )
+    ref_model_sync_steps: int = field(
+        default=512,
+        metadata={"help": "TR-DPO's τ in steps (only with sync_ref_model, which hf_dpo refuses)."},
+    )
+    router_aux_loss_coef: float | None = field(
+        default=None,
+        metadata={
+            "help": "Mixture-of-Experts models: weight of the router's load-balancing loss added to the DPO loss. "
+            "None: the model config's own coefficient; 0: off. An error on a model without a router."
+        },
+    )
 
     def __post_init__(self):
+        if isinstance(self.loss_type, str):  # TRL's list form; a plain string is one loss
+            self.loss_type = [self.loss_type]
         _check_values(self)  # types, finiteness, ranges and choices of every key, TrainingArguments' too
-        if self.loss_type not in LOSS_TYPES:
-            raise RecipeError(f"loss_type '{self.loss_type}' is not one of {', '.join(LOSS_TYPES)}.")
         if self.beta <= 0:
             raise RecipeError(f"beta must be > 0 (got {self.beta}).")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise RecipeError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
+        _check_objective(self)
+        _check_not_applicable(self)
         self.precompute_ref_log_probs = _auto_bool(self.precompute_ref_log_probs, "precompute_ref_log_probs")
         if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
             raise RecipeError(f"logps_chunk_size must be >= 0 (got {self.logps_chunk_size}).")
@@ -267,6 +409,74 @@ class DPOConfig(TrainingArguments):
         state = self.__dict__.copy()
         state["hub_token"] = None
         return state
+
+
+def _check_objective(args: DPOConfig) -> None:
+    """loss_type / loss_weights / rpo_alpha / label_smoothing / f-divergence / WPO, checked and normalised as TRL
+    1.16 does (errors where TRL errs), plus rpo_alpha as the alias of an added `sft` term."""
+    unknown = [name for name in args.loss_type if name not in LOSS_TYPES]
+    if unknown or not args.loss_type:
+        near = _suggest(unknown[0], list(LOSS_TYPES)) if unknown else ""
+        raise RecipeError(
+            f"loss_type {unknown or args.loss_type} is not a list of {', '.join(LOSS_TYPES)}.{near}"
+        )
+    if args.loss_weights is not None and len(args.loss_weights) != len(args.loss_type):
+        raise RecipeError(
+            f"loss_weights has {len(args.loss_weights)} weights for {len(args.loss_type)} loss types "
+            f"{args.loss_type}: give one weight per loss type."
+        )
+    if args.rpo_alpha and "sft" not in args.loss_type:  # RPO = the preference loss + rpo_alpha x SFT
+        weights = list(args.loss_weights or [1.0] * len(args.loss_type))
+        args.loss_type, args.loss_weights = [*args.loss_type, "sft"], [*weights, float(args.rpo_alpha)]
+    smoothing = args.label_smoothing
+    if not 0.0 <= smoothing < 1.0:
+        raise RecipeError(f"label_smoothing must be in [0, 1) (got {smoothing}).")
+    if "robust" in args.loss_type and smoothing >= 0.5:
+        raise RecipeError(
+            f"label_smoothing must be < 0.5 for the robust loss (it divides by 1 - 2ε; got {smoothing})."
+        )
+    if "exo_pair" in args.loss_type and smoothing == 0.0:
+        raise RecipeError("The exo_pair loss needs label_smoothing > 0 (log ε); the EXO paper uses 1e-3.")
+    if args.f_divergence_type not in F_DIVERGENCES:
+        raise RecipeError(
+            f"f_divergence_type '{args.f_divergence_type}' is not one of {', '.join(F_DIVERGENCES)}."
+        )
+    if args.f_divergence_type != "reverse_kl" and not set(args.loss_type) <= set(F_DIVERGENCE_LOSSES):
+        raise RecipeError(
+            f"f_divergence_type '{args.f_divergence_type}' applies only to {', '.join(F_DIVERGENCE_LOSSES)} "
+            f"(losses of the chosen-rejected reward difference); {args.loss_type} has none. Use reverse_kl."
+        )
+    if args.use_weighting and {"aot", "aot_unpaired"} & set(args.loss_type):
+        raise RecipeError(
+            "use_weighting (WPO) does not apply to aot / aot_unpaired: they sort the pairs of a batch."
+        )
+    if args.ld_alpha is not None and not 0.0 <= args.ld_alpha <= 1.0:
+        raise RecipeError(f"ld_alpha must be in [0, 1] (got {args.ld_alpha}).")
+    if args.discopop_tau <= 0:
+        raise RecipeError(f"discopop_tau must be > 0 (got {args.discopop_tau}).")
+
+
+def _check_not_applicable(args: DPOConfig) -> None:
+    """TRL keys that cannot apply to a LoRA-on-a-frozen-base trainer: an error saying why and what to use."""
+    if args.sync_ref_model:
+        raise RecipeError(
+            "sync_ref_model (TR-DPO) updates a second reference model during training; hf_dpo's reference is the "
+            "base with the LoRA adapters off, which never changes (TRL refuses sync_ref_model with LoRA too). "
+            "Set sync_ref_model: false."
+        )
+    if args.truncation_mode != "keep_start":
+        raise RecipeError(
+            f"truncation_mode '{args.truncation_mode}': only keep_start is supported (keep_end is deprecated in "
+            "TRL and would give chosen and rejected different prompts). To keep the end of long prompts, set "
+            "max_prompt_length."
+        )
+    if isinstance(args.pad_to_multiple_of, str):  # recipes and the command line give text
+        text = args.pad_to_multiple_of.strip().lower()
+        args.pad_to_multiple_of = None if text in ("auto", "none", "null", "") else int(text)
+    if isinstance(args.model_init_kwargs, str):
+        import json
+
+        args.model_init_kwargs = json.loads(args.model_init_kwargs)
 
 
 def _check_checkpointing_kwargs(kwargs: dict | None) -> None:
@@ -447,7 +657,9 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raw = path.read_bytes()
         line = raw.count(b"\n", 0, err.start) + 1
-        raise RecipeError(f"Recipe {path}, line {line}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
+        raise RecipeError(
+            f"Recipe {path}, line {line}: not UTF-8 text (byte {err.start}). Save it as UTF-8."
+        ) from None
     except OSError as err:
         raise RecipeError(f"Recipe {path} cannot be read ({err.strerror or err}).") from None
     except yaml.YAMLError as err:

@@ -28,8 +28,10 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "max_eval_samples": (1, None, True, True),
     # DPOConfig (DPO keys)
     "beta": (0, None, False, True),
-    "label_smoothing": (0, 0.5, True, False),
+    "label_smoothing": (0, 1, True, False),  # < 0.5 for the robust loss: config._check_objective
     "rpo_alpha": (0, None, True, True),
+    "ld_alpha": (0, 1, True, True),
+    "precompute_ref_batch_size": (1, None, True, True),
     "max_length": (1, None, True, True),
     "max_prompt_length": (1, None, True, True),
     "logps_chunk_size": (0, None, True, True),
@@ -93,7 +95,6 @@ CHOICES: dict[str, tuple] = {
     "bnb_4bit_quant_storage": (None, *TORCH_DTYPES, "uint8", "int8"),
     "torch_dtype": ("auto", *TORCH_DTYPES),
     "on_bad_rows": ("error", "skip"),
-    "loss_type": ("sigmoid", "ipo", "hinge", "robust"),
     "pairs_per_prompt": ("best_worst", "all"),
 }
 

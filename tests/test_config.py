@@ -53,11 +53,64 @@ def test_dpo_fields_have_help():
 
 
 def test_no_key_is_owned_twice():
+    """One key, one section, except trust_remote_code: a model key and a TRL DPOConfig key; one option sets both."""
     seen = {}
     for section in RECIPE_SECTIONS:
         for f in dataclasses.fields(section):
-            assert f.name not in seen, f"{f.name} is in {section.__name__} and {seen[f.name]}"
+            if f.name != "trust_remote_code":
+                assert f.name not in seen, f"{f.name} is in {section.__name__} and {seen[f.name]}"
             seen[f.name] = section.__name__
+    recipe = load_recipe(None, ["--trust_remote_code", "true"])
+    assert recipe.model.trust_remote_code and recipe.training.trust_remote_code
+
+
+def trl_only_fields():
+    from transformers import TrainingArguments
+    from trl import DPOConfig as TRLConfig
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return [f for f in dataclasses.fields(TRLConfig) if f.init and f.name not in inherited]
+
+
+def test_trl_dpo_config_keyword_arguments_construct_ours(tmp_path):
+    """Every keyword argument of TRL 1.16's DPOConfig, at TRL's defaults, builds hf_dpo's DPOConfig; each is a
+    recipe key with help text."""
+    from hf_dpo.config import DPOConfig
+
+    kwargs = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in trl_only_fields()
+    }
+    assert len(kwargs) >= 25
+    args = DPOConfig(output_dir=str(tmp_path), **kwargs)
+    assert args.loss_type == ["sigmoid"] and args.disable_dropout and args.pad_to_multiple_of is None
+    help_text = {f.name: f.metadata.get("help") for f in dataclasses.fields(DPOConfig)}
+    assert all(help_text.get(name) for name in kwargs), [n for n in kwargs if not help_text.get(n)]
+
+
+def test_loss_type_takes_trl_list_form_a_string_and_rpo_alpha():
+    recipe = load_recipe(None, ["--loss_type", "ipo", "sft", "--loss_weights", "1", "0.5"])
+    assert recipe.training.loss_type == ["ipo", "sft"] and recipe.training.loss_weights == [1.0, 0.5]
+    assert load_recipe(None, ["--loss_type", "hinge"]).training.loss_type == ["hinge"]
+    rpo = load_recipe(None, ["--rpo_alpha", "0.5"]).training
+    assert rpo.loss_type == ["sigmoid", "sft"] and rpo.loss_weights == [1.0, 0.5]  # RPO = DPO + 0.5 x SFT
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--sync_ref_model", "true"], "sync_ref_model .*adapters off"),
+        (["--truncation_mode", "keep_end"], "only keep_start"),
+        (["--loss_type", "exo_pair"], "exo_pair loss needs label_smoothing > 0"),
+        (["--loss_type", "aot", "--use_weighting"], "does not apply to aot"),
+        (["--loss_type", "bco_pair", "--f_divergence_type", "forward_kl"], "applies only to"),
+        (["--loss_type", "sigmoid", "hinge", "--loss_weights", "1"], "one weight per loss type"),
+        (["--loss_type", "sigmod"], "Did you mean 'sigmoid'"),
+    ],
+)
+def test_what_cannot_apply_is_a_clear_error(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, overrides)
 
 
 def test_unknown_key_names_the_file_and_nearest_key(tmp_path):

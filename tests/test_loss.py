@@ -27,12 +27,11 @@ def test_zero_margin_gives_log2():
     assert torch.allclose(out.losses, torch.full((2,), math.log(2), dtype=torch.float64))
 
 
-def test_conservative_dpo_label_smoothing():
-    """cDPO, ε = 0.1, β·h = 1: 0.9·log(1+e^−1) + 0.1·log(1+e^1) = 0.9·0.31326 + 0.1·1.31326 = 0.41326."""
-    out = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, label_smoothing=0.1)
-    assert out.losses.item() == pytest.approx(
-        0.9 * math.log1p(math.e**-1) + 0.1 * math.log1p(math.e), abs=1e-12
-    )
+def test_sigmoid_ignores_label_smoothing_as_trl():
+    """TRL 1.16's sigmoid loss is −log σ(β·h) whatever ε; label_smoothing belongs to robust, exo_pair and aot."""
+    plain = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5)
+    smoothed = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, label_smoothing=0.1)
+    assert smoothed.losses.item() == pytest.approx(plain.losses.item(), abs=1e-12)
 
 
 def test_robust_dpo():
@@ -92,3 +91,37 @@ def test_gradient_pushes_chosen_up_and_rejected_down():
 
 
 # ---------------------------------------------------------------- chunked log-probs through the LM head
+
+
+def test_loss_weights_sum_the_terms():
+    """sigmoid (β·h = 1: 0.31326) + 0.5 × hinge (max(0, 1 − 1) = 0) + 2 × sppo_hard: ρ_w = 1, ρ_l = −1, β = 0.5 →
+    (1 − 1)² + (−1 + 1)² = 0 → 0.31326 in all."""
+    out = dpo_loss(
+        t(-1.0),
+        t(-3.0),
+        t(-2.0),
+        t(-2.0),
+        beta=0.5,
+        loss_type=["sigmoid", "hinge", "sppo_hard"],
+        loss_weights=[1.0, 0.5, 2.0],
+    )
+    assert out.losses.item() == pytest.approx(math.log1p(math.exp(-1)), abs=1e-12)
+
+
+def test_apo_zero_and_bco_pair_hand_computed():
+    """ρ_w = 1, ρ_l = −1, β = 0.5: apo_zero = 1 − σ(0.5) + σ(−0.5) = 2·σ(−0.5) = 0.75508;
+    bco_pair = −log σ(0.5) − log σ(0.5) = 2·0.47408 = 0.94815."""
+    args = (t(-1.0), t(-3.0), t(-2.0), t(-2.0))
+    sig = 1 / (1 + math.exp(0.5))
+    assert dpo_loss(*args, beta=0.5, loss_type="apo_zero").losses.item() == pytest.approx(2 * sig, abs=1e-12)
+    assert dpo_loss(*args, beta=0.5, loss_type="bco_pair").losses.item() == pytest.approx(
+        2 * math.log1p(math.exp(-0.5)), abs=1e-12
+    )
+
+
+def test_forward_kl_scores():
+    """forward KL: s = 1 − e^−ρ; ρ_w = 1, ρ_l = −1 → Δ = (1 − e^−1) − (1 − e) = e − e^−1 = 2.3504; β = 0.5 →
+    −log σ(1.1752) = 0.26791."""
+    out = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, f_divergence_type="forward_kl")
+    delta = math.e - math.exp(-1)
+    assert out.losses.item() == pytest.approx(math.log1p(math.exp(-0.5 * delta)), abs=1e-12)

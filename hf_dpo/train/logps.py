@@ -33,12 +33,24 @@ LOGIT_TRANSFORMS = (
 
 @dataclass
 class PairLogps:
-    chosen: torch.Tensor  # (B,) summed log-probs of the chosen completions
+    chosen: torch.Tensor  # (B,) summed log-probs of the chosen completions (LD-DPO: tail down-weighted)
     rejected: torch.Tensor  # (B,)
     chosen_lengths: torch.Tensor  # (B,) completion token counts
     rejected_lengths: torch.Tensor  # (B,)
-    chosen_token_logps: torch.Tensor | None = None  # (B, T-1), or flat (N_chosen,): for the SFT term
-    chosen_mask: torch.Tensor | None = None  # same shape, 0/1
+    chosen_token_logps: torch.Tensor | None = None  # (N_chosen,) every chosen completion token: the SFT term
+    wpo_weights: torch.Tensor | None = None  # (B,) WPO pair weights, no grad (`wpo_weights`)
+    aux_loss: torch.Tensor | None = None  # () the router's load-balancing loss of a Mixture-of-Experts model
+
+
+@dataclass
+class LogpsOptions:
+    """What a pass computes besides the summed log-probs (all off: the plain DPO quantities)."""
+
+    chunk_size: int = 0  # > 0: the chunked LM-head path
+    with_tokens: bool = False  # the chosen tokens' log-probs (sft)
+    ld_alpha: float | None = None  # LD-DPO's weight of the tokens past the shorter completion
+    with_wpo: bool = False  # WPO weights (needs full logits: chunk_size 0)
+    router_aux: bool = False  # ask a MoE model for its load-balancing loss
 
 
 def head_and_decoder(model):
@@ -79,10 +91,10 @@ def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     }
 
 
-def final_hidden_states(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(rows, T, H) hidden states the LM head would read. The forward goes through the outermost wrapper (DDP,
-    peft) so gradient sync still works; a hook on the decoder catches its output, and the model projects only
-    the last position onto the vocabulary (logits_to_keep=1)."""
+def final_hidden_states(model, inputs: dict[str, torch.Tensor]):
+    """((rows, T, H) hidden states the LM head would read, the model's outputs). The forward goes through the
+    outermost wrapper (DDP, peft) so gradient sync still works; a hook on the decoder catches its output, and the
+    model projects only the last position onto the vocabulary (logits_to_keep=1)."""
     captured = []
 
     def grab(module, args, output):
@@ -91,10 +103,10 @@ def final_hidden_states(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
     handle = head_and_decoder(model)[1].register_forward_hook(grab)
     try:
-        model(**inputs, use_cache=False, logits_to_keep=1)
+        outputs = model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
-    return captured[-1]
+    return captured[-1], outputs
 
 
 def full_logits_pair_logps(model, batch: dict[str, torch.Tensor], with_tokens: bool = False) -> PairLogps:
@@ -109,40 +121,82 @@ def full_logits_pair_logps(model, batch: dict[str, torch.Tensor], with_tokens: b
         rejected=logps[half:],
         chosen_lengths=lengths[:half],
         rejected_lengths=lengths[half:],
-        chosen_token_logps=per_token[:half] if with_tokens else None,
-        chosen_mask=mask[:half] if with_tokens else None,
+        chosen_token_logps=per_token[:half][mask[:half]] if with_tokens else None,  # (N_chosen,)
     )
 
 
 def pair_logps(
-    model, batch: dict[str, torch.Tensor], chunk_size: int = 0, with_tokens: bool = False
+    model,
+    batch: dict[str, torch.Tensor],
+    chunk_size: int = 0,
+    with_tokens: bool = False,
+    options: LogpsOptions | None = None,
 ) -> PairLogps:
-    """Log-probs of the batch's completions in its own layout; `chunk_size` > 0 takes the chunked path."""
-    if not is_shared(batch) and not chunk_size:
-        return full_logits_pair_logps(model, batch, with_tokens)
+    """Log-probs of the batch's completions in its own layout; `chunk_size` > 0 takes the chunked path.
+    `options` (LD-DPO, WPO, a MoE router's loss) override `chunk_size` and `with_tokens`."""
+    opt = options or LogpsOptions(chunk_size=chunk_size, with_tokens=with_tokens)
+    plain = opt.ld_alpha is None and not opt.with_wpo and not opt.router_aux
+    if plain and not is_shared(batch) and not opt.chunk_size:
+        return full_logits_pair_logps(model, batch, opt.with_tokens)
     targets = label_targets(batch)  # N labelled tokens: row, source position, label, sequence
     inputs = model_inputs(model, batch)
-    if chunk_size:
-        hidden = final_hidden_states(model, inputs)  # (rows, T, H)
+    if opt.router_aux:
+        inputs["output_router_logits"] = True
+    log_sum_sq = None
+    if opt.chunk_size:
+        hidden, outputs = final_hidden_states(model, inputs)  # (rows, T, H)
         selected = hidden[targets.rows, targets.sources]  # (N, H): only positions that predict a label
         per_token = chunked_label_logps(
-            selected, head_and_decoder(model)[0], targets.labels, chunk_size
+            selected, head_and_decoder(model)[0], targets.labels, opt.chunk_size
         )  # (N,)
     else:
-        logits = model(**inputs, use_cache=False).logits  # (rows, T, V)
-        per_token = selective_log_softmax(logits[targets.rows, targets.sources], targets.labels)  # (N,)
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits[targets.rows, targets.sources]  # (N, V)
+        per_token = selective_log_softmax(logits, targets.labels)  # (N,)
+        if opt.with_wpo:
+            with torch.no_grad():  # log Σ_v p_v², in float32
+                log_sum_sq = torch.logsumexp(2 * logits.float(), -1) - 2 * torch.logsumexp(logits.float(), -1)
     pairs = targets.num_pairs
-    logps = per_token.new_zeros(2 * pairs).index_add(0, targets.sequences, per_token)  # (2B,)
     lengths = torch.bincount(targets.sequences, minlength=2 * pairs)  # (2B,)
+    weighted = per_token
+    if opt.ld_alpha is not None:
+        weighted = per_token * ld_token_weights(targets.sequences, lengths, opt.ld_alpha)
+    logps = per_token.new_zeros(2 * pairs).index_add(0, targets.sequences, weighted)  # (2B,)
     is_chosen = targets.sequences < pairs
     return PairLogps(
         chosen=logps[:pairs],
         rejected=logps[pairs:],
         chosen_lengths=lengths[:pairs],
         rejected_lengths=lengths[pairs:],
-        chosen_token_logps=per_token[is_chosen] if with_tokens else None,  # (N_chosen,)
-        chosen_mask=torch.ones_like(per_token[is_chosen]) if with_tokens else None,
+        chosen_token_logps=per_token[is_chosen] if opt.with_tokens else None,  # (N_chosen,)
+        wpo_weights=wpo_weights(per_token, log_sum_sq, targets.sequences, lengths) if opt.with_wpo else None,
+        aux_loss=getattr(outputs, "aux_loss", None) if opt.router_aux else None,
     )
+
+
+def ld_token_weights(sequences: torch.Tensor, lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """LD-DPO (Liu et al. 2024, arXiv:2409.06411, Eq. 9): (N,) weight of each labelled token, 1 within the shorter
+    completion's length of its pair and α beyond it. `sequences` (N,) as in `label_targets` (each sequence's
+    tokens are contiguous, in order), `lengths` (2B,) tokens per sequence."""
+    n_tokens, pairs = sequences.shape[0], lengths.shape[0] // 2
+    index = torch.arange(n_tokens, device=sequences.device)
+    first = torch.full_like(lengths, n_tokens).scatter_reduce(0, sequences, index, reduce="amin")  # (2B,)
+    position = index - first[sequences]  # (N,) 0-based position inside its completion
+    shared = torch.minimum(lengths[:pairs], lengths[pairs:]).repeat(2)  # (2B,)
+    inside = position < shared[sequences]
+    return torch.where(inside, 1.0, alpha).to(torch.float32)
+
+
+def wpo_weights(per_token, log_sum_sq, sequences, lengths) -> torch.Tensor:
+    """WPO (Zhou et al. 2024, arXiv:2406.11827, Eq. 2, TRL's aligned form): (B,) per-pair weight w_w·w_l with
+    w = exp(mean over the completion of log p(y_t) − log Σ_v p_v²), the policy's length-normalised probability of
+    its own completion relative to its sampling distribution. No gradient flows through it."""
+    with torch.no_grad():
+        aligned = per_token - log_sum_sq  # (N,)
+        summed = aligned.new_zeros(lengths.shape[0]).index_add(0, sequences, aligned)  # (2B,)
+        weights = torch.exp(summed / lengths.clamp(min=1))  # (2B,)
+        pairs = lengths.shape[0] // 2
+        return weights[:pairs] * weights[pairs:]
 
 
 # Two pairs: padding in both layouts (rows of different lengths), at a fraction of a whole batch's cost.

@@ -6,6 +6,7 @@ log-probs of each pair are a pure function of
     base model     path, config (incl. quantization), a weights fingerprint, compute dtype and device type
     reference      none (adapters off) or a hash of the starting adapter's weights
     tokenization   max_length, max_prompt_length, the chat template
+    weighting      LD-DPO's ld_alpha, when set
     dataset        a hash of the tokenized prompt/chosen/rejected id columns, in order
 
 and the cache file is named by a hash of all of them: change any and the old file is simply not found.
@@ -213,7 +214,7 @@ class ReferenceColumns:
             reference = REFERENCE_ADAPTER if REFERENCE_ADAPTER in getattr(inner, "peft_config", {}) else None
             self._model_fingerprint = model_fingerprint(inner, reference)
         template = getattr(self.tokenizer, "chat_template", None) or ""
-        return {
+        parts = {
             "model": self._model_fingerprint,
             "autocast": {"bf16": bool(self.args.bf16), "fp16": bool(self.args.fp16)},
             "tokenization": {
@@ -224,6 +225,9 @@ class ReferenceColumns:
             "dataset": dataset_fingerprint(dataset),
             "num_pairs": len(dataset),
         }
+        if getattr(self.args, "ld_alpha", None) is not None:  # LD-DPO changes the summed log-probs themselves
+            parts["ld_alpha"] = self.args.ld_alpha
+        return parts
 
     def _all_ranks(self, flag: bool) -> bool:
         if self.accelerator.num_processes == 1:

@@ -32,7 +32,7 @@ from transformers import Trainer
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS, tokenize_dataset
 from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
-from hf_dpo.model.unwrap import is_peft
+from hf_dpo.model.unwrap import base_model, is_peft
 from hf_dpo.train.batching import (
     LengthGroupedPairSampler,
     PreferenceCollator,
@@ -42,8 +42,8 @@ from hf_dpo.train.batching import (
     pair_lengths,
     unshare_batch,
 )
-from hf_dpo.train.logps import PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
-from hf_dpo.train.loss import dpo_loss, sft_loss
+from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
+from hf_dpo.train.loss import dpo_loss
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
 
 logger = logging.getLogger(__name__)
@@ -63,17 +63,30 @@ def _takes_4d_mask(model) -> bool:
 
 
 def _with_lora(model, processing_class, peft_config, args: DPOConfig):
-    """(peft model, tokenizer) from TRL-style arguments: a model or its name, a tokenizer or none, a LoRA config."""
+    """(peft model, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs), a
+    tokenizer or none, a LoRA config; dropout off unless disable_dropout is false."""
+    init_kwargs = dict(args.model_init_kwargs or {})
+    init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model)
+        model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+    elif args.model_init_kwargs:
+        logger.warning("model_init_kwargs ignored: the model is already loaded.")
     if processing_class is None:
         from transformers import AutoTokenizer
 
-        processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
-    if processing_class.pad_token is None:
-        processing_class.pad_token = processing_class.eos_token
+        processing_class = AutoTokenizer.from_pretrained(
+            model.config._name_or_path,
+            revision=init_kwargs.get("revision"),
+            trust_remote_code=init_kwargs["trust_remote_code"],
+        )
+    pad_token = args.pad_token or processing_class.pad_token or processing_class.eos_token
+    if args.pad_token and pad_token not in processing_class.get_vocab():
+        raise ValueError(
+            f"pad_token '{pad_token}' is not in the tokenizer's vocabulary; choose one of its tokens."
+        )
+    processing_class.pad_token = pad_token
     if peft_config is not None and not is_peft(model):
         from peft import get_peft_model
         from transformers import set_seed
@@ -85,7 +98,26 @@ def _with_lora(model, processing_class, peft_config, args: DPOConfig):
             "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
             "Pass peft_config=LoraConfig(...) or a PeftModel."
         )
+    if args.disable_dropout:  # TRL's default: policy and reference see the same, deterministic network
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     return model, processing_class
+
+
+def _router_aux_coef(model, args: DPOConfig) -> float:
+    """The weight of a Mixture-of-Experts router's load-balancing loss (0: none), as TRL resolves it."""
+    text_config = model.config.get_text_config()
+    has_router = hasattr(text_config, "output_router_logits")
+    coef = args.router_aux_loss_coef
+    if coef and not has_router:
+        raise ValueError(
+            f"router_aux_loss_coef is {coef} but {type(base_model(model)).__name__} is not a Mixture-of-Experts "
+            "model with router logits: there is no auxiliary loss to weight. Leave router_aux_loss_coef unset."
+        )
+    if not has_router:
+        return 0.0
+    return float(getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef)
 
 
 def _tokenize(dataset, tokenizer, data_config, args):
@@ -127,14 +159,27 @@ class DPOTrainer(Trainer):
 
             if return_freed_memory_to_os():
                 logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
+        self._router_aux_coef = _router_aux_coef(model, args)
         self._prefix_sharing = bool(getattr(args, "prefix_sharing", False)) and _takes_4d_mask(model)
+        if self._prefix_sharing and self._router_aux_coef:
+            logger.info(
+                "Prefix sharing off: the router's load-balancing loss counts every token of both rows."
+            )
+            self._prefix_sharing = False
+        if args.padding_free:
+            logger.warning(
+                "padding_free: unavailable (TRL 1.16 falls back too); batches are padded. prefix_sharing and "
+                "train_sampling_strategy: group_by_length keep padding small."
+            )
         self._sharing_checked = False
         super().__init__(
             model=model,
             args=args,
             data_collator=data_collator
             or PreferenceCollator(
-                pad_token_id=processing_class.pad_token_id, prefix_sharing=self._prefix_sharing
+                pad_token_id=processing_class.pad_token_id,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                prefix_sharing=self._prefix_sharing,
             ),
             train_dataset=_tokenize(train_dataset, processing_class, data_config, args),
             eval_dataset=_tokenize(eval_dataset, processing_class, data_config, args),
@@ -152,6 +197,22 @@ class DPOTrainer(Trainer):
         self._chunk_size = self._resolve_chunking(int(getattr(args, "logps_chunk_size", 0) or 0))
         self._reference_columns = ReferenceColumns(args, processing_class, self.accelerator)
 
+    @property
+    def _reference_options(self) -> LogpsOptions:
+        """The summed log-probs alone (LD-DPO weighted): what the reference pass and its cache compute."""
+        return LogpsOptions(chunk_size=self._chunk_size, ld_alpha=self.args.ld_alpha)
+
+    @property
+    def _policy_options(self) -> LogpsOptions:
+        """The policy pass of a step: also the chosen tokens (sft), WPO weights and the router's loss if asked."""
+        return LogpsOptions(
+            chunk_size=self._chunk_size,
+            with_tokens="sft" in self.args.loss_type,
+            ld_alpha=self.args.ld_alpha,
+            with_wpo=self.args.use_weighting,
+            router_aux=bool(self._router_aux_coef),
+        )
+
     # ------------------------------------------------------------------ the objective
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -159,7 +220,7 @@ class DPOTrainer(Trainer):
         if model.training:
             self.token_counts["real"] += int(inputs["attention_mask"].sum())
             self.token_counts["total"] += inputs["input_ids"].numel()
-        policy = self.concatenated_forward(model, inputs, with_tokens=bool(args.rpo_alpha))
+        policy = self.concatenated_forward(model, inputs, options=self._policy_options)
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         out = dpo_loss(
             policy.chosen,
@@ -168,31 +229,44 @@ class DPOTrainer(Trainer):
             ref_rejected.to(policy.rejected.dtype),
             beta=args.beta,
             loss_type=args.loss_type,
+            loss_weights=args.loss_weights,
             label_smoothing=args.label_smoothing,
             chosen_lengths=policy.chosen_lengths,
             rejected_lengths=policy.rejected_lengths,
+            chosen_token_logps=policy.chosen_token_logps,
+            f_divergence_type=args.f_divergence_type,
+            f_alpha_divergence_coef=args.f_alpha_divergence_coef,
+            discopop_tau=args.discopop_tau,
+            pair_weights=policy.wpo_weights,
         )
         loss = out.losses.mean()
-        if args.rpo_alpha:
-            loss = loss + args.rpo_alpha * sft_loss(policy.chosen_token_logps, policy.chosen_mask)
+        if policy.aux_loss is not None:  # a Mixture-of-Experts model's router load balancing
+            loss = loss + self._router_aux_coef * policy.aux_loss
         self._store_metrics(out, policy)
         return (loss, {"chosen_rewards": out.chosen_rewards}) if return_outputs else loss
 
     def concatenated_forward(
-        self, model, batch: dict[str, torch.Tensor], with_tokens: bool = False
+        self,
+        model,
+        batch: dict[str, torch.Tensor],
+        with_tokens: bool = False,
+        options: LogpsOptions | None = None,
     ) -> PairLogps:
         """Policy log-probs of chosen and rejected in one forward pass, in the batch's layout (plain: rows
         [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected])."""
         if is_shared(batch) and not self._sharing_works(model, batch):
             batch = unshare_batch(batch, self.processing_class.pad_token_id)
-        return pair_logps(model, batch, chunk_size=self._chunk_size, with_tokens=with_tokens)
+        if options is None:
+            options = self._reference_options
+            options.with_tokens = with_tokens
+        return pair_logps(model, batch, options=options)
 
     def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass."""
         if all(key in batch for key in REF_COLUMNS):
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         with torch.no_grad(), reference_context(model):
-            ref = self.concatenated_forward(model, batch)
+            ref = self.concatenated_forward(model, batch, options=self._reference_options)
         self.reference_forward_passes += 1
         return ref.chosen.detach(), ref.rejected.detach()
 
@@ -207,6 +281,15 @@ class DPOTrainer(Trainer):
         m["rewards/margins"].append((chosen - rejected).mean().item())
         m["logps/chosen"].append(gather(policy.chosen.detach()).mean().item())
         m["logps/rejected"].append(gather(policy.rejected.detach()).mean().item())
+        if policy.aux_loss is not None:
+            m["aux_loss"].append(gather(policy.aux_loss.detach()).mean().item())
+
+    def training_step(self, *args, **kwargs):
+        if not self.args.activation_offloading:
+            return super().training_step(*args, **kwargs)
+        # Saved activations wait for the backward in (pinned) CPU memory instead of the accelerator's.
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+            return super().training_step(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -228,6 +311,9 @@ class DPOTrainer(Trainer):
     def _resolve_chunking(self, chunk_size: int) -> int:
         """`chunk_size`, or 0 (logged) where the chunked log-prob path can't run on this model."""
         if chunk_size <= 0:
+            return 0
+        if self.args.use_weighting:
+            logger.info("Chunked log-probs off: WPO weights (use_weighting) need the full logits.")
             return 0
         deepspeed = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
@@ -280,7 +366,8 @@ class DPOTrainer(Trainer):
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
             with torch.random.fork_rng(devices=devices):
-                for batch in self._plain_loader(dataset):
+                batch_size = None if with_policy else self.args.precompute_ref_batch_size
+                for batch in self._plain_loader(dataset, batch_size):
                     batch = self._prepare_inputs(batch)
                     values = {}
                     if with_policy:
@@ -307,11 +394,11 @@ class DPOTrainer(Trainer):
         ref = self.logps_over(dataset, with_policy=False)
         return ref["ref_chosen_logps"].tolist(), ref["ref_rejected_logps"].tolist()
 
-    def _plain_loader(self, dataset) -> DataLoader:
+    def _plain_loader(self, dataset, batch_size: int | None = None) -> DataLoader:
         columns = [c for c in (*TOKENIZED_COLUMNS, *REF_COLUMNS) if c in dataset.column_names]
         loader = DataLoader(
             dataset.select_columns(columns),
-            batch_size=self.args.per_device_eval_batch_size,
+            batch_size=batch_size or self.args.per_device_eval_batch_size,
             collate_fn=self.data_collator,
             shuffle=False,
         )
