@@ -183,7 +183,20 @@ def check_judge(spec: str) -> None:
         if target.startswith(("/", "./", "../", "~")) and not Path(target).expanduser().exists():
             raise JudgeError(f"judge '{spec}': {target} does not exist.")
         return
-    load_judge(spec)
+    judge = load_judge(spec)
+    fn = getattr(judge, "fn", None)
+    if fn is not None:
+        import inspect
+
+        try:
+            inspect.signature(fn).bind("prompt", "completion")
+        except TypeError as err:
+            raise JudgeError(
+                f"judge '{spec}' cannot be called as {spec.split(':')[-1]}(prompt, completion) ({err}). A judge "
+                "takes the prompt and one completion and returns a score."
+            ) from None
+        except ValueError:  # a builtin without a signature: it is called, and checked, at the first score
+            pass
 
 
 # ---------------------------------------------------------------- data

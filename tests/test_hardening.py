@@ -295,3 +295,10 @@ def test_a_judge_returning_an_int_too_large_for_a_float_is_named():
         judge = CallableJudge(lambda p, c, v=value: v, name="huge")
         with pytest.raises(JudgeError, match="Judge 'huge' returned .* for prompt 0"):
             judge.score(["p"], ["c"])
+
+
+def test_label_port_out_of_range_is_named(tmp_path, capsys):
+    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+    rc = cli.main(["label", str(samples), "--port", "99999"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: cannot serve on 127.0.0.1:99999" in err and "Traceback" not in err

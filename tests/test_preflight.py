@@ -239,3 +239,30 @@ def re_search(pattern: str, text: str) -> bool:
     found = re.search(pattern, text)
     assert found, f"{pattern!r} not in {text!r}"
     return True
+
+
+def test_recipe_file_that_is_not_utf8_is_named(tmp_path, capsys, no_model):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"learning_rate: 1e-4\nsystem_prompt: caf\xe9\n")
+    assert cli.main(["train", str(path)]) == 2
+    assert re_search(r"r.yaml, line 2: not UTF-8", _one_error(capsys.readouterr().err))
+
+
+def test_judge_that_cannot_take_prompt_and_completion_is_named(tmp_path, capsys, no_model):
+    rc, err = train(tmp_path, capsys, "judge: os:getcwd\n")
+    assert rc == 2 and re_search(
+        r"judge 'os:getcwd' cannot be called as getcwd\(prompt, completion\)", _one_error(err)
+    )
+
+
+def test_sample_checks_prompts_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference model was loaded before the prompts were checked")
+
+    monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
+    (tmp_path / "p.txt").write_bytes(b"fine\ncaf\xe9\n")
+    rc = cli.main(
+        ["sample", "recipes/demo_pairs.yaml", "--prompts_file", str(tmp_path / "p.txt")]
+        + ["--output_dir", str(tmp_path / "run")]
+    )
+    assert rc == 2 and re_search(r"p.txt, line 2: not UTF-8", _one_error(capsys.readouterr().err))
