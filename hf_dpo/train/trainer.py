@@ -30,9 +30,8 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from hf_dpo.config import DataConfig, DPOConfig
-from hf_dpo.data import TOKENIZED_COLUMNS, tokenize_dataset
+from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
-from hf_dpo.model.unwrap import base_model, is_peft
 from hf_dpo.train.batching import (
     LengthGroupedPairSampler,
     PreferenceCollator,
@@ -45,87 +44,9 @@ from hf_dpo.train.batching import (
 from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
 from hf_dpo.train.loss import dpo_loss
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
+from hf_dpo.train.setup import prefix_sharing_on, return_freed_memory, router_aux_coef, tokenize, with_lora
 
 logger = logging.getLogger(__name__)
-
-MASK_4D_ATTENTION = ("sdpa", "eager")  # attention kernels that take an arbitrary additive 4D mask
-
-
-def _takes_4d_mask(model) -> bool:
-    """Whether the attention kernel can take the prefix-sharing 4D mask (checked again on the first batch)."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if impl is None or impl in MASK_4D_ATTENTION:
-        return True
-    logger.warning(
-        "Prefix sharing off: attention '%s' takes no 4D mask (use sdpa or eager to enable it).", impl
-    )
-    return False
-
-
-def _with_lora(model, processing_class, peft_config, args: DPOConfig):
-    """(peft model, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs), a
-    tokenizer or none, a LoRA config; dropout off unless disable_dropout is false."""
-    init_kwargs = dict(args.model_init_kwargs or {})
-    init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    if isinstance(model, str):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-    elif args.model_init_kwargs:
-        logger.warning("model_init_kwargs ignored: the model is already loaded.")
-    if processing_class is None:
-        from transformers import AutoTokenizer
-
-        processing_class = AutoTokenizer.from_pretrained(
-            model.config._name_or_path,
-            revision=init_kwargs.get("revision"),
-            trust_remote_code=init_kwargs["trust_remote_code"],
-        )
-    pad_token = args.pad_token or processing_class.pad_token or processing_class.eos_token
-    if args.pad_token and pad_token not in processing_class.get_vocab():
-        raise ValueError(
-            f"pad_token '{pad_token}' is not in the tokenizer's vocabulary; choose one of its tokens."
-        )
-    processing_class.pad_token = pad_token
-    if peft_config is not None and not is_peft(model):
-        from peft import get_peft_model
-        from transformers import set_seed
-
-        set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
-        model = get_peft_model(model, peft_config)
-    if not is_peft(model):
-        raise ValueError(
-            "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
-            "Pass peft_config=LoraConfig(...) or a PeftModel."
-        )
-    if args.disable_dropout:  # TRL's default: policy and reference see the same, deterministic network
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-    return model, processing_class
-
-
-def _router_aux_coef(model, args: DPOConfig) -> float:
-    """The weight of a Mixture-of-Experts router's load-balancing loss (0: none), as TRL resolves it."""
-    text_config = model.config.get_text_config()
-    has_router = hasattr(text_config, "output_router_logits")
-    coef = args.router_aux_loss_coef
-    if coef and not has_router:
-        raise ValueError(
-            f"router_aux_loss_coef is {coef} but {type(base_model(model)).__name__} is not a Mixture-of-Experts "
-            "model with router logits: there is no auxiliary loss to weight. Leave router_aux_loss_coef unset."
-        )
-    if not has_router:
-        return 0.0
-    return float(getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef)
-
-
-def _tokenize(dataset, tokenizer, data_config, args):
-    if dataset is None:
-        return None
-    if isinstance(dataset, dict):
-        return {name: tokenize_dataset(ds, tokenizer, data_config, args) for name, ds in dataset.items()}
-    return tokenize_dataset(dataset, tokenizer, data_config, args)
 
 
 class DPOTrainer(Trainer):
@@ -152,25 +73,11 @@ class DPOTrainer(Trainer):
                 "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
                 "model: pass peft_config (or a PeftModel) and no ref_model."
             )
-        model, processing_class = _with_lora(model, processing_class, peft_config, args)
+        model, processing_class = with_lora(model, processing_class, peft_config, args)
         keep_4bit_layers_trainable(model)
-        if getattr(args, "return_freed_memory", False) and (args.use_cpu or not torch.cuda.is_available()):
-            from hf_dpo.model.memory import return_freed_memory_to_os
-
-            if return_freed_memory_to_os():
-                logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
-        self._router_aux_coef = _router_aux_coef(model, args)
-        self._prefix_sharing = bool(getattr(args, "prefix_sharing", False)) and _takes_4d_mask(model)
-        if self._prefix_sharing and self._router_aux_coef:
-            logger.info(
-                "Prefix sharing off: the router's load-balancing loss counts every token of both rows."
-            )
-            self._prefix_sharing = False
-        if args.padding_free:
-            logger.warning(
-                "padding_free: unavailable (TRL 1.16 falls back too); batches are padded. prefix_sharing and "
-                "train_sampling_strategy: group_by_length keep padding small."
-            )
+        return_freed_memory(args)
+        self._router_aux_coef = router_aux_coef(model, args)
+        self._prefix_sharing = prefix_sharing_on(model, args, self._router_aux_coef)
         self._sharing_checked = False
         super().__init__(
             model=model,
@@ -181,8 +88,8 @@ class DPOTrainer(Trainer):
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 prefix_sharing=self._prefix_sharing,
             ),
-            train_dataset=_tokenize(train_dataset, processing_class, data_config, args),
-            eval_dataset=_tokenize(eval_dataset, processing_class, data_config, args),
+            train_dataset=tokenize(train_dataset, processing_class, data_config, args),
+            eval_dataset=tokenize(eval_dataset, processing_class, data_config, args),
             processing_class=processing_class,
             **kwargs,
         )

@@ -1,0 +1,119 @@
+"""What `DPOTrainer.__init__` prepares from TRL-style arguments, before `transformers.Trainer` takes over: the peft
+model and its tokenizer (a model name loaded with model_init_kwargs, pad token, dropout off), the weight of a
+Mixture-of-Experts router's loss, whether the prefix-shared layout may be tried, tokenized datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from hf_dpo.config import DPOConfig
+from hf_dpo.data import tokenize_dataset
+from hf_dpo.model.unwrap import base_model, is_peft
+
+logger = logging.getLogger(__name__)
+
+MASK_4D_ATTENTION = ("sdpa", "eager")  # attention kernels that take an arbitrary additive 4D mask
+
+
+def takes_4d_mask(model) -> bool:
+    """Whether the attention kernel can take the prefix-sharing 4D mask (checked again on the first batch)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl is None or impl in MASK_4D_ATTENTION:
+        return True
+    logger.warning(
+        "Prefix sharing off: attention '%s' takes no 4D mask (use sdpa or eager to enable it).", impl
+    )
+    return False
+
+
+def with_lora(model, processing_class, peft_config, args: DPOConfig):
+    """(peft model, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs), a
+    tokenizer or none, a LoRA config; dropout off unless disable_dropout is false."""
+    init_kwargs = dict(args.model_init_kwargs or {})
+    init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    if isinstance(model, str):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+    elif args.model_init_kwargs:
+        logger.warning("model_init_kwargs ignored: the model is already loaded.")
+    if processing_class is None:
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(
+            model.config._name_or_path,
+            revision=init_kwargs.get("revision"),
+            trust_remote_code=init_kwargs["trust_remote_code"],
+        )
+    pad_token = args.pad_token or processing_class.pad_token or processing_class.eos_token
+    if args.pad_token and pad_token not in processing_class.get_vocab():
+        raise ValueError(
+            f"pad_token '{pad_token}' is not in the tokenizer's vocabulary; choose one of its tokens."
+        )
+    processing_class.pad_token = pad_token
+    if peft_config is not None and not is_peft(model):
+        from peft import get_peft_model
+        from transformers import set_seed
+
+        set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
+        model = get_peft_model(model, peft_config)
+    if not is_peft(model):
+        raise ValueError(
+            "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
+            "Pass peft_config=LoraConfig(...) or a PeftModel."
+        )
+    if args.disable_dropout:  # TRL's default: policy and reference see the same, deterministic network
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    return model, processing_class
+
+
+def router_aux_coef(model, args: DPOConfig) -> float:
+    """The weight of a Mixture-of-Experts router's load-balancing loss (0: none), as TRL resolves it."""
+    text_config = model.config.get_text_config()
+    has_router = hasattr(text_config, "output_router_logits")
+    coef = args.router_aux_loss_coef
+    if coef and not has_router:
+        raise ValueError(
+            f"router_aux_loss_coef is {coef} but {type(base_model(model)).__name__} is not a Mixture-of-Experts "
+            "model with router logits: there is no auxiliary loss to weight. Leave router_aux_loss_coef unset."
+        )
+    if not has_router:
+        return 0.0
+    return float(getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef)
+
+
+def tokenize(dataset, tokenizer, data_config, args):
+    if dataset is None:
+        return None
+    if isinstance(dataset, dict):
+        return {name: tokenize_dataset(ds, tokenizer, data_config, args) for name, ds in dataset.items()}
+    return tokenize_dataset(dataset, tokenizer, data_config, args)
+
+
+def prefix_sharing_on(model, args: DPOConfig, aux_coef: float) -> bool:
+    """Whether to try the prefix-shared layout (checked again on the first batch); every "no" is logged."""
+    if args.padding_free:
+        logger.warning(
+            "padding_free: unavailable (TRL 1.16 falls back too); batches are padded. prefix_sharing and "
+            "train_sampling_strategy: group_by_length keep padding small."
+        )
+    if not args.prefix_sharing or not takes_4d_mask(model):
+        return False
+    if aux_coef:
+        logger.info("Prefix sharing off: the router's load-balancing loss counts every token of both rows.")
+        return False
+    return True
+
+
+def return_freed_memory(args: DPOConfig) -> None:
+    """`return_freed_memory`: CPU training hands freed tensor memory back to the OS at once."""
+    if args.return_freed_memory and (args.use_cpu or not torch.cuda.is_available()):
+        from hf_dpo.model.memory import return_freed_memory_to_os
+
+        if return_freed_memory_to_os():
+            logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
