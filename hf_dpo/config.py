@@ -8,6 +8,10 @@ dataclasses: `ModelConfig`, `DataConfig`, `DPOConfig` (a `transformers.TrainingA
     recipe.model, recipe.data, recipe.training, recipe.sampling
 
 Unknown keys are an error naming the nearest valid key, in the recipe and on the command line alike.
+
+Why this file is long: it declares every recipe key hf_dpo adds (TRL's DPO keys among them), each with the help
+text `hf-dpo keys` prints. The logic is short: the cross-key checks of each section's `__post_init__` and the
+recipe loader at the end (`HfArgumentParser` does the parsing).
 """
 
 from __future__ import annotations

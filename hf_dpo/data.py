@@ -9,6 +9,10 @@ source, row and column, or with `on_bad_rows: skip` are dropped and counted in t
 
     data = load_preference_dataset(recipe.data, tokenizer, recipe.training)
     data.train, data.eval, data.report
+
+Why one file of ~500 lines: its four parts (reading, validating, formatting/tokenizing, the split loader) are one
+pipeline over the same row dicts and `DataReport`, each part used only by the next; batching lives in
+`hf_dpo.train.batching`.
 """
 
 from __future__ import annotations

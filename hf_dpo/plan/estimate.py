@@ -21,6 +21,9 @@ A DPO step runs chosen and rejected as 2 x per_device_train_batch_size rows, as 
 of a local dataset or, without data, max_length (prefix sharing only ever shortens this, and the trainer may
 turn it off at run time). Reference log-probs come from the same network with adapters off, under no_grad:
 a transient, chunked logits tensor and no second model.
+
+Why one file of ~540 lines: the terms above share the `Settings` of one recipe and each is a few lines of
+arithmetic; split, the reader would chase one sum across modules. `hf_dpo.plan.arch` reads the architecture.
 """
 
 from __future__ import annotations
