@@ -95,14 +95,46 @@ def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def _complete_checkpoint(path: Path) -> bool:
+    """A checkpoint the Trainer can resume: saved to the end (trainer_state.json is written last)."""
+    return (path / "trainer_state.json").is_file()
+
+
 def check_resume(args) -> None:
+    """`resume_from_checkpoint`: a checkpoint dir that exists and was saved to the end; `true` (or yes): the
+    last complete checkpoint in output_dir, skipping one cut short by a kill while saving."""
     resume = getattr(args, "resume_from_checkpoint", None)
-    if isinstance(resume, str) and resume.strip() and resume.strip().lower() not in ("true", "false"):
-        if not Path(resume).expanduser().is_dir():
+    if resume is None or resume is False or (isinstance(resume, str) and not resume.strip()):
+        return
+    text = str(resume).strip()
+    if resume is True or text.lower() in ("true", "yes", "1", "last"):
+        out = Path(args.output_dir)
+        found = sorted(
+            (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
+        complete = [p for p in found if _complete_checkpoint(p)]
+        if not complete:
             raise RecipeError(
-                f"key 'resume_from_checkpoint': {resume} is not a directory. Give a checkpoint-N directory of "
-                f"a run (e.g. {args.output_dir}/checkpoint-100)."
+                f"key 'resume_from_checkpoint': no complete checkpoint-N in {out} to resume from"
+                + (f" ({', '.join(p.name for p in found)} were cut short)" if found else "")
+                + ". Drop resume_from_checkpoint to start afresh."
             )
+        if complete[-1] != found[-1]:
+            logger.warning("%s was cut short while saving; resuming from %s.", found[-1], complete[-1])
+        args.resume_from_checkpoint = str(complete[-1])
+        return
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise RecipeError(
+            f"key 'resume_from_checkpoint': {text} is not a directory. Give a checkpoint-N directory of "
+            f"a run (e.g. {args.output_dir}/checkpoint-100), or true for the last one."
+        )
+    if not _complete_checkpoint(path):
+        raise RecipeError(
+            f"key 'resume_from_checkpoint': {text} has no trainer_state.json: it is not a checkpoint, or it was "
+            "cut short while saving. Give an earlier checkpoint-N, or true for the last complete one."
+        )
 
 
 def check_report_to(args) -> None:

@@ -266,3 +266,26 @@ def test_sample_checks_prompts_before_the_model_loads(tmp_path, capsys, monkeypa
         + ["--output_dir", str(tmp_path / "run")]
     )
     assert rc == 2 and re_search(r"p.txt, line 2: not UTF-8", _one_error(capsys.readouterr().err))
+
+
+def test_resume_true_picks_the_last_complete_checkpoint_and_skips_one_cut_short(
+    tmp_path, capsys, no_model, caplog
+):
+    rc, err = train(tmp_path, capsys, "resume_from_checkpoint: true\n")
+    assert rc == 2 and re_search(r"no complete checkpoint-N in .*run to resume from", _one_error(err))
+    run = tmp_path / "run"
+    for step, complete in ((2, True), (4, True), (6, False)):  # killed while saving checkpoint-6
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    recipe = load_recipe(
+        None,
+        ["--dataset_name", str(tmp_path / "data"), "--output_dir", str(run), "--report_to", "none"]
+        + ["--resume_from_checkpoint", "true"],
+    )
+    with caplog.at_level(logging.WARNING):
+        preflight(recipe)
+    assert recipe.training.resume_from_checkpoint == str(run / "checkpoint-4")
+    assert "checkpoint-6 was cut short" in caplog.text
+    rc, err = train(tmp_path, capsys, f"resume_from_checkpoint: {run / 'checkpoint-6'}\n")
+    assert rc == 2 and re_search(r"checkpoint-6 has no trainer_state.json", _one_error(err))
