@@ -309,33 +309,33 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
         ),
         Term("reference log-probs", 0, "adapters off, no grad: no second model; its logits are in 'logits'"),
     ]
-    allocated = sum(t.bytes for t in terms)
+    return terms + device_terms(arch, s, sum(t.bytes for t in terms), activation_bytes(arch, s) + logits)
+
+
+def device_terms(arch: Arch, s: Settings, allocated: int, heap: int) -> list[Term]:
+    """What the device adds around the tensors: the CUDA allocator and context, or on CPU glibc's heap growth
+    over `heap` (activations + logits), the checkpoint read at load and the process baseline."""
     if s.device == "cuda":
-        terms.append(
-            Term("CUDA allocator slack", int(allocated * CUDA_ALLOCATOR_SLACK), "reserved but unallocated")
-        )
-        terms.append(
-            Term("CUDA context", CUDA_CONTEXT_BYTES, "context, cuBLAS workspace; not in max_memory_allocated")
-        )
-    else:
-        heap = activation_bytes(arch, s) + logits
-        checkpoint = arch.checkpoint_bytes or arch.num_params * 2  # Hub checkpoints are mostly bf16
-        terms.append(
+        return [
+            Term("CUDA allocator slack", int(allocated * CUDA_ALLOCATOR_SLACK), "reserved but unallocated"),
             Term(
-                "backward transients + glibc",
-                int(heap * CPU_HEAP_SLACK),
-                f"{CPU_HEAP_SLACK:.2f} x (activations + logits), measured",
-            )
-        )
-        terms.append(
-            Term(
-                "checkpoint read at load",
-                int(checkpoint * CPU_LOAD_RESIDUE),
-                f"{CPU_LOAD_RESIDUE} x the weight files read once; the RSS keeps them",
-            )
-        )
-        terms.append(Term("process baseline", CPU_BASELINE_BYTES, "Python + torch + the HF stack, imported"))
-    return terms
+                "CUDA context", CUDA_CONTEXT_BYTES, "context, cuBLAS workspace; not in max_memory_allocated"
+            ),
+        ]
+    checkpoint = arch.checkpoint_bytes or arch.num_params * 2  # Hub checkpoints are mostly bf16
+    return [
+        Term(
+            "backward transients + glibc",
+            int(heap * CPU_HEAP_SLACK),
+            f"{CPU_HEAP_SLACK:.2f} x (activations + logits), measured",
+        ),
+        Term(
+            "checkpoint read at load",
+            int(checkpoint * CPU_LOAD_RESIDUE),
+            f"{CPU_LOAD_RESIDUE} x the weight files read once; the RSS keeps them",
+        ),
+        Term("process baseline", CPU_BASELINE_BYTES, "Python + torch + the HF stack, imported"),
+    ]
 
 
 # ----------------------------------------------------------------------------- fits? and what to turn if not

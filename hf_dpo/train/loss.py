@@ -234,6 +234,18 @@ class DPOLossOutput:
     rejected_rewards: torch.Tensor  # (B,) β·(log π_θ(y_l|x) − log π_ref(y_l|x)), detached
 
 
+def weighted_losses(loss_type, loss_weights) -> tuple[list[str], list[float]]:
+    """TRL's `loss_type` (a name or a list) and `loss_weights` (default 1.0 each), checked against `LOSSES`."""
+    names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    weights = list(loss_weights) if loss_weights is not None else [1.0] * len(names)
+    unknown = [name for name in names if name not in LOSSES]
+    if unknown:
+        raise ValueError(f"Unknown loss_type '{unknown[0]}'; choose from {', '.join(LOSSES)}.")
+    if len(weights) != len(names):
+        raise ValueError(f"{len(weights)} loss_weights for {len(names)} loss types {names}.")
+    return names, weights
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -267,13 +279,7 @@ def dpo_loss(
         discopop_tau: τ of discopop.
         pair_weights: (B,) WPO weights multiplying every loss (`hf_dpo.train.logps.wpo_weights`), or None.
     """
-    names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    weights = list(loss_weights) if loss_weights is not None else [1.0] * len(names)
-    unknown = [name for name in names if name not in LOSSES]
-    if unknown:
-        raise ValueError(f"Unknown loss_type '{unknown[0]}'; choose from {', '.join(LOSSES)}.")
-    if len(weights) != len(names):
-        raise ValueError(f"{len(weights)} loss_weights for {len(names)} loss types {names}.")
+    names, weights = weighted_losses(loss_type, loss_weights)
     settings = LossSettings(beta, label_smoothing, discopop_tau, f_divergence_type, f_alpha_divergence_coef)
     terms = PairTerms(
         policy_chosen_logps,
