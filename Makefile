@@ -6,7 +6,7 @@
 #   make eval RUN=runs/demo [ARGS="--judge hf_dpo.pairs.demo_task:judge"]   evaluation report of a run
 #   make push RUN=runs/demo REPO=me/smollm2-dpo          adapter + card + report to the Hub (token: HF_TOKEN)
 #   make plan RECIPE=recipes/x.yaml ARGS="--gpu-memory 16GB"   peak-memory estimate, before downloading
-#   make bench [ARGS="--quick"]    hf_dpo vs TRL DPOTrainer: pairs/s, tokens/s, peak memory, loss (JSON in runs/bench/)
+#   make bench [ARGS="--quick"]    hf_dpo vs TRL DPOTrainer end to end, 4 data shapes x 2 checkpointing regimes (JSON in runs/bench/)
 #   make pairs RECIPE=recipes/demo_pairs.yaml   on-policy pairs: sample from the reference, label by the judge
 PY ?= python3
 VENV ?= .venv

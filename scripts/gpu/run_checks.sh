@@ -26,4 +26,5 @@ $PY -m hf_dpo.cli plan recipes/demo.yaml --model_name_or_path "$M" > "$OUT/plan.
 $PY -c "import json; print('measured', json.load(open('$OUT/run_info.json'))['peak_memory'])"
 echo "== hf-dpo bench on CUDA"
 timeout "${BENCH_T:-380}" $PY -m hf_dpo.cli bench --model "$M" --steps 10 --warmup 2 --batch-size 8 \
+  --data-sets ${BENCH_SETS:-demo long_prompt} --lines trl trl_precompute hf_dpo hf_dpo_warm_cache \
   ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
