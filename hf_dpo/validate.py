@@ -150,6 +150,10 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
     scalar = kinds & {"int", "float", "str", "bool", "list", "dict"}
     if not scalar or "Any" in kinds:
         return value  # a type this check does not know (an object, a union with an enum): its owner checks it
+    if value is not None and not isinstance(value, (bool, int, float, str, list, tuple, dict)):
+        return (
+            value  # an object given from Python (an AcceleratorConfig, an Enum member): its owner checks it
+        )
     if value is None:
         if "None" in kinds or default is None:
             return value

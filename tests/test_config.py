@@ -88,6 +88,38 @@ def test_trl_dpo_config_keyword_arguments_construct_ours(tmp_path):
     assert all(help_text.get(name) for name in kwargs), [n for n in kwargs if not help_text.get(n)]
 
 
+def test_a_trl_dpo_config_converts_field_by_field(tmp_path):
+    """DPOConfig(**{every init field of a TRL DPOConfig instance}) works, TrainingArguments' objects included."""
+    from trl import DPOConfig as TRLConfig
+
+    from hf_dpo.config import DPOConfig
+
+    trl = TRLConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        loss_type=["ipo", "sft"],
+        loss_weights=[1.0, 0.5],
+        ld_alpha=0.3,
+        use_weighting=True,
+        f_divergence_type="js_divergence",
+        pad_to_multiple_of=8,
+        label_smoothing=0.2,
+        precompute_ref_batch_size=4,
+        model_init_kwargs={"dtype": "float32"},
+    )
+    ours = DPOConfig(**{f.name: getattr(trl, f.name) for f in dataclasses.fields(TRLConfig) if f.init})
+    for name in (
+        "loss_type",
+        "loss_weights",
+        "ld_alpha",
+        "use_weighting",
+        "f_divergence_type",
+        "label_smoothing",
+    ):
+        assert getattr(ours, name) == getattr(trl, name), name
+    assert ours.pad_to_multiple_of == 8 and ours.model_init_kwargs == {"dtype": "float32"}
+
+
 def test_loss_type_takes_trl_list_form_a_string_and_rpo_alpha():
     recipe = load_recipe(None, ["--loss_type", "ipo", "sft", "--loss_weights", "1", "0.5"])
     assert recipe.training.loss_type == ["ipo", "sft"] and recipe.training.loss_weights == [1.0, 0.5]
