@@ -78,39 +78,41 @@ def test_parse_numbers_handles_commas_and_signs():
 
 
 @pytest.mark.parametrize(
-    "prompt, completion, score",
+    "prompt, completion, correct_concise",
     [
-        # correct and short: 2
-        ("What is 23 + 58?", "81", 2.0),
-        ("What is 23 + 58?", "23 + 58 = 81.", 2.0),
-        ("What is 23 + 58?", "The answer is 81.", 2.0),
-        ("What is 999 + 1?", "It is 1,000.", 2.0),
-        ("What is the capital of Japan?", "The capital of Japan is Tokyo.", 2.0),
-        ("What is the capital of Japan?", "tokyo", 2.0),
-        ("What is the capital of Colombia?", "Bogotá.", 2.0),
-        ("What is the capital of Ukraine?", "Kiev", 2.0),
-        # wrong but short: 1
-        ("What is 23 + 58?", "82", 1.0),
-        ("What is 23 + 58?", "81 or maybe 82", 1.0),
-        ("What is the capital of Japan?", "Kyoto is the capital.", 1.0),
-        ("What is the capital of Japan?", "Tokyoite", 1.0),
-        # correct but long: 1
+        # correct and short
+        ("What is 23 + 58?", "81", (1.0, 1.0)),
+        ("What is 23 + 58?", "23 + 58 = 81.", (1.0, 1.0)),
+        ("What is 23 + 58?", "The answer is 81.", (1.0, 1.0)),
+        ("What is 999 + 1?", "It is 1,000.", (1.0, 1.0)),
+        ("What is the capital of Japan?", "The capital of Japan is Tokyo.", (1.0, 1.0)),
+        ("What is the capital of Japan?", "tokyo", (1.0, 1.0)),
+        ("What is the capital of Colombia?", "Bogotá.", (1.0, 1.0)),
+        ("What is the capital of Ukraine?", "Kiev", (1.0, 1.0)),
+        # wrong but short
+        ("What is 23 + 58?", "82", (0.0, 1.0)),
+        ("What is 23 + 58?", "81 or maybe 82", (0.0, 1.0)),
+        ("What is the capital of Japan?", "Kyoto is the capital.", (0.0, 1.0)),
+        ("What is the capital of Japan?", "Tokyoite", (0.0, 1.0)),
+        # correct but long: correct beats concise
         (
             "What is 6 times 7?",
             "Well, let us think about this carefully: six groups of seven things make 42 things in total.",
-            1.0,
+            (1.0, 0.0),
         ),
-        # wrong and long; empty: 0
+        # wrong and long; empty
         (
             "What is 6 times 7?",
             "Let me count the groups of seven one by one: seven, fourteen, twenty-one and so on.",
-            0.0,
+            (0.0, 0.0),
         ),
-        ("What is 6 times 7?", "", 0.0),
+        ("What is 6 times 7?", "", (0.0, 0.0)),
     ],
 )
-def test_judge_on_hand_written_completions(prompt, completion, score):
-    assert judge(prompt, completion) == score
+def test_judge_on_hand_written_completions(prompt, completion, correct_concise):
+    """Two criteria, correct first (the declared order): a concise wrong answer never outranks a correct one."""
+    assert judge.criteria == ("correct", "concise")
+    assert judge(prompt, completion) == dict(zip(judge.criteria, correct_concise))
 
 
 def test_judge_rejects_prompts_it_cannot_answer():
