@@ -29,7 +29,7 @@ from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.hub.card import framework_versions
-from hf_dpo.hub.push import HubCheckpointCallback, push_run, refresh_card, take_hub_settings
+from hf_dpo.hub.push import HubCheckpointCallback, card_kept, push_run, refresh_card, take_hub_settings
 from hf_dpo.model.loading import (
     REFERENCE_ADAPTER,
     hub_id_for,
@@ -122,7 +122,8 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     runtimes = {"train_runtime_s": round(time.time() - train_started, 1)}
-    trainer.save_model(str(out))
+    with card_kept(out):  # PEFT rewrites README.md; a hand-edited card survives, ours is rewritten at the end
+        trainer.save_model(str(out))
     trainer.save_state()
     eval_after, after_logps = held_out(trainer, "after")  # one policy pass, shared with the report below
     if trainer.is_world_process_zero():

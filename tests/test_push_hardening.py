@@ -162,3 +162,28 @@ def test_a_restarted_push_after_a_failure_sends_the_same_files(hub, run_dir):  #
     push_run(run_dir, REPO, attempts=2, backoff_s=0.01)
     pushed = hub.files(REPO)
     assert pushed["adapter_model.safetensors"] == (run_dir / "adapter_model.safetensors").read_bytes()
+
+
+def test_saving_the_adapter_keeps_a_hand_edited_card_and_drops_peft_changes_to_ours(tmp_path, monkeypatch):
+    """PEFT's save_pretrained updates README.md (metadata with a local base path) or writes its placeholder."""
+    from hf_dpo.hub.push import CARD_RECORD, _sha256, card_kept
+
+    monkeypatch.delenv("RANK", raising=False)
+
+    def peft_save(directory: Path) -> None:
+        readme = directory / "README.md"
+        old = readme.read_text() if readme.exists() else "# Model Card for Model ID\n"
+        readme.write_text("---\nbase_model: /local/cache/model\nlibrary_name: peft\n---\n" + old)
+
+    # A card the user wrote: restored byte for byte.
+    (tmp_path / "README.md").write_text("# My adapter\n\nWritten by hand.\n")
+    with card_kept(tmp_path):
+        peft_save(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "# My adapter\n\nWritten by hand.\n"
+    # hf_dpo's own card (its hash recorded): PEFT's version is dropped, to be rewritten by refresh_card.
+    ours = "---\nlibrary_name: peft\n---\n# tiny-dpo\n"
+    (tmp_path / "README.md").write_text(ours)
+    (tmp_path / CARD_RECORD).write_text(_sha256(ours.encode()))
+    with card_kept(tmp_path):
+        peft_save(tmp_path)
+    assert not (tmp_path / "README.md").exists()

@@ -23,6 +23,7 @@ The card comes from hf_dpo.hub.card (model_cards/adapter_card.md through hugging
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -197,6 +198,26 @@ def card_was_edited(run_dir: Path) -> bool:
         return False
     text = data.decode("utf-8", errors="replace")
     return not all(marker in text for marker in PEFT_CARD_MARKERS)
+
+
+@contextlib.contextmanager
+def card_kept(run_dir: str | Path):
+    """Around `save_model`: PEFT's save_pretrained writes its placeholder README.md, or updates an existing one's
+    metadata (with a local base path). A hand-edited card comes back byte for byte; hf_dpo's own card (or none)
+    is removed, so `refresh_card` writes a fresh one for the new adapter."""
+    if not _is_main_process():  # only the main process saves (and writes the card)
+        yield
+        return
+    readme = Path(run_dir) / "README.md"
+    edited = card_was_edited(Path(run_dir))
+    saved = readme.read_bytes() if edited else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            readme.write_bytes(saved)
+        elif readme.is_file():
+            readme.unlink()
 
 
 def refresh_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None) -> Path:
