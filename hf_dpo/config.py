@@ -668,6 +668,10 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
         raise RecipeError(f"Recipe {path} cannot be read ({err.strerror or err}).") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise RecipeError(
+            f"Recipe {path} is nested too deeply to read; a recipe is flat key: value pairs."
+        ) from None
     if not isinstance(values, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of key: value, not {type(values).__name__}.")
     for key in values:
@@ -699,6 +703,8 @@ def _text_value(convert):
                 return yaml.safe_load(stripped)
             except yaml.YAMLError as err:
                 raise argparse.ArgumentTypeError(f"not a valid YAML list or mapping: {err}") from None
+            except RecursionError:
+                raise argparse.ArgumentTypeError("a list or mapping nested too deeply") from None
         if stripped in ("null", "~"):
             return None
         return convert(text)

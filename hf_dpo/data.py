@@ -110,6 +110,8 @@ def _read_file(path: Path) -> list[dict]:
             ) from None
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to read.") from None
         except json.JSONDecodeError as err:
             # Some ".json" files are really JSON lines.
             try:

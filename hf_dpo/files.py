@@ -41,6 +41,8 @@ def read_jsonl(
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise error(f"{path}, line {lineno}: not valid JSON ({err.msg}). {hint}") from None
+            except RecursionError:
+                raise error(f"{path}, line {lineno}: JSON nested too deeply to read. {hint}") from None
             if not isinstance(row, dict):
                 raise error(
                     f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}. {hint}"

@@ -309,3 +309,25 @@ def test_label_port_out_of_range_is_named(tmp_path, capsys):
     rc = cli.main(["label", str(samples), "--port", "99999"])
     err = capsys.readouterr().err
     assert rc == 2 and "error: cannot serve on 127.0.0.1:99999" in err and "Traceback" not in err
+
+
+def test_label_out_that_is_a_directory_is_named(tmp_path, capsys):
+    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+    (tmp_path / "outdir").mkdir()
+    rc, err = _label_cli(capsys, samples, "--out", tmp_path / "outdir")
+    assert rc == 2 and "is a directory" in err and "Traceback" not in err
+
+
+def test_a_decision_that_cannot_be_saved_is_a_500_the_page_shows(server, monkeypatch):
+    srv, port = server
+
+    def full_disk(entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(srv.store, "_append", full_disk)
+    body = json.dumps({"index": 0, "choice": "left"}).encode()
+    status, data = _request(
+        port, "POST", "/api/decide", f"127.0.0.1:{port}", body, {"Content-Type": "application/json"}
+    )
+    assert status == 500 and b"not saved" in data and b"No space left" in data
+    assert srv.store.state()["done"] == 0

@@ -289,3 +289,20 @@ def test_resume_true_picks_the_last_complete_checkpoint_and_skips_one_cut_short(
     assert "checkpoint-6 was cut short" in caplog.text
     rc, err = train(tmp_path, capsys, f"resume_from_checkpoint: {run / 'checkpoint-6'}\n")
     assert rc == 2 and re_search(r"checkpoint-6 has no trainer_state.json", _one_error(err))
+
+
+def test_json_nested_too_deeply_is_named_not_a_recursion_traceback(tmp_path, capsys, no_model):
+    deep = "[" * 100000 + "]" * 100000
+    _write_jsonl(tmp_path / "data" / "test.jsonl", _pairs(2))
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps(_pairs(1)[0]) + "\n" + deep + "\n")
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2 and re_search(r"train.jsonl, line 2: JSON nested too deeply", _one_error(err))
+    (tmp_path / "data" / "train.jsonl").unlink()
+    (tmp_path / "data" / "train.json").write_text(deep)
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2 and re_search(r"train.json: JSON nested too deeply", _one_error(err))
+    (tmp_path / "deep.yaml").write_text("lora_target_modules: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert cli.main(["train", str(tmp_path / "deep.yaml")]) == 2
+    assert re_search(r"deep.yaml is nested too deeply", _one_error(capsys.readouterr().err))
+    rc = cli.main(["train", str(tmp_path / "r.yaml"), "--lora_target_modules", "[" * 5000 + "]" * 5000])
+    assert rc == 2 and re_search(r"lora_target_modules", _one_error(capsys.readouterr().err))

@@ -288,6 +288,10 @@ def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
         except OSError:
             return False
 
+    if out.is_dir():
+        raise SamplingError(
+            f"--out {out} is a directory; give the pairs file to write, e.g. {out / 'pairs.jsonl'}."
+        )
     if same(out, samples):
         raise SamplingError(
             f"--out {out} is the samples file: labelling would overwrite the samples. Give another --out "
@@ -393,9 +397,13 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError, TypeError) as err:
             self.close_connection = True
             return self._json(400, {"error": str(err)})
-        except (TimeoutError, OSError):
+        except (TimeoutError, ConnectionError):  # the client went silent or away mid-request
             self.close_connection = True
             return None
+        except OSError as err:  # the decision log or pairs file could not be written
+            return self._json(
+                500, {"error": f"not saved: {err}. Fix the disk problem and press the key again."}
+            )
         self._json(404, {"error": "not found"})
 
 
@@ -447,7 +455,10 @@ def make_server(samples_file, out=None, host: str = "127.0.0.1", port: int = 876
 def serve(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> None:
     try:
         server = make_server(samples_file, out, host, port)
-    except (OSError, OverflowError) as err:  # the port is taken or out of range, the address is not this machine's
+    except (
+        OSError,
+        OverflowError,
+    ) as err:  # the port is taken or out of range, the address is not this machine's
         raise SamplingError(f"cannot serve on {host}:{port}: {err}") from None
     state = server.store.state()
     url_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
