@@ -171,3 +171,33 @@ def test_matches_trl_on_the_fast_paths(tmp_path, tiny, name):
     """Prefix sharing, chunked log-probs and the precomputed reference change no result for these losses."""
     fast = {"prefix_sharing": True, "logps_chunk_size": 16, "precompute_ref_log_probs": True}
     report(f"{name} (fast paths)", compare(*pair(tmp_path, tiny, name, CASES[name], **fast)))
+
+
+def test_matches_trl_on_a_mixture_of_experts(tmp_path, tiny_model_dir):
+    """A tiny Mixtral: the router's load-balancing loss (router_aux_loss_coef from its config) is added as in TRL,
+    and logged as aux_loss."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_aux_loss_coef=0.02,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    trl, ours = pair(tmp_path, (MixtralForCausalLM(config), tokenizer), "moe", {"loss_type": ["sigmoid"]})
+    assert ours._router_aux_coef == trl.router_aux_loss_coef == 0.02 and not ours._prefix_sharing
+    worst = compare(trl, ours)
+    assert ours.state.log_history[-1]["eval_aux_loss"] == pytest.approx(
+        trl.state.log_history[-1]["eval_aux_loss"], abs=TOL
+    )
+    report("mixture of experts (router aux loss)", worst)
