@@ -171,7 +171,7 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise PushError(f"{path} is missing: is {run_dir} a finished `hf-dpo train` run? {fix}", "invalid")
     try:
         info = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise PushError(f"{path} is not valid JSON ({err}): the file is damaged. {fix}", "invalid") from None
     if not isinstance(info, dict):
         raise PushError(f"{path} must hold a JSON object, not {type(info).__name__}. {fix}", "invalid")

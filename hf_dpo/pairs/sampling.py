@@ -280,7 +280,7 @@ def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -
         try:
             json.loads(raw[cut:])
             path.write_bytes(raw + b"\n")
-        except (json.JSONDecodeError, UnicodeDecodeError):  # cut inside a multi-byte character too
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # cut inside a character too
             logger.warning("%s: dropping a last line cut off mid-write; that prompt is sampled again.", path)
             path.write_bytes(raw[:cut])
     done = set()
