@@ -555,3 +555,22 @@ def test_min_chosen_score_keeps_only_pairs_with_a_good_enough_chosen_answer(tmp_
             min_chosen_score=1,
             min_chosen_criterion="kind",
         )
+
+
+def test_second_round_samples_the_trained_policy(tmp_path, tiny_model_dir):
+    """adapter_name_or_path (e.g. a finished run dir) makes the adapter the sampled policy: other samples
+    than the bare base with the same seeds, and a samples file that records which adapter made them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # not a no-op
+    get_peft_model(base, lora).save_pretrained(tmp_path / "run")
+    prompts = _prompts(tmp_path, PROMPTS[:2])
+    rows = {}
+    for name, extra in (("base", {}), ("policy", {"adapter_name_or_path": str(tmp_path / "run")})):
+        recipe = _recipe(tmp_path, tiny_model_dir, prompts_file=str(prompts), **extra)
+        sample(recipe, samples_file=tmp_path / f"{name}.jsonl", progress=False)
+        rows[name] = read_samples(tmp_path / f"{name}.jsonl")
+    assert rows["policy"][0]["settings"]["adapter"] == str(tmp_path / "run")
+    assert [r["completions"] for r in rows["policy"]] != [r["completions"] for r in rows["base"]]
