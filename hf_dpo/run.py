@@ -28,6 +28,7 @@ from hf_dpo import __version__
 from hf_dpo.config import Recipe, load_recipe
 from hf_dpo.data import load_preference_dataset
 from hf_dpo.errors import HfDpoError
+from hf_dpo.files import atomic_write_text
 from hf_dpo.hub.card import framework_versions
 from hf_dpo.hub.push import HubCheckpointCallback, card_kept, push_run, refresh_card, take_hub_settings
 from hf_dpo.model.loading import (
@@ -39,7 +40,7 @@ from hf_dpo.model.loading import (
     pick_dtype,
 )
 from hf_dpo.model.memory import peak_memory
-from hf_dpo.preflight import preflight
+from hf_dpo.preflight import check_judge, preflight
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.markdown import console_summary
 from hf_dpo.report.metrics import LOGPS_KEYS, preference_metrics
@@ -129,7 +130,7 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     if trainer.is_world_process_zero():
         runtimes["total_runtime_s"] = round(time.time() - started, 1)
         info = run_info(recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after)
-        (out / "run_info.json").write_text(json.dumps(info, indent=2))
+        atomic_write_text(out / "run_info.json", json.dumps(info, indent=2))
         _print_summary(out, info)
     report = evaluate_trainer(
         trainer,
@@ -148,10 +149,10 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
 
 def write_recipe(out: Path, recipe: Recipe) -> None:
     """recipe.yaml first, before anything can fail: exactly what runs, re-runnable as it is."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(
+    atomic_write_text(
+        out / "recipe.yaml",
         f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path or 'command-line keys'}\n"
-        + recipe.to_yaml()
+        + recipe.to_yaml(),
     )
 
 
@@ -272,6 +273,8 @@ def evaluate_run(
     num_samples_shown: int = 4,
 ) -> dict[str, Any]:
     """Reload a finished run (base + trained adapter) and write its report. `judge` defaults to the recipe's."""
+    if isinstance(judge, str) and judge.strip():
+        check_judge(judge)  # a misspelled --judge is named before the model loads
     recipe, model, tokenizer, eval_dataset = load_run(run_dir)
     spec = judge if judge is not None else recipe.sampling.judge
     judge_obj, judge_name = resolve_judge(spec)

@@ -306,3 +306,13 @@ def test_json_nested_too_deeply_is_named_not_a_recursion_traceback(tmp_path, cap
     assert re_search(r"deep.yaml is nested too deeply", _one_error(capsys.readouterr().err))
     rc = cli.main(["train", str(tmp_path / "r.yaml"), "--lora_target_modules", "[" * 5000 + "]" * 5000])
     assert rc == 2 and re_search(r"lora_target_modules", _one_error(capsys.readouterr().err))
+
+
+def test_eval_with_a_misspelled_judge_stops_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the judge was checked")
+
+    monkeypatch.setattr("hf_dpo.run.load_base_model", refuse)
+    monkeypatch.setattr("hf_dpo.run.load_run", refuse)
+    rc = cli.main(["eval", str(tmp_path), "--judge", "hf_dpo.pairs.demo_task:judgee"])
+    assert rc == 2 and re_search(r"judgee.*has no attribute", _one_error(capsys.readouterr().err))
