@@ -212,7 +212,7 @@ def test_eval_results_entries_carry_the_model_index_numbers_and_parse_back(hub, 
 def test_known_base_gets_its_license_and_hub_dataset_is_listed(run_dir):
     import json
 
-    from hf_dpo.hub.push import render_card
+    from hf_dpo.hub.card import render_card
 
     info = json.loads((run_dir / "run_info.json").read_text())
     info.update(

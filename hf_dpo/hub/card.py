@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.errors import HfDpoError
+from hf_dpo.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,6 @@ def write_eval_results(run_dir: str | Path) -> list[Path]:
         old.unlink()
     written = []
     for name, text in eval_result_files(run_dir).items():
-        (run_dir / name).parent.mkdir(exist_ok=True)
-        (run_dir / name).write_text(text)
+        atomic_write_text(run_dir / name, text)
         written.append(run_dir / name)
     return written

@@ -37,7 +37,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from hf_dpo.errors import HfDpoError
-from hf_dpo.hub.card import render_card, write_card, write_eval_results  # noqa: F401 - part of the hub API
+from hf_dpo.hub.card import write_card, write_eval_results
 
 logger = logging.getLogger(__name__)
 
