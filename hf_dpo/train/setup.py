@@ -11,9 +11,15 @@ import torch
 
 from hf_dpo.config import DPOConfig
 from hf_dpo.data import tokenize_dataset
+from hf_dpo.errors import HfDpoError
 from hf_dpo.model.unwrap import base_model, is_peft
 
 logger = logging.getLogger(__name__)
+
+
+class TrainerSetupError(HfDpoError, ValueError):
+    """DPOTrainer's arguments cannot work together; the message says what to pass instead."""
+
 
 MASK_4D_ATTENTION = ("sdpa", "eager")  # attention kernels that take an arbitrary additive 4D mask
 
@@ -50,7 +56,7 @@ def with_lora(model, processing_class, peft_config, args: DPOConfig):
         )
     pad_token = args.pad_token or processing_class.pad_token or processing_class.eos_token
     if args.pad_token and pad_token not in processing_class.get_vocab():
-        raise ValueError(
+        raise TrainerSetupError(
             f"pad_token '{pad_token}' is not in the tokenizer's vocabulary; choose one of its tokens."
         )
     processing_class.pad_token = pad_token
@@ -61,7 +67,7 @@ def with_lora(model, processing_class, peft_config, args: DPOConfig):
         set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
         model = get_peft_model(model, peft_config)
     if not is_peft(model):
-        raise ValueError(
+        raise TrainerSetupError(
             "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
             "Pass peft_config=LoraConfig(...) or a PeftModel."
         )
@@ -78,7 +84,7 @@ def router_aux_coef(model, args: DPOConfig) -> float:
     has_router = hasattr(text_config, "output_router_logits")
     coef = args.router_aux_loss_coef
     if coef and not has_router:
-        raise ValueError(
+        raise TrainerSetupError(
             f"router_aux_loss_coef is {coef} but {type(base_model(model)).__name__} is not a Mixture-of-Experts "
             "model with router logits: there is no auxiliary loss to weight. Leave router_aux_loss_coef unset."
         )

@@ -44,7 +44,14 @@ from hf_dpo.train.batching import (
 from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
 from hf_dpo.train.loss import dpo_loss
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
-from hf_dpo.train.setup import prefix_sharing_on, return_freed_memory, router_aux_coef, tokenize, with_lora
+from hf_dpo.train.setup import (
+    TrainerSetupError,
+    prefix_sharing_on,
+    return_freed_memory,
+    router_aux_coef,
+    tokenize,
+    with_lora,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ class DPOTrainer(Trainer):
     ):
         args = args or DPOConfig(output_dir="runs/dpo")
         if ref_model is not None:
-            raise ValueError(
+            raise TrainerSetupError(
                 "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
                 "model: pass peft_config (or a PeftModel) and no ref_model."
             )
