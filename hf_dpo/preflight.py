@@ -15,6 +15,7 @@ Checks, each raising an `HfDpoError` subclass that names the file, row or key an
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -33,6 +34,7 @@ def preflight(recipe: Recipe) -> dict[str, int]:
     check_writable_dir(args.output_dir, "output_dir")
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    check_lora_targets(recipe.model.model_name_or_path, tuple(recipe.model.lora_target_modules))
     check_resume(args)
     check_report_to(args)
     check_push(args)
@@ -76,6 +78,48 @@ def check_local_path(value: str | None, key: str) -> None:
         return
     if not Path(value).expanduser().exists():
         raise RecipeError(f"key '{key}': {value} does not exist. Give an existing directory or a Hub id.")
+
+
+@functools.lru_cache(maxsize=16)
+def _linear_layer_names(model_dir: str) -> tuple[str, ...] | None:
+    """Dotted names of the linear layers of a local model, from its config alone (built on the meta device: no
+    weights read). None when that cannot be done; the loader then reports what is wrong."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_dir)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    except Exception:  # noqa: BLE001 - a best-effort early check; loading the model names real problems
+        logger.debug("Could not list the layers of %s before loading it", model_dir, exc_info=True)
+        return None
+
+
+def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
+    """Every `lora_target_modules` name matches a linear layer of a local (or built-in) model, checked from its
+    config before any weight is read. Hub models are checked by the loader."""
+    if not targets or "all-linear" in targets:
+        return
+    from hf_dpo.model.loading import MODEL_ALIASES, resolve_model_path
+
+    if model.lower() in MODEL_ALIASES:
+        path = resolve_model_path(model)
+    elif Path(model).expanduser().is_dir():
+        path = str(Path(model).expanduser())
+    else:
+        return
+    names = _linear_layer_names(path)
+    if not names:
+        return
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise RecipeError(
+            f"key 'lora_target_modules': {', '.join(missing)} matches no linear layer of {model} "
+            f"(its layers: {', '.join(leaves)}; or all-linear)."
+        )
 
 
 def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:

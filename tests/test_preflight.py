@@ -316,3 +316,25 @@ def test_eval_with_a_misspelled_judge_stops_before_the_model_loads(tmp_path, cap
     monkeypatch.setattr("hf_dpo.run.load_run", refuse)
     rc = cli.main(["eval", str(tmp_path), "--judge", "hf_dpo.pairs.demo_task:judgee"])
     assert rc == 2 and re_search(r"judgee.*has no attribute", _one_error(capsys.readouterr().err))
+
+
+def test_lora_target_modules_that_match_no_layer_are_named_before_loading(
+    tmp_path, capsys, no_model, tiny_model_dir
+):
+    rc, err = train(
+        tmp_path, capsys, f"model_name_or_path: {tiny_model_dir}\nlora_target_modules: [q_proj, qkv]\n"
+    )
+    assert rc == 2 and re_search(r"lora_target_modules.*qkv matches no linear layer.*q_proj", _one_error(err))
+    recipe = load_recipe(
+        None,
+        ["--model_name_or_path", tiny_model_dir, "--lora_target_modules", "[q_proj, v_proj]"]
+        + [
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--report_to",
+            "none",
+        ],
+    )
+    preflight(recipe)  # names that exist pass
