@@ -30,7 +30,7 @@ import torch
 
 from hf_dpo.files import atomic_path
 from hf_dpo.model.loading import REFERENCE_ADAPTER, cache_dir
-from hf_dpo.model.unwrap import peft_model
+from hf_dpo.model.unwrap import base_model, peft_model
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,7 @@ def _tensor_sample(tensor: torch.Tensor, n: int = 16) -> bytes:
 
 def model_fingerprint(model, reference_adapter: str | None) -> dict:
     """What identifies the reference policy of a (peft-wrapped) model."""
-    inner = peft_model(model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    base = base_model(model)
     config = {k: v for k, v in base.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
     name = getattr(base.config, "_name_or_path", "")
     weights = hashlib.sha256()
