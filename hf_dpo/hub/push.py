@@ -19,6 +19,9 @@ Rules this module keeps:
   `take_hub_settings` moves it out of TrainingArguments before the Trainer can save them.
 
 The card comes from hf_dpo.hub.card (model_cards/adapter_card.md through huggingface_hub's ModelCard).
+
+Why one file of ~670 lines: each rule above is a section of it (files, card, public text, retries, the commit,
+checkpoint pushes), and every section serves the one `push_run`; the card's rendering already lives apart.
 """
 
 from __future__ import annotations
