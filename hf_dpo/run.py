@@ -191,11 +191,19 @@ def run_info(recipe: Recipe, trainer, result, dtype, data_report, runtimes, eval
         "global_steps": result.global_step,
         "train_loss": result.training_loss,
         "beta": args.beta,
-        "loss_type": args.loss_type,
+        "loss_type": objective_name(args.loss_type, args.loss_weights),
         "eval_before": eval_before,
         "eval_after": eval_after,
         "peak_memory": peak_memory(),
     }
+
+
+def objective_name(loss_type: list[str], loss_weights: list[float] | None) -> str:
+    """'sigmoid' for one loss, 'sigmoid + 0.2 x bco_pair + sft' for a weighted sum (run_info.json, the report)."""
+    weights = loss_weights or [1.0] * len(loss_type)
+    return " + ".join(
+        name if weight == 1 else f"{weight:g} x {name}" for name, weight in zip(loss_type, weights)
+    )
 
 
 def publish(out: Path, report: dict | None, hub) -> None:
