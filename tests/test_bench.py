@@ -176,3 +176,43 @@ def test_bench_without_trl_says_how_to_install_it(monkeypatch, capsys):
     code = cli.main(["bench", "--quick"])
     assert code == 2
     assert "pip install 'hf-dpo[bench]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_both_trainers_on_the_tiny_model(tmp_path, tiny_model_dir):
+    """The worker's path end to end, in-process, on the 2-layer model: the same pairs and token counts on both
+    sides, log 2 as first loss, and the table built from the results (no speed is checked)."""
+    import math
+
+    from hf_dpo.bench.worker import run_line
+
+    rows, _ = data_shapes.load_data_set("multi_turn", 4, seed=1)
+    results = []
+    for name in ("trl", "hf_dpo"):
+        line = LINES[name]
+        spec = dict(
+            name=name,
+            impl=line.impl,
+            regime=line.regime,
+            options=line.trainer_options(),
+            data_set="multi_turn",
+            quantization="none",
+            model=tiny_model_dir,
+            rows=rows,
+            batch_size=2,
+            steps=2,
+            warmup=1,
+            max_length=256,
+            lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]},
+            seed=0,
+            output_dir=str(tmp_path / name),
+            cache_dir=str(tmp_path / "cache"),
+        )
+        results.append({**run_line(spec), "baseline": line.baseline, "warm_cache_of": None})
+    trl, hf = results
+    assert len(trl["step_s"]) == len(hf["step_s"]) == 2
+    assert trl["loss_first"] == pytest.approx(math.log(2), abs=1e-4) == hf["loss_first"]
+    assert hf["prefix_sharing_used"] and hf["end_to_end_s"] >= hf["setup_s"] > 0
+    assert hf["prompt_share"] == pytest.approx(trl["prompt_share"], abs=0.05)  # same pairs, same template
+    add_ratios(results)
+    assert "x TRL" in format_table(results) and hf["speed_vs_trl"] > 0
