@@ -259,9 +259,13 @@ def test_auth_error_is_clear_not_retried_and_loses_nothing(hub, run_dir, monkeyp
     assert wrong not in msg and wrong not in caplog.text
     assert len(hub.requests_to(r"/api/repos/create$")) == 1  # auth errors are not retried
     after = _snapshot(run_dir)
-    card = ("README.md", ".hf_dpo_card.sha256")  # the card and the record of what hf_dpo wrote into it
-    assert {k: v for k, v in before.items() if k not in card} == {
-        k: v for k, v in after.items() if k not in card
+
+    # Written locally before any network call: the card, the record of it, and its .eval_results/ entries.
+    def kept(files):
+        return {k: v for k, v in files.items() if k not in ("README.md", ".hf_dpo_card.sha256")}
+
+    assert {k: v for k, v in kept(before).items() if not k.startswith(".eval_results/")} == {
+        k: v for k, v in kept(after).items() if not k.startswith(".eval_results/")
     }
     assert "model-index" in after["README.md"].decode()  # the card was written locally before the push
 
