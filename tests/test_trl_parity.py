@@ -201,3 +201,14 @@ def test_matches_trl_on_a_mixture_of_experts(tmp_path, tiny_model_dir):
         trl.state.log_history[-1]["eval_aux_loss"], abs=TOL
     )
     report("mixture of experts (router aux loss)", worst)
+
+
+def test_evaluate_on_a_dataset_passed_to_it_matches_trl(tmp_path, tiny):
+    """evaluate(eval_dataset=<raw rows>) tokenizes them as the trainer's own data, as TRL does."""
+    trl, ours = pair(tmp_path, tiny, "ipo_sft", {"loss_type": ["ipo", "sft"], "loss_weights": [1.0, 0.5]})
+    held_out = Dataset.from_list(
+        [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in ROWS]
+    )
+    trl_eval, our_eval = trl.evaluate(eval_dataset=held_out), ours.evaluate(eval_dataset=held_out)
+    for key in ("eval_loss", *(f"eval_{k}" for k in METRICS)):
+        assert difference(our_eval[key], trl_eval[key]) <= TOL, key

@@ -110,6 +110,7 @@ class DPOTrainer(Trainer):
         self.token_counts = {"real": 0, "total": 0}  # training batches: real tokens, tokens incl. padding
         self._chunk_size = self._resolve_chunking(int(getattr(args, "logps_chunk_size", 0) or 0))
         self._reference_columns = ReferenceColumns(args, processing_class, self.accelerator)
+        self._data_config = data_config
 
     @property
     def _reference_options(self) -> LogpsOptions:
@@ -351,6 +352,15 @@ class DPOTrainer(Trainer):
         if getattr(self.args, "precompute_ref_log_probs", False) is True:
             self.train_dataset = self._with_reference(self.train_dataset, "train")
         return super().get_train_dataloader()
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """`Trainer.evaluate`; a dataset (or dict of them) passed here is tokenized like the trainer's own, as TRL
+        does, and gets its reference columns in `get_eval_dataloader`."""
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = tokenize(eval_dataset, self.processing_class, self._data_config, self.args)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         if isinstance(eval_dataset, str):
