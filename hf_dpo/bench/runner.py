@@ -172,7 +172,6 @@ def run_bench(
         f"bench: {model}, {n_pairs} pairs per data set, batch {batch_size}, {steps} steps (1 epoch), max_length "
         f"{max_length}, LoRA r {lora['r']}; load average {machine['load_average_1_5_15']}"
     )
-    work = Path(tempfile.mkdtemp(prefix="hf_dpo_bench_"))
     shared = dict(
         model=model,
         batch_size=batch_size,
@@ -182,27 +181,38 @@ def run_bench(
         lora=lora,
         seed=seed,
     )
+    results = run_all(sources, quantizations, lines, shared, timeout, echo)
+    machine["load_average_end"] = os.getloadavg()
+    setup = {
+        **shared,
+        "recipe": recipe,
+        "pairs": n_pairs,
+        "data_sets": {k: src for k, (_, src) in sources.items()},
+    }
+    report = build_report(machine, setup, lines, results)
+    write_report(report, out, echo)
+    return report
+
+
+def run_all(sources: dict, quantizations, lines: list[str], shared: dict, timeout: int, echo) -> list[dict]:
+    """Every line on every data set and quantization, each in a fresh process; ratios added."""
+    work = Path(tempfile.mkdtemp(prefix="hf_dpo_bench_"))  # output and reference-cache directories
     results = []
     for data_set, (rows, _) in sources.items():
         for quant in quantizations:
             for spec in line_specs(lines, data_set, quant, {**shared, "rows": rows}, work):
                 results.append(run_line(spec, timeout, echo))
     add_ratios(results)
-    machine["load_average_end"] = os.getloadavg()
-    report = {
+    return results
+
+
+def build_report(machine: dict, setup: dict, lines: list[str], results: list[dict]) -> dict:
+    return {
         "machine": machine,
-        "setup": {
-            **{k: v for k, v in shared.items() if k != "lora"},
-            "lora": lora,
-            "recipe": recipe,
-            "pairs": n_pairs,
-            "data_sets": {name: source for name, (_, source) in sources.items()},
-        },
+        "setup": setup,
         "lines": {name: asdict(LINES[name]) for name in lines},
         "results": results,
         "table": format_table(results),
         "targets": TARGETS,
         "verdicts": verdicts(results),
     }
-    write_report(report, out, echo)
-    return report
