@@ -202,3 +202,34 @@ def test_pair_logps_shortcut_before_training_equals_the_full_pass(tmp_path, tiny
     assert trainer.reference_forward_passes == passes  # nothing recomputed
     for key in full:
         assert torch.allclose(full[key].float(), quick[key].float(), atol=1e-4), key
+
+
+def test_trl_switches_without_a_loss_of_their_own(tmp_path, tiny, caplog):
+    """activation_offloading trains (activations saved in CPU memory), pad_to_multiple_of pads the rows,
+    padding_free falls back to padding with a log line (as TRL 1.16), pad_token sets the tokenizer's."""
+    import logging
+
+    base, tokenizer = tiny
+    args = dpo_args(
+        tmp_path,
+        max_steps=1,
+        activation_offloading=True,
+        pad_to_multiple_of=16,
+        padding_free=True,
+        pad_token=tokenizer.eos_token,
+        precompute_ref_batch_size=3,
+        precompute_ref_log_probs=True,
+    )
+    with caplog.at_level(logging.WARNING):
+        trainer = DPOTrainer(
+            model=base,
+            args=args,
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=tokenizer,
+            peft_config=lora(),
+        )
+    assert "padding_free" in caplog.text
+    assert trainer.processing_class.pad_token == tokenizer.eos_token
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[1] % 16 == 0
+    assert trainer.train().global_step == 1
