@@ -233,3 +233,14 @@ def test_trl_switches_without_a_loss_of_their_own(tmp_path, tiny, caplog):
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[1] % 16 == 0
     assert trainer.train().global_step == 1
+
+
+def test_a_model_name_loads_with_model_init_kwargs(tmp_path, tiny_model_dir):
+    trainer = DPOTrainer(
+        model=tiny_model_dir,
+        args=dpo_args(tmp_path, model_init_kwargs={"dtype": "bfloat16"}),
+        train_dataset=Dataset.from_list(ROWS),
+        peft_config=lora(),
+    )
+    assert trainer.model.get_base_model().dtype == torch.bfloat16
+    assert trainer.processing_class.pad_token is not None
