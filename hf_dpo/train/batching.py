@@ -12,10 +12,13 @@ trainer computes log-probs of exactly the labelled tokens whatever the layout.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Sampler
+
+logger = logging.getLogger(__name__)
 
 CHOSEN, REJECTED, PAD = 1, 2, -1  # segment ids of the prefix-shared layout (0 is the prompt)
 
@@ -240,3 +243,17 @@ def expected_random_pad_share(lengths: list[int], batch_size: int, seed: int = 0
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return pad_share(lengths, batches)
+
+
+def length_grouped_sampler(
+    dataset, batch_size: int, seed: int, prefix_sharing: bool
+) -> LengthGroupedPairSampler:
+    """The `group_by_length` sampler of a tokenized dataset, logging the padding it saves over random batches."""
+    lengths = pair_lengths(dataset, prefix_sharing)
+    sampler = LengthGroupedPairSampler(lengths, batch_size, seed=seed)
+    logger.info(
+        "Length-grouped batches: %.1f%% padding (random batches: %.1f%%)",
+        100 * pad_share(lengths, sampler.batches(0)),
+        100 * expected_random_pad_share(lengths, batch_size, seed),
+    )
+    return sampler

@@ -33,12 +33,9 @@ from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
 from hf_dpo.train.batching import (
-    LengthGroupedPairSampler,
     PreferenceCollator,
-    expected_random_pad_share,
     is_shared,
-    pad_share,
-    pair_lengths,
+    length_grouped_sampler,
     unshare_batch,
 )
 from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
@@ -377,16 +374,10 @@ class DPOTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "column_names"):
             return super()._get_train_sampler(train_dataset)
-        lengths = pair_lengths(dataset, self._prefix_sharing)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        sampler = LengthGroupedPairSampler(lengths, self.args.per_device_train_batch_size, seed=seed)
-        batch_size = self.args.per_device_train_batch_size
-        logger.info(
-            "Length-grouped batches: %.1f%% padding (random batches: %.1f%%)",
-            100 * pad_share(lengths, sampler.batches(0)),
-            100 * expected_random_pad_share(lengths, batch_size, seed),
+        return length_grouped_sampler(
+            dataset, self.args.per_device_train_batch_size, seed, self._prefix_sharing
         )
-        return sampler
 
     @property
     def pad_share(self) -> float | None:
