@@ -2,7 +2,9 @@
 
 Lines are compared within a group: same data set, quantization and regime. `x TRL` is TRL's end-to-end wall
 time over the line's (so higher is faster), `mem/TRL` the line's peak memory over TRL's; `step x TRL` the same
-speed ratio from per-step medians (setup and the reference pre-pass left out).
+speed ratio from per-step medians (setup and the reference pre-pass left out). The first step's loss is log 2
+on every line (the LoRA starts at zero); its log-probs are not compared, the two trainers batch pairs in
+different orders.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def describe_data_set(members: list[dict]) -> str:
 
 
 HEADER = (
-    f"{'line':<24}{'end-to-end s':>13}{'setup s':>8}{'peak MB':>9}{'loss@1':>8}{'logp@1':>8}"
+    f"{'line':<24}{'end-to-end s':>13}{'setup s':>8}{'peak MB':>9}{'loss@1':>8}"
     f"{'x TRL':>7}{'x TRL-pre':>10}{'mem/TRL':>8}{'step x TRL':>11}{'pad %':>6}"
 )
 
@@ -111,7 +113,7 @@ def format_row(r: dict) -> str:
     pad = 100 * r["pad_share"] if r.get("pad_share") is not None else None
     return (
         f"{r['name']:<24}{r['end_to_end_s']:>13.1f}{r['setup_s']:>8.1f}{_memory(r):>9.0f}"
-        f"{r['loss_first']:>8.4f}{_num(r.get('logps_chosen_first'), '.1f', 8)}"
+        f"{r['loss_first']:>8.4f}"
         f"{_num(r.get('speed_vs_trl'), '.2f', 7)}{_num(r.get('speed_vs_trl_precompute'), '.2f', 10)}"
         f"{_num(r.get('memory_vs_trl'), '.2f', 8)}{_num(r.get('step_speed_vs_trl'), '.2f', 11)}"
         f"{_num(pad, '.0f', 6)}"
