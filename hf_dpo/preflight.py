@@ -31,7 +31,8 @@ def preflight(recipe: Recipe) -> dict[str, int]:
     """Check a training recipe end to end without loading a model. Returns {split: usable rows} (before
     tokenization, which may still truncate). Raises RecipeError / DataError / JudgeError."""
     args = recipe.training
-    check_writable_dir(args.output_dir, "output_dir")
+    if int(os.environ.get("RANK", "0")) == 0:  # only the main process writes the run dir
+        check_writable_dir(args.output_dir, "output_dir")
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
     check_lora_targets(recipe.model.model_name_or_path, tuple(recipe.model.lora_target_modules))

@@ -31,10 +31,13 @@ def main() -> int:
                 return
         elif event not in ("os.mkdir", "os.rename", "os.replace", "os.remove", "shutil.rmtree"):
             return
-        if args and isinstance(args[0], (str, os.PathLike)):
-            path = Path(os.fspath(args[0])).resolve()
-            if path == output_dir or output_dir in path.parents:
-                writes.append(str(path.relative_to(output_dir)))
+        # an atomic write (temp file + rename) writes its destination: the rename's second argument
+        targets = args[:2] if event in ("os.rename", "os.replace") else args[:1]
+        for target in targets:
+            if isinstance(target, (str, os.PathLike)):
+                path = Path(os.fspath(target)).resolve()
+                if path == output_dir or output_dir in path.parents:
+                    writes.append(str(path.relative_to(output_dir)))
 
     sys.addaudithook(audit)
 
