@@ -743,7 +743,7 @@ On-policy preference pairs for DPO, made with hf_dpo's `hf-dpo sample`.
    Pairs: {pairs_rule}{gate_rule}. Prompts whose completions all ranked the same (ties) or that had no
    finished completion were skipped.
 
-| split | prompts | pairs | ties (skipped) | no finished answer (skipped) | chosen below the minimum (dropped) | unfinished samples |
+| split | prompts | pairs | ties (skipped) | no finished answer (skipped) | pairs dropped: chosen below the minimum | unfinished samples |
 |---|---|---|---|---|---|---|
 {rows}
 
