@@ -274,7 +274,7 @@ def evaluate_run(
     num_generations: int | None = None,
     *,
     max_new_tokens: int | None = None,
-    batch_size: int = 48,
+    batch_size: int = 96,
     do_sample: bool = False,
     seed: int = 0,
     confidence: float = 0.95,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from run_fixtures import tiny_run
 
-from hf_dpo.report.evaluation import (
+from hf_dpo.report.evaluation import build_report
+from hf_dpo.report.metrics import (
     EvaluationError,
     bootstrap_mean_ci,
-    build_report,
     judged_comparison,
     preference_metrics,
     wilson_interval,

@@ -25,13 +25,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from hf_dpo.files import atomic_write_jsonl
 from hf_dpo.pairs.sampling import (
     SamplingError,
     pair_row,
     prompt_text,
     read_jsonl,
     read_samples,
-    write_jsonl_atomic,
 )
 
 CHOICES = ("left", "right", "tie", "skip")
@@ -272,7 +272,7 @@ class LabelStore:
         return rows
 
     def _write_pairs(self) -> None:
-        write_jsonl_atomic(self.out, self.pairs())
+        atomic_write_jsonl(self.out, self.pairs())
 
 
 def _is_index(value: Any) -> bool:

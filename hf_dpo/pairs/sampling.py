@@ -31,6 +31,8 @@ from transformers import LogitsProcessor
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
 from hf_dpo.errors import HfDpoError
+from hf_dpo.files import atomic_write_jsonl
+from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.pairs.judges import Judge, load_judge
 
 logger = logging.getLogger(__name__)
@@ -79,8 +81,6 @@ def _check_prompt(value: Any, where: str) -> Prompt:
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
     """(line number, row) for each non-blank line; SamplingError naming file and line for a broken one
     (not UTF-8, not JSON, not an object)."""
-    from hf_dpo.files import read_jsonl as read_lines
-
     return read_lines(
         path,
         error=SamplingError,
@@ -484,17 +484,6 @@ def pair_row(prompt: Prompt, chosen: str, rejected: str, **extra) -> dict[str, A
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write all rows to a temp file and rename it over `path`, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def label_with_judge(
     samples_file: str | os.PathLike,
     judge: Judge | str,
@@ -591,7 +580,7 @@ def label_with_judge(
                     index=row.get("index"),
                 )
             )
-    write_jsonl_atomic(pairs_file, pairs)
+    atomic_write_jsonl(pairs_file, pairs)
     return {
         "prompts": len(samples),
         "pairs": len(pairs),

@@ -137,8 +137,13 @@ def generate(
         out_tokens: list[list[int]] = [[] for _ in batch]
         active = torch.arange(len(batch), device=device)  # (A,) batch rows still decoding
         with torch.no_grad():
+            # logits_to_keep=1: the LM head runs on the last prompt position only, not on all T of them
             logits = model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                logits_to_keep=1,
             ).logits
             last = logits[:, -1].float()  # (A, V)
             next_pos = positions[:, -1] + 1  # (A,)
@@ -253,7 +258,7 @@ def judged_generations(
     judge,
     *,
     max_new_tokens: int = 256,
-    batch_size: int = 48,
+    batch_size: int = 96,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,

@@ -33,19 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from hf_dpo.report.metrics import (  # noqa: F401 - re-exported: the metric functions are part of this module's API
-    LOGPS_KEYS,
-    Estimate,
-    EvaluationError,
-    _as_array,
-    bootstrap_mean_ci,
-    judged_comparison,
-    mean_estimate,
-    preference_metrics,
-    proportion,
-    wilson_interval,
-)
+from hf_dpo.files import atomic_write_text
+from hf_dpo.report.metrics import LOGPS_KEYS, Estimate, EvaluationError, as_logps_array, preference_metrics
 from hf_dpo.report.verdict import warnings
+from hf_dpo.train.loss import implicit_rewards
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +135,10 @@ def build_report(
             *(pair_logps[k] for k in LOGPS_KEYS), beta=beta, confidence=confidence, seed=seed
         )
         preference = {"n": metrics["reward_accuracy"].n, "beta": beta, "metrics": metrics}
-        pc, pr, rc, rr = (_as_array(k, pair_logps[k]) for k in LOGPS_KEYS)
-        margins = beta * ((pc - rc) - (pr - rr))
+        chosen_rewards, rejected_rewards = implicit_rewards(
+            *(as_logps_array(k, pair_logps[k]) for k in LOGPS_KEYS), beta=beta
+        )  # (n,), (n,)
+        margins = chosen_rewards - rejected_rewards
     (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
     plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png")]
     if preference is not None or behaviour is not None:
@@ -171,26 +164,9 @@ def build_report(
     }
     report = _jsonable(report)
     report["warnings"] = warnings(report)
-    _atomic_write(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    _atomic_write(run_dir / REPORT_MD, render_markdown(report, info))
+    atomic_write_text(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(run_dir / REPORT_MD, render_markdown(report, info))
     logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
-    return report
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def load_report(run_dir: str | Path) -> dict[str, Any]:
-    """eval_report.json of a run, checked for a schema this version reads."""
-    report = _read_json(Path(run_dir) / REPORT_JSON, "run `hf-dpo eval RUN_DIR` first.")
-    if report.get("schema_version") != SCHEMA_VERSION:
-        raise EvaluationError(
-            f"{Path(run_dir) / REPORT_JSON} has schema_version {report.get('schema_version')}, this hf_dpo reads "
-            f"{SCHEMA_VERSION}; run `hf-dpo eval RUN_DIR` again."
-        )
     return report
 
 
@@ -207,7 +183,7 @@ def evaluate_model(
     max_new_tokens: int = 256,
     prompts_file: str | None = None,
     data_config=None,
-    batch_size: int = 48,
+    batch_size: int = 96,
     do_sample: bool = False,
     seed: int = 0,
     confidence: float = 0.95,
@@ -265,7 +241,7 @@ def evaluate_trainer(
     *,
     run_dir: str | Path | None = None,
     max_new_tokens: int = 256,
-    batch_size: int = 48,
+    batch_size: int = 96,
     seed: int = 0,
     pair_logps: dict | None = None,
     prompts_file: str | None = None,

@@ -93,7 +93,7 @@ def mean_estimate(values: Sequence[float] | np.ndarray, confidence: float = 0.95
 # Likelihood: held-out preference metrics from per-pair log-probs
 
 
-def _as_array(name: str, values: Any) -> np.ndarray:
+def as_logps_array(name: str, values: Any) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().float().cpu().numpy()
     x = np.asarray(values, dtype=np.float64)
@@ -126,7 +126,7 @@ def preference_metrics(
                        (a proxy; the KL estimate on the policy's own generations is in judged_generations).
     """
     pc, pr, rc, rr = (
-        _as_array(k, v)
+        as_logps_array(k, v)
         for k, v in zip(
             LOGPS_KEYS, (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
         )
