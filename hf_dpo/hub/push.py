@@ -45,7 +45,7 @@ from hf_dpo.hub.card import write_card, write_eval_results
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-REPORT_FILES = ("eval_report.json", "eval_report.md")
+REPORT_FILES = ("eval_report.json", "eval_report.md", "evaluate_results.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

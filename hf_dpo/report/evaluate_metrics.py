@@ -52,3 +52,22 @@ def save_results(run_dir: str | Path, results: dict[str, Any]) -> Path:
         path, json.dumps({k: v for k, v in saved.items() if k not in _LOCAL_FIELDS}, indent=2) + "\n"
     )
     return path
+
+
+def headline_results(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's headline numbers as flat name -> value pairs (what `save_results` writes)."""
+    results: dict[str, Any] = {}
+    for name, estimate in ((report.get("preference") or {}).get("metrics") or {}).items():
+        results[f"preference/{name}"] = estimate["value"]
+    behaviour = report.get("behaviour") or {}
+    for key in ("win_rate", "length_controlled_win_rate"):
+        if isinstance(behaviour.get(key), dict):
+            results[f"behaviour/{key}"] = behaviour[key]["value"]
+    for criterion, sides in (behaviour.get("per_criterion") or {}).items():
+        for side in ("policy", "reference", "difference"):
+            if isinstance(sides.get(side), dict):
+                results[f"behaviour/{criterion}/{side}"] = sides[side]["value"]
+    verdict = report.get("verdict")
+    if verdict:
+        results["verdict"] = verdict.get("label") if isinstance(verdict, dict) else verdict
+    return results

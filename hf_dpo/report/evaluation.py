@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hf_dpo.files import atomic_write_text
+from hf_dpo.report.evaluate_metrics import headline_results, save_results
 from hf_dpo.report.metrics import LOGPS_KEYS, Estimate, EvaluationError, as_logps_array, preference_metrics
 from hf_dpo.report.verdict import warnings
 from hf_dpo.train.loss import implicit_rewards
@@ -166,6 +167,7 @@ def build_report(
     report["warnings"] = warnings(report)
     atomic_write_text(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
     atomic_write_text(run_dir / REPORT_MD, render_markdown(report, info))
+    save_results(run_dir, headline_results(report))  # the same numbers in `evaluate`'s format
     logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
     return report
 
