@@ -28,7 +28,7 @@ import torch
 
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.errors import HfDpoError
-from hf_dpo.files import read_jsonl
+from hf_dpo.files import read_jsonl, read_utf8_text
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +100,7 @@ def _read_file(path: Path) -> list[dict]:
     if suffix == ".jsonl":
         return _read_jsonl(path)
     if suffix == ".json":
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = raw.count(b"\n", 0, err.start) + 1
-            raise DataError(
-                f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8."
-            ) from None
+        text = read_utf8_text(path, error=DataError)
         try:
             data = json.loads(text)
         except RecursionError:

@@ -51,6 +51,18 @@ def read_jsonl(
     return rows
 
 
+def read_utf8_text(path: str | os.PathLike, error: type[HfDpoError] = HfDpoError) -> str:
+    """The whole file as text; `error` naming the file, line and byte when it is not UTF-8."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise error(
+            f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8."
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path`, renamed over it when the block ends without an error (removed otherwise),

@@ -31,7 +31,7 @@ from transformers import LogitsProcessor
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
 from hf_dpo.errors import HfDpoError
-from hf_dpo.files import atomic_write_jsonl
+from hf_dpo.files import atomic_write_jsonl, read_utf8_text
 from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.pairs.judges import Judge, load_judge
 
@@ -97,14 +97,7 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
         )
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = raw.count(b"\n", 0, err.start) + 1
-            raise SamplingError(
-                f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8."
-            ) from None
+        text = read_utf8_text(path, error=SamplingError)
         prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
         prompts = [p for p in prompts if p.strip()]
     elif suffix == ".jsonl":

@@ -9,10 +9,12 @@ policy against its reference on preference pairs, each with a 95% interval.
 It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_metrics.load`).
 """
 
+from dataclasses import asdict
+
 import datasets
 import evaluate
 
-from hf_dpo.report.metrics import Estimate, preference_metrics
+from hf_dpo.report.metrics import preference_metrics
 
 _CITATION = """\
 @inproceedings{rafailov2023direct,
@@ -79,15 +81,4 @@ class DpoPreference(evaluate.Metric):
             confidence=confidence,
             seed=seed,
         )
-        return {name: _as_dict(estimate) for name, estimate in metrics.items()}
-
-
-def _as_dict(estimate: Estimate) -> dict:
-    return {
-        "value": estimate.value,
-        "low": estimate.low,
-        "high": estimate.high,
-        "n": estimate.n,
-        "method": estimate.method,
-        "confidence": estimate.confidence,
-    }
+        return {name: asdict(estimate) for name, estimate in metrics.items()}

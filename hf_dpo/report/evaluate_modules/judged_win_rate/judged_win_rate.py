@@ -8,6 +8,8 @@ each side; wins, ties (counted as half a win) and losses, with a Wilson interval
 It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_metrics.load`).
 """
 
+from dataclasses import asdict
+
 import datasets
 import evaluate
 
@@ -46,15 +48,4 @@ class JudgedWinRate(evaluate.Metric):
         result = judged_comparison(
             policy_scores, reference_scores, tie_tolerance=tie_tolerance, confidence=confidence
         )
-        return {key: _as_dict(v) if isinstance(v, Estimate) else v for key, v in result.items()}
-
-
-def _as_dict(estimate: Estimate) -> dict:
-    return {
-        "value": estimate.value,
-        "low": estimate.low,
-        "high": estimate.high,
-        "n": estimate.n,
-        "method": estimate.method,
-        "confidence": estimate.confidence,
-    }
+        return {key: asdict(v) if isinstance(v, Estimate) else v for key, v in result.items()}
