@@ -14,7 +14,6 @@ from hf_dpo.report.evaluation import build_report
 from hf_dpo.report.metrics import (
     EvaluationError,
     bootstrap_mean_ci,
-    judged_comparison,
     preference_metrics,
     wilson_interval,
 )
@@ -69,17 +68,6 @@ def test_preference_metrics_accept_tensors_and_reject_bad_input():
         preference_metrics([1.0], [1.0, 2.0], [1.0], [1.0], beta=0.1)
     with pytest.raises(EvaluationError, match="non-finite"):
         preference_metrics([math.nan], [1.0], [1.0], [1.0], beta=0.1)
-
-
-def test_judged_comparison_counts_ties_as_half():
-    # scores: win, loss, tie (equal), tie (identical text despite different scores), win -> 2 W, 2 T, 1 L
-    r = judged_comparison([2, 0, 1, 1.5, 1], [1, 1, 1, 1.0, 0], same_text=[False, False, False, True, False])
-    assert (r["wins"], r["ties"], r["losses"], r["n"]) == (2, 2, 1, 5)
-    assert r["win_rate"].value == pytest.approx((2 + 1) / 5)
-    assert r["win_rate"].low == pytest.approx(wilson_interval(3, 5)[0])
-    assert r["ties_count_half"] is True
-    with pytest.raises(EvaluationError, match="non-empty"):
-        judged_comparison([], [])
 
 
 @pytest.fixture(scope="module")

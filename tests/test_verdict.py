@@ -1,13 +1,12 @@
-"""The report cannot hide a worse model: the verdict on the primary criterion, the length-controlled win rate,
-the loop detector, and decoding that marks cut answers as unfinished."""
+"""The report cannot hide a worse model: the verdict on the primary criterion, the length-controlled win rate
+and the loop detector (decoding that marks cut answers as unfinished: tests/test_generation.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from hf_dpo.report.behaviour import compare_sides, generate, is_finished
+from hf_dpo.report.behaviour import compare_sides
 from hf_dpo.report.degeneration import is_looping, repeated_ngram_share
 from hf_dpo.report.markdown import console_summary
 from hf_dpo.report.metrics import length_controlled_win_rate, paired_difference
@@ -39,9 +38,9 @@ def _sides(policy_correct, reference_correct, *, policy_answers=None, reference_
 def _json(obj):
     import json
 
-    from hf_dpo.report.evaluation import _jsonable
+    from hf_dpo.report.metrics import plain
 
-    return json.loads(json.dumps(_jsonable(obj)))
+    return json.loads(json.dumps(plain(obj)))
 
 
 def test_verdict_is_not_improved_when_the_primary_criterion_gets_worse():
@@ -132,54 +131,3 @@ def test_warnings_name_the_levers():
         warnings({"preference": {"metrics": {"logp_shift/chosen": {"value": 1, "low": 0.5, "high": 2}}}})
         == []
     )
-
-
-def test_generate_decodes_until_the_end_token_and_matches_generate(tiny):
-    """The pruned greedy loop gives the tokens of model.generate; answers that reach the cap are unfinished."""
-    model, tokenizer = tiny
-    prompts = [
-        tokenizer(p)["input_ids"] for p in ("What is 2 + 3?", "Hi", "Name the capital of Peru please.")
-    ]
-    ours = generate(model, tokenizer, prompts, max_new_tokens=7, batch_size=3)
-    width = max(map(len, prompts))
-    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=7,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    assert ours == [row[:7] for row in out[:, width:].tolist()]
-    assert not any(is_finished(c, {tokenizer.eos_token_id}) for c in ours)  # the tiny model never ends in 7
-
-
-def test_generate_drops_ended_answers_and_keeps_the_others_exact(tiny):
-    """An answer that ends early leaves the batch; the other one decodes exactly as it would alone."""
-    model, tokenizer = tiny
-    prompts = [tokenizer(p)["input_ids"] for p in ("abc def", "Tell me a story")]
-    alone = [generate(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
-    # Pretend a token the first answer writes after its first one (and the second never writes) ends answers.
-    ends_at = next(i for i, t in enumerate(alone[0]) if i > 0 and t not in alone[0][:i] and t not in alone[1])
-    eos = alone[0][ends_at]
-    tokenizer_eos, tokenizer.eos_token_id = tokenizer.eos_token_id, eos
-    try:
-        both = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2)
-    finally:
-        tokenizer.eos_token_id = tokenizer_eos
-    assert both[0] == alone[0][: ends_at + 1] and is_finished(both[0], {eos})
-    assert both[1] == alone[1] and not is_finished(both[1], {eos})
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    model.generation_config.eos_token_id = None  # only the tokenizer's end token counts here
-    return model, tokenizer

@@ -1,2 +1,3 @@
-"""The evaluation report: held-out preference metrics (`metrics`), judged generations of policy and
-reference (`behaviour`), plots (`plots`) and markdown (`markdown`), written by `evaluation`."""
+"""The evaluation report: held-out preference metrics (`metrics`, computed through the `evaluate` modules of
+`evaluate_metrics`), judged answers of policy and reference (`prompts`, `generation`, `behaviour`), plots
+(`plots`) and markdown (`markdown`), written by `evaluation`."""

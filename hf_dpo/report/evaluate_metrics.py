@@ -1,18 +1,24 @@
-"""The report's metrics as `evaluate` modules that ship inside hf_dpo and load offline.
+"""The report's metrics as `evaluate` modules that ship inside hf_dpo and load offline, and the report's results
+in `evaluate`'s saved-results format.
 
-    metric = load("dpo_preference")            # evaluate.load on the module's directory: no Hub access
-    metric.compute(policy_chosen_logps=..., policy_rejected_logps=..., ref_chosen_logps=..., ref_rejected_logps=...,
-                   beta=0.1)
-    save_results(run_dir, report)              # run_dir/evaluate_results.json, in evaluate.save's format
+    metric = load("judged_win_rate")           # evaluate.load on the module's directory: no Hub access
+    metric.compute(policy_scores=[[1, 0], [1, 1]], reference_scores=[[1, 1], [0, 1]], criteria=["correct", "concise"])
+    compute("dpo_preference", policy_chosen_logps=..., ..., beta=0.1)      # what the report calls (cached module)
+    save_results(run_dir, headline_results(report))                       # run_dir/evaluate_results.json
 
-The modules (evaluate_modules/<name>/<name>.py) are thin wrappers over `hf_dpo.report.metrics`, so a user can
-score their own predictions with exactly the report's definitions. What does not work offline: loading
-*Hub* metrics by name (`evaluate.load("accuracy")` downloads its script); these modules are local paths.
+The modules (evaluate_modules/<name>/<name>.py) wrap `hf_dpo.report.metrics`, and the report computes its
+preference metrics and judged comparison by `compute` through them, so a user who `evaluate.load`s a module on
+their own predictions runs the report's code. The paired bootstrap intervals are computed inside the modules
+too (they call the same functions). What does not work offline: loading *Hub* modules by name
+(`evaluate.load("accuracy")` downloads its script) and `evaluate.push_to_hub`; these modules are local paths.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +29,6 @@ MODULES_DIR = Path(__file__).resolve().parent / "evaluate_modules"
 MODULES = ("dpo_preference", "judged_win_rate")
 
 RESULTS_FILE = "evaluate_results.json"
-# evaluate.save records where it ran (interpreter path, git hash of the working dir): local facts that must not
-# travel to the Hub with the run dir.
-_LOCAL_FIELDS = ("_interpreter_path", "_git_commit_hash")
 
 
 def module_path(name: str) -> Path:
@@ -34,23 +37,44 @@ def module_path(name: str) -> Path:
     return MODULES_DIR / name
 
 
-def load(name: str):
-    """The `evaluate.EvaluationModule` `name`, loaded from its directory inside the package."""
+def load(name: str, **load_kwargs: Any):
+    """A fresh `evaluate.EvaluationModule` `name`, loaded from its directory inside the package (what a user
+    gets from `evaluate.load(<that directory>)`)."""
     import evaluate
 
-    return evaluate.load(str(module_path(name)))
+    return evaluate.load(str(module_path(name)), **load_kwargs)
+
+
+@functools.cache
+def _report_module(name: str):
+    # Loaded once per process: evaluate.load hashes and copies the script each time. In memory: the report
+    # writes no Arrow cache files or locks.
+    return load(name, keep_in_memory=True)
+
+
+def compute(name: str, **inputs_and_settings: Any) -> dict[str, Any]:
+    """`evaluate.load(module).compute(...)` of hf_dpo's module `name`: how the report computes its metrics."""
+    return _report_module(name).compute(**inputs_and_settings)
 
 
 def save_results(run_dir: str | Path, results: dict[str, Any]) -> Path:
-    """Write `results` with evaluate.save (timestamp, evaluate and Python versions), minus local paths."""
+    """Write `results` to run_dir/evaluate_results.json in evaluate.save's format: the results, then its
+    `_timestamp`, `_evaluate_version` and `_python_version` entries.
+
+    Written here rather than by evaluate.save: that runs `git` in the working directory (it fails where git
+    is not installed and prints git's error outside a repository), and records the interpreter path and the
+    git commit of whatever directory the run started in, local facts that must not travel to the Hub.
+    """
     import evaluate
 
+    saved = {
+        **results,
+        "_timestamp": datetime.datetime.now().isoformat(),
+        "_evaluate_version": evaluate.__version__,
+        "_python_version": sys.version,
+    }
     path = Path(run_dir) / RESULTS_FILE
-    evaluate.save(str(path), **results)
-    saved = json.loads(path.read_text())
-    atomic_write_text(
-        path, json.dumps({k: v for k, v in saved.items() if k not in _LOCAL_FIELDS}, indent=2) + "\n"
-    )
+    atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
     return path
 
 

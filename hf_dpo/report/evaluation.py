@@ -14,11 +14,14 @@ Two questions, answered separately because they can disagree (reward accuracy is
    criterion (hf_dpo.report.verdict), with warnings for likelihood displacement and a large KL estimate.
 
 Every number carries n and a 95% interval: Wilson for proportions, a fixed-seed percentile bootstrap for
-means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png.
+means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png, and the headline
+numbers in `evaluate`'s results format (evaluate_results.json).
 
-The pieces: hf_dpo.report.metrics (intervals, metrics: pure), hf_dpo.report.behaviour (generation and judging),
-hf_dpo.report.plots (PNGs), hf_dpo.report.markdown (markdown shared with the model card). This module reads the run dir,
-calls them and writes the report.
+The pieces: hf_dpo.report.metrics (intervals, metrics: pure), computed through the `evaluate` modules of
+hf_dpo.report.evaluate_metrics; hf_dpo.report.prompts (which prompts), hf_dpo.report.generation (answers of
+policy and reference), hf_dpo.report.behaviour (judging and comparing them), hf_dpo.report.plots (PNGs),
+hf_dpo.report.markdown (markdown shared with the model card). This module reads the run dir, calls them and
+writes the report.
 """
 
 from __future__ import annotations
@@ -27,15 +30,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hf_dpo.files import atomic_write_text
-from hf_dpo.report.evaluate_metrics import headline_results, save_results
-from hf_dpo.report.metrics import LOGPS_KEYS, Estimate, EvaluationError, as_logps_array, preference_metrics
+from hf_dpo.report import evaluate_metrics
+from hf_dpo.report.metrics import LOGPS_KEYS, EvaluationError, as_logps_array, plain
 from hf_dpo.report.verdict import warnings
 from hf_dpo.train.loss import implicit_rewards
 
@@ -77,18 +79,6 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return info, history
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Estimate):
-        return asdict(obj)
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
-
-
 def training_summary(info: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
     train = [h for h in history if "loss" in h and "step" in h]
     evals = [h for h in history if "eval_loss" in h]
@@ -102,6 +92,58 @@ def training_summary(info: dict[str, Any], history: list[dict[str, Any]]) -> dic
     }
 
 
+def preference_section(
+    pair_logps: dict[str, Any], beta: float | None, run_dir: Path, confidence: float, seed: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """(the report's preference part, (n,) reward margins) from the held-out log-probs, the metrics computed by
+    the `dpo_preference` evaluate module."""
+    if beta is None:
+        raise EvaluationError(
+            f"{run_dir / 'run_info.json'} has no 'beta'; it is needed for the implicit rewards."
+        )
+    missing = [k for k in LOGPS_KEYS if k not in pair_logps]
+    if missing:
+        raise EvaluationError(f"pair_logps lacks {missing}; DPOTrainer.pair_logps returns all four.")
+    logps = {k: as_logps_array(k, pair_logps[k]) for k in LOGPS_KEYS}  # (n,) each, checked finite
+    sizes = [v.size for v in logps.values()]
+    if len(set(sizes)) != 1 or sizes[0] == 0:  # said here: evaluate's own message would not name the keys
+        raise EvaluationError(
+            f"per-pair log-probs must have the same non-zero length, got {sizes} for {LOGPS_KEYS}."
+        )
+    metrics = evaluate_metrics.compute(
+        "dpo_preference",
+        **{k: v.tolist() for k, v in logps.items()},
+        beta=beta,
+        confidence=confidence,
+        seed=seed,
+    )
+    chosen_rewards, rejected_rewards = implicit_rewards(*logps.values(), beta=beta)  # (n,), (n,)
+    return {
+        "n": metrics["reward_accuracy"]["n"],
+        "beta": beta,
+        "metrics": metrics,
+    }, chosen_rewards - rejected_rewards
+
+
+def write_plots(
+    run_dir: Path,
+    history: list[dict[str, Any]],
+    preference: dict[str, Any] | None,
+    behaviour: dict[str, Any] | None,
+    margins: np.ndarray | None,
+) -> list[Path]:
+    """plots/*.png of the report: training curves always, the rest when their numbers exist."""
+    from hf_dpo.report import plots
+
+    (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
+    plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png")]
+    if preference is not None or behaviour is not None:
+        plot_files.append(plots.eval_summary(preference, behaviour, run_dir / PLOTS_DIR / "eval_summary.png"))
+    if margins is not None:
+        plot_files.append(plots.margin_histogram(margins, run_dir / PLOTS_DIR / "heldout_margins.png"))
+    return plot_files
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -111,41 +153,22 @@ def build_report(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write eval_report.json, eval_report.md and plots/*.png into `run_dir`; return the report dict.
+    """Write eval_report.json, eval_report.md, evaluate_results.json and plots/*.png into `run_dir`; return the
+    report dict.
 
     `pair_logps` is DPOTrainer.pair_logps(eval_dataset); `behaviour` is judged_generations(...). Either may be
     None (the report says why that part is missing).
     """
-    from hf_dpo.report import plots
     from hf_dpo.report.markdown import render_markdown
 
     run_dir = Path(run_dir)
     info, history = read_run(run_dir)
-    beta = info.get("beta")
-    preference: dict[str, Any] | None = None
-    margins = None
-    if pair_logps is not None:
-        if beta is None:
-            raise EvaluationError(
-                f"{run_dir / 'run_info.json'} has no 'beta'; it is needed for the implicit rewards."
-            )
-        missing = [k for k in LOGPS_KEYS if k not in pair_logps]
-        if missing:
-            raise EvaluationError(f"pair_logps lacks {missing}; DPOTrainer.pair_logps returns all four.")
-        metrics = preference_metrics(
-            *(pair_logps[k] for k in LOGPS_KEYS), beta=beta, confidence=confidence, seed=seed
-        )
-        preference = {"n": metrics["reward_accuracy"].n, "beta": beta, "metrics": metrics}
-        chosen_rewards, rejected_rewards = implicit_rewards(
-            *(as_logps_array(k, pair_logps[k]) for k in LOGPS_KEYS), beta=beta
-        )  # (n,), (n,)
-        margins = chosen_rewards - rejected_rewards
-    (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
-    plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png")]
-    if preference is not None or behaviour is not None:
-        plot_files.append(plots.eval_summary(preference, behaviour, run_dir / PLOTS_DIR / "eval_summary.png"))
-    if margins is not None:
-        plot_files.append(plots.margin_histogram(margins, run_dir / PLOTS_DIR / "heldout_margins.png"))
+    preference, margins = (
+        preference_section(pair_logps, info.get("beta"), run_dir, confidence, seed)
+        if pair_logps is not None
+        else (None, None)
+    )
+    plot_files = write_plots(run_dir, history, preference, behaviour, margins)
     report = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -163,13 +186,26 @@ def build_report(
         "training": training_summary(info, history),
         "plots": [str(p.relative_to(run_dir)) for p in plot_files],
     }
-    report = _jsonable(report)
+    report = plain(report)
     report["warnings"] = warnings(report)
     atomic_write_text(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
     atomic_write_text(run_dir / REPORT_MD, render_markdown(report, info))
-    save_results(run_dir, headline_results(report))  # the same numbers in `evaluate`'s format
+    evaluate_metrics.save_results(run_dir, evaluate_metrics.headline_results(report))
     logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
     return report
+
+
+def behaviour_skip_reason(
+    has_eval: bool, prompts_file: str | None, judge, num_generations: int
+) -> str | None:
+    """Why the judged generations cannot run (the report prints it), or None when they can."""
+    if not has_eval and not prompts_file:
+        return "no held-out prompts (set dataset_test_split, eval_fraction or test_prompts_file)"
+    if judge is None:
+        return "no judge given (--judge SPEC, or `judge:` in the recipe)"
+    if num_generations <= 0:
+        return "num_generations is 0"
+    return None
 
 
 def evaluate_model(
@@ -196,18 +232,14 @@ def evaluate_model(
     The judged prompts are the first `num_generations` of `prompts_file` (the recipe's test_prompts_file:
     every held-out prompt, also those without a pair) when given, else the eval split's distinct prompts.
     """
+    from hf_dpo.report.behaviour import judged_generations
+    from hf_dpo.report.prompts import heldout_prompts, prompts_from_file
+
     has_eval = eval_dataset is not None and len(eval_dataset) > 0
     pair_logps = pair_logps_fn(eval_dataset) if (has_eval and pair_logps_fn is not None) else None
-    behaviour, skipped = None, None
-    if not has_eval and not prompts_file:
-        skipped = "no held-out prompts (set dataset_test_split, eval_fraction or test_prompts_file)"
-    elif judge is None:
-        skipped = "no judge given (--judge SPEC, or `judge:` in the recipe)"
-    elif num_generations <= 0:
-        skipped = "num_generations is 0"
-    else:
-        from hf_dpo.report.behaviour import heldout_prompts, judged_generations, prompts_from_file
-
+    skipped = behaviour_skip_reason(has_eval, prompts_file, judge, num_generations)
+    behaviour = None
+    if skipped is None:
         prompts = (
             prompts_from_file(prompts_file, tokenizer, data_config, num_generations)
             if prompts_file

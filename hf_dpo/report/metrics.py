@@ -1,5 +1,7 @@
 """Held-out numbers with their uncertainty: Wilson and bootstrap intervals, the DPO preference metrics from
-per-pair log-probs, and the win/tie/loss comparison of judged generations. Pure functions of arrays.
+per-pair log-probs, and the rates, paired differences and length-controlled win rate of judged answers (the
+comparison itself: hf_dpo.report.comparison). Pure functions of arrays; the report reaches them through the
+`evaluate` modules that wrap them (hf_dpo.report.evaluate_metrics).
 
     m = preference_metrics(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1)
     m["reward_accuracy"].fmt()   # '0.750 [0.531, 0.888]'
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
@@ -38,6 +40,20 @@ class Estimate:
 
     def fmt(self, digits: int = 3) -> str:
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def plain(obj: Any) -> Any:
+    """`obj` with every Estimate as a dict and numpy scalars as Python numbers, at any depth: what the report
+    files and the `evaluate` modules hold."""
+    if isinstance(obj, Estimate):
+        return asdict(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,48 +167,7 @@ def preference_metrics(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Behaviour: judged generations of policy vs reference
-
-
-def judged_comparison(
-    policy_scores: Sequence[float],
-    reference_scores: Sequence[float],
-    *,
-    same_text: Sequence[bool] | None = None,
-    tie_tolerance: float = 0.0,
-    confidence: float = 0.95,
-) -> dict[str, Any]:
-    """Win/tie/loss of the policy against the reference, one judge score each per prompt.
-
-    A tie is |policy - reference| <= tie_tolerance, or identical completions (`same_text`). The win rate
-    counts ties as half a win: (wins + ties / 2) / n, with a Wilson interval on that fractional count.
-    """
-    p = np.asarray(policy_scores, dtype=np.float64)
-    r = np.asarray(reference_scores, dtype=np.float64)
-    if p.shape != r.shape or p.ndim != 1 or p.size == 0:
-        raise EvaluationError(
-            f"judge scores must be two equal, non-empty lists; got {p.shape} (policy) and {r.shape} (reference)."
-        )
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r))):
-        raise EvaluationError("the judge returned non-finite scores (nan/inf); check the judge function.")
-    diff = p - r
-    tie = np.abs(diff) <= tie_tolerance
-    if same_text is not None:
-        tie |= np.asarray(same_text, dtype=bool)
-    wins = int(((diff > 0) & ~tie).sum())
-    losses = int(((diff < 0) & ~tie).sum())
-    ties = int(tie.sum())
-    n = int(p.size)
-    return {
-        "n": n,
-        "wins": wins,
-        "ties": ties,
-        "losses": losses,
-        "win_rate": proportion(wins + 0.5 * ties, n, confidence),
-        "ties_count_half": True,
-        "policy_mean_score": mean_estimate(p, confidence),
-        "reference_mean_score": mean_estimate(r, confidence),
-    }
+# Behaviour: rates of judged answers, paired differences, length control (hf_dpo.report.comparison uses them)
 
 
 def rate_estimate(values: Sequence[float] | np.ndarray, confidence: float = 0.95, seed: int = 0) -> Estimate:

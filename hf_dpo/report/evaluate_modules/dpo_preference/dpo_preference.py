@@ -1,5 +1,6 @@
 """DPO preference metrics as an `evaluate` module: reward accuracy, margins, rewards and log-prob shifts of a
-policy against its reference on preference pairs, each with a 95% interval.
+policy against its reference on preference pairs, each with a 95% interval. The report's numbers are computed
+through this module.
 
     import evaluate
     metric = evaluate.load("<site-packages>/hf_dpo/report/evaluate_modules/dpo_preference")
@@ -9,12 +10,10 @@ policy against its reference on preference pairs, each with a 95% interval.
 It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_metrics.load`).
 """
 
-from dataclasses import asdict
-
 import datasets
 import evaluate
 
-from hf_dpo.report.metrics import preference_metrics
+from hf_dpo.report.metrics import plain, preference_metrics
 
 _CITATION = """\
 @inproceedings{rafailov2023direct,
@@ -81,4 +80,4 @@ class DpoPreference(evaluate.Metric):
             confidence=confidence,
             seed=seed,
         )
-        return {name: asdict(estimate) for name, estimate in metrics.items()}
+        return plain(metrics)

@@ -1,0 +1,83 @@
+"""Which prompts the report's answers are judged on: the recipe's held-out prompt file, or the distinct prompts of
+the eval split, each as (readable text, token ids formatted exactly as training formats them).
+
+    prompts = prompts_from_file("recipes/data/demo/prompts_test.txt", tokenizer, data_config, 96)
+    prompts = heldout_prompts(eval_dataset, tokenizer, 32)          # [(text, ids), ...]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hf_dpo.report.metrics import EvaluationError
+
+
+def _messages_or_text(prompt: Any) -> Any:
+    """hf_dpo.data stores conversational prompts as JSON text: give back the message list."""
+    if isinstance(prompt, str) and prompt.startswith("[{"):
+        try:
+            value = json.loads(prompt)
+        except json.JSONDecodeError:
+            return prompt
+        if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+            return value
+    return prompt
+
+
+def _prompt_text(row: dict[str, Any], tokenizer) -> str:
+    """Readable prompt of a dataset row: the prompt column, the last user turn, or decoded prompt ids."""
+    prompt = _messages_or_text(row.get("prompt"))
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+        return users[-1] if users else str(prompt[-1].get("content", ""))
+    if "prompt_input_ids" in row:
+        return tokenizer.decode(row["prompt_input_ids"], skip_special_tokens=True)
+    raise EvaluationError(
+        f"eval rows need a 'prompt' column or 'prompt_input_ids'; this one has {sorted(row)}. "
+        "Keep the prompt column when tokenizing the eval split."
+    )
+
+
+def _prompt_ids(row: dict[str, Any], tokenizer) -> list[int]:
+    """Token ids the model is prompted with: exactly what training saw when the row is tokenized."""
+    if "prompt_input_ids" in row:
+        return list(row["prompt_input_ids"])
+    prompt = _messages_or_text(row["prompt"])
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return tokenizer(prompt if isinstance(prompt, str) else messages[-1]["content"])["input_ids"]
+
+
+def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str, list[int]]]:
+    """Up to `limit` distinct held-out prompts as (text, token ids), in dataset order."""
+    seen: set[str] = set()
+    prompts = []
+    for row in eval_dataset:
+        text = _prompt_text(row, tokenizer)
+        if text in seen:
+            continue
+        seen.add(text)
+        prompts.append((text, _prompt_ids(row, tokenizer)))
+        if len(prompts) >= limit:
+            break
+    return prompts
+
+
+def prompts_from_file(path: str, tokenizer, data_config, limit: int) -> list[tuple[str, list[int]]]:
+    """The first `limit` prompts of a prompt file as (text, token ids), formatted exactly as training formats
+    prompts (chat template, system prompt)."""
+    from hf_dpo.pairs.sampling import format_prompt, prompt_text, read_prompts
+
+    prompts = read_prompts(path)[:limit]
+    if data_config is None:
+        from hf_dpo.config import DataConfig
+
+        data_config = DataConfig()
+    texts = [format_prompt(p, tokenizer, data_config) for p in prompts]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [(prompt_text(p), list(i)) for p, i in zip(prompts, ids)]
