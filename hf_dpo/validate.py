@@ -96,6 +96,7 @@ CHOICES: dict[str, tuple] = {
     "torch_dtype": ("auto", *TORCH_DTYPES),
     "on_bad_rows": ("error", "skip"),
     "pairs_per_prompt": ("best_worst", "all"),
+    "prefix_sharing_attention": ("auto", "mask4d", "flex"),
 }
 
 # Strings that must name something: an empty one is never meant.

@@ -6,8 +6,7 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
-from peft import LoraConfig
-from run_fixtures import dpo_args
+from fast_path_fixtures import PLAIN, ROWS, args, assert_same, lora, loss_and_grads, make_trainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_dpo.train import batching
@@ -20,68 +19,10 @@ from hf_dpo.train.batching import (
 )
 from hf_dpo.train.trainer import DPOTrainer
 
-ROWS = [
-    {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
-    {"prompt": "Capital of France? Answer in one word.", "chosen": "Paris.", "rejected": "London, probably."},
-    {"prompt": "What is 3 * 3?", "chosen": "9, because three threes are nine.", "rejected": "Nine hundred."},
-    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "I cannot answer that."},
-]
-PLAIN = dict(prefix_sharing=False, logps_chunk_size=0)
-
-
-def args(tmp_path, **kw):
-    options = dict(
-        per_device_train_batch_size=4, per_device_eval_batch_size=4, precompute_ref_log_probs=False
-    )
-    return dpo_args(tmp_path, **{**options, **kw})
-
-
-def lora():
-    # A random, non-zero adapter: policy != reference, so gradients and margins are not trivial.
-    return LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False
-    )
-
 
 @pytest.fixture
 def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def make_trainer(tmp_path, tiny_model_dir, tokenizer, rows=ROWS, attn="sdpa", **kw):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn)
-    return DPOTrainer(
-        model=model,
-        args=args(tmp_path, **kw),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora(),
-    )
-
-
-def loss_and_grads(trainer, rpo=False):
-    """One batch of all pairs: loss, per-pair log-probs and the LoRA gradients."""
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
-    trainer.model.train()
-    trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    with torch.no_grad():
-        policy = trainer.concatenated_forward(trainer.model, batch)
-    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    return loss.detach(), policy, grads
-
-
-def assert_same(a, b, loss_tol=1e-6, grad_tol=1e-5):
-    (loss_a, pol_a, grads_a), (loss_b, pol_b, grads_b) = a, b
-    assert loss_a.item() == pytest.approx(loss_b.item(), abs=loss_tol)
-    for side in ("chosen", "rejected", "chosen_lengths", "rejected_lengths"):
-        assert torch.allclose(getattr(pol_a, side).double(), getattr(pol_b, side).double(), atol=1e-4), side
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
-    for name in grads_a:
-        scale = grads_b[name].abs().max().clamp(min=1e-3)
-        assert (grads_a[name] - grads_b[name]).abs().max() / scale < grad_tol, name
 
 
 # ---------------------------------------------------------------- prefix sharing

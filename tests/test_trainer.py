@@ -1,6 +1,7 @@
 """hf_dpo.train.trainer: metrics, the adapters-off reference, resuming (parity with TRL: test_trl_parity.py)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -206,7 +207,7 @@ def test_pair_logps_shortcut_before_training_equals_the_full_pass(tmp_path, tiny
 
 def test_trl_switches_without_a_loss_of_their_own(tmp_path, tiny, caplog):
     """activation_offloading trains (activations saved in CPU memory), pad_to_multiple_of pads the rows,
-    padding_free falls back to padding with a log line (as TRL 1.16), pad_token sets the tokenizer's."""
+    padding_free packs each batch into one row (logged), pad_token sets the tokenizer's."""
     import logging
 
     base, tokenizer = tiny
@@ -220,7 +221,7 @@ def test_trl_switches_without_a_loss_of_their_own(tmp_path, tiny, caplog):
         precompute_ref_batch_size=3,
         precompute_ref_log_probs=True,
     )
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         trainer = DPOTrainer(
             model=base,
             args=args,
@@ -231,7 +232,10 @@ def test_trl_switches_without_a_loss_of_their_own(tmp_path, tiny, caplog):
     assert "padding_free" in caplog.text
     assert trainer.processing_class.pad_token == tokenizer.eos_token
     batch = next(iter(trainer.get_train_dataloader()))
-    assert batch["input_ids"].shape[1] % 16 == 0
+    assert batch["input_ids"].shape[0] == 1 and "sequence_ids" in batch  # packed: no padding to round up
+    examples = [trainer.train_dataset[i] for i in range(2)]
+    padded = dataclasses.replace(trainer.data_collator, padding_free=False, prefix_sharing=False)(examples)
+    assert padded["input_ids"].shape[1] % 16 == 0
     assert trainer.train().global_step == 1
 
 

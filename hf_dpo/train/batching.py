@@ -1,13 +1,16 @@
 """Batch layouts and batch order for preference pairs: which logits predict which label, the prefix-shared
-4D attention mask, and a length-grouped sampler that keeps padding small.
+attention masks (dense 4D, or a FlexAttention block mask), and a length-grouped sampler that keeps padding small.
 
-Two layouts come out of `PreferenceCollator`:
+Three layouts come out of `PreferenceCollator`:
 
     plain           2B rows  [prompt, chosen, pad] ... [prompt, rejected, pad]      labels predicted at t-1
     prefix-shared    B rows  [prompt, chosen, rejected, pad]                          see `label_targets`
+    packed           1 row   [prompt, chosen][prompt, chosen]...[prompt, rejected]   padding-free: positions
+                             restart at 0 for each sequence, which is how transformers tells them apart
 
-`label_targets` describes both the same way, as flat lists of (row, source position, label, sequence), so the
-trainer computes log-probs of exactly the labelled tokens whatever the layout.
+`label_targets` describes all three the same way, as flat lists of (row, source position, label, sequence), so
+the trainer computes log-probs of exactly the labelled tokens whatever the layout; `batch_examples` turns any
+of them back into the pairs they hold.
 """
 
 from __future__ import annotations
@@ -27,17 +30,49 @@ def is_shared(batch: dict) -> bool:
     return "segment_ids" in batch
 
 
+def is_packed(batch: dict) -> bool:
+    return "sequence_ids" in batch
+
+
+def shared_allowed(query_index, key_index, query_segment, key_segment):
+    """The prefix-shared layout's attention rule, elementwise: causal, padding barred as keys, and the rejected
+    branch barred from the chosen block (so rejected tokens see exactly prompt + rejected, as in their own row).
+    Written once for the dense mask and the FlexAttention `mask_mod` alike."""
+    return (
+        (query_index >= key_index)
+        & (key_segment != PAD)
+        & ~((query_segment == REJECTED) & (key_segment == CHOSEN))
+    )
+
+
 def shared_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) segment ids -> (B, 1, T, T) additive float mask: causal, padding barred as keys, and the rejected
-    branch barred from the chosen block (so rejected tokens see exactly prompt + rejected, as in their own row)."""
+    """(B, T) segment ids -> (B, 1, T, T) additive float mask of `shared_allowed` (0 allowed, dtype's min barred)."""
     seq = segment_ids.shape[1]
     positions = torch.arange(seq, device=segment_ids.device)
-    causal = positions[None, :, None] >= positions[None, None, :]  # (1, T, T): query i sees key j <= i
-    query, key = segment_ids[:, :, None], segment_ids[:, None, :]  # (B, T, 1), (B, 1, T)
-    allowed = causal & (key != PAD) & ~((query == REJECTED) & (key == CHOSEN))  # (B, T, T)
+    allowed = shared_allowed(
+        positions[None, :, None],  # (1, T, 1) query index
+        positions[None, None, :],  # (1, 1, T) key index
+        segment_ids[:, :, None],  # (B, T, 1)
+        segment_ids[:, None, :],  # (B, 1, T)
+    )  # (B, T, T)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask.unsqueeze(1)  # (B, 1, T, T)
+
+
+def shared_block_mask(segment_ids: torch.Tensor):
+    """(B, T) segment ids -> a FlexAttention `BlockMask` of `shared_allowed` (B, 1 head, T, T): no dense mask
+    exists, and a block of keys that no query of a block may see (chosen keys for rejected queries, padding) is
+    skipped by the fused kernel. Compiled on CUDA; on CPU it is built eagerly (exact, for the tests)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(batch, head, query, key):
+        return shared_allowed(query, key, segment_ids[batch, query], segment_ids[batch, key])
+
+    rows, seq = segment_ids.shape
+    return create_block_mask(
+        mask_mod, rows, None, seq, seq, device=segment_ids.device, _compile=segment_ids.is_cuda
+    )
 
 
 @dataclass
@@ -56,12 +91,19 @@ def label_targets(batch: dict) -> LabelTargets:
 
     Plain: label at t is predicted at t-1. Prefix-shared: the same inside each branch, except the first rejected
     token, which is predicted at the last prompt position (P-1) — the shifted-label trick would wrongly use the
-    last chosen position there. A token with nothing before it (an empty prompt) has no prediction and is left
-    out, as the shifted labels of the full-logits path leave it out.
+    last chosen position there. Packed: t-1 inside each sequence; a sequence's first token (position 0) is
+    predicted by nothing (t-1 is the previous sequence's last token). A token with nothing before it (an empty
+    prompt) has no prediction and is left out, as the shifted labels of the full-logits path leave it out.
     """
     labels = batch["labels"]
     mask = labels != -100  # (rows, T)
     mask[:, 0] = False
+    if is_packed(batch):
+        mask &= batch["position_ids"] != 0  # (1, T): each sequence's first token
+        rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
+        sequence_ids = batch["sequence_ids"]  # (1, T): 0..B-1 chosen, B..2B-1 rejected
+        num_pairs = (int(sequence_ids.max()) + 1) // 2
+        return LabelTargets(rows, cols - 1, labels[rows, cols], sequence_ids[rows, cols], num_pairs)
     rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
     sources = cols - 1
     if not is_shared(batch):
@@ -79,23 +121,54 @@ def label_targets(batch: dict) -> LabelTargets:
     return LabelTargets(rows, sources, labels[rows, cols], sequences, num_pairs)
 
 
-def unshare_batch(batch: dict, pad_token_id: int) -> dict:
-    """A prefix-shared batch in the plain layout (the fallback when a model can't take a 4D mask)."""
-    examples = []
-    for ids, seg in zip(batch["input_ids"].tolist(), batch["segment_ids"].tolist()):
-        examples.append(
+REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def batch_examples(batch: dict) -> list[dict]:
+    """The pairs a batch of any layout holds, as tokenized examples (prompt / chosen / rejected input ids, and the
+    cached reference log-probs when the batch carries them)."""
+    ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    if is_shared(batch):
+        examples = [
             {
-                "prompt_input_ids": [t for t, s in zip(ids, seg) if s == 0],
-                "chosen_input_ids": [t for t, s in zip(ids, seg) if s == CHOSEN],
-                "rejected_input_ids": [t for t, s in zip(ids, seg) if s == REJECTED],
+                "prompt_input_ids": [t for t, s in zip(row, seg) if s == 0],
+                "chosen_input_ids": [t for t, s in zip(row, seg) if s == CHOSEN],
+                "rejected_input_ids": [t for t, s in zip(row, seg) if s == REJECTED],
             }
-        )
-    plain = PreferenceCollator(pad_token_id=pad_token_id)(examples)
-    plain = {k: v.to(batch["input_ids"].device) for k, v in plain.items()}
-    for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            for row, seg in zip(ids, batch["segment_ids"].tolist())
+        ]
+    else:
+        if is_packed(batch):  # one row -> the plain layout's 2B sequences, by sequence id
+            sequence_ids = batch["sequence_ids"][0].tolist()
+            count = max(sequence_ids) + 1
+            ids = [[t for t, s in zip(ids[0], sequence_ids) if s == i] for i in range(count)]
+            labels = [[t for t, s in zip(labels[0], sequence_ids) if s == i] for i in range(count)]
+        pairs = len(ids) // 2
+
+        def completion(b):  # the labelled tokens of sequence b: its completion (prompt and padding are -100)
+            return [t for t, lab in zip(ids[b], labels[b]) if lab != -100]
+
+        examples = []
+        for b in range(pairs):
+            prompt_length = next((i for i, lab in enumerate(labels[b]) if lab != -100), len(labels[b]))
+            examples.append(
+                {
+                    "prompt_input_ids": ids[b][:prompt_length],
+                    "chosen_input_ids": completion(b),
+                    "rejected_input_ids": completion(pairs + b),
+                }
+            )
+    for key in REF_KEYS:
         if key in batch:
-            plain[key] = batch[key]
-    return plain
+            for example, value in zip(examples, batch[key].tolist()):
+                example[key] = value
+    return examples
+
+
+def plain_batch(batch: dict, pad_token_id: int) -> dict:
+    """A prefix-shared or packed batch in the plain layout (the fallback when a model can't take its mask)."""
+    plain = PreferenceCollator(pad_token_id=pad_token_id)(batch_examples(batch))
+    return {k: v.to(batch["input_ids"].device) for k, v in plain.items()}
 
 
 # ---------------------------------------------------------------- collating
@@ -111,17 +184,25 @@ class PreferenceCollator:
     once; input_ids, attention_mask (1 on tokens, 0 on padding), labels (the token itself on completion tokens,
     -100 elsewhere), position_ids (`[0..P+C-1, P..P+R-1]`: the rejected branch restarts after the prompt) and
     segment_ids (0 prompt, 1 chosen, 2 rejected, -1 padding), all (B, T). The trainer turns segment_ids into the
-    4D attention mask (`hf_dpo.train.batching.shared_attention_mask`).
-    Both carry ref_chosen_logps / ref_rejected_logps (B,) when the examples hold cached reference log-probs.
+    attention mask (`shared_attention_mask`, or `shared_block_mask` for FlexAttention).
+    Packed (`padding_free=True`, the plain layout without padding): one row holding the 2B sequences of the plain
+    layout back to back; input_ids, labels, position_ids (restarting at 0 for each sequence), sequence_ids (0..B-1
+    chosen, B..2B-1 rejected) and attention_mask (all 1: it counts tokens, the model gets position_ids instead),
+    all (1, ΣL). No padding, so pad_to_multiple_of does not apply.
+    All carry ref_chosen_logps / ref_rejected_logps (B,) when the examples hold cached reference log-probs.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     prefix_sharing: bool = False
+    padding_free: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self._shared(examples) if self.prefix_sharing else self._plain(examples)
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        if self.padding_free:
+            batch = self._packed(examples)
+        else:
+            batch = self._shared(examples) if self.prefix_sharing else self._plain(examples)
+        for key in REF_KEYS:
             if key in examples[0]:
                 batch[key] = torch.tensor([float(ex[key]) for ex in examples])
         return batch
@@ -147,6 +228,26 @@ class PreferenceCollator:
             attention_mask[i, : len(seq)] = 1
             labels[i, : len(lab)] = torch.tensor(lab)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _packed(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, labels, position_ids, sequence_ids = [], [], [], []
+        # the plain layout's sequence order: chosen of pairs 0..B-1, then rejected of pairs 0..B-1
+        sides = [(ex, side) for side in ("chosen_input_ids", "rejected_input_ids") for ex in examples]
+        for sequence, (ex, side) in enumerate(sides):
+            prompt, completion = list(ex["prompt_input_ids"]), list(ex[side])
+            length = len(prompt) + len(completion)
+            input_ids += prompt + completion
+            labels += [-100] * len(prompt) + completion
+            position_ids += range(length)
+            sequence_ids += [sequence] * length
+        row = {
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "labels": labels,
+            "position_ids": position_ids,
+            "sequence_ids": sequence_ids,
+        }
+        return {key: torch.tensor([values], dtype=torch.long) for key, values in row.items()}  # each (1, ΣL)
 
     def _shared(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         parts = [

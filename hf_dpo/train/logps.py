@@ -1,6 +1,6 @@
 """Summed log-probs of the chosen and rejected completions of a batch of pairs, from a causal LM.
 
-Two ways, for either batch layout of `hf_dpo.train.batching` (plain 2B rows, or prefix-shared B rows):
+Two ways, for any batch layout of `hf_dpo.train.batching` (plain 2B rows, prefix-shared B rows, packed 1 row):
 
     full logits   model(...).logits, (rows, T, V), then the labels' log-softmax — the plain path, as TRL
     chunked       the decoder's final hidden states at the N positions that predict a label, through the LM
@@ -12,14 +12,27 @@ Two ways, for either batch layout of `hf_dpo.train.batching` (plain 2B rows, or 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from hf_dpo.model.unwrap import base_model
-from hf_dpo.train.batching import is_shared, label_targets, shared_attention_mask, unshare_batch
+from hf_dpo.train.attention import FLEX, MASK4D
+from hf_dpo.train.batching import (
+    PreferenceCollator,
+    batch_examples,
+    is_packed,
+    is_shared,
+    label_targets,
+    shared_attention_mask,
+    shared_block_mask,
+)
 from hf_dpo.train.label_logps import chunked_label_logps, selective_log_softmax, token_logps
+
+logger = logging.getLogger(__name__)
 
 # Config keys that rescale or cap logits after the LM head; the chunked path does not apply them.
 LOGIT_TRANSFORMS = (
@@ -51,6 +64,7 @@ class LogpsOptions:
     ld_alpha: float | None = None  # LD-DPO's weight of the tokens past the shorter completion
     with_wpo: bool = False  # WPO weights (needs full logits: chunk_size 0)
     router_aux: bool = False  # ask a MoE model for its load-balancing loss
+    attention: str = MASK4D  # how a prefix-shared batch's mask reaches attention (`hf_dpo.train.attention`)
 
 
 def head_and_decoder(model):
@@ -74,21 +88,40 @@ def chunking_problem(model) -> str | None:
     return None
 
 
-def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Forward arguments for the batch's layout; the shared one gets its 4D mask in the embeddings' dtype."""
+def model_inputs(model, batch: dict[str, torch.Tensor], attention: str = MASK4D) -> dict[str, torch.Tensor]:
+    """Forward arguments for the batch's layout. Prefix-shared: its mask, dense in the attention scores' dtype
+    (`attention` mask4d) or a FlexAttention block mask (flex). Packed: no attention mask, only position_ids, from
+    which transformers builds one that keeps the sequences apart (flash, flex, SDPA and eager alike)."""
+    if is_packed(batch):
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}  # (1, ΣL) each
     if not is_shared(batch):
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    dtype = base_model(model).get_input_embeddings().weight.dtype
-    device = batch["input_ids"].device.type
-    if torch.is_autocast_enabled(device):
-        # k-bit training keeps the embeddings in float32 while autocast runs attention in bf16/fp16: the mask
-        # takes the dtype of the scores it is added to (SDPA expects the query's dtype).
-        dtype = torch.get_autocast_dtype(device)
+    if attention == FLEX:
+        mask = shared_block_mask(batch["segment_ids"])  # BlockMask (B, 1, T, T)
+    else:
+        mask = shared_attention_mask(
+            batch["segment_ids"], scores_dtype(model, batch["input_ids"].device.type)
+        )
     return {
         "input_ids": batch["input_ids"],  # (B, T)
-        "attention_mask": shared_attention_mask(batch["segment_ids"], dtype),  # (B, 1, T, T)
+        "attention_mask": mask,  # (B, 1, T, T)
         "position_ids": batch["position_ids"],  # (B, T)
     }
+
+
+def scores_dtype(model, device: str) -> torch.dtype:
+    """The dtype of the attention scores a 4D mask is added to (SDPA wants the query's)."""
+    if torch.is_autocast_enabled(device):  # autocast runs attention in bf16/fp16 whatever the weights are
+        return torch.get_autocast_dtype(device)
+    base = base_model(model)
+    embeddings = base.get_input_embeddings().weight
+    # The residual stream meets the first floating-point weight past the embeddings first (a norm, or a linear of
+    # a full-precision model), and computes on in its dtype: k-bit training keeps norms float32 even where the
+    # embeddings are bf16, so the queries are float32 there.
+    for name, param in base.named_parameters():
+        if param.dtype.is_floating_point and param is not embeddings and "lora_" not in name:
+            return param.dtype
+    return embeddings.dtype
 
 
 def final_hidden_states(model, inputs: dict[str, torch.Tensor]):
@@ -136,10 +169,10 @@ def pair_logps(
     `options` (LD-DPO, WPO, a MoE router's loss) override `chunk_size` and `with_tokens`."""
     opt = options or LogpsOptions(chunk_size=chunk_size, with_tokens=with_tokens)
     plain = opt.ld_alpha is None and not opt.with_wpo and not opt.router_aux
-    if plain and not is_shared(batch) and not opt.chunk_size:
+    if plain and not is_shared(batch) and not is_packed(batch) and not opt.chunk_size:
         return full_logits_pair_logps(model, batch, opt.with_tokens)
     targets = label_targets(batch)  # N labelled tokens: row, source position, label, sequence
-    inputs = model_inputs(model, batch)
+    inputs = model_inputs(model, batch, opt.attention)
     if opt.router_aux:
         inputs["output_router_logits"] = True
     log_sum_sq = None
@@ -200,35 +233,70 @@ def wpo_weights(per_token, log_sum_sq, sequences, lengths) -> torch.Tensor:
 
 
 # Two pairs: padding in both layouts (rows of different lengths), at a fraction of a whole batch's cost.
-SHARING_CHECK_PAIRS = 2
+LAYOUT_CHECK_PAIRS = 2
+MASK_NAMES = {MASK4D: "a 4D mask", FLEX: "a FlexAttention block mask"}
 
 
 @torch.no_grad()
-def prefix_sharing_problem(
-    model, batch: dict[str, torch.Tensor], pad_token_id: int, chunk_size: int, args
+def layout_problem(
+    model, batch: dict[str, torch.Tensor], collator: PreferenceCollator, options, args
 ) -> str | None:
-    """Why the prefix-shared `batch` can't be trusted on `model`, or None: its log-probs must match the plain
-    layout's within 1e-4 per token in float32 (1e-2 under bf16/fp16 rounding). A model that ignores or rejects
-    a 4D mask fails here. Checked on the batch's first SHARING_CHECK_PAIRS pairs: the plain layout computes every
-    prompt twice, so checking a whole batch of long prompts cost more than the rest of the reference pass."""
-    batch = {k: v[:SHARING_CHECK_PAIRS] for k, v in batch.items()}  # every tensor is (pairs, ...) here
+    """Why `batch` (prefix-shared or packed, as `collator` builds them) can't be trusted on `model`, or None: its
+    log-probs must match the plain layout's within 1e-4 per token in float32 (1e-2 under bf16/fp16 rounding). A
+    model that ignores or rejects the layout's mask fails here. Checked on the batch's first LAYOUT_CHECK_PAIRS
+    pairs: the plain layout computes every prompt twice, so checking a whole batch of long prompts cost more than
+    the rest of the reference pass."""
+    examples = batch_examples(batch)[:LAYOUT_CHECK_PAIRS]
+    device = batch["input_ids"].device
+    fast = {k: v.to(device) for k, v in collator(examples).items()}
+    plain_collator = dataclasses.replace(collator, prefix_sharing=False, padding_free=False)
+    plain = {k: v.to(device) for k, v in plain_collator(examples).items()}
+    options = LogpsOptions(chunk_size=options.chunk_size, attention=options.attention)
     was_training = model.training
     model.eval()  # no dropout: both layouts must see the same network
     try:
-        shared = pair_logps(model, batch, chunk_size=chunk_size)
-        plain = pair_logps(model, unshare_batch(batch, pad_token_id), chunk_size=chunk_size)
-    except Exception as err:  # noqa: BLE001 - any failure of the 4D-mask forward means: don't use it
-        return f"the forward pass with a 4D mask failed: {type(err).__name__}: {err}"
+        fast_logps = pair_logps(model, fast, options=options)
+        plain_logps = pair_logps(model, plain, options=options)
+    except Exception as err:  # noqa: BLE001 - any failure of the layout's forward means: don't use it
+        layout = "packed rows" if collator.padding_free else MASK_NAMES[options.attention]
+        return f"the forward pass with {layout} failed: {type(err).__name__}: {err}"
     finally:
         model.train(was_training)
     per_token_tol = 1e-4 if computes_in_float32(model, args) else 1e-2
     for side in ("chosen", "rejected"):
-        a, b = getattr(shared, side).float(), getattr(plain, side).float()
-        lengths = getattr(plain, f"{side}_lengths").clamp(min=1)
+        a, b = getattr(fast_logps, side).float(), getattr(plain_logps, side).float()
+        lengths = getattr(plain_logps, f"{side}_lengths").clamp(min=1)
         worst = ((a - b).abs() / lengths).max().item()
         if not worst <= per_token_tol:
             return f"{side} log-probs differ from the plain layout by {worst:.2g} per token"
     return None
+
+
+def working_layout(
+    model, batch: dict, pad_token_id: int, asked: tuple[str | None, bool], chunk_size: int, args
+) -> tuple[str | None, bool]:
+    """The layout that holds on `model`, as (sharing attention or None, packed), from the one `asked` for, checked
+    on the first `batch` with `layout_problem`: a failing FlexAttention block mask gives way to the dense 4D mask
+    (checked the same way), any other failure to the plain layout (None, False). Logged either way."""
+    sharing_attention, packed = asked
+    what = "padding_free" if packed else "Prefix sharing"
+    while True:
+        collator = PreferenceCollator(
+            pad_token_id=pad_token_id, prefix_sharing=sharing_attention is not None, padding_free=packed
+        )
+        options = LogpsOptions(chunk_size=chunk_size, attention=sharing_attention or MASK4D)
+        problem = layout_problem(model, batch, collator, options, args)
+        if not problem:
+            how = "no padding" if packed else f"each prompt computed once per pair, {sharing_attention}"
+            logger.info("%s on: %s (checked on the first batch).", what, how)
+            return sharing_attention, packed
+        if sharing_attention != FLEX:
+            logger.warning("%s off (%s); computing prompt+chosen and prompt+rejected apart.", what, problem)
+            return None, False
+        logger.warning(
+            "Prefix sharing: the FlexAttention block mask failed (%s); trying the 4D mask.", problem
+        )
+        sharing_attention = MASK4D
 
 
 def computes_in_float32(model, args) -> bool:

@@ -1,6 +1,7 @@
 """What `DPOTrainer.__init__` prepares from TRL-style arguments, before `transformers.Trainer` takes over: the peft
 model and its tokenizer (a model name loaded with model_init_kwargs, pad token, dropout off), the weight of a
-Mixture-of-Experts router's loss, whether the prefix-shared layout may be tried, tokenized datasets.
+Mixture-of-Experts router's loss, the batch layout (padding-free packing, or the prefix-shared layout and the
+attention that carries its mask), tokenized datasets.
 """
 
 from __future__ import annotations
@@ -13,26 +14,13 @@ from hf_dpo.config import DPOConfig
 from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.model.unwrap import base_model, is_peft
+from hf_dpo.train.attention import sharing_attention
 
 logger = logging.getLogger(__name__)
 
 
 class TrainerSetupError(HfDpoError, ValueError):
     """DPOTrainer's arguments cannot work together; the message says what to pass instead."""
-
-
-MASK_4D_ATTENTION = ("sdpa", "eager")  # attention kernels that take an arbitrary additive 4D mask
-
-
-def takes_4d_mask(model) -> bool:
-    """Whether the attention kernel can take the prefix-sharing 4D mask (checked again on the first batch)."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if impl is None or impl in MASK_4D_ATTENTION:
-        return True
-    logger.warning(
-        "Prefix sharing off: attention '%s' takes no 4D mask (use sdpa or eager to enable it).", impl
-    )
-    return False
 
 
 def with_lora(model, processing_class, peft_config, args: DPOConfig):
@@ -101,19 +89,31 @@ def tokenize(dataset, tokenizer, data_config, args):
     return tokenize_dataset(dataset, tokenizer, data_config, args)
 
 
-def prefix_sharing_on(model, args: DPOConfig, aux_coef: float) -> bool:
-    """Whether to try the prefix-shared layout (checked again on the first batch); every "no" is logged."""
+def padding_free_on(args: DPOConfig) -> bool:
+    """`padding_free`: the pairs of a batch packed into one row, no padding (checked on the first batch)."""
     if args.padding_free:
-        logger.warning(
-            "padding_free: unavailable (TRL 1.16 falls back too); batches are padded. prefix_sharing and "
-            "train_sampling_strategy: group_by_length keep padding small."
+        logger.info(
+            "padding_free: each batch is one row of its sequences back to back, positions restarting per sequence "
+            "(no padding; attention never crosses sequences). Pays off with flash/flex attention on a GPU; on CPU "
+            "SDPA attends over the whole row."
         )
-    if not args.prefix_sharing or not takes_4d_mask(model):
-        return False
+    return bool(args.padding_free)
+
+
+def prefix_sharing_on(model, args: DPOConfig, aux_coef: float, packed: bool = False) -> str | None:
+    """The attention the prefix-shared layout will use (`hf_dpo.train.attention`: mask4d or flex), or None: the plain
+    layout (checked again on the first batch); every "no" is logged."""
+    if not args.prefix_sharing:
+        return None
+    if packed:
+        logger.info(
+            "Prefix sharing off: padding_free packs the plain layout (prompt+chosen, prompt+rejected)."
+        )
+        return None
     if aux_coef:
         logger.info("Prefix sharing off: the router's load-balancing loss counts every token of both rows.")
-        return False
-    return True
+        return None
+    return sharing_attention(model, args.prefix_sharing_attention, args.device.type)
 
 
 def return_freed_memory(args: DPOConfig) -> None:

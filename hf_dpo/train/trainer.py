@@ -11,8 +11,9 @@ The reference is never a second model: it is the same network with its LoRA adap
 once over the data before training, is cached on disk (`hf_dpo.train.ref_cache`) for later runs, and steps
 read the cached values instead.
 
-Three switches make the same computation cheaper, each checked against the plain path in tests:
-`prefix_sharing` (one row [prompt, chosen, rejected] per pair with a 4D mask, `hf_dpo.train.batching`),
+Four switches make the same computation cheaper, each checked against the plain path in tests:
+`prefix_sharing` (one row [prompt, chosen, rejected] per pair with a dense 4D or a FlexAttention block mask,
+`hf_dpo.train.batching`, `hf_dpo.train.attention`), `padding_free` (a batch's sequences packed in one row),
 `logps_chunk_size` (log-probs of the labelled positions only, through the LM head a chunk at a time,
 `hf_dpo.train.logps`) and `train_sampling_strategy: group_by_length` (batches of similar length).
 
@@ -22,6 +23,7 @@ arguments before a trainer exists and pushes with `hf_dpo.hub.push` once the loc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 
@@ -32,17 +34,20 @@ from transformers import Trainer
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
+from hf_dpo.train.attention import MASK4D
 from hf_dpo.train.batching import (
     PreferenceCollator,
+    is_packed,
     is_shared,
     length_grouped_sampler,
-    unshare_batch,
+    plain_batch,
 )
-from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, prefix_sharing_problem
+from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, working_layout
 from hf_dpo.train.loss import dpo_loss
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
 from hf_dpo.train.setup import (
     TrainerSetupError,
+    padding_free_on,
     prefix_sharing_on,
     return_freed_memory,
     router_aux_coef,
@@ -81,8 +86,10 @@ class DPOTrainer(Trainer):
         keep_4bit_layers_trainable(model)
         return_freed_memory(args)
         self._router_aux_coef = router_aux_coef(model, args)
-        self._prefix_sharing = prefix_sharing_on(model, args, self._router_aux_coef)
-        self._sharing_checked = False
+        self._packed = padding_free_on(args)
+        # the prefix-shared layout's attention (mask4d / flex), or None: no prefix sharing
+        self._sharing_attention = prefix_sharing_on(model, args, self._router_aux_coef, packed=self._packed)
+        self._layout_checked = False
         super().__init__(
             model=model,
             args=args,
@@ -91,6 +98,7 @@ class DPOTrainer(Trainer):
                 pad_token_id=processing_class.pad_token_id,
                 pad_to_multiple_of=args.pad_to_multiple_of,
                 prefix_sharing=self._prefix_sharing,
+                padding_free=self._packed,
             ),
             train_dataset=tokenize(train_dataset, processing_class, data_config, args),
             eval_dataset=tokenize(eval_dataset, processing_class, data_config, args),
@@ -165,12 +173,14 @@ class DPOTrainer(Trainer):
         options: LogpsOptions | None = None,
     ) -> PairLogps:
         """Policy log-probs of chosen and rejected in one forward pass, in the batch's layout (plain: rows
-        [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected])."""
-        if is_shared(batch) and not self._sharing_works(model, batch):
-            batch = unshare_batch(batch, self.processing_class.pad_token_id)
+        [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected]; packed: one row)."""
+        if (is_shared(batch) or is_packed(batch)) and not self._layout_works(model, batch):
+            batch = plain_batch(batch, self.processing_class.pad_token_id)
         if options is None:
             options = self._reference_options
             options.with_tokens = with_tokens
+        # the attention the layout holds with, known only once the first batch was checked
+        options = dataclasses.replace(options, attention=self._sharing_attention or MASK4D)
         return pair_logps(model, batch, options=options)
 
     def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,26 +250,22 @@ class DPOTrainer(Trainer):
         )
         return chunk_size
 
-    def _sharing_works(self, model, batch: dict[str, torch.Tensor]) -> bool:
-        """Prefix sharing is checked once, on the first shared batch: its log-probs must match the plain layout's
-        (a model that ignores or rejects a 4D mask fails here). On failure, log and use the plain layout."""
-        if self._prefix_sharing and not self._sharing_checked:
-            self._sharing_checked = True
-            problem = prefix_sharing_problem(
-                model, batch, self.processing_class.pad_token_id, self._chunk_size, self.args
-            )
-            if problem:
-                logger.warning(
-                    "Prefix sharing off (%s); computing prompt+chosen and prompt+rejected apart.", problem
-                )
-                self._prefix_sharing = False
-                if isinstance(self.data_collator, PreferenceCollator):
-                    self.data_collator.prefix_sharing = False
-            else:
-                logger.info(
-                    "Prefix sharing on: each prompt is computed once per pair (checked on the first batch)."
-                )
-        return self._prefix_sharing
+    @property
+    def _prefix_sharing(self) -> bool:
+        return self._sharing_attention is not None
+
+    def _layout_works(self, model, batch: dict[str, torch.Tensor]) -> bool:
+        """The prefix-shared or packed layout is checked once, on its first batch (`working_layout`); on failure
+        the collator builds plain batches from then on."""
+        if not self._layout_checked:
+            self._layout_checked = True
+            asked, pad_id = (self._sharing_attention, self._packed), self.processing_class.pad_token_id
+            held = working_layout(model, batch, pad_id, asked, self._chunk_size, self.args)
+            self._sharing_attention, self._packed = held
+            if isinstance(self.data_collator, PreferenceCollator):
+                self.data_collator.prefix_sharing = self._prefix_sharing
+                self.data_collator.padding_free = self._packed
+        return self._prefix_sharing or self._packed
 
     # ------------------------------------------------------------------ passes over a whole dataset
 
