@@ -268,11 +268,11 @@ def test_cli_plan_exit_status_and_suggestion(capsys, offline):
     from hf_dpo.cli import main
 
     recipe = str(RECIPES / "llama3.1-8b-qlora.yaml")
-    assert main(["plan", recipe, "--gpu-memory", "12GB"]) == 1
+    assert main(["plan", recipe, "--gpu-memory", "10GB"]) == 1
     out = capsys.readouterr().out
-    assert "does NOT fit in 12.00 GB" in out and "--per_device_train_batch_size 1" in out
-    assert main(["plan", recipe, "--gpu-memory", "12GB", "--per_device_train_batch_size", "1"]) == 0
-    assert "-> fits in 12.00 GB" in capsys.readouterr().out
+    assert "does NOT fit in 10.00 GB" in out and "--per_device_train_batch_size 1" in out
+    assert main(["plan", recipe, "--gpu-memory", "10GB", "--per_device_train_batch_size", "1"]) == 0
+    assert "-> fits in 10.00 GB" in capsys.readouterr().out
 
 
 def test_arch_from_nested_text_config():
@@ -357,3 +357,30 @@ def test_gpu_recipe_opens_with_its_command_and_names_its_data(path):
     assert (data.prompt_column, data.chosen_column, data.rejected_column) == ("prompt", "chosen", "rejected")
     assert recipe.model.quantization == "4bit"
     assert recipe.training.gradient_checkpointing
+
+
+def test_8b_plan_counts_embeddings_in_the_compute_dtype(offline):
+    """Llama-3.1-8B on a GPU: embeddings and the untied LM head (128256 x 4096 each) in bf16 instead of peft's
+    float32 upcast halve that term (-1.96 GB) and lower the planned peak by it plus the allocator's slack;
+    `float32_embeddings: true` plans the upcast. A CPU (float32) plan is the same either way."""
+    path = RECIPES / "llama3.1-8b-qlora.yaml"
+    half = plan_recipe(load_recipe(path), memory=24 * GB)
+    upcast = plan_recipe(load_recipe(path, ["--float32_embeddings", "true"]), memory=24 * GB)
+
+    def other(plan):
+        return next(t.bytes for t in plan.terms if t.name == "base weights (embeddings, norms)")
+
+    embedding_params = 128_256 * 4096 * 2
+    assert other(upcast) - other(half) == embedding_params * 2
+    drop = embedding_params * 2 * (1 + planmod.CUDA_ALLOCATOR_SLACK)
+    assert upcast.total - half.total == pytest.approx(drop, abs=2)
+    assert "compute dtype" in half.report() and "float32 (upcast" in upcast.report()
+    # prefix sharing on CUDA carries its mask as a FlexAttention block mask: no dense (B, 1, T, T) mask
+    dense = plan_recipe(load_recipe(path, ["--prefix_sharing_attention", "mask4d"]), memory=24 * GB)
+    mask = [next(t.bytes for t in p.terms if t.name == "4D attention mask") for p in (half, dense)]
+    assert mask == [0, 4 * 2048**2 * 2]
+    cpu = [
+        plan_recipe(load_recipe(path, extra), device="cpu", memory=64 * GB)
+        for extra in ([], ["--float32_embeddings", "true"])
+    ]
+    assert cpu[0].total == cpu[1].total

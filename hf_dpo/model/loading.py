@@ -204,6 +204,8 @@ def load_base_model(cfg: ModelConfig, gradient_checkpointing: bool = False):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        if not cfg.float32_embeddings:
+            embeddings_in_compute_dtype(model, dtype)
     elif gradient_checkpointing:
         # Also the FSDP-QLoRA path (quant storage set): prepare_model_for_kbit_training would upcast norms and
         # embeddings to float32 while the packed 4-bit weights stay in the storage dtype, and FSDP can only
@@ -212,6 +214,32 @@ def load_base_model(cfg: ModelConfig, gradient_checkpointing: bool = False):
         model.enable_input_require_grads()
     model.config.use_cache = False
     return model
+
+
+def embeddings_in_compute_dtype(model, dtype: torch.dtype) -> int:
+    """Undo peft's float32 upcast of the frozen input embeddings and LM head when the compute dtype is bf16/fp16:
+    they are the largest unquantized weights (vocab x hidden, twice when untied: 3.9 GB in float32 on
+    Llama-3.1-8B) and only ever feed half-precision matmuls under autocast. Norms stay float32, as peft leaves
+    them. The LM head casts its input to its weight's dtype, so a forward without autocast still runs. Returns the
+    bytes saved (0 when the compute dtype is float32: CPU runs are untouched)."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return 0
+    saved = 0
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.requires_grad or weight.dtype != torch.float32:
+            continue  # trainable, or already cast (a tied LM head shares the embeddings' weight)
+        weight.data = weight.data.to(dtype)
+        saved += weight.numel() * 2
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None and head.weight.dtype == dtype:
+        # the final norm returns float32 (its weight is); outside autocast the matmul needs one dtype
+        head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype), *args[1:]))
+    if saved:
+        logger.info(
+            "Embeddings and LM head kept in %s (%.2f GB less than float32)", str(dtype)[6:], saved / 2**30
+        )
+    return saved
 
 
 def lora_config(cfg: ModelConfig):

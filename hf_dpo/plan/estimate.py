@@ -8,7 +8,8 @@ vocabulary, tied embeddings) and the recipe's knobs, term by term:
 
 - base weights: NF4 (0.5 byte/param + 1/64 byte of absmax per 64-block, itself quantized with double
   quant) or 8-bit or 16/32-bit for every decoder linear; embeddings, norms and an untied lm_head stay
-  unquantized, and `prepare_model_for_kbit_training` upcasts them to float32;
+  unquantized: `prepare_model_for_kbit_training` upcasts them to float32, and hf_dpo casts the embeddings and
+  lm_head back to a bf16/fp16 compute dtype (`float32_embeddings: false`, the default; norms stay float32);
 - LoRA: r x (in + out) per adapted linear, in float32, plus its gradient and AdamW's two moments;
 - activations kept for the backward pass, per token per layer, counted from the tensors autograd saves in
   a Llama-style layer with LoRA on a 4-bit base (checked with `saved_tensors_hooks`, tests/test_plan.py);
@@ -22,7 +23,7 @@ of a local dataset or, without data, max_length (prefix sharing only ever shorte
 turn it off at run time). Reference log-probs come from the same network with adapters off, under no_grad:
 a transient, chunked logits tensor and no second model.
 
-Why one file of ~540 lines: the terms above share the `Settings` of one recipe and each is a few lines of
+Why one file of ~550 lines: the terms above share the `Settings` of one recipe and each is a few lines of
 arithmetic; split, the reader would chase one sum across modules. `hf_dpo.plan.arch` reads the architecture.
 """
 
@@ -87,6 +88,8 @@ class Settings:
     data_row_length: int | None = None  # longest batch row measured on the recipe's data (None: worst case)
     # gradient_checkpointing_kwargs every_n_layers: checkpoint every n-th decoder layer only
     checkpoint_every: int = 1
+    float32_embeddings: bool = False  # k-bit: embeddings and lm_head left in peft's float32 upcast
+    sharing_attention: str = "auto"  # prefix_sharing_attention: on CUDA auto means a FlexAttention block mask
 
     @property
     def quantized(self) -> bool:
@@ -144,6 +147,8 @@ def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
         logps_chunk_size=getattr(t, "logps_chunk_size", None) or None,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         checkpoint_every=max(1, int((t.gradient_checkpointing_kwargs or {}).get("every_n_layers", 1))),
+        float32_embeddings=m.float32_embeddings,
+        sharing_attention=t.prefix_sharing_attention,
     )
 
 
@@ -171,9 +176,24 @@ def weight_bytes(arch: Arch, s: Settings) -> tuple[int, int]:
         linear = n_linear * s.compute_bytes
     embeddings = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
     norms = arch.num_hidden_layers * (2 * arch.hidden_size + arch.qkv_bias) + arch.hidden_size
-    # prepare_model_for_kbit_training upcasts every non-quantized parameter to float32.
-    other_bytes = 4 if s.quantized else s.compute_bytes
-    return int(linear), (embeddings + norms) * other_bytes
+    if not s.quantized:
+        return int(linear), (embeddings + norms) * s.compute_bytes
+    # prepare_model_for_kbit_training upcasts every non-quantized parameter to float32; hf_dpo casts the
+    # embeddings and lm_head back to the compute dtype (hf_dpo.model.loading.embeddings_in_compute_dtype).
+    return int(linear), embeddings * embedding_bytes(s) + norms * 4
+
+
+def embedding_bytes(s: Settings) -> int:
+    """Bytes per embedding / lm_head weight as training holds them."""
+    return 4 if s.quantized and s.float32_embeddings else s.compute_bytes
+
+
+def _other_weights_note(s: Settings) -> str:
+    if not s.quantized:
+        return ""
+    if embedding_bytes(s) == 4:
+        return "float32 (upcast for k-bit training)"
+    return "embeddings, lm_head in the compute dtype; norms float32"
 
 
 def lora_params(arch: Arch, s: Settings) -> int:
@@ -268,6 +288,18 @@ def logits_bytes(arch: Arch, s: Settings) -> tuple[int, str]:
     )
 
 
+def attention_mask_bytes(s: Settings) -> tuple[int, str]:
+    """Prefix sharing's dense (B, 1, T, T) additive mask in the compute dtype (hf_dpo.train.batching); none on
+    CUDA, where `prefix_sharing_attention: auto` carries the mask as a FlexAttention block mask (a few KB)."""
+    if not s.prefix_sharing:
+        return 0, "off"
+    if s.device == "cuda" and s.sharing_attention != "mask4d":
+        return 0, "prefix sharing: FlexAttention block mask (no dense mask)"
+    return s.batch_size * (
+        2 * s.row_length
+    ) ** 2 * s.compute_bytes, "prefix sharing: (B, 1, T, T), rows up to 2 x the plain row"
+
+
 def estimate(arch: Arch, s: Settings) -> list[Term]:
     """Peak memory of one training step, as named terms (bytes)."""
     linear, other = weight_bytes(arch, s)
@@ -283,11 +315,7 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
             linear,
             f"{s.quantization}" + (" + double quant" if s.quantization == "4bit" and s.double_quant else ""),
         ),
-        Term(
-            "base weights (embeddings, norms)",
-            other,
-            "float32 (upcast for k-bit training)" if s.quantized else "",
-        ),
+        Term("base weights (embeddings, norms)", other, _other_weights_note(s)),
         Term(
             "LoRA params + grads + optimizer",
             n_lora * (4 + 4 + s.optimizer_state_bytes),
@@ -295,12 +323,7 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
         ),
         Term("activations", activation_bytes(arch, s), f"{s.tokens} tokens/step, {gc}"),
         Term("logits", logits, logits_note),
-        # Prefix sharing's (B, 1, T, T) additive mask, in the compute dtype (hf_dpo.train.batching.shared_attention_mask).
-        Term(
-            "4D attention mask",
-            s.batch_size * (2 * s.row_length) ** 2 * s.compute_bytes if s.prefix_sharing else 0,
-            "prefix sharing: (B, 1, T, T), rows up to 2 x the plain row" if s.prefix_sharing else "off",
-        ),
+        Term("4D attention mask", *attention_mask_bytes(s)),
         # The 4-bit matmul dequantizes one weight at a time; its gradient w.r.t. the input needs it again.
         Term(
             "working set",
