@@ -219,3 +219,26 @@ def test_default_cpu_run_keeps_the_dense_mask_and_sdpa(tmp_path, tiny_model_dir,
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer)
     assert trainer._sharing_attention == "mask4d" and not trainer._packed
     assert trainer.model.get_base_model().config._attn_implementation == "sdpa"
+
+
+def test_flex_attention_runs_in_the_autocast_dtype(
+    tmp_path, tiny_model_dir, tokenizer, eager_flex, monkeypatch
+):
+    """Under bf16 autocast SDPA runs in bf16; FlexAttention is no autocast op, so the dispatch casts for it."""
+    import transformers.integrations.flex_attention as flex_module
+
+    seen = []
+    patched = flex_module.compile_friendly_flex_attention  # the eager one, from eager_flex
+    monkeypatch.setattr(
+        flex_module,
+        "compile_friendly_flex_attention",
+        lambda q, k, v, **kw: seen.append(q.dtype) or patched(q, k, v, **kw),
+    )
+    trainer = make_trainer(
+        tmp_path, tiny_model_dir, tokenizer, prefix_sharing_attention="flex", logps_chunk_size=0
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = trainer.concatenated_forward(trainer.model, batch)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert torch.isfinite(out.chosen).all() and torch.isfinite(out.rejected).all()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from hf_dpo.model.unwrap import base_model
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,12 @@ def sdpa_or_flex_attention(module, query, key, value, attention_mask, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if isinstance(attention_mask, BlockMask):
+        device = query.device.type
+        if torch.is_autocast_enabled(device):
+            # SDPA is on autocast's half-precision list, FlexAttention is not: without this cast it would run in
+            # float32 (k-bit training's float32 norms make the queries float32) at twice SDPA's memory and time
+            dtype = torch.get_autocast_dtype(device)
+            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
