@@ -48,7 +48,7 @@ def preflight(recipe: Recipe) -> dict[str, int]:
 
 def preflight_sampling(recipe: Recipe) -> None:
     """Check a sampling recipe before the reference model loads: prompts files, judge, output places."""
-    from hf_dpo.pairs.sampling import read_prompts
+    from hf_dpo.pairs.formats import read_prompts
 
     cfg = recipe.sampling
     if not cfg.prompts_file:

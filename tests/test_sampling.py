@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from hf_dpo.config import DataConfig, load_recipe
+from hf_dpo.pairs.formats import SamplingError, read_prompts, read_samples
 from hf_dpo.pairs.judges import JudgeError
-from hf_dpo.pairs.sampling import (
-    PerRowSampler,
-    SamplingError,
-    format_prompt,
-    label_with_judge,
-    load_reference,
-    read_prompts,
-    read_samples,
-    run_sampling,
-    sample,
-)
+from hf_dpo.pairs.labelling import label_with_judge
+from hf_dpo.pairs.row_sampler import PerRowSampler
+from hf_dpo.pairs.sampling import format_prompt, load_reference, run_sampling, sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -383,7 +376,7 @@ def test_push_pairs_to_a_local_hub(tmp_path, monkeypatch):
     from hub_server import HubServer
     from huggingface_hub import constants
 
-    from hf_dpo.pairs.sampling import push_pairs
+    from hf_dpo.pairs.dataset_card import push_pairs
 
     server = HubServer(token="hf_test_token").start()
     try:

@@ -1,0 +1,161 @@
+"""The files of step 1 and their rows: prompts in, samples rows between sampling and labelling, pair rows out.
+
+    prompts file  (.txt one a line, or a .jsonl/.json/.csv/.parquet table with a prompt column)
+      -> samples file  {"index", "prompt", "completions": [K strings], "finished": [K bools], "seed", "settings"}
+      -> pairs file    {"prompt", "chosen", "rejected", ...}: the rows `hf-dpo train` reads
+
+Sampling (`sampling`), judge labelling (`labelling`) and hand labelling (`label_store`) all read and write
+through this module, so a file one of them writes is one the next reads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hf_dpo.config import Recipe
+from hf_dpo.errors import HfDpoError
+from hf_dpo.files import read_jsonl as read_lines
+from hf_dpo.files import read_utf8_text
+
+Prompt = str | list[dict[str, str]]  # plain text, or a conversation (list of {"role", "content"})
+
+
+class SamplingError(HfDpoError, ValueError):
+    """Bad prompts, samples or settings; the message names the file/line or prompt and what to do."""
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text a judge sees: the prompt itself, or the last user turn of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else (prompt[-1].get("content", "") if prompt else "")
+
+
+def check_prompt(value: Any, where: str) -> Prompt:
+    """`value` if it is a prompt (a non-empty string or a list of messages); SamplingError naming `where` else."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value
+        )
+    ):
+        return value
+    raise SamplingError(
+        f"{where}: prompt must be a non-empty string or a list of {{'role', 'content'}} messages, got {value!r}."
+    )
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-blank line; SamplingError naming file and line for a broken one
+    (not UTF-8, not JSON, not an object)."""
+    return read_lines(
+        path,
+        error=SamplingError,
+        hint="Fix or delete that line; the other lines are kept (a sampling run resumes and redoes missing prompts).",
+    )
+
+
+def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list[Prompt]:
+    """Prompts from a .txt file (one per line, blank lines ignored) or any table with a prompt column."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamplingError(
+            f"Prompt file {path} does not exist. Set prompts_file to a .txt/.jsonl/.json/.csv/.parquet file."
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        text = read_utf8_text(path, error=SamplingError)
+        prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
+        prompts = [p for p in prompts if p.strip()]
+    elif suffix == ".jsonl":
+        prompts = []
+        for lineno, row in read_jsonl(path):
+            if prompt_column not in row:
+                raise SamplingError(
+                    f"{path}, line {lineno}: no '{prompt_column}' column (set prompt_column)."
+                )
+            prompts.append(check_prompt(row[prompt_column], f"{path}, line {lineno}"))
+    elif suffix in (".json", ".csv", ".parquet"):
+        prompts = _read_prompt_table(path, suffix[1:], prompt_column)
+    else:
+        raise SamplingError(
+            f"{path}: unknown prompt file type '{suffix}'; use .txt, .jsonl, .json, .csv or .parquet."
+        )
+    if not prompts:
+        raise SamplingError(
+            f"Prompt file {path} has no prompts. Put one prompt per line (or rows with '{prompt_column}')."
+        )
+    return prompts
+
+
+def _read_prompt_table(path: Path, kind: str, prompt_column: str) -> list[Prompt]:
+    """The prompt column of a .json/.csv/.parquet table, through `datasets`."""
+    from datasets import load_dataset
+
+    try:
+        table = load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:  # noqa: BLE001 - any parse failure of the file becomes one named error
+        raise SamplingError(f"{path}: could not be read as {kind} ({type(err).__name__}: {err}).") from None
+    if prompt_column not in table.column_names:
+        raise SamplingError(
+            f"{path}: no '{prompt_column}' column (columns: {', '.join(table.column_names)}); set prompt_column."
+        )
+    return [check_prompt(v, f"{path}, row {i}") for i, v in enumerate(table[prompt_column])]
+
+
+def read_samples(path: str | os.PathLike) -> list[dict]:
+    """Rows of a samples file, sorted by prompt index; SamplingError naming file and line for bad ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamplingError(f"Samples file {path} does not exist; run `hf-dpo sample RECIPE` first.")
+    rows = {}
+    for lineno, row in read_jsonl(path):
+        comps = row.get("completions")
+        if "prompt" not in row or not isinstance(comps, list) or not all(isinstance(c, str) for c in comps):
+            raise SamplingError(
+                f"{path}, line {lineno}: needs 'prompt' and 'completions' (a list of strings)."
+            )
+        check_prompt(row["prompt"], f"{path}, line {lineno}")
+        index = row.get("index", len(rows))
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise SamplingError(
+                f"{path}, line {lineno}: 'index' must be a whole number >= 0 (the prompt's position in the prompt "
+                f"file), got {index!r}. Fix that line, or sample again with `hf-dpo sample`."
+            )
+        if index in rows:
+            raise SamplingError(
+                f"{path}, line {lineno}: prompt index {index} appears a second time. Keep one of its lines."
+            )
+        rows[index] = row
+    if not rows:
+        raise SamplingError(f"Samples file {path} is empty; run `hf-dpo sample RECIPE` first.")
+    return [rows[i] for i in sorted(rows)]
+
+
+def pair_row(prompt: Prompt, chosen: str, rejected: str, **extra) -> dict[str, Any]:
+    """A preference row as `hf-dpo train` reads it; a conversational prompt gets assistant-turn responses."""
+    if isinstance(prompt, list):
+        chosen = [{"role": "assistant", "content": chosen}]
+        rejected = [{"role": "assistant", "content": rejected}]
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
+
+
+def default_samples_file(recipe: Recipe, split: str = "train") -> Path:
+    """Where a split's samples go: samples_file (held-out: `<stem>_test<suffix>` beside it), else the run dir."""
+    if recipe.sampling.samples_file:
+        base = Path(recipe.sampling.samples_file)
+        return base if split == "train" else base.with_name(f"{base.stem}_{split}{base.suffix}")
+    return Path(recipe.training.output_dir) / f"samples_{split}.jsonl"
+
+
+def default_pairs_file(recipe: Recipe, split: str = "train") -> Path:
+    """Where a split's pairs go: pairs_file (held-out: `test.jsonl` beside it), else `<output_dir>/pairs/`."""
+    base = Path(recipe.sampling.pairs_file or Path(recipe.training.output_dir) / "pairs" / "train.jsonl")
+    return base if split == "train" else base.with_name(f"{split}.jsonl")

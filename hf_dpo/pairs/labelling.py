@@ -1,0 +1,284 @@
+"""Step 1, labelling with a judge: a samples file -> preference pairs (the rows `hf-dpo train` reads).
+
+    label_with_judge("runs/x/samples_train.jsonl", "hf_dpo.pairs.demo_task:judge", "runs/x/pairs/train.jsonl")
+
+For each prompt: score every completion (`_score_rows`), rank them by the judge's criteria with unfinished
+answers last (`_rank_keys`), take the best vs the worst (or every two that rank differently) as chosen vs
+rejected (`_ranked_pairs`), and keep a pair only when its chosen answer passes the gates (finished, and at
+least `min_chosen_score`: `PairRules`). Prompts whose answers all rank the same (ties), prompts without
+a finished answer and pairs below the minimum are skipped and counted (`Skipped`).
+
+Rows: `prompt`, `chosen`, `rejected`, plus `score_chosen`, `score_rejected`, `margin`, `scores`,
+`criteria_chosen`, `criteria_rejected`, `finished_chosen`, `finished_rejected`, `index`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hf_dpo.files import atomic_write_jsonl
+from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_samples
+from hf_dpo.pairs.judges import (
+    Criteria,
+    Judge,
+    JudgeError,
+    check_score,
+    criteria_scores,
+    judge_criteria,
+    load_judge,
+)
+
+PAIRS_PER_PROMPT = ("best_worst", "all")
+
+
+@dataclass(frozen=True)
+class PairRules:
+    """Which pairs a prompt gives: `pairs_per_prompt`, whether an unfinished answer may be chosen, and the gate
+    on the chosen answer (`gate`: (criterion position, minimum value), or None)."""
+
+    pairs_per_prompt: str
+    allow_unfinished_chosen: bool
+    gate: tuple[int, float] | None
+
+    def may_choose(self, finished: bool) -> bool:
+        return finished or self.allow_unfinished_chosen
+
+    def reaches_minimum(self, chosen_scores: Criteria) -> bool:
+        return self.gate is None or chosen_scores[self.gate[0]] >= self.gate[1]
+
+
+@dataclass
+class Skipped:
+    """What labelling left out, for the stats and the dataset card."""
+
+    ties: int = 0
+    no_finished_answer: int = 0
+    below_min_chosen: int = 0
+
+
+def label_with_judge(
+    samples_file: str | os.PathLike,
+    judge: Judge | str,
+    pairs_file: str | os.PathLike,
+    pairs_per_prompt: str = "best_worst",
+    *,
+    allow_unfinished_chosen: bool = False,
+    min_chosen_score: float | None = None,
+    min_chosen_criterion: str | None = None,
+) -> dict[str, Any]:
+    """Completions of each prompt scored by `judge` -> preference pairs in `pairs_file`.
+
+    Answers are ranked by the judge's criteria, most important first (lexicographically). An unfinished
+    answer (it stopped at max_new_tokens without an end token) ranks below every finished one and is never
+    chosen, unless `allow_unfinished_chosen`. `min_chosen_score`: the chosen answer must reach it on
+    `min_chosen_criterion` (default: the judge's first criterion); pairs below it are dropped and counted.
+
+    pairs_per_prompt: "best_worst" (one pair: the best vs the worst completion) or "all" (every two
+    completions that rank differently, the higher one chosen: up to K(K-1)/2 pairs per prompt).
+    Prompts whose completions all rank the same are ties, prompts without a finished completion have no
+    answer to choose: both are skipped and counted.
+
+    Returns {"prompts", "pairs", "ties", "no_finished_answer", "below_min_chosen", "judge", "criteria", "pairs_file", "composition"}.
+    The pairs file is only replaced once every prompt is scored, so a failing judge leaves the previous pairs
+    and the samples untouched.
+    """
+    judge = load_judge(judge) if not hasattr(judge, "score") else judge
+    if pairs_per_prompt not in PAIRS_PER_PROMPT:
+        raise SamplingError(f"pairs_per_prompt must be 'best_worst' or 'all', not '{pairs_per_prompt}'.")
+    samples = read_samples(samples_file)
+    scores = _score_rows(judge, samples)
+    criteria = judge_criteria(judge)
+    rules = PairRules(
+        pairs_per_prompt,
+        allow_unfinished_chosen,
+        chosen_gate(criteria, min_chosen_score, min_chosen_criterion),
+    )
+    pairs, skipped = [], Skipped()
+    for row, row_scores in zip(samples, scores):
+        pairs += pairs_of_prompt(row, row_scores, criteria, rules, skipped)
+    atomic_write_jsonl(pairs_file, pairs)
+    return {
+        "prompts": len(samples),
+        "pairs": len(pairs),
+        "ties": skipped.ties,
+        "no_finished_answer": skipped.no_finished_answer,
+        "below_min_chosen": skipped.below_min_chosen,
+        "judge": judge.name,
+        "criteria": list(criteria),
+        "pairs_file": str(pairs_file),
+        "composition": pair_composition(pairs, samples),
+    }
+
+
+def chosen_gate(
+    criteria: tuple[str, ...], min_chosen_score: float | None, min_chosen_criterion: str | None
+) -> tuple[int, float] | None:
+    """(criterion position, minimum) the chosen answer must reach, or None without `min_chosen_score`."""
+    if min_chosen_score is None:
+        return None
+    name = min_chosen_criterion or criteria[0]
+    if name not in criteria:
+        raise SamplingError(
+            f"min_chosen_criterion '{name}' is not one of the judge's criteria {list(criteria)}."
+        )
+    return criteria.index(name), float(min_chosen_score)
+
+
+def pairs_of_prompt(
+    row: dict, row_scores: list[Criteria], criteria: tuple[str, ...], rules: PairRules, skipped: Skipped
+) -> list[dict[str, Any]]:
+    """The pair rows of one samples row under `rules`; what is left out is counted in `skipped`."""
+    finished = finished_flags(row)
+    if not (any(finished) or rules.allow_unfinished_chosen):
+        skipped.no_finished_answer += 1  # nothing here may be chosen
+        return []
+    keys = _rank_keys(row_scores, finished, rules.allow_unfinished_chosen)
+    candidates = _ranked_pairs(row["completions"], keys, rules.pairs_per_prompt)
+    if candidates is None:
+        skipped.ties += 1
+        return []
+    pairs = []
+    for c, r in candidates:
+        if not rules.may_choose(finished[c]):
+            continue  # with "all", two unfinished answers rank differently; neither may be chosen
+        if not rules.reaches_minimum(row_scores[c]):
+            skipped.below_min_chosen += 1
+            continue
+        pairs.append(_pair(row, c, r, row_scores, finished, criteria))
+    return pairs
+
+
+def _rank_keys(
+    row_scores: list[Criteria], finished: list[bool], allow_unfinished_chosen: bool
+) -> list[tuple]:
+    """Per completion, the key answers are ranked by: the judge's criteria, after whether it is finished
+    (an unfinished answer is not a whole answer, so it ranks below every finished one) unless allowed."""
+    return [
+        ((1.0,) if allow_unfinished_chosen else (float(done),)) + scores
+        for done, scores in zip(finished, row_scores)
+    ]
+
+
+def _ranked_pairs(
+    completions: list[str], keys: list[tuple], pairs_per_prompt: str
+) -> list[tuple[int, int]] | None:
+    """(chosen, rejected) completion positions by rank; None when every completion ranks the same (a tie)."""
+    k = len(completions)
+    best = max(range(k), key=lambda j: keys[j])
+    worst = min(range(k), key=lambda j: keys[j])
+    if keys[best] == keys[worst]:
+        return None
+    if pairs_per_prompt == "best_worst":
+        return [(best, worst)]
+    # Every two answers that rank differently; two identical texts would be a pair with nothing to learn.
+    return [
+        (i, j) if keys[i] > keys[j] else (j, i)
+        for i in range(k)
+        for j in range(i + 1, k)
+        if keys[i] != keys[j] and completions[i] != completions[j]
+    ]
+
+
+def _pair(
+    row: dict, c: int, r: int, row_scores: list[Criteria], finished: list[bool], criteria: tuple[str, ...]
+) -> dict[str, Any]:
+    """The pair row of completion c (chosen) over completion r (rejected), with its scores."""
+    return pair_row(
+        row["prompt"],
+        row["completions"][c],
+        row["completions"][r],
+        score_chosen=_one_number(row_scores[c]),
+        score_rejected=_one_number(row_scores[r]),
+        margin=_one_number(row_scores[c]) - _one_number(row_scores[r]),
+        scores=[_one_number(v) for v in row_scores],
+        criteria_chosen=dict(zip(criteria, row_scores[c])),
+        criteria_rejected=dict(zip(criteria, row_scores[r])),
+        finished_chosen=finished[c],
+        finished_rejected=finished[r],
+        index=row.get("index"),
+    )
+
+
+def finished_flags(row: dict) -> list[bool]:
+    """Per completion, whether it ended with an end token; files written before the flag count as finished."""
+    flags = row.get("finished")
+    return [bool(f) for f in flags] if isinstance(flags, list) else [True] * len(row["completions"])
+
+
+def _one_number(values: Criteria) -> float:
+    """A criteria tuple as one number (the plain sum), for the score columns; ranking uses the tuple."""
+    return float(sum(values))
+
+
+def pair_composition(pairs: list[dict], samples: list[dict]) -> dict[str, Any]:
+    """What the pairs are made of: counts by (chosen criteria, rejected criteria), and unfinished shares."""
+    counts: dict[str, int] = {}
+    for p in pairs:
+        key = f"{_criteria_label(p['criteria_chosen'], p['finished_chosen'])} > " + _criteria_label(
+            p["criteria_rejected"], p["finished_rejected"]
+        )
+        counts[key] = counts.get(key, 0) + 1
+    flags = [f for row in samples for f in finished_flags(row)]
+    return {
+        "by_criteria": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+        "unfinished_samples": sum(not f for f in flags),
+        "samples": len(flags),
+        "unfinished_chosen": sum(not p["finished_chosen"] for p in pairs),
+        "unfinished_rejected": sum(not p["finished_rejected"] for p in pairs),
+    }
+
+
+def _criteria_label(values: dict[str, float], finished: bool) -> str:
+    text = ", ".join(f"{name}={value:g}" for name, value in values.items())
+    return text + ("" if finished else ", unfinished")
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _score_rows(judge: Judge, samples: list[dict]) -> list[list[Criteria]]:
+    """Per samples row, the criteria of each of its completions: every completion of the file is scored in
+    one call (a reward model batches them)."""
+    flat_prompts, flat_completions, owners = [], [], []  # owners[i]: the samples row of flat completion i
+    for n, row in enumerate(samples):
+        for c in row["completions"]:
+            flat_prompts.append(prompt_text(row["prompt"]))
+            flat_completions.append(c)
+            owners.append(n)
+    scores = _score_all(judge, flat_prompts, flat_completions, samples, owners)
+    rows, pos = [], 0
+    for row in samples:
+        k = len(row["completions"])
+        rows.append(scores[pos : pos + k])
+        pos += k
+    return rows
+
+
+def _score_all(
+    judge: Judge, prompts: list[str], completions: list[str], samples: list[dict], owners: list[int]
+) -> list[Criteria]:
+    """Score everything; errors are re-pointed from the flat position to the sample row's prompt index."""
+    try:
+        scores = criteria_scores(judge, prompts, completions)
+    except JudgeError as err:
+        raise JudgeError(_renumber(str(err), samples, owners)) from err.__cause__
+    if len(scores) != len(prompts):
+        raise JudgeError(
+            f"Judge '{judge.name}' returned {len(scores)} scores for {len(prompts)} completions."
+        )
+    return [
+        tuple(check_score(v, samples[owners[i]].get("index", owners[i]), prompts[i], judge.name) for v in s)
+        for i, s in enumerate(scores)
+    ]
+
+
+def _renumber(message: str, samples: list[dict], owners: list[int]) -> str:
+    """A judge error's "prompt N " (N: the flat position) with N the samples row's prompt index instead."""
+    m = re.search(r"prompt (\d+) ", message)
+    if not m or int(m.group(1)) >= len(owners):
+        return message
+    index = samples[owners[int(m.group(1))]].get("index", owners[int(m.group(1))])
+    return message[: m.start(1)] + str(index) + message[m.end(1) :]
