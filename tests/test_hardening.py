@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from hf_dpo import cli
-from hf_dpo.pairs.label_server import LabelStore, decisions_path, make_server
-from hf_dpo.pairs.sampling import SamplingError
+from hf_dpo.pairs.formats import SamplingError
+from hf_dpo.pairs.label_server import make_server
+from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
 def _write_samples(path: Path, rows: list[dict]) -> Path:
@@ -248,7 +249,7 @@ def test_deeply_nested_json_is_a_400_not_a_dropped_connection(server):
 
 
 def test_per_row_sampler_refuses_top_p_and_temperature_out_of_range():
-    from hf_dpo.pairs.sampling import PerRowSampler
+    from hf_dpo.pairs.row_sampler import PerRowSampler
 
     for top_p in (0.0, -1.0, 1.5, float("nan")):
         with pytest.raises(SamplingError, match="sampling_top_p"):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_dpo.pairs.label_server import LabelStore, decisions_path, left_is_first, make_server
-from hf_dpo.pairs.sampling import SamplingError
+from hf_dpo.pairs.formats import SamplingError
+from hf_dpo.pairs.label_server import make_server
+from hf_dpo.pairs.label_store import LabelStore, decisions_path, left_is_first
 
 XSS_PROMPT = 'Say <b>hi</b> & <script>window.__xss = "prompt"</script>'
 XSS_COMPLETION = '<img src=x onerror="window.__xss = \'img\'"><script>window.__xss = "script"</script>'

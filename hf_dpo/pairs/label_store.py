@@ -1,0 +1,289 @@
+"""The state of hand labelling: the samples, the append-only decision log, and the pairs file derived from it.
+
+Every decision is appended to `OUT.decisions.jsonl` and fsynced before the page moves on, and the pairs file OUT
+is rewritten (atomically) from that log, so killing the server or closing the browser loses nothing and reopening
+resumes at the first unlabeled pair. A decision carries `content_key` of the samples row it was made on: a log made
+on other samples (regenerated, edited) is refused by line, never replayed onto new answers. The pairs file and the
+log are never the samples file.
+
+The HTTP side is `label_server`; this module knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hf_dpo.files import atomic_write_jsonl
+from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_jsonl, read_samples
+
+CHOICES = ("left", "right", "tie", "skip")
+
+
+def default_out(samples_file: str | os.PathLike) -> Path:
+    path = Path(samples_file)
+    return path.with_name(f"{path.stem}.pairs.jsonl")
+
+
+def decisions_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.stem}.decisions.jsonl")
+
+
+def left_is_first(index: int, prompt: str) -> bool:
+    """Random but stable per prompt: whether completion 0 is shown on the left."""
+    return hashlib.sha256(f"{index}\0{prompt}".encode()).digest()[0] % 2 == 0
+
+
+def content_key(row: dict) -> str:
+    """What a decision was made on: a hash of the prompt and every completion of its samples row. A decision
+    whose key differs from the current row's was made on other answers and is never replayed onto these."""
+    text = json.dumps(
+        {"prompt": row["prompt"], "completions": row["completions"]}, sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def answer_pairs(index: int, row: dict) -> list[tuple[int, int]]:
+    """The (left, right) completion positions shown for one prompt, so that every distinct answer is seen.
+
+    Identical answers (same text up to surrounding whitespace) and empty ones are shown once / never: a pair of
+    them could not be trained on. The distinct answers are put in a random but stable order and shown two at a
+    time ((1st, 2nd), (3rd, 4th), ...; an odd last one against the first); with two answers this is the one pair,
+    left/right as `left_is_first`."""
+    seen: dict[str, int] = {}
+    for pos, text in enumerate(row["completions"]):
+        norm = text.strip()
+        if norm and norm not in seen:
+            seen[norm] = pos
+    distinct = list(seen.values())
+    if len(distinct) < 2:
+        return []
+    prompt = prompt_text(row["prompt"])
+    if len(distinct) == 2:
+        order = distinct if left_is_first(index, prompt) else distinct[::-1]
+    else:
+        order = sorted(distinct, key=lambda p: hashlib.sha256(f"{index}\0{prompt}\0{p}".encode()).hexdigest())
+    items = [(order[i], order[i + 1]) for i in range(0, len(order) - 1, 2)]
+    if len(order) % 2:
+        items.append((order[-1], order[0]))
+    return items
+
+
+def item_id(index: int, pair: tuple[int, int]) -> str:
+    return f"{index}:{pair[0]}:{pair[1]}"
+
+
+class LabelStore:
+    """Samples + the append-only decision log; derives the current pair, progress and the pairs file.
+
+    One labelling item is one (prompt, left answer, right answer); a prompt with K distinct answers gives
+    ceil(K/2) items, so every answer is shown. Every logged decision carries the prompt index, the two answer
+    positions and `content_key` of the samples row: a log made on other samples (regenerated, edited) is refused
+    by line, never replayed onto new answers."""
+
+    def __init__(self, samples_file: str | os.PathLike, out: str | os.PathLike | None = None):
+        self.samples_file = Path(samples_file)
+        self.out = Path(out) if out else default_out(samples_file)
+        self.log = decisions_path(self.out)
+        _check_distinct_files(self.samples_file, self.out, self.log)
+        self.samples = read_samples(samples_file)
+        for row in self.samples:
+            if len(row["completions"]) < 2:
+                raise SamplingError(
+                    f"{samples_file}: prompt {row.get('index')} has {len(row['completions'])} completion(s); "
+                    "labelling needs at least 2 (sample with num_samples_per_prompt >= 2)."
+                )
+        self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
+        self.row_keys = [content_key(row) for row in self.samples]
+        self.items: list[tuple[int, tuple[int, int]]] = []  # (sample position, (left, right))
+        self.unlabellable = 0  # prompts whose answers are all identical or empty
+        for pos, row in enumerate(self.samples):
+            pairs = answer_pairs(self.keys[pos], row)
+            self.unlabellable += not pairs
+            self.items += [(pos, pair) for pair in pairs]
+        if not self.items:
+            raise SamplingError(
+                f"{samples_file}: nothing to label: every prompt's answers are identical or empty. Sample again "
+                "with a higher sampling_temperature or more num_samples_per_prompt."
+            )
+        self.item_ids = [item_id(self.keys[pos], pair) for pos, pair in self.items]
+        self.by_id = {iid: n for n, iid in enumerate(self.item_ids)}
+        self.lock = threading.Lock()
+        self.decisions: dict[int, dict] = {}  # item number -> decision
+        self.history: list[int] = []  # item numbers in decision order, for undo
+        if self.log.exists():
+            self._replay()
+            # A kill between the logged decision and the pairs rewrite left the pairs file behind the log.
+            self._write_pairs()
+
+    def _replay(self) -> None:
+        by_key = {k: n for n, k in enumerate(self.keys)}
+        fix = "Label into another --out, or move the log away to start over."
+        for lineno, entry in read_jsonl(self.log):
+            where = f"{self.log}, line {lineno}"
+            if entry.get("undo"):
+                if self.history:
+                    self.decisions.pop(self.history.pop(), None)
+                continue
+            pos = by_key.get(entry.get("index")) if _is_index(entry.get("index")) else None
+            if pos is None or entry.get("choice") not in CHOICES:
+                raise SamplingError(
+                    f"{where}: decision for an unknown prompt or choice ({entry}); this log belongs to other "
+                    f"samples. {fix}"
+                )
+            if entry.get("key") != self.row_keys[pos]:
+                raise SamplingError(
+                    f"{where}: the decision on prompt {entry.get('index')} was made on other answers than "
+                    f"{self.samples_file} now holds (the samples were regenerated or edited, or the log predates "
+                    f"content keys), so it cannot be applied to these. {fix}"
+                )
+            pair = entry.get("item")
+            number = (
+                self.by_id.get(item_id(self.keys[pos], tuple(pair)))
+                if isinstance(pair, list) and len(pair) == 2 and all(_is_index(p) for p in pair)
+                else None
+            )
+            if number is None:
+                raise SamplingError(
+                    f"{where}: answers {pair!r} are not a pair shown for prompt {entry['index']}. {fix}"
+                )
+            self.decisions[number] = entry
+            self.history.append(number)
+
+    def view(self, number: int) -> dict[str, Any]:
+        pos, (a, b) = self.items[number]
+        row = self.samples[pos]
+        prompt = row["prompt"]
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        siblings = [n for n, (p, _) in enumerate(self.items) if p == pos]
+        return {
+            "index": self.keys[pos],
+            "item": self.item_ids[number],
+            "prompt": turns,
+            "left": row["completions"][a],
+            "right": row["completions"][b],
+            "pair": siblings.index(number) + 1,
+            "pairs": len(siblings),
+            "answers": len(row["completions"]),
+        }
+
+    def state(self) -> dict[str, Any]:
+        current = next((n for n in range(len(self.items)) if n not in self.decisions), None)
+        counts = {c: 0 for c in CHOICES}
+        for d in self.decisions.values():
+            counts[d["choice"]] += 1
+        return {
+            "total": len(self.items),
+            "done": len(self.decisions),
+            "counts": counts,
+            "can_undo": bool(self.history),
+            "current": None if current is None else self.view(current),
+            "unlabellable_prompts": self.unlabellable,
+            "out": str(self.out),
+        }
+
+    def _find(self, index: Any, item: Any) -> int:
+        if item is not None:
+            if not isinstance(item, str) or item not in self.by_id:
+                raise ValueError(f"unknown item {item!r}")
+            return self.by_id[item]
+        if not _is_index(index):
+            raise ValueError(f"unknown prompt index {index!r}")
+        numbers = [n for n, (pos, _) in enumerate(self.items) if self.keys[pos] == index]
+        if not numbers:
+            raise ValueError(f"unknown prompt index {index!r}")
+        return next((n for n in numbers if n not in self.decisions), numbers[0])
+
+    def decide(self, index: Any, choice: str, item: str | None = None) -> dict[str, Any]:
+        """Record `choice` for an item (by id, or the first undecided pair of prompt `index`)."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES}")
+        with self.lock:
+            number = self._find(index, item)
+            if number not in self.decisions:  # a repeated click on an already labelled pair is ignored
+                pos, pair = self.items[number]
+                entry = {
+                    "index": self.keys[pos],
+                    "item": list(pair),
+                    "key": self.row_keys[pos],
+                    "choice": choice,
+                    "time": round(time.time(), 3),
+                }
+                self._append(entry)
+                self.decisions[number] = entry
+                self.history.append(number)
+                self._write_pairs()
+            return self.state()
+
+    def undo(self) -> dict[str, Any]:
+        with self.lock:
+            if self.history:
+                number = self.history[-1]
+                pos, pair = self.items[number]
+                self._append(
+                    {"undo": True, "index": self.keys[pos], "item": list(pair), "time": round(time.time(), 3)}
+                )
+                self.history.pop()
+                self.decisions.pop(number, None)
+                self._write_pairs()
+            return self.state()
+
+    def _append(self, entry: dict) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def pairs(self) -> list[dict]:
+        rows = []
+        for number in sorted(self.decisions):
+            choice = self.decisions[number]["choice"]
+            if choice not in ("left", "right"):
+                continue
+            view = self.view(number)
+            chosen, rejected = (
+                (view["left"], view["right"]) if choice == "left" else (view["right"], view["left"])
+            )
+            pos = self.items[number][0]
+            rows.append(
+                pair_row(self.samples[pos]["prompt"], chosen, rejected, index=self.keys[pos], judge="human")
+            )
+        return rows
+
+    def _write_pairs(self) -> None:
+        atomic_write_jsonl(self.out, self.pairs())
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
+    """The pairs file and the decision log must not be the samples file (nor each other)."""
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+        except OSError:
+            return False
+
+    if out.is_dir():
+        raise SamplingError(
+            f"--out {out} is a directory; give the pairs file to write, e.g. {out / 'pairs.jsonl'}."
+        )
+    if same(out, samples):
+        raise SamplingError(
+            f"--out {out} is the samples file: labelling would overwrite the samples. Give another --out "
+            f"(default: {default_out(samples)})."
+        )
+    if same(log, samples):
+        raise SamplingError(
+            f"the decision log of --out {out} would be {log}, the samples file itself. Give another --out."
+        )
