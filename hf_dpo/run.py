@@ -30,7 +30,10 @@ from hf_dpo.data import load_preference_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.files import atomic_write_text
 from hf_dpo.hub.card import framework_versions
-from hf_dpo.hub.push import HubCheckpointCallback, card_kept, push_run, refresh_card, take_hub_settings
+from hf_dpo.hub.checkpoints import HubCheckpointCallback
+from hf_dpo.hub.push import push_run
+from hf_dpo.hub.run_card import card_kept, refresh_card
+from hf_dpo.hub.settings import take_hub_settings
 from hf_dpo.model.loading import (
     REFERENCE_ADAPTER,
     hub_id_for,

@@ -85,7 +85,8 @@ EXPECTED = {
 def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
     from huggingface_hub import HfApi, hf_hub_download
 
-    from hf_dpo.hub.push import public_files, push_run
+    from hf_dpo.hub.public_files import public_files
+    from hf_dpo.hub.push import push_run
 
     url = push_run(run_dir, REPO, backoff_s=0.01)
 
@@ -363,7 +364,8 @@ def test_missing_adapter_is_a_clear_error(tmp_path, hub):
 
 def test_checkpoint_callback_pushes_in_the_background_of_a_real_training(hub, run_dir, tmp_path):
     from hf_dpo.config import load_recipe
-    from hf_dpo.hub.push import HubCheckpointCallback, HubSettings
+    from hf_dpo.hub.checkpoints import HubCheckpointCallback
+    from hf_dpo.hub.settings import HubSettings
     from hf_dpo.run import build_trainer
 
     class Timed(HubCheckpointCallback):
@@ -399,7 +401,8 @@ def test_checkpoint_callback_pushes_in_the_background_of_a_real_training(hub, ru
 def test_checkpoint_callback_logs_failures_without_stopping_training(hub, run_dir, caplog):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from hf_dpo.hub.push import HubCheckpointCallback, HubSettings
+    from hf_dpo.hub.checkpoints import HubCheckpointCallback
+    from hf_dpo.hub.settings import HubSettings
 
     cb = HubCheckpointCallback(HubSettings(repo_id=REPO, token="hf_badSECRET999999999"), backoff_s=0.01)
     args = TrainingArguments(output_dir=str(run_dir), report_to=[])
@@ -413,7 +416,7 @@ def test_checkpoint_callback_logs_failures_without_stopping_training(hub, run_di
 
 def test_take_hub_settings_moves_the_token_out_of_training_args(tmp_path):
     from hf_dpo.config import DPOConfig
-    from hf_dpo.hub.push import take_hub_settings
+    from hf_dpo.hub.settings import take_hub_settings
 
     args = DPOConfig(
         output_dir=str(tmp_path / "r"),
@@ -449,7 +452,7 @@ def test_recipe_with_push_to_hub_trains_reports_and_pushes(hub, tiny_model_dir, 
     from run_fixtures import write_pairs
 
     from hf_dpo.cli import main
-    from hf_dpo.hub.push import public_files
+    from hf_dpo.hub.public_files import public_files
 
     data = tmp_path / "data"
     data.mkdir()

@@ -38,7 +38,7 @@ def test_a_hand_edited_card_is_never_overwritten_locally_or_on_the_hub(hub, run_
 
 
 def test_peft_placeholder_card_is_replaced(run_dir):  # noqa: F811
-    from hf_dpo.hub.push import card_was_edited, refresh_card
+    from hf_dpo.hub.run_card import card_was_edited, refresh_card
 
     (run_dir / "README.md").write_text(
         "---\nlibrary_name: peft\n---\n# Model Card for Model ID\n\n"
@@ -166,7 +166,7 @@ def test_a_restarted_push_after_a_failure_sends_the_same_files(hub, run_dir):  #
 
 def test_saving_the_adapter_keeps_a_hand_edited_card_and_drops_peft_changes_to_ours(tmp_path, monkeypatch):
     """PEFT's save_pretrained updates README.md (metadata with a local base path) or writes its placeholder."""
-    from hf_dpo.hub.push import CARD_RECORD, _sha256, card_kept
+    from hf_dpo.hub.run_card import CARD_RECORD, _sha256, card_kept
 
     monkeypatch.delenv("RANK", raising=False)
 

@@ -1,0 +1,61 @@
+"""Where a run is pushed and by which process: `HubSettings` (the token in memory only), `take_hub_settings`
+(moves the hub keys out of TrainingArguments before a Trainer can save them), and `is_main_process` (only
+the main process writes the card and pushes)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class HubSettings:
+    """Where and how a run is pushed; `token` stays in memory (repr hides it)."""
+
+    repo_id: str
+    private: bool = False
+    revision: str | None = None
+    strategy: str = "every_save"
+    token: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"HubSettings(repo_id={self.repo_id!r}, private={self.private}, revision={self.revision!r}, "
+            f"strategy={self.strategy!r}, token={'***' if self.token else None})"
+        )
+
+
+def take_hub_settings(args) -> HubSettings | None:
+    """Move the hub keys out of TrainingArguments before a Trainer sees them.
+
+    Sets `args.hub_token = None` (training_args.bin pickles the object, token included) and
+    `args.push_to_hub = False` (hf_dpo pushes itself: HubCheckpointCallback + push_run). Returns the
+    settings when the recipe asked for a push, else None.
+    """
+    token = getattr(args, "hub_token", None) or os.environ.get("HF_TOKEN")
+    args.hub_token = None
+    if not getattr(args, "push_to_hub", False):
+        return None
+    args.push_to_hub = False
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    strategy = getattr(args, "hub_strategy", "every_save")
+    return HubSettings(
+        repo_id=repo_id,
+        private=bool(args.hub_private_repo),
+        revision=getattr(args, "hub_revision", None),
+        strategy=str(getattr(strategy, "value", strategy)),
+        token=token,
+    )
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the card and pushes: rank 0 of a launch, or a plain process."""
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate launch set RANK on every process
+        return False
+    try:
+        from accelerate import PartialState
+
+        return PartialState().is_main_process
+    except Exception:  # accelerate not initialised in a plain process: fall back to the launcher's env
+        return int(os.environ.get("RANK", "0")) == 0
