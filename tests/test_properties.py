@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -140,13 +141,34 @@ def _recipe_file(root: Path, body: dict) -> Path:
     return path
 
 
-ROOT = Path(tempfile.mkdtemp(prefix="hf_dpo_props_"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def scratch(tmp_path_factory):
+    """A scratch dir every example runs in, as its working directory too: a generated input can name a relative
+    place (`--output-dir x`, a text value of a path key), and a run that passes its checks writes recipe.yaml
+    there. Module-scoped: hypothesis runs many examples per test and refuses function-scoped fixtures."""
+    directory = tmp_path_factory.mktemp("hf_dpo_props")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(directory)
+        yield directory
+
+
+def test_a_relative_output_dir_lands_in_the_working_dir_not_the_repository(scratch):
+    # How a property run once left a random-named dir with recipe.yaml in the repository: the command-line
+    # property draws `--output-dir <text>`, relative to the working directory, and a run that passes every
+    # check writes recipe.yaml there before the model loads.
+    outcome, _ = run_train([str(_recipe_file(scratch, {})), "--output-dir", "relative_run"])
+    assert outcome == "passed"
+    assert (scratch / "relative_run" / "recipe.yaml").is_file()
+    assert not (REPO / "relative_run").exists()
 
 
 @FAST
 @given(st.dictionaries(recipe_keys, values, max_size=4))
-def test_any_recipe_trains_or_names_the_key(body):
-    outcome, line = run_train([str(_recipe_file(ROOT, body))])
+def test_any_recipe_trains_or_names_the_key(scratch, body):
+    outcome, line = run_train([str(_recipe_file(scratch, body))])
     if outcome == "error":
         named = [str(k) for k in body] + ["r.yaml", "train.jsonl", "test.jsonl", "judge", "data"]
         assert any(k in line for k in named), line
@@ -156,8 +178,8 @@ def test_any_recipe_trains_or_names_the_key(body):
 @given(
     st.lists(st.tuples(st.sampled_from(KEYS + ["lora_rnak", "output-dir"]), st.text(max_size=10)), max_size=3)
 )
-def test_any_command_line_override_trains_or_names_the_key(pairs):
-    recipe = _recipe_file(ROOT, {})
+def test_any_command_line_override_trains_or_names_the_key(scratch, pairs):
+    recipe = _recipe_file(scratch, {})
     argv = [str(recipe)] + [tok for key, value in pairs for tok in (f"--{key}", value)]
     outcome, line = run_train(argv)
     if outcome == "error":
@@ -191,8 +213,8 @@ rows = st.one_of(
 
 @FAST
 @given(st.lists(rows, min_size=0, max_size=4), st.sampled_from(["error", "skip"]), st.booleans())
-def test_any_dataset_rows_train_or_name_the_file_and_row(data_rows, on_bad_rows, as_json):
-    root = Path(tempfile.mkdtemp(dir=ROOT))
+def test_any_dataset_rows_train_or_name_the_file_and_row(scratch, data_rows, on_bad_rows, as_json):
+    root = Path(tempfile.mkdtemp(dir=scratch))
     data = root / "data"
     data.mkdir()
     good = {"prompt": "p", "chosen": "a", "rejected": "b"}
@@ -228,8 +250,8 @@ def test_any_dataset_rows_train_or_name_the_file_and_row(data_rows, on_bad_rows,
 
 @FAST
 @given(st.binary(max_size=60))
-def test_any_bytes_in_a_jsonl_line_are_named(raw):
-    root = Path(tempfile.mkdtemp(dir=ROOT))
+def test_any_bytes_in_a_jsonl_line_are_named(scratch, raw):
+    root = Path(tempfile.mkdtemp(dir=scratch))
     data = root / "data"
     data.mkdir()
     good = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}).encode()
@@ -252,10 +274,10 @@ def test_any_bytes_in_a_jsonl_line_are_named(raw):
     st.integers(min_value=0, max_value=30),
     st.sampled_from(["_append", "_write_pairs"]),
 )
-def test_label_store_restarted_after_a_kill_at_any_point_loses_nothing(actions, kill_at, where):
-    from hf_dpo.pairs.label_server import LabelStore
+def test_label_store_restarted_after_a_kill_at_any_point_loses_nothing(scratch, actions, kill_at, where):
+    from hf_dpo.pairs.label_store import LabelStore
 
-    root = Path(tempfile.mkdtemp(dir=ROOT))
+    root = Path(tempfile.mkdtemp(dir=scratch))
     samples = root / "s.jsonl"
     rows = [{"index": i, "prompt": f"q{i}", "completions": [f"a{i}", f"b{i}", f"c{i}"]} for i in range(4)]
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
