@@ -398,6 +398,12 @@ def truncate_pair(
     return {"prompt_input_ids": prompt, "chosen_input_ids": chosen, "rejected_input_ids": rejected}
 
 
+NO_PAIRS_HINT = (
+    "If prompts are longer than max_length, raise max_length or set max_prompt_length to cut them "
+    "(keeping their end)."
+)
+
+
 def prepare_rows(
     rows: list[dict], source: str, tokenizer, data_cfg: DataConfig, max_length, max_prompt_length
 ) -> tuple[dict[str, list], DataReport]:
@@ -456,6 +462,9 @@ def tokenize_dataset(dataset, tokenizer, data_cfg: DataConfig | None = None, arg
         getattr(args, "max_prompt_length", None),
     )
     logger.info("%s", report.summary())
+    if rows and report.pairs_used == 0:
+        # Otherwise training starts on an empty dataset and fails deep in the reference pass.
+        raise DataError(f"dataset: no usable pairs left of {len(rows)}: {report.summary()}. {NO_PAIRS_HINT}")
     return datasets.Dataset.from_dict(columns)
 
 
@@ -498,7 +507,7 @@ def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) ->
         report[name] = split_report.to_dict()
         built[name] = datasets.Dataset.from_dict(columns)
     if len(built["train"]) == 0:
-        raise DataError(f"{train_source}: no usable pairs left ({report['train']}).")
+        raise DataError(f"{train_source}: no usable pairs left ({report['train']}). {NO_PAIRS_HINT}")
     if "eval" in built and len(built["eval"]) == 0:
         raise DataError(
             f"{eval_source}: the held-out split has no usable pairs ({report['eval']}). Add pairs to it, or set "

@@ -125,14 +125,15 @@ def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
 
 def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:
     """Create `directory` if needed and prove it takes a file; RecipeError naming `what` otherwise."""
-    path = Path(directory).expanduser()
+    path = Path(directory)
     try:
+        path = path.expanduser()  # `~nosuchuser/...` raises RuntimeError
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{path} is a file, not a directory")
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".hf_dpo-write-check-"):
             pass
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise RecipeError(
             f"{what} {path} cannot be written to ({reason}). Choose a writable directory."

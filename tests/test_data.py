@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from hf_dpo.config import DataConfig, DPOConfig
-from hf_dpo.data import DataError, load_preference_dataset, prepare_rows, read_splits
+from hf_dpo.data import DataError, load_preference_dataset, prepare_rows, read_splits, tokenize_dataset
 from hf_dpo.train.batching import PreferenceCollator
 
 
@@ -152,6 +152,16 @@ def test_prompt_longer_than_max_length_is_skipped_and_counted(tokenizer):
     _, report = prepare_rows(rows, "mem", tokenizer, DataConfig(), 64, None)
     assert report.pairs_used == 1
     assert report.skipped == {"prompt longer than max_length": 1}
+
+
+def test_a_dataset_with_every_prompt_too_long_is_an_error_naming_the_lever(tokenizer):
+    # The Python API (DPOTrainer(train_dataset=...)): before, training began on zero pairs and failed
+    # with a KeyError inside the reference pass.
+    rows = [{"prompt": "word " * 300, "chosen": "a", "rejected": "b"}] * 3
+    with pytest.raises(
+        DataError, match=r"no usable pairs left of 3.*prompt longer than max_length.*max_prompt_length"
+    ):
+        tokenize_dataset(rows, tokenizer, DataConfig(), DPOConfig(output_dir="unused", max_length=64))
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])

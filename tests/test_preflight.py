@@ -143,6 +143,12 @@ def test_unwritable_output_dir_is_named(tmp_path, capsys, no_model):
     assert rc == 2 and re_search(r"output_dir .*afile/run cannot be written", _one_error(err))
 
 
+def test_output_dir_under_an_unknown_users_home_is_named(tmp_path, capsys, no_model):
+    # Path.expanduser raises RuntimeError for `~user` with no such user: an error line, not a traceback.
+    rc, err = train(tmp_path, capsys, "", "--output_dir", "~no_such_user_hf_dpo/run")
+    assert rc == 2 and re_search(r"output_dir ~no_such_user_hf_dpo/run cannot be written", _one_error(err))
+
+
 def test_unwritable_ref_cache_dir_is_a_warning_and_the_cache_goes_off(tmp_path, caplog):
     data = _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(4)).parent
     (tmp_path / "afile").write_text("x")
