@@ -189,7 +189,7 @@ def _add_bench(sub) -> None:
         help="demo, long_prompt, long_answer, multi_turn (generated) and/or .jsonl paths (default: all four)",
     )
     p.add_argument(
-        "--steps", type=int, default=8, help="optimizer steps: one epoch over batch-size x steps pairs"
+        "--steps", type=int, default=4, help="optimizer steps: one epoch over batch-size x steps pairs"
     )
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the per-step medians")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")

@@ -1,6 +1,6 @@
 """`hf-dpo bench`: hf_dpo against TRL's DPOTrainer, end to end, on data of several shapes.
 
-    hf-dpo bench                                  # every data set, both regimes, 4-bit, 8 steps of 4 pairs
+    hf-dpo bench                                  # every data set, both regimes, 4-bit, 4 steps of 4 pairs
     hf-dpo bench --quick                          # demo pairs, no checkpointing: TRL, TRL-pre, hf_dpo (cold, warm)
     hf-dpo bench --data-sets long_prompt multi_turn --lines trl hf_dpo --steps 4
 

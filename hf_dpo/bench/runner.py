@@ -150,7 +150,7 @@ def run_bench(
     quantizations: tuple[str, ...] = ("4bit",),
     lines: list[str] | None = None,
     batch_size: int = 4,
-    steps: int = 8,
+    steps: int = 4,
     warmup: int = 1,
     max_length: int = 256,
     seed: int = 0,
