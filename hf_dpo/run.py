@@ -44,9 +44,10 @@ from hf_dpo.model.loading import (
 )
 from hf_dpo.model.memory import peak_memory
 from hf_dpo.preflight import check_judge, preflight
+from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.markdown import console_summary
-from hf_dpo.report.metrics import LOGPS_KEYS, preference_metrics
+from hf_dpo.report.metrics import LOGPS_KEYS
 from hf_dpo.train.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -65,15 +66,17 @@ def hardware_summary() -> str:
 
 def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
     """Held-out numbers for the log and run_info.json: reward accuracy (strict, as TRL) and mean margin, as
-    defined in `metrics.preference_metrics`, plus whether the policy itself gives the chosen completion more
-    probability per token than the rejected one."""
-    metrics = preference_metrics(*(logps[key] for key in LOGPS_KEYS), beta=beta)
+    computed by the shipped `dpo_preference` evaluate module (the report's code path), plus whether the policy
+    itself gives the chosen completion more probability per token than the rejected one."""
+    metrics = evaluate_metrics.compute(
+        "dpo_preference", **{key: logps[key].tolist() for key in LOGPS_KEYS}, beta=beta
+    )
     per_token_chosen = logps["policy_chosen_logps"] / logps["chosen_lengths"].clamp(min=1)
     per_token_rejected = logps["policy_rejected_logps"] / logps["rejected_lengths"].clamp(min=1)
     return {
-        "num_pairs": metrics["reward_accuracy"].n,
-        "reward_accuracy": metrics["reward_accuracy"].value,
-        "reward_margin": metrics["rewards/margins"].value,
+        "num_pairs": metrics["reward_accuracy"]["n"],
+        "reward_accuracy": metrics["reward_accuracy"]["value"],
+        "reward_margin": metrics["rewards/margins"]["value"],
         "policy_prefers_chosen": (per_token_chosen > per_token_rejected).float().mean().item(),
     }
 
