@@ -71,7 +71,8 @@ def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str, list
 def prompts_from_file(path: str, tokenizer, data_config, limit: int) -> list[tuple[str, list[int]]]:
     """The first `limit` prompts of a prompt file as (text, token ids), formatted exactly as training formats
     prompts (chat template, system prompt)."""
-    from hf_dpo.pairs.sampling import format_prompt, prompt_text, read_prompts
+    from hf_dpo.pairs.formats import prompt_text, read_prompts
+    from hf_dpo.pairs.sampling import format_prompt
 
     prompts = read_prompts(path)[:limit]
     if data_config is None:
