@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 from fast_path_fixtures import ROWS, args, lora
+from test_plan import cpu_settings
 from transformers import AutoTokenizer
 
 from hf_dpo.config import ModelConfig
@@ -27,22 +28,9 @@ def unquantized(model) -> dict[str, torch.dtype]:
 
 
 def plan_settings(**kw):
-    base = dict(
-        device="cuda",
-        batch_size=1,
-        max_length=32,
-        max_prompt_length=16,
-        gradient_checkpointing=False,
-        lora_r=8,
-        lora_targets=planmod.LINEAR_NAMES,
-        lora_dropout=0.0,
-        quantization="4bit",
-        double_quant=True,
-        compute_bytes=2,
-        autocast=True,
-        optimizer_state_bytes=8,
-    )
-    return planmod.Settings(**{**base, **kw})
+    """The plan of the 4-bit GPU setting these tests load: bf16 compute under autocast, batch 1, no dropout."""
+    gpu = dict(device="cuda", batch_size=1, lora_dropout=0.0, compute_bytes=2, autocast=True)
+    return cpu_settings(**{**gpu, **kw})
 
 
 def test_half_compute_dtype_keeps_embeddings_half_and_the_plan_counts_it(tiny_model_dir):
