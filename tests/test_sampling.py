@@ -450,7 +450,8 @@ def test_shared_prompt_cache_gives_the_same_samples_as_k_copies(tiny, tiny_model
 
 
 def test_label_with_judge_all_pairs_with_different_scores(tmp_path):
-    """Scores [1, 2, 0] give three ordered pairs; a prompt with two equal texts gives none for them."""
+    """Scores [1, 2, 0] give three ordered pairs; two copies of one text are one answer: never paired with each
+    other, and its pair with another answer is written once."""
     samples = _write_samples(
         tmp_path / "s.jsonl",
         [
@@ -464,13 +465,13 @@ def test_label_with_judge_all_pairs_with_different_scores(tmp_path):
     stats = label_with_judge(
         samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "train.jsonl", pairs_per_prompt="all"
     )
-    assert stats["pairs"] == 5 and stats["ties"] == 0
+    assert stats["pairs"] == 4 and stats["ties"] == 0
     rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
     first = [(r["score_chosen"], r["score_rejected"]) for r in rows if r["index"] == 0]
     assert sorted(first) == [(1.0, 0.0), (2.0, 0.0), (2.0, 1.0)]
     assert all(r["score_chosen"] > r["score_rejected"] and r["chosen"] != r["rejected"] for r in rows)
     japan = [r for r in rows if r["index"] == 1]
-    assert len(japan) == 2 and all(r["chosen"] == "Tokyo is the capital of Japan." for r in japan)
+    assert [(r["chosen"], r["rejected"]) for r in japan] == [("Tokyo is the capital of Japan.", "Kyoto")]
     with pytest.raises(SamplingError, match="pairs_per_prompt must be"):
         label_with_judge(
             samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "x.jsonl", pairs_per_prompt="some"

@@ -24,11 +24,13 @@ On-policy preference pairs for DPO, made with hf_dpo's `hf-dpo sample`.
    A completion that stopped at {max_new_tokens} tokens without an end token is marked unfinished.
 2. The judge **`{judge}`** scored every completion on its criteria ({criteria}, most important first);
    completions were ranked criterion by criterion, an unfinished one below every finished one{unfinished_rule}.
-   Pairs: {pairs_rule}{gate_rule}. Prompts whose completions all ranked the same (ties) or that had no
-   finished completion were skipped.
+   Empty completions were never paired, and copies of one text counted as one answer.
+   Pairs: {pairs_rule}{gate_rule}. Every prompt either gave pairs or was skipped for one reason: fewer than
+   2 distinct non-empty completions, no finished completion, all completions ranked the same (a tie), or every
+   chosen answer below the minimum.
 
-| split | prompts | pairs | ties (skipped) | no finished answer (skipped) | pairs dropped: chosen below the minimum | unfinished samples |
-|---|---|---|---|---|---|---|
+| split | prompts | prompts with pairs | pairs | fewer than 2 distinct answers (skipped) | ties (skipped) | no finished answer (skipped) | chosen below the minimum: prompts skipped / pairs dropped | unfinished samples |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
 What the pairs are made of (chosen > rejected, by criteria):
@@ -121,8 +123,9 @@ def _how_labelled(recipe: Recipe, splits: dict[str, Any]) -> dict[str, Any]:
 def _counts_table(splits: dict[str, Any]) -> str:
     """The rows of the per-split counts table ('-' where a split was sampled but not labelled)."""
     return "\n".join(
-        f"| {s} | {st['prompts']} | {st.get('pairs', '-')} | {st.get('ties', '-')} | "
-        f"{st.get('no_finished_answer', '-')} | {st.get('below_min_chosen', '-')} | {_share(st.get('composition'))} |"
+        f"| {s} | {st['prompts']} | {st.get('prompts_with_pairs', '-')} | {st.get('pairs', '-')} | "
+        f"{st.get('too_few_answers', '-')} | {st.get('ties', '-')} | {st.get('no_finished_answer', '-')} | "
+        f"{st.get('all_below_min_chosen', '-')} / {st.get('below_min_chosen', '-')} | {_share(st.get('composition'))} |"
         for s, st in splits.items()
     )
 

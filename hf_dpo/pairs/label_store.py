@@ -93,25 +93,18 @@ class LabelStore:
         self.log = decisions_path(self.out)
         _check_distinct_files(self.samples_file, self.out, self.log)
         self.samples = read_samples(samples_file)
-        for row in self.samples:
-            if len(row["completions"]) < 2:
-                raise SamplingError(
-                    f"{samples_file}: prompt {row.get('index')} has {len(row['completions'])} completion(s); "
-                    "labelling needs at least 2 (sample with num_samples_per_prompt >= 2)."
-                )
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
         self.row_keys = [content_key(row) for row in self.samples]
         self.items: list[tuple[int, tuple[int, int]]] = []  # (sample position, (left, right))
-        self.unlabellable = 0  # prompts whose answers are all identical or empty
+        # Prompts with fewer than 2 distinct non-empty answers (zero or one completion, identical or empty ones):
+        # they are left out and counted, the others labelled.
+        self.unlabellable = 0
         for pos, row in enumerate(self.samples):
             pairs = answer_pairs(self.keys[pos], row)
             self.unlabellable += not pairs
             self.items += [(pos, pair) for pair in pairs]
         if not self.items:
-            raise SamplingError(
-                f"{samples_file}: nothing to label: every prompt's answers are identical or empty. Sample again "
-                "with a higher sampling_temperature or more num_samples_per_prompt."
-            )
+            raise SamplingError(_nothing_to_label(samples_file, self.samples))
         self.item_ids = [item_id(self.keys[pos], pair) for pos, pair in self.items]
         self.by_id = {iid: n for n, iid in enumerate(self.item_ids)}
         self.lock = threading.Lock()
@@ -259,6 +252,19 @@ class LabelStore:
 
     def _write_pairs(self) -> None:
         atomic_write_jsonl(self.out, self.pairs())
+
+
+def _nothing_to_label(samples_file: str | os.PathLike, samples: list[dict]) -> str:
+    """Why no prompt of the file has two answers to show, and what to do."""
+    few = sum(len(row["completions"]) < 2 for row in samples)
+    if few == len(samples):
+        why = "every prompt has fewer than 2 completions, and labelling needs at least 2"
+        fix = "Sample again with num_samples_per_prompt >= 2."
+    else:
+        why = "every prompt's answers are identical or empty"
+        why += f" ({few} prompt(s) have fewer than 2 completions, labelling needs at least 2)" if few else ""
+        fix = "Sample again with a higher sampling_temperature or more num_samples_per_prompt."
+    return f"{samples_file}: nothing to label: {why}. {fix}"
 
 
 def _is_index(value: Any) -> bool:

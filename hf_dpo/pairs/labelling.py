@@ -3,10 +3,14 @@
     label_with_judge("runs/x/samples_train.jsonl", "hf_dpo.pairs.demo_task:judge", "runs/x/pairs/train.jsonl")
 
 For each prompt: score every completion (`_score_rows`), rank them by the judge's criteria with unfinished
-answers last (`_rank_keys`), take the best vs the worst (or every two that rank differently) as chosen vs
-rejected (`_ranked_pairs`), and keep a pair only when its chosen answer passes the gates (finished, and at
-least `min_chosen_score`: `PairRules`). Prompts whose answers all rank the same (ties), prompts without
-a finished answer and pairs below the minimum are skipped and counted (`Skipped`).
+answers last (`_rank_keys`), keep one copy of each distinct non-empty answer (`distinct_answers`: an empty
+answer or an answer paired with its own text is a pair `hf-dpo train` refuses), take the best vs the worst (or
+every two that rank differently) as chosen vs rejected (`_ranked_pairs`), and keep a pair only when its chosen
+answer passes the gates (finished, and at least `min_chosen_score`: `PairRules`).
+
+Every prompt either gives pairs or is counted under the one reason it gives none (`Skipped`): fewer than 2
+distinct non-empty answers (zero or one completion, identical or empty ones), no finished answer, a tie (every
+answer ranks the same), or every pair's chosen answer below the minimum. `label_with_judge` logs that account.
 
 Rows: `prompt`, `chosen`, `rejected`, plus `score_chosen`, `score_rejected`, `margin`, `scores`,
 `criteria_chosen`, `criteria_rejected`, `finished_chosen`, `finished_rejected`, `index`.
@@ -14,6 +18,7 @@ Rows: `prompt`, `chosen`, `rejected`, plus `score_chosen`, `score_rejected`, `ma
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +35,8 @@ from hf_dpo.pairs.judges import (
     judge_criteria,
     load_judge,
 )
+
+logger = logging.getLogger(__name__)
 
 PAIRS_PER_PROMPT = ("best_worst", "all")
 
@@ -52,11 +59,18 @@ class PairRules:
 
 @dataclass
 class Skipped:
-    """What labelling left out, for the stats and the dataset card."""
+    """What labelling left out, for the stats and the dataset card: each prompt without a pair under the one
+    reason it has none, and (`below_min_chosen`) every single pair the gate dropped."""
 
-    ties: int = 0
-    no_finished_answer: int = 0
-    below_min_chosen: int = 0
+    too_few_answers: int = 0  # prompts with fewer than 2 distinct non-empty answers
+    no_finished_answer: int = 0  # prompts whose answers were all cut off (and that is not allowed)
+    ties: int = 0  # prompts whose answers all rank the same
+    all_below_min_chosen: int = 0  # prompts whose every pair was dropped by the gate
+    below_min_chosen: int = 0  # pairs dropped by the gate (a prompt with "all" can lose some and keep others)
+
+    def prompts(self) -> int:
+        """Prompts that gave no pair."""
+        return self.too_few_answers + self.no_finished_answer + self.ties + self.all_below_min_chosen
 
 
 def label_with_judge(
@@ -78,10 +92,13 @@ def label_with_judge(
 
     pairs_per_prompt: "best_worst" (one pair: the best vs the worst completion) or "all" (every two
     completions that rank differently, the higher one chosen: up to K(K-1)/2 pairs per prompt).
-    Prompts whose completions all rank the same are ties, prompts without a finished completion have no
-    answer to choose: both are skipped and counted.
+    Empty answers are never paired, and copies of one text (up to surrounding whitespace) are one answer.
+    A prompt with fewer than 2 distinct non-empty answers, without a finished answer, whose answers all rank the
+    same (a tie), or whose every pair is below the minimum gives no pair: it is counted under that reason, so
+    prompts == prompts_with_pairs + too_few_answers + no_finished_answer + ties + all_below_min_chosen.
 
-    Returns {"prompts", "pairs", "ties", "no_finished_answer", "below_min_chosen", "judge", "criteria", "pairs_file", "composition"}.
+    Returns {"prompts", "pairs", "prompts_with_pairs", "too_few_answers", "no_finished_answer", "ties",
+    "all_below_min_chosen", "below_min_chosen", "judge", "criteria", "pairs_file", "composition"}.
     The pairs file is only replaced once every prompt is scored, so a failing judge leaves the previous pairs
     and the samples untouched.
     """
@@ -89,6 +106,8 @@ def label_with_judge(
     if pairs_per_prompt not in PAIRS_PER_PROMPT:
         raise SamplingError(f"pairs_per_prompt must be 'best_worst' or 'all', not '{pairs_per_prompt}'.")
     samples = read_samples(samples_file)
+    for row in samples:
+        check_finished_flags(row, samples_file)
     scores = _score_rows(judge, samples)
     criteria = judge_criteria(judge)
     rules = PairRules(
@@ -100,17 +119,51 @@ def label_with_judge(
     for row, row_scores in zip(samples, scores):
         pairs += pairs_of_prompt(row, row_scores, criteria, rules, skipped)
     atomic_write_jsonl(pairs_file, pairs)
+    _log_account(samples_file, len(samples), len(pairs), skipped, rules)
     return {
         "prompts": len(samples),
         "pairs": len(pairs),
-        "ties": skipped.ties,
+        "prompts_with_pairs": len(samples) - skipped.prompts(),
+        "too_few_answers": skipped.too_few_answers,
         "no_finished_answer": skipped.no_finished_answer,
+        "ties": skipped.ties,
+        "all_below_min_chosen": skipped.all_below_min_chosen,
         "below_min_chosen": skipped.below_min_chosen,
         "judge": judge.name,
         "criteria": list(criteria),
         "pairs_file": str(pairs_file),
         "composition": pair_composition(pairs, samples),
     }
+
+
+def _log_account(samples_file, prompts: int, pairs: int, skipped: Skipped, rules: PairRules) -> None:
+    """One line saying what became of every prompt; a warning with the levers when no pair came out at all."""
+    reasons = [
+        (skipped.too_few_answers, "with fewer than 2 distinct non-empty answers"),
+        (skipped.no_finished_answer, "without a finished answer"),
+        (skipped.ties, "tie" if skipped.ties == 1 else "ties"),
+        (skipped.all_below_min_chosen, "with every chosen answer below min_chosen_score"),
+    ]
+    account = ", ".join(f"{n} {why}" for n, why in reasons if n) or "none"
+    dropped = f"; {skipped.below_min_chosen} pair(s) below min_chosen_score dropped" if rules.gate else ""
+    logger.info(
+        "%s: %d prompts -> %d pair%s from %d prompts; prompts without a pair: %s%s.",
+        samples_file,
+        prompts,
+        pairs,
+        "" if pairs == 1 else "s",
+        prompts - skipped.prompts(),
+        account,
+        dropped,
+    )
+    if pairs == 0:
+        logger.warning(
+            "%s gave no preference pair at all (%s). Sample more varied answers (a higher sampling_temperature, "
+            "more num_samples_per_prompt, a larger max_new_tokens if answers are cut off), or loosen "
+            "allow_unfinished_chosen / min_chosen_score, then run `hf-dpo sample` again.",
+            samples_file,
+            account,
+        )
 
 
 def chosen_gate(
@@ -130,13 +183,18 @@ def chosen_gate(
 def pairs_of_prompt(
     row: dict, row_scores: list[Criteria], criteria: tuple[str, ...], rules: PairRules, skipped: Skipped
 ) -> list[dict[str, Any]]:
-    """The pair rows of one samples row under `rules`; what is left out is counted in `skipped`."""
+    """The pair rows of one samples row under `rules`; a prompt without any is counted in `skipped` under the
+    first reason that applies."""
     finished = finished_flags(row)
-    if not (any(finished) or rules.allow_unfinished_chosen):
+    keys = _rank_keys(row_scores, finished, rules.allow_unfinished_chosen)
+    answers = distinct_answers(row["completions"], keys)
+    if len(answers) < 2:
+        skipped.too_few_answers += 1  # zero or one completion, or all identical or empty
+        return []
+    if not (rules.allow_unfinished_chosen or any(finished[a] for a in answers)):
         skipped.no_finished_answer += 1  # nothing here may be chosen
         return []
-    keys = _rank_keys(row_scores, finished, rules.allow_unfinished_chosen)
-    candidates = _ranked_pairs(row["completions"], keys, rules.pairs_per_prompt)
+    candidates = _ranked_pairs(answers, keys, rules.pairs_per_prompt)
     if candidates is None:
         skipped.ties += 1
         return []
@@ -148,7 +206,23 @@ def pairs_of_prompt(
             skipped.below_min_chosen += 1
             continue
         pairs.append(_pair(row, c, r, row_scores, finished, criteria))
+    if not pairs:
+        # The best answer is finished (or may be chosen) and ranks above another, so only the gate is left.
+        skipped.all_below_min_chosen += 1
     return pairs
+
+
+def distinct_answers(completions: list[str], keys: list[tuple]) -> list[int]:
+    """Positions of the answers that may be paired: one per distinct text (up to surrounding whitespace, as
+    hand labelling shows them), the best-ranked copy of it, and none for an empty text. Two copies of one text
+    would be a pair with nothing to learn even when the judge scores them apart (a reward model can, by a
+    rounding difference between batches), and `hf-dpo train` refuses an empty answer."""
+    best_copy: dict[str, int] = {}
+    for pos, text in enumerate(completions):
+        norm = text.strip()
+        if norm and (norm not in best_copy or keys[pos] > keys[best_copy[norm]]):
+            best_copy[norm] = pos
+    return sorted(best_copy.values())
 
 
 def _rank_keys(
@@ -163,22 +237,21 @@ def _rank_keys(
 
 
 def _ranked_pairs(
-    completions: list[str], keys: list[tuple], pairs_per_prompt: str
+    answers: list[int], keys: list[tuple], pairs_per_prompt: str
 ) -> list[tuple[int, int]] | None:
-    """(chosen, rejected) completion positions by rank; None when every completion ranks the same (a tie)."""
-    k = len(completions)
-    best = max(range(k), key=lambda j: keys[j])
-    worst = min(range(k), key=lambda j: keys[j])
+    """(chosen, rejected) positions among `answers` (at least 2, distinct texts) by rank; None when they all
+    rank the same (a tie)."""
+    best = max(answers, key=lambda j: keys[j])
+    worst = min(answers, key=lambda j: keys[j])
     if keys[best] == keys[worst]:
         return None
     if pairs_per_prompt == "best_worst":
         return [(best, worst)]
-    # Every two answers that rank differently; two identical texts would be a pair with nothing to learn.
     return [
         (i, j) if keys[i] > keys[j] else (j, i)
-        for i in range(k)
-        for j in range(i + 1, k)
-        if keys[i] != keys[j] and completions[i] != completions[j]
+        for n, i in enumerate(answers)
+        for j in answers[n + 1 :]
+        if keys[i] != keys[j]
     ]
 
 
@@ -203,9 +276,27 @@ def _pair(
 
 
 def finished_flags(row: dict) -> list[bool]:
-    """Per completion, whether it ended with an end token; files written before the flag count as finished."""
+    """Per completion, whether it ended with an end token; files written before the flag count as finished.
+    (`check_finished_flags` has made sure a row's flags match its completions.)"""
     flags = row.get("finished")
     return [bool(f) for f in flags] if isinstance(flags, list) else [True] * len(row["completions"])
+
+
+def check_finished_flags(row: dict, samples_file: str | os.PathLike) -> None:
+    """SamplingError naming the file and prompt unless the row's "finished" is absent (an older file) or one
+    true/false per completion."""
+    flags = row.get("finished")
+    if flags is None:
+        return
+    where = f"{samples_file}: prompt {row.get('index')}"
+    fix = "Fix that row, or delete its line and run `hf-dpo sample` again to sample that prompt anew."
+    if not isinstance(flags, list) or not all(isinstance(f, bool) for f in flags):
+        raise SamplingError(f"{where}: 'finished' must be a list of true/false, one per completion. {fix}")
+    if len(flags) != len(row["completions"]):
+        raise SamplingError(
+            f"{where} has {len(flags)} 'finished' flag(s) for {len(row['completions'])} completions; it needs "
+            f"one per completion. {fix}"
+        )
 
 
 def _one_number(values: Criteria) -> float:
