@@ -11,19 +11,36 @@ preference metrics and judged comparison by `compute` through them, so a user wh
 their own predictions runs the report's code. The paired bootstrap intervals are computed inside the modules
 too (they call the same functions). What does not work offline: loading *Hub* modules by name
 (`evaluate.load("accuracy")` downloads its script) and `evaluate.push_to_hub`; these modules are local paths.
+
+`evaluate.load` writes on the way: it copies the module's script into HF_MODULES_CACHE to import it, and makes
+a directory under HF_METRICS_CACHE (both under ~/.cache/huggingface by default). Where either cannot be written
+(a read-only home or HF_HOME), `load` uses a temporary directory of this process instead, says so once, and
+removes it at exit: the report, the last step of a run, still comes out, with the same numbers.
+`cache_problem(path)` says why a directory cannot be written, for a check before training.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import functools
 import json
+import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from hf_dpo.files import atomic_write_text
-from hf_dpo.report.metrics import LOGPS_KEYS  # noqa: F401 - the dpo_preference module's inputs
+from hf_dpo.report.metrics import (
+    LOGPS_KEYS,  # noqa: F401 - the dpo_preference module's inputs
+    EvaluationError,
+)
+
+logger = logging.getLogger(__name__)
 
 MODULES_DIR = Path(__file__).resolve().parent / "evaluate_modules"
 MODULES = ("dpo_preference", "judged_win_rate")
@@ -39,10 +56,81 @@ def module_path(name: str) -> Path:
 
 def load(name: str, **load_kwargs: Any):
     """A fresh `evaluate.EvaluationModule` `name`, loaded from its directory inside the package (what a user
-    gets from `evaluate.load(<that directory>)`)."""
+    gets from `evaluate.load(<that directory>)`), through a temporary directory where evaluate's caches cannot
+    be written."""
     import evaluate
+    import evaluate.config
 
-    return evaluate.load(str(module_path(name)), **load_kwargs)
+    if "cache_dir" not in load_kwargs:
+        metrics_cache = _writable_or_temporary(evaluate.config.HF_METRICS_CACHE, "HF_METRICS_CACHE")
+        if metrics_cache is not None:
+            load_kwargs["cache_dir"] = str(metrics_cache)
+    with _modules_cache():
+        return evaluate.load(str(module_path(name)), **load_kwargs)
+
+
+def cache_problem(directory: str | os.PathLike) -> str | None:
+    """Why files cannot be made in `directory` (created if missing), or None when they can."""
+    directory = Path(directory).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".hf_dpo_write_check_"):
+            pass
+    except OSError as err:
+        return (
+            f"{directory} is not writable ({err.strerror or type(err).__name__}: {err.filename or directory})"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _modules_cache():
+    """evaluate's modules cache pointed at a temporary directory for one `evaluate.load`, where the configured
+    one (HF_MODULES_CACHE) cannot be written; as configured otherwise."""
+    import evaluate.config
+
+    configured = evaluate.config.HF_MODULES_CACHE
+    temporary = _writable_or_temporary(
+        Path(configured) / evaluate.config.MODULE_NAME_FOR_DYNAMIC_MODULES, "HF_MODULES_CACHE"
+    )
+    if temporary is None:
+        yield
+        return
+    if str(temporary) not in sys.path:
+        # The copies are imported from there, ahead of any other modules cache on sys.path (one that may hold an
+        # older `evaluate_modules` package); evaluate itself only appends a cache it has not seen.
+        sys.path.insert(0, str(temporary))
+    evaluate.config.HF_MODULES_CACHE = temporary  # read at each load; restored so nothing else is redirected
+    try:
+        yield
+    finally:
+        evaluate.config.HF_MODULES_CACHE = configured
+
+
+@functools.cache
+def _writable_or_temporary(directory: str | os.PathLike, variable: str) -> Path | None:
+    """None when `directory` can be written; else a temporary directory standing in for it in this process
+    (made once, logged once, removed at exit). EvaluationError when there is no writable place at all."""
+    problem = cache_problem(directory)
+    if problem is None:
+        return None
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f"hf_dpo_{variable.lower()}_"))
+    except OSError as err:
+        raise EvaluationError(
+            f"evaluate's cache {problem}, and no temporary directory can be made instead ({err}). Set "
+            f"{variable} to a writable directory (or HF_HOME, which holds every Hugging Face cache) and run "
+            "`hf-dpo eval RUN_DIR` to write the report of a trained run."
+        ) from None
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    logger.warning(
+        "evaluate's cache %s; using %s for this run instead (removed at exit). Set %s to a writable directory "
+        "to keep it there.",
+        problem,
+        temporary,
+        variable,
+    )
+    return temporary
 
 
 @functools.cache
