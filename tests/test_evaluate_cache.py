@@ -22,6 +22,7 @@ import json, sys
 from hf_dpo.errors import HfDpoError
 from hf_dpo.report import evaluate_metrics
 try:
+    evaluate_metrics.preload_report_modules()  # the check a preflight makes before training
     preference = evaluate_metrics.compute(
         "dpo_preference",
         policy_chosen_logps=[-10.0, -12.0, -3.0],
@@ -130,6 +131,9 @@ def test_no_writable_place_at_all_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(HfDpoError, match=r"HF_MODULES_CACHE to a writable directory") as caught:
         evaluate_metrics.load("dpo_preference", keep_in_memory=True, cache_dir=str(tmp_path / "metrics"))
     assert str(blocked) in str(caught.value) and "hf-dpo eval" in str(caught.value)
+    evaluate_metrics._report_module.cache_clear()  # modules another test loaded would hide the problem
+    with pytest.raises(HfDpoError, match=r"HF_MODULES_CACHE to a writable directory"):
+        evaluate_metrics.preload_report_modules()  # the check before training fails the same way
 
 
 def test_modules_cache_problem_names_the_directory(tmp_path):

@@ -16,7 +16,8 @@ too (they call the same functions). What does not work offline: loading *Hub* mo
 a directory under HF_METRICS_CACHE (both under ~/.cache/huggingface by default). Where either cannot be written
 (a read-only home or HF_HOME), `load` uses a temporary directory of this process instead, says so once, and
 removes it at exit: the report, the last step of a run, still comes out, with the same numbers.
-`cache_problem(path)` says why a directory cannot be written, for a check before training.
+`preload_report_modules()` is that check before training; `cache_problem(path)` says why a directory cannot
+be written.
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ def _report_module(name: str):
     # Loaded once per process: evaluate.load hashes and copies the script each time. In memory: the report
     # writes no Arrow cache files or locks.
     return load(name, keep_in_memory=True)
+
+
+def preload_report_modules() -> None:
+    """Load the report's modules now, as the report will use them (they stay loaded): a check before a long
+    training run that the report can compute its numbers at the end. EvaluationError when neither evaluate's
+    caches nor a temporary directory can be written."""
+    for name in MODULES:
+        _report_module(name)
 
 
 def compute(name: str, **inputs_and_settings: Any) -> dict[str, Any]:
