@@ -124,12 +124,17 @@ def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
 
 
 def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:
-    """Create `directory` if needed and prove it takes a file; RecipeError naming `what` otherwise."""
+    """Prove `directory` can be created and takes a file, leaving the disk as it was: directories made for the
+    check are removed again (whoever writes there later creates them), so a recipe that fails a later check
+    leaves no stray, empty run dir. RecipeError naming `what` otherwise."""
     path = Path(directory)
+    made: list[Path] = []
     try:
         path = path.expanduser()  # `~nosuchuser/...` raises RuntimeError
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{path} is a file, not a directory")
+        # Deepest first, the order to remove them in; '.' and '..' name directories that exist anyway.
+        made = [p for p in (path, *path.parents) if p.name not in ("", ".", "..") and not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".hf_dpo-write-check-"):
             pass
@@ -138,6 +143,14 @@ def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:
         raise RecipeError(
             f"{what} {path} cannot be written to ({reason}). Choose a writable directory."
         ) from None
+    finally:
+        for made_dir in made:
+            if not made_dir.is_dir():  # mkdir failed below it: nothing to remove here
+                continue
+            try:
+                made_dir.rmdir()  # only ever empty: rmdir refuses a directory someone has written into since
+            except OSError:
+                break
     return path
 
 

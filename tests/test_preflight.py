@@ -143,6 +143,26 @@ def test_unwritable_output_dir_is_named(tmp_path, capsys, no_model):
     assert rc == 2 and re_search(r"output_dir .*afile/run cannot be written", _one_error(err))
 
 
+def test_a_recipe_failing_a_later_check_leaves_no_new_directory(tmp_path, capsys, no_model):
+    # The writability check comes first; before, it created output_dir (and its parents) and left them behind,
+    # an empty run dir a rerun could take for a resume.
+    deep = tmp_path / "new" / "deeper" / "run"
+    rc, err = train(tmp_path, capsys, "judge: hf_dpo.pairs.demo_task:judgee\n", "--output_dir", str(deep))
+    assert rc == 2 and "judgee" in _one_error(err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_existing_output_dir_is_left_as_it_was(tmp_path, capsys, no_model):
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    rc, err = train(tmp_path, capsys, "judge: hf_dpo.pairs.demo_task:judgee\n")
+    assert rc == 2 and "judgee" in _one_error(err)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # no probe file left either
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def test_output_dir_under_an_unknown_users_home_is_named(tmp_path, capsys, no_model):
     # Path.expanduser raises RuntimeError for `~user` with no such user: an error line, not a traceback.
     rc, err = train(tmp_path, capsys, "", "--output_dir", "~no_such_user_hf_dpo/run")
