@@ -3,8 +3,9 @@
 Every field is checked by its declared type (an `int` key takes no 1.5, no `true`, no NaN; a `float` key
 takes no NaN or infinity; a `str` key takes no list), then by its declared meaning (`RANGES`: a rank is
 >= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like strings, against its choices
-(`CHOICES`, plus any `choices` in the field's metadata). The first problem raises `RecipeError` naming the
-key, the value and what it may be, so a recipe fails when it is read, not minutes into a run.
+(`CHOICES`, plus any `choices` in the field's metadata), then against the keys it only makes sense with
+(`BELOW`: a max_prompt_length under max_length). The first problem raises `RecipeError` naming the key, the
+value and what it may be, so a recipe fails when it is read, not minutes into a run.
 
     check_values(ModelConfig(lora_r=-1), RecipeError)   # RecipeError: key 'lora_r': must be >= 1, got -1.
 """
@@ -86,6 +87,16 @@ RANGE_HINTS = {
     "seed": " (numpy seeds are 32-bit)",
     "data_seed": " (numpy seeds are 32-bit)",
     "label_smoothing": " (an assumed share of flipped labels)",
+}
+
+# key -> the key it must stay below (both set), and why. max_prompt_length only acts on a pair longer than
+# max_length, cutting its prompt to max_prompt_length tokens; at or over max_length that leaves no token for the
+# answer, so every such pair would be dropped: a setting that can never do what it is for.
+BELOW: dict[str, tuple[str, str]] = {
+    "max_prompt_length": (
+        "max_length",
+        "a prompt cut to max_prompt_length must leave room for the answer within max_length",
+    ),
 }
 
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
@@ -241,6 +252,18 @@ def check_choice(key: str, value: Any, choices, error=ValueCheckError) -> None:
     raise _error(key, f"{value!r} is not one of {named}.", error)
 
 
+def check_below(obj: Any, error=ValueCheckError) -> None:
+    """Each `BELOW` key set on `obj` stays under its partner key (when that is set too)."""
+    for key, (limit_key, why) in BELOW.items():
+        value, limit = getattr(obj, key, None), getattr(obj, limit_key, None)
+        if not isinstance(value, int) or not isinstance(limit, int) or value < limit:
+            continue
+        fix = f"lower {key} (e.g. {limit // 2}) or raise {limit_key}" if limit >= 2 else f"raise {limit_key}"
+        raise _error(
+            key, f"must be below {limit_key} ({limit}), got {value}: {why}. {fix[0].upper()}{fix[1:]}.", error
+        )
+
+
 def _inherited() -> set[str]:
     from transformers import TrainingArguments
 
@@ -270,3 +293,5 @@ def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: lis
             and not (value.strip() if isinstance(value, str) else value)
         ):
             raise _error(f.name, "must not be empty.", error)
+    if fields is None:
+        check_below(obj, error)
