@@ -314,7 +314,10 @@ def uses_chat_template(prompt: Any, tokenizer, cfg: DataConfig, implicit: bool =
     on; implicit-prompt strings (raw transcripts such as HH-RLHF) never."""
     if not getattr(tokenizer, "chat_template", None):
         if isinstance(prompt, list):
-            raise DataError("Conversational rows need a tokenizer with a chat template.")
+            raise DataError(
+                "conversational rows (lists of messages) need a tokenizer with a chat template, and this one has "
+                "none. Use a chat model, or give prompt/chosen/rejected as plain strings."
+            )
         return False
     return isinstance(prompt, list) or (cfg.apply_chat_template and not implicit)
 
@@ -328,20 +331,37 @@ def format_prompt(prompt: str | list[dict], tokenizer, cfg: DataConfig, implicit
     return prompt
 
 
+def _rendered(render, column: str, cfg: DataConfig) -> str:
+    """`render()`, one chat-template call; a template that refuses the row is a BadRow of `column`."""
+    try:
+        return render()
+    except HfDpoError:
+        raise
+    except Exception as err:  # noqa: BLE001 - templates raise anything (TemplateError, TypeError): name the row
+        problem = f"the tokenizer's chat template rejects it ({type(err).__name__}: {err})"
+        if cfg.system_prompt:
+            problem += " (the recipe's system_prompt adds a system turn, which some templates refuse)"
+        raise BadRow(column, problem, "rejected by the chat template") from None
+
+
 def format_pair(pair: dict, tokenizer, cfg: DataConfig) -> tuple[str, str, str]:
-    """(prompt_text, prompt+chosen text, prompt+rejected text), chat template applied where it belongs."""
+    """(prompt_text, prompt+chosen text, prompt+rejected text), chat template applied where it belongs. A
+    template that refuses the row raises BadRow naming the column it failed on."""
     prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
-    prompt_text = format_prompt(prompt, tokenizer, cfg, pair.get("implicit", False))
-    if uses_chat_template(prompt, tokenizer, cfg, pair.get("implicit", False)):
+    implicit = pair.get("implicit", False)
+    prompt_text = _rendered(lambda: format_prompt(prompt, tokenizer, cfg, implicit), cfg.prompt_column, cfg)
+    if uses_chat_template(prompt, tokenizer, cfg, implicit):
         messages = _as_messages(prompt, cfg.system_prompt)
 
-        def full(completion):
+        def full(completion, column: str) -> str:
             turns = (
                 completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
             )
-            return tokenizer.apply_chat_template(messages + turns, tokenize=False)
+            return _rendered(
+                lambda: tokenizer.apply_chat_template(messages + turns, tokenize=False), column, cfg
+            )
 
-        return prompt_text, full(chosen), full(rejected)
+        return prompt_text, full(chosen, cfg.chosen_column), full(rejected, cfg.rejected_column)
     eos = tokenizer.eos_token or ""
 
     def with_eos(text: str) -> str:
@@ -402,12 +422,55 @@ NO_PAIRS_HINT = (
     "If prompts are longer than max_length, raise max_length or set max_prompt_length to cut them "
     "(keeping their end)."
 )
+LENGTH_DROPS = ("prompt longer than max_length", "identical after truncation")
+
+
+def length_advice(report: DataReport, max_length: int | None, max_prompt_length: int | None) -> str:
+    """What to change when pairs were dropped for length: the keys, with the values they have now."""
+    advice = []
+    if report.skipped["prompt longer than max_length"]:
+        advice.append(
+            f"prompts over max_length ({max_length}) are dropped: raise max_length, or set max_prompt_length "
+            f"below it (e.g. {max(1, (max_length or 2) // 2)}) to cut long prompts to their end"
+        )
+    if report.skipped["identical after truncation"]:
+        room = f"max_length {max_length}" + (
+            f", max_prompt_length {max_prompt_length}" if max_prompt_length else ""
+        )
+        lever = (
+            "lower max_prompt_length" if max_prompt_length else "set max_prompt_length to cut long prompts"
+        )
+        advice.append(
+            f"chosen and rejected are identical once cut to fit ({room}): raise max_length, or {lever} to leave "
+            "the answers more room"
+        )
+    return "; ".join(advice) + "." if advice else NO_PAIRS_HINT
+
+
+def _warn_length_drops(report: DataReport, max_length: int | None, max_prompt_length: int | None) -> None:
+    """Pairs lost to truncation are never silent: a warning naming the keys (none left at all: an error)."""
+    dropped = sum(report.skipped[why] for why in LENGTH_DROPS)
+    if dropped and report.pairs_used:
+        logger.warning(
+            "%s: %d of %d pairs dropped for length; %s",
+            report.source,
+            dropped,
+            report.rows_read,
+            length_advice(report, max_length, max_prompt_length),
+        )
 
 
 def prepare_rows(
-    rows: list[dict], source: str, tokenizer, data_cfg: DataConfig, max_length, max_prompt_length
+    rows: list[dict],
+    source: str,
+    tokenizer,
+    data_cfg: DataConfig,
+    max_length,
+    max_prompt_length,
+    row_numbers: list[int] | None = None,
 ) -> tuple[dict[str, list], DataReport]:
-    """Validate, format and tokenize raw rows into columns; errors name `source`, the row and the column."""
+    """Validate, format and tokenize raw rows into columns; errors name `source`, the row and the column.
+    `row_numbers`: each row's number in its file (rows may be a seeded subset of it); 0, 1, ... by default."""
     report = DataReport(source=source, rows_read=len(rows))
     columns: dict[str, list] = {k: [] for k in (*TOKENIZED_COLUMNS, "prompt", "chosen", "rejected")}
     if rows:
@@ -418,9 +481,11 @@ def prepare_rows(
                     f"{source}: no column '{column}' (columns: {', '.join(sorted(present))}). "
                     "Map your column names with chosen_column / rejected_column / prompt_column in the recipe."
                 )
-    for index, row in enumerate(rows):
+    numbers = row_numbers if row_numbers is not None else range(len(rows))
+    for index, row in zip(numbers, rows):
         try:
             pair = normalize_row(row, data_cfg)
+            ids = tokenize_pair(pair, tokenizer, data_cfg)  # a chat template refusing the row: a BadRow too
         except BadRow as bad:
             if data_cfg.on_bad_rows == "skip":
                 report.skipped[bad.reason] += 1
@@ -428,7 +493,9 @@ def prepare_rows(
             raise DataError(
                 f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}"
             ) from None
-        ids = truncate_pair(tokenize_pair(pair, tokenizer, data_cfg), max_length, max_prompt_length, report)
+        except DataError as err:  # a problem of the whole dataset (no chat template), met at this row
+            raise DataError(f"{source}, row {index}: {err}") from None
+        ids = truncate_pair(ids, max_length, max_prompt_length, report)
         if ids is None:
             continue
         if not ids["chosen_input_ids"] or not ids["rejected_input_ids"]:
@@ -442,6 +509,7 @@ def prepare_rows(
         report.pairs_used += 1
     if data_cfg.on_bad_rows not in ("error", "skip"):
         raise DataError(f"on_bad_rows must be 'error' or 'skip', not '{data_cfg.on_bad_rows}'.")
+    _warn_length_drops(report, max_length, max_prompt_length)
     return columns, report
 
 
@@ -464,7 +532,10 @@ def tokenize_dataset(dataset, tokenizer, data_cfg: DataConfig | None = None, arg
     logger.info("%s", report.summary())
     if rows and report.pairs_used == 0:
         # Otherwise training starts on an empty dataset and fails deep in the reference pass.
-        raise DataError(f"dataset: no usable pairs left of {len(rows)}: {report.summary()}. {NO_PAIRS_HINT}")
+        advice = length_advice(
+            report, getattr(args, "max_length", None), getattr(args, "max_prompt_length", None)
+        )
+        raise DataError(f"dataset: no usable pairs left of {len(rows)}: {report.summary()}. {advice}")
     return datasets.Dataset.from_dict(columns)
 
 
@@ -477,40 +548,64 @@ def _seeded_subset(rows: list, n: int | None, seed: int) -> list:
     return [rows[i] for i in sorted(order[:n])]
 
 
-def load_preference_dataset(data_cfg: DataConfig, tokenizer, args: DPOConfig) -> PreferenceData:
-    """Read, validate and tokenize the train (and held-out) split of a recipe's dataset."""
+def load_preference_dataset(
+    data_cfg: DataConfig, tokenizer, args: DPOConfig, splits: dict[str, tuple[str, list[dict]]] | None = None
+) -> PreferenceData:
+    """Read, validate and tokenize the train (and held-out) split of a recipe's dataset. `splits`: what
+    `read_splits(data_cfg)` returned, when the caller has read the files already."""
     import datasets
 
-    splits = read_splits(data_cfg)
+    splits = splits if splits is not None else read_splits(data_cfg)
     seed = args.data_seed if args.data_seed is not None else args.seed
     train_source, train_rows = splits[data_cfg.dataset_train_split]
     eval_source, eval_rows = splits.get(data_cfg.dataset_test_split, (None, None))
+    # Row numbers in the file, kept through the held-out draw and the subsets so errors name the file's row.
+    train_numbers = list(range(len(train_rows)))
+    eval_numbers = list(range(len(eval_rows))) if eval_rows is not None else None
     if eval_rows is None and data_cfg.eval_fraction > 0:
         order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed)).tolist()
         n_eval = max(1, round(len(train_rows) * data_cfg.eval_fraction))
-        eval_rows = [train_rows[i] for i in sorted(order[:n_eval])]
-        train_rows = [train_rows[i] for i in sorted(order[n_eval:])]
+        eval_numbers, train_numbers = sorted(order[:n_eval]), sorted(order[n_eval:])
+        eval_rows = train_rows
         eval_source = f"{train_source} (held-out {data_cfg.eval_fraction:.0%})"
-    train_rows = _seeded_subset(train_rows, data_cfg.max_train_samples, seed)
-    if eval_rows is not None:
-        eval_rows = _seeded_subset(eval_rows, data_cfg.max_eval_samples, seed)
+    train_numbers = _seeded_subset(train_numbers, data_cfg.max_train_samples, seed)
+    if eval_numbers is not None:
+        eval_numbers = _seeded_subset(eval_numbers, data_cfg.max_eval_samples, seed)
 
     report = {}
     built = {}
-    for name, source, rows in (("train", train_source, train_rows), ("eval", eval_source, eval_rows)):
-        if rows is None:
+    parts = (
+        ("train", train_source, train_rows, train_numbers),
+        ("eval", eval_source, eval_rows, eval_numbers),
+    )
+    for name, source, rows, numbers in parts:
+        if numbers is None:
             continue
         columns, split_report = prepare_rows(
-            rows, source, tokenizer, data_cfg, args.max_length, args.max_prompt_length
+            [rows[i] for i in numbers],
+            source,
+            tokenizer,
+            data_cfg,
+            args.max_length,
+            args.max_prompt_length,
+            row_numbers=numbers,
         )
         logger.info("%s", split_report.summary())
         report[name] = split_report.to_dict()
         built[name] = datasets.Dataset.from_dict(columns)
-    if len(built["train"]) == 0:
-        raise DataError(f"{train_source}: no usable pairs left ({report['train']}). {NO_PAIRS_HINT}")
-    if "eval" in built and len(built["eval"]) == 0:
-        raise DataError(
-            f"{eval_source}: the held-out split has no usable pairs ({report['eval']}). Add pairs to it, or set "
-            "dataset_test_split: null (and eval_fraction: 0) to train without one."
-        )
+        if len(built[name]) == 0:
+            raise _no_pairs_left(name, source, split_report, args)
     return PreferenceData(train=built["train"], eval=built.get("eval"), report=report)
+
+
+def _no_pairs_left(name: str, source: str, report: DataReport, args: DPOConfig) -> DataError:
+    """The error for a split left with no pair: lost to length (name the keys), or to bad rows."""
+    lost_to_length = any(report.skipped[why] for why in LENGTH_DROPS)
+    if name == "train" or lost_to_length:
+        advice = length_advice(report, args.max_length, args.max_prompt_length)
+        what = "the held-out split has" if name == "eval" else "there are"
+        return DataError(f"{source}: {what} no usable pairs left ({report.to_dict()}). {advice}")
+    return DataError(
+        f"{source}: the held-out split has no usable pairs ({report.to_dict()}). Add pairs to it, or set "
+        "dataset_test_split: null (and eval_fraction: 0) to train without one."
+    )

@@ -9,8 +9,13 @@ Checks, each raising an `HfDpoError` subclass that names the file, row or key an
   `hf_dpo.data`: columns, types, message roles, empty or identical responses), the held-out split
   non-empty, eval_fraction leaving pairs on both sides;
 - the judge: `module:function` imported, `rm:<local path>` present;
-- the run dir writable; report_to integrations installed; a token when the recipe pushes;
-- the reference-log-prob cache dir: writable, else a warning and the cache is off (it is an optimisation).
+- the run dir writable (created for the check and removed again: a recipe that fails leaves no run dir);
+  report_to integrations installed; a token when the recipe pushes;
+- the reference-log-prob cache dir: writable, else a warning and the cache is off (it is an optimisation);
+- last, the tokenizer (no weights: about a second) and `hf_dpo.data`'s own pipeline over every row used: the
+  chat template applied (a template that refuses a row names the file, row and column), tokenized and
+  truncated (a split with no pair left names max_length / max_prompt_length). The tokenized data is returned,
+  so the run does not tokenize it twice.
 """
 
 from __future__ import annotations
@@ -22,14 +27,24 @@ import tempfile
 from pathlib import Path
 
 from hf_dpo.config import Recipe, RecipeError
-from hf_dpo.data import SKIP_HINT, BadRow, DataError, normalize_row, read_splits
+from hf_dpo.data import (
+    SKIP_HINT,
+    BadRow,
+    DataError,
+    PreferenceData,
+    load_preference_dataset,
+    normalize_row,
+    read_splits,
+)
+from hf_dpo.errors import HfDpoError
 
 logger = logging.getLogger(__name__)
 
 
-def preflight(recipe: Recipe) -> dict[str, int]:
-    """Check a training recipe end to end without loading a model. Returns {split: usable rows} (before
-    tokenization, which may still truncate). Raises RecipeError / DataError / JudgeError."""
+def preflight(recipe: Recipe) -> PreferenceData:
+    """Check a training recipe end to end without loading a model's weights. Returns the tokenized train and
+    held-out data (what `hf_dpo.data.load_preference_dataset` gives). Raises RecipeError / DataError /
+    JudgeError."""
     args = recipe.training
     if int(os.environ.get("RANK", "0")) == 0:  # only the main process writes the run dir
         check_writable_dir(args.output_dir, "output_dir")
@@ -39,11 +54,12 @@ def preflight(recipe: Recipe) -> dict[str, int]:
     check_resume(args)
     check_report_to(args)
     check_push(args)
-    counts = check_data(recipe)
+    splits = read_data(recipe)
+    check_data(recipe, splits)  # tokenizer-free: a malformed row is named before the tokenizer loads
     if recipe.sampling.judge:
         check_judge(recipe.sampling.judge)
     check_ref_cache(args)
-    return counts
+    return tokenize_data(recipe, splits)
 
 
 def preflight_sampling(recipe: Recipe) -> None:
@@ -293,17 +309,23 @@ def check_judge(spec: str) -> None:
 # ---------------------------------------------------------------- data
 
 
-def check_data(recipe: Recipe) -> dict[str, int]:
-    """Read every split and check every row as `hf_dpo.data` will (without tokenizing). {split: usable rows}."""
+def read_data(recipe: Recipe) -> dict[str, tuple[str, list[dict]]]:
+    """Every split's rows ({split: (source, rows)}, as `hf_dpo.data.read_splits`), read errors made DataError."""
     cfg = recipe.data
     try:
-        splits = read_splits(cfg)
+        return read_splits(cfg)
     except (DataError, RecipeError):
         raise
     except UnicodeDecodeError as err:
         raise DataError(f"{cfg.dataset_name}: not UTF-8 text ({err}). Save the data as UTF-8.") from None
     except OSError as err:
         raise DataError(f"{cfg.dataset_name}: cannot be read ({err.strerror or err}).") from None
+
+
+def check_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]] | None = None) -> dict[str, int]:
+    """Check every row of every split as `hf_dpo.data` will, without tokenizing. {split: usable rows}."""
+    cfg = recipe.data
+    splits = splits if splits is not None else read_data(recipe)
     counts = {}
     for split, (source, rows) in splits.items():
         counts[split] = _check_rows(source, rows, cfg)
@@ -348,3 +370,25 @@ def _check_rows(source: str, rows: list, cfg) -> int:
             ) from None
         usable += 1
     return usable
+
+
+def load_checked_tokenizer(recipe: Recipe):
+    """The run's tokenizer (files only, no weights); one that cannot be loaded is a RecipeError naming the key."""
+    from hf_dpo.model.loading import load_tokenizer
+
+    try:
+        return load_tokenizer(recipe.model)
+    except (HfDpoError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
+        raise RecipeError(
+            f"key 'model_name_or_path': {reason} Give a built-in alias (smollm2-135m-instruct), a local model "
+            "directory, or a Hub id (reachable, or already in the Hub cache)."
+        ) from None
+
+
+def tokenize_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> PreferenceData:
+    """Every row the run will use through `hf_dpo.data`'s pipeline (chat template, tokenizer, truncation), with
+    the run's tokenizer: a row the template refuses, or a split that truncation empties, is named now."""
+    return load_preference_dataset(
+        recipe.data, load_checked_tokenizer(recipe), recipe.training, splits=splits
+    )

@@ -26,7 +26,7 @@ from transformers import set_seed
 
 from hf_dpo import __version__
 from hf_dpo.config import Recipe, load_recipe
-from hf_dpo.data import load_preference_dataset
+from hf_dpo.data import PreferenceData, load_preference_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.files import atomic_write_text
 from hf_dpo.hub.card import framework_versions
@@ -91,12 +91,16 @@ def _configure_precision(recipe: Recipe) -> torch.dtype:
     return dtype
 
 
-def build_trainer(recipe: Recipe, callbacks=None) -> tuple[DPOTrainer, dict]:
-    """Load policy and data for a recipe and wrap them in a DPOTrainer. Returns (trainer, data report)."""
+def build_trainer(
+    recipe: Recipe, callbacks=None, data: PreferenceData | None = None
+) -> tuple[DPOTrainer, dict]:
+    """Load policy and data for a recipe and wrap them in a DPOTrainer. Returns (trainer, data report).
+    `data`: the recipe's data, tokenized already (by preflight)."""
     args = recipe.training
     set_seed(args.seed)  # the LoRA initialisation is part of the run
     model, tokenizer = load_policy(recipe.model, gradient_checkpointing=args.gradient_checkpointing)
-    data = load_preference_dataset(recipe.data, tokenizer, args)
+    if data is None:
+        data = load_preference_dataset(recipe.data, tokenizer, args)
     trainer = DPOTrainer(
         model=model,
         args=args,
@@ -111,7 +115,8 @@ def build_trainer(recipe: Recipe, callbacks=None) -> tuple[DPOTrainer, dict]:
 def run_training(recipe_path: str | None, overrides: list[str] | None = None) -> Path:
     """`hf-dpo train`: recipe -> trained adapter + run_info.json -> report -> card -> Hub (when asked)."""
     recipe = load_recipe(recipe_path, overrides)
-    preflight(recipe)  # data, judge, run dir, cache dir: every check that needs no model, before loading one
+    # Data (templated and tokenized), judge, run dir, cache dir: every check that needs no weights, before loading any.
+    data = preflight(recipe)
     args = recipe.training
     out = Path(args.output_dir)
     dtype = _configure_precision(recipe)
@@ -122,7 +127,7 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     # hf_dpo pushes itself, after local files are written.
     hub = take_hub_settings(args)
     callbacks = [HubCheckpointCallback(hub)] if hub and hub.strategy != "end" else None
-    trainer, data_report = build_trainer(recipe, callbacks=callbacks)
+    trainer, data_report = build_trainer(recipe, callbacks=callbacks, data=data)
     # Before the first step the policy is the reference (a fresh LoRA is a no-op; a starting adapter is its own
     # reference), so one reference pass gives both sides, unless a checkpoint is resumed.
     eval_before, _ = held_out(trainer, "before", policy_is_reference=not args.resume_from_checkpoint)

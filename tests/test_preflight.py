@@ -150,6 +150,10 @@ def test_a_recipe_failing_a_later_check_leaves_no_new_directory(tmp_path, capsys
     rc, err = train(tmp_path, capsys, "judge: hf_dpo.pairs.demo_task:judgee\n", "--output_dir", str(deep))
     assert rc == 2 and "judgee" in _one_error(err)
     assert not (tmp_path / "new").exists()
+    # ... and one failing the last check, on the tokenized data
+    rc, err = train(tmp_path, capsys, "", "--output_dir", str(deep), "--max_length", "4")
+    assert rc == 2 and "no usable pairs left" in _one_error(err)
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_existing_output_dir_is_left_as_it_was(tmp_path, capsys, no_model):
@@ -250,8 +254,10 @@ def test_missing_local_model_dir_is_named(tmp_path, capsys, no_model):
 
 def test_the_demo_recipe_passes(tmp_path):
     recipe = load_recipe("recipes/demo.yaml", ["--output_dir", str(tmp_path / "run")])
-    counts = preflight(recipe)
-    assert counts["train"] > 0 and counts["test"] > 0
+    data = preflight(recipe)  # tokenized: the run trains on this, it does not tokenize again
+    assert len(data.train) == 128 and len(data.eval) > 0  # max_train_samples: 128
+    assert data.report["train"]["pairs_used"] == 128
+    assert not (tmp_path / "run").exists()  # the writability check leaves nothing behind
 
 
 def test_cli_override_values_are_checked_too():

@@ -120,6 +120,9 @@ def run_train(argv: list[str]) -> tuple[str, str]:
     with (
         mock.patch("hf_dpo.run.load_policy", reached_model),
         mock.patch("hf_dpo.run.build_trainer", reached_model),
+        # Preflight loads the tokenizer: a drawn model name that looks like a Hub id fails at once, not after
+        # ~45 s of retries against a network the tests never use.
+        mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", True),
         contextlib.redirect_stderr(err),
         contextlib.redirect_stdout(io.StringIO()),
     ):
