@@ -422,9 +422,11 @@ class DPOConfig(TrainingArguments):
             # use_cpu makes it a gloo process group (accelerate's MULTI_CPU): real DDP on CPU.
             self.use_cpu = not torch.cuda.is_available()
         super().__post_init__()
+        # activation_checkpointing_kwargs in newer transformers (5.24; gradient_checkpointing_* mirror it), only
+        # gradient_checkpointing_kwargs in older ones (5.17)
         _check_checkpointing_kwargs(
-            self.activation_checkpointing_kwargs
-        )  # gradient_checkpointing_* mirror it
+            getattr(self, "activation_checkpointing_kwargs", self.gradient_checkpointing_kwargs)
+        )
 
     def __getstate__(self) -> dict:
         # Trainer saves training_args.bin as a pickle of these arguments: the Hub token never rides along.
@@ -515,8 +517,11 @@ def _check_checkpointing_kwargs(kwargs: dict | None) -> None:
         raise RecipeError(
             f"gradient_checkpointing_kwargs.every_n_layers must be an integer >= 1 (got {every!r})."
         )
-    enable = getattr(PreTrainedModel, "activation_checkpointing_enable", None)
-    if enable is None or "every_n_layers" not in inspect.signature(enable).parameters:
+    # gradient_checkpointing_enable: its name in older transformers (5.17; in 5.24 an alias taking **kwargs)
+    enable = getattr(
+        PreTrainedModel, "activation_checkpointing_enable", PreTrainedModel.gradient_checkpointing_enable
+    )
+    if "every_n_layers" not in inspect.signature(enable).parameters:
         import transformers
 
         raise RecipeError(
