@@ -8,6 +8,7 @@
 #   make plan RECIPE=recipes/x.yaml ARGS="--gpu-memory 16GB"   peak-memory estimate, before downloading
 #   make bench [ARGS="--quick"]    hf_dpo vs TRL DPOTrainer end to end, 4 data shapes x 2 checkpointing regimes (JSON in runs/bench/)
 #   make pairs RECIPE=recipes/demo_pairs.yaml   on-policy pairs: sample from the reference, label by the judge
+#   make gpu-check                 the GPU checks (scripts/gpu/run_checks.sh); make gpu-bundle: their offline bundle
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ GPUS ?= 1
 ACCELERATE_CONFIG ?= recipes/accelerate/ddp.yaml
 FREE_PORT = $(shell $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-.PHONY: install demo train plan bench gpu-check eval push pairs demo-prompts browser-deps test lint format clean
+.PHONY: install demo train plan bench gpu-check gpu-bundle eval push pairs demo-prompts browser-deps test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,9 +52,15 @@ plan: install
 bench: install
 	$(BIN)/hf-dpo bench $(ARGS)
 
-# On a CUDA machine: the 4-bit CUDA path, a demo-recipe run beside its plan, and the bench on the GPU (~8 min).
+# On a CUDA machine: the 4-bit CUDA path, the bench at 1.07B parameters (hf_dpo vs TRL's default and TRL with a
+# precomputed reference) and the 8B recipe under a 24 GB cap (~9 min). REHEARSAL=1: every step on the CPU, tiny.
 gpu-check: install
 	PY=$(BIN)/python OUT=$(or $(OUT),runs/gpu_check) bash scripts/gpu/run_checks.sh
+
+# A GPU machine without network: .gpu_bundle/ (git-ignored) holds the wheels it lacks and SmolLM2's tokenizer;
+# copy it with the repository and run `bash scripts/gpu/run_checks.sh` there (its header says how).
+gpu-bundle: install
+	$(BIN)/python scripts/gpu/bundle.py $(ARGS)
 
 eval: install
 	$(BIN)/hf-dpo eval $(RUN) $(ARGS)
