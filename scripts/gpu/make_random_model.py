@@ -3,10 +3,11 @@ the real weights are not at hand (same speed and memory; the numbers it learns m
 
     python scripts/gpu/make_random_model.py OUT_DIR [CONFIG_DIR] [--config FILE.json] [--init-device cuda]
 
-CONFIG_DIR: config and tokenizer to copy (default: the demo alias's cache, SmolLM2-135M-Instruct). --config: an
-architecture in a JSON file instead (scripts/gpu/llama-1b.json, llama-3.1-8b.json), with CONFIG_DIR's tokenizer;
-it is saved in bfloat16. --init-device cuda draws the weights on the GPU (an 8B model in seconds, not minutes).
-Prints the versions of the packages the checks use."""
+CONFIG_DIR: config and tokenizer to copy (default: the demo alias's cache, SmolLM2-135M-Instruct; on a machine
+without it, the bundle's .gpu_bundle/smollm2-135m-instruct). --config: an architecture in a JSON file instead
+(scripts/gpu/llama-1b.json, llama-3.1-8b.json; llama-tiny.json in the CPU rehearsal), with CONFIG_DIR's
+tokenizer; it is saved in bfloat16. --init-device cuda draws the weights on the GPU (an 8B model in seconds, not
+minutes). Prints the versions of the packages the checks use (one that does not import is named, not fatal)."""
 
 import argparse
 import importlib
@@ -39,7 +40,11 @@ def main() -> None:
     parser.add_argument("--init-device", default="cpu", help="where the random weights are drawn (cpu, cuda)")
     args = parser.parse_args()
     for name in PACKAGES:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:  # reported, not fatal: the step that needs it fails with its own message
+            print(f"{name} NOT IMPORTABLE: {err}")
+            continue
         print(f"{name} {module.__version__} {getattr(module, '__file__', '')}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
     print("cuda", torch.cuda.is_available(), torch.version.cuda, gpu)
