@@ -11,6 +11,9 @@
 #      on it under a 24 GB cap (scripts/gpu/capped_train.py), a few steps, the measured peak beside `hf-dpo plan`'s.
 # $OUT gets at most 8 files: env.txt models.txt check4bit.txt bench.txt bench.json bench_summary.txt train_8b.txt
 # steps.txt (one line per step: how it ended, seconds). Exit status 0 when every step passed.
+# Planned on an H200 (never timed there yet): setup and models ~1 min, 4-bit ~0.5 min, the bench what is left
+# but RESERVE_8B_S (230 s) for the 8B model (16 GB bf16 written to $WORK, ~1 min) and its run (~2 min); a bench
+# line that cannot start in time is skipped (hf_dpo without checkpointing, last, goes first).
 #
 # A GPU machine without network (the device tool copies the working tree and up to 8 carried ignored paths):
 #   here, first:   make gpu-bundle    (.gpu_bundle/: the wheels that machine lacks + SmolLM2's tokenizer, ~48 MiB)
@@ -36,7 +39,7 @@ WORK=${WORK:-/tmp/hf_dpo_gpu_check}
 BUNDLE=${BUNDLE:-$REPO/.gpu_bundle}
 SITE=${SITE:-/tmp/site}
 BUDGET_S=${BUDGET_S:-$([ -n "${REHEARSAL:-}" ] && echo 1800 || echo 550)}
-RESERVE_8B_S=${RESERVE_8B_S:-$([ -n "${REHEARSAL:-}" ] && echo 60 || echo 200)}  # the bench leaves it to the 8B steps
+RESERVE_8B_S=${RESERVE_8B_S:-$([ -n "${REHEARSAL:-}" ] && echo 60 || echo 230)}  # the bench leaves it to the 8B steps
 BENCH_LINES=${BENCH_LINES:-trl_ckpt trl_precompute_ckpt hf_dpo_ckpt hf_dpo}
 START=$SECONDS
 mkdir -p "$OUT" "$WORK"
@@ -78,11 +81,16 @@ step() {  # step NAME LIMIT_S LOG COMMAND...: run within min(LIMIT_S, budget lef
 
 # --- setup: the bundle's wheels where the packages are missing (a machine without network), the environment
 USE_BUNDLE=${USE_BUNDLE:-auto}
+HAVE_PACKAGES=0
+$PY -c "import trl, bitsandbytes, datasets, evaluate" 2>/dev/null && HAVE_PACKAGES=1
 if [ "$USE_BUNDLE" = auto ]; then
   USE_BUNDLE=0
-  if [ -d "$BUNDLE/wheels" ] && ! $PY -c "import trl, bitsandbytes, datasets, evaluate" 2>/dev/null; then
-    USE_BUNDLE=1
-  fi
+  [ -d "$BUNDLE/wheels" ] && [ $HAVE_PACKAGES = 0 ] && USE_BUNDLE=1
+fi
+if [ "$USE_BUNDLE" != 1 ] && [ $HAVE_PACKAGES = 0 ] && [ -z "${DRY_RUN:-}" ]; then
+  echo "error: $PY cannot import trl, bitsandbytes, datasets and evaluate, and there is no $BUNDLE/wheels to" \
+    "install them from: make install, or (no network) make gpu-bundle and copy .gpu_bundle with the repo." | tee -a "$OUT/env.txt" >&2
+  exit 4
 fi
 if [ "$USE_BUNDLE" = 1 ]; then  # pip --target, no index, no deps; without pip, the wheels unzipped (what --target does)
   export PYTHONPATH="$SITE:$PYTHONPATH"
