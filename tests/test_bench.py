@@ -213,6 +213,7 @@ def test_smoke_both_trainers_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert len(trl["step_s"]) == len(hf["step_s"]) == 2
     assert trl["loss_first"] == pytest.approx(math.log(2), abs=1e-4) == hf["loss_first"]
     assert hf["prefix_sharing_used"] and hf["end_to_end_s"] >= hf["setup_s"] > 0
+    assert hf["prefix_sharing_attention"] == "mask4d"  # the kernel that was timed: the dense 4D mask on CPU
     assert hf["prompt_share"] == pytest.approx(trl["prompt_share"], abs=0.05)  # same pairs, same template
     add_ratios(results)
     assert "x TRL" in format_table(results) and hf["speed_vs_trl"] > 0

@@ -108,7 +108,11 @@ def test_bench_verdict_compares_every_hf_dpo_line_with_trl_as_users_run_it():
     results = [
         bench_result("trl_ckpt", "trl", True, 1.0, 1000),
         bench_result("trl_precompute_ckpt", "trl", True, 1.2, 1000, precompute_ref_log_probs=True),
-        bench_result("hf_dpo_ckpt", "hf_dpo", True, 1.6, 900),  # 1.33x TRL-pre, 0.9x memory: meets
+        {
+            **bench_result("hf_dpo_ckpt", "hf_dpo", True, 1.6, 900),  # 1.33x TRL-pre, 0.9x memory: meets
+            "prefix_sharing_used": True,
+            "prefix_sharing_attention": "flex",
+        },
         bench_result("hf_dpo", "hf_dpo", False, 2.4, 1500),  # fast, but 1.5x TRL default's memory: misses
         bench_result("trl", "trl", False, 1.5, 1400),  # no checkpointing: not what TRL's users run
     ]
@@ -116,6 +120,7 @@ def test_bench_verdict_compares_every_hf_dpo_line_with_trl_as_users_run_it():
     text = "\n".join(lines)
     assert met is True and "GOAL MET by hf_dpo_ckpt" in text
     assert re.search(r"hf_dpo_ckpt +1\.33x TRL-pre .* 0\.90x TRL default's memory.*: meets", text)
+    assert "prefix sharing on via flex" in text  # which attention kernel the timed line ran
     assert re.search(r"hf_dpo +2\.00x TRL-pre .*misses \(too much memory\)", text)
     results[2]["loss_first"] = 0.75  # a different first loss is a different computation
     assert summarize({"results": results})[1] is False

@@ -168,6 +168,8 @@ def summarize(spec: dict, trainer, clock: StepClock, keys, end_to_end_s: float, 
         result["pad_share"] = trainer.pad_share
         result["reference_forward_passes_in_training"] = trainer.reference_forward_passes
         result["prefix_sharing_used"] = trainer._prefix_sharing
+        # mask4d or flex after the first-batch check (a failed flex check falls back): which kernel was timed
+        result["prefix_sharing_attention"] = trainer._sharing_attention
     return result
 
 

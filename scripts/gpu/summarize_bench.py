@@ -68,7 +68,8 @@ def sharing(r: dict) -> str:
     if "prefix_sharing_used" not in r:
         return ""
     pad = f", {100 * r['pad_share']:.0f}% padding" if r.get("pad_share") is not None else ""
-    return f" (prefix sharing {'on' if r['prefix_sharing_used'] else 'OFF'}{pad})"
+    how = f" via {r['prefix_sharing_attention']}" if r.get("prefix_sharing_attention") else ""
+    return f" (prefix sharing {'on' + how if r['prefix_sharing_used'] else 'OFF'}{pad})"
 
 
 def summarize(report: dict) -> tuple[list[str], bool | None]:
