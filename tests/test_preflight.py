@@ -187,6 +187,60 @@ def test_unwritable_ref_cache_dir_is_a_warning_and_the_cache_goes_off(tmp_path, 
     assert "ref_logps_cache_dir" in caplog.text and "in memory only" in caplog.text
 
 
+@pytest.fixture
+def no_report_place(tmp_path, monkeypatch) -> Path:
+    """evaluate's modules cache below a regular file (unwritable, root or not), no temporary directory to be had
+    for it, and the report's modules not yet loaded in this process."""
+    import functools
+    import tempfile
+
+    import evaluate.config
+
+    from hf_dpo.report import evaluate_metrics
+
+    (tmp_path / "a-file").write_text("x")
+    blocked = tmp_path / "a-file" / "modules"
+    make_temporary = tempfile.mkdtemp
+
+    def mkdtemp(*args, prefix=None, **kwargs):
+        if prefix and prefix.startswith("hf_dpo_hf_modules_cache"):
+            raise PermissionError(13, "Permission denied", "/tmp")
+        return make_temporary(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", blocked)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    fresh = functools.cache(evaluate_metrics._report_module.__wrapped__)
+    monkeypatch.setattr(evaluate_metrics, "_report_module", fresh)
+    return blocked
+
+
+def test_a_report_that_could_never_be_computed_stops_before_training(
+    tmp_path, capsys, no_model, no_report_place, monkeypatch
+):
+    """Before: training ran, then the report (and the held-out summary) died in evaluate. Now: preflight loads
+    the report's modules, before the tokenizer loads; only when the report will compute a number."""
+    from hf_dpo import preflight as preflight_module
+    from hf_dpo.report import evaluate_metrics
+
+    tokenizer_loads = []
+    load_tokenizer = preflight_module.load_checked_tokenizer
+    monkeypatch.setattr(
+        preflight_module, "load_checked_tokenizer", lambda r: tokenizer_loads.append(1) or load_tokenizer(r)
+    )
+    rc, err = train(tmp_path, capsys)  # a held-out split: the report computes preference metrics
+    line = _one_error(err)
+    assert rc == 2 and str(no_report_place) in line and "HF_MODULES_CACHE" in line
+    assert "training does not start" in line and "hf-dpo eval" not in line
+    assert tokenizer_loads == [] and not (tmp_path / "run").exists()
+    # No held-out split and no judge: the report computes no number and the modules are not needed.
+    (tmp_path / "data" / "test.jsonl").unlink()
+    recipe = load_recipe(
+        None, ["--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run")]
+    )
+    assert len(preflight(recipe).train) == 6 and tokenizer_loads == [1]
+    assert evaluate_metrics._report_module.cache_info().currsize == 0
+
+
 def test_unwritable_ref_cache_file_write_warns_and_returns(tmp_path, caplog):
     """After the reference pass: a cache that cannot be written loses nothing but the cache."""
     from hf_dpo.train import ref_cache

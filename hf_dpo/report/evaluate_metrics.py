@@ -108,6 +108,29 @@ def _modules_cache():
         evaluate.config.HF_MODULES_CACHE = configured
 
 
+class NoWritableCache(EvaluationError):
+    """Neither an evaluate cache nor a temporary directory can be written: the report cannot compute its
+    numbers in this process. The message says so for a finished run (`hf-dpo eval` rewrites its report);
+    `before_training()` says it for a run that has not started."""
+
+    def __init__(self, problem: str, variable: str, reason: OSError):
+        self.problem, self.variable, self.reason = problem, variable, reason
+        super().__init__(
+            f"{self._cause()} Set {variable} to a writable directory (or HF_HOME, which holds every Hugging Face "
+            "cache) and run `hf-dpo eval RUN_DIR` to write the report of a trained run."
+        )
+
+    def _cause(self) -> str:
+        return f"evaluate's cache {self.problem}, and no temporary directory can be made instead ({self.reason})."
+
+    def before_training(self) -> EvaluationError:
+        return EvaluationError(
+            f"{self._cause()} The report at the end of training computes its numbers through evaluate, so "
+            f"training does not start: set {self.variable} to a writable directory (or HF_HOME, which holds "
+            "every Hugging Face cache), or TMPDIR to a writable one."
+        )
+
+
 @functools.cache
 def _writable_or_temporary(directory: str | os.PathLike, variable: str) -> Path | None:
     """None when `directory` can be written; else a temporary directory standing in for it in this process
@@ -118,11 +141,7 @@ def _writable_or_temporary(directory: str | os.PathLike, variable: str) -> Path 
     try:
         temporary = Path(tempfile.mkdtemp(prefix=f"hf_dpo_{variable.lower()}_"))
     except OSError as err:
-        raise EvaluationError(
-            f"evaluate's cache {problem}, and no temporary directory can be made instead ({err}). Set "
-            f"{variable} to a writable directory (or HF_HOME, which holds every Hugging Face cache) and run "
-            "`hf-dpo eval RUN_DIR` to write the report of a trained run."
-        ) from None
+        raise NoWritableCache(problem, variable, err) from None
     atexit.register(shutil.rmtree, temporary, ignore_errors=True)
     logger.warning(
         "evaluate's cache %s; using %s for this run instead (removed at exit). Set %s to a writable directory "
@@ -144,9 +163,12 @@ def _report_module(name: str):
 def preload_report_modules() -> None:
     """Load the report's modules now, as the report will use them (they stay loaded): a check before a long
     training run that the report can compute its numbers at the end. EvaluationError when neither evaluate's
-    caches nor a temporary directory can be written."""
-    for name in MODULES:
-        _report_module(name)
+    caches nor a temporary directory can be written, saying that training does not start."""
+    try:
+        for name in MODULES:
+            _report_module(name)
+    except NoWritableCache as err:
+        raise err.before_training() from None
 
 
 def compute(name: str, **inputs_and_settings: Any) -> dict[str, Any]:
