@@ -257,6 +257,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
+    from hf_dpo.pairs.labelling import no_pair_account
     from hf_dpo.pairs.sampling import run_sampling
     from hf_dpo.preflight import preflight_sampling
 
@@ -265,10 +266,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     report = run_sampling(recipe)
     for split, st in report["splits"].items():
         line = f"{split}: {st['prompts']} prompts ({st['sampled_now']} sampled now in {st['seconds']:.0f} s, "
-        line += f"{st['resumed']} resumed) -> {st['samples_file']}"
-        if "pairs" in st:
-            line += f"; {st['pairs']} pairs, {st['ties']} ties skipped -> {st['pairs_file']}"
-        print(line)
+        print(line + f"{st['resumed']} resumed) -> {st['samples_file']}")
+        if "pairs" in st:  # labelled: what became of every prompt, every reason counted
+            print(
+                f"  {st['pairs']} pair{'' if st['pairs'] == 1 else 's'} from {st['prompts_with_pairs']} of "
+                f"{st['prompts']} prompts -> {st['pairs_file']}; prompts without a pair: "
+                f"{no_pair_account(st, zeros=True)}; pairs dropped below min_chosen_score: "
+                f"{st['below_min_chosen']}"
+            )
     if "card" in report:
         print(f"Dataset card: {report['card']}")
     else:

@@ -329,8 +329,50 @@ def test_cli_sample_prints_counts(tmp_path, tiny_model_dir, capsys):
     )
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "train: 2 prompts (2 sampled now" in out and "pairs," in out and "ties skipped" in out
+    assert "train: 2 prompts (2 sampled now" in out and " of 2 prompts -> " in out
+    assert "prompts without a pair: " in out and "pairs dropped below min_chosen_score: " in out
     assert (tmp_path / "pairs" / "README.md").exists()
+
+
+def test_cli_sample_prints_what_became_of_every_prompt(tmp_path, capsys, monkeypatch):
+    """Before: '3 pairs, 1 ties skipped', silent on prompts skipped for any other reason."""
+    from hf_dpo import cli
+
+    labelled = {
+        "prompts": 7,
+        "sampled_now": 7,
+        "resumed": 0,
+        "seconds": 2.0,
+        "samples_file": "s.jsonl",
+        "pairs": 3,
+        "prompts_with_pairs": 2,
+        "too_few_answers": 2,
+        "no_finished_answer": 1,
+        "ties": 1,
+        "all_below_min_chosen": 1,
+        "below_min_chosen": 4,
+        "pairs_file": "pairs/train.jsonl",
+    }
+    report = {"splits": {"train": labelled}, "card": "pairs/README.md"}
+    monkeypatch.setattr("hf_dpo.preflight.preflight_sampling", lambda recipe: None)
+    monkeypatch.setattr("hf_dpo.pairs.sampling.run_sampling", lambda recipe: report)
+    assert cli.main(["sample", str(REPO / "recipes" / "demo_pairs.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "train: 7 prompts (7 sampled now in 2 s, 0 resumed) -> s.jsonl",
+        "  3 pairs from 2 of 7 prompts -> pairs/train.jsonl; prompts without a pair: 2 with fewer than 2 "
+        "distinct non-empty answers, 1 without a finished answer, 1 tie, 1 with every chosen answer below "
+        "min_chosen_score; pairs dropped below min_chosen_score: 4",
+    ]
+    # Every reason is printed, a zero too: the line always accounts for every prompt.
+    labelled |= {"pairs": 1, "prompts_with_pairs": 1, "too_few_answers": 6, "no_finished_answer": 0}
+    labelled |= {"ties": 0, "all_below_min_chosen": 0, "below_min_chosen": 0}
+    assert cli.main(["sample", str(REPO / "recipes" / "demo_pairs.yaml")]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "  1 pair from 1 of 7 prompts -> pairs/train.jsonl; prompts without a pair: 6 with fewer than 2 distinct "
+        "non-empty answers, 0 without a finished answer, 0 ties, 0 with every chosen answer below "
+        "min_chosen_score; pairs dropped below min_chosen_score: 0"
+    )
 
 
 def test_cli_sample_bad_judge_is_a_clean_error(tmp_path, tiny_model_dir, capsys):

@@ -119,8 +119,7 @@ def label_with_judge(
     for row, row_scores in zip(samples, scores):
         pairs += pairs_of_prompt(row, row_scores, criteria, rules, skipped)
     atomic_write_jsonl(pairs_file, pairs)
-    _log_account(samples_file, len(samples), len(pairs), skipped, rules)
-    return {
+    stats = {
         "prompts": len(samples),
         "pairs": len(pairs),
         "prompts_with_pairs": len(samples) - skipped.prompts(),
@@ -134,25 +133,42 @@ def label_with_judge(
         "pairs_file": str(pairs_file),
         "composition": pair_composition(pairs, samples),
     }
+    _log_account(samples_file, stats, rules)
+    return stats
 
 
-def _log_account(samples_file, prompts: int, pairs: int, skipped: Skipped, rules: PairRules) -> None:
+# The stats key of each reason a prompt gives no pair, and how it reads after its count.
+NO_PAIR_REASONS = (
+    ("too_few_answers", "with fewer than 2 distinct non-empty answers"),
+    ("no_finished_answer", "without a finished answer"),
+    ("ties", "tie"),
+    ("all_below_min_chosen", "with every chosen answer below min_chosen_score"),
+)
+
+
+def no_pair_account(stats: dict[str, Any], zeros: bool = False) -> str:
+    """The prompts without a pair, by reason, from `label_with_judge`'s stats: '2 with fewer than 2 distinct
+    non-empty answers, 1 tie'; every reason with `zeros`, else 'none' when every prompt gave pairs."""
+    parts = []
+    for key, why in NO_PAIR_REASONS:
+        n = stats[key]
+        if n or zeros:
+            parts.append(f"{n} {why}{'s' if why == 'tie' and n != 1 else ''}")
+    return ", ".join(parts) or "none"
+
+
+def _log_account(samples_file, stats: dict[str, Any], rules: PairRules) -> None:
     """One line saying what became of every prompt; a warning with the levers when no pair came out at all."""
-    reasons = [
-        (skipped.too_few_answers, "with fewer than 2 distinct non-empty answers"),
-        (skipped.no_finished_answer, "without a finished answer"),
-        (skipped.ties, "tie" if skipped.ties == 1 else "ties"),
-        (skipped.all_below_min_chosen, "with every chosen answer below min_chosen_score"),
-    ]
-    account = ", ".join(f"{n} {why}" for n, why in reasons if n) or "none"
-    dropped = f"; {skipped.below_min_chosen} pair(s) below min_chosen_score dropped" if rules.gate else ""
+    pairs = stats["pairs"]
+    account = no_pair_account(stats)
+    dropped = f"; {stats['below_min_chosen']} pair(s) below min_chosen_score dropped" if rules.gate else ""
     logger.info(
         "%s: %d prompts -> %d pair%s from %d prompts; prompts without a pair: %s%s.",
         samples_file,
-        prompts,
+        stats["prompts"],
         pairs,
         "" if pairs == 1 else "s",
-        prompts - skipped.prompts(),
+        stats["prompts_with_pairs"],
         account,
         dropped,
     )
