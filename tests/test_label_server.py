@@ -113,6 +113,34 @@ def test_bad_inputs(tmp_path):
         LabelStore(tmp_path / "other.jsonl")
 
 
+def test_serve_says_why_prompts_are_left_out(tmp_path, capsys, monkeypatch):
+    """Rows with zero or one completion are left out too since 7988305: 'all their answers are identical or
+    empty' was no longer true of them."""
+    from http.server import ThreadingHTTPServer
+
+    from hf_dpo.pairs.label_server import serve
+
+    rows = [
+        {"index": 0, "prompt": "p", "completions": []},
+        {"index": 1, "prompt": "p", "completions": ["only"]},
+        {"index": 2, "prompt": "p", "completions": ["same", " same "]},
+        {"index": 3, "prompt": "p", "completions": ["a", "b"]},
+    ]
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def stop(self, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C at once: serve prints its lines, then returns
+
+    monkeypatch.setattr(ThreadingHTTPServer, "serve_forever", stop)
+    serve(samples, port=0)
+    out = capsys.readouterr().out
+    assert (
+        "3 prompt(s) left out: fewer than 2 distinct non-empty answers (zero or one completion, or only "
+        "identical or empty ones)." in out
+    ), out
+
+
 @pytest.fixture
 def server(tmp_path):
     srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)

@@ -193,7 +193,8 @@ def serve(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> 
     )
     if state["unlabellable_prompts"]:
         print(
-            f"{state['unlabellable_prompts']} prompt(s) left out: all their answers are identical or empty."
+            f"{state['unlabellable_prompts']} prompt(s) left out: fewer than 2 distinct non-empty answers "
+            "(zero or one completion, or only identical or empty ones)."
         )
     print(f"Decisions log: {server.store.log}")
     if host not in ("127.0.0.1", "localhost", "::1"):
