@@ -572,7 +572,12 @@ class SamplingConfig:
         },
     )
     num_samples_per_prompt: int = field(default=4, metadata={"help": "Completions sampled per prompt (K)."})
-    sampling_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    sampling_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature, above 0 (0 is greedy decoding: every answer of a prompt the same, no pair)."
+        },
+    )
     sampling_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled completion, in tokens."})
     sampling_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch."})

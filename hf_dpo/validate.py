@@ -4,8 +4,9 @@ Every field is checked by its declared type (an `int` key takes no 1.5, no `true
 takes no NaN or infinity; a `str` key takes no list), then by its declared meaning (`RANGES`: a rank is
 >= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like strings, against its choices
 (`CHOICES`, plus any `choices` in the field's metadata), then against the keys it only makes sense with
-(`BELOW`: a max_prompt_length under max_length). The first problem raises `RecipeError` naming the key, the
-value and what it may be, so a recipe fails when it is read, not minutes into a run.
+(`BELOW`: a max_prompt_length under max_length; `check_varied_samples`: no greedy sampling_temperature 0 with
+several samples per prompt). The first problem raises `RecipeError` naming the key, the value and what it may
+be, so a recipe fails when it is read, not minutes into a run.
 
     check_values(ModelConfig(lora_r=-1), RecipeError)   # RecipeError: key 'lora_r': must be >= 1, got -1.
 """
@@ -264,6 +265,22 @@ def check_below(obj: Any, error=ValueCheckError) -> None:
         )
 
 
+def check_varied_samples(obj: Any, error=ValueCheckError) -> None:
+    """Sampling several answers per prompt greedily (sampling_temperature 0) gives the same answer each time:
+    labelling would find no two distinct answers, so no pair, after all the sampling. An error now instead."""
+    temperature = getattr(obj, "sampling_temperature", None)
+    samples = getattr(obj, "num_samples_per_prompt", None)
+    if temperature != 0 or not isinstance(samples, int) or samples < 2:
+        return
+    raise _error(
+        "sampling_temperature",
+        f"0 is greedy decoding: the num_samples_per_prompt ({samples}) answers of a prompt would all be the same "
+        "text, so no preference pair could come out. Set sampling_temperature to 0.7-1.0 to sample varied answers "
+        "(sampling_seed keeps them reproducible).",
+        error,
+    )
+
+
 def _inherited() -> set[str]:
     from transformers import TrainingArguments
 
@@ -295,3 +312,4 @@ def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: lis
             raise _error(f.name, "must not be empty.", error)
     if fields is None:
         check_below(obj, error)
+        check_varied_samples(obj, error)

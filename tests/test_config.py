@@ -194,6 +194,27 @@ def test_bad_values_are_named(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
+def test_greedy_sampling_of_several_answers_is_refused_at_recipe_read(tmp_path, capsys):
+    """Before: sampling_temperature 0 sampled every answer of a prompt identically, for as long as sampling took,
+    and only then did labelling warn that no pair came out."""
+    from hf_dpo import cli
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("sampling_temperature: 0\nnum_samples_per_prompt: 3\n")
+    message = r"r.yaml: key 'sampling_temperature': 0 is greedy.*num_samples_per_prompt \(3\).*0\.7-1\.0"
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(recipe_file)
+    with pytest.raises(RecipeError, match=r"key 'sampling_temperature'.*num_samples_per_prompt \(4\)"):
+        load_recipe(None, ["--sampling_temperature", "0.0"])
+    with pytest.raises(RecipeError, match="num_samples_per_prompt"):
+        SamplingConfig(sampling_temperature=0)  # from Python too
+    # hf-dpo sample: one error line, before preflight and the reference model
+    rc = cli.main(["sample", str(ROOT / "recipes" / "demo_pairs.yaml"), "--sampling_temperature", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1 and "num_samples_per_prompt (4)" in err
+    assert load_recipe(None, ["--sampling_temperature", "0.01"]).sampling.sampling_temperature == 0.01
+
+
 def test_saved_recipe_never_holds_the_token(tmp_path):
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("dataset_name: d.jsonl\n")
