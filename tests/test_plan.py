@@ -221,6 +221,28 @@ def test_impossible_fit_combines_knobs(offline):
     assert after.fits
 
 
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_suggestion_is_a_valid_recipe(path, offline):
+    """What `hf-dpo plan` prints, applied as printed, is a recipe that loads and fits. Before: a recipe without
+    max_prompt_length (demo_pairs) was told `--max_length 384 --max_prompt_length 0`, which the recipe check
+    refuses (>= 1, and below max_length)."""
+    applied = []
+    for base in ([], ["--gradient_checkpointing", "false"]):
+        for memory in ("1GB", "4GB", "8GB", "12GB"):
+            # Rows as long as max_length allows (no tokenizing of demo's data: ~1 s a plan); the data only
+            # shortens them, so which knobs are suggested changes, not how a suggestion is written.
+            plan = plan_recipe(load_recipe(path, base), memory=parse_size(memory), use_data=False)
+            for suggestion in plan.suggestions:
+                overrides = base + suggestion.overrides().split()
+                after = load_recipe(path, overrides)  # RecipeError if the suggestion is not a valid recipe
+                assert plan_recipe(after, memory=parse_size(memory), use_data=False).fits, (memory, overrides)
+                applied.append(suggestion.changes)
+    assert applied, "no suggestion at these sizes: lower them"
+    if "max_prompt_length:" not in path.read_text():  # the case that went wrong: it stays unset
+        shortened = [c for c in applied if "max_length" in c]
+        assert shortened and not any("max_prompt_length" in c for c in shortened)
+
+
 def test_knobs_move_the_estimate_the_right_way(tiny_model_dir):
     arch = load_arch(tiny_model_dir)
 

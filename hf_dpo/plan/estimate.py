@@ -475,10 +475,13 @@ def _candidates(s: Settings) -> list[tuple[dict, Settings, str]]:
     for frac in (0.75, 0.5, 0.25):
         length = int(s.max_length * frac) // 64 * 64
         if 64 <= length < s.max_length:
-            prompt = min(s.max_prompt_length, length // 2)
+            changes: dict[str, object] = {"max_length": length}
+            prompt = s.max_prompt_length  # 0: not set, and left unset (prompts kept whole)
+            if prompt:  # set: it stays below max_length (hf_dpo.validate.BELOW), at most half of it
+                prompt = changes["max_prompt_length"] = min(prompt, length // 2)
             out.append(
                 (
-                    {"max_length": length, "max_prompt_length": prompt},
+                    changes,
                     dataclasses.replace(s, max_length=length, max_prompt_length=prompt, data_row_length=None),
                     "truncates longer pairs",
                 )
