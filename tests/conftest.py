@@ -52,3 +52,14 @@ def tiny_model_dir(tmp_path_factory, smollm_dir) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if anything tries to load a model: the preflight tests' checks must all come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the recipe and data were checked")
+
+    monkeypatch.setattr("hf_dpo.run.load_policy", refuse)
+    monkeypatch.setattr("hf_dpo.run.build_trainer", refuse)

@@ -15,33 +15,22 @@ from hf_dpo.config import RecipeError, load_recipe
 from hf_dpo.preflight import preflight
 
 
-def _pairs(n: int = 4) -> list[dict]:
+def arithmetic_pairs(n: int = 4) -> list[dict]:
     return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
 
 
-def _write_jsonl(path: Path, rows) -> Path:
+def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if anything tries to load a model: every check here must come first."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the recipe and data were checked")
-
-    monkeypatch.setattr("hf_dpo.run.load_policy", refuse)
-    monkeypatch.setattr("hf_dpo.run.build_trainer", refuse)
 
 
 def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
     """`hf-dpo train RECIPE --output_dir ... OVERRIDES` in-process: (exit code, stderr)."""
     data = tmp_path / "data"
     if not data.exists():
-        _write_jsonl(data / "train.jsonl", _pairs(6))
-        _write_jsonl(data / "test.jsonl", _pairs(2))
+        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
+        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
     path = tmp_path / "r.yaml"
     path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
     rc = cli.main(["train", str(path), *overrides])
@@ -83,8 +72,8 @@ def test_misspelled_judge_stops_before_the_model_loads_and_leaves_no_files(tmp_p
     ],
 )
 def test_bad_rows_are_found_before_the_model_loads(tmp_path, capsys, no_model, rows, expected):
-    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(3) + rows)
-    _write_jsonl(tmp_path / "data" / "test.jsonl", _pairs(2))
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(3) + rows)
+    write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
     rc, err = train(tmp_path, capsys)
     assert rc == 2
     line = _one_error(err)
@@ -98,7 +87,9 @@ def test_non_utf8_jsonl_and_json_name_the_file_and_line(tmp_path, capsys, no_mod
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.jsonl").write_bytes(
-        json.dumps(_pairs(1)[0]).encode() + b"\n" + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
+        json.dumps(arithmetic_pairs(1)[0]).encode()
+        + b"\n"
+        + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
     )
     rc, err = train(tmp_path, capsys)
     assert rc == 2 and re_search(r"train.jsonl, line 2: not UTF-8", _one_error(err))
@@ -118,12 +109,12 @@ def test_json_file_of_numbers_is_named(tmp_path, capsys, no_model):
 
 
 def test_empty_held_out_split_is_named(tmp_path, capsys, no_model):
-    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(4))
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
     (tmp_path / "data" / "test.jsonl").write_text("")
     rc, err = train(tmp_path, capsys)
     assert rc == 2 and re_search(r"test.jsonl.*held-out split 'test' has no usable pairs", _one_error(err))
     # ... and one whose rows are all skipped as bad
-    _write_jsonl(tmp_path / "data" / "test.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}])
+    write_jsonl(tmp_path / "data" / "test.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "x"}])
     rc, err = train(tmp_path, capsys, "on_bad_rows: skip\n")
     assert rc == 2 and re_search(r"held-out split 'test' has no usable pairs", _one_error(err))
 
@@ -131,7 +122,7 @@ def test_empty_held_out_split_is_named(tmp_path, capsys, no_model):
 def test_eval_fraction_out_of_range_and_leaving_nothing_to_train(tmp_path, capsys, no_model):
     rc, err = train(tmp_path, capsys, "eval_fraction: 1.5\n")
     assert rc == 2 and re_search(r"key 'eval_fraction': must be in \[0, 1\)", _one_error(err))
-    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(1))
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(1))
     (tmp_path / "data" / "test.jsonl").unlink()
     rc, err = train(tmp_path, capsys, "eval_fraction: 0.5\n")
     assert rc == 2 and re_search(r"eval_fraction 0.5 of 1 usable pairs leaves none", _one_error(err))
@@ -174,7 +165,7 @@ def test_output_dir_under_an_unknown_users_home_is_named(tmp_path, capsys, no_mo
 
 
 def test_unwritable_ref_cache_dir_is_a_warning_and_the_cache_goes_off(tmp_path, caplog):
-    data = _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(4)).parent
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4)).parent
     (tmp_path / "afile").write_text("x")
     recipe = load_recipe(
         None,
@@ -379,8 +370,8 @@ def test_resume_true_picks_the_last_complete_checkpoint_and_skips_one_cut_short(
 
 def test_json_nested_too_deeply_is_named_not_a_recursion_traceback(tmp_path, capsys, no_model):
     deep = "[" * 100000 + "]" * 100000
-    _write_jsonl(tmp_path / "data" / "test.jsonl", _pairs(2))
-    (tmp_path / "data" / "train.jsonl").write_text(json.dumps(_pairs(1)[0]) + "\n" + deep + "\n")
+    write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps(arithmetic_pairs(1)[0]) + "\n" + deep + "\n")
     rc, err = train(tmp_path, capsys)
     assert rc == 2 and re_search(r"train.jsonl, line 2: JSON nested too deeply", _one_error(err))
     (tmp_path / "data" / "train.jsonl").unlink()

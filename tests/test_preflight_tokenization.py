@@ -4,12 +4,12 @@ naming the file, row, column or key — not a jinja traceback after the model (a
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 import pytest
+from test_preflight import arithmetic_pairs, write_jsonl
 
 from hf_dpo import cli
 from hf_dpo.config import DataConfig, RecipeError, load_recipe
@@ -48,32 +48,14 @@ def no_template_dir(smollm_dir, tmp_path_factory) -> str:
     return _save_tokenizer(smollm_dir, tmp_path_factory.mktemp("no-template"), None)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before every row was templated and tokenized")
-
-    monkeypatch.setattr("hf_dpo.run.load_policy", refuse)
-    monkeypatch.setattr("hf_dpo.run.build_trainer", refuse)
-
-
-def _pairs(n: int) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
-
-
 def _messages(*roles: str) -> list[dict]:
     return [{"role": role, "content": f"turn {i}"} for i, role in enumerate(roles)]
 
 
-def _write_jsonl(path: Path, rows: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def train(tmp_path: Path, capsys, train_rows: list, *overrides: str, test_rows: list | None = None):
     """`hf-dpo train` on these rows in-process: (exit code, the one error line or None, the run dir)."""
-    _write_jsonl(tmp_path / "data" / "train.jsonl", train_rows)
-    _write_jsonl(tmp_path / "data" / "test.jsonl", test_rows if test_rows is not None else _pairs(2))
+    write_jsonl(tmp_path / "data" / "train.jsonl", train_rows)
+    write_jsonl(tmp_path / "data" / "test.jsonl", test_rows if test_rows is not None else arithmetic_pairs(2))
     run = tmp_path / "new" / "run"
     argv = [
         "train",
@@ -114,7 +96,7 @@ def test_a_turn_order_the_template_refuses_is_named_before_the_model_loads(
     tmp_path, capsys, no_model, strict_dir
 ):
     bad = {"prompt": _messages("user", "user"), "chosen": "yes", "rejected": "no"}
-    rc, line, run = train(tmp_path, capsys, [*_pairs(3), bad], "--model_name_or_path", strict_dir)
+    rc, line, run = train(tmp_path, capsys, [*arithmetic_pairs(3), bad], "--model_name_or_path", strict_dir)
     assert rc == 2
     assert re.search(
         r"train.jsonl, row 3, column 'prompt': the tokenizer's chat template rejects it", line
@@ -125,14 +107,14 @@ def test_a_turn_order_the_template_refuses_is_named_before_the_model_loads(
 
 def test_the_column_named_is_the_one_the_template_failed_on(tmp_path, capsys, no_model, strict_dir):
     bad = {"prompt": "q", "chosen": _messages("assistant", "assistant"), "rejected": _messages("assistant")}
-    rc, line, _ = train(tmp_path, capsys, [*_pairs(2), bad], "--model_name_or_path", strict_dir)
+    rc, line, _ = train(tmp_path, capsys, [*arithmetic_pairs(2), bad], "--model_name_or_path", strict_dir)
     assert rc == 2 and "row 2, column 'chosen'" in line, line
 
 
 def test_row_numbers_are_the_files_even_when_a_held_out_share_and_a_subset_are_drawn(tmp_path, strict_dir):
-    rows = _pairs(12)
+    rows = arithmetic_pairs(12)
     rows[10] = {"prompt": _messages("assistant"), "chosen": "yes", "rejected": "no"}
-    _write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows)
     # Seed 42 holds out rows 1, 6, 8 (eval_fraction 0.25), or leaves out row 9 (max_train_samples 11): either
     # way the bad row is the 8th or 10th row the pipeline sees, and the error still names the file's row 10.
     for extra in ([], ["--eval_fraction", "0.25"], ["--max_train_samples", "11", "--eval_fraction", "0"]):
@@ -142,7 +124,7 @@ def test_row_numbers_are_the_files_even_when_a_held_out_share_and_a_subset_are_d
 
 
 def test_a_system_prompt_the_template_refuses_says_where_the_system_turn_comes_from(tmp_path, strict_dir):
-    _write_jsonl(tmp_path / "data" / "train.jsonl", _pairs(3))
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(3))
     recipe = _recipe(tmp_path, "--model_name_or_path", strict_dir, "--system_prompt", "Be brief.")
     with pytest.raises(DataError, match=r"row 0, column 'prompt'.*system_prompt adds a system turn"):
         preflight(recipe)
@@ -150,8 +132,8 @@ def test_a_system_prompt_the_template_refuses_says_where_the_system_turn_comes_f
 
 def test_with_on_bad_rows_skip_a_refused_row_is_dropped_and_counted(tmp_path, strict_dir):
     bad = {"prompt": _messages("user", "user"), "chosen": "yes", "rejected": "no"}
-    _write_jsonl(tmp_path / "data" / "train.jsonl", [*_pairs(3), bad])
-    _write_jsonl(tmp_path / "data" / "test.jsonl", _pairs(2))
+    write_jsonl(tmp_path / "data" / "train.jsonl", [*arithmetic_pairs(3), bad])
+    write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
     data = preflight(_recipe(tmp_path, "--model_name_or_path", strict_dir, "--on_bad_rows", "skip"))
     assert len(data.train) == 3
     assert data.report["train"]["skipped"] == {"rejected by the chat template": 1}
@@ -160,7 +142,7 @@ def test_with_on_bad_rows_skip_a_refused_row_is_dropped_and_counted(tmp_path, st
 def test_conversational_rows_without_a_chat_template_name_the_row(
     tmp_path, capsys, no_model, no_template_dir
 ):
-    rows = [*_pairs(2), {"prompt": _messages("user"), "chosen": "yes", "rejected": "no"}]
+    rows = [*arithmetic_pairs(2), {"prompt": _messages("user"), "chosen": "yes", "rejected": "no"}]
     rc, line, _ = train(tmp_path, capsys, rows, "--model_name_or_path", no_template_dir)
     assert rc == 2 and re.search(
         r"train.jsonl, row 2: conversational rows .*need a tokenizer with a chat", line
@@ -169,7 +151,9 @@ def test_conversational_rows_without_a_chat_template_name_the_row(
 
 def test_a_tokenizer_that_cannot_be_loaded_names_the_key(tmp_path, capsys, no_model):
     (tmp_path / "empty-model").mkdir()
-    rc, line, _ = train(tmp_path, capsys, _pairs(3), "--model_name_or_path", str(tmp_path / "empty-model"))
+    rc, line, _ = train(
+        tmp_path, capsys, arithmetic_pairs(3), "--model_name_or_path", str(tmp_path / "empty-model")
+    )
     assert rc == 2 and line.startswith("error: key 'model_name_or_path':"), line
 
 
@@ -177,7 +161,7 @@ def test_prepare_rows_turns_a_template_exception_into_a_row_error(strict_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(strict_dir)
-    rows = [*_pairs(2), {"prompt": _messages("user", "assistant"), "chosen": "a", "rejected": "b"}]
+    rows = [*arithmetic_pairs(2), {"prompt": _messages("user", "assistant"), "chosen": "a", "rejected": "b"}]
     with pytest.raises(DataError, match=r"pairs.jsonl, row 2, column 'chosen': .*TemplateError.*alternate"):
         prepare_rows(rows, "pairs.jsonl", tokenizer, DataConfig(), 512, None)
 
@@ -190,7 +174,7 @@ def test_max_prompt_length_not_below_max_length_is_refused_naming_both_keys(
     tmp_path, capsys, no_model, prompt_length
 ):
     rc, line, _ = train(
-        tmp_path, capsys, _pairs(3), "--max_length", "64", "--max_prompt_length", prompt_length
+        tmp_path, capsys, arithmetic_pairs(3), "--max_length", "64", "--max_prompt_length", prompt_length
     )
     assert rc == 2
     assert f"key 'max_prompt_length': must be below max_length (64), got {prompt_length}" in line, line
@@ -219,7 +203,7 @@ def test_every_train_pair_dropped_for_length_is_an_error_naming_the_keys(tmp_pat
 
 def test_a_held_out_split_emptied_by_length_names_the_keys_not_missing_pairs(tmp_path, capsys, no_model):
     long_rows = [{"prompt": "word " * 100, "chosen": "a", "rejected": "b"}] * 2
-    rc, line, _ = train(tmp_path, capsys, _pairs(4), "--max_length", "64", test_rows=long_rows)
+    rc, line, _ = train(tmp_path, capsys, arithmetic_pairs(4), "--max_length", "64", test_rows=long_rows)
     assert rc == 2
     assert re.search(r"test.jsonl: the held-out split has no usable pairs left .*raise max_length", line), (
         line
@@ -233,9 +217,9 @@ def test_pairs_identical_once_cut_name_the_keys_too(tmp_path, capsys, no_model):
 
 
 def test_some_pairs_dropped_for_length_is_a_warning_naming_the_keys(tmp_path, caplog):
-    rows = [*_pairs(3), {"prompt": "word " * 100, "chosen": "a", "rejected": "b"}]
-    _write_jsonl(tmp_path / "data" / "train.jsonl", rows)
-    _write_jsonl(tmp_path / "data" / "test.jsonl", _pairs(2))
+    rows = [*arithmetic_pairs(3), {"prompt": "word " * 100, "chosen": "a", "rejected": "b"}]
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
     with caplog.at_level(logging.WARNING):
         data = preflight(_recipe(tmp_path, "--max_length", "64"))
     assert len(data.train) == 3
