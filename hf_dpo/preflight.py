@@ -348,10 +348,9 @@ def read_data(recipe: Recipe) -> dict[str, tuple[str, list[dict]]]:
         raise DataError(f"{cfg.dataset_name}: cannot be read ({err.strerror or err}).") from None
 
 
-def check_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]] | None = None) -> dict[str, int]:
-    """Check every row of every split as `hf_dpo.data` will, without tokenizing. {split: usable rows}."""
+def check_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> dict[str, int]:
+    """Check every row of `read_data`'s splits as `hf_dpo.data` will, without tokenizing. {split: usable rows}."""
     cfg = recipe.data
-    splits = splits if splits is not None else read_data(recipe)
     counts = {}
     for split, (source, rows) in splits.items():
         counts[split] = _check_rows(source, rows, cfg)
