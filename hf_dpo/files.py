@@ -1,7 +1,8 @@
-"""Reading and writing the project's files: one JSONL reader, one atomic write.
+"""Reading and writing the project's files: one JSONL reader, one atomic write, one writability check.
 
 rows = read_jsonl("pairs.jsonl", error=DataError)       # [(line number, row dict), ...]
 with atomic_path("eval_report.json") as tmp: tmp.write_text(...)   # readers never see half a file
+why_not_writable("runs/demo")                           # None, or why no file can be made there
 """
 
 from __future__ import annotations
@@ -88,3 +89,36 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def why_not_writable(directory: str | os.PathLike) -> str | None:
+    """Why no file can be made in `directory` ("Permission denied: /data/run"), or None when one can.
+
+    Proven, not guessed from permission bits: the directory is created and a temporary file made in it. The disk
+    is left as it was: the file and every directory made for the check are removed again (whoever writes there
+    later creates them), so a recipe that fails a later check leaves no stray, empty run dir behind.
+    """
+    path = Path(directory)
+    made: list[Path] = []
+    try:
+        path = path.expanduser()  # `~nosuchuser/...` raises RuntimeError
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{path} is a file, not a directory")
+        # Deepest first, the order to remove them in; '.' and '..' name directories that exist anyway.
+        made = [p for p in (path, *path.parents) if p.name not in ("", ".", "..") and not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".hf_dpo-write-check-"):
+            pass
+    except (OSError, ValueError, RuntimeError) as err:  # ValueError: a NUL byte in the path
+        if isinstance(err, OSError) and err.strerror:
+            return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+        return str(err)
+    finally:
+        for made_dir in made:
+            if not made_dir.is_dir():  # mkdir failed below it: nothing to remove here
+                continue
+            try:
+                made_dir.rmdir()  # only ever empty: rmdir refuses a directory someone has written into since
+            except OSError:
+                break
+    return None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from hf_dpo.config import Recipe, RecipeError
@@ -40,6 +39,7 @@ from hf_dpo.data import (
     read_splits,
 )
 from hf_dpo.errors import HfDpoError
+from hf_dpo.files import why_not_writable
 
 logger = logging.getLogger(__name__)
 
@@ -144,34 +144,14 @@ def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
 
 
 def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:
-    """Prove `directory` can be created and takes a file, leaving the disk as it was: directories made for the
-    check are removed again (whoever writes there later creates them), so a recipe that fails a later check
-    leaves no stray, empty run dir. RecipeError naming `what` otherwise."""
-    path = Path(directory)
-    made: list[Path] = []
-    try:
-        path = path.expanduser()  # `~nosuchuser/...` raises RuntimeError
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"{path} is a file, not a directory")
-        # Deepest first, the order to remove them in; '.' and '..' name directories that exist anyway.
-        made = [p for p in (path, *path.parents) if p.name not in ("", ".", "..") and not p.exists()]
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".hf_dpo-write-check-"):
-            pass
-    except (OSError, ValueError, RuntimeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    """Prove `directory` takes a file, leaving the disk as it was (`hf_dpo.files.why_not_writable`). RecipeError
+    naming `what` otherwise. Returns the path, `~` expanded."""
+    problem = why_not_writable(directory)
+    if problem is not None:
         raise RecipeError(
-            f"{what} {path} cannot be written to ({reason}). Choose a writable directory."
-        ) from None
-    finally:
-        for made_dir in made:
-            if not made_dir.is_dir():  # mkdir failed below it: nothing to remove here
-                continue
-            try:
-                made_dir.rmdir()  # only ever empty: rmdir refuses a directory someone has written into since
-            except OSError:
-                break
-    return path
+            f"{what} {directory} cannot be written to ({problem}). Choose a writable directory."
+        )
+    return Path(directory).expanduser()
 
 
 def _complete_checkpoint(path: Path) -> bool:

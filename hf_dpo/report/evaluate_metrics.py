@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hf_dpo.files import atomic_write_text
+from hf_dpo.files import atomic_write_text, why_not_writable
 from hf_dpo.report.metrics import (
     LOGPS_KEYS,  # noqa: F401 - the dpo_preference module's inputs
     EvaluationError,
@@ -71,17 +71,9 @@ def load(name: str, **load_kwargs: Any):
 
 
 def cache_problem(directory: str | os.PathLike) -> str | None:
-    """Why files cannot be made in `directory` (created if missing), or None when they can."""
-    directory = Path(directory).expanduser()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".hf_dpo_write_check_"):
-            pass
-    except OSError as err:
-        return (
-            f"{directory} is not writable ({err.strerror or type(err).__name__}: {err.filename or directory})"
-        )
-    return None
+    """Why files cannot be made in `directory`, or None when they can (`hf_dpo.files.why_not_writable`)."""
+    problem = why_not_writable(directory)
+    return None if problem is None else f"{directory} is not writable ({problem})"
 
 
 @contextlib.contextmanager
