@@ -12,9 +12,10 @@ Checks, each raising an `HfDpoError` subclass that names the file, row or key an
 - the run dir writable (created for the check and removed again: a recipe that fails leaves no run dir);
   report_to integrations installed; a token when the recipe pushes;
 - the reference-log-prob cache dir: writable, else a warning and the cache is off (it is an optimisation);
-- the report's numbers: when the run will compute any (held-out pairs, or judged generations on
-  test_prompts_file), the report's `evaluate` modules are loaded now, as the report will use them (they stay
-  loaded): a setup where they cannot be (no writable cache nor temporary directory) fails before training;
+- the report's numbers: when the run will compute any (held-out pairs, or judged generations;
+  `hf_dpo.report.evaluation.computes_metrics` decides, for preflight and the report alike), the report's
+  `evaluate` modules are loaded now, as the report will use them (they stay loaded): a setup where they cannot
+  be (no writable cache nor temporary directory) fails before training;
 - last, the tokenizer (no weights: about a second) and `hf_dpo.data`'s own pipeline over every row used: the
   chat template applied (a template that refuses a row names the file, row and column), tokenized and
   truncated (a split with no pair left names max_length / max_prompt_length). The tokenized data is returned,
@@ -257,26 +258,19 @@ def check_ref_cache(args) -> None:
         args.ref_logps_cache_dir = "none"
 
 
-def report_computes_metrics(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> bool:
-    """Whether the end-of-training report computes numbers through its `evaluate` modules: the held-out
-    pairs' preference metrics (a held-out split, or eval_fraction carved from train) or the judged comparison
-    on test_prompts_file. (check_data has made sure a held-out split it finds is not empty.)"""
-    cfg = recipe.data
-    held_out = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
-    sampling = recipe.sampling
-    judged = bool(sampling.judge) and sampling.eval_num_generations > 0 and bool(sampling.test_prompts_file)
-    return held_out or judged
-
-
 def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
-    """The report's `evaluate` modules loaded now, when the report will compute numbers (about a second, taken
-    from the end of the run: they stay loaded). EvaluationError when they cannot be (no writable cache nor
-    temporary directory), before training rather than after it."""
-    if not report_computes_metrics(recipe, splits):
-        return
+    """The report's `evaluate` modules loaded now, when the report will compute numbers with them (the report's
+    own decision, `hf_dpo.report.evaluation.computes_metrics`; about a second, taken from the end of the run:
+    they stay loaded). EvaluationError when they cannot be (no writable cache nor temporary directory), before
+    training rather than after it."""
     from hf_dpo.report.evaluate_metrics import preload_report_modules
+    from hf_dpo.report.evaluation import computes_metrics
 
-    preload_report_modules()
+    cfg, sampling = recipe.data, recipe.sampling
+    # check_data has made sure a held-out split it finds, or eval_fraction's share, is not empty.
+    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    if computes_metrics(has_eval, sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations):
+        preload_report_modules()
 
 
 # ---------------------------------------------------------------- judge

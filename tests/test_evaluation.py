@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from run_fixtures import tiny_run
 
-from hf_dpo.report.evaluation import build_report
+from hf_dpo.report.evaluation import behaviour_skip_reason, build_report, computes_metrics
 from hf_dpo.report.metrics import (
     EvaluationError,
     bootstrap_mean_ci,
@@ -131,6 +131,27 @@ def test_report_of_a_real_tiny_run(run):
     for rel in report["plots"]:
         assert f"]({rel})" in md  # embedded by relative path
         _assert_png_with_content(run / rel)
+
+
+@pytest.mark.parametrize(
+    "has_eval, prompts_file, judge, num_generations, computes",
+    [
+        (True, None, None, 0, True),  # preference metrics of the held-out pairs
+        (False, None, None, 32, False),  # nothing to measure
+        (False, None, "m:judge", 32, False),  # a judge but no prompt to judge
+        (False, "prompts.jsonl", "m:judge", 32, True),  # judged generations on the prompts file
+        (False, "prompts.jsonl", "m:judge", 0, False),
+        (False, "prompts.jsonl", None, 32, False),
+    ],
+)
+def test_preflight_and_report_agree_on_when_numbers_are_computed(
+    has_eval, prompts_file, judge, num_generations, computes
+):
+    """Preflight loads the evaluate modules exactly when the report will use them: the judged half runs
+    exactly when behaviour_skip_reason gives no reason."""
+    assert computes_metrics(has_eval, prompts_file, judge, num_generations) is computes
+    judged = behaviour_skip_reason(has_eval, prompts_file, judge, num_generations) is None
+    assert computes == (has_eval or judged)
 
 
 def test_report_without_eval_pairs_or_judge_says_why(run, tmp_path):

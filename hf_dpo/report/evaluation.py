@@ -208,6 +208,13 @@ def behaviour_skip_reason(
     return None
 
 
+def computes_metrics(has_eval: bool, prompts_file: str | None, judge, num_generations: int) -> bool:
+    """Whether the report computes numbers through its `evaluate` modules: the held-out pairs' preference
+    metrics, or the judged comparison (which runs unless `behaviour_skip_reason` says why not). Preflight asks
+    this before training, so the modules are known to load before the run starts."""
+    return has_eval or behaviour_skip_reason(has_eval, prompts_file, judge, num_generations) is None
+
+
 def evaluate_model(
     run_dir: str | Path,
     model,
