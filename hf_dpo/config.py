@@ -812,6 +812,18 @@ def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str
     return parsed
 
 
+def _where(path, message: str, given: list[str]) -> str:
+    """Where a bad value came from: the command line when the key the message names was given there (or there
+    is no recipe file), else the recipe file, naming the command-line keys that met it (a check between two
+    keys can fail on the recipe's value because of an override)."""
+    named = re.match(r"key '(\w+)'", message)
+    if path is None or (named and named.group(1) in given):
+        return "command line"
+    if given:
+        return f"Recipe {path} (with {', '.join('--' + key for key in given)} from the command line)"
+    return f"Recipe {path}"
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
     """Parse a recipe file plus `--key value` overrides into typed configs, through `HfArgumentParser`.
 
@@ -825,19 +837,20 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     overrides = list(overrides or [])
     parser = recipe_parser()
     parsed = _parse(parser, values, overrides, path)
-    values.update({key: parsed[key] for key in _given_keys(parser, overrides)})
+    given = _given_keys(parser, overrides)
+    values.update({key: parsed[key] for key in given})
     built = {}
     for section in RECIPE_SECTIONS:
         kwargs = {f.name: parsed[f.name] for f in dataclasses.fields(section) if f.init and f.name in parsed}
         try:
             built[section] = section(**kwargs)
         except RecipeError as err:
-            raise RecipeError(f"{f'Recipe {path}' if path else 'command line'}: {err}") from None
+            raise RecipeError(f"{_where(path, str(err), given)}: {err}") from None
         except (TypeError, ValueError, OverflowError, OSError, ImportError, KeyError, AssertionError) as err:
             # transformers' own TrainingArguments checks (a deepspeed file that is missing, bf16 on a CPU, ...)
-            where = f"Recipe {path}" if path else "command line"
             raise RecipeError(
-                f"{where}: invalid value in section {section.__name__}: {type(err).__name__}: {err}"
+                f"{_where(path, str(err), given)}: invalid value in section {section.__name__}: "
+                f"{type(err).__name__}: {err}"
             ) from None
     return Recipe(
         model=built[ModelConfig],

@@ -157,6 +157,27 @@ def test_unknown_override_is_an_error():
         load_recipe(RECIPES[0], ["--lerning_rate", "1e-4"])
 
 
+def test_a_bad_value_names_where_it_came_from(tmp_path):
+    """A value the recipe's checks refuse is blamed on the command line when it was given there, on the file
+    when it is the file's, and a check between two keys names the override that made the file's value fail."""
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("beta: 0.1\nmax_length: 128\nmax_prompt_length: 96\n")
+    with pytest.raises(RecipeError, match=r"^command line: key 'beta': must be > 0"):
+        load_recipe(recipe_file, ["--beta", "-1"])
+    recipe_file.write_text("beta: -1\n")
+    with pytest.raises(
+        RecipeError, match=r"^Recipe .*r.yaml \(with --learning_rate from the command line\): key 'beta'"
+    ):
+        load_recipe(recipe_file, ["--learning_rate", "1e-4"])
+    with pytest.raises(RecipeError, match=r"^Recipe .*r.yaml: key 'beta'"):
+        load_recipe(recipe_file)
+    recipe_file.write_text("max_length: 128\nmax_prompt_length: 96\n")
+    with pytest.raises(
+        RecipeError, match=r"\(with --max_length from the command line\): key 'max_prompt_length'"
+    ):
+        load_recipe(recipe_file, ["--max_length", "64"])
+
+
 def test_overrides_are_typed_and_win_over_the_recipe(tmp_path):
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("lora_r: 8\nlearning_rate: 5.0e-5\ndataset_name: data.jsonl\n")
