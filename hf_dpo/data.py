@@ -76,6 +76,8 @@ class PreferenceData:
     train: Any  # datasets.Dataset with TOKENIZED_COLUMNS (+ prompt/chosen/rejected text)
     eval: Any | None
     report: dict[str, dict[str, Any]]
+    # The tokenizer that made train and eval: the run trains with this one rather than loading it again.
+    tokenizer: Any = None
 
 
 # ---------------------------------------------------------------- reading
@@ -595,7 +597,7 @@ def load_preference_dataset(
         built[name] = datasets.Dataset.from_dict(columns)
         if len(built[name]) == 0:
             raise _no_pairs_left(name, source, split_report, args)
-    return PreferenceData(train=built["train"], eval=built.get("eval"), report=report)
+    return PreferenceData(train=built["train"], eval=built.get("eval"), report=report, tokenizer=tokenizer)
 
 
 def _no_pairs_left(name: str, source: str, report: DataReport, args: DPOConfig) -> DataError:

@@ -98,7 +98,11 @@ def build_trainer(
     `data`: the recipe's data, tokenized already (by preflight)."""
     args = recipe.training
     set_seed(args.seed)  # the LoRA initialisation is part of the run
-    model, tokenizer = load_policy(recipe.model, gradient_checkpointing=args.gradient_checkpointing)
+    model, tokenizer = load_policy(
+        recipe.model,
+        gradient_checkpointing=args.gradient_checkpointing,
+        tokenizer=data.tokenizer if data is not None else None,  # the one preflight tokenized with
+    )
     if data is None:
         data = load_preference_dataset(recipe.data, tokenizer, args)
     trainer = DPOTrainer(

@@ -46,9 +46,17 @@ def write_recipe(tmp_path, model, data_dir, **extra):
     return path
 
 
-def test_train_writes_a_complete_run_dir(tmp_path, tiny_model_dir, data_dir, capsys):
+def test_train_writes_a_complete_run_dir(tmp_path, tiny_model_dir, data_dir, capsys, monkeypatch):
+    from hf_dpo.model import loading
+
+    tokenizer_loads = []
+    load_tokenizer = loading.load_tokenizer
+    monkeypatch.setattr(
+        loading, "load_tokenizer", lambda cfg: tokenizer_loads.append(1) or load_tokenizer(cfg)
+    )
     recipe = write_recipe(tmp_path, tiny_model_dir, data_dir, max_steps=1)
     assert main(["train", str(recipe), "--max_steps", "3", "--hub_token", "hf_should_not_leak"]) == 0
+    assert tokenizer_loads == [1]  # preflight's tokenizer, which tokenized the data, is the one trained with
     run = tmp_path / "run"
     for name in (
         "recipe.yaml",

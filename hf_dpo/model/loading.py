@@ -273,9 +273,10 @@ def attach_adapter(model, cfg: ModelConfig, peft_config=None):
     return get_peft_model(model, peft_config or lora_config(cfg))
 
 
-def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False):
-    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (the reference: adapters off)."""
-    tokenizer = load_tokenizer(cfg)
+def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False, tokenizer=None):
+    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (the reference: adapters off).
+    `tokenizer`: cfg's tokenizer, loaded already (preflight's); loaded here otherwise."""
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
     model = load_base_model(cfg, gradient_checkpointing=gradient_checkpointing)
     return attach_adapter(model, cfg), tokenizer
 
