@@ -196,6 +196,18 @@ class DataConfig:
 class DPOConfig(TrainingArguments):
     """`transformers.TrainingArguments` plus the DPO objective and its data limits (names as in TRL)."""
 
+    # TRL 1.16's DPOConfig overrides these TrainingArguments defaults; a TRL script that leaves them unset must train
+    # and log the same here (transformers' own defaults: 5e-5, 500).
+    learning_rate: float = field(
+        default=1e-6,
+        metadata={"help": "Initial learning rate of AdamW (TRL's DPO default 1e-6, not transformers' 5e-5)."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={
+            "help": "Log every X update steps (TRL's default 10); a float in [0, 1) is a share of the total steps."
+        },
+    )
     beta: float = field(
         default=0.1,
         metadata={
