@@ -2,7 +2,31 @@
 same DPOConfig defaults, the same reading of the rows when no hf_dpo `data_config` is given, and the metrics TRL
 logs under TRL's names. The objective itself is compared in test_trl_parity.py."""
 
+import copy
+
+import pytest
+from datasets import Dataset
+from test_trl_parity import ROWS, common_args, difference, lora, step
+
 from hf_dpo.config import DPOConfig
+from hf_dpo.train.trainer import DPOTrainer
+
+# The per-step metrics TRL 1.16's DPOTrainer logs that hf_dpo logs too.
+TRL_LOGGED = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def test_dpoconfig_defaults_are_trls(tmp_path):
@@ -14,3 +38,45 @@ def test_dpoconfig_defaults_are_trls(tmp_path):
     trl = TRLConfig(output_dir=str(tmp_path / "trl"), use_cpu=True)
     for key in ("learning_rate", "logging_steps", "beta", "max_length", "loss_type", "disable_dropout"):
         assert getattr(ours, key) == getattr(trl, key), key
+
+
+# The default fast paths (prefix sharing, chunked log-probs), the plain one, and padding-free packing.
+PATHS = {
+    "default": {},
+    "plain": {"prefix_sharing": False, "logps_chunk_size": 0},
+    "padding_free": {"padding_free": True},
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_trl_script_logs_trls_metrics_on_trls_tokens(tmp_path, tiny, path):
+    """No data_config (a TRL script): plain-string prompts are tokenized as TRL tokenizes them (no chat template;
+    they were templated, so logps/* differed from TRL's)."""
+    from trl import DPOConfig as TRLConfig
+    from trl import DPOTrainer as TRLTrainer
+
+    base, tokenizer = tiny
+    data = Dataset.from_list(ROWS)
+    trl = TRLTrainer(
+        model=copy.deepcopy(base),
+        args=TRLConfig(**common_args(tmp_path, "trl")),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora(False),
+    )
+    ours = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=DPOConfig(**common_args(tmp_path, "ours"), ref_logps_cache_dir="none", **PATHS[path]),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora(True),
+    )
+    ours.model.load_state_dict(trl.model.state_dict())  # the very same (non-zero) adapter
+    trl_loss, trl_metrics, _ = step(trl)
+    our_loss, our_metrics, _ = step(ours)
+    assert set(TRL_LOGGED) <= set(trl_metrics)
+    missing = [key for key in TRL_LOGGED if key not in our_metrics]
+    assert not missing, f"TRL logs {missing}, hf_dpo does not"
+    assert difference(our_loss, trl_loss) < 1e-5
+    for key in TRL_LOGGED:
+        assert difference(our_metrics[key], trl_metrics[key]) < 1e-4, (key, our_metrics[key])

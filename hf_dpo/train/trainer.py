@@ -61,7 +61,8 @@ logger = logging.getLogger(__name__)
 class DPOTrainer(Trainer):
     """DPO for LoRA adapters. Accepts TRL's constructor arguments (`model`, `args`, `train_dataset`,
     `eval_dataset`, `processing_class`, `peft_config`); datasets may be raw (prompt/chosen/rejected rows in
-    any shape `hf_dpo.data` reads) or already tokenized."""
+    any shape `hf_dpo.data` reads) or already tokenized. Without `data_config` the rows are read as TRL reads them: a
+    plain-string prompt is tokenized as it is, without the chat template (recipes pass theirs)."""
 
     def __init__(
         self,
@@ -77,6 +78,9 @@ class DPOTrainer(Trainer):
         **kwargs,
     ):
         args = args or DPOConfig(output_dir="runs/dpo")
+        # No data_config: TRL's reading of the rows, so a TRL script trains on the same tokens. TRL tokenizes a
+        # plain-string prompt as it is (no chat template; conversational rows always get the template).
+        data_config = data_config or DataConfig(apply_chat_template=False)
         if ref_model is not None:
             raise TrainerSetupError(
                 "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
