@@ -5,13 +5,14 @@ logs under TRL's names. The objective itself is compared in test_trl_parity.py."
 import copy
 
 import pytest
+import torch
 from datasets import Dataset
 from test_trl_parity import ROWS, common_args, difference, lora, step
 
 from hf_dpo.config import DPOConfig
 from hf_dpo.train.trainer import DPOTrainer
 
-# The per-step metrics TRL 1.16's DPOTrainer logs that hf_dpo logs too.
+# Every per-step metric TRL 1.16's DPOTrainer logs (no MoE router).
 TRL_LOGGED = (
     "rewards/chosen",
     "rewards/rejected",
@@ -19,6 +20,11 @@ TRL_LOGGED = (
     "rewards/margins",
     "logps/chosen",
     "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "entropy",
+    "mean_token_accuracy",
+    "num_tokens",
 )
 
 
@@ -51,7 +57,8 @@ PATHS = {
 @pytest.mark.parametrize("path", PATHS)
 def test_a_trl_script_logs_trls_metrics_on_trls_tokens(tmp_path, tiny, path):
     """No data_config (a TRL script): plain-string prompts are tokenized as TRL tokenizes them (no chat template;
-    they were templated, so logps/* differed from TRL's)."""
+    they were templated, so logps/* differed from TRL's), and every metric TRL logs is logged under its name with
+    TRL's value (logits/*, entropy, mean_token_accuracy and num_tokens were missing)."""
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer as TRLTrainer
 
@@ -80,3 +87,31 @@ def test_a_trl_script_logs_trls_metrics_on_trls_tokens(tmp_path, tiny, path):
     assert difference(our_loss, trl_loss) < 1e-5
     for key in TRL_LOGGED:
         assert difference(our_metrics[key], trl_metrics[key]) < 1e-4, (key, our_metrics[key])
+
+
+def test_the_logged_metrics_reach_the_log_history(tmp_path, tiny):
+    """trainer.train() logs TRL's keys (what a callback or a dashboard reads), train and eval alike."""
+    base, tokenizer = tiny
+    args = DPOConfig(
+        **common_args(tmp_path, "ours"),
+        max_steps=1,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="no",
+        ref_logps_cache_dir="none",
+    )
+    trainer = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=args,
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(True),
+    )
+    trainer.train()
+    train_log = next(log for log in trainer.state.log_history if "loss" in log)
+    eval_log = next(log for log in trainer.state.log_history if "eval_loss" in log)
+    assert set(TRL_LOGGED) <= set(train_log)
+    assert {f"eval_{key}" for key in TRL_LOGGED} <= set(eval_log)
+    assert abs(train_log["loss"] - torch.log(torch.tensor(2.0)).item()) < 1e-4  # LoRA starts at zero

@@ -41,6 +41,32 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
     return per_token * mask, mask
 
 
+@torch.no_grad()
+def logit_stats(
+    logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024
+) -> dict[str, torch.Tensor]:
+    """TRL's per-token logging quantities of (N, V) logits and their (N,) labels, float32, no grad: the mean logit
+    over the vocabulary, the entropy of the next-token distribution, and whether the label is the top-1 token.
+    A `chunk_size` tokens at a time, so only one chunk's softmax exists."""
+    out = {"mean_logits": [], "entropy": [], "top1": []}
+    for start in range(0, logits.shape[0], chunk_size):
+        chunk = logits[start : start + chunk_size].float()  # (n, V)
+        lse = torch.logsumexp(chunk, dim=-1)  # (n,)
+        out["mean_logits"].append(chunk.mean(-1))
+        out["entropy"].append(lse - (torch.softmax(chunk, dim=-1) * chunk).sum(-1))  # -Σ p log p
+        out["top1"].append(chunk.argmax(-1) == labels[start : start + chunk_size])
+    if not out["top1"]:
+        empty = logits.new_zeros(0, dtype=torch.float32)
+        return {"mean_logits": empty, "entropy": empty, "top1": empty.bool()}
+    return {key: torch.cat(values) for key, values in out.items()}
+
+
+def _append_stats(stats: dict | None, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if stats is not None:
+        for key, value in logit_stats(logits, labels).items():
+            stats.setdefault(key, []).append(value)
+
+
 class _LinearLabelLogps(torch.autograd.Function):
     """log softmax(hidden @ weight.T + bias)[label], chunk by chunk, for a frozen output layer.
 
@@ -51,7 +77,7 @@ class _LinearLabelLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size: int):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size: int, stats: dict | None = None):
         n_tokens = hidden.shape[0]
         logps = torch.empty(n_tokens, device=hidden.device, dtype=torch.float32)  # (N,)
         need_grad = ctx.needs_input_grad[0]
@@ -63,6 +89,7 @@ class _LinearLabelLogps(torch.autograd.Function):
             y = labels[start:end]
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             logps[start:end] = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
+            _append_stats(stats, logits, y)  # before the in-place softmax below
             if need_grad:
                 probs = logits.sub_(lse.unsqueeze(-1)).exp_()  # (n, V), in place: softmax
                 expected = probs.to(weight.dtype) @ weight  # (n, H): E_p[W_v]
@@ -75,16 +102,19 @@ class _LinearLabelLogps(torch.autograd.Function):
     def backward(ctx, grad_logps):
         (grad_hidden,) = ctx.saved_tensors
         grad = grad_logps.to(grad_hidden.dtype).unsqueeze(-1) * grad_hidden  # (N, H)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
-def chunked_label_logps(hidden: torch.Tensor, lm_head, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def chunked_label_logps(
+    hidden: torch.Tensor, lm_head, labels: torch.Tensor, chunk_size: int, stats: dict | None = None
+) -> torch.Tensor:
     """log p(labels | hidden) through the output layer `lm_head`, `chunk_size` tokens at a time.
 
     hidden: (N, H) final hidden states of the positions that predict a label; labels: (N,). Returns (N,) float32.
     A frozen `torch.nn.Linear` head takes the closed-form gradient of `_LinearLabelLogps`; any other head (trainable,
     adapter-wrapped) runs each chunk under activation checkpointing, so only one chunk's logits exist at a time in
     the forward and in the backward alike. Peak extra memory: chunk_size × V floats instead of N × V.
+    `stats`: a dict that receives, per chunk, lists of `logit_stats` tensors (TRL's logging quantities).
     """
     assert hidden.dim() == 2 and labels.shape == hidden.shape[:1], (
         f"{tuple(hidden.shape)} vs {tuple(labels.shape)}"
@@ -98,7 +128,7 @@ def chunked_label_logps(hidden: torch.Tensor, lm_head, labels: torch.Tensor, chu
         and (bias is None or not bias.requires_grad)
     )
     if frozen:
-        return _LinearLabelLogps.apply(hidden, weight, bias, labels, chunk_size)
+        return _LinearLabelLogps.apply(hidden, weight, bias, labels, chunk_size, stats)
 
     def one_chunk(h, y):
         return selective_log_softmax(lm_head(h).float(), y)
@@ -106,6 +136,9 @@ def chunked_label_logps(hidden: torch.Tensor, lm_head, labels: torch.Tensor, chu
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
+        if stats is not None:
+            with torch.no_grad():
+                _append_stats(stats, lm_head(h), y)
         if torch.is_grad_enabled() and h.requires_grad:
             pieces.append(torch.utils.checkpoint.checkpoint(one_chunk, h, y, use_reentrant=False))
         else:

@@ -30,7 +30,7 @@ from hf_dpo.train.batching import (
     shared_attention_mask,
     shared_block_mask,
 )
-from hf_dpo.train.label_logps import chunked_label_logps, selective_log_softmax, token_logps
+from hf_dpo.train.label_logps import chunked_label_logps, logit_stats, selective_log_softmax, token_logps
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class PairLogps:
     chosen_token_logps: torch.Tensor | None = None  # (N_chosen,) every chosen completion token: the SFT term
     wpo_weights: torch.Tensor | None = None  # (B,) WPO pair weights, no grad (`wpo_weights`)
     aux_loss: torch.Tensor | None = None  # () the router's load-balancing loss of a Mixture-of-Experts model
+    # TRL's logging quantities per labelled token (`logit_stats`: mean_logits, entropy, top1) and is_chosen, all (N,)
+    token_stats: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class LogpsOptions:
     ld_alpha: float | None = None  # LD-DPO's weight of the tokens past the shorter completion
     with_wpo: bool = False  # WPO weights (needs full logits: chunk_size 0)
     router_aux: bool = False  # ask a MoE model for its load-balancing loss
+    with_stats: bool = False  # TRL's logged logits, entropy, token accuracy (`PairLogps.token_stats`)
     attention: str = MASK4D  # how a prefix-shared batch's mask reaches attention (`hf_dpo.train.attention`)
 
 
@@ -142,19 +145,28 @@ def final_hidden_states(model, inputs: dict[str, torch.Tensor]):
     return captured[-1], outputs
 
 
-def full_logits_pair_logps(model, batch: dict[str, torch.Tensor], with_tokens: bool = False) -> PairLogps:
+def full_logits_pair_logps(
+    model, batch: dict[str, torch.Tensor], with_tokens: bool = False, with_stats: bool = False
+) -> PairLogps:
     """The plain path, as TRL computes it: (2B, T, V) logits, labels shifted by one."""
     outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     per_token, mask = token_logps(outputs.logits, batch["labels"])  # (2B, T-1) each
     logps = per_token.sum(-1)  # (2B,)
     lengths = mask.sum(-1)  # (2B,)
     half = logps.shape[0] // 2
+    token_stats = None
+    if with_stats:
+        rows, cols = mask.nonzero(as_tuple=True)  # (N,) labelled positions, row-major
+        with torch.no_grad():
+            token_stats = logit_stats(outputs.logits[rows, cols], batch["labels"][rows, cols + 1])
+        token_stats["is_chosen"] = rows < half
     return PairLogps(
         chosen=logps[:half],
         rejected=logps[half:],
         chosen_lengths=lengths[:half],
         rejected_lengths=lengths[half:],
         chosen_token_logps=per_token[:half][mask[:half]] if with_tokens else None,  # (N_chosen,)
+        token_stats=token_stats,
     )
 
 
@@ -170,22 +182,27 @@ def pair_logps(
     opt = options or LogpsOptions(chunk_size=chunk_size, with_tokens=with_tokens)
     plain = opt.ld_alpha is None and not opt.with_wpo and not opt.router_aux
     if plain and not is_shared(batch) and not is_packed(batch) and not opt.chunk_size:
-        return full_logits_pair_logps(model, batch, opt.with_tokens)
+        return full_logits_pair_logps(model, batch, opt.with_tokens, opt.with_stats)
     targets = label_targets(batch)  # N labelled tokens: row, source position, label, sequence
     inputs = model_inputs(model, batch, opt.attention)
     if opt.router_aux:
         inputs["output_router_logits"] = True
     log_sum_sq = None
+    stats = {} if opt.with_stats else None
     if opt.chunk_size:
         hidden, outputs = final_hidden_states(model, inputs)  # (rows, T, H)
         selected = hidden[targets.rows, targets.sources]  # (N, H): only positions that predict a label
         per_token = chunked_label_logps(
-            selected, head_and_decoder(model)[0], targets.labels, opt.chunk_size
+            selected, head_and_decoder(model)[0], targets.labels, opt.chunk_size, stats
         )  # (N,)
+        if stats is not None:
+            stats = {key: torch.cat(values) for key, values in stats.items()} if stats else None
     else:
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[targets.rows, targets.sources]  # (N, V)
         per_token = selective_log_softmax(logits, targets.labels)  # (N,)
+        if stats is not None:
+            stats = logit_stats(logits, targets.labels)
         if opt.with_wpo:
             with torch.no_grad():  # log Σ_v p_v², in float32
                 log_sum_sq = torch.logsumexp(2 * logits.float(), -1) - 2 * torch.logsumexp(logits.float(), -1)
@@ -196,6 +213,9 @@ def pair_logps(
         weighted = per_token * ld_token_weights(targets.sequences, lengths, opt.ld_alpha)
     logps = per_token.new_zeros(2 * pairs).index_add(0, targets.sequences, weighted)  # (2B,)
     is_chosen = targets.sequences < pairs
+    if opt.with_stats:
+        stats = stats or logit_stats(per_token.new_zeros(0, 1), targets.labels[:0])  # no labelled token
+        stats["is_chosen"] = is_chosen
     return PairLogps(
         chosen=logps[:pairs],
         rejected=logps[pairs:],
@@ -204,6 +224,7 @@ def pair_logps(
         chosen_token_logps=per_token[is_chosen] if opt.with_tokens else None,  # (N_chosen,)
         wpo_weights=wpo_weights(per_token, log_sum_sq, targets.sequences, lengths) if opt.with_wpo else None,
         aux_loss=getattr(outputs, "aux_loss", None) if opt.router_aux else None,
+        token_stats=stats,
     )
 
 

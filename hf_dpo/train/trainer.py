@@ -58,6 +58,15 @@ from hf_dpo.train.setup import (
 logger = logging.getLogger(__name__)
 
 
+def trl_token_count(batch: dict[str, torch.Tensor], accelerator) -> int:
+    """Tokens of a training batch as TRL counts them for `num_tokens`, on every rank together: each pair's prompt
+    twice (prompt+chosen and prompt+rejected rows), whatever layout hf_dpo built (a prefix-shared row holds it once)."""
+    real = batch["attention_mask"].sum()
+    if is_shared(batch):
+        real = real + (batch["segment_ids"] == 0).sum()  # the prompt a plain layout computes a second time
+    return int(accelerator.gather_for_metrics(real.reshape(1).to(accelerator.device)).sum())
+
+
 class DPOTrainer(Trainer):
     """DPO for LoRA adapters. Accepts TRL's constructor arguments (`model`, `args`, `train_dataset`,
     `eval_dataset`, `processing_class`, `peft_config`); datasets may be raw (prompt/chosen/rejected rows in
@@ -117,6 +126,7 @@ class DPOTrainer(Trainer):
         }
         self.reference_forward_passes = 0  # batches for which the reference model actually ran
         self.token_counts = {"real": 0, "total": 0}  # training batches: real tokens, tokens incl. padding
+        self._trl_num_tokens = 0  # TRL's num_tokens: prompt+chosen, prompt+rejected tokens trained on
         self._chunk_size = self._resolve_chunking(int(getattr(args, "logps_chunk_size", 0) or 0))
         self._reference_columns = ReferenceColumns(args, processing_class, self.accelerator)
         self._data_config = data_config
@@ -135,6 +145,7 @@ class DPOTrainer(Trainer):
             ld_alpha=self.args.ld_alpha,
             with_wpo=self.args.use_weighting,
             router_aux=bool(self._router_aux_coef),
+            with_stats=True,
         )
 
     # ------------------------------------------------------------------ the objective
@@ -144,6 +155,7 @@ class DPOTrainer(Trainer):
         if model.training:
             self.token_counts["real"] += int(inputs["attention_mask"].sum())
             self.token_counts["total"] += inputs["input_ids"].numel()
+            self._trl_num_tokens += trl_token_count(inputs, self.accelerator)
         policy = self.concatenated_forward(model, inputs, options=self._policy_options)
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         out = dpo_loss(
@@ -209,6 +221,18 @@ class DPOTrainer(Trainer):
         m["logps/rejected"].append(gather(policy.rejected.detach()).mean().item())
         if policy.aux_loss is not None:
             m["aux_loss"].append(gather(policy.aux_loss.detach()).mean().item())
+        if policy.token_stats is not None:  # TRL's logits/*, entropy and mean_token_accuracy, token-weighted
+            stats, chosen = policy.token_stats, policy.token_stats["is_chosen"]
+            for key, values, where in (
+                ("logits/chosen", stats["mean_logits"], chosen),
+                ("logits/rejected", stats["mean_logits"], ~chosen),
+                ("entropy", stats["entropy"], torch.ones_like(chosen)),
+                ("mean_token_accuracy", stats["top1"].float(), chosen),
+            ):
+                total = gather(values[where].sum().reshape(1)).sum()
+                count = gather(where.sum().reshape(1)).sum()
+                m[key].append((total / count).item() if count > 0 else 0.0)
+        m["num_tokens"] = [float(self._trl_num_tokens)]
 
     def training_step(self, *args, **kwargs):
         if not self.args.activation_offloading:
