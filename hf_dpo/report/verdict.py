@@ -66,16 +66,25 @@ def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
 
 
 def warnings(report: dict[str, Any]) -> list[str]:
-    """Likelihood displacement (the chosen answers' log-prob fell) and a large KL estimate, with the levers."""
+    """Likelihood displacement (the chosen answers' log-prob fell; whether the rejected fell further, which the
+    explanation depends on) and a large KL estimate, with the levers."""
     out = []
     pref = (report.get("preference") or {}).get("metrics") or {}
-    chosen = pref.get("logp_shift/chosen")
+    chosen, rejected = pref.get("logp_shift/chosen"), pref.get("logp_shift/rejected")
     if chosen and chosen["high"] < 0:
-        out.append(
+        head = (
             f"Likelihood displacement: on held-out pairs the chosen answers' log-prob fell by "
-            f"{-chosen['value']:.1f} nats on average (interval {_interval(chosen)}): the policy pushed the rejected "
-            f"answers down by pushing everything down, chosen ones included. Levers: {LEVERS}."
+            f"{-chosen['value']:.1f} nats on average (interval {_interval(chosen)})"
         )
+        if rejected is None or rejected["value"] < chosen["value"]:
+            why = ": the policy pushed the rejected answers down by pushing everything down, chosen ones included"
+        else:  # the rejected fell no further than the chosen: that explanation would contradict the numbers
+            than = "more than" if rejected["value"] > chosen["value"] else "as much as"
+            why = (
+                f", {than} the rejected answers' ({-rejected['value']:.1f} nats): the policy moved away from the "
+                f"held-out chosen answers, not towards them"
+            )
+        out.append(f"{head}{why}. Levers: {LEVERS}.")
     kl = (report.get("behaviour") or {}).get("kl_estimate")
     if kl and kl["value"] > KL_WARN_NATS:
         out.append(
