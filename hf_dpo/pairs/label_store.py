@@ -4,7 +4,8 @@ Every decision is appended to `OUT.decisions.jsonl` and fsynced before the page 
 is rewritten (atomically) from that log, so killing the server or closing the browser loses nothing and reopening
 resumes at the first unlabeled pair. A decision carries `content_key` of the samples row it was made on: a log made
 on other samples (regenerated, edited) is refused by line, never replayed onto new answers. The pairs file and the
-log are never the samples file.
+log are never the samples file, and an OUT that this labelling did not write (another pairs file) is refused, never
+replaced.
 
 The HTTP side is `label_server`; this module knows nothing of it.
 """
@@ -92,6 +93,7 @@ class LabelStore:
         self.out = Path(out) if out else default_out(samples_file)
         self.log = decisions_path(self.out)
         _check_distinct_files(self.samples_file, self.out, self.log)
+        _check_out_replaceable(self.out, self.log)
         self.samples = read_samples(samples_file)
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
         self.row_keys = [content_key(row) for row in self.samples]
@@ -293,3 +295,26 @@ def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
         raise SamplingError(
             f"the decision log of --out {out} would be {log}, the samples file itself. Give another --out."
         )
+
+
+def _check_out_replaceable(out: Path, log: Path) -> None:
+    """OUT is rewritten from the decision log at every decision: a pairs file the log did not make (no log beside
+    it, or rows hand labelling never writes, such as a judge's pairs) would be lost at the first click, so it is
+    refused before the server starts."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    try:
+        rows = [row for _, row in read_jsonl(out)]
+    except SamplingError:
+        rows = None  # not JSON lines at all: certainly not what labelling wrote
+    if not log.exists():
+        why = f"there is no decision log {log.name} beside it"
+    elif rows is None or any(row.get("judge") != "human" for row in rows):
+        why = "it holds rows hand labelling did not write"
+    else:
+        return
+    size = f"{len(rows)} rows" if rows is not None else f"{out.stat().st_size} bytes"
+    raise SamplingError(
+        f"--out {out} already exists and was not written by labelling ({why}); labelling rewrites it at the first "
+        f"decision and its {size} would be lost. Give a new --out, or move {out} away first."
+    )
