@@ -158,3 +158,31 @@ def test_displacement_warning_does_not_claim_the_rejected_fell_more_when_the_cho
         report({"value": -3.7, "low": -4.9, "high": -2.5}, {"value": -12.1, "low": -14.1, "high": -10.2})
     )
     assert "pushed the rejected answers down by pushing everything down" in demo_run[0]
+
+
+@pytest.mark.parametrize("policy_only, reference_only", [(4, 0), (5, 0), (12, 4)])
+def test_no_gain_is_claimed_on_a_few_discordant_prompts(policy_only, reference_only):
+    """96 prompts, the same answer quality on all but a handful: the paired percentile bootstrap puts its
+    interval above 0 (4 vs 0: [+0.010, +0.083]), but an exact sign test on the prompts where the two sides
+    differ cannot tell them apart (p = 0.125, 0.062, 0.077). The verdict must not say "improved"."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_verdict import _sides
+
+    n = 96
+    policy = [1.0] * policy_only + [0.0] * (n - policy_only)
+    reference = [0.0] * policy_only + [1.0] * reference_only + [0.0] * (n - policy_only - reference_only)
+    result = _sides(policy, reference)
+    diff = result["per_criterion"]["correct"]["difference"]
+    assert diff["low"] > 0  # the bootstrap interval alone would call it a gain
+    verdict = result["verdict"]
+    assert verdict["label"] == "not improved", verdict["line"]
+    assert "sign test" in verdict["line"] and "includes 0" not in verdict["line"]
+    # and a clear gain still is one (the demo's size: 30 vs 17 of 96)
+    clear = _sides(
+        [1.0] * 15 + [0.0] * 2 + [1.0] * 15 + [0.0] * 64, [0.0] * 15 + [1.0] * 2 + [1.0] * 15 + [0.0] * 64
+    )
+    assert clear["verdict"]["label"] == "mixed" or clear["verdict"]["label"] == "improved", clear["verdict"][
+        "line"
+    ]

@@ -11,11 +11,16 @@ policy-minus-reference difference over the same held-out prompts:
     mixed         the interval lies above 0, but one of those got worse (named in the line)
     not improved  the interval reaches 0 or lies below it (then: "worse")
 
+An interval off 0 also needs the exact sign test on the prompts where the two sides' primary values differ
+(policy better on k, reference on j) at the same level: with few such prompts the percentile bootstrap is
+too narrow (4 vs 0 of 96 puts it above 0, while p = 0.125), and then the verdict is "not improved" and says why.
+
 So no headline can claim a win when the primary criterion got worse. Pure functions of report dicts.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 KL_WARN_NATS = 5.0  # log pi/pi_ref on the policy's own answers above this: the policy has moved far
@@ -24,6 +29,14 @@ LEVERS = "the SFT term (rpo_alpha), a larger beta, a lower learning_rate or fewe
 
 def _interval(e: dict[str, Any]) -> str:
     return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test (McNemar's exact test for 0/1 values): p of a split at least this uneven
+    among the wins + losses prompts where the sides differ, if each were equally likely to be the better one."""
+    m = wins + losses
+    tail = sum(math.comb(m, i) for i in range(max(wins, losses), m + 1)) / 2**m
+    return min(1.0, 2 * tail)
 
 
 def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +55,10 @@ def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
         for name, s in behaviour["per_criterion"].items()
         if name != primary and s["difference"]["high"] < 0
     ]
-    if diff["low"] > 0:
+    better = behaviour.get("primary_better")  # absent in reports written before it existed
+    p_sign = sign_test(better["policy"], better["reference"]) if better else None
+    significant = p_sign is None or p_sign < 1 - diff.get("confidence", 0.95)
+    if diff["low"] > 0 and significant:
         label = "mixed" if worse else "improved"
     else:
         label = "not improved"
@@ -51,7 +67,14 @@ def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
         f"difference {_interval(diff)} ({conf}% {diff['method']} interval, {diff['n']} held-out prompts)"
     )
     if label == "not improved":
-        detail += "; worse" if diff["high"] < 0 else "; the interval includes 0"
+        if (diff["low"] > 0 or diff["high"] < 0) and not significant:
+            detail += (
+                f"; the sides differ on only {better['policy'] + better['reference']} prompts "
+                f"({better['policy']} better for the policy, {better['reference']} for the reference): "
+                f"not significant by an exact sign test (p = {p_sign:.3f})"
+            )
+        else:
+            detail += "; worse" if diff["high"] < 0 else "; the interval includes 0"
     if label == "mixed":
         detail += "; but " + ", ".join(worse)
     return {
