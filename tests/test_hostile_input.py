@@ -60,3 +60,81 @@ def test_label_resumes_into_its_own_pairs_file(tmp_path):
     again.log.unlink()
     with pytest.raises(Exception, match="no decision log"):
         LabelStore(samples)
+
+
+# ---------------------------------------------------------------- hf-dpo sample never replaces other files
+
+
+def _sampling_recipe(tmp_path: Path, **over):
+    from hf_dpo.config import load_recipe
+
+    (tmp_path / "prompts.txt").write_text("Question one?\nQuestion two?\n")
+    values = {
+        "model_name_or_path": str(tmp_path / "no-model"),
+        "prompts_file": str(tmp_path / "prompts.txt"),
+        "judge": "hf_dpo.pairs.demo_task:judge",
+        "output_dir": str(tmp_path / "run"),
+        **over,
+    }
+    return load_recipe(None, [x for k, v in values.items() for x in (f"--{k}", str(v))])
+
+
+@pytest.fixture
+def no_reference(monkeypatch):
+    """Sampling must stop before the reference model loads (the check is for files, not weights)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference model was loaded before the output files were checked")
+
+    monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
+
+
+def test_sample_into_hand_labelled_pairs_is_refused(tmp_path, no_reference):
+    """pairs_file pointing at `hf-dpo label`'s output (or any data set without a judge's scores): before, the
+    judge's pairs replaced it once sampling finished."""
+    from hf_dpo.pairs.formats import SamplingError
+    from hf_dpo.pairs.sampling import run_sampling
+
+    pairs = _write_jsonl(
+        tmp_path / "mine.jsonl", [{"prompt": "P", "chosen": "c", "rejected": "r", "judge": "human"}] * 5
+    )
+    before = pairs.read_bytes()
+    with pytest.raises(SamplingError, match=r"mine\.jsonl exists and line 1 is not a judge's pair.*5 rows"):
+        run_sampling(_sampling_recipe(tmp_path, pairs_file=pairs))
+    assert pairs.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        # the held-out pairs go to test.jsonl beside pairs_file: here the train pairs file itself
+        (
+            {"pairs_file": "{d}/test.jsonl", "test_prompts_file": "{d}/prompts.txt"},
+            "also the test pairs file",
+        ),
+        ({"pairs_file": "{d}/prompts.jsonl", "prompts_file": "{d}/prompts.jsonl"}, "also prompts_file"),
+        ({"samples_file": "{d}/prompts.txt"}, "also prompts_file"),
+        ({"pairs_file": "{d}/run/samples_train.jsonl"}, "also the train samples file"),
+    ],
+)
+def test_sample_files_that_would_be_one_file_are_refused(tmp_path, no_reference, over, message):
+    """Before: the train pairs replaced the held-out pairs (and were then reported as held-out), the samples or
+    pairs were written over the prompts, the pairs over the samples."""
+    from hf_dpo.pairs.formats import SamplingError
+    from hf_dpo.pairs.sampling import run_sampling
+
+    _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Question one?"}, {"prompt": "Question two?"}])
+    recipe = _sampling_recipe(tmp_path, **{k: v.format(d=tmp_path) for k, v in over.items()})
+    with pytest.raises(SamplingError, match=message):
+        run_sampling(recipe)
+
+
+def test_sample_keeps_a_readme_it_did_not_write(tmp_path, no_reference):
+    from hf_dpo.pairs.formats import SamplingError
+    from hf_dpo.pairs.sampling import run_sampling
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "README.md").write_text("# My project\n")
+    with pytest.raises(SamplingError, match="README.md exists and is not a dataset card hf-dpo wrote"):
+        run_sampling(_sampling_recipe(tmp_path, pairs_file=tmp_path / "data" / "train.jsonl"))
+    assert (tmp_path / "data" / "README.md").read_text() == "# My project\n"

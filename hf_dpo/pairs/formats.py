@@ -159,3 +159,62 @@ def default_pairs_file(recipe: Recipe, split: str = "train") -> Path:
     """Where a split's pairs go: pairs_file (held-out: `test.jsonl` beside it), else `<output_dir>/pairs/`."""
     base = Path(recipe.sampling.pairs_file or Path(recipe.training.output_dir) / "pairs" / "train.jsonl")
     return base if split == "train" else base.with_name(f"{split}.jsonl")
+
+
+def check_output_files(recipe: Recipe, splits: list[str]) -> None:
+    """Before `hf-dpo sample` reads a prompt: the files it writes are distinct from each other and from its
+    prompts, and those it replaces (a judge's pairs, the dataset card) are its own, so no run replaces other
+    data. SamplingError naming the key, the file and what to do."""
+    cfg, labels = recipe.sampling, bool(recipe.sampling.judge)
+    roles: dict[Path, str] = {}  # resolved path -> what it is, in the order they are claimed
+
+    def claim(path: str | os.PathLike, role: str) -> None:
+        resolved = Path(path).expanduser().resolve()
+        if resolved in roles and not (role.endswith("prompts)") and roles[resolved].endswith("prompts)")):
+            raise SamplingError(
+                f"{role} would be {path}, which is also {roles[resolved]}: one file cannot be both. "
+                "Set samples_file / pairs_file to other names."
+            )
+        roles[resolved] = role
+
+    prompts = {
+        "train": ("prompts_file", cfg.prompts_file),
+        "test": ("test_prompts_file", cfg.test_prompts_file),
+    }
+    for split in splits:
+        key, path = prompts[split]
+        if path:
+            claim(path, f"{key} ({split} prompts)")
+    for split in splits:
+        claim(default_samples_file(recipe, split), f"the {split} samples file")
+    if not labels:
+        return
+    for split in splits:
+        pairs = default_pairs_file(recipe, split)
+        claim(
+            pairs,
+            f"the {split} pairs file (pairs_file{', held-out: test.jsonl beside it' * (split != 'train')})",
+        )
+        _check_judge_pairs(pairs)
+    card = default_pairs_file(recipe).parent / "README.md"
+    claim(card, "the dataset card (README.md beside pairs_file)")
+    if card.is_file() and "hf-dpo" not in card.read_text(encoding="utf-8", errors="replace"):
+        raise SamplingError(
+            f"{card} exists and is not a dataset card hf-dpo wrote; `hf-dpo sample` writes its card there. "
+            "Point pairs_file into a directory of its own, or move that README.md away."
+        )
+
+
+def _check_judge_pairs(path: Path) -> None:
+    """A pairs file the judge is about to rewrite holds only a judge's pairs (rows with its scores): hand labels
+    (`hf-dpo label`, judge: human) or a data set of someone else's would be lost."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    rows = read_jsonl(path)
+    foreign = next((lineno for lineno, row in rows if "score_chosen" not in row), None)
+    if foreign is not None:
+        raise SamplingError(
+            f"{path} exists and line {foreign} is not a judge's pair (no score_chosen: hand labels, or another "
+            f"data set); `hf-dpo sample` would replace its {len(rows)} rows with the judge's pairs. Set pairs_file "
+            "to a new file, or move that one away."
+        )

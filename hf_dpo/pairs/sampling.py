@@ -32,6 +32,7 @@ from hf_dpo.pairs.dataset_card import write_dataset_card
 from hf_dpo.pairs.formats import (
     Prompt,
     SamplingError,
+    check_output_files,
     default_pairs_file,
     default_samples_file,
     prompt_text,
@@ -372,6 +373,7 @@ def run_sampling(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     # stopped and resumed at will.
     splits = {"test": cfg.test_prompts_file} if cfg.test_prompts_file else {}
     splits["train"] = cfg.prompts_file
+    check_output_files(recipe, list(splits))  # nothing sampled yet when a file would replace another
     judge = load_judge(cfg.judge) if cfg.judge else None  # fail on a bad judge before sampling for minutes
     model_and_tokenizer = None
     report: dict[str, Any] = {"splits": {}}
