@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +187,20 @@ def test_no_gain_is_claimed_on_a_few_discordant_prompts(policy_only, reference_o
     assert clear["verdict"]["label"] == "mixed" or clear["verdict"]["label"] == "improved", clear["verdict"][
         "line"
     ]
+
+
+def test_a_cut_answer_is_not_counted_correct_when_every_answer_was_judged_correct():
+    """The judge sees only the fragment of a cut answer ("Luxembourg, Luxembourg, ..." names the capital).
+    When every answer on both sides is judged correct, "the lowest value seen" is a pass: the cut answer
+    must still fail a 0/1 criterion (0), not take 1."""
+    from hf_dpo.report.comparison import fail_unfinished, judged_comparison
+
+    ones = np.ones((3, 2))
+    pv, rv = fail_unfinished(ones, ones, [True, True, False], [True, True, True])
+    assert pv.tolist() == [[1, 1], [1, 1], [0, 0]] and rv.tolist() == ones.tolist()
+    r = judged_comparison(ones, ones, criteria=["correct", "concise"], policy_finished=[True, True, False])
+    assert r["per_criterion"]["correct"]["policy"].value == pytest.approx(2 / 3)
+    assert r["per_criterion"]["correct"]["difference"].value == pytest.approx(-1 / 3)
+    # judges on other scales keep the lowest value seen (a reward model's -2.5 here)
+    pv, _ = fail_unfinished(np.array([[3.0], [-2.5]]), np.array([[1.0], [2.0]]), [False, True], [True, True])
+    assert pv.tolist() == [[-2.5], [-2.5]]

@@ -70,7 +70,8 @@ def judged_generations(
 
     Answers decode until their end token, up to `max_new_tokens`. One that reaches the cap is unfinished:
     it is never judged as a whole answer, but counts as failing every criterion (it takes the lowest value
-    the judge gave any answer on that criterion) and loses to every finished answer.
+    the judge gave any answer on that criterion, 0 on one whose values lie in [0, 1]) and loses to every
+    finished answer.
     """
     texts = [t for t, _ in prompts]
     decoding = dict(

@@ -64,8 +64,12 @@ def fail_unfinished(
     policy_values: np.ndarray, reference_values: np.ndarray, policy_finished, reference_finished
 ) -> tuple[np.ndarray, np.ndarray]:
     """A cut answer fails every criterion: its (C,) values become the lowest value seen on each criterion, on
-    either side (a judge sees only a fragment of it, so its own values would flatter it). Idempotent."""
-    floor = np.minimum(policy_values.min(axis=0), reference_values.min(axis=0))  # (C,)
+    either side (a judge sees only a fragment of it, so its own values would flatter it), and 0 on a criterion
+    whose values all lie in [0, 1] (a pass/fail or a rate: when every answer passed, the lowest value seen is
+    a pass). Idempotent."""
+    both = np.concatenate([policy_values, reference_values], axis=0)  # (2N, C)
+    floor = both.min(axis=0)  # (C,)
+    floor = np.where((floor >= 0) & (both.max(axis=0) <= 1), 0.0, floor)  # (C,)
     policy = np.where(np.asarray(policy_finished)[:, None], policy_values, floor)  # (N, C)
     reference = np.where(np.asarray(reference_finished)[:, None], reference_values, floor)  # (N, C)
     return policy, reference

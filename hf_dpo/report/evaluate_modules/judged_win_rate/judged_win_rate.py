@@ -21,7 +21,8 @@ Win/tie/loss of policy answers against reference answers to the same prompts, sc
 one number per answer, or one vector of criterion values in order of importance (e.g. [correct, concise]):
 the first criterion whose values differ (by more than tie_tolerance) decides the prompt, so a concise wrong
 answer never beats a correct one. An answer cut at the decoding cap (finished False) loses to a finished one
-and fails every criterion (it takes the lowest value seen on each criterion). Identical answers tie.
+and fails every criterion (it takes the lowest value seen on each criterion, 0 on one whose values lie in
+[0, 1]). Identical answers tie.
 win_rate = (wins + ties / 2) / n, with a Wilson score interval on that fractional count; each criterion's
 rates get a Wilson interval (0/1 values) or a bootstrap one, their difference a paired bootstrap interval.
 """
