@@ -98,6 +98,14 @@ def _check_row_objects(path: Path, rows: list) -> list[dict]:
 
 
 def _read_file(path: Path) -> list[dict]:
+    """The rows of one data file; DataError naming the file for one that cannot be opened or parsed."""
+    try:
+        return _read_rows(path)
+    except OSError as err:  # a directory named train.jsonl, a dangling symlink, no permission
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}).") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path)
@@ -118,6 +126,13 @@ def _read_file(path: Path) -> list[dict]:
             if len(data) == 1 and lists:
                 data = lists[0]
             elif lists and len(lists) == len(data):
+                lengths = {key: len(value) for key, value in data.items()}
+                if len(set(lengths.values())) > 1:  # zip would silently cut every column to the shortest
+                    counts = ", ".join(f"{key}: {n}" for key, n in lengths.items())
+                    raise DataError(
+                        f"{path}: its columns have different lengths ({counts}); a column-oriented .json needs "
+                        "one value per row in every column."
+                    )
                 data = [dict(zip(data, values)) for values in zip(*data.values())]
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of rows (objects), got {type(data).__name__}.")
@@ -128,16 +143,28 @@ def _read_file(path: Path) -> list[dict]:
         try:
             ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
-            raise DataError(f"{path}: could not be read as {suffix[1:]}: {err}") from None
+            while (
+                err.__cause__ is not None
+            ):  # datasets wraps the parser's own error in "An error occurred ..."
+                err = err.__cause__
+            reason = " ".join(str(err).split())  # pandas' messages span lines; the error is one line
+            raise DataError(
+                f"{path}: could not be read as {suffix[1:]} ({type(err).__name__}: {reason})."
+            ) from None
         return ds.to_list()
     raise DataError(f"{path}: unsupported file type '{suffix}'. Use .json, .jsonl, .parquet or .csv.")
 
 
 def _split_files(directory: Path) -> dict[str, Path]:
-    files = {}
+    files: dict[str, Path] = {}
     for path in sorted(directory.iterdir()):
         if path.suffix.lower() in LOCAL_FORMATS:
-            files.setdefault(path.stem, path)
+            if path.stem in files:  # train.json and train.jsonl: reading one would silently ignore the other
+                raise DataError(
+                    f"{directory}: two files for split '{path.stem}' ({files[path.stem].name} and {path.name}). "
+                    "Keep one of them in the directory."
+                )
+            files[path.stem] = path
     if not files:
         raise DataError(
             f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl)."
@@ -239,6 +266,21 @@ def _common_string_prefix(a: str, b: str) -> int:
     return n
 
 
+def _check_encodable(value: str | list[dict], column: str) -> None:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"), which is no character: the tokenizer raises a
+    TypeError on it deep inside, so the row is named here instead."""
+    for text in [value] if isinstance(value, str) else [m["content"] for m in value]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise BadRow(
+                column,
+                f"character {err.start} is {text[err.start]!r}, half of a UTF-16 surrogate pair and not text "
+                "(an escape such as \\ud800 in the JSON; the file was cut or converted badly)",
+                "not text",
+            ) from None
+
+
 def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
     """One raw row -> {"prompt": str | messages, "chosen": str | messages, "rejected": ..., "implicit": bool}."""
     values = {}
@@ -293,6 +335,12 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             raise BadRow(column, "empty response", "empty response")
     if values["chosen"] == values["rejected"]:
         raise BadRow(cfg.rejected_column, "chosen and rejected are identical", "chosen == rejected")
+    for value, column in (
+        (prompt, cfg.prompt_column),
+        (values["chosen"], cfg.chosen_column),
+        (values["rejected"], cfg.rejected_column),
+    ):
+        _check_encodable(value, column)
     return {
         "prompt": prompt,
         "chosen": values["chosen"],

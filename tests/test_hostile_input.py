@@ -138,3 +138,76 @@ def test_sample_keeps_a_readme_it_did_not_write(tmp_path, no_reference):
     with pytest.raises(SamplingError, match="README.md exists and is not a dataset card hf-dpo wrote"):
         run_sampling(_sampling_recipe(tmp_path, pairs_file=tmp_path / "data" / "train.jsonl"))
     assert (tmp_path / "data" / "README.md").read_text() == "# My project\n"
+
+
+# ---------------------------------------------------------------- preference data: never cut short, never a traceback
+
+
+def _read(path: Path, **cfg):
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import read_splits
+
+    return read_splits(DataConfig(dataset_name=str(path), **cfg))
+
+
+def test_column_oriented_json_with_columns_of_different_lengths_is_named(tmp_path):
+    """Before: zip cut every column to the shortest, and 2 of 3 rows trained without a word."""
+    from hf_dpo.data import DataError
+
+    path = tmp_path / "pairs.json"
+    path.write_text(
+        json.dumps({"prompt": ["a", "b", "c"], "chosen": ["x", "y", "z"], "rejected": ["r", "s"]})
+    )
+    with pytest.raises(DataError, match=r"pairs\.json: its columns have different lengths.*rejected: 2"):
+        _read(path)
+
+
+def test_two_files_for_one_split_are_named_not_one_ignored(tmp_path):
+    """Before: train.json was read and train.jsonl beside it silently ignored."""
+    from hf_dpo.data import DataError
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    (tmp_path / "train.json").write_text(json.dumps([row]))
+    _write_jsonl(tmp_path / "train.jsonl", [row] * 6)
+    with pytest.raises(DataError, match=r"two files for split 'train' \(train\.json and train\.jsonl\)"):
+        _read(tmp_path)
+
+
+def test_a_split_file_that_cannot_be_opened_is_named_itself(tmp_path):
+    """Before: 'DIR: cannot be read (No such file or directory)', naming the directory, which exists."""
+    from hf_dpo.data import DataError
+
+    _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    (tmp_path / "test.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(DataError, match=r"test\.jsonl: cannot be read \(No such file"):
+        _read(tmp_path, dataset_test_split="test")
+
+
+def test_a_csv_that_cannot_be_parsed_says_why(tmp_path):
+    """Before: 'could not be read as csv: An error occurred while generating the dataset' (datasets' wrapper)."""
+    from hf_dpo.data import DataError
+
+    (tmp_path / "pairs.csv").write_text('prompt,chosen,rejected\n"a,b\n')
+    with pytest.raises(
+        DataError, match=r"pairs\.csv: could not be read as csv \(ParserError: .*EOF inside string"
+    ):
+        _read(tmp_path / "pairs.csv")
+
+
+@pytest.mark.parametrize("column", ["prompt", "chosen"])
+def test_a_lone_surrogate_in_a_row_is_named_before_the_tokenizer(tmp_path, column):
+    """'\\ud800' in the JSON: before, the row passed every check and the tokenizer raised TypeError ('TextEncodeInput
+    must be Union[...]') from inside transformers once the model was loaded."""
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import BadRow, normalize_row
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row).replace(f'"{row[column]}"', f'"{row[column]}\\ud800"') + "\n")
+    (parsed,) = (r for _, rows in _read(path).values() for r in rows)
+    with pytest.raises(BadRow, match="surrogate") as bad:
+        normalize_row(parsed, DataConfig())
+    assert bad.value.column == column
+    messages = {"prompt": [{"role": "user", "content": "p\ud800"}], "chosen": "a", "rejected": "b"}
+    with pytest.raises(BadRow, match="surrogate"):
+        normalize_row(messages, DataConfig())
