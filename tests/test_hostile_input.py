@@ -211,3 +211,34 @@ def test_a_lone_surrogate_in_a_row_is_named_before_the_tokenizer(tmp_path, colum
     messages = {"prompt": [{"role": "user", "content": "p\ud800"}], "chosen": "a", "rejected": "b"}
     with pytest.raises(BadRow, match="surrogate"):
         normalize_row(messages, DataConfig())
+
+
+# ---------------------------------------------------------------- prompts for sampling
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    """Before: a .txt saved by a Windows editor gave '\\ufeffQuestion one?' as the first prompt, sampled and
+    trained on with an invisible character in front."""
+    from hf_dpo.pairs.formats import read_prompts
+
+    (tmp_path / "prompts.txt").write_bytes("\ufeffQuestion one?\r\nQuestion two?\r\n".encode())
+    assert read_prompts(tmp_path / "prompts.txt") == ["Question one?", "Question two?"]
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ([{"role": "human", "content": "Hi"}], "role 'human' is not one of system, user"),
+        ("Hi \ud800", "surrogate"),
+        ([{"role": "user", "content": "Hi \ud800"}], "surrogate"),
+    ],
+)
+def test_prompts_training_would_refuse_are_named_before_sampling(tmp_path, prompt, message):
+    """Before: sampled for minutes, then `hf-dpo train` refused every pair of the prompt (role) or the tokenizer
+    raised TypeError once the reference was loaded (surrogate)."""
+    from hf_dpo.pairs.formats import SamplingError, read_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "Fine?"}) + "\n" + json.dumps({"prompt": prompt}) + "\n")
+    with pytest.raises(SamplingError, match=rf"prompts\.jsonl, line 2: .*{message}"):
+        read_prompts(path)

@@ -35,8 +35,14 @@ def prompt_text(prompt: Prompt) -> str:
 
 
 def check_prompt(value: Any, where: str) -> Prompt:
-    """`value` if it is a prompt (a non-empty string or a list of messages); SamplingError naming `where` else."""
+    """`value` if it is a prompt (a non-empty string or a list of messages); SamplingError naming `where` else.
+
+    A prompt's messages take the roles training accepts, and its text is encodable: the pairs made from it are
+    trained on, and a prompt training refuses would only be named after sampling it (minutes)."""
+    from hf_dpo.data import CHAT_ROLES
+
     if isinstance(value, str) and value.strip():
+        _check_text(value, where)
         return value
     if (
         isinstance(value, list)
@@ -46,10 +52,28 @@ def check_prompt(value: Any, where: str) -> Prompt:
             for m in value
         )
     ):
+        for m in value:
+            if m["role"] not in CHAT_ROLES:
+                raise SamplingError(
+                    f"{where}: message role {m['role']!r} is not one of {', '.join(CHAT_ROLES)} (training refuses "
+                    "the pairs of such a prompt). Rename the role."
+                )
+            _check_text(m["content"], where)
         return value
     raise SamplingError(
         f"{where}: prompt must be a non-empty string or a list of {{'role', 'content'}} messages, got {value!r}."
     )
+
+
+def _check_text(text: str, where: str) -> None:
+    """No lone UTF-16 surrogate ("\\ud800" in JSON): the tokenizer raises TypeError on it after the model loads."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SamplingError(
+            f"{where}: character {err.start} of the prompt is {text[err.start]!r}, half of a UTF-16 surrogate pair "
+            "and not text (the file was cut or converted badly). Fix that prompt."
+        ) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
@@ -71,7 +95,8 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
         )
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        text = read_utf8_text(path, error=SamplingError)
+        # A byte-order mark (Windows editors) would otherwise become the first prompt's first character.
+        text = read_utf8_text(path, error=SamplingError).removeprefix("\ufeff")
         prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
         prompts = [p for p in prompts if p.strip()]
     elif suffix == ".jsonl":
