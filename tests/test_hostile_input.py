@@ -242,3 +242,40 @@ def test_prompts_training_would_refuse_are_named_before_sampling(tmp_path, promp
     path.write_text(json.dumps({"prompt": "Fine?"}) + "\n" + json.dumps({"prompt": prompt}) + "\n")
     with pytest.raises(SamplingError, match=rf"prompts\.jsonl, line 2: .*{message}"):
         read_prompts(path)
+
+
+# ---------------------------------------------------------------- hf-dpo bench: bad options before any line starts
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--quantization", "3bit"], "--quantization 3bit: choose from 4bit, 8bit, none"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--batch-size", "-2"], "--batch-size must be >= 1, got -2"),
+        (["--out", "{d}"], "is a directory"),
+        (["--out", "{d}/file.txt/bench.json"], "cannot be written"),
+        (["--recipe", "{d}/missing.yaml"], "missing.yaml cannot be read"),
+        (["--recipe", "{d}/bad.yaml"], "bad.yaml cannot be read (ParserError"),
+        (["--data-sets", "{d}/broken.jsonl"], "broken.jsonl, line 2: not valid JSON"),
+        (["--data-sets", "{d}/no_prompt.jsonl"], "no_prompt.jsonl, row 0: no prompt"),
+    ],
+)
+def test_bench_options_are_checked_before_any_line_runs(tmp_path, monkeypatch, capsys, argv, message):
+    """Before: a bad --quantization, --steps or --out was met in each line's fresh process (a model load each) or
+    after the whole bench (--out: the table was lost); a bad --recipe or data file was a Python traceback."""
+    pytest.importorskip("trl")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a bench line started before the options were checked")
+
+    monkeypatch.setattr("hf_dpo.bench.runner.spawn", refuse)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "bad.yaml").write_text("lora_r: [1\n")
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    (tmp_path / "broken.jsonl").write_text(json.dumps(row) + "\n{not json\n")
+    _write_jsonl(tmp_path / "no_prompt.jsonl", [{"chosen": "a", "rejected": "b"}] * 4)
+    argv = [a.format(d=tmp_path) for a in argv]
+    rc = cli.main(["bench", "--quick", "--batch-size", "1", "--out", str(tmp_path / "b.json"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err

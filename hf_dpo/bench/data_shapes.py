@@ -14,7 +14,6 @@ form both trainers read alike.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -142,7 +141,18 @@ def arithmetic_pairs(n: int, seed: int = 0) -> list[dict]:
 
 def read_pairs(path: str | Path, n: int) -> list[dict]:
     """The first `n` prompt/chosen/rejected rows of a .jsonl file, in conversational form."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    from hf_dpo.files import read_jsonl
+
+    try:
+        rows = [row for _, row in read_jsonl(path, error=BenchError)]
+    except OSError as err:
+        raise BenchError(f"{path}: cannot be read ({err.strerror or err}).") from None
+    for index, row in enumerate(rows[:n]):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise BenchError(
+                f"{path}, row {index}: no {', '.join(missing)}; the bench reads prompt/chosen/rejected rows."
+            )
     if len(rows) < n:
         raise BenchError(
             f"{path} has {len(rows)} pairs; the bench needs {n} (lower --steps or --batch-size)."

@@ -32,6 +32,37 @@ def require_trl() -> None:
         )
 
 
+QUANTIZATIONS = ("4bit", "8bit", "none")
+
+
+def check_settings(
+    quantizations: tuple[str, ...], batch_size: int, steps: int, warmup: int, max_length: int, out: str | None
+) -> None:
+    """The bench's own options, before any line starts: each line is a fresh process that loads a model, so a bad
+    value met there costs minutes per line, and an --out that cannot be written would lose the finished table."""
+    from hf_dpo.files import why_not_writable
+
+    unknown = [q for q in quantizations if q not in QUANTIZATIONS]
+    if unknown:
+        raise BenchError(f"--quantization {' '.join(unknown)}: choose from {', '.join(QUANTIZATIONS)}.")
+    for option, value, low in (
+        ("--batch-size", batch_size, 1),
+        ("--steps", steps, 1),
+        ("--warmup", warmup, 0),
+        ("--max-length", max_length, 1),
+    ):
+        if value < low:
+            raise BenchError(f"{option} must be >= {low}, got {value}.")
+    if out:
+        if Path(out).is_dir():
+            raise BenchError(
+                f"--out {out} is a directory; give the JSON file to write, e.g. {Path(out) / 'bench.json'}."
+            )
+        problem = why_not_writable(Path(out).parent)
+        if problem:
+            raise BenchError(f"--out {out} cannot be written ({problem}); give another --out.")
+
+
 def recipe_settings(recipe: str | None) -> tuple[dict, str | None, str | None]:
     """(LoRA settings, demo data path, recipe used) from the recipe (default recipes/demo.yaml if present).
 
@@ -41,7 +72,13 @@ def recipe_settings(recipe: str | None) -> tuple[dict, str | None, str | None]:
         return dict(DEFAULT_LORA), None, None
     import yaml
 
-    keys = yaml.safe_load(Path(recipe).read_text()) or {}
+    try:
+        keys = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())  # YAML's messages span lines; the error is one line
+        raise BenchError(f"--recipe {recipe} cannot be read ({type(err).__name__}: {reason}).") from None
+    if not isinstance(keys, dict):
+        raise BenchError(f"--recipe {recipe} must be a mapping of key: value, not {type(keys).__name__}.")
     lora = {name: keys.get(f"lora_{name}", value) for name, value in DEFAULT_LORA.items()}
     data = Path(keys["dataset_name"]) if keys.get("dataset_name") else None
     if data is not None and data.is_dir():
@@ -164,6 +201,7 @@ def run_bench(
     left out of the per-step medians (the end-to-end time counts every step)."""
     require_trl()
     lines = check_lines(lines or DEFAULT_LINES)
+    check_settings(quantizations, batch_size, steps, warmup, max_length, out)
     lora, demo_path, recipe = recipe_settings(recipe)
     n_pairs = batch_size * steps
     sources = {name: load_data_set(name, n_pairs, seed, demo_path) for name in data_sets}
