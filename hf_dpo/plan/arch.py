@@ -130,6 +130,15 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False where the name cannot even be looked up (too long for the file system, a NUL byte):
+    such a name is no local model, and the lookups after it say so."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_arch(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Arch:
     """Architecture facts for a model, without downloading weights.
 
@@ -150,7 +159,7 @@ def load_arch(name_or_path: str, revision: str | None = None, trust_remote_code:
         arch = Arch.from_config(facts[alias[2]], f"bundled facts for {alias[2]}")
         arch.checkpoint_bytes = arch.num_params * 4
         return arch
-    if (local / "config.json").is_file():
+    if _is_file(local / "config.json"):
         return _local_arch(local)
     if name_or_path in facts:
         return Arch.from_config(facts[name_or_path], f"bundled facts for {name_or_path}")

@@ -446,8 +446,14 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
     if not match:
         raise PlanError(f"memory size '{text}' is not like 24GB, 16GiB or 8000MB.")
-    value, unit = float(match.group(1)), match.group(2) or "g"
-    return int(value * 1024 ** "bkmgt".index(unit))
+    try:
+        value, unit = float(match.group(1)), match.group(2) or "g"
+    except ValueError:  # "1.2.3GB", "."
+        raise PlanError(f"memory size '{text}' is not like 24GB, 16GiB or 8000MB.") from None
+    size = int(value * 1024 ** "bkmgt".index(unit))
+    if size <= 0:  # nothing fits in 0 bytes: a plan that says so would only hide the typo
+        raise PlanError(f"memory size '{text}' must be more than 0, e.g. 24GB.")
+    return size
 
 
 def _candidates(s: Settings) -> list[tuple[dict, Settings, str]]:
