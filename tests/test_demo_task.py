@@ -120,6 +120,38 @@ def test_judge_rejects_prompts_it_cannot_answer():
         judge("Write a poem about the sea.", "Waves.")
 
 
+@pytest.mark.parametrize(
+    "prompt, completion, correct",
+    [
+        # A capital that bears the country's name: naming the country is not answering.
+        ("Which city is the capital of Singapore?", "The capital of Singapore is Jakarta.", False),
+        ("Which city is the capital of Singapore?", "Naad Lim, Singapore's capital is Tanjim Kampus.", False),
+        (
+            "What city is Singapore's capital?",
+            "Sinan is the capital of Indonesia. Singapore is a city.",
+            False,
+        ),
+        ("Which city is the capital of Singapore?", "Singapore.", True),
+        ("Which city is the capital of Singapore?", "The capital of Singapore is Singapore.", True),
+        ("What is the capital of Luxembourg?", "The capital of Luxembourg is Luxembourg (Luxembourg).", True),
+        ("What is the capital of Luxembourg?", "The capital of Luxembourg is Lille.", False),
+        ("What is the capital of Mexico?", "The capital of Mexico is Mexico City.", True),
+        ("What is the capital of Mexico?", "The capital of Mexico is Guadalajara.", False),
+        # A competing answer: another country's capital, or the answer given as another country's capital.
+        (
+            "What city is North Korea's capital?",
+            "North Korea's capital city is Pyongyang, also known as Seoul.",
+            False,
+        ),
+        ("What is the capital of France?", "Paris is the capital of Germany.", False),
+        ("What is the capital of France?", "The capital of France is Paris, the City of Light.", True),
+        ("What is the capital of Bolivia?", "Sucre, though the government sits in La Paz.", True),
+    ],
+)
+def test_a_capital_is_the_answer_only_when_it_is_stated_as_one(prompt, completion, correct):
+    assert is_correct(prompt, completion) is correct
+
+
 def test_is_correct_repeats_of_question_numbers_are_not_competing_answers():
     assert is_correct("What is 12 + 30?", "12 + 30 = 42")
     assert not is_correct("What is 12 + 30?", "12 + 30 = 43")

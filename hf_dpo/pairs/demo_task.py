@@ -248,6 +248,16 @@ def parse_numbers(text: str) -> list[int]:
     return [int(m.group().replace(",", "")) for m in _NUMBER.finditer(text)]
 
 
+def prompt_country(prompt: str) -> str | None:
+    """The country a capital-city prompt asks about, or None."""
+    folded = _fold(prompt)
+    # Longest name first, so "South Korea" wins over a shorter name it contains.
+    for country in sorted(CAPITALS, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(_fold(country))}\b", folded):
+            return country
+    return None
+
+
 def expected_answer(prompt: str) -> int | tuple[str, ...]:
     """The correct answer to a demo prompt: an int, or the accepted capital names. ValueError if none."""
     m = _ARITH_PROMPT.search(prompt)
@@ -261,28 +271,47 @@ def expected_answer(prompt: str) -> int | tuple[str, ...]:
             return int(g["ma"]) * int(g["mb"])
         op = _OPS[g["op"].lower()]
         return ARITHMETIC[op][2](int(g["a"]), int(g["b"]))
-    folded = _fold(prompt)
-    # Longest name first, so "South Korea" wins over a shorter name it contains.
-    for country in sorted(CAPITALS, key=len, reverse=True):
-        if re.search(rf"\b{re.escape(_fold(country))}\b", folded):
-            return CAPITALS[country]
-    raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
+    country = prompt_country(prompt)
+    if country is None:
+        raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
+    return CAPITALS[country]
+
+
+def _named(folded: str, names) -> bool:
+    return any(re.search(rf"\b{re.escape(_fold(name))}\b", folded) for name in names)
 
 
 def is_correct(prompt: str, completion: str) -> bool:
     """Whether `completion` gives the correct answer as its answer.
 
     Arithmetic: the result appears and no other candidate does (numbers from the question itself may be
-    repeated, as in "23 + 58 = 81"; "81 or 82" is not an answer). Capitals: an accepted name appears
-    as a whole word, case- and accent-insensitively.
+    repeated, as in "23 + 58 = 81"; "81 or 82" is not an answer). Capitals: an accepted name appears as a whole
+    word, case- and accent-insensitively, and no competing answer does: no other country's capital ("Pyongyang,
+    also known as Seoul"), no "capital of <another country>". The question's own country named as such ("the
+    capital of Singapore", "Singapore's") is not an answer, for capitals that bear the country's name
+    (Singapore, Luxembourg): "The capital of Singapore is Jakarta." is wrong.
     """
     answer = expected_answer(prompt)
     if isinstance(answer, int):
         found = set(parse_numbers(completion))
         candidates = found - set(parse_numbers(prompt))
         return answer in found and candidates <= {answer}
+    country = prompt_country(prompt)
     folded = _fold(completion)
-    return any(re.search(rf"\b{re.escape(_fold(name))}\b", folded) for name in answer)
+    name = re.escape(_fold(country))
+    stated = re.sub(rf"\b(?:of|in) (?:the )?{name}\b(?! city)|\b{name}'s\b", " ", folded)
+    if not _named(stated, answer):
+        return False
+    accepted = {_fold(a) for a in answer}
+    others = [
+        c for other, names in CAPITALS.items() if other != country for c in names if _fold(c) not in accepted
+    ]
+    claims_other = any(
+        re.search(rf"\bcapital (?:city )?of (?:the )?{re.escape(_fold(other))}\b", folded)
+        for other in CAPITALS
+        if other != country
+    )
+    return not _named(folded, others) and not claims_other
 
 
 def judge(prompt: str, completion: str) -> dict[str, float]:
