@@ -115,3 +115,37 @@ def test_the_logged_metrics_reach_the_log_history(tmp_path, tiny):
     assert set(TRL_LOGGED) <= set(train_log)
     assert {f"eval_{key}" for key in TRL_LOGGED} <= set(eval_log)
     assert abs(train_log["loss"] - torch.log(torch.tensor(2.0)).item()) < 1e-4  # LoRA starts at zero
+
+
+def test_quantization_config_is_a_trainer_argument_as_in_trl(tmp_path, tiny, tiny_model_dir, monkeypatch):
+    """TRL 1.16's DPOTrainer takes `quantization_config=` and loads a model given by name with it (QLoRA from a
+    model id); hf_dpo handed it on to transformers.Trainer, which raised TypeError. Like TRL: both it and
+    model_init_kwargs' quantization_config is an error, and so is it with a model already loaded."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    real = AutoModelForCausalLM.from_pretrained
+    seen = {}
+
+    def from_pretrained(name, **kwargs):  # 4-bit needs a GPU: record the argument, load unquantized
+        seen.update(kwargs)
+        kwargs.pop("quantization_config", None)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    base, tokenizer = tiny
+    kwargs = dict(train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer, peft_config=lora(True))
+    DPOTrainer(
+        model=tiny_model_dir, args=DPOConfig(**common_args(tmp_path, "q")), quantization_config=bnb, **kwargs
+    )
+    assert seen["quantization_config"] is bnb
+    both = DPOConfig(**common_args(tmp_path, "both"), model_init_kwargs={"quantization_config": bnb})
+    with pytest.raises(ValueError, match="both"):
+        DPOTrainer(model=tiny_model_dir, args=both, quantization_config=bnb, **kwargs)
+    with pytest.raises(ValueError, match="already loaded"):
+        DPOTrainer(
+            model=copy.deepcopy(base),
+            args=DPOConfig(**common_args(tmp_path, "loaded")),
+            quantization_config=bnb,
+            **kwargs,
+        )

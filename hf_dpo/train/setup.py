@@ -23,11 +23,25 @@ class TrainerSetupError(HfDpoError, ValueError):
     """DPOTrainer's arguments cannot work together; the message says what to pass instead."""
 
 
-def with_lora(model, processing_class, peft_config, args: DPOConfig):
-    """(peft model, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs), a
-    tokenizer or none, a LoRA config; dropout off unless disable_dropout is false."""
+def with_lora(model, processing_class, peft_config, args: DPOConfig, quantization_config=None):
+    """(peft model, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs and, as
+    TRL 1.x does, the trainer's `quantization_config`), a tokenizer or none, a LoRA config; dropout off unless
+    disable_dropout is false."""
     init_kwargs = dict(args.model_init_kwargs or {})
     init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    if quantization_config is not None:
+        if not isinstance(model, str):
+            raise TrainerSetupError(
+                "quantization_config was passed to DPOTrainer but the model is already loaded: quantization applies "
+                "when the model is loaded from its name. Pass the model's name (a str), or load it with "
+                "quantization_config yourself and omit it here."
+            )
+        if "quantization_config" in init_kwargs:
+            raise TrainerSetupError(
+                "quantization_config is set both as a DPOTrainer argument and in DPOConfig.model_init_kwargs; "
+                "set it in one place (as TRL, preferably the trainer argument)."
+            )
+        init_kwargs["quantization_config"] = quantization_config
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 

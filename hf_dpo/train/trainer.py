@@ -69,9 +69,10 @@ def trl_token_count(batch: dict[str, torch.Tensor], accelerator) -> int:
 
 class DPOTrainer(Trainer):
     """DPO for LoRA adapters. Accepts TRL's constructor arguments (`model`, `args`, `train_dataset`,
-    `eval_dataset`, `processing_class`, `peft_config`); datasets may be raw (prompt/chosen/rejected rows in
-    any shape `hf_dpo.data` reads) or already tokenized. Without `data_config` the rows are read as TRL reads them: a
-    plain-string prompt is tokenized as it is, without the chat template (recipes pass theirs)."""
+    `eval_dataset`, `processing_class`, `peft_config`, `quantization_config` for a model given by name); datasets
+    may be raw (prompt/chosen/rejected rows in any shape `hf_dpo.data` reads) or already tokenized. Without
+    `data_config` the rows are read as TRL reads them: a plain-string prompt is tokenized as it is, without the chat
+    template (recipes pass theirs)."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class DPOTrainer(Trainer):
         processing_class=None,
         peft_config=None,
         data_config: DataConfig | None = None,
+        quantization_config=None,
         **kwargs,
     ):
         args = args or DPOConfig(output_dir="runs/dpo")
@@ -95,7 +97,7 @@ class DPOTrainer(Trainer):
                 "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
                 "model: pass peft_config (or a PeftModel) and no ref_model."
             )
-        model, processing_class = with_lora(model, processing_class, peft_config, args)
+        model, processing_class = with_lora(model, processing_class, peft_config, args, quantization_config)
         keep_4bit_layers_trainable(model)
         return_freed_memory(args)
         self._router_aux_coef = router_aux_coef(model, args)
