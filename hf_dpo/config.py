@@ -692,12 +692,40 @@ def _suggest(key: str, valid: list[str]) -> str:
     return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?" if close else ""
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A key given twice in one mapping: YAML would silently keep the last value."""
+
+
+class _NoDuplicateKeysLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then `key: ...` overrides a merged key, by design
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: construct_mapping names it
+                    continue
+                if duplicate:
+                    raise _DuplicateKey(problem=repr(key), problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(
+            f"Recipe {path} is a directory; a recipe is a YAML file (recipes live in recipes/; see `ls recipes/`)."
+        )
     if not path.is_file():
         raise RecipeError(f"Recipe {path} does not exist. Recipes live in recipes/; see `ls recipes/`.")
     try:
-        values = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        values = yaml.load(path.read_bytes().decode("utf-8"), Loader=_NoDuplicateKeysLoader) or {}
     except UnicodeDecodeError as err:
         raw = path.read_bytes()
         line = raw.count(b"\n", 0, err.start) + 1
@@ -706,6 +734,11 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except OSError as err:
         raise RecipeError(f"Recipe {path} cannot be read ({err.strerror or err}).") from None
+    except _DuplicateKey as err:
+        raise RecipeError(
+            f"Recipe {path}, line {err.problem_mark.line + 1}: key {err.problem} is given twice; YAML would keep "
+            "only the last value. Delete one of them."
+        ) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
     except RecursionError:

@@ -302,3 +302,29 @@ def test_plan_a_model_name_too_long_for_a_path_is_named(monkeypatch):
     monkeypatch.setattr("hf_dpo.plan.arch._hub_reachable", lambda: False)
     with pytest.raises(PlanError, match="No architecture for 'aaaa"):
         load_arch("a" * 300)
+
+
+# ---------------------------------------------------------------- recipe files: a key twice, a directory
+
+
+def test_recipe_key_given_twice_is_refused_naming_file_key_and_line(tmp_path):
+    """Before: `beta: 0.1` then `beta: 0.2` silently trained with 0.2 (YAML keeps the last value)."""
+    from hf_dpo.config import RecipeError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("beta: 0.1\nlearning_rate: 1.0e-6\nbeta: 0.2\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml, line 3: key 'beta' is given twice"):
+        load_recipe(recipe)
+    # `<<: *base` then the same key is YAML's override, not a key written twice
+    recipe.write_text("base: &b {a: 1}\nc:\n  <<: *b\n  a: 2\n")
+    from hf_dpo.config import read_recipe_file
+
+    assert read_recipe_file(recipe)["c"] == {"a": 2}
+
+
+def test_recipe_path_that_is_a_directory_says_so(tmp_path):
+    """Before: "Recipe recipes does not exist", for a directory that plainly exists."""
+    from hf_dpo.config import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match=r"is a directory; a recipe is a YAML file"):
+        load_recipe(tmp_path)
