@@ -16,6 +16,8 @@ from pathlib import Path
 
 from hf_dpo.errors import HfDpoError
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark
+
 
 def read_jsonl(
     path: str | os.PathLike,
@@ -29,6 +31,8 @@ def read_jsonl(
     rows = []
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:  # a byte-order mark, as Windows editors write one, is not part of the row
+                raw = raw.removeprefix(_BOM)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -53,15 +57,16 @@ def read_jsonl(
 
 
 def read_utf8_text(path: str | os.PathLike, error: type[HfDpoError] = HfDpoError) -> str:
-    """The whole file as text; `error` naming the file, line and byte when it is not UTF-8."""
+    """The whole file as text, less a leading byte-order mark (Windows editors write one); `error` naming the
+    file, line and byte when it is not UTF-8."""
     raw = Path(path).read_bytes()
+    start = len(_BOM) if raw.startswith(_BOM) else 0
     try:
-        return raw.decode("utf-8")
+        return raw[start:].decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise error(
-            f"{path}, line {line}: not UTF-8 text (byte {err.start}). Save the file as UTF-8."
-        ) from None
+        byte = err.start + start  # counted in the file, mark included
+        line = raw.count(b"\n", 0, byte) + 1
+        raise error(f"{path}, line {line}: not UTF-8 text (byte {byte}). Save the file as UTF-8.") from None
 
 
 @contextlib.contextmanager

@@ -328,3 +328,30 @@ def test_recipe_path_that_is_a_directory_says_so(tmp_path):
 
     with pytest.raises(RecipeError, match=r"is a directory; a recipe is a YAML file"):
         load_recipe(tmp_path)
+
+
+# ---------------------------------------------------------------- a byte-order mark is not part of the first row
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_data_file_with_a_byte_order_mark_reads_its_first_row(tmp_path, suffix):
+    """Before: "line 1: not valid JSON (Unexpected UTF-8 BOM ...). Fix or delete that line": deleting lost a row."""
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import read_splits
+
+    rows = [
+        {"prompt": "P1", "chosen": "c", "rejected": "r"},
+        {"prompt": "P2", "chosen": "c", "rejected": "r"},
+    ]
+    text = json.dumps(rows) if suffix == ".json" else "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / f"train{suffix}").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    _, read = read_splits(DataConfig(dataset_name=str(tmp_path / f"train{suffix}")))["train"]
+    assert read == rows
+
+
+def test_prompts_jsonl_with_a_byte_order_mark_reads_its_first_prompt(tmp_path):
+    from hf_dpo.pairs.formats import read_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "One?"}\n{"prompt": "Two?"}\n')
+    assert read_prompts(path) == ["One?", "Two?"]

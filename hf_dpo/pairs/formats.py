@@ -95,8 +95,8 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
         )
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        # A byte-order mark (Windows editors) would otherwise become the first prompt's first character.
-        text = read_utf8_text(path, error=SamplingError).removeprefix("\ufeff")
+        # read_utf8_text drops a byte-order mark (Windows editors), else the first prompt's first character.
+        text = read_utf8_text(path, error=SamplingError)
         prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
         prompts = [p for p in prompts if p.strip()]
     elif suffix == ".jsonl":
