@@ -149,3 +149,25 @@ def test_quantization_config_is_a_trainer_argument_as_in_trl(tmp_path, tiny, tin
             quantization_config=bnb,
             **kwargs,
         )
+
+
+def test_predict_takes_a_raw_dataset_like_evaluate(tmp_path, tiny):
+    """trainer.predict(raw rows) failed inside the collator with a bare KeyError: 'prompt_input_ids'; it now
+    tokenizes and gets its reference columns as evaluate(eval_dataset=raw) does: the same loss, and the DPO
+    metrics come back in its metrics (they were left over and mixed into the next evaluation's log)."""
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=DPOConfig(
+            **common_args(tmp_path, "ours"), precompute_ref_log_probs=True, ref_logps_cache_dir="none"
+        ),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(True),
+    )
+    raw = Dataset.from_list(ROWS[:3])
+    evaluated = trainer.evaluate(eval_dataset=raw)
+    predicted = trainer.predict(raw)
+    assert abs(predicted.metrics["test_loss"] - evaluated["eval_loss"]) < 1e-6
+    assert abs(predicted.metrics["test_rewards/margins"] - evaluated["eval_rewards/margins"]) < 1e-6
+    assert not any(trainer._metrics["eval"].values())

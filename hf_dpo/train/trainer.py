@@ -392,8 +392,26 @@ class DPOTrainer(Trainer):
         """`Trainer.evaluate`; a dataset (or dict of them) passed here is tokenized like the trainer's own, as TRL
         does, and gets its reference columns in `get_eval_dataloader`."""
         if eval_dataset is not None and not isinstance(eval_dataset, str):
-            eval_dataset = tokenize(eval_dataset, self.processing_class, self._data_config, self.args)
+            eval_dataset = self._tokenized(eval_dataset)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def _tokenized(self, dataset):
+        """A dataset passed after construction (evaluate, predict), tokenized like the trainer's own."""
+        return tokenize(dataset, self.processing_class, self._data_config, self.args)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """`Trainer.predict` as `evaluate`: a raw dataset is tokenized like the trainer's own and gets its reference
+        columns (`get_test_dataloader`). No predictions (None); the metrics carry the loss and the DPO metrics
+        (`test_rewards/*`, ...), which `Trainer.predict` does not log."""
+        output = super().predict(self._tokenized(test_dataset), ignore_keys, metric_key_prefix)
+        for key, values in self._metrics["eval"].items():
+            if values:
+                output.metrics[f"{metric_key_prefix}_{key}"] = sum(values) / len(values)
+        self._metrics["eval"].clear()  # else they would join the next evaluation's log
+        return output
+
+    def get_test_dataloader(self, test_dataset) -> DataLoader:
+        return super().get_test_dataloader(self._with_reference(test_dataset, "eval"))
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         if isinstance(eval_dataset, str):
