@@ -3,6 +3,7 @@ same DPOConfig defaults, the same reading of the rows when no hf_dpo `data_confi
 logs under TRL's names. The objective itself is compared in test_trl_parity.py."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -171,3 +172,23 @@ def test_predict_takes_a_raw_dataset_like_evaluate(tmp_path, tiny):
     assert abs(predicted.metrics["test_loss"] - evaluated["eval_loss"]) < 1e-6
     assert abs(predicted.metrics["test_rewards/margins"] - evaluated["eval_rewards/margins"]) < 1e-6
     assert not any(trainer._metrics["eval"].values())
+
+
+def test_dataset_num_proc_is_warned_about_not_silently_ignored(tmp_path, tiny, caplog):
+    """A TRL script's dataset_num_proc=4 changed nothing, silently (hf_dpo tokenizes in one process): a warning at
+    trainer start says it has no effect and why; unset or 1, nothing is said."""
+    base, tokenizer = tiny
+    for num_proc, warned in ((4, True), (1, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_dpo"):
+            DPOTrainer(
+                model=copy.deepcopy(base),
+                args=DPOConfig(**common_args(tmp_path, f"np{num_proc}"), dataset_num_proc=num_proc),
+                train_dataset=Dataset.from_list(ROWS),
+                processing_class=tokenizer,
+                peft_config=lora(True),
+            )
+        said = [r.getMessage() for r in caplog.records if "dataset_num_proc" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert "no effect" in said[0] and "one process" in said[0]

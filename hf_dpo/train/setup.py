@@ -80,6 +80,16 @@ def with_lora(model, processing_class, peft_config, args: DPOConfig, quantizatio
     return model, processing_class
 
 
+def warn_unused_settings(args: DPOConfig) -> None:
+    """TRL settings a script may carry that hf_dpo takes but does not use: each one warned about once, at start."""
+    if (args.dataset_num_proc or 0) > 1:
+        logger.warning(
+            "dataset_num_proc=%d has no effect: hf_dpo tokenizes the pairs in this one process (it checks and "
+            "counts every row as it goes; the tokens are the same). Leave dataset_num_proc unset.",
+            args.dataset_num_proc,
+        )
+
+
 def router_aux_coef(model, args: DPOConfig) -> float:
     """The weight of a Mixture-of-Experts router's load-balancing loss (0: none), as TRL resolves it."""
     text_config = model.config.get_text_config()

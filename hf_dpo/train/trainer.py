@@ -52,6 +52,7 @@ from hf_dpo.train.setup import (
     return_freed_memory,
     router_aux_coef,
     tokenize,
+    warn_unused_settings,
     with_lora,
 )
 
@@ -97,6 +98,7 @@ class DPOTrainer(Trainer):
                 "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
                 "model: pass peft_config (or a PeftModel) and no ref_model."
             )
+        warn_unused_settings(args)
         model, processing_class = with_lora(model, processing_class, peft_config, args, quantization_config)
         keep_4bit_layers_trainable(model)
         return_freed_memory(args)
