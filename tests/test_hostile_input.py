@@ -355,3 +355,34 @@ def test_prompts_jsonl_with_a_byte_order_mark_reads_its_first_prompt(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "One?"}\n{"prompt": "Two?"}\n')
     assert read_prompts(path) == ["One?", "Two?"]
+
+
+# ---------------------------------------------------------------- the output-files check is part of the preflight
+
+
+def test_preflight_sampling_checks_the_output_files_once_per_run(tmp_path, monkeypatch):
+    """Before: only run_sampling checked them; preflight_sampling, the one check of a sampling recipe, passed a
+    recipe whose pairs would replace a README.md it did not write."""
+    from hf_dpo.pairs import formats
+    from hf_dpo.pairs.formats import SamplingError
+    from hf_dpo.pairs.sampling import run_sampling
+    from hf_dpo.preflight import preflight_sampling
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "README.md").write_text("# My project\n")
+    recipe = _sampling_recipe(tmp_path, pairs_file=tmp_path / "data" / "train.jsonl")
+    with pytest.raises(SamplingError, match="README.md exists and is not a dataset card hf-dpo wrote"):
+        preflight_sampling(recipe)
+    calls = []
+
+    class Checked(Exception):
+        pass
+
+    def check(*args):
+        calls.append(args)
+        raise Checked
+
+    monkeypatch.setattr(formats, "check_output_files", check)
+    with pytest.raises(Checked):
+        run_sampling(recipe)  # the Python API too: checked, once, before any model loads
+    assert len(calls) == 1
