@@ -146,6 +146,11 @@ def test_judge_rejects_prompts_it_cannot_answer():
         ("What is the capital of France?", "Paris is the capital of Germany.", False),
         ("What is the capital of France?", "The capital of France is Paris, the City of Light.", True),
         ("What is the capital of Bolivia?", "Sucre, though the government sits in La Paz.", True),
+        # The slot "the capital of <country> is ___" holds the answer; a right name later does not undo it.
+        ("What is the capital of Ghana?", "The capital of Ghana is Kumasi, also known as Accra.", False),
+        ("What is the capital of Ghana?", "Ghana's capital city is Kumasi, not Accra.", False),
+        ("What is the capital of Japan?", "The capital of Japan is indeed Tokyo.", True),
+        ("What is the capital of France?", "Paris. The capital is a beautiful city.", True),
     ],
 )
 def test_a_capital_is_the_answer_only_when_it_is_stated_as_one(prompt, completion, correct):

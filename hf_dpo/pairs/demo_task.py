@@ -277,6 +277,17 @@ def expected_answer(prompt: str) -> int | tuple[str, ...]:
     return CAPITALS[country]
 
 
+_FILLER = r"(?:(?:indeed|called|known as|officially|now|the city of|the city)\s+)*"
+
+
+def _answer_slots(folded: str, country: str) -> list[str]:
+    """What follows "the capital (city) of <country> is" / "<country>'s capital (city) is" in `folded`: the
+    slots where the answer says what the capital is."""
+    name = re.escape(_fold(country))
+    pattern = rf"(?:\bcapital(?: city)? of (?:the )?{name}|\b{name}'s capital(?: city)?) is {_FILLER}([a-z][a-z .,'-]*)"
+    return [m.group(1) for m in re.finditer(pattern, folded)]
+
+
 def _named(folded: str, names) -> bool:
     return any(re.search(rf"\b{re.escape(_fold(name))}\b", folded) for name in names)
 
@@ -287,9 +298,11 @@ def is_correct(prompt: str, completion: str) -> bool:
     Arithmetic: the result appears and no other candidate does (numbers from the question itself may be
     repeated, as in "23 + 58 = 81"; "81 or 82" is not an answer). Capitals: an accepted name appears as a whole
     word, case- and accent-insensitively, and no competing answer does: no other country's capital ("Pyongyang,
-    also known as Seoul"), no "capital of <another country>". The question's own country named as such ("the
-    capital of Singapore", "Singapore's") is not an answer, for capitals that bear the country's name
-    (Singapore, Luxembourg): "The capital of Singapore is Jakarta." is wrong.
+    also known as Seoul"), no "capital of <another country>", and a sentence "the capital of <country> is
+    <name>" has an accepted name in that slot ("The capital of Ghana is Kumasi, also known as Accra." is wrong).
+    The question's own country named as such ("the capital of Singapore", "Singapore's") is not an answer, for
+    capitals that bear the country's name (Singapore, Luxembourg): "The capital of Singapore is Jakarta." is
+    wrong.
     """
     answer = expected_answer(prompt)
     if isinstance(answer, int):
@@ -303,6 +316,11 @@ def is_correct(prompt: str, completion: str) -> bool:
     if not _named(stated, answer):
         return False
     accepted = {_fold(a) for a in answer}
+    # Where the answer says what the capital is ("the capital of Ghana is Kumasi, also known as Accra"), the
+    # name in that slot must be an accepted one: a later mention of the right name does not undo a wrong one.
+    for slot in _answer_slots(folded, country):
+        if not any(slot.startswith(capital) for capital in accepted):
+            return False
     others = [
         c for other, names in CAPITALS.items() if other != country for c in names if _fold(c) not in accepted
     ]
