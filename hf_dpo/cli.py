@@ -259,9 +259,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
     from hf_dpo.pairs.labelling import no_pair_account
     from hf_dpo.pairs.sampling import run_sampling
+    from hf_dpo.preflight import preflight_sampling
 
     recipe = load_recipe(args.recipe, args.overrides)
-    # run_sampling runs preflight_sampling first: prompts, judge, output files, before the model loads
+    preflight_sampling(recipe)  # prompts, judge, output files and places: before the reference model loads
     report = run_sampling(recipe)
     for split, st in report["splits"].items():
         line = f"{split}: {st['prompts']} prompts ({st['sampled_now']} sampled now in {st['seconds']:.0f} s, "

@@ -69,7 +69,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
 
 def preflight_sampling(recipe: Recipe) -> None:
     """Check a sampling recipe before the reference model loads: prompts files, judge, output places, and that no
-    output file would replace another or other data (`run_sampling` runs this first)."""
+    output file would replace another or other data."""
     from hf_dpo.pairs.formats import check_output_files, read_prompts
 
     cfg = recipe.sampling

@@ -360,10 +360,9 @@ def test_prompts_jsonl_with_a_byte_order_mark_reads_its_first_prompt(tmp_path):
 # ---------------------------------------------------------------- the output-files check is part of the preflight
 
 
-def test_preflight_sampling_checks_the_output_files_once_per_run(tmp_path, monkeypatch):
+def test_preflight_sampling_checks_the_output_files(tmp_path):
     """Before: only run_sampling checked them; preflight_sampling, the one check of a sampling recipe, passed a
-    recipe whose pairs would replace a README.md it did not write."""
-    from hf_dpo.pairs import formats
+    recipe whose pairs would replace a README.md it did not write. run_sampling still checks for API callers."""
     from hf_dpo.pairs.formats import SamplingError
     from hf_dpo.pairs.sampling import run_sampling
     from hf_dpo.preflight import preflight_sampling
@@ -373,16 +372,5 @@ def test_preflight_sampling_checks_the_output_files_once_per_run(tmp_path, monke
     recipe = _sampling_recipe(tmp_path, pairs_file=tmp_path / "data" / "train.jsonl")
     with pytest.raises(SamplingError, match="README.md exists and is not a dataset card hf-dpo wrote"):
         preflight_sampling(recipe)
-    calls = []
-
-    class Checked(Exception):
-        pass
-
-    def check(*args):
-        calls.append(args)
-        raise Checked
-
-    monkeypatch.setattr(formats, "check_output_files", check)
-    with pytest.raises(Checked):
-        run_sampling(recipe)  # the Python API too: checked, once, before any model loads
-    assert len(calls) == 1
+    with pytest.raises(SamplingError, match="README.md exists and is not a dataset card hf-dpo wrote"):
+        run_sampling(recipe)  # the Python API without the preflight: checked before any model loads

@@ -32,6 +32,7 @@ from hf_dpo.pairs.dataset_card import write_dataset_card
 from hf_dpo.pairs.formats import (
     Prompt,
     SamplingError,
+    check_output_files,
     default_pairs_file,
     default_samples_file,
     prompt_text,
@@ -367,17 +368,14 @@ def _sample_rows(
 
 def run_sampling(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """`hf-dpo sample`: sample train (and held-out) prompts; label with the recipe's judge; write the card.
-
-    `preflight_sampling` first (prompts, judge, output files and places), so every caller gets the checks before
-    the reference model loads."""
-    from hf_dpo.preflight import preflight_sampling
-
-    preflight_sampling(recipe)  # nothing sampled yet when a file would replace another
+    (`hf-dpo sample` runs `hf_dpo.preflight.preflight_sampling` before this.)"""
     cfg = recipe.sampling
     # Held-out first: it is small and the evaluation needs it whole; the long train run can then be
     # stopped and resumed at will.
     splits = {"test": cfg.test_prompts_file} if cfg.test_prompts_file else {}
     splits["train"] = cfg.prompts_file
+    # Again for Python-API callers without the preflight (a file read): nothing is sampled over other data.
+    check_output_files(recipe, list(splits))
     judge = load_judge(cfg.judge) if cfg.judge else None  # fail on a bad judge before sampling for minutes
     model_and_tokenizer = None
     report: dict[str, Any] = {"splits": {}}
