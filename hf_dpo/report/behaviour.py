@@ -177,17 +177,7 @@ def compare_sides(
     }
     result.update(_degeneration(policy_answers, reference_answers, confidence, seed))
     result["identical_completions"] = int(sum(same))
-    # the primary criterion, prompt by prompt: on how many each side is the better one (the verdict's sign test)
-    pv, rv = fail_unfinished(
-        np.asarray(policy_values, dtype=np.float64),
-        np.asarray(reference_values, dtype=np.float64),
-        policy_finished,
-        reference_finished,
-    )
-    result["primary_better"] = {
-        "policy": int((pv[:, 0] > rv[:, 0]).sum()),
-        "reference": int((pv[:, 0] < rv[:, 0]).sum()),
-    }
+    result["primary_better"] = judged["primary_better"]  # the verdict's sign test
     result["policy_mean_score"] = judged["policy_mean_score"]
     result["reference_mean_score"] = judged["reference_mean_score"]
     result = plain(result)

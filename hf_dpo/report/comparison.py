@@ -168,6 +168,11 @@ def judged_comparison(
             name: int((deciding == i).sum()) for i, name in [(-1, "finished"), *enumerate(criteria)]
         },
         "outcomes": outcomes.tolist(),
+        # The first criterion, prompt by prompt: on how many each side is the better one (the verdict's sign test).
+        "primary_better": {
+            "policy": int((pv[:, 0] > rv[:, 0]).sum()),
+            "reference": int((pv[:, 0] < rv[:, 0]).sum()),
+        },
         "policy_mean_score": mean_estimate(pv.sum(axis=1), confidence, seed),
         "reference_mean_score": mean_estimate(rv.sum(axis=1), confidence, seed),
     }

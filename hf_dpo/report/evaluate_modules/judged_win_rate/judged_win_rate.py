@@ -43,6 +43,7 @@ Args:
 Returns:
     n, criteria, per_criterion {name: {policy, reference, difference}}, wins, ties, losses, win_rate,
     ties_count_half, decided_by {finished | criterion: count}, outcomes (1 win, 0.5 tie, 0 loss per prompt),
+    primary_better {policy, reference: prompts where that side is better on the first criterion},
     policy_mean_score, reference_mean_score[, length_controlled_win_rate]; every interval as
     {value, low, high, n, method, confidence}.
 """
