@@ -143,9 +143,8 @@ def _read_rows(path: Path) -> list[dict]:
         try:
             ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
-            while (
-                err.__cause__ is not None
-            ):  # datasets wraps the parser's own error in "An error occurred ..."
+            # datasets wraps the parser's own error in "An error occurred ..."
+            while err.__cause__ is not None:
                 err = err.__cause__
             reason = " ".join(str(err).split())  # pandas' messages span lines; the error is one line
             raise DataError(
@@ -266,19 +265,24 @@ def _common_string_prefix(a: str, b: str) -> int:
     return n
 
 
+def not_text(text: str) -> str | None:
+    """Why `text` is no text, or None: JSON may escape a lone UTF-16 surrogate ("\\ud800"), which is no
+    character, and the tokenizer raises a TypeError on it deep inside. Rows and prompts are checked with this."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (
+            f"character {err.start} is {text[err.start]!r}, half of a UTF-16 surrogate pair and not text "
+            "(an escape such as \\ud800 in the JSON; the file was cut or converted badly)"
+        )
+    return None
+
+
 def _check_encodable(value: str | list[dict], column: str) -> None:
-    """JSON may escape a lone UTF-16 surrogate ("\\ud800"), which is no character: the tokenizer raises a
-    TypeError on it deep inside, so the row is named here instead."""
     for text in [value] if isinstance(value, str) else [m["content"] for m in value]:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise BadRow(
-                column,
-                f"character {err.start} is {text[err.start]!r}, half of a UTF-16 surrogate pair and not text "
-                "(an escape such as \\ud800 in the JSON; the file was cut or converted badly)",
-                "not text",
-            ) from None
+        reason = not_text(text)
+        if reason:
+            raise BadRow(column, reason, "not text")
 
 
 def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:

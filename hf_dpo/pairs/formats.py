@@ -66,14 +66,12 @@ def check_prompt(value: Any, where: str) -> Prompt:
 
 
 def _check_text(text: str, where: str) -> None:
-    """No lone UTF-16 surrogate ("\\ud800" in JSON): the tokenizer raises TypeError on it after the model loads."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise SamplingError(
-            f"{where}: character {err.start} of the prompt is {text[err.start]!r}, half of a UTF-16 surrogate pair "
-            "and not text (the file was cut or converted badly). Fix that prompt."
-        ) from None
+    """No lone UTF-16 surrogate (`hf_dpo.data.not_text`): the tokenizer raises TypeError on it after the model loads."""
+    from hf_dpo.data import not_text
+
+    reason = not_text(text)
+    if reason:
+        raise SamplingError(f"{where}: {reason}. Fix that prompt.")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
