@@ -275,7 +275,17 @@ def test_gpu_terms_include_context(offline):
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("24GB", 24 * GB), ("16 GiB", 16 * GB), ("8000MB", 8000 * 2**20), ("12", 12 * GB)]
+    ("text", "size"),
+    [
+        ("24GB", 24 * GB),
+        ("16 GiB", 16 * GB),
+        ("8000MB", 8000 * 2**20),
+        ("12", 12 * GB),
+        ("0.5TB", 512 * GB),
+        ("24g", 24 * GB),
+        ("2048 MiB", 2 * GB),
+        ("1048576B", 2**20),  # a bare B is bytes: 1 MB, the smallest size taken
+    ],
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size
@@ -284,6 +294,23 @@ def test_parse_size(text, size):
 def test_parse_size_rejects_nonsense():
     with pytest.raises(PlanError):
         parse_size("lots")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Before: a lone "b" fell back to the default unit, so 100b was read as 100 GB.
+        ("100b", "memory size '100b' is 100 bytes; did you mean 100GB?"),
+        ("100 B", "memory size '100 B' is 100 bytes; did you mean 100GB?"),
+        ("512KB", "memory size '512KB' is 524288 bytes; did you mean 512GB?"),
+        ("0", "memory size '0' must be positive, e.g. 24GB."),
+        ("-5GB", "memory size '-5GB' must be positive, e.g. 24GB."),
+    ],
+)
+def test_parse_size_refuses_bytes_too_few_for_any_model(text, message):
+    with pytest.raises(PlanError) as err:
+        parse_size(text)
+    assert str(err.value) == message
 
 
 def test_cli_plan_exit_status_and_suggestion(capsys, offline):

@@ -441,18 +441,24 @@ def fmt(n: float) -> str:
     return f"{n / GB:.2f} GB" if n >= GB else f"{n / MB:.0f} MB"
 
 
-def parse_size(text: str) -> int:
-    """'24GB', '16 GiB', '24' (GB), '8000MB' -> bytes (GB and GiB both mean 2**30, as nvidia-smi shows cards)."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
+def parse_size(text: str, what: str = "memory size") -> int:
+    """'24GB', '16 GiB', '24' (GB), '8000MB', '0.5TB' -> bytes (GB and GiB both mean 2**30, as nvidia-smi shows
+    cards); a bare 'B' is bytes. `what` names the value in errors (the CLI passes its option)."""
+    # The sign is read so that '-5GB' gets "must be positive", not "is not like 24GB"; a unit letter (k/m/g/t)
+    # may be followed by i and b, a lone b is bytes, no unit at all is GB.
+    match = re.fullmatch(r"\s*([+-]?[\d.]+)\s*(?:([kmgt])i?b?|(b))?\s*", str(text).lower())
     if not match:
-        raise PlanError(f"memory size '{text}' is not like 24GB, 16GiB or 8000MB.")
+        raise PlanError(f"{what} '{text}' is not like 24GB, 16GiB or 8000MB.")
     try:
-        value, unit = float(match.group(1)), match.group(2) or "g"
+        value = float(match.group(1))
     except ValueError:  # "1.2.3GB", "."
-        raise PlanError(f"memory size '{text}' is not like 24GB, 16GiB or 8000MB.") from None
+        raise PlanError(f"{what} '{text}' is not like 24GB, 16GiB or 8000MB.") from None
+    unit = match.group(2) or match.group(3) or "g"
     size = int(value * 1024 ** "bkmgt".index(unit))
     if size <= 0:  # nothing fits in 0 bytes: a plan that says so would only hide the typo
-        raise PlanError(f"memory size '{text}' must be more than 0, e.g. 24GB.")
+        raise PlanError(f"{what} '{text}' must be positive, e.g. 24GB.")
+    if size < MB:  # no model trains in less: the unit is a typo, most likely a B for GB
+        raise PlanError(f"{what} '{text}' is {size} bytes; did you mean {match.group(1).lstrip('+')}GB?")
     return size
 
 
