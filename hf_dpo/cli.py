@@ -241,7 +241,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
     from hf_dpo.plan.estimate import parse_size, plan_recipe
 
-    memory = parse_size(args.gpu_memory) if args.gpu_memory else None
+    memory = parse_size(args.gpu_memory, what="--gpu-memory") if args.gpu_memory else None
     plan = plan_recipe(load_recipe(args.recipe, args.overrides), device=args.device, memory=memory)
     print(plan.report(args.recipe))
     return 0 if plan.fits else 1
@@ -321,9 +321,45 @@ def cmd_keys(args: argparse.Namespace) -> int:
 NO_RECIPE = "\0no-recipe"
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--gpu-memory -5GB` -> `--gpu-memory=-5GB`: argparse takes a value that starts with '-' (and is not a
+    plain number) for an option and says only "expected one argument"; attached, the value reaches the command,
+    whose check names the option and says what is wrong with it. A known option is never taken as a value."""
+    commands = _subcommands(parser)
+    start = next((i for i, token in enumerate(argv) if token in commands), None)
+    if start is None:
+        return argv
+    sub = commands[argv[start]]
+    takes_one_value = {
+        option for action in sub._actions if action.nargs is None for option in action.option_strings
+    }
+    out, i = argv[: start + 1], start + 1
+    while i < len(argv):
+        token, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else None
+        if token == "--":  # everything after it is positional already
+            return out + argv[i:]
+        if (
+            token in takes_one_value
+            and nxt is not None
+            and nxt.startswith("-")
+            and nxt != "--"
+            and nxt not in sub._option_string_actions
+        ):
+            out.append(f"{token}={nxt}")
+            i += 2
+        else:
+            out.append(token)
+            i += 1
+    return out
+
+
 def _mark_missing_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """`hf-dpo train --key value` (no recipe): stop argparse from taking `value` as the recipe path."""
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = _subcommands(parser)
     for i, token in enumerate(argv):
         if token in commands:
             takes = commands[token].get_default("takes_overrides")
@@ -339,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Subcommands that take recipe overrides keep unknown --key value pairs for the recipe loader,
     # which checks them against every recipe key and names the nearest one on a typo.
-    argv = _mark_missing_recipe(parser, argv)
+    argv = _mark_missing_recipe(parser, _attach_dash_values(parser, argv))
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "recipe", None) == NO_RECIPE:
         args.recipe = None

@@ -324,6 +324,15 @@ def test_cli_plan_exit_status_and_suggestion(capsys, offline):
     assert "-> fits in 10.00 GB" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("memory", [["--gpu-memory", "-5GB"], ["--gpu-memory=-5GB"]])
+def test_cli_plan_negative_gpu_memory_is_named(capsys, memory):
+    """Before: `--gpu-memory -5GB` got argparse's "expected one argument" (it took -5GB for an option)."""
+    from hf_dpo.cli import main
+
+    assert main(["plan", str(RECIPES / "llama3.1-8b-qlora.yaml"), *memory]) == 2
+    assert capsys.readouterr().err == "error: --gpu-memory '-5GB' must be positive, e.g. 24GB.\n"
+
+
 def test_arch_from_nested_text_config():
     arch = Arch.from_config(
         {
