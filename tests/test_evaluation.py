@@ -1,5 +1,6 @@
-"""hf_dpo.report.evaluation and hf_dpo.report.plots: intervals and metrics by hand-worked numbers, then the report of a
-real tiny run (tests/run_fixtures.py) with its plots decoded and checked for content."""
+"""hf_dpo.report.evaluation and hf_dpo.report.plots: intervals and metrics by hand-worked numbers, every judged
+generation in eval_generations.jsonl (answers decoded by a stand-in, judged for real) recounted into the report's
+numbers, then the report of a real tiny run (tests/run_fixtures.py) with its plots decoded and checked for content."""
 
 from __future__ import annotations
 
@@ -70,6 +71,161 @@ def test_preference_metrics_accept_tensors_and_reject_bad_input():
         preference_metrics([math.nan], [1.0], [1.0], [1.0], beta=0.1)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# eval_generations.jsonl: every judged answer, the report's numbers recounted from it
+
+END = 0  # the stand-in tokenizer's end token
+# (prompt, policy answer, policy finished, reference answer, reference finished, the policy's outcome)
+JUDGED = [
+    ("What is 2 + 3?", "5", True, "It is 6", True, "win"),  # correct against wrong
+    ("What is 4 + 4?", "8", True, "8", True, "tie"),  # identical answers
+    ("What is 9 + 1?", "11 I think", True, "10", True, "loss"),
+    ("What is 7 + 5?", "12", True, "12 12 12 12", False, "win"),  # finished against cut
+    # Cut, though the fragment names the result: it fails every criterion, whatever the judge says of it.
+    ("What is 3 + 3?", "6 and then", False, "6", True, "loss"),
+    ("What is 5 + 5?", "Answer 10", True, "10", True, "tie"),  # different texts, equal values
+]
+
+
+class WordTokenizer:
+    """Decodes ids as words of a fixed vocabulary (END is special): all judged_generations needs."""
+
+    def __init__(self, texts: list[str]):
+        self.words = ["<end>", *sorted({w for t in texts for w in t.split()})]
+        self.eos_token_id = END
+
+    def ids(self, text: str, finished: bool) -> list[int]:
+        return [self.words.index(w) for w in text.split()] + ([END] if finished else [])
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(self.words[i] for i in ids if i != END)
+
+
+def _judged_with_stand_in_answers(monkeypatch) -> dict:
+    """judged_generations on JUDGED: decoding replaced by the answers above, the demo judge for real."""
+    from types import SimpleNamespace
+
+    import hf_dpo.report.behaviour as behaviour
+    from hf_dpo.pairs.judges import load_judge
+
+    tokenizer = WordTokenizer([t for row in JUDGED for t in (row[1], row[3])])
+    both = SimpleNamespace(
+        policy_ids=[tokenizer.ids(answer, finished) for _, answer, finished, *_ in JUDGED],
+        reference_ids=[tokenizer.ids(answer, finished) for _, _, _, answer, finished, _ in JUDGED],
+        policy_logps=np.zeros(len(JUDGED)),  # (N,)
+        reference_logps=np.zeros(len(JUDGED)),  # (N,)
+        seconds=0.0,
+    )
+    monkeypatch.setattr(behaviour, "decode_policy_and_reference", lambda *args, **kwargs: both)
+    monkeypatch.setattr(behaviour, "end_token_ids", lambda model, tok: {END})
+    prompts = [(prompt, [1]) for prompt, *_ in JUDGED]
+    result = behaviour.judged_generations(
+        None, tokenizer, prompts, load_judge("hf_dpo.pairs.demo_task:judge"), num_samples_shown=2
+    )
+    result["judge"] = "hf_dpo.pairs.demo_task:judge"
+    return result
+
+
+def _bare_run_dir(path):
+    """The two files build_report reads of a finished run."""
+    path.mkdir()
+    (path / "run_info.json").write_text(json.dumps({"beta": 0.1, "base_model": "tiny"}))
+    (path / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 0.69}]}))
+    return path
+
+
+def assert_generations_match_report(run_dir) -> list[dict]:
+    """eval_generations.jsonl, recounted: per-criterion counts, wins / ties / losses, unfinished answers and
+    token lengths equal eval_report.json's. Returns the rows."""
+    from hf_dpo.files import read_jsonl
+
+    report = json.loads((run_dir / "eval_report.json").read_text())
+    beh = report["behaviour"]
+    assert report["generations_file"] == "eval_generations.jsonl"
+    rows = [row for _, row in read_jsonl(run_dir / "eval_generations.jsonl")]
+    n = beh["n"]
+    assert len(rows) == n and [row["index"] for row in rows] == list(range(n))
+    for criterion in beh["criteria"]:
+        for side in ("policy", "reference"):
+            values = [row[side]["scores"][criterion] for row in rows]
+            estimate = beh["per_criterion"][criterion][side]
+            assert estimate["value"] == pytest.approx(sum(values) / n), (criterion, side)
+            if estimate["method"] == "wilson":  # a 0/1 criterion: the count itself
+                assert round(estimate["value"] * n) == sum(values), (criterion, side)
+    outcomes = [row["outcome"] for row in rows]
+    assert [outcomes.count(o) for o in ("win", "tie", "loss")] == [beh["wins"], beh["ties"], beh["losses"]]
+    for side in ("policy", "reference"):
+        cut = sum(not row[side]["finished"] for row in rows)
+        assert round(beh["unfinished"][side]["value"] * n) == cut, side
+        tokens = [row[side]["tokens"] for row in rows]
+        assert beh["lengths"][f"{side}_tokens"]["value"] == pytest.approx(sum(tokens) / n), side
+    primary = beh["criteria"][0]
+    better = sum(row["policy"]["scores"][primary] > row["reference"]["scores"][primary] for row in rows)
+    assert beh["primary_better"]["policy"] == better
+    return rows
+
+
+def test_every_judged_generation_is_saved_with_the_values_the_report_counted(monkeypatch, tmp_path):
+    run_dir = _bare_run_dir(tmp_path / "run")
+    behaviour = _judged_with_stand_in_answers(monkeypatch)
+    report = build_report(run_dir, behaviour=behaviour)
+    assert "generations" not in report["behaviour"]  # the rows live in their own file, not in the report
+    assert len(behaviour["generations"]) == len(JUDGED)  # the caller's dict is left as it was
+
+    rows = assert_generations_match_report(run_dir)
+    assert [row["prompt"] for row in rows] == [prompt for prompt, *_ in JUDGED]  # prompt order
+    assert [row["outcome"] for row in rows] == [outcome for *_, outcome in JUDGED]
+    assert rows[0] == {
+        "index": 0,
+        "prompt": "What is 2 + 3?",
+        "outcome": "win",
+        "policy": {"answer": "5", "finished": True, "tokens": 2, "scores": {"correct": 1.0, "concise": 1.0}},
+        "reference": {
+            "answer": "It is 6",
+            "finished": True,
+            "tokens": 4,
+            "scores": {"correct": 0.0, "concise": 1.0},
+        },
+    }
+    # A cut answer: its text as decoded (unmarked), finished false, and the failing values the report counted.
+    assert rows[4]["policy"] == {
+        "answer": "6 and then",
+        "finished": False,
+        "tokens": 3,
+        "scores": {"correct": 0.0, "concise": 0.0},
+    }
+    assert (report["behaviour"]["wins"], report["behaviour"]["ties"], report["behaviour"]["losses"]) == (
+        2,
+        2,
+        2,
+    )
+    # The report says where the answers are, in its Behaviour section, and so does the console.
+    md = (run_dir / "eval_report.md").read_text()
+    section = md.split("## Behaviour: judged generations")[1].split("### Side-by-side samples")[0]
+    assert "is in [eval_generations.jsonl](eval_generations.jsonl) (one JSON line per prompt)" in section
+    from hf_dpo.report.markdown import console_summary
+
+    assert f"{run_dir}/eval_generations.jsonl" in console_summary(report, str(run_dir))
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".eval_generations")] == []  # no temp left
+
+
+def test_a_report_without_judged_generations_leaves_no_earlier_generations_file(monkeypatch, tmp_path):
+    """An earlier report's eval_generations.jsonl in the same run dir does not outlive a report that judged
+    nothing: no file, no mention in the report."""
+    run_dir = _bare_run_dir(tmp_path / "run")
+    build_report(run_dir, behaviour=_judged_with_stand_in_answers(monkeypatch))
+    assert (run_dir / "eval_generations.jsonl").is_file()
+    report = build_report(run_dir, behaviour_skipped="no judge given (--judge SPEC)")
+    assert not (run_dir / "eval_generations.jsonl").exists()
+    assert report["generations_file"] is None
+    assert "eval_generations.jsonl" not in (run_dir / "eval_report.md").read_text()
+    # and a report whose behaviour carries no rows (built by hand) names no file either
+    stripped = {k: v for k, v in _judged_with_stand_in_answers(monkeypatch).items() if k != "generations"}
+    (run_dir / "eval_generations.jsonl").write_text('{"prompt": "from an earlier run"}\n')
+    assert build_report(run_dir, behaviour=stripped)["generations_file"] is None
+    assert not (run_dir / "eval_generations.jsonl").exists()
+
+
 @pytest.fixture(scope="module")
 def run(tiny_model_dir, tmp_path_factory):
     return tiny_run(tiny_model_dir, tmp_path_factory)
@@ -131,6 +287,9 @@ def test_report_of_a_real_tiny_run(run):
     for rel in report["plots"]:
         assert f"]({rel})" in md  # embedded by relative path
         _assert_png_with_content(run / rel)
+    rows = assert_generations_match_report(run)  # every judged answer of the real run, recounted
+    assert {s["prompt"] for s in beh["samples"]} <= {row["prompt"] for row in rows}
+    assert "[eval_generations.jsonl](eval_generations.jsonl)" in md
 
 
 @pytest.mark.parametrize(
@@ -164,6 +323,7 @@ def test_report_without_eval_pairs_or_judge_says_why(run, tmp_path):
     assert report["behaviour"] is None and "--judge" in report["behaviour_skipped"]
     assert report["plots"] == ["plots/training_curves.png"]
     assert "No held-out metrics" in (dst / "eval_report.md").read_text()
+    assert not (dst / "eval_generations.jsonl").exists()  # the copied run's answers are not this report's
     (dst / "run_info.json").unlink()
     with pytest.raises(EvaluationError, match="run_info.json is missing"):
         build_report(dst)
@@ -192,6 +352,9 @@ def test_cli_eval_writes_report(run, tmp_path, capsys):
     assert f"hf-dpo push {dst} --repo-id" in out
     report = json.loads((dst / "eval_report.json").read_text())
     assert report["behaviour"]["n"] == 2 and report["behaviour"]["decoding"]["max_new_tokens"] == 4
+    rows = assert_generations_match_report(dst)  # rewritten for these 2 prompts, not the copied run's 4
+    assert all(row["policy"]["tokens"] <= 4 and row["reference"]["tokens"] <= 4 for row in rows)
+    assert "eval_generations.jsonl" in out
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ looping answers, the KL estimate, and the verdict.
 
     result = judged_generations(model, tokenizer, heldout_prompts(eval_dataset, tokenizer, 32), judge)
     result["wins"], result["ties"], result["losses"], result["win_rate"], result["verdict"]["line"]
+    result["generations"]    # every prompt's answers, values and outcome: the rows of eval_generations.jsonl
 
 The prompts come from hf_dpo.report.prompts, the answers from hf_dpo.report.generation.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.comparison import fail_unfinished
 from hf_dpo.report.generation import decode_policy_and_reference, end_token_ids, is_finished
+from hf_dpo.report.generations_file import generation_rows
 from hf_dpo.report.metrics import EvaluationError, mean_estimate, plain, proportion
 
 
@@ -72,6 +74,9 @@ def judged_generations(
     it is never judged as a whole answer, but counts as failing every criterion (it takes the lowest value
     the judge gave any answer on that criterion, 0 on one whose values lie in [0, 1]) and loses to every
     finished answer.
+
+    `generations` holds one row per prompt (hf_dpo.report.generations_file): both answers, the values the
+    numbers were computed from and the prompt's outcome; the report writes them to eval_generations.jsonl.
     """
     texts = [t for t, _ in prompts]
     decoding = dict(
@@ -99,6 +104,8 @@ def judged_generations(
         confidence=confidence,
         seed=seed,
     )
+    outcomes = result.pop("outcomes")  # (N,) per prompt: into the rows, not into the report's numbers
+    result["generations"] = generation_rows(texts, criteria, policy, reference, pv, rv, outcomes)
     # log pi(y|x) - log pi_ref(y|x) on the policy's own completions: a Monte-Carlo KL(pi || pi_ref) estimate
     # when sampling; with greedy decoding, the log-ratio at the policy's mode.
     result["kl_estimate"] = plain(mean_estimate(both.policy_logps - both.reference_logps, confidence))
@@ -138,7 +145,8 @@ def compare_sides(
     """Every behavioural number of the report (as plain dicts) from per-prompt values (N, C) of both sides:
     through the `judged_win_rate` module, per-criterion rates and paired differences, win/tie/loss by
     criteria (finished first) and the length-controlled win rate; then lengths, unfinished and looping
-    shares, and the verdict."""
+    shares, and the verdict. `outcomes` is the module's per-prompt outcome behind wins / ties / losses (1 win,
+    0.5 tie, 0 loss of the policy)."""
     from hf_dpo.report.verdict import verdict
 
     same = [a == b for a, b in zip(policy_answers, reference_answers)]
@@ -180,6 +188,7 @@ def compare_sides(
     result["primary_better"] = judged["primary_better"]  # the verdict's sign test
     result["policy_mean_score"] = judged["policy_mean_score"]
     result["reference_mean_score"] = judged["reference_mean_score"]
+    result["outcomes"] = judged["outcomes"]  # (N,): what wins / ties / losses count
     result = plain(result)
     result["verdict"] = verdict(result)
     return result

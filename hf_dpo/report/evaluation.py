@@ -14,8 +14,9 @@ Two questions, answered separately because they can disagree (reward accuracy is
    criterion (hf_dpo.report.verdict), with warnings for likelihood displacement and a large KL estimate.
 
 Every number carries n and a 95% interval: Wilson for proportions, a fixed-seed percentile bootstrap for
-means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png, and the headline
-numbers in `evaluate`'s results format (evaluate_results.json).
+means. Output in the run dir: eval_report.json (schema_version), eval_report.md, plots/*.png, the headline
+numbers in `evaluate`'s results format (evaluate_results.json) and, when generations were judged, every one of
+them with its values and outcome (eval_generations.jsonl, hf_dpo.report.generations_file).
 
 The pieces: hf_dpo.report.metrics (intervals, metrics: pure), computed through the `evaluate` modules of
 hf_dpo.report.evaluate_metrics; hf_dpo.report.prompts (which prompts), hf_dpo.report.generation (answers of
@@ -37,6 +38,7 @@ import numpy as np
 
 from hf_dpo.files import atomic_write_text
 from hf_dpo.report import evaluate_metrics
+from hf_dpo.report.generations_file import write_generations
 from hf_dpo.report.metrics import LOGPS_KEYS, EvaluationError, as_logps_array, plain
 from hf_dpo.report.verdict import warnings
 from hf_dpo.train.loss import implicit_rewards
@@ -157,12 +159,18 @@ def build_report(
     report dict.
 
     `pair_logps` is DPOTrainer.pair_logps(eval_dataset); `behaviour` is judged_generations(...). Either may be
-    None (the report says why that part is missing).
+    None (the report says why that part is missing). The rows of `behaviour["generations"]` go to
+    eval_generations.jsonl, not into the report; without them, an earlier report's file is removed.
     """
     from hf_dpo.report.markdown import render_markdown
 
     run_dir = Path(run_dir)
     info, history = read_run(run_dir)
+    generations = (behaviour or {}).get("generations")
+    if behaviour is not None:
+        behaviour = {k: v for k, v in behaviour.items() if k != "generations"}  # the caller's dict untouched
+    # Before the report that names it: a reader never finds a report naming a file that is not (yet) there.
+    generations_file = write_generations(run_dir, generations)
     preference, margins = (
         preference_section(pair_logps, info.get("beta"), run_dir, confidence, seed)
         if pair_logps is not None
@@ -185,6 +193,7 @@ def build_report(
         "verdict": behaviour["verdict"] if behaviour else None,
         "training": training_summary(info, history),
         "plots": [str(p.relative_to(run_dir)) for p in plot_files],
+        "generations_file": generations_file,
     }
     report = plain(report)
     report["warnings"] = warnings(report)

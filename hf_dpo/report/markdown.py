@@ -96,6 +96,17 @@ def _rate(e: dict[str, Any]) -> str:
     return f"{e['value']:.3f}{count} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
+def generations_line(report: dict[str, Any]) -> str:
+    """Where every judged answer is (eval_generations.jsonl, by relative link), or "" for a report without it."""
+    name = report.get("generations_file")
+    if not name:
+        return ""
+    return (
+        "Every answer of both sides, with its scores, token count, whether it finished and the prompt's "
+        f"outcome, is in [{name}]({name}) (one JSON line per prompt)."
+    )
+
+
 def behaviour_text(report: dict[str, Any]) -> str:
     beh = report.get("behaviour")
     if not beh:
@@ -113,7 +124,7 @@ def behaviour_text(report: dict[str, Any]) -> str:
     if "per_criterion" not in beh:  # a report written before criteria
         return text + f": **{beh['wins']} wins / {beh['ties']} ties / {beh['losses']} losses**."
     lc = beh["length_controlled_win_rate"]
-    return (
+    judged = (
         text
         + f" on its criteria ({', '.join(beh['criteria'])}; the first is the primary one). An answer that "
         "reached the cap is unfinished: it is not judged as a whole answer but fails every criterion and loses "
@@ -128,6 +139,7 @@ def behaviour_text(report: dict[str, Any]) -> str:
         "taste for short or long answers does not count as a win (AlpacaEval 2's idea; bootstrap interval). "
         "Looping: a word 4-gram three times or a span repeated four times back to back."
     )
+    return "\n\n".join(part for part in (judged, generations_line(report)) if part)
 
 
 def warnings_text(report: dict[str, Any]) -> str:
@@ -219,6 +231,8 @@ def console_summary(report: dict[str, Any], run_dir: str) -> str:
         lines += ["  " + row for row in criteria_table(report).splitlines()]
     lines += [f"Warning: {w}" for w in report.get("warnings") or []]
     lines.append(f"Evaluation report: {run_dir}/eval_report.md (plots in {run_dir}/plots/)")
+    if report.get("generations_file"):
+        lines.append(f"Every judged answer, to read: {run_dir}/{report['generations_file']}")
     pref = report.get("preference")
     if pref:
         acc, margin = pref["metrics"]["reward_accuracy"], pref["metrics"]["rewards/margins"]
