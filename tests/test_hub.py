@@ -66,6 +66,7 @@ EXPECTED = {
     "README.md",
     "eval_report.json",
     "eval_report.md",
+    "eval_generations.jsonl",
     "recipe.yaml",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -83,6 +84,8 @@ EXPECTED = {
 
 
 def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
+    import json
+
     from huggingface_hub import HfApi, hf_hub_download
 
     from hf_dpo.hub.public_files import public_files
@@ -99,6 +102,11 @@ def test_push_sends_one_commit_with_exactly_the_run_files(hub, run_dir):
     for path, data in pushed.items():
         assert data == public[path], path  # byte for byte what push sends: the run's files, local paths out
     assert public["adapter_model.safetensors"] == (run_dir / "adapter_model.safetensors").read_bytes()
+    # Every judged answer goes byte-exact with the report, one row per prompt it counted.
+    generations = (run_dir / "eval_generations.jsonl").read_bytes()
+    assert pushed["eval_generations.jsonl"] == generations
+    report = json.loads((run_dir / "eval_report.json").read_text())
+    assert len(generations.decode().splitlines()) == report["behaviour"]["n"] == 4
     head = hub.repo(REPO).head("main")
     assert {"adapter_model.safetensors", "plots/training_curves.png"} <= head.lfs  # binaries went through LFS
     assert url == f"{hub.url}/{REPO}/commit/{head.oid}"
@@ -150,6 +158,7 @@ def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
         body = card.text
         assert f'PeftModel.from_pretrained(base, "{REPO}")' in body
         assert "(plots/training_curves.png)" in body and "## Limitations" in body
+        assert "[eval_generations.jsonl](eval_generations.jsonl)" in body  # the pushed answers, linked
         assert (run_dir / "recipe.yaml").read_text().strip().splitlines()[-1] in body  # the recipe itself
     loaded = ModelCard.load(run_dir / "README.md")
     assert loaded.data.to_dict() == ModelCard(hub.file(REPO, "README.md").decode()).data.to_dict()
@@ -498,6 +507,7 @@ def test_recipe_with_push_to_hub_trains_reports_and_pushes(hub, tiny_model_dir, 
         "README.md",
         "eval_report.json",
         "eval_report.md",
+        "eval_generations.jsonl",
         "recipe.yaml",
     ):
         sent = public_files(out)[name]  # the run's file, absolute local paths out

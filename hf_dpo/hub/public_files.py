@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.hub.errors import PushError
+from hf_dpo.report.generations_file import GENERATIONS_FILE
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-REPORT_FILES = ("eval_report.json", "eval_report.md", "evaluate_results.json")
+# eval_generations.jsonl (every judged answer) goes byte-exact: the rows the report's numbers were counted from.
+REPORT_FILES = ("eval_report.json", "eval_report.md", "evaluate_results.json", GENERATIONS_FILE)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -42,7 +44,8 @@ SCRUBBED_JSON = (
 
 
 def files_to_push(run_dir: str | Path) -> list[Path]:
-    """The files of one push, relative to run_dir: adapter, card, report, plots, recipe, tokenizer."""
+    """The files of one push, relative to run_dir: adapter, card, report (with every judged answer), plots,
+    recipe, tokenizer."""
     run_dir = Path(run_dir)
     missing = [f for f in ADAPTER_FILES if not (run_dir / f).is_file()]
     if missing:
