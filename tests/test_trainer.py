@@ -9,19 +9,10 @@ from datasets import Dataset
 from peft import LoraConfig
 from run_fixtures import dpo_args
 from safetensors.torch import load_file
+from test_trl_parity import METRICS as TRL_METRICS  # the per-step metrics TRL logs, same names in hf_dpo
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from hf_dpo.train.trainer import DPOTrainer
-
-# The per-step metrics TRL logs, under the same names in hf_dpo.
-TRL_METRICS = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
 
 ROWS = [
     {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
