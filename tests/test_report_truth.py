@@ -118,6 +118,14 @@ def test_reversed_preferences_are_not_reported_as_a_gain(tmp_path, smollm_dir, m
     assert round(stats["reference"]["value"] * n) == reference_correct
     assert round(b["unfinished"]["policy"]["value"] * n) == policy_cut
     assert round(b["unfinished"]["reference"]["value"] * n) == reference_cut
+    # eval_generations.jsonl holds what the judge saw, and recounts to the report's numbers.
+    from test_evaluation import assert_generations_match_report
+
+    rows = assert_generations_match_report(run)
+    assert [row["prompt"] for row in rows] == seen["prompts"]
+    for side in ("policy", "reference"):
+        assert [row[side]["answer"] for row in rows] == seen[side]["answers"]
+        assert [row[side]["finished"] for row in rows] == seen[side]["finished"]
     # the prompts still are ones the untrained model answers correctly
     assert reference_correct >= len(REFERENCE_RIGHT) - 1, seen["reference"]["answers"]
 
