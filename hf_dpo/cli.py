@@ -140,7 +140,8 @@ def _add_eval(sub) -> None:
         "eval",
         help="Evaluate a finished run: hf-dpo eval RUN_DIR [--judge SPEC] [--num-generations N]",
         description="Held-out preference metrics and judged generations of policy vs reference; writes "
-        "eval_report.json, eval_report.md and plots/ into the run dir.",
+        "eval_report.json, eval_report.md, plots/ and every judged answer (eval_generations.jsonl) into the run "
+        "dir.",
     )
     p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run")
     p.add_argument("--judge", help="module:function, rm:<path or hub id> (default: the recipe's judge)")
