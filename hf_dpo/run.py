@@ -46,8 +46,8 @@ from hf_dpo.model.memory import peak_memory
 from hf_dpo.preflight import check_judge, preflight
 from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
-from hf_dpo.report.markdown import console_summary
-from hf_dpo.report.metrics import LOGPS_KEYS
+from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary
+from hf_dpo.report.metrics import LOGPS_KEYS, policy_is_reference
 from hf_dpo.train.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,11 @@ def hardware_summary() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
-def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
+def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str, float | bool]:
     """Held-out numbers for the log and run_info.json: reward accuracy (strict, as TRL) and mean margin, as
-    computed by the shipped `dpo_preference` evaluate module (the report's code path), plus whether the policy
-    itself gives the chosen completion more probability per token than the rejected one."""
+    computed by the shipped `dpo_preference` evaluate module (the report's code path), whether the policy
+    itself gives the chosen completion more probability per token than the rejected one, and whether it still
+    equals the reference (the report's own test of it)."""
     metrics = evaluate_metrics.compute(
         "dpo_preference", **{key: logps[key].tolist() for key in LOGPS_KEYS}, beta=beta
     )
@@ -78,6 +79,7 @@ def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str,
         "reward_accuracy": metrics["reward_accuracy"]["value"],
         "reward_margin": metrics["rewards/margins"]["value"],
         "policy_prefers_chosen": (per_token_chosen > per_token_rejected).float().mean().item(),
+        "policy_is_reference": policy_is_reference(metrics),
     }
 
 
@@ -248,10 +250,12 @@ def _print_summary(out: Path, info: dict) -> None:
     ]
     if info["eval_before"] and info["eval_after"]:
         b, a = info["eval_before"], info["eval_after"]
+        # Measured, not assumed: a resumed run's "before" has moved; learning_rate 0 leaves "after" unmoved too.
+        same = [when for when, summary in (("before", b), ("after", a)) if summary["policy_is_reference"]]
         lines += [
             f"Held-out pairs: {a['num_pairs']}",
             f"  reward accuracy        before {b['reward_accuracy']:.3f}  after {a['reward_accuracy']:.3f}"
-            "   (before: policy == reference, no pair is ranked yet)",
+            + (f"   ({' and '.join(same)}: {POLICY_IS_REFERENCE})" if same else ""),
             f"  policy prefers chosen  before {b['policy_prefers_chosen']:.3f}  after {a['policy_prefers_chosen']:.3f}"
             "   (per-token log-prob of chosen > rejected)",
         ]

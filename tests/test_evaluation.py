@@ -71,6 +71,33 @@ def test_preference_metrics_accept_tensors_and_reject_bad_input():
         preference_metrics([math.nan], [1.0], [1.0], [1.0], beta=0.1)
 
 
+def test_report_says_when_the_policy_is_the_reference(tmp_path):
+    """Before: with learning_rate 0 or an untrained adapter every margin is exactly 0 and, ties counting as
+    wrong, eval_report.md showed 'Reward accuracy (margin > 0) | 0.000' without a word why; only the console
+    said 'policy == reference'."""
+    from hf_dpo.report.markdown import console_summary
+
+    reference = {"ref_chosen_logps": [-10.0, -12.0, -9.0], "ref_rejected_logps": [-20.0, -15.0, -11.0]}
+    same = {
+        "policy_chosen_logps": reference["ref_chosen_logps"],
+        "policy_rejected_logps": reference["ref_rejected_logps"],
+        **reference,
+    }
+    run_dir = _bare_run_dir(tmp_path / "same")
+    report = build_report(run_dir, pair_logps=same)
+    assert report["preference"]["metrics"]["reward_accuracy"]["value"] == 0.0
+    md = (run_dir / "eval_report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| Reward accuracy (margin > 0) |"))
+    assert "policy == reference" in row
+    assert "policy == reference" in console_summary(report, str(run_dir))
+    # A policy that moved, even by one pair, gets no such note.
+    moved = {**same, "policy_chosen_logps": [-10.0, -12.0, -8.5]}
+    run_dir = _bare_run_dir(tmp_path / "moved")
+    report = build_report(run_dir, pair_logps=moved)
+    assert "policy == reference" not in (run_dir / "eval_report.md").read_text()
+    assert "policy == reference" not in console_summary(report, str(run_dir))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # eval_generations.jsonl: every judged answer, the report's numbers recounted from it
 

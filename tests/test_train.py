@@ -71,6 +71,7 @@ def test_train_writes_a_complete_run_dir(tmp_path, tiny_model_dir, data_dir, cap
     assert info["num_train_pairs"] == 8 and info["num_eval_pairs"] == 2
     assert info["compute_dtype"] == "float32"
     assert info["eval_before"]["reward_accuracy"] == 0.0  # policy == reference before training
+    assert info["eval_before"]["policy_is_reference"] and not info["eval_after"]["policy_is_reference"]
     assert info["eval_after"]["num_pairs"] == 2
     assert info["data_report"]["train"]["pairs_used"] == 8
     saved = yaml.safe_load((run / "recipe.yaml").read_text())
@@ -80,6 +81,33 @@ def test_train_writes_a_complete_run_dir(tmp_path, tiny_model_dir, data_dir, cap
             assert b"hf_should_not_leak" not in path.read_bytes(), path
     out = capsys.readouterr().out
     assert "Adapter written to" in out and "reward accuracy" in out
+    assert "(before: policy == reference, every margin is 0, no pair is ranked yet)" in out
+
+
+def test_summary_notes_policy_equals_reference_where_measured(tmp_path, capsys):
+    """Before: '(before: policy == reference ...)' was printed always, also for a resumed run whose 'before'
+    had moved, and never for an 'after' that had not (learning_rate 0)."""
+    from hf_dpo.run import _print_summary
+
+    def held_out(same: bool) -> dict:
+        acc = 0.0 if same else 0.5
+        return {
+            "num_pairs": 2,
+            "reward_accuracy": acc,
+            "policy_prefers_chosen": 0.5,
+            "policy_is_reference": same,
+        }
+
+    info = {"global_steps": 3, "num_train_pairs": 8, "train_runtime_s": 1.0, "hardware": "CPU"}
+    info |= {"quantization": "none", "compute_dtype": "float32"}
+    for before, after, note in [
+        (True, False, "   (before: policy == reference, every margin is 0, no pair is ranked yet)"),
+        (False, False, ""),  # resumed from a checkpoint
+        (True, True, "   (before and after: policy == reference, every margin is 0, no pair is ranked yet)"),
+    ]:
+        _print_summary(tmp_path, {**info, "eval_before": held_out(before), "eval_after": held_out(after)})
+        line = next(x for x in capsys.readouterr().out.splitlines() if "reward accuracy" in x)
+        assert line.endswith(f"after {0.0 if after else 0.5:.3f}{note}"), line
 
 
 def test_bad_recipe_is_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir, data_dir, capsys):

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from hf_dpo.report.metrics import policy_is_reference
+
+# Beside a reward accuracy of a policy equal to its reference (the report, the card, both consoles).
+POLICY_IS_REFERENCE = "policy == reference, every margin is 0, no pair is ranked yet"
+
 METRIC_LABELS = {
     "reward_accuracy": "Reward accuracy (margin > 0)",
     "rewards/margins": "Reward margin",
@@ -18,8 +23,10 @@ METRIC_LABELS = {
 }
 
 
-def _ci(e: dict[str, Any], digits: int = 3) -> str:
-    return f"{e['value']:.{digits}f} | [{e['low']:.{digits}f}, {e['high']:.{digits}f}] | {e['n']} | {e['method']}"
+def _ci(e: dict[str, Any], digits: int = 3, note: str = "") -> str:
+    """Value (with `note` beside it), interval, n and method: four cells of a summary row."""
+    interval = f"[{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
+    return f"{e['value']:.{digits}f}{note} | {interval} | {e['n']} | {e['method']}"
 
 
 def _cell(text: str, limit: int = 300) -> str:
@@ -34,9 +41,12 @@ def summary_table(report: dict[str, Any]) -> str:
     rows = [f"| Metric | Value | {conf}% interval | n | Interval |", "|---|---|---|---|---|"]
     pref = report.get("preference")
     if pref:
+        metrics = pref["metrics"]
+        # An accuracy of 0 from ties alone says why, beside its value, as the console does.
+        notes = {"reward_accuracy": f" ({POLICY_IS_REFERENCE})"} if policy_is_reference(metrics) else {}
         for key, label in METRIC_LABELS.items():
-            if key in pref["metrics"]:
-                rows.append(f"| {label} | {_ci(pref['metrics'][key])} |")
+            if key in metrics:
+                rows.append(f"| {label} | {_ci(metrics[key], note=notes.get(key, ''))} |")
     beh = report.get("behaviour")
     if beh:
         rows.append(f"| Judged win rate vs reference (ties = 1/2) | {_ci(beh['win_rate'])} |")
@@ -236,9 +246,10 @@ def console_summary(report: dict[str, Any], run_dir: str) -> str:
     pref = report.get("preference")
     if pref:
         acc, margin = pref["metrics"]["reward_accuracy"], pref["metrics"]["rewards/margins"]
+        same = f"; {POLICY_IS_REFERENCE}" if policy_is_reference(pref["metrics"]) else ""
         lines.append(
             f"  held-out reward accuracy  {acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]  "
-            f"margin {margin['value']:.3f} [{margin['low']:.3f}, {margin['high']:.3f}]  (n={acc['n']} pairs)"
+            f"margin {margin['value']:.3f} [{margin['low']:.3f}, {margin['high']:.3f}]  (n={acc['n']} pairs{same})"
         )
     else:
         lines.append(f"  held-out metrics: {report.get('preference_skipped')}")
