@@ -264,7 +264,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     preflight_sampling(recipe)  # prompts, judge, output files and places: before the reference model loads
-    report = run_sampling(recipe)
+    report = run_sampling(recipe, outputs_checked=True)  # the preflight checked the output files
     for split, st in report["splits"].items():
         line = f"{split}: {st['prompts']} prompts ({st['sampled_now']} sampled now in {st['seconds']:.0f} s, "
         print(line + f"{st['resumed']} resumed) -> {st['samples_file']}")

@@ -334,6 +334,43 @@ def test_cli_sample_prints_counts(tmp_path, tiny_model_dir, capsys):
     assert (tmp_path / "pairs" / "README.md").exists()
 
 
+def test_cli_sample_checks_the_output_files_once(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Before: `hf-dpo sample` ran check_output_files twice, in preflight_sampling and again in run_sampling.
+    run_sampling called without the preflight (the Python API) still checks them."""
+    from hf_dpo.cli import main
+    from hf_dpo.pairs import formats
+
+    real, calls = formats.check_output_files, []
+
+    def spy(recipe, splits):
+        calls.append(list(splits))
+        return real(recipe, splits)
+
+    # preflight imports it from formats when it runs; sampling holds its own name for it
+    monkeypatch.setattr("hf_dpo.pairs.formats.check_output_files", spy)
+    monkeypatch.setattr("hf_dpo.pairs.sampling.check_output_files", spy)
+    prompts = _prompts(tmp_path, PROMPTS[:2])
+    argv = ["sample", str(REPO / "recipes" / "demo_pairs.yaml"), "--model_name_or_path", tiny_model_dir]
+    argv += ["--quantization", "none", "--prompts_file", str(prompts), "--test_prompts_file", ""]
+    argv += ["--max_new_tokens", "2", "--output_dir", str(tmp_path / "run")]
+    argv += ["--pairs_file", str(tmp_path / "pairs" / "train.jsonl")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert calls == [["train"]]
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "README.md").write_text("# My project\n")
+    recipe = _recipe(
+        tmp_path,
+        tiny_model_dir,
+        prompts_file=str(prompts),
+        judge="hf_dpo.pairs.demo_task:judge",
+        pairs_file=str(tmp_path / "data" / "train.jsonl"),
+    )
+    with pytest.raises(SamplingError, match="README.md exists and is not a dataset card hf-dpo wrote"):
+        run_sampling(recipe, progress=False)
+    assert calls == [["train"], ["train"]]
+
+
 def test_cli_sample_prints_what_became_of_every_prompt(tmp_path, capsys, monkeypatch):
     """Before: '3 pairs, 1 ties skipped', silent on prompts skipped for any other reason."""
     from hf_dpo import cli
@@ -355,7 +392,7 @@ def test_cli_sample_prints_what_became_of_every_prompt(tmp_path, capsys, monkeyp
     }
     report = {"splits": {"train": labelled}, "card": "pairs/README.md"}
     monkeypatch.setattr("hf_dpo.preflight.preflight_sampling", lambda recipe: None)
-    monkeypatch.setattr("hf_dpo.pairs.sampling.run_sampling", lambda recipe: report)
+    monkeypatch.setattr("hf_dpo.pairs.sampling.run_sampling", lambda recipe, **kwargs: report)
     assert cli.main(["sample", str(REPO / "recipes" / "demo_pairs.yaml")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == [

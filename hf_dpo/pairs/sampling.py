@@ -366,16 +366,19 @@ def _sample_rows(
 # ---------------------------------------------------------------- the whole step
 
 
-def run_sampling(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
+def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool = False) -> dict[str, Any]:
     """`hf-dpo sample`: sample train (and held-out) prompts; label with the recipe's judge; write the card.
-    (`hf-dpo sample` runs `hf_dpo.preflight.preflight_sampling` before this.)"""
+    (`hf-dpo sample` runs `hf_dpo.preflight.preflight_sampling` before this.)
+
+    outputs_checked: the caller ran `check_output_files` on this recipe already (the CLI's preflight does);
+    otherwise it runs here, before any model loads."""
     cfg = recipe.sampling
     # Held-out first: it is small and the evaluation needs it whole; the long train run can then be
     # stopped and resumed at will.
     splits = {"test": cfg.test_prompts_file} if cfg.test_prompts_file else {}
     splits["train"] = cfg.prompts_file
-    # Again for Python-API callers without the preflight (a file read): nothing is sampled over other data.
-    check_output_files(recipe, list(splits))
+    if not outputs_checked:  # Python-API callers without the preflight: nothing is sampled over other data
+        check_output_files(recipe, list(splits))
     judge = load_judge(cfg.judge) if cfg.judge else None  # fail on a bad judge before sampling for minutes
     model_and_tokenizer = None
     report: dict[str, Any] = {"splits": {}}
