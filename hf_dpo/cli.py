@@ -326,10 +326,25 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
+def _reads_as_option(sub: argparse.ArgumentParser, token: str) -> bool:
+    """Whether subcommand `sub` reads `token` as an option: one of its own, also as `--opt=value`, abbreviated
+    (`--priv` for `--private`) or with a value stuck on (`-hx`), or, for a command that takes recipe overrides,
+    any `--key` (a recipe key, checked later by the recipe loader)."""
+    name = token.split("=", 1)[0]
+    if name in sub._option_string_actions:
+        return True
+    if not name.startswith("--"):
+        return token[:2] in sub._option_string_actions  # -hx: -h with x stuck on; -5GB names nothing
+    if sub.get_default("takes_overrides"):
+        return True
+    return sub.allow_abbrev and any(option.startswith(name) for option in sub._option_string_actions)
+
+
 def _attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """`--gpu-memory -5GB` -> `--gpu-memory=-5GB`: argparse takes a value that starts with '-' (and is not a
     plain number) for an option and says only "expected one argument"; attached, the value reaches the command,
-    whose check names the option and says what is wrong with it. A known option is never taken as a value."""
+    whose check names the option and says what is wrong with it. A token the command reads as an option
+    (`_reads_as_option`) is never taken as a value: `--commit-message --revision=dev` stays an error."""
     commands = _subcommands(parser)
     start = next((i for i, token in enumerate(argv) if token in commands), None)
     if start is None:
@@ -348,7 +363,7 @@ def _attach_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> lis
             and nxt is not None
             and nxt.startswith("-")
             and nxt != "--"
-            and nxt not in sub._option_string_actions
+            and not _reads_as_option(sub, nxt)
         ):
             out.append(f"{token}={nxt}")
             i += 2
