@@ -187,3 +187,34 @@ def test_saving_the_adapter_keeps_a_hand_edited_card_and_drops_peft_changes_to_o
     with card_kept(tmp_path):
         peft_save(tmp_path)
     assert not (tmp_path / "README.md").exists()
+
+
+def test_eval_generations_go_only_with_the_report_that_names_them(tmp_path, caplog):
+    """Before: any eval_generations.jsonl in the run dir was pushed, also beside a report that judged nothing
+    (no judge) and does not name it, and push warned 'has no eval_generations.jsonl: pushing without the
+    report' for every such report."""
+    from hf_dpo.hub.push import prepare_payload
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "adapter_config.json").write_text("{}")
+    (run / "run_info.json").write_text(json.dumps({"base_model": "tiny", "beta": 0.1}))
+    (run / "eval_report.md").write_text("# Report\n")
+    (run / "evaluate_results.json").write_text("{}")
+    (run / "eval_generations.jsonl").write_text('{"prompt": "an earlier report\'s"}\n')
+
+    def pushed(generations_file) -> set[str]:
+        report = {"preference": None, "behaviour": None, "generations_file": generations_file}
+        (run / "eval_report.json").write_text(json.dumps(report))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hf_dpo.hub.push"):
+            _, payload = prepare_payload(run, REPO, None)
+        return set(payload)
+
+    assert "eval_generations.jsonl" not in pushed(None)  # the report judged nothing: the file is not its own
+    assert "eval_generations.jsonl" not in caplog.text  # and its absence from the push is no warning
+    assert "eval_generations.jsonl" in pushed("eval_generations.jsonl")
+    (run / "eval_generations.jsonl").unlink()
+    assert "eval_generations.jsonl" not in pushed("eval_generations.jsonl")
+    assert "eval_report.json names eval_generations.jsonl, which is missing" in caplog.text

@@ -20,8 +20,7 @@ from hf_dpo.report.generations_file import GENERATIONS_FILE
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-# eval_generations.jsonl (every judged answer) goes byte-exact: the rows the report's numbers were counted from.
-REPORT_FILES = ("eval_report.json", "eval_report.md", "evaluate_results.json", GENERATIONS_FILE)
+REPORT_FILES = ("eval_report.json", "eval_report.md", "evaluate_results.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -44,8 +43,8 @@ SCRUBBED_JSON = (
 
 
 def files_to_push(run_dir: str | Path) -> list[Path]:
-    """The files of one push, relative to run_dir: adapter, card, report (with every judged answer), plots,
-    recipe, tokenizer."""
+    """The files of one push, relative to run_dir: adapter, card, report (with every judged answer, when the
+    report names them), plots, recipe, tokenizer."""
     run_dir = Path(run_dir)
     missing = [f for f in ADAPTER_FILES if not (run_dir / f).is_file()]
     if missing:
@@ -53,11 +52,24 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
             f"{run_dir} has no {', '.join(missing)}: push a finished `hf-dpo train` run (its output_dir).",
             "invalid",
         )
-    names = [*ADAPTER_FILES, "README.md", *REPORT_FILES, "recipe.yaml", *TOKENIZER_FILES]
+    names = [*ADAPTER_FILES, "README.md", *REPORT_FILES, *files_named_by_report(run_dir), "recipe.yaml"]
+    names += TOKENIZER_FILES
     found = [Path(n) for n in names if (run_dir / n).is_file()]
     found += sorted(p.relative_to(run_dir) for p in (run_dir / "plots").glob("*.png"))
     found += sorted(p.relative_to(run_dir) for p in (run_dir / ".eval_results").glob("*.yaml"))
     return found
+
+
+def files_named_by_report(run_dir: Path) -> list[str]:
+    """[eval_generations.jsonl] when the run's eval_report.json names it, else []. It goes byte-exact, the rows
+    that report's numbers were counted from; a file left beside a report that judged nothing (a copied run dir,
+    an `hf-dpo eval` stopped before its report) belongs to no report and is not pushed."""
+    try:
+        report = json.loads((run_dir / "eval_report.json").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # missing or damaged: names nothing
+        return []
+    named = report.get("generations_file") if isinstance(report, dict) else None
+    return [GENERATIONS_FILE] if named == GENERATIONS_FILE else []
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:

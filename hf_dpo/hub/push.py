@@ -28,7 +28,13 @@ from pathlib import Path
 
 from hf_dpo.hub.card import write_eval_results
 from hf_dpo.hub.errors import PushError, scrub_token
-from hf_dpo.hub.public_files import REPORT_FILES, files_to_push, public_files, read_run_info
+from hf_dpo.hub.public_files import (
+    REPORT_FILES,
+    files_named_by_report,
+    files_to_push,
+    public_files,
+    read_run_info,
+)
 from hf_dpo.hub.retries import classify, with_retries
 from hf_dpo.hub.run_card import refresh_card
 from hf_dpo.hub.settings import is_main_process
@@ -191,6 +197,9 @@ def prepare_payload(run_dir: Path, repo_id: str, license: str | None) -> tuple[l
                 name,
                 run_dir,
             )
+    for name in files_named_by_report(run_dir):
+        if not (run_dir / name).is_file():  # the card links it
+            logger.warning("%s: eval_report.json names %s, which is missing: pushing without it.", run_dir, name)
     return paths, public_files(run_dir, paths)
 
 
