@@ -46,8 +46,8 @@ from hf_dpo.model.memory import peak_memory
 from hf_dpo.preflight import check_judge, preflight
 from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
-from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary
-from hf_dpo.report.metrics import LOGPS_KEYS, policy_is_reference
+from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
+from hf_dpo.report.metrics import LOGPS_KEYS
 from hf_dpo.train.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)

@@ -85,3 +85,18 @@ def test_no_import_circle():
     for module in sorted(edges):
         if module not in state and (cycle := visit(module, [])):
             raise AssertionError("import circle: " + " -> ".join(cycle))
+
+
+def test_the_report_text_and_the_push_import_no_array_library():
+    """The markdown of the report and card, and a push, are text and files: `import hf_dpo.report.markdown` and
+    `import hf_dpo.hub.push` pull in neither torch nor numpy. Before: markdown imported report.metrics (numpy, and
+    torch through train.loss) for one dict test, and the push numpy for a file name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_dpo.report.markdown, hf_dpo.hub.push, hf_dpo.hub.card\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

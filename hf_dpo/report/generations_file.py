@@ -19,11 +19,12 @@ per-prompt outcome (1 win, 0.5 tie, 0 loss), named. `tokens` counts the answer's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from hf_dpo.files import atomic_write_jsonl
+
+if TYPE_CHECKING:  # only annotations: hub.public_files imports GENERATIONS_FILE, and a push needs no numpy
+    import numpy as np
 
 GENERATIONS_FILE = "eval_generations.jsonl"
 OUTCOME_NAMES = {1.0: "win", 0.5: "tie", 0.0: "loss"}  # the judged_win_rate module's per-prompt outcomes

@@ -7,10 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from hf_dpo.report.metrics import policy_is_reference
-
 # Beside a reward accuracy of a policy equal to its reference (the report, the card, both consoles).
 POLICY_IS_REFERENCE = "policy == reference, every margin is 0, no pair is ranked yet"
+
+
+def policy_is_reference(metrics: dict[str, Any]) -> bool:
+    """Whether held-out preference metrics (plain dicts, as in eval_report.json and the `dpo_preference`
+    module's results) show a policy equal to its reference on every pair (learning_rate 0, an untrained adapter,
+    the check before the first step): every margin is then 0 and, a tie counting as wrong, reward accuracy is 0
+    without any pair ranked.
+
+    Read from the two log-prob shifts alone, so a saved report answers too: a mean of exactly 0 with a bootstrap
+    interval of exactly [0, 0] leaves no room for a pair whose policy log-prob differs from the reference's. An
+    older report without the shifts gets False."""
+    shifts = [metrics.get(key) for key in ("logp_shift/chosen", "logp_shift/rejected")]
+    return all(shift is not None and shift["value"] == shift["low"] == shift["high"] == 0 for shift in shifts)
 
 METRIC_LABELS = {
     "reward_accuracy": "Reward accuracy (margin > 0)",

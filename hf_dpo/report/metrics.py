@@ -166,18 +166,6 @@ def preference_metrics(
     }
 
 
-def policy_is_reference(metrics: dict[str, Any]) -> bool:
-    """Whether held-out preference metrics (Estimates or their plain dicts, as in eval_report.json) show a policy
-    equal to its reference on every pair (learning_rate 0, an untrained adapter, the check before the first
-    step): every margin is then 0 and, a tie counting as wrong, reward accuracy is 0 without any pair ranked.
-
-    Read from the two log-prob shifts alone, so a saved report answers too: a mean of exactly 0 with a bootstrap
-    interval of exactly [0, 0] leaves no room for a pair whose policy log-prob differs from the reference's. An
-    older report without the shifts gets False."""
-    shifts = [plain(metrics.get(key)) for key in ("logp_shift/chosen", "logp_shift/rejected")]
-    return all(shift is not None and shift["value"] == shift["low"] == shift["high"] == 0 for shift in shifts)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Behaviour: rates of judged answers, paired differences, length control (hf_dpo.report.comparison uses them)
 
