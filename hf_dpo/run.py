@@ -41,6 +41,7 @@ from hf_dpo.model.loading import (
     load_policy,
     load_tokenizer,
     pick_dtype,
+    quiet_peft_checkpointing_alias,
 )
 from hf_dpo.model.memory import peak_memory
 from hf_dpo.preflight import check_judge, preflight
@@ -274,7 +275,8 @@ def load_run(run_dir: str | os.PathLike):
     recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
     tokenizer = load_tokenizer(recipe.model)
     model = load_base_model(recipe.model)
-    model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
+    with quiet_peft_checkpointing_alias():
+        model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
     if recipe.model.adapter_name_or_path:  # the run started from an adapter: that adapter is the reference
         model.load_adapter(
             recipe.model.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False

@@ -92,3 +92,42 @@ def test_starting_adapter_is_the_reference(tmp_path, tiny_model_dir):
         assert not torch.allclose(ref_logits, base_logits, atol=1e-3)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".default." in n for n in trainable)
+
+
+def test_building_the_lora_model_prints_no_peft_deprecation_warning(tmp_path):
+    """Before: every `hf-dpo train` printed transformers' FutureWarning "`is_gradient_checkpointing` is deprecated
+    ... Use `is_activation_checkpointing`", raised when peft's PeftModel reads the old name. Silenced around each
+    PeftModel construction, and only there: the property still warns when read anywhere else."""
+    import warnings
+    from types import SimpleNamespace
+
+    from run_fixtures import dpo_args
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_dpo.model.loading import attach_adapter, lora_config
+    from hf_dpo.train.setup import with_lora
+
+    def tiny():
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+        return LlamaForCausalLM(config)
+
+    cfg = ModelConfig(model_name_or_path="tiny", quantization="none")
+    tokenizer = SimpleNamespace(pad_token="<pad>", eos_token="<pad>")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_adapter(tiny(), cfg).save_pretrained(tmp_path / "sft")  # get_peft_model: a new adapter
+        starting = ModelConfig(
+            model_name_or_path="tiny", quantization="none", adapter_name_or_path=str(tmp_path / "sft")
+        )
+        attach_adapter(tiny(), starting)  # PeftModel.from_pretrained: a starting adapter
+        with_lora(tiny(), tokenizer, lora_config(cfg), dpo_args(tmp_path))  # DPOTrainer(peft_config=...)
+        assert tiny().is_gradient_checkpointing is False  # outside them the warning is untouched
+    deprecations = [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert [w.category for w in deprecations] == [FutureWarning], [str(w.message) for w in deprecations]

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -258,19 +259,33 @@ def lora_config(cfg: ModelConfig):
     )
 
 
+@contextlib.contextmanager
+def quiet_peft_checkpointing_alias():
+    """Around every PeftModel construction (get_peft_model, PeftModel.from_pretrained): PeftModel.__init__ reads
+    `model.is_gradient_checkpointing`, which transformers deprecated for `is_activation_checkpointing` with a
+    FutureWarning that every run printed and no user can act on. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def attach_adapter(model, cfg: ModelConfig, peft_config=None):
     """Wrap `model` with a trainable LoRA adapter: a new one, or `cfg.adapter_name_or_path` (+ frozen reference)."""
     from peft import PeftModel, get_peft_model
 
     if cfg.adapter_name_or_path:
         try:
-            model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
+            with quiet_peft_checkpointing_alias():
+                model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
             model.load_adapter(cfg.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"Could not load adapter '{cfg.adapter_name_or_path}': {err}") from None
         model.set_adapter("default")
         return model
-    return get_peft_model(model, peft_config or lora_config(cfg))
+    with quiet_peft_checkpointing_alias():
+        return get_peft_model(model, peft_config or lora_config(cfg))
 
 
 def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False, tokenizer=None):

@@ -21,7 +21,13 @@ import os
 from pathlib import Path
 
 from hf_dpo.config import ModelConfig, load_recipe
-from hf_dpo.model.loading import ModelLoadError, load_tokenizer, pick_dtype, resolve_model_path
+from hf_dpo.model.loading import (
+    ModelLoadError,
+    load_tokenizer,
+    pick_dtype,
+    quiet_peft_checkpointing_alias,
+    resolve_model_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +55,8 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
         )
     except OSError as err:
         raise ModelLoadError(f"Could not load base model '{cfg.model_name_or_path}': {err}") from None
-    model = PeftModel.from_pretrained(base, str(run_dir), is_trainable=False)
+    with quiet_peft_checkpointing_alias():
+        model = PeftModel.from_pretrained(base, str(run_dir), is_trainable=False)
     merged = model.merge_and_unload()
     merged.config.use_cache = True
     out_dir.mkdir(parents=True, exist_ok=True)

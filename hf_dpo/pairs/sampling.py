@@ -109,10 +109,11 @@ def load_reference(model_cfg: ModelConfig):
     if model_cfg.adapter_name_or_path:
         from peft import PeftModel
 
-        from hf_dpo.model.loading import ModelLoadError
+        from hf_dpo.model.loading import ModelLoadError, quiet_peft_checkpointing_alias
 
         try:
-            model = PeftModel.from_pretrained(model, model_cfg.adapter_name_or_path, is_trainable=False)
+            with quiet_peft_checkpointing_alias():
+                model = PeftModel.from_pretrained(model, model_cfg.adapter_name_or_path, is_trainable=False)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
                 f"Could not load adapter '{model_cfg.adapter_name_or_path}': {err}"

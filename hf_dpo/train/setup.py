@@ -13,6 +13,7 @@ import torch
 from hf_dpo.config import DPOConfig
 from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
+from hf_dpo.model.loading import quiet_peft_checkpointing_alias
 from hf_dpo.model.unwrap import base_model, is_peft
 from hf_dpo.train.attention import sharing_attention
 
@@ -67,7 +68,8 @@ def with_lora(model, processing_class, peft_config, args: DPOConfig, quantizatio
         from transformers import set_seed
 
         set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
-        model = get_peft_model(model, peft_config)
+        with quiet_peft_checkpointing_alias():
+            model = get_peft_model(model, peft_config)
     if not is_peft(model):
         raise TrainerSetupError(
             "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
