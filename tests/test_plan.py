@@ -303,6 +303,9 @@ def test_parse_size_rejects_nonsense():
         ("100b", "memory size '100b' is 100 bytes; did you mean 100GB?"),
         ("100 B", "memory size '100 B' is 100 bytes; did you mean 100GB?"),
         ("512KB", "memory size '512KB' is 524288 bytes; did you mean 512GB?"),
+        # Before: "did you mean 0.0001GB?", the very text given; a GB unit is no typo for GB.
+        ("0.0001GB", "memory size '0.0001GB' is 107374 bytes, less than 1 MB; give it like 24GB."),
+        ("0.0005", "memory size '0.0005' is 536870 bytes, less than 1 MB; give it like 24GB."),
         ("0", "memory size '0' must be positive, e.g. 24GB."),
         ("-5GB", "memory size '-5GB' must be positive, e.g. 24GB."),
     ],

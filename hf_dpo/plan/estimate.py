@@ -457,8 +457,10 @@ def parse_size(text: str, what: str = "memory size") -> int:
     size = int(value * 1024 ** "bkmgt".index(unit))
     if size <= 0:  # nothing fits in 0 bytes: a plan that says so would only hide the typo
         raise PlanError(f"{what} '{text}' must be positive, e.g. 24GB.")
-    if size < MB:  # no model trains in less: the unit is a typo, most likely a B for GB
-        raise PlanError(f"{what} '{text}' is {size} bytes; did you mean {match.group(1).lstrip('+')}GB?")
+    if size < MB:  # no model trains in less
+        if unit in "bkm":  # the unit is a typo, most likely a B for GB
+            raise PlanError(f"{what} '{text}' is {size} bytes; did you mean {match.group(1).lstrip('+')}GB?")
+        raise PlanError(f"{what} '{text}' is {size} bytes, less than 1 MB; give it like 24GB.")
     return size
 
 
