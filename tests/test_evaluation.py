@@ -13,6 +13,7 @@ from run_fixtures import tiny_run
 
 from hf_dpo.report.evaluation import behaviour_skip_reason, build_report, computes_metrics
 from hf_dpo.report.metrics import (
+    LOGPS_KEYS,
     EvaluationError,
     bootstrap_mean_ci,
     preference_metrics,
@@ -251,6 +252,22 @@ def test_a_report_without_judged_generations_leaves_no_earlier_generations_file(
     (run_dir / "eval_generations.jsonl").write_text('{"prompt": "from an earlier run"}\n')
     assert build_report(run_dir, behaviour=stripped)["generations_file"] is None
     assert not (run_dir / "eval_generations.jsonl").exists()
+
+
+def test_a_report_that_fails_leaves_the_earlier_reports_generations(monkeypatch, tmp_path):
+    """Before: eval_generations.jsonl was rewritten before the held-out numbers were computed, so a report that
+    then failed (non-finite log-probs) left the new answers beside the earlier report that names the file, and
+    a push sent them as that report's."""
+    run_dir = _bare_run_dir(tmp_path / "run")
+    behaviour = _judged_with_stand_in_answers(monkeypatch)
+    build_report(run_dir, behaviour=behaviour)
+    before = (run_dir / "eval_generations.jsonl").read_bytes()
+    later = {**behaviour, "generations": behaviour["generations"][:2]}
+    nan = {key: [math.nan] for key in LOGPS_KEYS}
+    with pytest.raises(EvaluationError, match="non-finite"):
+        build_report(run_dir, pair_logps=nan, behaviour=later)
+    assert (run_dir / "eval_generations.jsonl").read_bytes() == before
+    assert_generations_match_report(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -169,14 +169,15 @@ def build_report(
     generations = (behaviour or {}).get("generations")
     if behaviour is not None:
         behaviour = {k: v for k, v in behaviour.items() if k != "generations"}  # the caller's dict untouched
-    # Before the report that names it: a reader never finds a report naming a file that is not (yet) there.
-    generations_file = write_generations(run_dir, generations)
     preference, margins = (
         preference_section(pair_logps, info.get("beta"), run_dir, confidence, seed)
         if pair_logps is not None
         else (None, None)
     )
     plot_files = write_plots(run_dir, history, preference, behaviour, margins)
+    # Once every number is computed (a report that fails leaves the earlier report's file beside it), and before
+    # the report that names it (a reader never finds a report naming a file that is not there yet).
+    generations_file = write_generations(run_dir, generations)
     report = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
