@@ -70,7 +70,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
 def preflight_sampling(recipe: Recipe) -> None:
     """Check a sampling recipe before the reference model loads: prompts files, judge, output places, and that no
     output file would replace another or other data."""
-    from hf_dpo.pairs.formats import check_output_files, read_prompts
+    from hf_dpo.pairs.formats import check_output_files, read_prompts, sampling_splits
 
     cfg = recipe.sampling
     if not cfg.prompts_file:
@@ -86,7 +86,7 @@ def preflight_sampling(recipe: Recipe) -> None:
         if path:
             check_writable_dir(Path(path).parent, f"the directory of {key}")
     check_writable_dir(recipe.training.output_dir, "output_dir")
-    check_output_files(recipe, (["test"] if cfg.test_prompts_file else []) + ["train"])
+    check_output_files(recipe, list(sampling_splits(recipe)))
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
     if cfg.judge:

@@ -170,6 +170,16 @@ def pair_row(prompt: Prompt, chosen: str, rejected: str, **extra) -> dict[str, A
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
 
 
+def sampling_splits(recipe: Recipe) -> dict[str, str]:
+    """{split: prompts file} that `hf-dpo sample` samples, in its order: held-out first when the recipe has
+    test_prompts_file (it is small and the evaluation needs it whole; the long train split can then be stopped
+    and resumed at will), then train. The preflight checks the output files of exactly these."""
+    cfg = recipe.sampling
+    splits = {"test": cfg.test_prompts_file} if cfg.test_prompts_file else {}
+    splits["train"] = cfg.prompts_file
+    return splits
+
+
 def default_samples_file(recipe: Recipe, split: str = "train") -> Path:
     """Where a split's samples go: samples_file (held-out: `<stem>_test<suffix>` beside it), else the run dir."""
     if recipe.sampling.samples_file:

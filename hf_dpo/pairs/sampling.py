@@ -38,6 +38,7 @@ from hf_dpo.pairs.formats import (
     prompt_text,
     read_jsonl,
     read_prompts,
+    sampling_splits,
 )
 from hf_dpo.pairs.judges import load_judge
 from hf_dpo.pairs.labelling import label_with_judge
@@ -374,10 +375,7 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
     outputs_checked: the caller ran `check_output_files` on this recipe already (the CLI's preflight does);
     otherwise it runs here, before any model loads."""
     cfg = recipe.sampling
-    # Held-out first: it is small and the evaluation needs it whole; the long train run can then be
-    # stopped and resumed at will.
-    splits = {"test": cfg.test_prompts_file} if cfg.test_prompts_file else {}
-    splits["train"] = cfg.prompts_file
+    splits = sampling_splits(recipe)  # held-out first: the splits whose output files the preflight checked
     if not outputs_checked:  # Python-API callers without the preflight: nothing is sampled over other data
         check_output_files(recipe, list(splits))
     judge = load_judge(cfg.judge) if cfg.judge else None  # fail on a bad judge before sampling for minutes
