@@ -199,7 +199,9 @@ def prepare_payload(run_dir: Path, repo_id: str, license: str | None) -> tuple[l
             )
     for name in files_named_by_report(run_dir):
         if not (run_dir / name).is_file():  # the card links it
-            logger.warning("%s: eval_report.json names %s, which is missing: pushing without it.", run_dir, name)
+            logger.warning(
+                "%s: eval_report.json names %s, which is missing: pushing without it.", run_dir, name
+            )
     return paths, public_files(run_dir, paths)
 
 

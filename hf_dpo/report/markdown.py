@@ -23,6 +23,7 @@ def policy_is_reference(metrics: dict[str, Any]) -> bool:
     shifts = [metrics.get(key) for key in ("logp_shift/chosen", "logp_shift/rejected")]
     return all(shift is not None and shift["value"] == shift["low"] == shift["high"] == 0 for shift in shifts)
 
+
 METRIC_LABELS = {
     "reward_accuracy": "Reward accuracy (margin > 0)",
     "rewards/margins": "Reward margin",
