@@ -1,0 +1,66 @@
+"""A validation split carved from the demo's *train* prompts, for choosing the demo recipe without its test set.
+
+    python scripts/demo_validation_split.py runs/demo_val_data
+    hf-dpo train recipes/demo.yaml --dataset_name runs/demo_val_data \
+        --test_prompts_file runs/demo_val_data/prompts_val.txt --eval_num_generations 92 \
+        --output_dir runs/demo_val [--learning_rate 5.0e-4 ...]
+
+One question in five (by item: a country, or an arithmetic operation on two numbers, all its phrasings
+together) goes to validation: its prompts form prompts_val.txt and its committed pairs test.jsonl (held-out
+pairs); the pairs of every other train prompt form train.jsonl. The demo's held-out prompts
+(recipes/data/demo/prompts_test.txt) are not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from hf_dpo.pairs.demo_task import expected_answer, parse_numbers, prompt_country
+
+DEMO_DATA = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
+VALIDATION_PERCENT = 20
+
+
+def question_of(prompt: str) -> str:
+    """The item a prompt asks about, the same for every phrasing of it."""
+    country = prompt_country(prompt)
+    if country:
+        return f"capital:{country}"
+    return f"arith:{tuple(parse_numbers(prompt))}:{expected_answer(prompt)}"
+
+
+def is_validation(prompt: str) -> bool:
+    bucket = int(hashlib.sha256(f"val:{question_of(prompt)}".encode()).hexdigest(), 16) % 100
+    return bucket < VALIDATION_PERCENT
+
+
+def write_split(out: Path) -> dict[str, int]:
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = DEMO_DATA.joinpath("prompts_train.txt").read_text(encoding="utf-8").splitlines()
+    validation_prompts = [p for p in prompts if is_validation(p)]
+    pairs = [
+        json.loads(line)
+        for line in DEMO_DATA.joinpath("train.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    train = [p for p in pairs if not is_validation(p["prompt"])]
+    held_out = [p for p in pairs if is_validation(p["prompt"])]
+    out.joinpath("prompts_val.txt").write_text("\n".join(validation_prompts) + "\n", encoding="utf-8")
+    for name, rows in (("train.jsonl", train), ("test.jsonl", held_out)):
+        out.joinpath(name).write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
+    return {
+        "train prompts": len(prompts),
+        "validation prompts": len(validation_prompts),
+        "train pairs": len(train),
+        "validation pairs": len(held_out),
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python scripts/demo_validation_split.py OUT_DIR")
+    print(write_split(Path(sys.argv[1])))
