@@ -427,3 +427,29 @@ def test_evaluate_trainer_on_an_untrained_adapter_finds_no_difference(run, tmp_p
         json.loads((dst / "eval_report.json").read_text())["behaviour"]["judge"]
         == "hf_dpo.pairs.demo_task:judge"
     )
+
+
+def test_heldout_prompts_keep_conversations_that_share_their_last_turn(smollm_dir):
+    """Held-out prompts are distinct by what the model is prompted with: before, two conversations ending in the
+    same user turn were taken for one prompt, and only the first was ever answered and judged."""
+    from transformers import AutoTokenizer
+
+    from hf_dpo.report.prompts import heldout_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+
+    def conversation(first: str) -> str:  # hf_dpo.data stores conversational prompts as JSON text
+        turns = [("user", first), ("assistant", "Done."), ("user", "Thanks! And now in French?")]
+        return json.dumps([{"role": role, "content": content} for role, content in turns])
+
+    rows = [
+        {"prompt": conversation("Write a haiku about rain.")},
+        {"prompt": conversation("Name three prime numbers.")},
+        {"prompt": conversation("Write a haiku about rain.")},  # the first again: one prompt
+        {"prompt": "Thanks! And now in French?"},  # the same words on their own: a different prompt
+    ]
+    prompts = heldout_prompts(rows, tokenizer, limit=10)
+    assert [text for text, _ in prompts] == ["Thanks! And now in French?"] * 3
+    assert len({tuple(ids) for _, ids in prompts}) == 3
+    assert "haiku" in tokenizer.decode(prompts[0][1]) and "prime" in tokenizer.decode(prompts[1][1])
+    assert len(heldout_prompts(rows, tokenizer, limit=2)) == 2

@@ -55,14 +55,16 @@ def _prompt_ids(row: dict[str, Any], tokenizer) -> list[int]:
 
 def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str, list[int]]]:
     """Up to `limit` distinct held-out prompts as (text, token ids), in dataset order."""
-    seen: set[str] = set()
+    # Distinct by what the model is prompted with, not by the readable text: two conversations that end in the
+    # same user turn ("Thanks!") are different prompts, though the report shows both by that last turn.
+    seen: set[tuple[int, ...]] = set()
     prompts = []
     for row in eval_dataset:
-        text = _prompt_text(row, tokenizer)
-        if text in seen:
+        ids = _prompt_ids(row, tokenizer)
+        if tuple(ids) in seen:
             continue
-        seen.add(text)
-        prompts.append((text, _prompt_ids(row, tokenizer)))
+        seen.add(tuple(ids))
+        prompts.append((_prompt_text(row, tokenizer), ids))
         if len(prompts) >= limit:
             break
     return prompts
