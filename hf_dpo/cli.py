@@ -242,7 +242,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
     from hf_dpo.plan.estimate import parse_size, plan_recipe
 
-    memory = parse_size(args.gpu_memory, what="--gpu-memory") if args.gpu_memory else None
+    memory = parse_size(args.gpu_memory, what="--gpu-memory") if args.gpu_memory is not None else None
     plan = plan_recipe(load_recipe(args.recipe, args.overrides), device=args.device, memory=memory)
     print(plan.report(args.recipe))
     return 0 if plan.fits else 1

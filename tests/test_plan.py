@@ -336,6 +336,14 @@ def test_cli_plan_negative_gpu_memory_is_named(capsys, memory):
     assert capsys.readouterr().err == "error: --gpu-memory '-5GB' must be positive, e.g. 24GB.\n"
 
 
+def test_cli_plan_empty_gpu_memory_is_refused_not_read_as_the_default(capsys):
+    """Before: `--gpu-memory ""` (an unset shell variable) planned for the 24 GB default without a word."""
+    from hf_dpo.cli import main
+
+    assert main(["plan", str(RECIPES / "llama3.1-8b-qlora.yaml"), "--gpu-memory", ""]) == 2
+    assert capsys.readouterr().err == "error: --gpu-memory '' is not like 24GB, 16GiB or 8000MB.\n"
+
+
 def test_arch_from_nested_text_config():
     arch = Arch.from_config(
         {
