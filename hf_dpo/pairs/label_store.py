@@ -231,8 +231,16 @@ class LabelStore:
 
     def _append(self, entry: dict) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        line = (json.dumps(entry) + "\n").encode()
+        with open(self.log, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                # A last line without its newline (an editor saved it so, or a write was cut off) would have
+                # this decision glued onto it: one unreadable line where there were two decisions.
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
