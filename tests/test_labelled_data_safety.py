@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
@@ -34,3 +36,35 @@ def test_a_log_whose_last_line_lost_its_newline_keeps_both_decisions(tmp_path):
     again = LabelStore(samples)
     assert again.state()["done"] == 2
     assert [d["choice"] for d in again.decisions.values()] == ["left", "right"]
+
+
+def test_a_decision_that_could_not_be_saved_is_not_in_the_log(tmp_path, monkeypatch):
+    """The disk failing at the fsync (full, I/O error): the page said 'not saved, press the key again', but the line
+    stayed in the log; pressed again, the log held the decision twice, and after a restart one undo left it in
+    place (and a half-written line would have had the next decision glued onto it)."""
+    import errno
+    import os
+
+    from hf_dpo.pairs import label_store
+
+    samples = _samples(tmp_path / "s.jsonl")
+    store = LabelStore(samples)
+    store.decide(0, "left")
+    log = decisions_path(store.out)
+    before = log.read_bytes()
+
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(label_store.os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        store.decide(1, "left")
+    assert log.read_bytes() == before  # "not saved" is true
+    monkeypatch.setattr(label_store.os, "fsync", real_fsync)
+    store.decide(1, "right")  # pressed again, with the other key
+    again = LabelStore(samples)
+    assert [d["choice"] for d in again.decisions.values()] == ["left", "right"]
+    again.undo()
+    assert again.state()["done"] == 1 and again.state()["current"]["index"] == 1

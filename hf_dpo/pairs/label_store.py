@@ -12,6 +12,7 @@ The HTTP side is `label_server`; this module knows nothing of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -240,9 +241,16 @@ class LabelStore:
                 # this decision glued onto it: one unreadable line where there were two decisions.
                 if f.read(1) != b"\n":
                     line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                # The page says "not saved" and the person presses again: the log must then not hold this
+                # decision (replayed after a restart as a second one) nor half of it (the next one glued on).
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise
 
     def pairs(self) -> list[dict]:
         rows = []
