@@ -60,6 +60,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
     check_push(args)
     splits = read_data(recipe)
     check_data(recipe, splits)  # tokenizer-free: a malformed row is named before the tokenizer loads
+    check_eval_strategy(recipe, splits)
     if recipe.sampling.judge:
         check_judge(recipe.sampling.judge)
     check_ref_cache(args)
@@ -351,6 +352,26 @@ def check_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> dic
                 "on. Lower eval_fraction or add pairs."
             )
     return counts
+
+
+def check_eval_strategy(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
+    """An `eval_strategy` other than no needs a held-out split; transformers' Trainer refuses it only once it is
+    built, after the model has loaded."""
+    cfg, strategy = recipe.data, recipe.training.eval_strategy
+    strategy = getattr(strategy, "value", strategy)  # an IntervalStrategy once TrainingArguments has run
+    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    if strategy in (None, "no") or has_eval:
+        return
+    where = (
+        f"no split '{cfg.dataset_test_split}' in {cfg.dataset_name}"
+        if cfg.dataset_test_split
+        else "dataset_test_split is null"
+    )
+    raise RecipeError(
+        f"key 'eval_strategy': {strategy} evaluates on the held-out split during training, but there is no "
+        f"held-out split ({where}, eval_fraction 0). Set eval_strategy: no, or give one: dataset_test_split naming "
+        "a split of the dataset, or eval_fraction (e.g. 0.1) to hold out a share of the train split."
+    )
 
 
 def _check_rows(source: str, rows: list, cfg) -> int:

@@ -1,0 +1,56 @@
+"""Hostile recipes, data files and command lines that a real user could plausibly give: each ends in one `error:`
+line naming the file, row or key (exit code 2) before any model loads, or is read exactly as written, never
+silently cut or misread."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hf_dpo import cli
+
+
+def arithmetic_pairs(n: int = 4) -> list[dict]:
+    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
+    """`hf-dpo train RECIPE OVERRIDES` in-process on tmp_path/data (a train and a test split unless the test
+    wrote its own): (exit code, stderr)."""
+    data = tmp_path / "data"
+    if not data.exists():
+        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
+        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
+    rc = cli.main(["train", str(path), *overrides])
+    return rc, capsys.readouterr().err
+
+
+def one_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def test_eval_strategy_without_a_held_out_split_is_named_before_the_model_loads(tmp_path, capsys, no_model):
+    # transformers' Trainer refused it only once built, after the model had loaded: a ValueError traceback.
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(6))
+    rc, err = train(tmp_path, capsys, "eval_strategy: steps\neval_steps: 5\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(r"key 'eval_strategy': steps .*no held-out split", line), line
+    assert "dataset_test_split" in line and "eval_fraction" in line
+    # the same recipe with a held-out share carved out of the train split passes every check
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        train(tmp_path, capsys, "eval_strategy: steps\neval_steps: 5\neval_fraction: 0.5\n")
