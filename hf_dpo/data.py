@@ -514,6 +514,26 @@ def _warn_length_drops(report: DataReport, max_length: int | None, max_prompt_le
         )
 
 
+def check_columns(source: str, rows: list, cfg: DataConfig) -> None:
+    """The recipe's columns are the data's: a column no row has is a problem of the whole split, named as such
+    (row by row it read as "missing value. Fix the row", or, with on_bad_rows: skip, as no usable pairs)."""
+    present = set().union(*(r.keys() for r in rows[:100] if isinstance(r, dict)))
+    if not present:
+        return  # no rows, or none an object: the row checks name them
+    wanted = [("chosen_column", cfg.chosen_column), ("rejected_column", cfg.rejected_column)]
+    # An absent prompt column means the implicit prompt, but only under its default name: a prompt_column the
+    # recipe set to a column the data lacks is a typo, never a request for the shared start of the answers.
+    default_prompt = DataConfig.__dataclass_fields__["prompt_column"].default
+    if cfg.prompt_column != default_prompt:
+        wanted.append(("prompt_column", cfg.prompt_column))
+    for key, column in wanted:
+        if column not in present:
+            raise DataError(
+                f"{source}: no column '{column}' (columns: {', '.join(sorted(map(str, present)))}). Map your "
+                f"column names with {key} (and chosen_column / rejected_column / prompt_column) in the recipe."
+            )
+
+
 def prepare_rows(
     rows: list[dict],
     source: str,
@@ -527,14 +547,7 @@ def prepare_rows(
     `row_numbers`: each row's number in its file (rows may be a seeded subset of it); 0, 1, ... by default."""
     report = DataReport(source=source, rows_read=len(rows))
     columns: dict[str, list] = {k: [] for k in (*TOKENIZED_COLUMNS, "prompt", "chosen", "rejected")}
-    if rows:
-        present = set().union(*(r.keys() for r in rows[:100]))
-        for column in (data_cfg.chosen_column, data_cfg.rejected_column):
-            if column not in present:
-                raise DataError(
-                    f"{source}: no column '{column}' (columns: {', '.join(sorted(present))}). "
-                    "Map your column names with chosen_column / rejected_column / prompt_column in the recipe."
-                )
+    check_columns(source, rows, data_cfg)
     numbers = row_numbers if row_numbers is not None else range(len(rows))
     for index, row in zip(numbers, rows):
         try:

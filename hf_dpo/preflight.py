@@ -35,6 +35,7 @@ from hf_dpo.data import (
     BadRow,
     DataError,
     PreferenceData,
+    check_columns,
     load_preference_dataset,
     normalize_row,
     read_splits,
@@ -375,6 +376,7 @@ def check_eval_strategy(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]
 
 
 def _check_rows(source: str, rows: list, cfg) -> int:
+    check_columns(source, rows, cfg)
     usable = 0
     for index, row in enumerate(rows):
         if not isinstance(row, dict):

@@ -54,3 +54,38 @@ def test_eval_strategy_without_a_held_out_split_is_named_before_the_model_loads(
     # the same recipe with a held-out share carved out of the train split passes every check
     with pytest.raises(AssertionError, match="the model was loaded"):
         train(tmp_path, capsys, "eval_strategy: steps\neval_steps: 5\neval_fraction: 0.5\n")
+
+
+@pytest.mark.parametrize("on_bad_rows", ["error", "skip"])
+def test_a_split_without_the_mapped_columns_names_them_not_a_row(tmp_path, capsys, no_model, on_bad_rows):
+    # StackExchange-style columns: before, "row 0, column 'chosen': missing value. Fix the row" (error), or with
+    # skip "no usable pairs (3 rows read, none valid) ... set `on_bad_rows: skip`", which it already was.
+    write_jsonl(
+        tmp_path / "data" / "train.jsonl", [{"question": "q", "response_j": "a", "response_k": "b"}] * 3
+    )
+    rc, err = train(tmp_path, capsys, f"on_bad_rows: {on_bad_rows}\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(
+        r"train.jsonl: no column 'chosen' \(columns: question, response_j, response_k\)", line
+    ), line
+    assert "chosen_column" in line and "row" not in line
+
+
+def test_a_held_out_split_without_the_columns_is_named(tmp_path, capsys, no_model):
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    write_jsonl(tmp_path / "data" / "test.jsonl", [{"prompt": "p", "good": "a", "bad": "b"}] * 2)
+    rc, err = train(tmp_path, capsys, "on_bad_rows: skip\n")
+    assert rc == 2 and re.search(r"test.jsonl: no column 'chosen'", one_error(err))
+
+
+def test_a_prompt_column_set_to_a_column_the_data_lacks_is_named(tmp_path, capsys, no_model):
+    # Before: every row fell back to the implicit prompt (the shared start of chosen and rejected), so the error
+    # was "row 0, column 'question': no prompt column and chosen/rejected share no prefix", or, where the
+    # answers did share a start, the recipe's mapping was silently ignored.
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    rc, err = train(tmp_path, capsys, "prompt_column: question\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(r"train.jsonl: no column 'question' \(columns: chosen, prompt, rejected\)", line), line
+    assert "prompt_column" in line
