@@ -8,6 +8,7 @@ why_not_writable("runs/demo")                           # None, or why no file c
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -23,14 +24,17 @@ def read_jsonl(
     path: str | os.PathLike,
     error: type[HfDpoError] = HfDpoError,
     hint: str = "Fix or delete that line.",
+    *,
+    size: int | None = None,
 ) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line of a JSONL file.
+    """(line number, row) for each non-blank line of a JSONL file (of its first `size` bytes, when given).
 
     A line that is not UTF-8, not JSON or not a JSON object raises `error` naming the file and line, with `hint`.
     """
     rows = []
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        lines = fh if size is None else io.BytesIO(fh.read(size))
+        for lineno, raw in enumerate(lines, start=1):
             if lineno == 1:  # a byte-order mark, as Windows editors write one, is not part of the row
                 raw = raw.removeprefix(_BOM)
             try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_dpo.pairs.formats import SamplingError
 from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
@@ -68,3 +69,72 @@ def test_a_decision_that_could_not_be_saved_is_not_in_the_log(tmp_path, monkeypa
     assert [d["choice"] for d in again.decisions.values()] == ["left", "right"]
     again.undo()
     assert again.state()["done"] == 1 and again.state()["current"]["index"] == 1
+
+
+# ---------------------------------------------------------------- resuming sampling never rewrites a file it refuses
+
+
+def _recipe(tmp_path: Path, **over):
+    from hf_dpo.config import load_recipe
+
+    values = {
+        "model_name_or_path": str(tmp_path / "no-model"),  # never loaded: every check here comes before
+        "quantization": "none",
+        "num_samples_per_prompt": 2,
+        "max_new_tokens": 4,
+        "output_dir": str(tmp_path / "run"),
+        **over,
+    }
+    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    return load_recipe(None, args)
+
+
+def _sample_rows(recipe, prompts: list[str]) -> list[dict]:
+    from hf_dpo.pairs.sampling import _settings
+
+    settings = _settings(recipe.model, recipe.sampling)
+    return [
+        {"index": i, "prompt": p, "completions": ["x", "y"], "finished": [True, True], "settings": settings}
+        for i, p in enumerate(prompts)
+    ]
+
+
+def test_a_refused_samples_file_keeps_its_cut_off_last_line(tmp_path):
+    """A run killed mid-line, resumed with a changed recipe: before, the cut-off last line was dropped from the file
+    and then the file refused (made with other settings); a file that is no samples file at all (samples_file
+    pointing at notes, 'hello\\nworld') lost its last line the same way. Nothing is touched before it is known to
+    be this run's."""
+    from hf_dpo.pairs.sampling import sample
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("One?\nTwo?\nThree?\n")
+    recipe = _recipe(tmp_path)
+    rows = _sample_rows(recipe, ["One?", "Two?", "Three?"])
+    samples = tmp_path / "samples.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in rows[:2]) + json.dumps(rows[2])[:30]
+    samples.write_text(text)
+    with pytest.raises(SamplingError, match="other sampling settings"):
+        sample(_recipe(tmp_path, sampling_temperature=0.3), prompts_file, samples, progress=False)
+    assert samples.read_text() == text
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("hello\nworld")
+    with pytest.raises(SamplingError, match=r"notes\.jsonl, line 1: not valid JSON"):
+        sample(recipe, prompts_file, notes, progress=False)
+    assert notes.read_text() == "hello\nworld"
+
+
+def test_a_samples_file_of_this_run_is_still_repaired_in_place(tmp_path):
+    """The repair itself, once the file is known to be this run's: a cut-off last line dropped, a missing last
+    newline added (the rest of the file as it was)."""
+    from hf_dpo.pairs.sampling import _done_indices, _settings
+
+    recipe = _recipe(tmp_path)
+    settings = _settings(recipe.model, recipe.sampling)
+    rows = _sample_rows(recipe, ["One?", "Two?"])
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:20])
+    assert _done_indices(samples, ["One?", "Two?"], settings) == {0}
+    assert samples.read_text() == json.dumps(rows[0]) + "\n"
+    samples.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]))
+    assert _done_indices(samples, ["One?", "Two?"], settings) == {0, 1}
+    assert samples.read_text() == json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n"

@@ -74,13 +74,14 @@ def _check_text(text: str, where: str) -> None:
         raise SamplingError(f"{where}: {reason}. Fix that prompt.")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """(line number, row) for each non-blank line; SamplingError naming file and line for a broken one
-    (not UTF-8, not JSON, not an object)."""
+def read_jsonl(path: str | os.PathLike, size: int | None = None) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-blank line (of the first `size` bytes, when given); SamplingError naming
+    file and line for a broken one (not UTF-8, not JSON, not an object)."""
     return read_lines(
         path,
         error=SamplingError,
         hint="Fix or delete that line; the other lines are kept (a sampling run resumes and redoes missing prompts).",
+        size=size,
     )
 
 

@@ -145,21 +145,22 @@ def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -
     """Prompt indices already in the samples file; checks they were made from these prompts and settings.
 
     A last line cut off mid-write (no trailing newline) is the trace of a killed run: it is dropped and
-    that prompt is sampled again. Any other broken line stops with its line number.
+    that prompt is sampled again. Any other broken line stops with its line number. The file is only touched
+    (the cut line dropped, a missing last newline added, in place) once every other line is known to be a
+    sample of these prompts and settings: a refused file, or one that is not a samples file at all, is left as
+    it was.
     """
     if not path.exists():
         return set()
     raw = path.read_bytes()
+    whole = len(raw)  # bytes of complete lines
     if raw and not raw.endswith(b"\n"):
-        cut = raw.rfind(b"\n") + 1
         try:
-            json.loads(raw[cut:])
-            path.write_bytes(raw + b"\n")
+            json.loads(raw[raw.rfind(b"\n") + 1 :])
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # cut inside a character too
-            logger.warning("%s: dropping a last line cut off mid-write; that prompt is sampled again.", path)
-            path.write_bytes(raw[:cut])
+            whole = raw.rfind(b"\n") + 1
     done = set()
-    for lineno, row in read_jsonl(path):
+    for lineno, row in read_jsonl(path, size=whole):
         index = row.get("index")
         if not isinstance(index, int) or not 0 <= index < len(prompts) or row.get("prompt") != prompts[index]:
             raise SamplingError(
@@ -172,6 +173,12 @@ def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -
                 f"({settings}). Point samples_file to a new file to sample with the new settings."
             )
         done.add(index)
+    if whole < len(raw):
+        logger.warning("%s: dropping a last line cut off mid-write; that prompt is sampled again.", path)
+        os.truncate(path, whole)
+    elif raw and not raw.endswith(b"\n"):
+        with open(path, "ab") as f:  # appended, not the whole file rewritten: a kill now loses nothing
+            f.write(b"\n")
     return done
 
 
