@@ -138,3 +138,16 @@ def test_a_samples_file_of_this_run_is_still_repaired_in_place(tmp_path):
     samples.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]))
     assert _done_indices(samples, ["One?", "Two?"], settings) == {0, 1}
     assert samples.read_text() == json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n"
+
+
+# ---------------------------------------------------------------- prompts files
+
+
+def test_a_txt_prompt_with_a_unicode_line_separator_stays_one_prompt(tmp_path):
+    """U+2028 (pasted from a web page), NEL or a form feed inside a prompt: before, str.splitlines() cut the prompt
+    there, and two half prompts were sampled with no word said. Lines end at \\n, \\r\\n or \\r only."""
+    from hf_dpo.pairs.formats import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("Explain this:\u2028x = 1\r\nPage one\x0cpage two\rNext\x85line\n\n".encode())
+    assert read_prompts(path) == ["Explain this:\u2028x = 1", "Page one\x0cpage two", "Next\x85line"]

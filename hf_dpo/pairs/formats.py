@@ -11,6 +11,7 @@ through this module, so a file one of them writes is one the next reads.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
     if suffix == ".txt":
         # read_utf8_text drops a byte-order mark (Windows editors), else the first prompt's first character.
         text = read_utf8_text(path, error=SamplingError)
-        prompts: list[Prompt] = [line.rstrip("\n") for line in text.splitlines()]
+        # Lines end at \n, \r\n or \r only: str.splitlines() also splits at U+2028, \x85, \x0c (form feed) and
+        # others that are text inside a prompt (pasted from a web page or a PDF), cutting one prompt in two.
+        prompts: list[Prompt] = re.split(r"\r\n|\r|\n", text)
         prompts = [p for p in prompts if p.strip()]
     elif suffix == ".jsonl":
         prompts = []
