@@ -141,6 +141,8 @@ def _read_rows(path: Path) -> list[dict]:
         import datasets
 
         try:
+            if suffix == ".csv":
+                return _read_csv(path)
             ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
             # datasets wraps the parser's own error in "An error occurred ..."
@@ -152,6 +154,15 @@ def _read_rows(path: Path) -> list[dict]:
             ) from None
         return ds.to_list()
     raise DataError(f"{path}: unsupported file type '{suffix}'. Use .json, .jsonl, .parquet or .csv.")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """Every cell as the text it holds. CSV has no types: pandas' guessing (datasets' CSV loader) read a column of
+    numeric answers as numbers, "1.50" as 1.5, and the answers NA, None or null as missing values."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    return frame.to_dict(orient="records")
 
 
 def _split_files(directory: Path) -> dict[str, Path]:

@@ -89,3 +89,29 @@ def test_a_prompt_column_set_to_a_column_the_data_lacks_is_named(tmp_path, capsy
     line = one_error(err)
     assert re.search(r"train.jsonl: no column 'question' \(columns: chosen, prompt, rejected\)", line), line
     assert "prompt_column" in line
+
+
+def test_csv_cells_are_read_as_the_text_they_hold(tmp_path):
+    # pandas' type inference read a column of numeric answers as numbers ("row 0, column 'chosen': expected a
+    # string ..., got int", an error no edit of the CSV could fix), "1.50" as 1.5, and the answers NA / None /
+    # null as missing values.
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import read_splits
+
+    (tmp_path / "train.csv").write_text(
+        "prompt,chosen,rejected\nWhat is 1 + 1?,2,3\nPrice of 3 at 0.50?,1.50,1.5\nPandas' missing marker?,NA,None\n"
+    )
+    rows = read_splits(DataConfig(dataset_name=str(tmp_path / "train.csv")))["train"][1]
+    assert rows == [
+        {"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "3"},
+        {"prompt": "Price of 3 at 0.50?", "chosen": "1.50", "rejected": "1.5"},
+        {"prompt": "Pandas' missing marker?", "chosen": "NA", "rejected": "None"},
+    ]
+
+
+def test_an_empty_csv_cell_is_an_empty_response_named_by_row(tmp_path, capsys, no_model):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("prompt,chosen,rejected\nq1,a,b\nq2,,d\n")
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2 and re.search(r"train.csv, row 1, column 'chosen': empty response", one_error(err))
