@@ -204,12 +204,32 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
             bad = [v for v in value if not isinstance(v, str) or not v.strip()]
             if bad:
                 raise _error(key, f"expected a list of non-empty strings, got {list(value)!r}.", error)
+        if "list[float]" in str(ftype).replace(" ", ""):
+            return [_list_number(key, item, list(value), error) for item in value]
         return list(value)
     if isinstance(value, dict):
         if "dict" in kinds:
             return value
         raise _error(key, f"expected {_expected(scalar)}, got a mapping {value!r}.", error)
     raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
+
+
+def _list_number(key: str, item: Any, value: list, error) -> float:
+    """One item of a list-of-numbers key as a float. YAML 1.1 reads 1e-1 (no dot) as a string, and argparse
+    converts only a string default: such an item would reach the loss as text, failing after the model loaded."""
+    number = item
+    if isinstance(item, str):
+        try:
+            number = float(item.strip())
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise _error(
+            key, f"expected a list of numbers, got {value!r}: {_describe(item)} is not a number.", error
+        )
+    if not math.isfinite(number):
+        raise _error(key, f"must be a list of finite numbers, got {value!r}.", error)
+    return float(number)
 
 
 def _expected(kinds: set[str]) -> str:

@@ -115,3 +115,30 @@ def test_an_empty_csv_cell_is_an_empty_response_named_by_row(tmp_path, capsys, n
     (data / "train.csv").write_text("prompt,chosen,rejected\nq1,a,b\nq2,,d\n")
     rc, err = train(tmp_path, capsys)
     assert rc == 2 and re.search(r"train.csv, row 1, column 'chosen': empty response", one_error(err))
+
+
+def load(tmp_path: Path, text: str, *overrides: str):
+    from hf_dpo.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return load_recipe(path, list(overrides))
+
+
+def test_loss_weights_written_as_yaml_reads_them_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-1 (no dot) as a string: it reached the loss as '1e-1' and failed in the first training
+    # step, after the model had loaded.
+    recipe = load(tmp_path, "loss_type: [sigmoid, sft]\nloss_weights: [1, 1e-1]\n")
+    assert recipe.training.loss_weights == [1.0, 0.1]
+    assert all(type(w) is float for w in recipe.training.loss_weights)
+
+
+@pytest.mark.parametrize(
+    "weights, problem",
+    [("[1, .nan]", r"finite"), ("[1, true]", r"true"), ("[1, heavy]", r"'heavy'"), ("[1, [2]]", r"\[2\]")],
+)
+def test_loss_weights_that_are_no_numbers_are_named(tmp_path, weights, problem):
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(RecipeError, match=rf"key 'loss_weights': .*{problem}"):
+        load(tmp_path, f"loss_type: [sigmoid, sft]\nloss_weights: {weights}\n")
