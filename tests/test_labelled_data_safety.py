@@ -94,7 +94,13 @@ def _sample_rows(recipe, prompts: list[str]) -> list[dict]:
 
     settings = _settings(recipe.model, recipe.sampling)
     return [
-        {"index": i, "prompt": p, "completions": ["x", "y"], "finished": [True, True], "settings": settings}
+        {
+            "index": i,
+            "prompt": p,
+            "completions": ["x", "y"],
+            "finished": [True, True],
+            "settings": dict(settings),
+        }
         for i, p in enumerate(prompts)
     ]
 
@@ -151,3 +157,36 @@ def test_a_txt_prompt_with_a_unicode_line_separator_stays_one_prompt(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_bytes("Explain this:\u2028x = 1\r\nPage one\x0cpage two\rNext\x85line\n\n".encode())
     assert read_prompts(path) == ["Explain this:\u2028x = 1", "Page one\x0cpage two", "Next\x85line"]
+
+
+def test_resuming_with_another_system_prompt_is_refused_not_mixed(tmp_path):
+    """system_prompt (or apply_chat_template, model_revision) changed between an interrupted run and its resume:
+    before, the samples file was resumed, and half its prompts were answered under one system prompt and half
+    under the other, while the dataset card named the new one for all. Rows written before these settings were
+    recorded are resumed with their defaults."""
+    from hf_dpo.pairs.sampling import _done_indices, _settings, sample
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("One?\nTwo?\nThree?\n")
+    recipe = _recipe(tmp_path)
+    rows = _sample_rows(recipe, ["One?", "Two?"])
+    samples = tmp_path / "samples.jsonl"
+    _write_jsonl(samples, rows)
+    before = samples.read_bytes()
+    for over, key in [
+        ({"system_prompt": "Answer in French."}, "system_prompt"),
+        ({"apply_chat_template": False}, "apply_chat_template"),
+        ({"model_revision": "v2"}, "revision"),
+    ]:
+        with pytest.raises(
+            SamplingError, match=rf"line 1: made with other sampling settings than now \({key} "
+        ):
+            sample(_recipe(tmp_path, **over), prompts_file, samples, progress=False)
+    assert samples.read_bytes() == before
+    # A file from before these keys: its rows have none of them, and resume as made with the defaults.
+    for row in rows:
+        for key in ("revision", "system_prompt", "apply_chat_template"):
+            del row["settings"][key]
+    _write_jsonl(samples, rows)
+    settings = _settings(recipe.model, recipe.sampling, recipe.data)
+    assert _done_indices(samples, ["One?", "Two?", "Three?"], settings) == {0, 1}

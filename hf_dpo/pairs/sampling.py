@@ -126,11 +126,21 @@ def load_reference(model_cfg: ModelConfig):
 # ---------------------------------------------------------------- generation, resumable
 
 
-def _settings(model_cfg: ModelConfig, cfg: SamplingConfig) -> dict[str, Any]:
-    """What determines the samples; a samples file made with other settings is not resumed into."""
+# Settings recorded since samples files were first written: a row without one was made with its default.
+_LATER_SETTINGS = {"revision": None, "system_prompt": None, "apply_chat_template": True}
+
+
+def _settings(model_cfg: ModelConfig, cfg: SamplingConfig, data: DataConfig | None = None) -> dict[str, Any]:
+    """What determines the samples; a samples file made with other settings is not resumed into. The prompt's
+    formatting (`data`: system_prompt, apply_chat_template) is part of it: the model answers the text it is
+    shown, and the dataset card names one system prompt for the whole file."""
+    data = data or DataConfig()
     return {
         "model": model_cfg.model_name_or_path,
+        "revision": model_cfg.model_revision,
         "adapter": model_cfg.adapter_name_or_path,
+        "system_prompt": data.system_prompt,
+        "apply_chat_template": data.apply_chat_template,
         "quantization": model_cfg.quantization,
         "num_samples_per_prompt": cfg.num_samples_per_prompt,
         "temperature": cfg.sampling_temperature,
@@ -167,10 +177,17 @@ def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -
                 f"{path}, line {lineno}: this sample does not belong to the current prompt set (index {index!r}). "
                 "Point samples_file to a new file, or restore the prompts it was made from."
             )
-        if row.get("settings") != settings:
+        made = row.get("settings")
+        if not isinstance(made, dict) or {**_LATER_SETTINGS, **made} != settings:
+            made = {**_LATER_SETTINGS, **made} if isinstance(made, dict) else {}
+            changed = ", ".join(
+                f"{key} {made.get(key)!r} then, {value!r} now"
+                for key, value in settings.items()
+                if made.get(key) != value
+            )
             raise SamplingError(
-                f"{path}, line {lineno}: made with other sampling settings ({row.get('settings')}) than now "
-                f"({settings}). Point samples_file to a new file to sample with the new settings."
+                f"{path}, line {lineno}: made with other sampling settings than now ({changed}). Point samples_file "
+                "to a new file to sample with the new settings, or set them back to resume this one."
             )
         done.add(index)
     if whole < len(raw):
@@ -266,7 +283,7 @@ def sample(
             f"num_samples_per_prompt must be >= 2 to make pairs (got {cfg.num_samples_per_prompt})."
         )
     prompts = read_prompts(prompts_file, recipe.data.prompt_column)
-    settings = _settings(recipe.model, cfg)
+    settings = _settings(recipe.model, cfg, recipe.data)
     done = _done_indices(samples_path, prompts, settings)
     todo = [i for i in range(len(prompts)) if i not in done]
     result = {
@@ -392,7 +409,7 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
         samples_path = default_samples_file(recipe, split)
         prompts = read_prompts(prompts_file, recipe.data.prompt_column) if prompts_file else None
         needs_model = prompts is not None and len(
-            _done_indices(samples_path, prompts, _settings(recipe.model, cfg))
+            _done_indices(samples_path, prompts, _settings(recipe.model, cfg, recipe.data))
         ) < len(prompts)
         if needs_model and model_and_tokenizer is None:
             model_and_tokenizer = load_reference(recipe.model)
