@@ -190,3 +190,28 @@ def test_resuming_with_another_system_prompt_is_refused_not_mixed(tmp_path):
     _write_jsonl(samples, rows)
     settings = _settings(recipe.model, recipe.sampling, recipe.data)
     assert _done_indices(samples, ["One?", "Two?", "Three?"], settings) == {0, 1}
+
+
+# ---------------------------------------------------------------- where hand labels go
+
+
+def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(tmp_path, capsys, monkeypatch):
+    """`hf-dpo label S --out notes.txt/pairs.jsonl` (the parent a file; a read-only disk alike): before, the server
+    started and printed 'every decision is already saved', and the first click failed on the page."""
+    import socketserver
+
+    from hf_dpo import cli
+
+    def stop(self, *args, **kwargs):  # a server that started returns at once (as after Ctrl-C)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(socketserver.BaseServer, "serve_forever", stop)
+    samples = _samples(tmp_path / "s.jsonl")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    rc = cli.main(
+        ["label", str(samples), "--out", str(tmp_path / "notes.txt" / "pairs.jsonl"), "--port", "0"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 2 and "cannot be written there" in captured.err and "notes.txt is a file" in captured.err
+    assert "Open http" not in captured.out and "Traceback" not in captured.err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hf_dpo.files import atomic_write_jsonl
+from hf_dpo.files import atomic_write_jsonl, why_not_writable
 from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_jsonl, read_samples
 
 CHOICES = ("left", "right", "tie", "skip")
@@ -95,6 +95,7 @@ class LabelStore:
         self.log = decisions_path(self.out)
         _check_distinct_files(self.samples_file, self.out, self.log)
         _check_out_replaceable(self.out, self.log)
+        _check_writable(self.out, self.log)
         self.samples = read_samples(samples_file)
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
         self.row_keys = [content_key(row) for row in self.samples]
@@ -310,6 +311,22 @@ def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
     if same(log, samples):
         raise SamplingError(
             f"the decision log of --out {out} would be {log}, the samples file itself. Give another --out."
+        )
+
+
+def _check_writable(out: Path, log: Path) -> None:
+    """The first click writes the log and OUT: a place they cannot be written (a read-only or full disk, a parent
+    that is a file) is named before the server starts, not as an error on the page after the first decision."""
+    problem = why_not_writable(out.parent)
+    if problem is None and log.exists():
+        try:
+            open(log, "ab").close()  # appending nothing proves the log takes the next decision
+        except OSError as err:
+            problem = f"{err.strerror}: {log}"
+    if problem:
+        raise SamplingError(
+            f"--out {out}: the pairs file and its decision log {log.name} cannot be written there ({problem}). "
+            "Give an --out in a directory you can write to."
         )
 
 
