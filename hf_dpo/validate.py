@@ -314,6 +314,8 @@ def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: lis
             continue
         value = getattr(obj, f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # a list key: null is no value, not "optional"
+            default = f.default_factory()
         if hasattr(value, "value") and not isinstance(value, (str, int, float)):  # an Enum set from Python
             continue
         if value is None and f.name not in RANGES and f.name in _inherited():

@@ -142,3 +142,13 @@ def test_loss_weights_that_are_no_numbers_are_named(tmp_path, weights, problem):
 
     with pytest.raises(RecipeError, match=rf"key 'loss_weights': .*{problem}"):
         load(tmp_path, f"loss_type: [sigmoid, sft]\nloss_weights: {weights}\n")
+
+
+@pytest.mark.parametrize("key", ["lora_target_modules", "loss_type"])
+def test_a_list_key_left_empty_in_yaml_is_named(tmp_path, capsys, no_model, key):
+    # `key:` with nothing after it is null in YAML. lora_target_modules: null passed the value checks and ended
+    # in a TypeError traceback in the preflight; loss_type: null in "TypeError: 'NoneType' object is not
+    # iterable" naming no key.
+    rc, err = train(tmp_path, capsys, f"{key}:\n")
+    assert rc == 2
+    assert re.search(rf"key '{key}': needs a value \(it is not optional; default: \['", one_error(err))
