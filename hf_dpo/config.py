@@ -508,7 +508,19 @@ def _check_not_applicable(args: DPOConfig) -> None:
         )
     if isinstance(args.pad_to_multiple_of, str):  # recipes and the command line give text
         text = args.pad_to_multiple_of.strip().lower()
-        args.pad_to_multiple_of = None if text in ("auto", "none", "null", "") else int(text)
+        try:
+            args.pad_to_multiple_of = None if text in ("auto", "none", "null", "") else int(text)
+        except ValueError:
+            raise RecipeError(
+                f"key 'pad_to_multiple_of': {args.pad_to_multiple_of!r} is not a whole number. Give one such as "
+                "8, or auto for no padding beyond the longest row."
+            ) from None
+    if args.pad_to_multiple_of is not None and args.pad_to_multiple_of < 1:
+        # below 1 the collator would pad rows to fewer tokens than the longest: a shape error at the first step
+        raise RecipeError(
+            f"key 'pad_to_multiple_of': must be >= 1, got {args.pad_to_multiple_of}. Give one such as 8, or auto "
+            "for no padding beyond the longest row."
+        )
     if isinstance(args.model_init_kwargs, str):
         import json
 

@@ -152,3 +152,29 @@ def test_a_list_key_left_empty_in_yaml_is_named(tmp_path, capsys, no_model, key)
     rc, err = train(tmp_path, capsys, f"{key}:\n")
     assert rc == 2
     assert re.search(rf"key '{key}': needs a value \(it is not optional; default: \['", one_error(err))
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("eight", r"'eight' is not a whole number"),
+        ("-8", r"must be >= 1, got -8"),
+        ("0", r"must be >= 1, got 0"),
+    ],
+)
+def test_pad_to_multiple_of_that_is_no_positive_whole_number_is_named(tmp_path, value, problem):
+    # Before: "invalid value in section DPOConfig: ValueError: invalid literal for int() with base 10: 'eight'"
+    # (no key), and -8 was taken: rows padded to fewer tokens than the longest, a shape error at the first step.
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(RecipeError, match=rf"key 'pad_to_multiple_of': {problem}.*auto"):
+        load(tmp_path, f"pad_to_multiple_of: {value}\n")
+    with pytest.raises(RecipeError, match=rf"key 'pad_to_multiple_of': {problem}"):
+        load(tmp_path, "", "--pad_to_multiple_of", value)
+
+
+def test_pad_to_multiple_of_keeps_its_valid_forms(tmp_path):
+    assert load(tmp_path, "pad_to_multiple_of: 8\n").training.pad_to_multiple_of == 8
+    assert load(tmp_path, "", "--pad_to_multiple_of", "16").training.pad_to_multiple_of == 16
+    for text in ("auto", "null", "none"):
+        assert load(tmp_path, f"pad_to_multiple_of: {text}\n").training.pad_to_multiple_of is None
