@@ -215,3 +215,28 @@ def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(tmp_pat
     assert rc == 2 and "cannot be written there" in captured.err and "notes.txt is a file" in captured.err
     assert "Open http" not in captured.out and "Traceback" not in captured.err
     assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
+def test_a_second_server_on_the_same_out_is_refused(tmp_path):
+    """Two `hf-dpo label` servers on one OUT (a second terminal, another --port): before, both ran, each rewrote
+    OUT from its own decisions only (the other's pairs vanished from it) and both appended to one log."""
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    first = make_server(samples, host="127.0.0.1", port=0)
+    try:
+        with pytest.raises(
+            SamplingError, match=r"s\.pairs\.decisions\.jsonl is in use: another `hf-dpo label`"
+        ):
+            make_server(samples, host="127.0.0.1", port=0)
+        first.store.decide(0, "left")
+        other = make_server(samples, tmp_path / "other.jsonl", host="127.0.0.1", port=0)  # another OUT: fine
+        other.server_close()
+    finally:
+        first.server_close()
+    again = make_server(samples, host="127.0.0.1", port=0)  # the first one stopped: resumes
+    try:
+        assert again.store.state()["done"] == 1
+    finally:
+        again.server_close()
+    assert not (tmp_path / "other.jsonl").exists()  # no decision, no pairs file

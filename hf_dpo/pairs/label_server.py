@@ -167,11 +167,26 @@ def host_checker(host: str, port: int):
     return ok
 
 
+class _LabelServer(ThreadingHTTPServer):
+    store: LabelStore
+
+    def server_close(self) -> None:
+        super().server_close()
+        store = getattr(self, "store", None)  # none yet when the bind failed (socketserver closes then)
+        if store is not None:
+            store.release()  # another server may now label into this OUT
+
+
 def make_server(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """A ready (not yet serving) labelling server; `server.server_address` has the bound port."""
-    store = LabelStore(samples_file, out)
+    """A ready (not yet serving) labelling server; `server.server_address` has the bound port. It holds OUT's
+    decision log until `server_close()`: a second server on the same OUT is refused."""
+    store = LabelStore(samples_file, out, exclusive=True)
     handler = type("LabelHandler", (_Handler,), {"store": store})
-    server = ThreadingHTTPServer((host, port), handler)
+    try:
+        server = _LabelServer((host, port), handler)
+    except BaseException:
+        store.release()  # the port is taken: the log is free for the next try
+        raise
     handler.host_ok = staticmethod(host_checker(host, server.server_address[1]))
     server.store = store
     return server

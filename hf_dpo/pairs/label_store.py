@@ -89,13 +89,22 @@ class LabelStore:
     positions and `content_key` of the samples row: a log made on other samples (regenerated, edited) is refused
     by line, never replayed onto new answers."""
 
-    def __init__(self, samples_file: str | os.PathLike, out: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        samples_file: str | os.PathLike,
+        out: str | os.PathLike | None = None,
+        *,
+        exclusive: bool = False,
+    ):
+        """exclusive: hold the decision log until `release()`, refusing a second exclusive store on it (the
+        server's; a LabelStore only read from needs none)."""
         self.samples_file = Path(samples_file)
         self.out = Path(out) if out else default_out(samples_file)
         self.log = decisions_path(self.out)
         _check_distinct_files(self.samples_file, self.out, self.log)
         _check_out_replaceable(self.out, self.log)
         _check_writable(self.out, self.log)
+        self._held = _hold(self.log, self.out) if exclusive else None
         self.samples = read_samples(samples_file)
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
         self.row_keys = [content_key(row) for row in self.samples]
@@ -114,7 +123,7 @@ class LabelStore:
         self.lock = threading.Lock()
         self.decisions: dict[int, dict] = {}  # item number -> decision
         self.history: list[int] = []  # item numbers in decision order, for undo
-        if self.log.exists():
+        if self.log.is_file() and self.log.stat().st_size:  # `exclusive` made an empty one: nothing to write
             self._replay()
             # A kill between the logged decision and the pairs rewrite left the pairs file behind the log.
             self._write_pairs()
@@ -231,6 +240,12 @@ class LabelStore:
                 self._write_pairs()
             return self.state()
 
+    def release(self) -> None:
+        """Let another server label into OUT (the lock of `exclusive`)."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
     def _append(self, entry: dict) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(entry) + "\n").encode()
@@ -312,6 +327,29 @@ def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
         raise SamplingError(
             f"the decision log of --out {out} would be {log}, the samples file itself. Give another --out."
         )
+
+
+def _hold(log: Path, out: Path):
+    """The decision log, open and locked for this process (released when closed, or when the process dies).
+
+    Two servers on one OUT (a second terminal, another --port) would each rewrite OUT from their own decisions
+    only, dropping the other's pairs, and interleave their undos in one log."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; one server per OUT is then the person's to keep
+        return None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    held = open(log, "ab")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.close()
+        raise SamplingError(
+            f"{log} is in use: another `hf-dpo label` is labelling into {out} (another terminal or --port); two "
+            f"would each rewrite {out.name} without the other's decisions. Label in the page that one serves, or "
+            "stop it first (Ctrl-C), or give this one another --out."
+        ) from None
+    return held
 
 
 def _check_writable(out: Path, log: Path) -> None:
