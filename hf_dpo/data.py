@@ -182,6 +182,13 @@ def _split_files(directory: Path) -> dict[str, Path]:
     return files
 
 
+def _named_test_split(cfg: DataConfig) -> bool:
+    """Whether the recipe named its held-out split: one the data lacks is then an error, where an absent default
+    split ('test') means none (eval_fraction may carve one out). Otherwise the run silently had no held-out split."""
+    default = DataConfig.__dataclass_fields__["dataset_test_split"].default
+    return bool(cfg.dataset_test_split) and cfg.dataset_test_split != default
+
+
 def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     """{split: (source name, rows)} for the train split and, if present, the test split."""
     if not cfg.dataset_name:
@@ -190,15 +197,25 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     wanted = [cfg.dataset_train_split] + ([cfg.dataset_test_split] if cfg.dataset_test_split else [])
     out: dict[str, tuple[str, list[dict]]] = {}
     if path.is_file():
+        if _named_test_split(cfg):
+            raise DataError(
+                f"{path} is one file, the train split: it has no split dataset_test_split "
+                f"'{cfg.dataset_test_split}'. Put the splits in one directory (train.jsonl, "
+                f"{cfg.dataset_test_split}.jsonl), or set eval_fraction to hold out a share of this file."
+            )
         out[cfg.dataset_train_split] = (str(path), _read_file(path))
         return out
     if path.is_dir():
         files = _split_files(path)
-        if cfg.dataset_train_split not in files:
-            raise DataError(
-                f"{path}: no file for split '{cfg.dataset_train_split}' (found: {', '.join(files)}). "
-                "Set dataset_train_split to one of them."
-            )
+        named = [("dataset_train_split", cfg.dataset_train_split)]
+        if _named_test_split(cfg):
+            named.append(("dataset_test_split", cfg.dataset_test_split))
+        for key, split in named:
+            if split not in files:
+                raise DataError(
+                    f"{path}: no file for split '{split}' (found: {', '.join(files)}). "
+                    f"Set {key} to one of them."
+                )
         for split in wanted:
             if split in files:
                 out[split] = (str(files[split]), _read_file(files[split]))
@@ -221,10 +238,11 @@ def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[d
     out = {}
     for split in wanted:
         if split not in available:
-            if split == cfg.dataset_train_split:
+            if split == cfg.dataset_train_split or _named_test_split(cfg):
+                key = "dataset_train_split" if split == cfg.dataset_train_split else "dataset_test_split"
                 raise DataError(
                     f"Dataset '{cfg.dataset_name}' has no split '{split}' (splits: {', '.join(available)}). "
-                    "Set dataset_train_split."
+                    f"Set {key}."
                 )
             continue
         ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=split)

@@ -178,3 +178,50 @@ def test_pad_to_multiple_of_keeps_its_valid_forms(tmp_path):
     assert load(tmp_path, "", "--pad_to_multiple_of", "16").training.pad_to_multiple_of == 16
     for text in ("auto", "null", "none"):
         assert load(tmp_path, f"pad_to_multiple_of: {text}\n").training.pad_to_multiple_of is None
+
+
+def test_a_held_out_split_the_recipe_names_but_the_data_lacks_is_named(tmp_path, capsys, no_model):
+    # Before: the run trained without any held-out split, silently (the recipe's dataset_test_split ignored).
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    write_jsonl(tmp_path / "data" / "valid.jsonl", arithmetic_pairs(2))
+    rc, err = train(tmp_path, capsys, "dataset_test_split: validation\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(r"data: no file for split 'validation' \(found: train, valid\)", line), line
+    assert "dataset_test_split" in line
+
+
+def test_a_held_out_split_set_for_a_single_file_is_named(tmp_path):
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import DataError, read_splits
+
+    write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
+    with pytest.raises(
+        DataError, match=r"pairs.jsonl is one file.*dataset_test_split 'validation'.*eval_fraction"
+    ):
+        read_splits(DataConfig(dataset_name=str(tmp_path / "pairs.jsonl"), dataset_test_split="validation"))
+    # the default test split, absent, is no error: eval_fraction (or no held-out split) then applies
+    assert list(read_splits(DataConfig(dataset_name=str(tmp_path / "pairs.jsonl")))) == ["train"]
+
+
+def test_a_hub_dataset_without_the_named_held_out_split_is_named(monkeypatch):
+    import datasets
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import DataError, read_splits
+
+    monkeypatch.setattr(
+        datasets, "get_dataset_split_names", lambda name, config=None: ["train_prefs", "test_prefs"]
+    )
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(arithmetic_pairs(2))
+    )
+    cfg = DataConfig(
+        dataset_name="org/prefs", dataset_train_split="train_prefs", dataset_test_split="test_pref"
+    )
+    with pytest.raises(
+        DataError, match=r"'org/prefs' has no split 'test_pref' \(splits: train_prefs, test_prefs\)"
+    ):
+        read_splits(cfg)
+    cfg.dataset_test_split = "test_prefs"
+    assert list(read_splits(cfg)) == ["train_prefs", "test_prefs"]
