@@ -798,6 +798,15 @@ def _text_value(convert):
     return parse
 
 
+def _auto_bool_text(text: str) -> bool | str:
+    """precompute_ref_log_probs as argparse reads it; the error says what it may be (argparse would print the
+    function's name: "invalid <lambda> value")."""
+    try:
+        return _auto_bool(text, "precompute_ref_log_probs")
+    except RecipeError:
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}") from None
+
+
 def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
     """`HfArgumentParser` over the four sections: one `--key value` option per field, typed from the dataclass.
 
@@ -813,7 +822,7 @@ def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
         f.type = type_
     for action in parser._actions:
         if action.dest == "precompute_ref_log_probs":
-            action.type = lambda text: _auto_bool(text, "precompute_ref_log_probs")
+            action.type = _auto_bool_text
         if action.type is not None:
             action.type = _text_value(action.type)
         if action.help:  # a literal "15% in" would read as a %-format in --help

@@ -225,3 +225,18 @@ def test_a_hub_dataset_without_the_named_held_out_split_is_named(monkeypatch):
         read_splits(cfg)
     cfg.dataset_test_split = "test_prefs"
     assert list(read_splits(cfg)) == ["train_prefs", "test_prefs"]
+
+
+def test_precompute_ref_log_probs_that_is_no_choice_says_what_it_may_be(tmp_path):
+    # Before: "key 'precompute_ref_log_probs': invalid <lambda> value: 'maybe'."
+    from hf_dpo.config import RecipeError
+
+    expected = r"key 'precompute_ref_log_probs': expected true, false or auto, got 'maybe'"
+    with pytest.raises(RecipeError, match=rf"r.yaml: {expected}"):
+        load(tmp_path, "precompute_ref_log_probs: maybe\n")
+    with pytest.raises(RecipeError, match=rf"command line: {expected}"):
+        load(tmp_path, "", "--precompute_ref_log_probs", "maybe")
+    assert (
+        load(tmp_path, "", "--precompute_ref_log_probs", "auto").training.precompute_ref_log_probs == "auto"
+    )
+    assert load(tmp_path, "precompute_ref_log_probs: no\n").training.precompute_ref_log_probs is False
