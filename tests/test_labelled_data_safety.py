@@ -240,3 +240,34 @@ def test_a_second_server_on_the_same_out_is_refused(tmp_path):
     finally:
         again.server_close()
     assert not (tmp_path / "other.jsonl").exists()  # no decision, no pairs file
+
+
+def test_a_decision_cut_off_mid_write_is_dropped_with_a_note_and_the_rest_kept(tmp_path, capsys, monkeypatch):
+    """The server killed while writing a decision (power loss): before, the next start refused the whole log,
+    'not valid JSON. Fix or delete that line; ... (a sampling run resumes and redoes missing prompts)', a hint
+    about another file. That decision was never confirmed on the page: it is dropped, said so, and its pair shown
+    again; every earlier decision is kept."""
+    import socketserver
+
+    from hf_dpo import cli
+
+    samples = _samples(tmp_path / "s.jsonl")
+    store = LabelStore(samples)
+    store.decide(0, "left")
+    log = decisions_path(store.out)
+    whole = log.read_bytes()
+    log.write_bytes(whole + b'{"index": 1, "item": [0, 1], "ke')
+    reader = LabelStore(samples)  # not the server: reads past the cut line, leaves the file to the server
+    assert reader.state()["done"] == 1 and log.read_bytes().endswith(b'"ke')
+
+    def stop(self, *args, **kwargs):  # a server that started returns at once (as after Ctrl-C)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(socketserver.BaseServer, "serve_forever", stop)
+    assert cli.main(["label", str(samples), "--port", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 done)" in out and "line 2: a decision cut off mid-write" in out and "shown again" in out
+    assert log.read_bytes() == whole
+    again = LabelStore(samples)
+    again.decide(1, "right")
+    assert [d["choice"] for d in LabelStore(samples).decisions.values()] == ["left", "right"]

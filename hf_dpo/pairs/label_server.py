@@ -212,6 +212,8 @@ def serve(samples_file, out=None, host: str = "127.0.0.1", port: int = 8765) -> 
             "(zero or one completion, or only identical or empty ones)."
         )
     print(f"Decisions log: {server.store.log}")
+    for note in server.store.notes:
+        print(note)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: bound to {host}: anyone who can reach this address can label (there is no login).")
     print(

@@ -123,6 +123,9 @@ class LabelStore:
         self.lock = threading.Lock()
         self.decisions: dict[int, dict] = {}  # item number -> decision
         self.history: list[int] = []  # item numbers in decision order, for undo
+        self.notes: list[
+            str
+        ] = []  # what a person should know about the log on resuming (the server prints them)
         if self.log.is_file() and self.log.stat().st_size:  # `exclusive` made an empty one: nothing to write
             self._replay()
             # A kill between the logged decision and the pairs rewrite left the pairs file behind the log.
@@ -131,7 +134,14 @@ class LabelStore:
     def _replay(self) -> None:
         by_key = {k: n for n, k in enumerate(self.keys)}
         fix = "Label into another --out, or move the log away to start over."
-        for lineno, entry in read_jsonl(self.log):
+        raw = self.log.read_bytes()
+        whole = len(raw)  # bytes of complete lines
+        if not raw.endswith(b"\n"):
+            try:
+                json.loads(raw[raw.rfind(b"\n") + 1 :])
+            except (ValueError, RecursionError):  # a decision cut off mid-write (kill, power loss)
+                whole = raw.rfind(b"\n") + 1
+        for lineno, entry in read_jsonl(self.log, size=whole):
             where = f"{self.log}, line {lineno}"
             if entry.get("undo"):
                 if self.history:
@@ -161,6 +171,16 @@ class LabelStore:
                 )
             self.decisions[number] = entry
             self.history.append(number)
+        if whole < len(raw):
+            # Its fsync never returned, so the page never moved on: that pair is simply shown again. Only the
+            # server holding the log cuts it (a reader might be looking at a write in progress).
+            if self._held is not None:
+                os.truncate(self.log, whole)
+            lineno = raw.count(b"\n", 0, whole) + 1
+            self.notes.append(
+                f"{self.log}, line {lineno}: a decision cut off mid-write (the server "
+                "stopped while saving it, before the page showed it saved) was dropped; that pair is shown again."
+            )
 
     def view(self, number: int) -> dict[str, Any]:
         pos, (a, b) = self.items[number]
