@@ -271,3 +271,18 @@ def test_a_decision_cut_off_mid_write_is_dropped_with_a_note_and_the_rest_kept(t
     again = LabelStore(samples)
     again.decide(1, "right")
     assert [d["choice"] for d in LabelStore(samples).decisions.values()] == ["left", "right"]
+
+
+def test_a_broken_line_inside_the_log_says_what_deleting_it_means(tmp_path):
+    """A decision line broken in the middle of the log (an edit): before, the hint was the samples file's, 'a sampling
+    run resumes and redoes missing prompts', which says nothing of what becomes of a deleted decision."""
+    samples = _samples(tmp_path / "s.jsonl")
+    store = LabelStore(samples)
+    store.decide(0, "left")
+    store.decide(1, "left")
+    log = decisions_path(store.out)
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("{broken\n" + lines[1])
+    with pytest.raises(SamplingError, match=r"decisions\.jsonl, line 1: not valid JSON") as err:
+        LabelStore(samples)
+    assert "its pair is then shown again" in str(err.value) and "sampling" not in str(err.value)

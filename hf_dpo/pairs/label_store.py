@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.files import atomic_write_jsonl, why_not_writable
+from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_jsonl, read_samples
 
 CHOICES = ("left", "right", "tie", "skip")
@@ -141,7 +142,8 @@ class LabelStore:
                 json.loads(raw[raw.rfind(b"\n") + 1 :])
             except (ValueError, RecursionError):  # a decision cut off mid-write (kill, power loss)
                 whole = raw.rfind(b"\n") + 1
-        for lineno, entry in read_jsonl(self.log, size=whole):
+        hint = "Fix that line, or delete it (its pair is then shown again); the other decisions are kept."
+        for lineno, entry in read_lines(self.log, SamplingError, hint, size=whole):
             where = f"{self.log}, line {lineno}"
             if entry.get("undo"):
                 if self.history:
