@@ -2,7 +2,8 @@
 
 Rows may be
 - standard: `prompt`, `chosen`, `rejected` strings;
-- conversational: `chosen`/`rejected` lists of `{"role", "content"}` messages, `prompt` a string or messages;
+- conversational: `chosen`/`rejected` lists of `{"role", "content"}` messages, `prompt` a string or messages
+  (beside whole conversations that hold the user turn, UltraFeedback-style, the prompt is their shared start);
 - implicit-prompt: no prompt column, the prompt is the shared prefix of chosen and rejected (HH-RLHF style).
 Column names are mapped from the recipe (`prompt_column`, ...). Bad rows raise `DataError` naming the
 source, row and column, or with `on_bad_rows: skip` are dropped and counted in the data report.
@@ -314,6 +315,16 @@ def _check_encodable(value: str | list[dict], column: str) -> None:
             raise BadRow(column, reason, "not text")
 
 
+def _conversation_holds_prompt(prompt: Any, chosen: Any, rejected: Any) -> bool:
+    """A prompt string beside chosen/rejected conversations that share their start, a user turn in it
+    (UltraFeedback-binarized): the conversations hold the prompt, and the string column repeats it. As TRL's
+    maybe_extract_prompt, the shared start is the prompt; the string in front would ask the question twice."""
+    if not isinstance(prompt, str) or not isinstance(chosen, list) or not isinstance(rejected, list):
+        return False
+    shared = chosen[: _common_message_prefix(chosen, rejected)]
+    return any(m["role"] == "user" for m in shared)
+
+
 def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
     """One raw row -> {"prompt": str | messages, "chosen": str | messages, "rejected": ..., "implicit": bool}."""
     values = {}
@@ -333,7 +344,7 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             cfg.rejected_column, "chosen and rejected must both be strings or both messages", "wrong type"
         )
     prompt = row.get(cfg.prompt_column)
-    implicit = prompt is None
+    implicit = prompt is None or _conversation_holds_prompt(prompt, values["chosen"], values["rejected"])
     if implicit:
         if isinstance(values["chosen"], list):
             n = _common_message_prefix(values["chosen"], values["rejected"])

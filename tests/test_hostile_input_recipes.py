@@ -240,3 +240,32 @@ def test_precompute_ref_log_probs_that_is_no_choice_says_what_it_may_be(tmp_path
         load(tmp_path, "", "--precompute_ref_log_probs", "auto").training.precompute_ref_log_probs == "auto"
     )
     assert load(tmp_path, "precompute_ref_log_probs: no\n").training.precompute_ref_log_probs is False
+
+
+def test_a_string_prompt_beside_whole_conversations_is_not_asked_twice(smollm_dir):
+    # UltraFeedback-binarized's shape (the GPU recipes' data): a prompt string and chosen/rejected as the whole
+    # conversation, user turn included. Before, the prompt became a second user turn in front of the first,
+    # and the user turn was trained on as part of the answer. Now, as TRL does (maybe_extract_prompt), the
+    # prompt is the conversation's shared start.
+    from transformers import AutoTokenizer
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import normalize_row, tokenize_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    user = {"role": "user", "content": "What colour is the sky?"}
+    row = {
+        "prompt": "What colour is the sky?",
+        "chosen": [user, {"role": "assistant", "content": "Blue."}],
+        "rejected": [user, {"role": "assistant", "content": "Green."}],
+    }
+    pair = normalize_row(row, DataConfig())
+    assert pair["prompt"] == [user]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Blue."}]
+    twin = normalize_row(
+        {"prompt": [user], "chosen": pair["chosen"], "rejected": pair["rejected"]}, DataConfig()
+    )
+    assert tokenize_pair(pair, tokenizer, DataConfig()) == tokenize_pair(twin, tokenizer, DataConfig())
+    ids = tokenize_pair(pair, tokenizer, DataConfig())
+    assert tokenizer.decode(ids["prompt_input_ids"]).count("What colour is the sky?") == 1
+    assert "user" not in tokenizer.decode(ids["chosen_input_ids"])
