@@ -286,3 +286,24 @@ def test_a_broken_line_inside_the_log_says_what_deleting_it_means(tmp_path):
     with pytest.raises(SamplingError, match=r"decisions\.jsonl, line 1: not valid JSON") as err:
         LabelStore(samples)
     assert "its pair is then shown again" in str(err.value) and "sampling" not in str(err.value)
+
+
+# ---------------------------------------------------------------- where a judge's pairs go
+
+
+@pytest.mark.parametrize("key", ["samples_file", "pairs_file"])
+def test_a_sampling_output_that_is_a_directory_is_named_before_sampling(tmp_path, key):
+    """samples_file or pairs_file naming an existing directory: before, the checks passed, and the run ended in
+    a traceback (IsADirectoryError), for pairs_file only after every prompt was sampled."""
+    from hf_dpo.pairs.formats import check_output_files
+
+    (tmp_path / "prompts.txt").write_text("One?\n")
+    (tmp_path / "out").mkdir()
+    recipe = _recipe(
+        tmp_path,
+        prompts_file=str(tmp_path / "prompts.txt"),
+        judge="hf_dpo.pairs.demo_task:judge",
+        **{key: str(tmp_path / "out")},
+    )
+    with pytest.raises(SamplingError, match=r"out, which is a directory\. Set samples_file / pairs_file"):
+        check_output_files(recipe, ["train"])

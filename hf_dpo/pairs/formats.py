@@ -207,6 +207,11 @@ def check_output_files(recipe: Recipe, splits: list[str]) -> None:
 
     def claim(path: str | os.PathLike, role: str) -> None:
         resolved = Path(path).expanduser().resolve()
+        if not role.endswith("prompts)") and resolved.is_dir():  # else found when written: after the sampling
+            raise SamplingError(
+                f"{role} would be {path}, which is a directory. Set samples_file / pairs_file to a file name, e.g. "
+                f"{Path(path) / 'train.jsonl'}."
+            )
         if resolved in roles and not (role.endswith("prompts)") and roles[resolved].endswith("prompts)")):
             raise SamplingError(
                 f"{role} would be {path}, which is also {roles[resolved]}: one file cannot be both. "
