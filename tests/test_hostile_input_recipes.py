@@ -269,3 +269,23 @@ def test_a_string_prompt_beside_whole_conversations_is_not_asked_twice(smollm_di
     ids = tokenize_pair(pair, tokenizer, DataConfig())
     assert tokenizer.decode(ids["prompt_input_ids"]).count("What colour is the sky?") == 1
     assert "user" not in tokenizer.decode(ids["chosen_input_ids"])
+
+
+def plan(tmp_path: Path, capsys, recipe: str) -> tuple[int, str]:
+    """`hf-dpo plan RECIPE --device cpu` in-process: (exit code, stderr)."""
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    path = tmp_path / "r.yaml"
+    path.write_text(f"dataset_name: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'run'}\n{recipe}")
+    rc = cli.main(["plan", str(path), "--device", "cpu"])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["{bad", "[1, 2]", b"\xff\xfe{}"])
+def test_plan_names_a_local_config_json_it_cannot_read(tmp_path, capsys, config):
+    # Before: a JSONDecodeError (or AttributeError, UnicodeDecodeError) traceback from hf_dpo/plan/arch.py.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
+    rc, err = plan(tmp_path, capsys, f"model_name_or_path: {model}\n")
+    assert rc == 2
+    assert re.search(r"model/config.json.*(not valid JSON|not a JSON object|not UTF-8)", one_error(err))

@@ -107,10 +107,26 @@ class Arch:
 
 
 def _local_arch(path: Path) -> Arch:
-    arch = Arch.from_config(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+    arch = Arch.from_config(_read_config(path / "config.json"), str(path / "config.json"))
     weights = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin")]
     arch.checkpoint_bytes = sum(f.stat().st_size for f in weights) or None
     return arch
+
+
+def _read_config(file: Path) -> dict:
+    """A local model's config.json as a dict; PlanError naming the file when it is no JSON object (a file cut
+    short by a failed download, saved in another encoding)."""
+    try:
+        config = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{file}: not UTF-8 text (byte {err.start}). Save it as UTF-8.") from None
+    except json.JSONDecodeError as err:
+        raise PlanError(
+            f"{file}: not valid JSON (line {err.lineno}: {err.msg}). Copy or download the model again."
+        ) from None
+    if not isinstance(config, dict):
+        raise PlanError(f"{file}: not a JSON object of config keys, got {type(config).__name__}.")
+    return config
 
 
 def _bundled_facts() -> dict[str, dict]:
