@@ -307,3 +307,31 @@ def test_a_sampling_output_that_is_a_directory_is_named_before_sampling(tmp_path
     )
     with pytest.raises(SamplingError, match=r"out, which is a directory\. Set samples_file / pairs_file"):
         check_output_files(recipe, ["train"])
+
+
+def test_label_with_judge_never_writes_over_its_samples_or_hand_labels(tmp_path):
+    """label_with_judge (the Python API; `hf-dpo sample` checks its recipe first) with pairs_file the samples file:
+    before, the samples were replaced by the pairs; into hand labels (judge: human), those were replaced; into a
+    directory, an IsADirectoryError traceback."""
+    from hf_dpo.pairs.labelling import label_with_judge
+
+    samples = _write_jsonl(
+        tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
+    )
+    before = samples.read_bytes()
+    judge = "hf_dpo.pairs.demo_task:judge"
+    with pytest.raises(SamplingError, match="is the samples file"):
+        label_with_judge(samples, judge, tmp_path / "." / "s.jsonl")
+    assert samples.read_bytes() == before
+    hand = _write_jsonl(
+        tmp_path / "hand.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r", "judge": "human"}]
+    )
+    hand_before = hand.read_bytes()
+    with pytest.raises(SamplingError, match=r"hand\.jsonl exists and line 1 is not a judge's pair"):
+        label_with_judge(samples, judge, hand)
+    assert hand.read_bytes() == hand_before
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(SamplingError, match="is a directory"):
+        label_with_judge(samples, judge, tmp_path / "dir")
+    assert label_with_judge(samples, judge, tmp_path / "pairs.jsonl")["pairs"] == 1
+    assert label_with_judge(samples, judge, tmp_path / "pairs.jsonl")["pairs"] == 1  # its own pairs: replaced

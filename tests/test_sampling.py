@@ -242,10 +242,11 @@ def test_failing_judge_keeps_previous_pairs_and_names_the_prompt(tmp_path):
         tmp_path / "s.jsonl", [("What is 2 + 3?", ["5", "6"]), ("Write a haiku.", ["a", "b"])]
     )
     pairs = tmp_path / "train.jsonl"
-    pairs.write_text("previous pairs\n")
+    previous = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": 1.0}) + "\n"
+    pairs.write_text(previous)  # a judge's previous pairs (any other file is refused before scoring)
     with pytest.raises(JudgeError, match=r"prompt 1 \('Write a haiku\.'\)"):
         label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", pairs)
-    assert pairs.read_text() == "previous pairs\n"
+    assert pairs.read_text() == previous
 
 
 def test_conversational_prompts_give_conversational_pairs(tmp_path):

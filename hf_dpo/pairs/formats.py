@@ -237,7 +237,7 @@ def check_output_files(recipe: Recipe, splits: list[str]) -> None:
             pairs,
             f"the {split} pairs file (pairs_file{', held-out: test.jsonl beside it' * (split != 'train')})",
         )
-        _check_judge_pairs(pairs)
+        check_judge_pairs(pairs)
     card = default_pairs_file(recipe).parent / "README.md"
     claim(card, "the dataset card (README.md beside pairs_file)")
     if card.is_file() and "hf-dpo" not in card.read_text(encoding="utf-8", errors="replace"):
@@ -247,7 +247,7 @@ def check_output_files(recipe: Recipe, splits: list[str]) -> None:
         )
 
 
-def _check_judge_pairs(path: Path) -> None:
+def check_judge_pairs(path: Path) -> None:
     """A pairs file the judge is about to rewrite holds only a judge's pairs (rows with its scores): hand labels
     (`hf-dpo label`, judge: human) or a data set of someone else's would be lost."""
     if not path.is_file() or path.stat().st_size == 0:

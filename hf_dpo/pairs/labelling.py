@@ -22,10 +22,11 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hf_dpo.files import atomic_write_jsonl
-from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_samples
+from hf_dpo.pairs.formats import SamplingError, check_judge_pairs, pair_row, prompt_text, read_samples
 from hf_dpo.pairs.judges import (
     Criteria,
     Judge,
@@ -102,6 +103,7 @@ def label_with_judge(
     The pairs file is only replaced once every prompt is scored, so a failing judge leaves the previous pairs
     and the samples untouched.
     """
+    _check_pairs_file(samples_file, pairs_file)  # before a reward model loads
     judge = load_judge(judge) if not hasattr(judge, "score") else judge
     if pairs_per_prompt not in PAIRS_PER_PROMPT:
         raise SamplingError(f"pairs_per_prompt must be 'best_worst' or 'all', not '{pairs_per_prompt}'.")
@@ -135,6 +137,24 @@ def label_with_judge(
     }
     _log_account(samples_file, stats, rules)
     return stats
+
+
+def _check_pairs_file(samples_file: str | os.PathLike, pairs_file: str | os.PathLike) -> None:
+    """The pairs file is replaced: it must not be the samples file, a directory, or pairs the judge did not make
+    (`check_judge_pairs`). `hf-dpo sample` checks this up front (`check_output_files`); Python callers come here."""
+    pairs = Path(pairs_file)
+    if pairs.is_dir():
+        raise SamplingError(
+            f"pairs file {pairs} is a directory; give a file name, e.g. {pairs / 'train.jsonl'}."
+        )
+    if pairs.resolve() == Path(samples_file).resolve() or (
+        pairs.exists() and Path(samples_file).exists() and pairs.samefile(samples_file)
+    ):
+        raise SamplingError(
+            f"pairs file {pairs} is the samples file: writing the pairs would replace the samples. Give another "
+            "pairs file."
+        )
+    check_judge_pairs(pairs)
 
 
 # The stats key of each reason a prompt gives no pair, and how it reads after its count.
