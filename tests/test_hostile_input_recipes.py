@@ -289,3 +289,14 @@ def test_plan_names_a_local_config_json_it_cannot_read(tmp_path, capsys, config)
     rc, err = plan(tmp_path, capsys, f"model_name_or_path: {model}\n")
     assert rc == 2
     assert re.search(r"model/config.json.*(not valid JSON|not a JSON object|not UTF-8)", one_error(err))
+
+
+def test_plan_names_a_local_model_without_a_tokenizer(tmp_path, capsys):
+    # Before: "ValueError: Couldn't instantiate the backend tokenizer" traceback, from measuring the data's rows.
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    config |= {"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}
+    (model / "config.json").write_text(json.dumps(config))
+    rc, err = plan(tmp_path, capsys, f"model_name_or_path: {model}\n")
+    assert rc == 2 and re.search(r"key 'model_name_or_path': .*tokenizer", one_error(err))

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_dpo.config import Recipe
+from hf_dpo.errors import HfDpoError
 from hf_dpo.plan.arch import Arch, PlanError, load_arch
 
 logger = logging.getLogger(__name__)
@@ -552,7 +553,17 @@ def data_row_length(recipe: Recipe) -> int | None:
     from hf_dpo.model.loading import load_tokenizer
     from hf_dpo.train.batching import pair_lengths
 
-    train = load_preference_dataset(recipe.data, load_tokenizer(recipe.model), recipe.training).train
+    try:
+        tokenizer = load_tokenizer(recipe.model)
+    except HfDpoError:
+        raise
+    except (OSError, ValueError) as err:  # a model directory without tokenizer files, or broken ones
+        reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
+        raise PlanError(
+            f"key 'model_name_or_path': its tokenizer cannot be loaded to measure the data's rows ({reason}). "
+            "Give a model directory with its tokenizer files, or a Hub id."
+        ) from None
+    train = load_preference_dataset(recipe.data, tokenizer, recipe.training).train
     return max(pair_lengths(train, prefix_sharing=False))
 
 
