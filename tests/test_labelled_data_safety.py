@@ -335,3 +335,60 @@ def test_label_with_judge_never_writes_over_its_samples_or_hand_labels(tmp_path)
         label_with_judge(samples, judge, tmp_path / "dir")
     assert label_with_judge(samples, judge, tmp_path / "pairs.jsonl")["pairs"] == 1
     assert label_with_judge(samples, judge, tmp_path / "pairs.jsonl")["pairs"] == 1  # its own pairs: replaced
+
+
+# ---------------------------------------------------------------- judges
+
+
+class _ObjectJudge:
+    """A judge object (Python API: `label_with_judge(samples, judge_object, pairs)`) returning `out`."""
+
+    name = "obj"
+
+    def __init__(self, out):
+        self.out = out
+
+    def score(self, prompts, completions):
+        if isinstance(self.out, Exception):
+            raise self.out
+        return self.out
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (None, r"returned None from score\(\); it must return a list of one float per completion \(2\)"),
+        (3.0, r"returned 3\.0 from score\(\)"),
+        ([None, 1.0], r"returned None \(NoneType\) for prompt 7 "),
+        (["abc", 1.0], r"returned 'abc' \(str\) for prompt 7 "),
+        (["0.5", 1.0], r"returned '0\.5' \(str\) for prompt 7 "),
+        (RuntimeError("boom"), r"raised RuntimeError: boom while scoring 2 completions"),
+    ],
+)
+def test_a_judge_object_that_returns_no_numbers_is_a_judge_error(tmp_path, out, message):
+    """A judge object whose score() raised, returned None / a float / None or strings in the list: before, a bare
+    TypeError/ValueError/RuntimeError from inside float(), or a string '0.5' silently taken for a score."""
+    from hf_dpo.pairs.judges import JudgeError
+    from hf_dpo.pairs.labelling import label_with_judge
+
+    samples = _write_jsonl(
+        tmp_path / "s.jsonl", [{"index": 7, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
+    )
+    with pytest.raises(JudgeError, match=message):
+        label_with_judge(samples, _ObjectJudge(out), tmp_path / "pairs.jsonl")
+    assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_a_judge_object_may_return_numpy_and_torch_scalars(tmp_path):
+    import numpy as np
+    import torch
+
+    from hf_dpo.pairs.labelling import label_with_judge
+
+    samples = _write_jsonl(
+        tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
+    )
+    stats = label_with_judge(
+        samples, _ObjectJudge([np.float32(2.0), torch.tensor(1.0)]), tmp_path / "p.jsonl"
+    )
+    assert stats["pairs"] == 1

@@ -59,8 +59,44 @@ def criteria_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -
     if hasattr(judge, "criteria_scores"):
         return judge.criteria_scores(prompts, completions)
     if hasattr(judge, "score"):
-        return [(float(v),) for v in judge.score(prompts, completions)]
+        return [(value,) for value in _checked_scores(judge, prompts, completions)]
     return [(float(judge(p, c)),) for p, c in zip(prompts, completions)]
+
+
+def _checked_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """`judge.score(...)` of a judge object (one not wrapped by CallableJudge), as checked floats: an exception,
+    a result that is no list, or a value that is no finite number (None, "0.5") is a JudgeError naming the judge
+    (and the prompt), never a TypeError from inside float()."""
+    name = getattr(judge, "name", type(judge).__name__)
+    try:
+        values = judge.score(prompts, completions)
+    except HfDpoError:
+        raise
+    except Exception as err:
+        raise JudgeError(
+            f"Judge '{name}' raised {type(err).__name__}: {err} while scoring {len(prompts)} completions. Make the "
+            "judge handle them (or return 0.0 for one it cannot score) and rerun: the samples are kept."
+        ) from err
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise JudgeError(
+            f"Judge '{name}' returned {_short(repr(values), 60)} from score(); it must return a list of one float "
+            f"per completion ({len(prompts)})."
+        )
+    return [
+        check_score(_as_float(v), i, prompts[i] if i < len(prompts) else "", name)
+        for i, v in enumerate(values)
+    ]
+
+
+def _as_float(value):
+    """A number-like value (a numpy or 0-d torch scalar) as a float; anything else as it is, for `check_score` to
+    name. A string is never read as a number: "0.5" is a judge's bug, not a score."""
+    if isinstance(value, (str, bytes, bool)) or not hasattr(value, "__float__"):
+        return value
+    try:
+        return float(value)
+    except Exception:  # noqa: BLE001 - a tensor of several values, an object whose __float__ raises
+        return value
 
 
 def _short(text: str, limit: int = 80) -> str:
