@@ -392,3 +392,15 @@ def test_a_judge_object_may_return_numpy_and_torch_scalars(tmp_path):
         samples, _ObjectJudge([np.float32(2.0), torch.tensor(1.0)]), tmp_path / "p.jsonl"
     )
     assert stats["pairs"] == 1
+
+
+@pytest.mark.parametrize("name", ["pairs.csv", "pairs.parquet", "pairs"])
+def test_an_out_of_another_format_is_refused(tmp_path, name):
+    """`--out pairs.csv` (or .parquet, or no suffix): before, labelling wrote JSON lines under that name, which
+    `hf-dpo train` reads by its suffix: as CSV the first pair became the header, the rest columns of JSON shards."""
+    samples = _samples(tmp_path / "s.jsonl")
+    with pytest.raises(
+        SamplingError, match=rf"--out .*{name}: labelling writes JSON lines.*Name it pairs\.jsonl"
+    ):
+        LabelStore(samples, tmp_path / name)
+    assert LabelStore(samples, tmp_path / "pairs.json").out.name == "pairs.json"

@@ -103,6 +103,13 @@ class LabelStore:
         self.out = Path(out) if out else default_out(samples_file)
         self.log = decisions_path(self.out)
         _check_distinct_files(self.samples_file, self.out, self.log)
+        if self.out.suffix.lower() not in (".jsonl", ".json"):
+            # OUT is JSON lines whatever its name: `hf-dpo train` reads a .csv or .parquet by its suffix, and
+            # would take the first pair for a CSV header.
+            raise SamplingError(
+                f"--out {self.out}: labelling writes JSON lines, which `hf-dpo train` reads from a .jsonl file. "
+                f"Name it {self.out.with_suffix('.jsonl').name}."
+            )
         _check_out_replaceable(self.out, self.log)
         _check_writable(self.out, self.log)
         self._held = _hold(self.log, self.out) if exclusive else None
