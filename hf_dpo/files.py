@@ -83,6 +83,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # On disk before the rename: else a crash soon after can leave the new name with no data (a filesystem
+        # may write the rename first), and the old file, the one good copy, is gone.
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -404,3 +404,32 @@ def test_an_out_of_another_format_is_refused(tmp_path, name):
     ):
         LabelStore(samples, tmp_path / name)
     assert LabelStore(samples, tmp_path / "pairs.json").out.name == "pairs.json"
+
+
+# ---------------------------------------------------------------- replacing a file
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names the fsynced file through /proc (Linux)")
+def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, monkeypatch):
+    """Every pairs file (hand or judge labelled) is replaced through files.atomic_path: before, the temporary file
+    was renamed over the old one without an fsync, so a crash soon after could leave an empty pairs file where the
+    old one was (the rename reaching the disk before the data)."""
+    import os
+
+    from hf_dpo import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    assert [kind for kind, _ in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
