@@ -24,9 +24,11 @@ Checks, each raising an `HfDpoError` subclass that names the file, row or key an
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 
 from hf_dpo.config import Recipe, RecipeError
@@ -56,6 +58,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
     check_lora_targets(recipe.model.model_name_or_path, tuple(recipe.model.lora_target_modules))
+    check_attn_implementation(recipe.model.attn_implementation)
     check_resume(args)
     check_report_to(args)
     check_push(args)
@@ -91,6 +94,7 @@ def preflight_sampling(recipe: Recipe) -> None:
     check_output_files(recipe, list(sampling_splits(recipe)))
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    check_attn_implementation(recipe.model.attn_implementation)
     if cfg.judge:
         check_judge(cfg.judge)
 
@@ -146,6 +150,37 @@ def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
             f"key 'lora_target_modules': {', '.join(missing)} matches no linear layer of {model} "
             f"(its layers: {', '.join(leaves)}; or all-linear)."
         )
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """An attention kernel transformers knows, and, for flash attention, its package (or the kernels library it
+    falls back to) installed. transformers checks both only once the model's weights are fetched, and raises a
+    ValueError / ImportError. A Hub kernel ('org/repo') is left to transformers."""
+    if not name:
+        return
+    import transformers.utils
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name in known or "/" in name:
+        version = re.fullmatch(r"flash_attention_(\d)", name)
+        available = (
+            getattr(transformers.utils, f"is_flash_attn_{version.group(1)}_available", None)
+            if version
+            else None
+        )
+        if available is not None and not available() and not transformers.utils.is_kernels_available():
+            raise RecipeError(
+                f"key 'attn_implementation': {name} needs the flash-attn package on a CUDA GPU, which this "
+                "machine lacks (pip install flash-attn, or pip install kernels for the Hub build). Set "
+                "attn_implementation: sdpa (or leave it unset for transformers' default)."
+            )
+        return
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    raise RecipeError(
+        f"key 'attn_implementation': '{name}' is not one of {', '.join(known)} (or a Hub kernel 'org/repo')."
+        + (f" Did you mean '{close[0]}'?" if close else "")
+    )
 
 
 def check_writable_dir(directory: str | os.PathLike, what: str) -> Path:

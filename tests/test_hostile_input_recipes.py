@@ -300,3 +300,29 @@ def test_plan_names_a_local_model_without_a_tokenizer(tmp_path, capsys):
     (model / "config.json").write_text(json.dumps(config))
     rc, err = plan(tmp_path, capsys, f"model_name_or_path: {model}\n")
     assert rc == 2 and re.search(r"key 'model_name_or_path': .*tokenizer", one_error(err))
+
+
+def test_an_attention_kernel_transformers_does_not_know_is_named_before_the_model_loads(
+    tmp_path, capsys, no_model
+):
+    # Before: a ValueError traceback from transformers once the model's weights were fetched.
+    rc, err = train(tmp_path, capsys, "attn_implementation: flash_attn_2\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(r"key 'attn_implementation': 'flash_attn_2' is not one of .*sdpa", line), line
+    assert "Did you mean 'flash_attention_2'" in line
+
+
+def test_flash_attention_without_its_package_is_named_before_the_model_loads(
+    tmp_path, capsys, no_model, monkeypatch
+):
+    # Before: "ImportError: FlashAttention2 has been toggled on, but ... doesn't seem to be installed", a traceback
+    # after the (Hub) model's weights had been downloaded.
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    monkeypatch.setattr(transformers.utils, "is_kernels_available", lambda: False)
+    rc, err = train(tmp_path, capsys, "attn_implementation: flash_attention_2\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(r"key 'attn_implementation': flash_attention_2 needs .*flash-attn.*sdpa", line), line
