@@ -433,3 +433,43 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     monkeypatch.setattr(files.os, "replace", replace)
     files.atomic_write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
     assert [kind for kind, _ in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
+
+
+class _CriteriaJudge(_ObjectJudge):
+    """A judge object with declared criteria whose criteria_scores() returns `out`."""
+
+    criteria = ("correct", "concise")
+
+    def criteria_scores(self, prompts, completions):
+        return self.score(prompts, completions)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ([(1.0,), (0.0,)], r"returned \(1\.0,\) for prompt 7 .*one tuple of 2 numbers \(correct, concise\)"),
+        ([(1.0, 1.0, 5.0), (0.0, 1.0, 0.0)], r"returned \(1\.0, 1\.0, 5\.0\) for prompt 7 "),
+        ([1.0, 0.0], r"returned 1\.0 for prompt 7 "),
+        (None, r"returned None from criteria_scores\(\)"),
+        (RuntimeError("boom"), r"raised RuntimeError: boom while scoring 2 completions"),
+    ],
+)
+def test_a_criteria_judge_object_with_the_wrong_number_of_criteria_is_a_judge_error(tmp_path, out, message):
+    """A judge object whose criteria_scores() gave one value where it declares two criteria: before, an IndexError
+    from the gate, a TypeError for plain floats or None, its exception bare; three values where it declares two were
+    silently ranked on all three while the pairs' criteria columns showed two."""
+    from hf_dpo.pairs.judges import JudgeError
+    from hf_dpo.pairs.labelling import label_with_judge
+
+    samples = _write_jsonl(
+        tmp_path / "s.jsonl", [{"index": 7, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
+    )
+    with pytest.raises(JudgeError, match=message):
+        label_with_judge(
+            samples,
+            _CriteriaJudge(out),
+            tmp_path / "pairs.jsonl",
+            min_chosen_score=0.5,
+            min_chosen_criterion="concise",
+        )
+    assert not (tmp_path / "pairs.jsonl").exists()

@@ -56,20 +56,21 @@ def judge_criteria(judge) -> tuple[str, ...]:
 
 def criteria_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
     """Per answer, the tuple of criterion values in `judge_criteria(judge)` order (any judge, or a callable)."""
+    if isinstance(judge, (CallableJudge, RewardModelJudge)):
+        return judge.criteria_scores(prompts, completions)  # they check every value themselves
     if hasattr(judge, "criteria_scores"):
-        return judge.criteria_scores(prompts, completions)
+        return _checked_criteria(judge, prompts, completions)
     if hasattr(judge, "score"):
         return [(value,) for value in _checked_scores(judge, prompts, completions)]
     return [(float(judge(p, c)),) for p, c in zip(prompts, completions)]
 
 
-def _checked_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-    """`judge.score(...)` of a judge object (one not wrapped by CallableJudge), as checked floats: an exception,
-    a result that is no list, or a value that is no finite number (None, "0.5") is a JudgeError naming the judge
-    (and the prompt), never a TypeError from inside float()."""
+def _called(judge, method: str, prompts: Sequence[str], completions: Sequence[str]) -> list:
+    """`judge.<method>(prompts, completions)` of a judge object (one not wrapped by CallableJudge) as a list: an
+    exception or a result that is no list is a JudgeError naming the judge, never a bare error from inside."""
     name = getattr(judge, "name", type(judge).__name__)
     try:
-        values = judge.score(prompts, completions)
+        values = getattr(judge, method)(prompts, completions)
     except HfDpoError:
         raise
     except Exception as err:
@@ -78,14 +79,50 @@ def _checked_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -
             "judge handle them (or return 0.0 for one it cannot score) and rerun: the samples are kept."
         ) from err
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        what = "float" if method == "score" else "tuple of criteria"
         raise JudgeError(
-            f"Judge '{name}' returned {_short(repr(values), 60)} from score(); it must return a list of one float "
-            f"per completion ({len(prompts)})."
+            f"Judge '{name}' returned {_short(repr(values), 60)} from {method}(); it must return a list of one "
+            f"{what} per completion ({len(prompts)})."
         )
-    return [
-        check_score(_as_float(v), i, prompts[i] if i < len(prompts) else "", name)
-        for i, v in enumerate(values)
-    ]
+    return list(values)
+
+
+def _checked_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """`judge.score(...)` of a judge object as checked floats: a value that is no finite number (None, "0.5") is
+    a JudgeError naming the judge and prompt, never a TypeError from inside float()."""
+    name = getattr(judge, "name", type(judge).__name__)
+    values = _called(judge, "score", prompts, completions)
+    return [check_score(_as_float(v), i, _at(prompts, i), name) for i, v in enumerate(values)]
+
+
+def _checked_criteria(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
+    """`judge.criteria_scores(...)` of a judge object, each answer's value a tuple of one finite number per
+    criterion of `judge_criteria(judge)`: a shorter or longer tuple would be ranked and gated on the wrong
+    criterion (or raise IndexError), so it is a JudgeError naming the prompt."""
+    name = getattr(judge, "name", type(judge).__name__)
+    rows = []
+    for i, values in enumerate(_called(judge, "criteria_scores", prompts, completions)):
+        criteria = judge_criteria(
+            judge
+        )  # after the call: a judge may learn its criteria from its first answer
+        if (
+            isinstance(values, (str, bytes, dict))
+            or not hasattr(values, "__len__")
+            or len(values) != len(criteria)
+        ):
+            raise JudgeError(
+                f"Judge '{name}' returned {_short(repr(values), 60)} for prompt {i} ({_short(_at(prompts, i))!r}); "
+                f"its criteria_scores() must give one tuple of {len(criteria)} numbers ({', '.join(criteria)}) "
+                "per completion."
+            )
+        rows.append(tuple(check_score(_as_float(v), i, _at(prompts, i), name) for v in values))
+    return rows
+
+
+def _at(prompts: Sequence[str], i: int) -> str:
+    return (
+        prompts[i] if i < len(prompts) else ""
+    )  # a judge may return more values than prompts: counted later
 
 
 def _as_float(value):
