@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import logging
 import os
 import re
@@ -57,6 +58,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
         check_writable_dir(args.output_dir, "output_dir")
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    check_model_and_adapter(recipe.model)
     check_lora_targets(recipe.model.model_name_or_path, tuple(recipe.model.lora_target_modules))
     check_attn_implementation(recipe.model.attn_implementation)
     check_resume(args)
@@ -94,6 +96,7 @@ def preflight_sampling(recipe: Recipe) -> None:
     check_output_files(recipe, list(sampling_splits(recipe)))
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    check_model_and_adapter(recipe.model)
     check_attn_implementation(recipe.model.attn_implementation)
     if cfg.judge:
         check_judge(cfg.judge)
@@ -108,6 +111,45 @@ def check_local_path(value: str | None, key: str) -> None:
         return
     if not Path(value).expanduser().exists():
         raise RecipeError(f"key '{key}': {value} does not exist. Give an existing directory or a Hub id.")
+
+
+def check_model_and_adapter(cfg) -> None:
+    """A local model_name_or_path is a model, not a LoRA adapter (an SFT run's output: adapter_config.json, no
+    config.json; transformers would load its base with it, and the new LoRA would go on top under the same name);
+    a local adapter_name_or_path is an adapter (peft would find out only after the base model has loaded)."""
+    model = Path(cfg.model_name_or_path).expanduser()
+    if _is_file(model / "adapter_config.json") and not _is_file(model / "config.json"):
+        base = _adapter_base(model / "adapter_config.json") or "<its base model>"
+        raise RecipeError(
+            f"key 'model_name_or_path': {cfg.model_name_or_path} is a LoRA adapter (adapter_config.json), not a "
+            f"model. To train on from it, set adapter_name_or_path: {cfg.model_name_or_path} and "
+            f"model_name_or_path: {base}; it is then the reference too."
+        )
+    if not cfg.adapter_name_or_path:
+        return
+    adapter = Path(cfg.adapter_name_or_path).expanduser()
+    if os.path.exists(adapter) and not _is_file(adapter / "adapter_config.json"):  # False for no path at all
+        raise RecipeError(
+            f"key 'adapter_name_or_path': {cfg.adapter_name_or_path} has no adapter_config.json, so it is no LoRA "
+            "adapter. Give the output_dir of a finished run (or one of its checkpoint-N directories), or a Hub id."
+        )
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False where a Hub id cannot even be looked up as a path (too long a name, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _adapter_base(config_file: Path) -> str | None:
+    """The base model an adapter was trained on, as its adapter_config.json names it (None if unreadable)."""
+    try:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):  # a cut or foreign file: the message names no base then
+        return None
+    return base if isinstance(base, str) and base else None
 
 
 @functools.lru_cache(maxsize=16)

@@ -326,3 +326,35 @@ def test_flash_attention_without_its_package_is_named_before_the_model_loads(
     assert rc == 2
     line = one_error(err)
     assert re.search(r"key 'attn_implementation': flash_attention_2 needs .*flash-attn.*sdpa", line), line
+
+
+def test_a_lora_adapter_given_as_the_model_is_named_with_the_keys_to_use(tmp_path, capsys, no_model):
+    # An SFT run's output (adapter + tokenizer, no config.json) as model_name_or_path: transformers loaded its
+    # base with the adapter, and the new LoRA went on top under the same name: which weights trained and what the
+    # reference was (the bare base, not the SFT adapter) was silent.
+    adapter = tmp_path / "sft"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    )
+    rc, err = train(tmp_path, capsys, f"model_name_or_path: {adapter}\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(r"key 'model_name_or_path': .*sft is a LoRA adapter", line), line
+    assert f"adapter_name_or_path: {adapter}" in line
+    assert "model_name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct" in line
+
+
+@pytest.mark.parametrize("what", ["directory", "file"])
+def test_an_adapter_path_that_holds_no_adapter_is_named_before_the_model_loads(
+    tmp_path, capsys, no_model, what
+):
+    # Before: the base model loaded (minutes for a large one), then peft failed on the missing adapter_config.json.
+    adapter = tmp_path / "sft"
+    if what == "directory":
+        (adapter / "checkpoint-10").mkdir(parents=True)  # the run dir of a run that never saved at the top
+    else:
+        adapter.write_text("x")
+    rc, err = train(tmp_path, capsys, f"adapter_name_or_path: {adapter}\n")
+    assert rc == 2
+    assert re.search(r"key 'adapter_name_or_path': .*sft has no adapter_config.json", one_error(err))
