@@ -473,3 +473,19 @@ def test_a_criteria_judge_object_with_the_wrong_number_of_criteria_is_a_judge_er
             min_chosen_criterion="concise",
         )
     assert not (tmp_path / "pairs.jsonl").exists()
+
+
+def test_the_state_is_read_under_the_lock_decisions_are_written_under(tmp_path):
+    """Two tabs: one GETs /api/state while the other POSTs a decision. Before, state() iterated the decisions
+    without the lock decide() holds, so a decision added meanwhile could raise 'dictionary changed size during
+    iteration' in the GET (a traceback in the terminal, an error on the page)."""
+    import threading
+
+    store = LabelStore(_samples(tmp_path / "s.jsonl"))
+    done = threading.Event()
+    with store.lock:  # a decision being written
+        reader = threading.Thread(target=lambda: (store.state(), done.set()), daemon=True)
+        reader.start()
+        assert not done.wait(0.3)  # the state waits for it
+    assert done.wait(5)
+    store.decide(0, "left")  # decide() still answers with the state under the same (reentrant) lock

@@ -128,7 +128,9 @@ class LabelStore:
             raise SamplingError(_nothing_to_label(samples_file, self.samples))
         self.item_ids = [item_id(self.keys[pos], pair) for pos, pair in self.items]
         self.by_id = {iid: n for n, iid in enumerate(self.item_ids)}
-        self.lock = threading.Lock()
+        # Reentrant: decide() and undo() answer with state(), which takes it too (a GET from another tab reading the
+        # decisions while a POST adds one would raise "dictionary changed size during iteration").
+        self.lock = threading.RLock()
         self.decisions: dict[int, dict] = {}  # item number -> decision
         self.history: list[int] = []  # item numbers in decision order, for undo
         self.notes: list[
@@ -209,6 +211,10 @@ class LabelStore:
         }
 
     def state(self) -> dict[str, Any]:
+        with self.lock:
+            return self._state()
+
+    def _state(self) -> dict[str, Any]:
         current = next((n for n in range(len(self.items)) if n not in self.decisions), None)
         counts = {c: 0 for c in CHOICES}
         for d in self.decisions.values():
