@@ -246,7 +246,16 @@ def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[d
                     f"Set {key}."
                 )
             continue
-        ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=split)
+        try:
+            ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=split)
+        except Exception as err:  # noqa: BLE001 - a dropped network, a file datasets cannot cast: name the split
+            while err.__cause__ is not None:  # datasets wraps the reason in "An error occurred ..."
+                err = err.__cause__
+            reason = " ".join(str(err).split())
+            raise DataError(
+                f"Dataset '{cfg.dataset_name}', split '{split}', could not be loaded ({type(err).__name__}: "
+                f"{reason}). Check your network, or download it once and point dataset_name at the local files."
+            ) from None
         out[split] = (f"{cfg.dataset_name}[{split}]", ds.to_list())
     return out
 

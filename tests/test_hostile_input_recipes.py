@@ -358,3 +358,22 @@ def test_an_adapter_path_that_holds_no_adapter_is_named_before_the_model_loads(
     rc, err = train(tmp_path, capsys, f"adapter_name_or_path: {adapter}\n")
     assert rc == 2
     assert re.search(r"key 'adapter_name_or_path': .*sft has no adapter_config.json", one_error(err))
+
+
+def test_a_hub_split_that_fails_to_load_is_named(monkeypatch):
+    # The split names were read, then load_dataset failed (the network dropped, a data file the Hub's viewer
+    # cannot cast): its own exception, a traceback, reached the user.
+    import datasets
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import DataError, read_splits
+
+    def fail(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/prefs' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, config=None: ["train", "test"])
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(
+        DataError, match=r"'org/prefs', split 'train', could not be loaded \(ConnectionError: Couldn't"
+    ):
+        read_splits(DataConfig(dataset_name="org/prefs"))
