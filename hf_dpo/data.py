@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 TOKENIZED_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+IMAGE_COLUMNS = {"images", "image"}  # TRL's vision DPO columns
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
 SKIP_HINT = "Fix the row, or set `on_bad_rows: skip` in the recipe to drop such rows (they are counted)."
 
@@ -580,6 +581,14 @@ def check_columns(source: str, rows: list, cfg: DataConfig) -> None:
             raise DataError(
                 f"{source}: no column '{column}' (columns: {', '.join(sorted(map(str, present)))}). Map your "
                 f"column names with {key} (and chosen_column / rejected_column / prompt_column) in the recipe."
+            )
+    for column in IMAGE_COLUMNS & present:
+        # TRL's vision DPO format: hf_dpo trains text-only models, and would drop the images without a word
+        if any(isinstance(r, dict) and r.get(column) for r in rows[:100]):
+            raise DataError(
+                f"{source}: column '{column}' holds images, and hf_dpo trains language models on text alone: "
+                "the prompts would speak of images the model never sees. Use a text-only dataset, or remove the "
+                f"'{column}' column to train on the text without them."
             )
 
 

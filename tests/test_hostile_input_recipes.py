@@ -377,3 +377,17 @@ def test_a_hub_split_that_fails_to_load_is_named(monkeypatch):
         DataError, match=r"'org/prefs', split 'train', could not be loaded \(ConnectionError: Couldn't"
     ):
         read_splits(DataConfig(dataset_name="org/prefs"))
+
+
+@pytest.mark.parametrize("column", ["images", "image"])
+def test_a_vision_dataset_is_named_not_trained_on_its_text_alone(tmp_path, capsys, no_model, column):
+    # TRL's vision DPO format: the images were dropped silently, the prompts still speaking of them.
+    rows = [dict(r, **{column: ["pics/0.png"]}) for r in arithmetic_pairs(4)]
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2
+    assert re.search(rf"train.jsonl: column '{column}' holds images.*text", one_error(err))
+    # an images column that is empty throughout is no vision data
+    write_jsonl(tmp_path / "data" / "train.jsonl", [dict(r, **{column: []}) for r in arithmetic_pairs(4)])
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        train(tmp_path, capsys)
