@@ -131,6 +131,15 @@ class ModelConfig:
 
     def __post_init__(self):
         _check_values(self)
+        for name in self.lora_target_modules:
+            if "," in name or " " in name.strip():
+                # peft matches each name against layer names: "q_proj, v_proj" is one name no layer has, which
+                # for a Hub model (not checked from its config by the preflight) fails only once the model loaded
+                names = [n for n in re.split(r"[,\s]+", name) if n]
+                raise RecipeError(
+                    f"key 'lora_target_modules': {name!r} is one module name, and none has a comma or a space. "
+                    f"Give a list: [{', '.join(names)}] in the recipe, or --lora_target_modules {' '.join(names)}."
+                )
 
 
 @dataclass

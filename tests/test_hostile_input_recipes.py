@@ -391,3 +391,26 @@ def test_a_vision_dataset_is_named_not_trained_on_its_text_alone(tmp_path, capsy
     write_jsonl(tmp_path / "data" / "train.jsonl", [dict(r, **{column: []}) for r in arithmetic_pairs(4)])
     with pytest.raises(AssertionError, match="the model was loaded"):
         train(tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
+    "recipe, overrides",
+    [
+        ("lora_target_modules: q_proj, v_proj\n", ()),
+        ("", ("--lora_target_modules", "q_proj,v_proj")),
+        ("", ("--lora_target_modules=q_proj, v_proj",)),
+    ],
+)
+def test_lora_target_modules_written_as_one_comma_list_is_named(tmp_path, recipe, overrides):
+    # Before: one module named 'q_proj, v_proj', which no layer has: for a Hub model peft said so only after the
+    # model had loaded.
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(
+        RecipeError, match=r"key 'lora_target_modules': 'q_proj, ?v_proj' .*\[q_proj, v_proj\]"
+    ):
+        load(tmp_path, recipe, *overrides)
+    assert load(tmp_path, "lora_target_modules: [q_proj, v_proj]\n").model.lora_target_modules == [
+        "q_proj",
+        "v_proj",
+    ]
