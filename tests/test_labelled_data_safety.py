@@ -489,3 +489,37 @@ def test_the_state_is_read_under_the_lock_decisions_are_written_under(tmp_path):
         assert not done.wait(0.3)  # the state waits for it
     assert done.wait(5)
     store.decide(0, "left")  # decide() still answers with the state under the same (reentrant) lock
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_pairs_the_log_no_longer_holds_are_not_dropped_from_out(tmp_path, keep):
+    """The decision log emptied or cut short (an edit, a restore from an older copy) while OUT still holds every
+    pair: before, the start (cut short) or the first click (emptied) rewrote OUT from the log, and the pairs only
+    OUT held were gone."""
+    samples = _samples(tmp_path / "s.jsonl")
+    store = LabelStore(samples)
+    for index in range(3):
+        store.decide(index, "left")
+    log, before = decisions_path(store.out), store.out.read_bytes()
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:keep]))
+    with pytest.raises(SamplingError, match=rf"s\.pairs\.jsonl holds {3 - keep} pair\(s\) its decision log"):
+        LabelStore(samples)
+    assert store.out.read_bytes() == before
+
+
+def test_a_pair_undone_just_before_a_kill_is_no_reason_to_refuse(tmp_path, monkeypatch):
+    """Killed between an undo's log line and the rewrite of OUT: OUT still holds the undone pair, which the log
+    made; the start rewrites OUT without it."""
+    from hf_dpo.pairs import label_store
+
+    samples = _samples(tmp_path / "s.jsonl")
+    store = LabelStore(samples)
+    store.decide(0, "left")
+    store.decide(1, "right")
+    before = store.out.read_bytes()
+    monkeypatch.setattr(label_store.LabelStore, "_write_pairs", lambda self: None)  # the kill
+    store.undo()
+    monkeypatch.undo()
+    assert store.out.read_bytes() == before
+    again = LabelStore(samples)
+    assert again.state()["done"] == 1 and len(again.out.read_text().splitlines()) == 1

@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,16 @@ class LabelStore:
         self.lock = threading.RLock()
         self.decisions: dict[int, dict] = {}  # item number -> decision
         self.history: list[int] = []  # item numbers in decision order, for undo
-        self.notes: list[
-            str
-        ] = []  # what a person should know about the log on resuming (the server prints them)
-        if self.log.is_file() and self.log.stat().st_size:  # `exclusive` made an empty one: nothing to write
-            self._replay()
+        # What a person should know about the log on resuming (the server prints them).
+        self.notes: list[str] = []
+        replayed = self.log.is_file() and self.log.stat().st_size  # `exclusive` made an empty one
+        _check_out_in_log(self.out, self.log, self._replay() if replayed else [])
+        if replayed:
             # A kill between the logged decision and the pairs rewrite left the pairs file behind the log.
             self._write_pairs()
 
-    def _replay(self) -> None:
+    def _replay(self) -> list[dict]:
+        """Apply the log; returns every pair it ever made (undone ones too)."""
         by_key = {k: n for n, k in enumerate(self.keys)}
         fix = "Label into another --out, or move the log away to start over."
         raw = self.log.read_bytes()
@@ -151,6 +153,7 @@ class LabelStore:
                 json.loads(raw[raw.rfind(b"\n") + 1 :])
             except (ValueError, RecursionError):  # a decision cut off mid-write (kill, power loss)
                 whole = raw.rfind(b"\n") + 1
+        logged = []  # every pair the log ever made, undone ones too: OUT may hold one (killed before its rewrite)
         hint = "Fix that line, or delete it (its pair is then shown again); the other decisions are kept."
         for lineno, entry in read_lines(self.log, SamplingError, hint, size=whole):
             where = f"{self.log}, line {lineno}"
@@ -182,6 +185,8 @@ class LabelStore:
                 )
             self.decisions[number] = entry
             self.history.append(number)
+            if entry["choice"] in ("left", "right"):
+                logged.append(self._pair(number, entry["choice"]))
         if whole < len(raw):
             # Its fsync never returned, so the page never moved on: that pair is simply shown again. Only the
             # server holding the log cuts it (a reader might be looking at a write in progress).
@@ -192,6 +197,7 @@ class LabelStore:
                 f"{self.log}, line {lineno}: a decision cut off mid-write (the server "
                 "stopped while saving it, before the page showed it saved) was dropped; that pair is shown again."
             )
+        return logged
 
     def view(self, number: int) -> dict[str, Any]:
         pos, (a, b) = self.items[number]
@@ -304,20 +310,20 @@ class LabelStore:
                 raise
 
     def pairs(self) -> list[dict]:
-        rows = []
-        for number in sorted(self.decisions):
-            choice = self.decisions[number]["choice"]
-            if choice not in ("left", "right"):
-                continue
-            view = self.view(number)
-            chosen, rejected = (
-                (view["left"], view["right"]) if choice == "left" else (view["right"], view["left"])
-            )
-            pos = self.items[number][0]
-            rows.append(
-                pair_row(self.samples[pos]["prompt"], chosen, rejected, index=self.keys[pos], judge="human")
-            )
-        return rows
+        return [
+            self._pair(number, self.decisions[number]["choice"])
+            for number in sorted(self.decisions)
+            if self.decisions[number]["choice"] in ("left", "right")
+        ]
+
+    def _pair(self, number: int, choice: str) -> dict:
+        """The pair row of item `number` decided `choice` ("left" or "right")."""
+        view = self.view(number)
+        chosen, rejected = (
+            (view["left"], view["right"]) if choice == "left" else (view["right"], view["left"])
+        )
+        pos = self.items[number][0]
+        return pair_row(self.samples[pos]["prompt"], chosen, rejected, index=self.keys[pos], judge="human")
 
     def _write_pairs(self) -> None:
         atomic_write_jsonl(self.out, self.pairs())
@@ -385,6 +391,29 @@ def _hold(log: Path, out: Path):
             "stop it first (Ctrl-C), or give this one another --out."
         ) from None
     return held
+
+
+def _check_out_in_log(out: Path, log: Path, pairs: list[dict]) -> None:
+    """OUT is rewritten from the log: every pair OUT holds must be one the log made (`pairs`, undone ones too: a
+    kill between an undo and its rewrite leaves it in OUT). A log emptied, cut short or swapped for another would
+    have the next rewrite drop the pairs only OUT still holds."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    try:
+        rows = [row for _, row in read_jsonl(out)]
+    except SamplingError:
+        return  # not JSON lines: `_check_out_replaceable` has refused it already
+    missing = sum((Counter(map(_pair_content, rows)) - Counter(map(_pair_content, pairs))).values())
+    if missing:
+        raise SamplingError(
+            f"--out {out} holds {missing} pair(s) its decision log {log.name} does not (the log was emptied, cut "
+            f"short or replaced); labelling rewrites {out.name} from the log at the first decision and they would "
+            f"be lost. Restore the log, or move {out} away first (or give a new --out)."
+        )
+
+
+def _pair_content(row: dict) -> str:
+    return json.dumps([row.get("prompt"), row.get("chosen"), row.get("rejected")], sort_keys=True)
 
 
 def _check_writable(out: Path, log: Path) -> None:
