@@ -71,6 +71,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
         check_judge(recipe.sampling.judge)
     check_ref_cache(args)
     check_report(recipe, splits)
+    check_report_prompts(recipe, splits)
     return tokenize_data(recipe, splits)
 
 
@@ -352,6 +353,24 @@ def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> N
     has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
     if computes_metrics(has_eval, sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations):
         preload_report_modules()
+
+
+def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
+    """test_prompts_file, read as the report will read it when it judges generations on it (its own decision,
+    `hf_dpo.report.evaluation.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
+    training, when the card and the push are still to come."""
+    from hf_dpo.pairs.formats import read_prompts
+    from hf_dpo.report.evaluation import behaviour_skip_reason
+
+    cfg, sampling = recipe.data, recipe.sampling
+    path = sampling.test_prompts_file
+    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    if not path or behaviour_skip_reason(has_eval, path, sampling.judge, sampling.eval_num_generations):
+        return
+    try:
+        read_prompts(path)  # as hf_dpo.report.prompts.prompts_from_file reads it
+    except HfDpoError as err:
+        raise RecipeError(f"key 'test_prompts_file' (the report's judged prompts): {err}") from None
 
 
 # ---------------------------------------------------------------- judge

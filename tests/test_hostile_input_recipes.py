@@ -414,3 +414,20 @@ def test_lora_target_modules_written_as_one_comma_list_is_named(tmp_path, recipe
         "q_proj",
         "v_proj",
     ]
+
+
+@pytest.mark.parametrize("content", [None, "{not json\n", ""])
+def test_the_reports_prompt_file_is_read_before_training_not_after(tmp_path, capsys, no_model, content):
+    # The report reads test_prompts_file to judge policy and reference on; a missing, broken or empty one failed
+    # only then, after the whole training run (and before the card and the push).
+    prompts = tmp_path / "prompts_test.jsonl"
+    if content is not None:
+        prompts.write_text(content)
+    recipe = f"judge: hf_dpo.pairs.demo_task:judge\ntest_prompts_file: {prompts}\n"
+    rc, err = train(tmp_path, capsys, recipe)
+    assert rc == 2
+    line = one_error(err)
+    assert "prompts_test.jsonl" in line and "test_prompts_file" in line, line
+    # no judge, or no generations: the report never reads the file, and neither does the preflight
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        train(tmp_path, capsys, recipe + "eval_num_generations: 0\n")
