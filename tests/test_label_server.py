@@ -109,7 +109,9 @@ def test_bad_inputs(tmp_path):
     )
     log = decisions_path(store.out)
     shutil.copy(log, tmp_path / "other.pairs.decisions.jsonl")
-    with pytest.raises(SamplingError, match="line 1: decision for an unknown prompt"):
+    with pytest.raises(
+        SamplingError, match=r"line 1: a decision on prompt 0, which .*other\.jsonl no longer holds"
+    ):
         LabelStore(tmp_path / "other.jsonl")
 
 

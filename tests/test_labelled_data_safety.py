@@ -523,3 +523,22 @@ def test_a_pair_undone_just_before_a_kill_is_no_reason_to_refuse(tmp_path, monke
     assert store.out.read_bytes() == before
     again = LabelStore(samples)
     assert again.state()["done"] == 1 and len(again.out.read_text().splitlines()) == 1
+
+
+def test_a_row_deleted_from_the_samples_is_named_with_the_way_to_keep_the_labels(tmp_path):
+    """One row deleted from the samples after labelling: before, 'decision for an unknown prompt or choice ...; this
+    log belongs to other samples. Label into another --out, or move the log away': the only ways offered lost every
+    label. Now it names the prompt and that putting the row back keeps them all."""
+    samples = _samples(tmp_path / "s.jsonl")
+    store = LabelStore(samples)
+    store.decide(0, "left")
+    store.decide(1, "right")
+    lines = samples.read_text().splitlines(keepends=True)
+    samples.write_text(lines[0] + lines[2])
+    with pytest.raises(
+        SamplingError, match=r"line 2: a decision on prompt 1, which .*s\.jsonl no longer holds"
+    ) as err:
+        LabelStore(samples)
+    assert "Put that row back as it was" in str(err.value)
+    samples.write_text("".join(lines))
+    assert LabelStore(samples).state()["done"] == 2

@@ -162,6 +162,13 @@ class LabelStore:
                     self.decisions.pop(self.history.pop(), None)
                 continue
             pos = by_key.get(entry.get("index")) if _is_index(entry.get("index")) else None
+            if pos is None and _is_index(entry.get("index")) and entry.get("choice") in CHOICES:
+                # Most often one row deleted from the samples: putting it back keeps every decision.
+                raise SamplingError(
+                    f"{where}: a decision on prompt {entry['index']}, which {self.samples_file} no longer holds (its "
+                    f"row was deleted, or this log was made on other samples). Put that row back as it was to "
+                    f"continue with every decision kept. {fix}"
+                )
             if pos is None or entry.get("choice") not in CHOICES:
                 raise SamplingError(
                     f"{where}: decision for an unknown prompt or choice ({entry}); this log belongs to other "
@@ -171,7 +178,8 @@ class LabelStore:
                 raise SamplingError(
                     f"{where}: the decision on prompt {entry.get('index')} was made on other answers than "
                     f"{self.samples_file} now holds (the samples were regenerated or edited, or the log predates "
-                    f"content keys), so it cannot be applied to these. {fix}"
+                    f"content keys), so it cannot be applied to these. Put that row back as it was to continue with "
+                    f"every decision kept. {fix}"
                 )
             pair = entry.get("item")
             number = (
