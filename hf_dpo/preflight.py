@@ -377,7 +377,8 @@ def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]
 
 
 def check_judge(spec: str) -> None:
-    """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one."""
+    """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one, and its
+    config must load (a directory that holds no model, a Hub id mistyped or out of reach)."""
     from hf_dpo.pairs.judges import JudgeError, load_judge
 
     spec = str(spec).strip()
@@ -389,6 +390,16 @@ def check_judge(spec: str) -> None:
             )
         if target.startswith(("/", "./", "../", "~")) and not Path(target).expanduser().exists():
             raise JudgeError(f"judge '{spec}': {target} does not exist.")
+        from transformers import AutoConfig
+
+        try:  # its config alone (no weights), as the judge reads it: it loads only after training, in the report
+            AutoConfig.from_pretrained(target)
+        except (OSError, ValueError) as err:
+            reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
+            raise JudgeError(
+                f"judge '{spec}': cannot be loaded ({reason}). Give a reward model's local directory or a Hub id "
+                "reachable from here (or already in the Hub cache)."
+            ) from None
         return
     judge = load_judge(spec)
     fn = getattr(judge, "fn", None)

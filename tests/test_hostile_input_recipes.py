@@ -431,3 +431,14 @@ def test_the_reports_prompt_file_is_read_before_training_not_after(tmp_path, cap
     # no judge, or no generations: the report never reads the file, and neither does the preflight
     with pytest.raises(AssertionError, match="the model was loaded"):
         train(tmp_path, capsys, recipe + "eval_num_generations: 0\n")
+
+
+def test_a_reward_model_judge_that_cannot_be_loaded_is_named_before_training(tmp_path, capsys, no_model):
+    # `judge: rm:<dir>` was only checked to exist: a directory that holds no model (a run dir, a download cut
+    # short) failed when the report loaded the judge, after the whole training run.
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "README.md").write_text("a reward model, soon")
+    rc, err = train(tmp_path, capsys, f"judge: rm:{tmp_path / 'rm'}\n")
+    assert rc == 2
+    line = one_error(err)
+    assert re.search(rf"judge 'rm:{tmp_path / 'rm'}': cannot be loaded", line), line
