@@ -542,3 +542,44 @@ def test_a_row_deleted_from_the_samples_is_named_with_the_way_to_keep_the_labels
     assert "Put that row back as it was" in str(err.value)
     samples.write_text("".join(lines))
     assert LabelStore(samples).state()["done"] == 2
+
+
+def test_a_full_disk_while_sampling_is_named_and_the_samples_so_far_resume(tmp_path, monkeypatch):
+    """The disk full after some batches: before, a bare OSError traceback from inside the sampling loop. Now a
+    SamplingError naming the file and how many prompts are kept, and the next run resumes after them."""
+    import errno
+    import os
+
+    from hf_dpo.pairs import sampling
+
+    recipe = _recipe(tmp_path, sampling_batch_size=1)
+    prompts = ["One?", "Two?", "Three?"]
+    settings = sampling._settings(recipe.model, recipe.sampling, recipe.data)
+
+    def rows(model, tokenizer, indices, prompts, prompt_ids, settings, cfg):  # no model: fixed answers
+        return [
+            {"index": i, "prompt": prompts[i], "completions": ["x", "y"], "settings": settings}
+            for i in indices
+        ]
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(sampling, "_sample_rows", rows)
+    monkeypatch.setattr(sampling.os, "fsync", fsync)
+    samples = tmp_path / "samples.jsonl"
+    with pytest.raises(
+        SamplingError,
+        match=r"samples\.jsonl: could not write the samples \(No space left on device\)"
+        r"\. The 1 prompts sampled before are kept",
+    ):
+        sampling._append_samples(
+            samples, None, None, prompts, [[1]] * 3, [0, 1, 2], settings, recipe.sampling, False
+        )
+    monkeypatch.setattr(sampling.os, "fsync", real_fsync)
+    assert sampling._done_indices(samples, prompts, settings) >= {0}

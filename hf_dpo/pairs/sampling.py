@@ -338,19 +338,25 @@ def _append_samples(
 
     samples_path.parent.mkdir(parents=True, exist_ok=True)
     done_before, sampled = len(prompts) - len(todo), 0
-    with (
-        open(samples_path, "a", encoding="utf-8") as out,
-        tqdm(
-            total=len(prompts), initial=done_before, unit="prompt", desc="sampling", disable=not progress
-        ) as bar,
-    ):
-        for indices in _batches(todo, max(1, cfg.sampling_batch_size)):
-            for row in _sample_rows(model, tokenizer, indices, prompts, prompt_ids, settings, cfg):
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-            bar.update(len(indices))
-            sampled += len(indices)
+    try:
+        with (
+            open(samples_path, "a", encoding="utf-8") as out,
+            tqdm(
+                total=len(prompts), initial=done_before, unit="prompt", desc="sampling", disable=not progress
+            ) as bar,
+        ):
+            for indices in _batches(todo, max(1, cfg.sampling_batch_size)):
+                for row in _sample_rows(model, tokenizer, indices, prompts, prompt_ids, settings, cfg):
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+                bar.update(len(indices))
+                sampled += len(indices)
+    except OSError as err:  # a full disk, a lost mount: what is on disk stays (a cut-off last line is redone)
+        raise SamplingError(
+            f"{samples_path}: could not write the samples ({err.strerror or err}). The {done_before + sampled} "
+            "prompts sampled before are kept: fix the disk problem and run `hf-dpo sample` again to resume."
+        ) from None
     return sampled
 
 
