@@ -195,6 +195,13 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     """{split: (source name, rows)} for the train split and, if present, the test split."""
     if not cfg.dataset_name:
         raise DataError("The recipe sets no dataset_name: give a Hub dataset id or a local file/directory.")
+    if cfg.dataset_test_split and cfg.dataset_test_split == cfg.dataset_train_split:
+        # the "held-out" numbers before and after training would be measured on the pairs trained on
+        raise DataError(
+            f"dataset_test_split '{cfg.dataset_test_split}' is the train split (dataset_train_split): nothing would "
+            "be held out. Name another split, set eval_fraction (e.g. 0.1) to hold out a share of the train split, "
+            "or dataset_test_split: null for none."
+        )
     path = Path(cfg.dataset_name).expanduser()
     wanted = [cfg.dataset_train_split] + ([cfg.dataset_test_split] if cfg.dataset_test_split else [])
     out: dict[str, tuple[str, list[dict]]] = {}

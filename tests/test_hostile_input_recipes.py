@@ -442,3 +442,14 @@ def test_a_reward_model_judge_that_cannot_be_loaded_is_named_before_training(tmp
     assert rc == 2
     line = one_error(err)
     assert re.search(rf"judge 'rm:{tmp_path / 'rm'}': cannot be loaded", line), line
+
+
+def test_a_held_out_split_that_is_the_train_split_is_named(tmp_path):
+    # Before: the "held-out" metrics before and after training were measured on the training pairs, silently.
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import DataError, read_splits
+
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    cfg = DataConfig(dataset_name=str(tmp_path / "data"), dataset_test_split="train")
+    with pytest.raises(DataError, match=r"dataset_test_split 'train' is the train split.*eval_fraction"):
+        read_splits(cfg)
