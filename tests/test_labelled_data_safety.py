@@ -583,3 +583,27 @@ def test_a_full_disk_while_sampling_is_named_and_the_samples_so_far_resume(tmp_p
         )
     monkeypatch.setattr(sampling.os, "fsync", real_fsync)
     assert sampling._done_indices(samples, prompts, settings) >= {0}
+
+
+def test_a_second_sample_run_on_the_same_file_is_refused_and_cuts_nothing(tmp_path):
+    """Two `hf-dpo sample` runs on one samples file (a second terminal): before, the second took the first run's
+    line in progress for the trace of a killed run and cut it off (the rest of it then written after the cut:
+    a broken line inside the file), then sampled the same prompts again (duplicates labelling refuses)."""
+    import fcntl
+
+    from hf_dpo.pairs.sampling import sample
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("One?\nTwo?\n")
+    recipe = _recipe(tmp_path)
+    rows = _sample_rows(recipe, ["One?", "Two?"])
+    samples = tmp_path / "samples.jsonl"
+    text = json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:30]  # the first run, writing its second line
+    samples.write_text(text)
+    with open(samples, "ab") as first_run:
+        fcntl.flock(first_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(
+            SamplingError, match=r"samples\.jsonl is in use: another `hf-dpo sample` is writing it"
+        ):
+            sample(recipe, prompts_file, samples, progress=False)
+    assert samples.read_text() == text

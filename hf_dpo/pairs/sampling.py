@@ -151,7 +151,9 @@ def _settings(model_cfg: ModelConfig, cfg: SamplingConfig, data: DataConfig | No
     }
 
 
-def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -> set[int]:
+def _done_indices(
+    path: Path, prompts: list[Prompt], settings: dict[str, Any], repair: bool = True
+) -> set[int]:
     """Prompt indices already in the samples file; checks they were made from these prompts and settings.
 
     A last line cut off mid-write (no trailing newline) is the trace of a killed run: it is dropped and
@@ -190,6 +192,8 @@ def _done_indices(path: Path, prompts: list[Prompt], settings: dict[str, Any]) -
                 "to a new file to sample with the new settings, or set them back to resume this one."
             )
         done.add(index)
+    if not repair:  # a look only: the file may be another run's, being written (see `_hold_samples`)
+        return done
     if whole < len(raw):
         logger.warning("%s: dropping a last line cut off mid-write; that prompt is sampled again.", path)
         os.truncate(path, whole)
@@ -284,26 +288,62 @@ def sample(
         )
     prompts = read_prompts(prompts_file, recipe.data.prompt_column)
     settings = _settings(recipe.model, cfg, recipe.data)
-    done = _done_indices(samples_path, prompts, settings)
-    todo = [i for i in range(len(prompts)) if i not in done]
-    result = {
-        "samples_file": str(samples_path),
-        "prompts": len(prompts),
-        "resumed": len(done),
-        "sampled_now": 0,
-    }
-    if not todo:
-        logger.info("%s already has samples for all %d prompts.", samples_path, len(prompts))
-        return result | {"seconds": 0.0}
-    model, tokenizer = model_and_tokenizer or load_reference(recipe.model)
-    prompt_ids = _encode_prompts(prompts, model, tokenizer, recipe)
-    if done:
-        logger.info("Resuming %s: %d of %d prompts already sampled.", samples_path, len(done), len(prompts))
-    start = time.perf_counter()
-    result["sampled_now"] = _append_samples(
-        samples_path, model, tokenizer, prompts, prompt_ids, todo, settings, cfg, progress
-    )
-    return result | {"seconds": time.perf_counter() - start}
+    # Held from the first look to the last line: a file that does not exist yet is made (and held) only once the
+    # model is loaded, so a run failing before leaves no empty file or run dir behind.
+    held = _hold_samples(samples_path) if samples_path.exists() else None
+    try:
+        done = _done_indices(samples_path, prompts, settings)
+        todo = [i for i in range(len(prompts)) if i not in done]
+        result = {
+            "samples_file": str(samples_path),
+            "prompts": len(prompts),
+            "resumed": len(done),
+            "sampled_now": 0,
+        }
+        if not todo:
+            logger.info("%s already has samples for all %d prompts.", samples_path, len(prompts))
+            return result | {"seconds": 0.0}
+        model, tokenizer = model_and_tokenizer or load_reference(recipe.model)
+        prompt_ids = _encode_prompts(prompts, model, tokenizer, recipe)
+        if held is None:
+            samples_path.parent.mkdir(parents=True, exist_ok=True)
+            held = _hold_samples(samples_path)
+            done = _done_indices(samples_path, prompts, settings)  # another run may have begun it meanwhile
+            todo = [i for i in range(len(prompts)) if i not in done]
+            result["resumed"] = len(done)
+        if done:
+            logger.info(
+                "Resuming %s: %d of %d prompts already sampled.", samples_path, len(done), len(prompts)
+            )
+        start = time.perf_counter()
+        result["sampled_now"] = _append_samples(
+            samples_path, model, tokenizer, prompts, prompt_ids, todo, settings, cfg, progress
+        )
+        return result | {"seconds": time.perf_counter() - start}
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _hold_samples(path: Path):
+    """The samples file, open and locked for this run (released when closed, or when the process dies).
+
+    Two `hf-dpo sample` runs on one file would both append the same prompts, and one would cut the other's line
+    in progress, taking it for the trace of a killed run."""
+    held = open(path, "ab")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; one run per samples file is then the person's to keep
+        return held
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.close()
+        raise SamplingError(
+            f"{path} is in use: another `hf-dpo sample` is writing it. Let that run finish (it resumes where it "
+            "stops if interrupted), or point samples_file to another file."
+        ) from None
+    return held
 
 
 def _encode_prompts(prompts: list[Prompt], model, tokenizer, recipe: Recipe) -> list[list[int]]:
@@ -415,7 +455,7 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
         samples_path = default_samples_file(recipe, split)
         prompts = read_prompts(prompts_file, recipe.data.prompt_column) if prompts_file else None
         needs_model = prompts is not None and len(
-            _done_indices(samples_path, prompts, _settings(recipe.model, cfg, recipe.data))
+            _done_indices(samples_path, prompts, _settings(recipe.model, cfg, recipe.data), repair=False)
         ) < len(prompts)
         if needs_model and model_and_tokenizer is None:
             model_and_tokenizer = load_reference(recipe.model)
