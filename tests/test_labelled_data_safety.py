@@ -607,3 +607,17 @@ def test_a_second_sample_run_on_the_same_file_is_refused_and_cuts_nothing(tmp_pa
         ):
             sample(recipe, prompts_file, samples, progress=False)
     assert samples.read_text() == text
+
+
+def test_a_prompt_sampled_twice_in_the_samples_file_is_named_before_sampling_more(tmp_path):
+    """A samples file holding one prompt twice (two runs before the lock above, lines copied): before, sampling
+    resumed into it without a word, and only labelling refused it afterwards ('appears a second time')."""
+    from hf_dpo.pairs.sampling import sample
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("One?\nTwo?\n")
+    recipe = _recipe(tmp_path)
+    rows = _sample_rows(recipe, ["One?", "Two?"])
+    samples = _write_jsonl(tmp_path / "samples.jsonl", [rows[0], rows[0]])
+    with pytest.raises(SamplingError, match=r"samples\.jsonl, line 2: prompt index 0 appears a second time"):
+        sample(recipe, prompts_file, samples, progress=False)

@@ -191,6 +191,11 @@ def _done_indices(
                 f"{path}, line {lineno}: made with other sampling settings than now ({changed}). Point samples_file "
                 "to a new file to sample with the new settings, or set them back to resume this one."
             )
+        if index in done:  # labelling refuses the file then; say so before sampling more into it
+            raise SamplingError(
+                f"{path}, line {lineno}: prompt index {index} appears a second time (two runs wrote this file, or "
+                "lines were copied). Keep one of its lines and run again."
+            )
         done.add(index)
     if not repair:  # a look only: the file may be another run's, being written (see `_hold_samples`)
         return done
