@@ -621,3 +621,28 @@ def test_a_prompt_sampled_twice_in_the_samples_file_is_named_before_sampling_mor
     samples = _write_jsonl(tmp_path / "samples.jsonl", [rows[0], rows[0]])
     with pytest.raises(SamplingError, match=r"samples\.jsonl, line 2: prompt index 0 appears a second time"):
         sample(recipe, prompts_file, samples, progress=False)
+
+
+def test_a_pairs_file_that_cannot_be_written_is_a_named_error_and_the_old_pairs_stay(tmp_path, monkeypatch):
+    """The disk full when the judge's pairs are written: before, a bare OSError traceback from files.py."""
+    import errno
+
+    from hf_dpo import files
+    from hf_dpo.pairs.labelling import label_with_judge
+
+    samples = _write_jsonl(
+        tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", pairs)
+    before = pairs.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(
+        SamplingError, match=r"pairs\.jsonl: could not write the pairs \(No space left on device\)"
+    ):
+        label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", pairs)
+    assert pairs.read_bytes() == before

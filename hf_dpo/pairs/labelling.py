@@ -120,7 +120,13 @@ def label_with_judge(
     pairs, skipped = [], Skipped()
     for row, row_scores in zip(samples, scores):
         pairs += pairs_of_prompt(row, row_scores, criteria, rules, skipped)
-    atomic_write_jsonl(pairs_file, pairs)
+    try:
+        atomic_write_jsonl(pairs_file, pairs)
+    except OSError as err:  # a full disk, a lost mount: the atomic write left the previous pairs in place
+        raise SamplingError(
+            f"{pairs_file}: could not write the pairs ({err.strerror or err}). The samples and any previous pairs "
+            "are kept: fix the disk problem and run again (the judge only re-scores, nothing is sampled)."
+        ) from None
     stats = {
         "prompts": len(samples),
         "pairs": len(pairs),
