@@ -737,6 +737,20 @@ class _NoDuplicateKeysLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 implicit types no recipe key means: a bare 2024-06-01 read as a date (a run_name, an output_dir),
+# 010 as octal 8, 1:30 as base-60 90. Dates stay text; integers are YAML 1.2's: decimal (no leading zero), 0x, 0b.
+_INT_TAG, _TIMESTAMP_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp"
+_YAML_12_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0b[01_]+)$")
+_NoDuplicateKeysLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, _YAML_12_INT if tag == _INT_TAG else regexp)
+        for tag, regexp in resolvers
+        if tag != _TIMESTAMP_TAG
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -873,7 +887,7 @@ def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str
         where = "command line" if key in given or key == "?" else f"Recipe {path}"
         message = err.message
         if "invalid float value" in message or "invalid int value" in message:
-            message = "expected a number, got " + message.rpartition(":")[2].strip()
+            message = "expected a number, got " + message.partition(" value: ")[2].strip()  # '1:30' whole
         raise RecipeError(f"{where}: key '{key}': {message}.") from None
     for token in rest:
         if not token.startswith("--"):

@@ -453,3 +453,24 @@ def test_a_held_out_split_that_is_the_train_split_is_named(tmp_path):
     cfg = DataConfig(dataset_name=str(tmp_path / "data"), dataset_test_split="train")
     with pytest.raises(DataError, match=r"dataset_test_split 'train' is the train split.*eval_fraction"):
         read_splits(cfg)
+
+
+def test_yaml_dates_are_text_for_the_keys_that_take_text(tmp_path):
+    # YAML 1.1 reads a bare 2024-06-01 as a date: output_dir failed as "TypeError: expected str, bytes or
+    # os.PathLike object, not date" naming no key; run_name, dataset_name or hub_model_id kept a date object
+    # (dataset_name then a TypeError traceback in the preflight).
+    recipe = load(tmp_path, "output_dir: 2024-06-01\nrun_name: 2024-06-01\ndataset_name: 2024-06-01\n")
+    assert recipe.training.output_dir == "2024-06-01"
+    assert recipe.training.run_name == "2024-06-01" and recipe.data.dataset_name == "2024-06-01"
+
+
+def test_yaml_1_1_octal_and_base_60_numbers_are_not_misread(tmp_path):
+    # YAML 1.1 read seed: 010 as 8 (octal) and max_steps: 1:30 as 90 (base 60), silently.
+    from hf_dpo.config import RecipeError
+
+    assert load(tmp_path, "seed: 010\n").training.seed == 10
+    with pytest.raises(RecipeError, match=r"key 'max_steps': expected a number, got '1:30'"):
+        load(tmp_path, "max_steps: 1:30\n")
+    recipe = load(tmp_path, "seed: 0x2A\nmax_steps: -1\nlora_r: 1_6\nlearning_rate: 1e-5\n")
+    assert (recipe.training.seed, recipe.training.max_steps, recipe.model.lora_r) == (42, -1, 16)
+    assert recipe.training.learning_rate == 1e-5
