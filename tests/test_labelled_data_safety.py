@@ -646,3 +646,20 @@ def test_a_pairs_file_that_cannot_be_written_is_a_named_error_and_the_old_pairs_
     ):
         label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", pairs)
     assert pairs.read_bytes() == before
+
+
+def test_recipe_paths_under_home_mean_the_home_directory(tmp_path, monkeypatch):
+    """samples_file / pairs_file / prompts_file as `~/...` in a recipe (output_dir already meant the home directory):
+    before, the samples and pairs went to a directory literally named '~' under the working directory (the checks
+    had looked at the home directory), and the prompts file was 'does not exist'."""
+    from hf_dpo.pairs.formats import default_pairs_file, default_samples_file, read_prompts
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "p.txt").write_text("One?\n")
+    recipe = _recipe(tmp_path, samples_file="~/runs/s.jsonl", pairs_file="~/pairs/train.jsonl")
+    assert default_samples_file(recipe) == tmp_path / "home" / "runs" / "s.jsonl"
+    assert default_samples_file(recipe, "test") == tmp_path / "home" / "runs" / "s_test.jsonl"
+    assert default_pairs_file(recipe, "test") == tmp_path / "home" / "pairs" / "test.jsonl"
+    assert read_prompts("~/p.txt") == ["One?"]

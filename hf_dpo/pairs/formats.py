@@ -88,7 +88,7 @@ def read_jsonl(path: str | os.PathLike, size: int | None = None) -> list[tuple[i
 
 def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list[Prompt]:
     """Prompts from a .txt file (one per line, blank lines ignored) or any table with a prompt column."""
-    path = Path(path)
+    path = Path(path).expanduser()  # a recipe's `~/prompts.txt`: the shell never saw it
     if not path.is_file():
         raise SamplingError(
             f"Prompt file {path} does not exist. Set prompts_file to a .txt/.jsonl/.json/.csv/.parquet file."
@@ -187,14 +187,17 @@ def sampling_splits(recipe: Recipe) -> dict[str, str]:
 def default_samples_file(recipe: Recipe, split: str = "train") -> Path:
     """Where a split's samples go: samples_file (held-out: `<stem>_test<suffix>` beside it), else the run dir."""
     if recipe.sampling.samples_file:
-        base = Path(recipe.sampling.samples_file)
+        # `~/runs/s.jsonl` in a recipe is the home directory (as output_dir is), not a directory named "~" here.
+        base = Path(recipe.sampling.samples_file).expanduser()
         return base if split == "train" else base.with_name(f"{base.stem}_{split}{base.suffix}")
     return Path(recipe.training.output_dir) / f"samples_{split}.jsonl"
 
 
 def default_pairs_file(recipe: Recipe, split: str = "train") -> Path:
     """Where a split's pairs go: pairs_file (held-out: `test.jsonl` beside it), else `<output_dir>/pairs/`."""
-    base = Path(recipe.sampling.pairs_file or Path(recipe.training.output_dir) / "pairs" / "train.jsonl")
+    base = Path(
+        recipe.sampling.pairs_file or Path(recipe.training.output_dir) / "pairs" / "train.jsonl"
+    ).expanduser()
     return base if split == "train" else base.with_name(f"{split}.jsonl")
 
 
