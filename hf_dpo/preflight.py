@@ -359,13 +359,17 @@ def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]
     """test_prompts_file, read as the report will read it when it judges generations on it (its own decision,
     `hf_dpo.report.evaluation.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
     training, when the card and the push are still to come."""
+    cfg, sampling = recipe.data, recipe.sampling
+    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    check_judged_prompts(sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations, has_eval)
+
+
+def check_judged_prompts(path: str | None, judge, num_generations: int, has_eval: bool = True) -> None:
+    """The report's prompt file (test_prompts_file) read as the report reads it, when it will judge on it."""
     from hf_dpo.pairs.formats import read_prompts
     from hf_dpo.report.evaluation import behaviour_skip_reason
 
-    cfg, sampling = recipe.data, recipe.sampling
-    path = sampling.test_prompts_file
-    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
-    if not path or behaviour_skip_reason(has_eval, path, sampling.judge, sampling.eval_num_generations):
+    if not path or behaviour_skip_reason(has_eval, path, judge, num_generations):
         return
     try:
         read_prompts(path)  # as hf_dpo.report.prompts.prompts_from_file reads it

@@ -44,7 +44,7 @@ from hf_dpo.model.loading import (
     quiet_peft_checkpointing_alias,
 )
 from hf_dpo.model.memory import peak_memory
-from hf_dpo.preflight import check_judge, preflight
+from hf_dpo.preflight import check_judge, check_judged_prompts, preflight
 from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
@@ -263,16 +263,23 @@ def _print_summary(out: Path, info: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
-def load_run(run_dir: str | os.PathLike):
-    """(recipe, model, tokenizer, eval_dataset) of a finished run: base + trained adapter, tokenized eval split."""
-    from peft import PeftModel
-
+def run_recipe(run_dir: str | os.PathLike) -> Recipe:
+    """The recipe a finished run was trained with (its recipe.yaml); RunDirError for a dir that is no run."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "adapter_config.json").is_file():
         raise RunDirError(
             f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json)."
         )
-    recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
+    return load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
+
+
+def load_run(run_dir: str | os.PathLike, recipe: Recipe | None = None):
+    """(recipe, model, tokenizer, eval_dataset) of a finished run: base + trained adapter, tokenized eval split.
+    `recipe`: its `run_recipe`, read already."""
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    recipe = recipe if recipe is not None else run_recipe(run_dir)
     tokenizer = load_tokenizer(recipe.model)
     model = load_base_model(recipe.model)
     with quiet_peft_checkpointing_alias():
@@ -304,8 +311,14 @@ def evaluate_run(
     """Reload a finished run (base + trained adapter) and write its report. `judge` defaults to the recipe's."""
     if isinstance(judge, str) and judge.strip():
         check_judge(judge)  # a misspelled --judge is named before the model loads
-    recipe, model, tokenizer, eval_dataset = load_run(run_dir)
+    recipe = run_recipe(run_dir)
     spec = judge if judge is not None else recipe.sampling.judge
+    if judge is None and isinstance(spec, str) and spec.strip():
+        check_judge(spec)  # the recipe's judge, checked before the model loads too
+    n_generations = recipe.sampling.eval_num_generations if num_generations is None else num_generations
+    # the prompt file the judge answers on (recipe.yaml names it as given, often relative to where training ran)
+    check_judged_prompts(recipe.sampling.test_prompts_file, spec, n_generations)
+    recipe, model, tokenizer, eval_dataset = load_run(run_dir, recipe)
     judge_obj, judge_name = resolve_judge(spec)
     args = recipe.training
     args.report_to = []
@@ -319,7 +332,7 @@ def evaluate_run(
         pair_logps_fn=trainer.pair_logps,
         judge=judge_obj,
         judge_name=judge_name,
-        num_generations=recipe.sampling.eval_num_generations if num_generations is None else num_generations,
+        num_generations=n_generations,
         max_new_tokens=max_new_tokens or recipe.sampling.eval_max_new_tokens,
         prompts_file=recipe.sampling.test_prompts_file,
         data_config=recipe.data,

@@ -474,3 +474,24 @@ def test_yaml_1_1_octal_and_base_60_numbers_are_not_misread(tmp_path):
     recipe = load(tmp_path, "seed: 0x2A\nmax_steps: -1\nlora_r: 1_6\nlearning_rate: 1e-5\n")
     assert (recipe.training.seed, recipe.training.max_steps, recipe.model.lora_r) == (42, -1, 16)
     assert recipe.training.learning_rate == 1e-5
+
+
+def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    # A run's recipe.yaml names its test_prompts_file as given (often relative: recipes/data/...): evaluated from
+    # another directory or machine, the file was missed only after the model had loaded and the held-out pairs
+    # were scored.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the prompt file was checked")
+
+    monkeypatch.setattr("hf_dpo.run.load_base_model", refuse)
+    monkeypatch.setattr("hf_dpo.run.load_tokenizer", refuse)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    recipe = "judge: hf_dpo.pairs.demo_task:judge\ntest_prompts_file: moved/prompts_test.txt\n"
+    (run / "recipe.yaml").write_text(f"dataset_name: {tmp_path / 'data'}\n{recipe}")
+    rc = cli.main(["eval", str(run)])
+    line = one_error(capsys.readouterr().err)
+    assert rc == 2 and re.search(r"key 'test_prompts_file'.*moved/prompts_test.txt does not exist", line), (
+        line
+    )
