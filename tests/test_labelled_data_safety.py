@@ -663,3 +663,40 @@ def test_recipe_paths_under_home_mean_the_home_directory(tmp_path, monkeypatch):
     assert default_samples_file(recipe, "test") == tmp_path / "home" / "runs" / "s_test.jsonl"
     assert default_pairs_file(recipe, "test") == tmp_path / "home" / "pairs" / "test.jsonl"
     assert read_prompts("~/p.txt") == ["One?"]
+
+
+def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(tmp_path):
+    """Two tabs on one server: tab A labels a pair 'left'; tab B, still showing it, presses 'right'. Before, B's
+    click was ignored without a word (B's page moved on, its person sure the pair was 'right'). Now B is told, and
+    nothing is logged; the same choice again (a double submit) is still ignored quietly."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from hf_dpo.pairs.label_server import make_server
+
+    srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def post(body):
+        req = urllib.request.Request(base + "/api/decide", data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        shown = srv.store.state()["current"]  # what both tabs show
+        post({"index": shown["index"], "item": shown["item"], "choice": "left"})  # tab A
+        with pytest.raises(urllib.error.HTTPError) as err:  # tab B
+            post({"index": shown["index"], "item": shown["item"], "choice": "right"})
+        assert err.value.code == 400
+        assert (
+            "already labelled 'left' (in another tab or window?), so 'right' was not saved"
+            in err.value.read().decode()
+        )
+        assert post({"index": shown["index"], "item": shown["item"], "choice": "left"})["done"] == 1
+        assert len(decisions_path(srv.store.out).read_text().splitlines()) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -261,6 +261,14 @@ class LabelStore:
             raise ValueError(f"choice must be one of {CHOICES}")
         with self.lock:
             number = self._find(index, item)
+            earlier = self.decisions.get(number, {}).get("choice")
+            if item is not None and earlier not in (None, choice):
+                # A page showing a pair another tab (or window) labelled since: ignoring this would lose the click
+                # without a word, and the person would think the pair labelled their way.
+                raise ValueError(
+                    f"this pair was already labelled {earlier!r} (in another tab or window?), so {choice!r} was not "
+                    "saved. Reload this page to continue; to change it, undo (u) in the page that labelled it."
+                )
             if number not in self.decisions:  # a repeated click on an already labelled pair is ignored
                 pos, pair = self.items[number]
                 entry = {
