@@ -427,6 +427,9 @@ class DPOConfig(TrainingArguments):
     def __post_init__(self):
         if isinstance(self.loss_type, str):  # TRL's list form; a plain string is one loss
             self.loss_type = [self.loss_type]
+        if self.report_to is None or (isinstance(self.report_to, list) and None in self.report_to):
+            # `report_to: null` (or --report_to null) means no integration, not one named None
+            self.report_to = [r for r in self.report_to or [] if r is not None] or "none"
         _check_values(self)  # types, finiteness, ranges and choices of every key, TrainingArguments' too
         if self.beta <= 0:
             raise RecipeError(f"beta must be > 0 (got {self.beta}).")

@@ -495,3 +495,13 @@ def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(tmp_path, ca
     assert rc == 2 and re.search(r"key 'test_prompts_file'.*moved/prompts_test.txt does not exist", line), (
         line
     )
+
+
+@pytest.mark.parametrize("recipe, overrides", [("report_to: null\n", ()), ("", ("--report_to", "null"))])
+def test_report_to_null_means_no_integration(tmp_path, recipe, overrides):
+    # Before: [None], which the preflight refused as "'None' is not a reporting integration (... or none)".
+    from hf_dpo.preflight import check_report_to
+
+    args = load(tmp_path, recipe, *overrides).training
+    assert args.report_to == []
+    check_report_to(args)
