@@ -700,3 +700,12 @@ def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_server_stopped_before_any_decision_leaves_no_file(tmp_path):
+    """Holding the log (above) makes it empty at the start; without a decision it goes again at the stop."""
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    make_server(samples, host="127.0.0.1", port=0).server_close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]

@@ -300,6 +300,8 @@ class LabelStore:
     def release(self) -> None:
         """Let another server label into OUT (the lock of `exclusive`)."""
         if self._held is not None:
+            if self.log.is_file() and self.log.stat().st_size == 0:
+                self.log.unlink()  # `exclusive` made it and no decision came: leave no empty log behind
             self._held.close()
             self._held = None
 
