@@ -149,7 +149,8 @@ class DataConfig:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Hub dataset id, or a local .json/.jsonl/.parquet/.csv file or a directory of them."
+            "help": "Hub dataset id, or a local .json/.jsonl/.parquet/.csv file or a directory of them (named by "
+            "split), or a directory written by datasets' save_to_disk."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})

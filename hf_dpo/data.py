@@ -214,6 +214,8 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
             )
         out[cfg.dataset_train_split] = (str(path), _read_file(path))
         return out
+    if path.is_dir() and _saved_with_save_to_disk(path):
+        return _read_saved(path, cfg, wanted)
     if path.is_dir():
         files = _split_files(path)
         named = [("dataset_train_split", cfg.dataset_train_split)]
@@ -232,6 +234,42 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     if path.suffix.lower() in LOCAL_FORMATS or str(cfg.dataset_name).startswith((".", "/", "~")):
         raise DataError(f"Dataset file {path} does not exist.")
     return _read_hub(cfg, wanted)
+
+
+def _saved_with_save_to_disk(path: Path) -> bool:
+    """A `datasets` save_to_disk directory: its .json files are metadata, not splits of rows."""
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
+
+
+def _read_saved(path: Path, cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[dict]]]:
+    """The splits of a save_to_disk directory: a DatasetDict's by name, a single Dataset as the train split."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 - a directory saved by another datasets version, cut short, ...
+        reason = " ".join(str(err).split())
+        raise DataError(
+            f"{path}: could not be read with datasets.load_from_disk ({type(err).__name__}: {reason})."
+        ) from None
+    if isinstance(saved, datasets.Dataset):
+        if _named_test_split(cfg):
+            raise DataError(
+                f"{path} is one saved Dataset, the train split: it has no split dataset_test_split "
+                f"'{cfg.dataset_test_split}'. Save a DatasetDict, or set eval_fraction to hold out a share of it."
+            )
+        return {cfg.dataset_train_split: (str(path), saved.to_list())}
+    named = [("dataset_train_split", cfg.dataset_train_split)]
+    if _named_test_split(cfg):
+        named.append(("dataset_test_split", cfg.dataset_test_split))
+    for key, split in named:
+        if split not in saved:
+            raise DataError(
+                f"{path}: no split '{split}' (splits: {', '.join(saved)}). Set {key} to one of them."
+            )
+    return {split: (f"{path}[{split}]", saved[split].to_list()) for split in wanted if split in saved}
 
 
 def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[dict]]]:

@@ -505,3 +505,31 @@ def test_report_to_null_means_no_integration(tmp_path, recipe, overrides):
     args = load(tmp_path, recipe, *overrides).training
     assert args.report_to == []
     check_report_to(args)
+
+
+def test_a_dataset_saved_with_save_to_disk_is_read_as_its_splits(tmp_path):
+    # Before: "no file for split 'train' (found: dataset_dict). Set dataset_train_split to one of them", advice
+    # that led to reading dataset_dict.json as rows; a single saved Dataset: "(found: dataset_info, state)".
+    import datasets
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import DataError, read_splits
+
+    saved = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(arithmetic_pairs(4)),
+            "test": datasets.Dataset.from_list(arithmetic_pairs(2)),
+        }
+    )
+    saved.save_to_disk(tmp_path / "dict")
+    splits = read_splits(DataConfig(dataset_name=str(tmp_path / "dict")))
+    assert {split: len(rows) for split, (_, rows) in splits.items()} == {"train": 4, "test": 2}
+    assert splits["train"][1][0] == arithmetic_pairs(1)[0]
+    with pytest.raises(
+        DataError, match=r"dict: no split 'valid' \(splits: train, test\).*dataset_test_split"
+    ):
+        read_splits(DataConfig(dataset_name=str(tmp_path / "dict"), dataset_test_split="valid"))
+
+    datasets.Dataset.from_list(arithmetic_pairs(3)).save_to_disk(tmp_path / "one")
+    splits = read_splits(DataConfig(dataset_name=str(tmp_path / "one")))
+    assert list(splits) == ["train"] and len(splits["train"][1]) == 3
