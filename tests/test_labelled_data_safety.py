@@ -709,3 +709,42 @@ def test_a_server_stopped_before_any_decision_leaves_no_file(tmp_path):
     samples = _samples(tmp_path / "s.jsonl")
     make_server(samples, host="127.0.0.1", port=0).server_close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+
+
+def test_undo_in_a_stale_tab_takes_back_nothing_it_did_not_show(tmp_path):
+    """Two tabs: A labels a pair; B, loaded before, presses u. Before, B's undo took back A's decision, one B's
+    person never saw. The page now sends the last decision it showed ("last" of its state); another one is refused
+    with a 400 saying to reload. A bare {} still undoes the last decision (the API as it was)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from hf_dpo.pairs.label_page import SCRIPT
+    from hf_dpo.pairs.label_server import make_server
+
+    srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def post(path, body):
+        req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        tab_b = srv.store.state()  # loaded before any decision: last is None
+        shown = tab_b["current"]
+        tab_a = post("/api/decide", {"index": shown["index"], "item": shown["item"], "choice": "left"})
+        assert tab_a["last"] == shown["item"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            post("/api/undo", {"item": tab_b["last"]})
+        assert err.value.code == 400 and "nothing was undone. Reload this page" in err.value.read().decode()
+        assert srv.store.state()["done"] == 1
+        assert post("/api/undo", {"item": tab_a["last"]})["done"] == 0
+        post("/api/decide", {"index": shown["index"], "item": shown["item"], "choice": "right"})
+        assert post("/api/undo", {})["done"] == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert 'call("/api/undo", {item: state.last})' in SCRIPT

@@ -90,6 +90,11 @@ async function call(path, body) {
   } finally { busy = false; }
 }
 
+function undo() {
+  // The decision this page showed as the last one: the server refuses when another tab decided since.
+  if (state) call("/api/undo", {item: state.last});
+}
+
 function decide(choice) {
   if (state && state.current) {
     call("/api/decide", {index: state.current.index, item: state.current.item, choice: choice});
@@ -101,7 +106,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("pick-right").addEventListener("click", () => decide("right"));
   $("tie").addEventListener("click", () => decide("tie"));
   $("skip").addEventListener("click", () => decide("skip"));
-  $("undo").addEventListener("click", () => call("/api/undo", {}));
+  $("undo").addEventListener("click", undo);
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const k = e.key.toLowerCase();
@@ -109,7 +114,7 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (k === "2" || k === "arrowright") decide("right");
     else if (k === "t") decide("tie");
     else if (k === "s") decide("skip");
-    else if (k === "u") call("/api/undo", {});
+    else if (k === "u") undo();
   });
   call("/api/state");
 });

@@ -114,8 +114,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(
                     200, self.store.decide(body.get("index"), body.get("choice"), body.get("item"))
                 )
-            if self.path == "/api/undo":
-                return self._json(200, self.store.undo())
+            if (
+                self.path == "/api/undo"
+            ):  # the page sends the "last" it showed; a bare {} undoes whatever is last
+                undo = self.store.undo(body["item"]) if "item" in body else self.store.undo()
+                return self._json(200, undo)
         except _TooLarge as err:
             self.close_connection = True
             return self._json(413, {"error": str(err)})

@@ -238,6 +238,7 @@ class LabelStore:
             "done": len(self.decisions),
             "counts": counts,
             "can_undo": bool(self.history),
+            "last": self.item_ids[self.history[-1]] if self.history else None,  # what undo would take back
             "current": None if current is None else self.view(current),
             "unlabellable_prompts": self.unlabellable,
             "out": str(self.out),
@@ -284,8 +285,17 @@ class LabelStore:
                 self._write_pairs()
             return self.state()
 
-    def undo(self) -> dict[str, Any]:
+    def undo(self, expected: Any = ...) -> dict[str, Any]:
+        """Take back the last decision. `expected`: the item the page showed as the last decision (its state's
+        "last", None for none); when another tab or window decided since, nothing is undone and ValueError says so
+        (else a stale page would undo a decision its person never saw)."""
         with self.lock:
+            last = self.item_ids[self.history[-1]] if self.history else None
+            if expected is not ... and expected != last:
+                raise ValueError(
+                    "the last decision is no longer the one this page showed (another tab or window labelled or "
+                    "undid since), so nothing was undone. Reload this page to continue."
+                )
             if self.history:
                 number = self.history[-1]
                 pos, pair = self.items[number]
