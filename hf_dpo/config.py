@@ -436,6 +436,7 @@ class DPOConfig(TrainingArguments):
             raise RecipeError(f"beta must be > 0 (got {self.beta}).")
         _check_objective(self)
         _check_not_applicable(self)
+        _check_kwargs_text(self)
         self.precompute_ref_log_probs = _auto_bool(self.precompute_ref_log_probs, "precompute_ref_log_probs")
         if self.logps_chunk_size is not None and self.logps_chunk_size < 0:
             raise RecipeError(f"logps_chunk_size must be >= 0 (got {self.logps_chunk_size}).")
@@ -534,10 +535,50 @@ def _check_not_applicable(args: DPOConfig) -> None:
             f"key 'pad_to_multiple_of': must be >= 1, got {args.pad_to_multiple_of}. Give one such as 8, or auto "
             "for no padding beyond the longest row."
         )
-    if isinstance(args.model_init_kwargs, str):
-        import json
 
-        args.model_init_kwargs = json.loads(args.model_init_kwargs)
+
+KWARGS_KEYS = (
+    "lr_scheduler_kwargs",
+    "gradient_checkpointing_kwargs",
+    "activation_checkpointing_kwargs",
+    "model_init_kwargs",
+)
+
+
+def _check_kwargs_text(args: DPOConfig) -> None:
+    """A keyword-arguments key given as text (the command line, a quoted YAML value) is JSON of a mapping.
+    transformers keeps other text as it is and spreads it as keyword arguments when it builds the scheduler or
+    the model, after the model has loaded: a TypeError there."""
+    import json
+
+    for key in KWARGS_KEYS:
+        text = getattr(args, key, None)
+        if not isinstance(text, str):
+            continue
+        try:
+            value = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            value = text
+        if value is not None and not isinstance(value, dict):
+            # min_lr=0, a=1: the mapping it was meant to be, as the example to write
+            pairs = re.findall(r"(\w+)\s*=\s*([^,]+)", text) or [("name", "value")]
+            yaml_form = "{" + ", ".join(f"{k}: {v.strip()}" for k, v in pairs) + "}"
+            json_form = json.dumps({k: _json_scalar(v.strip()) for k, v in pairs})
+            raise RecipeError(
+                f"key '{key}': {text!r} is not a mapping. Write it as one: {yaml_form} in the recipe (YAML), or "
+                f"--{key} '{json_form}' on the command line (JSON)."
+            )
+        setattr(args, key, value)
+
+
+def _json_scalar(text: str) -> Any:
+    """'0' -> 0, '1e-6' -> 1e-06, 'true' -> True; any other text stays text."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _check_checkpointing_kwargs(kwargs: dict | None) -> None:

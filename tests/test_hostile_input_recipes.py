@@ -533,3 +533,19 @@ def test_a_dataset_saved_with_save_to_disk_is_read_as_its_splits(tmp_path):
     datasets.Dataset.from_list(arithmetic_pairs(3)).save_to_disk(tmp_path / "one")
     splits = read_splits(DataConfig(dataset_name=str(tmp_path / "one")))
     assert list(splits) == ["train"] and len(splits["train"][1]) == 3
+
+
+@pytest.mark.parametrize("key", ["lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "model_init_kwargs"])
+def test_a_kwargs_key_given_text_that_is_no_mapping_is_named(tmp_path, key):
+    # `lr_scheduler_kwargs: min_lr=0` was kept as the text 'min_lr=0' and spread as keyword arguments when the
+    # scheduler (or the model) was built, after the model had loaded: a TypeError traceback. model_init_kwargs
+    # failed as "JSONDecodeError: Expecting value" naming no key.
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(RecipeError, match=rf"key '{key}': 'min_lr=0' is not a mapping.*{{min_lr: 0}}"):
+        load(tmp_path, f"{key}: min_lr=0\n")
+    with pytest.raises(RecipeError, match=rf"command line: key '{key}': 'min_lr=0' is not a mapping"):
+        load(tmp_path, "", f"--{key}", "min_lr=0")
+    # a mapping, in YAML or as JSON text, is what the key takes
+    assert getattr(load(tmp_path, f"{key}: {{min_lr: 0}}\n").training, key) == {"min_lr": 0}
+    assert getattr(load(tmp_path, "", f"--{key}", '{"min_lr": 0}').training, key) == {"min_lr": 0}
