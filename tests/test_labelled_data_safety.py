@@ -748,3 +748,32 @@ def test_undo_in_a_stale_tab_takes_back_nothing_it_did_not_show(tmp_path):
         srv.shutdown()
         srv.server_close()
     assert 'call("/api/undo", {item: state.last})' in SCRIPT
+
+
+def test_a_dataset_card_write_that_fails_leaves_the_previous_card(tmp_path, monkeypatch):
+    """The card was written with DatasetCard.save(), which empties README.md first: a failure (or a kill) midway
+    left a README without the hf-dpo mark, and the next `hf-dpo sample` refused it as someone else's card; the
+    failure itself was a bare OSError traceback."""
+    import errno
+
+    from hf_dpo import files
+    from hf_dpo.pairs.dataset_card import write_dataset_card
+    from hf_dpo.pairs.labelling import label_with_judge
+
+    samples = _write_jsonl(
+        tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
+    )
+    stats = label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "pairs" / "train.jsonl")
+    report = {"splits": {"train": stats | {"resumed": 1, "sampled_now": 0, "seconds": 0.0}}, "notes": []}
+    recipe = _recipe(tmp_path, judge="hf_dpo.pairs.demo_task:judge")
+    card = write_dataset_card(tmp_path / "pairs", recipe, report)
+    before = card.read_bytes()
+    assert b"hf-dpo" in before
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(SamplingError, match=r"README\.md: could not write the dataset card \(No space left"):
+        write_dataset_card(tmp_path / "pairs", recipe, report | {"notes": ["a new note"]})
+    assert card.read_bytes() == before

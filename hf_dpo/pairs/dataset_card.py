@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.config import Recipe
+from hf_dpo.files import atomic_write_text
 from hf_dpo.pairs.formats import SamplingError
 
 CARD_TEMPLATE = """
@@ -64,8 +65,15 @@ def write_dataset_card(directory: str | os.PathLike, recipe: Recipe, report: dic
     )
     card = DatasetCard(f"---\n{_card_metadata(splits).to_yaml()}\n---\n{body}")
     path = Path(directory) / "README.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    card.save(path)
+    # Not card.save(), which truncates the old card first: a kill midway left a README without the hf-dpo mark,
+    # which the next `hf-dpo sample` refuses as someone else's.
+    try:
+        atomic_write_text(path, str(card))
+    except OSError as err:
+        raise SamplingError(
+            f"{path}: could not write the dataset card ({err.strerror or err}); the pairs beside it are written. Fix "
+            "the disk problem and run `hf-dpo sample` again (nothing is sampled again)."
+        ) from None
     return path
 
 
