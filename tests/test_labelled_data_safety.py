@@ -777,3 +777,15 @@ def test_a_dataset_card_write_that_fails_leaves_the_previous_card(tmp_path, monk
     with pytest.raises(SamplingError, match=r"README\.md: could not write the dataset card \(No space left"):
         write_dataset_card(tmp_path / "pairs", recipe, report | {"notes": ["a new note"]})
     assert card.read_bytes() == before
+
+
+def test_a_samples_path_that_is_a_directory_says_so(tmp_path):
+    """`hf-dpo label runs/demo_gen` (the run dir, not the file in it): before, 'Samples file runs/demo_gen does not
+    exist; run hf-dpo sample first', which it does, and sampling again was no fix."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _samples(run / "samples_train.jsonl")
+    with pytest.raises(
+        SamplingError, match=r"run is a directory; give the samples file in it \(samples_train\.jsonl\)"
+    ):
+        LabelStore(run)

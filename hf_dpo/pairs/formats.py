@@ -140,6 +140,12 @@ def _read_prompt_table(path: Path, kind: str, prompt_column: str) -> list[Prompt
 def read_samples(path: str | os.PathLike) -> list[dict]:
     """Rows of a samples file, sorted by prompt index; SamplingError naming file and line for bad ones."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("samples_*.jsonl"))
+        raise SamplingError(
+            f"Samples file {path} is a directory; give the samples file in it"
+            + (f" ({', '.join(found)})." if found else ", as `hf-dpo sample` printed.")
+        )
     if not path.is_file():
         raise SamplingError(f"Samples file {path} does not exist; run `hf-dpo sample RECIPE` first.")
     rows = {}
