@@ -783,14 +783,20 @@ class _NoDuplicateKeysLoader(yaml.SafeLoader):
 
 
 # YAML 1.1 implicit types no recipe key means: a bare 2024-06-01 read as a date (a run_name, an output_dir),
-# 010 as octal 8, 1:30 as base-60 90. Dates stay text; integers are YAML 1.2's: decimal (no leading zero), 0x, 0b.
-_INT_TAG, _TIMESTAMP_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp"
-_YAML_12_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0b[01_]+)$")
+# 010 as octal 8, 1:30 as base-60 90, and 1e-6 (no dot) or 1.0e6 (no exponent sign) as text, which inside a
+# mapping (lr_scheduler_kwargs) no parser converts. Dates stay text; numbers are read as YAML 1.2 reads them.
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YAML_12 = {
+    _INT_TAG: re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0b[01_]+)$"),
+    # a dot or an exponent: a plain integer stays an int (this resolver is tried before the int one)
+    _FLOAT_TAG: re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+}
 _NoDuplicateKeysLoader.yaml_implicit_resolvers = {
     first: [
-        (tag, _YAML_12_INT if tag == _INT_TAG else regexp)
-        for tag, regexp in resolvers
-        if tag != _TIMESTAMP_TAG
+        (tag, _YAML_12.get(tag, regexp)) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
@@ -853,7 +859,7 @@ def _text_value(convert):
         stripped = text.strip()
         if stripped[:1] in ("[", "{"):
             try:
-                return yaml.safe_load(stripped)
+                return yaml.load(stripped, Loader=_NoDuplicateKeysLoader)  # as the recipe file reads it
             except yaml.YAMLError as err:
                 raise argparse.ArgumentTypeError(f"not a valid YAML list or mapping: {err}") from None
             except RecursionError:

@@ -549,3 +549,19 @@ def test_a_kwargs_key_given_text_that_is_no_mapping_is_named(tmp_path, key):
     # a mapping, in YAML or as JSON text, is what the key takes
     assert getattr(load(tmp_path, f"{key}: {{min_lr: 0}}\n").training, key) == {"min_lr": 0}
     assert getattr(load(tmp_path, "", f"--{key}", '{"min_lr": 0}').training, key) == {"min_lr": 0}
+
+
+def test_exponent_numbers_inside_mappings_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-6 (no dot) and 1.0e6 (no exponent sign) as text. At the top level the command-line parser
+    # converts them; inside a mapping (lr_scheduler_kwargs: {min_lr: 1e-6}) the text reached the scheduler, a
+    # TypeError once training started.
+    recipe = load(
+        tmp_path, "lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {min_lr: 1e-6, x: 1.0e6}\n"
+    )
+    assert recipe.training.lr_scheduler_kwargs == {"min_lr": 1e-6, "x": 1e6}
+    recipe = load(tmp_path, "", "--lr_scheduler_kwargs", "{min_lr: 1e-6}")
+    assert recipe.training.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    # what was a number stays one, and text stays text
+    recipe = load(tmp_path, "learning_rate: 5.0e-7\nbeta: .5\nmax_steps: 10\nrun_name: v1.2.3\n")
+    assert (recipe.training.learning_rate, recipe.training.beta, recipe.training.max_steps) == (5e-7, 0.5, 10)
+    assert type(recipe.training.max_steps) is int and recipe.training.run_name == "v1.2.3"
