@@ -789,3 +789,31 @@ def test_a_samples_path_that_is_a_directory_says_so(tmp_path):
         SamplingError, match=r"run is a directory; give the samples file in it \(samples_train\.jsonl\)"
     ):
         LabelStore(run)
+
+
+def test_a_train_samples_file_of_other_settings_is_named_before_the_held_out_split_is_sampled(
+    tmp_path, monkeypatch
+):
+    """run_sampling samples the held-out split first; a train samples file made with other settings was named only
+    when its turn came, after the model had loaded and the held-out prompts had been sampled (minutes)."""
+    from hf_dpo.pairs import sampling
+    from hf_dpo.pairs.formats import default_samples_file
+
+    (tmp_path / "train.txt").write_text("One?\nTwo?\n")
+    (tmp_path / "test.txt").write_text("Three?\n")
+    recipe = _recipe(
+        tmp_path, prompts_file=str(tmp_path / "train.txt"), test_prompts_file=str(tmp_path / "test.txt")
+    )
+    old = _sample_rows(_recipe(tmp_path, sampling_temperature=0.3), ["One?", "Two?"])
+    train_samples = default_samples_file(recipe, "train")
+    train_samples.parent.mkdir(parents=True)
+    _write_jsonl(train_samples, old)
+
+    def load_reference(model_cfg):
+        raise AssertionError("the model was loaded before the train samples file was checked")
+
+    monkeypatch.setattr(sampling, "load_reference", load_reference)
+    with pytest.raises(
+        SamplingError, match=r"samples_train\.jsonl, line 1: made with other sampling settings"
+    ):
+        sampling.run_sampling(recipe, progress=False)

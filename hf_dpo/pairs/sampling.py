@@ -456,13 +456,21 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
     judge = load_judge(cfg.judge) if cfg.judge else None  # fail on a bad judge before sampling for minutes
     model_and_tokenizer = None
     report: dict[str, Any] = {"splits": {}}
+    # Every split's samples file is checked before any is sampled: a train file made with other settings would
+    # otherwise be named only after the held-out split had been sampled (minutes).
+    settings = _settings(recipe.model, cfg, recipe.data)
+    needs_model = {}
+    for split, prompts_file in splits.items():
+        prompts = read_prompts(prompts_file, recipe.data.prompt_column) if prompts_file else None
+        done = (
+            _done_indices(default_samples_file(recipe, split), prompts, settings, repair=False)
+            if prompts
+            else ()
+        )
+        needs_model[split] = prompts is not None and len(done) < len(prompts)
     for split, prompts_file in splits.items():
         samples_path = default_samples_file(recipe, split)
-        prompts = read_prompts(prompts_file, recipe.data.prompt_column) if prompts_file else None
-        needs_model = prompts is not None and len(
-            _done_indices(samples_path, prompts, _settings(recipe.model, cfg, recipe.data), repair=False)
-        ) < len(prompts)
-        if needs_model and model_and_tokenizer is None:
+        if needs_model[split] and model_and_tokenizer is None:
             model_and_tokenizer = load_reference(recipe.model)
         stats = sample(recipe, prompts_file, samples_path, model_and_tokenizer, progress)
         if judge is not None:
