@@ -964,6 +964,16 @@ def _where(path, message: str, given: list[str]) -> str:
     return f"Recipe {path}"
 
 
+def _refused_choice_key(message: str, kwargs: dict[str, Any]) -> str | None:
+    """The key of a value transformers refused as no member of one of its choices ("X is not a valid
+    SchedulerType"): the one key set to X, or None."""
+    refused = re.match(r"(.+?) is not a valid \w+, please select one of", message)
+    if not refused:
+        return None
+    keys = [key for key, value in kwargs.items() if isinstance(value, str) and value == refused.group(1)]
+    return keys[0] if len(keys) == 1 else None
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
     """Parse a recipe file plus `--key value` overrides into typed configs, through `HfArgumentParser`.
 
@@ -988,6 +998,10 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise RecipeError(f"{_where(path, str(err), given)}: {err}") from None
         except (TypeError, ValueError, OverflowError, OSError, ImportError, KeyError, AssertionError) as err:
             # transformers' own TrainingArguments checks (a deepspeed file that is missing, bf16 on a CPU, ...)
+            key = _refused_choice_key(str(err), kwargs)
+            if key:  # "cosinee is not a valid SchedulerType, please select one of [...]": the key is known
+                message = f"key '{key}': {err}"
+                raise RecipeError(f"{_where(path, message, given)}: {message}") from None
             raise RecipeError(
                 f"{_where(path, str(err), given)}: invalid value in section {section.__name__}: "
                 f"{type(err).__name__}: {err}"

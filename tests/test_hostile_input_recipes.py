@@ -565,3 +565,22 @@ def test_exponent_numbers_inside_mappings_are_numbers(tmp_path):
     recipe = load(tmp_path, "learning_rate: 5.0e-7\nbeta: .5\nmax_steps: 10\nrun_name: v1.2.3\n")
     assert (recipe.training.learning_rate, recipe.training.beta, recipe.training.max_steps) == (5e-7, 0.5, 10)
     assert type(recipe.training.max_steps) is int and recipe.training.run_name == "v1.2.3"
+
+
+@pytest.mark.parametrize(
+    "key, value, kind",
+    [
+        ("lr_scheduler_type", "cosinee", "SchedulerType"),
+        ("logging_strategy", "sometimes", "IntervalStrategy"),
+    ],
+)
+def test_a_training_argument_transformers_refuses_names_its_key(tmp_path, key, value, kind):
+    # Before: "invalid value in section DPOConfig: ValueError: cosinee is not a valid SchedulerType, ..."
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(
+        RecipeError, match=rf"r.yaml: key '{key}': {value} is not a valid {kind}, please select"
+    ):
+        load(tmp_path, f"{key}: {value}\n")
+    with pytest.raises(RecipeError, match=rf"command line: key '{key}': invalid choice: '{value}'"):
+        load(tmp_path, "", f"--{key}", value)  # argparse knows the choices there (and named the key already)
