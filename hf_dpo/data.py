@@ -399,6 +399,15 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             cfg.rejected_column, "chosen and rejected must both be strings or both messages", "wrong type"
         )
     prompt = row.get(cfg.prompt_column)
+    if prompt is None and cfg.prompt_column in row:
+        # a prompt lost from its row, not a dataset of implicit prompts: the answers' shared start ("The answer
+        # is ") would be trained on as the prompt
+        raise BadRow(
+            cfg.prompt_column,
+            "missing value (null; a column that is null throughout can be dropped, to take each prompt from the "
+            "shared start of chosen and rejected)",
+            "missing prompt",
+        )
     implicit = prompt is None or _conversation_holds_prompt(prompt, values["chosen"], values["rejected"])
     if implicit:
         if isinstance(values["chosen"], list):

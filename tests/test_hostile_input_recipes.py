@@ -584,3 +584,15 @@ def test_a_training_argument_transformers_refuses_names_its_key(tmp_path, key, v
         load(tmp_path, f"{key}: {value}\n")
     with pytest.raises(RecipeError, match=rf"command line: key '{key}': invalid choice: '{value}'"):
         load(tmp_path, "", f"--{key}", value)  # argparse knows the choices there (and named the key already)
+
+
+def test_a_null_prompt_in_a_dataset_with_prompts_is_named_not_guessed(tmp_path, capsys, no_model):
+    # One row's prompt lost (null): it was taken from the shared start of its answers, "The answer is " here,
+    # and trained on as the prompt, silently.
+    rows = arithmetic_pairs(3) + [
+        {"prompt": None, "chosen": "The answer is 4", "rejected": "The answer is 5"}
+    ]
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    rc, err = train(tmp_path, capsys)
+    assert rc == 2
+    assert re.search(r"train.jsonl, row 3, column 'prompt': missing value", one_error(err))
