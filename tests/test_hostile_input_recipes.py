@@ -596,3 +596,22 @@ def test_a_null_prompt_in_a_dataset_with_prompts_is_named_not_guessed(tmp_path, 
     rc, err = train(tmp_path, capsys)
     assert rc == 2
     assert re.search(r"train.jsonl, row 3, column 'prompt': missing value", one_error(err))
+
+
+@pytest.mark.parametrize("out", ["a_file", "a_file/merged"])
+def test_merge_into_a_place_that_cannot_hold_it_is_named_before_the_base_loads(
+    tmp_path, capsys, monkeypatch, out
+):
+    # OUT an existing file: a NotADirectoryError traceback; OUT under a file (or unwritable): the base loaded
+    # and merged, then the save failed with a traceback.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base model was loaded before OUT was checked")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "smollm2-135m-instruct"}))
+    (tmp_path / "a_file").write_text("x")
+    rc = cli.main(["merge", str(run), str(tmp_path / out)])
+    line = one_error(capsys.readouterr().err)
+    assert rc == 2 and re.search(rf"{out} cannot be written to .*choose", line), line

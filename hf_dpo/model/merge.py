@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from hf_dpo.config import ModelConfig, load_recipe
+from hf_dpo.files import why_not_writable
 from hf_dpo.model.loading import (
     ModelLoadError,
     load_tokenizer,
@@ -43,6 +44,10 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
         raise ModelLoadError(
             f"{run_dir} has no adapter_config.json: give the run directory of `hf-dpo train`."
         )
+    # before the base loads: a file there, or no right to write, failed only at the save, after the merge
+    problem = why_not_writable(out_dir)
+    if problem is not None:
+        raise ModelLoadError(f"{out_dir} cannot be written to ({problem}); choose a new output directory.")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelLoadError(f"{out_dir} exists and is not empty; choose a new output directory.")
     cfg = _model_config(run_dir)
