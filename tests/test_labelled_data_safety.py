@@ -817,3 +817,14 @@ def test_a_train_samples_file_of_other_settings_is_named_before_the_held_out_spl
         SamplingError, match=r"samples_train\.jsonl, line 1: made with other sampling settings"
     ):
         sampling.run_sampling(recipe, progress=False)
+
+
+def test_sample_into_a_directory_is_a_named_error(tmp_path):
+    """sample() (the Python API, without the preflight) with samples_file an existing directory: before, an
+    IsADirectoryError traceback from reading it."""
+    from hf_dpo.pairs.sampling import sample
+
+    (tmp_path / "prompts.txt").write_text("One?\n")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SamplingError, match=r"samples file .*out cannot be written \(Is a directory\)"):
+        sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "out", progress=False)

@@ -335,7 +335,13 @@ def _hold_samples(path: Path):
 
     Two `hf-dpo sample` runs on one file would both append the same prompts, and one would cut the other's line
     in progress, taking it for the trace of a killed run."""
-    held = open(path, "ab")
+    try:
+        held = open(path, "ab")
+    except OSError as err:  # a directory, no permission: the Python API has no preflight to name it
+        raise SamplingError(
+            f"samples file {path} cannot be written ({err.strerror or err}). Point samples_file to a file you can "
+            "write."
+        ) from None
     try:
         import fcntl
     except ImportError:  # Windows: no advisory lock; one run per samples file is then the person's to keep
