@@ -828,3 +828,19 @@ def test_sample_into_a_directory_is_a_named_error(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(SamplingError, match=r"samples file .*out cannot be written \(Is a directory\)"):
         sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "out", progress=False)
+
+
+def test_sample_under_a_file_is_named_before_the_model_loads(tmp_path, monkeypatch):
+    """sample() with samples_file under a path that is a file (notes.txt/samples.jsonl): before, the model loaded,
+    the prompts were encoded, and then mkdir raised a bare NotADirectoryError."""
+    from hf_dpo.pairs import sampling
+
+    def load_reference(model_cfg):
+        raise AssertionError("the model was loaded first")
+
+    monkeypatch.setattr(sampling, "load_reference", load_reference)
+    (tmp_path / "prompts.txt").write_text("One?\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(SamplingError, match=r"samples file .*notes\.txt/samples\.jsonl cannot be made"):
+        sampling.sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "notes.txt" / "samples.jsonl")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"

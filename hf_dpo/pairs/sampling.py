@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
+from hf_dpo.files import why_not_writable
 from hf_dpo.pairs.dataset_card import write_dataset_card
 from hf_dpo.pairs.formats import (
     Prompt,
@@ -296,6 +297,12 @@ def sample(
     # Held from the first look to the last line: a file that does not exist yet is made (and held) only once the
     # model is loaded, so a run failing before leaves no empty file or run dir behind.
     held = _hold_samples(samples_path) if samples_path.exists() else None
+    problem = None if held else why_not_writable(samples_path.parent)  # known before the model loads
+    if problem:
+        raise SamplingError(
+            f"samples file {samples_path} cannot be made ({problem}). Point samples_file to a directory you can "
+            "write."
+        )
     try:
         done = _done_indices(samples_path, prompts, settings)
         todo = [i for i in range(len(prompts)) if i not in done]
