@@ -844,3 +844,25 @@ def test_sample_under_a_file_is_named_before_the_model_loads(tmp_path, monkeypat
     with pytest.raises(SamplingError, match=r"samples file .*notes\.txt/samples\.jsonl cannot be made"):
         sampling.sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "notes.txt" / "samples.jsonl")
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_run_sampling_says_the_samples_file_is_in_use_before_the_model_loads(tmp_path, monkeypatch):
+    """The lock above was first taken in sample(), which run_sampling calls after loading the model."""
+    import fcntl
+
+    from hf_dpo.pairs import sampling
+    from hf_dpo.pairs.formats import default_samples_file
+
+    def load_reference(model_cfg):
+        raise AssertionError("the model was loaded first")
+
+    monkeypatch.setattr(sampling, "load_reference", load_reference)
+    (tmp_path / "train.txt").write_text("One?\nTwo?\n")
+    recipe = _recipe(tmp_path, prompts_file=str(tmp_path / "train.txt"))
+    samples = default_samples_file(recipe)
+    samples.parent.mkdir(parents=True)
+    _write_jsonl(samples, _sample_rows(recipe, ["One?"]))
+    with open(samples, "ab") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SamplingError, match=r"samples_train\.jsonl is in use"):
+            sampling.run_sampling(recipe, progress=False)

@@ -474,6 +474,10 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
     settings = _settings(recipe.model, cfg, recipe.data)
     needs_model = {}
     for split, prompts_file in splits.items():
+        if default_samples_file(
+            recipe, split
+        ).exists():  # another run writing it: said before the model loads
+            _hold_samples(default_samples_file(recipe, split)).close()
         prompts = read_prompts(prompts_file, recipe.data.prompt_column) if prompts_file else None
         done = (
             _done_indices(default_samples_file(recipe, split), prompts, settings, repair=False)
