@@ -3,7 +3,7 @@
 Rows may be
 - standard: `prompt`, `chosen`, `rejected` strings;
 - conversational: `chosen`/`rejected` lists of `{"role", "content"}` messages, `prompt` a string or messages
-  (beside whole conversations that hold the user turn, UltraFeedback-style, the prompt is their shared start);
+  (chosen/rejected that are whole conversations, prompt turns included, UltraFeedback-style: the prompt once);
 - implicit-prompt: no prompt column, the prompt is the shared prefix of chosen and rejected (HH-RLHF style).
 Column names are mapped from the recipe (`prompt_column`, ...). Bad rows raise `DataError` naming the
 source, row and column, or with `on_bad_rows: skip` are dropped and counted in the data report.
@@ -430,6 +430,11 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             )
     elif _is_messages(prompt):
         prompt = _check_messages(prompt, cfg.prompt_column)
+        n = len(prompt)
+        if all(isinstance(v, list) and len(v) > n and v[:n] == prompt for v in values.values()):
+            # both answers are the whole conversation, prompt turns included: the prompt would come twice, the
+            # second time trained on as part of the answer
+            values = {key: value[n:] for key, value in values.items()}
     elif not isinstance(prompt, str):
         raise BadRow(
             cfg.prompt_column, f"expected a string or messages, got {type(prompt).__name__}", "wrong type"

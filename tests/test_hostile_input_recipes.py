@@ -615,3 +615,21 @@ def test_merge_into_a_place_that_cannot_hold_it_is_named_before_the_base_loads(
     rc = cli.main(["merge", str(run), str(tmp_path / out)])
     line = one_error(capsys.readouterr().err)
     assert rc == 2 and re.search(rf"{out} cannot be written to .*choose", line), line
+
+
+def test_prompt_messages_repeated_at_the_start_of_both_answers_are_not_asked_twice():
+    # chosen/rejected as the whole conversation beside a prompt of messages: the prompt turns came twice, the
+    # second time trained on as part of the answer.
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import normalize_row
+
+    user = {"role": "user", "content": "What colour is the sky?"}
+    row = {
+        "prompt": [user],
+        "chosen": [user, {"role": "assistant", "content": "Blue."}],
+        "rejected": [user, {"role": "assistant", "content": "Green."}],
+    }
+    pair = normalize_row(row, DataConfig())
+    assert pair["prompt"] == [user]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Blue."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "Green."}]
