@@ -866,3 +866,18 @@ def test_run_sampling_says_the_samples_file_is_in_use_before_the_model_loads(tmp
         fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(SamplingError, match=r"samples_train\.jsonl is in use"):
             sampling.run_sampling(recipe, progress=False)
+
+
+def test_a_refused_server_start_leaves_no_log_and_no_lock(tmp_path):
+    """The server's hold on the log (above) was taken before the samples were read: a start refused after it (a
+    broken samples line) left an empty decision log behind and, in a long-lived process, the log locked."""
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    good = samples.read_text()
+    samples.write_text(good + "{broken\n")
+    with pytest.raises(SamplingError, match=r"s\.jsonl, line 4: not valid JSON"):
+        make_server(samples, host="127.0.0.1", port=0)
+    assert not decisions_path(tmp_path / "s.pairs.jsonl").exists()
+    samples.write_text(good)
+    make_server(samples, host="127.0.0.1", port=0).server_close()  # the log is free

@@ -114,6 +114,14 @@ class LabelStore:
         _check_out_replaceable(self.out, self.log)
         _check_writable(self.out, self.log)
         self._held = _hold(self.log, self.out) if exclusive else None
+        try:
+            self._load(samples_file)
+        except BaseException:
+            self.release()  # a refused start leaves the log free, and no empty one behind
+            raise
+
+    def _load(self, samples_file: str | os.PathLike) -> None:
+        """The samples, their labelling items, and the decisions of the log (replayed)."""
         self.samples = read_samples(samples_file)
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
         self.row_keys = [content_key(row) for row in self.samples]
