@@ -846,8 +846,14 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
 def _check_keys(keys, valid: list[str], where: str) -> None:
     for key in keys:
         if key not in valid:
+            # `hf-dpo bench --recipe R` takes it as an option; the commands that read recipe keys take it first
+            hint = (
+                " The recipe is the first argument: hf-dpo train RECIPE [--key value ...]."
+                if key == "recipe"
+                else ""
+            )
             raise RecipeError(
-                f"{where}: unknown key '{key}'.{_suggest(key, valid)} `hf-dpo keys` lists every key."
+                f"{where}: unknown key '{key}'.{_suggest(key, valid)}{hint} `hf-dpo keys` lists every key."
             )
 
 

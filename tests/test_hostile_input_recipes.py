@@ -633,3 +633,12 @@ def test_prompt_messages_repeated_at_the_start_of_both_answers_are_not_asked_twi
     assert pair["prompt"] == [user]
     assert pair["chosen"] == [{"role": "assistant", "content": "Blue."}]
     assert pair["rejected"] == [{"role": "assistant", "content": "Green."}]
+
+
+def test_a_recipe_given_as_an_option_says_where_it_goes(tmp_path, capsys):
+    # `hf-dpo bench --recipe R` exists; `hf-dpo train --recipe R` read "unknown key 'recipe'" and no more.
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    (tmp_path / "r.yaml").write_text(f"dataset_name: {tmp_path / 'data'}\n")
+    rc = cli.main(["train", "--recipe", str(tmp_path / "r.yaml")])
+    line = one_error(capsys.readouterr().err)
+    assert rc == 2 and "unknown key 'recipe'" in line and "hf-dpo train RECIPE" in line, line
