@@ -430,6 +430,8 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             )
     elif _is_messages(prompt):
         prompt = _check_messages(prompt, cfg.prompt_column)
+        if not "".join(m["content"] for m in prompt).strip():  # as an empty prompt string is
+            raise BadRow(cfg.prompt_column, "empty prompt (its messages hold no text)", "empty prompt")
         n = len(prompt)
         if all(isinstance(v, list) and len(v) > n and v[:n] == prompt for v in values.values()):
             # both answers are the whole conversation, prompt turns included: the prompt would come twice, the

@@ -642,3 +642,13 @@ def test_a_recipe_given_as_an_option_says_where_it_goes(tmp_path, capsys):
     rc = cli.main(["train", "--recipe", str(tmp_path / "r.yaml")])
     line = one_error(capsys.readouterr().err)
     assert rc == 2 and "unknown key 'recipe'" in line and "hf-dpo train RECIPE" in line, line
+
+
+def test_a_conversation_prompt_with_no_text_is_an_empty_prompt_as_a_string_one_is():
+    # Before: a prompt string of spaces was "empty prompt", the same as one user message of spaces passed.
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import BadRow, normalize_row
+
+    row = {"prompt": [{"role": "user", "content": "  \n"}], "chosen": "a", "rejected": "b"}
+    with pytest.raises(BadRow, match="empty prompt"):
+        normalize_row(row, DataConfig())
