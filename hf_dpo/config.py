@@ -188,7 +188,8 @@ class DataConfig:
         metadata={"help": "Train on N pairs drawn at random (seeded by data_seed or seed)."},
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N held-out pairs."}
+        default=None,
+        metadata={"help": "Evaluate on N held-out pairs drawn at random (seeded by data_seed or seed)."},
     )
     on_bad_rows: str = field(
         default="error",

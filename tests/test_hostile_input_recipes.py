@@ -652,3 +652,16 @@ def test_a_conversation_prompt_with_no_text_is_an_empty_prompt_as_a_string_one_i
     row = {"prompt": [{"role": "user", "content": "  \n"}], "chosen": "a", "rejected": "b"}
     with pytest.raises(BadRow, match="empty prompt"):
         normalize_row(row, DataConfig())
+
+
+def test_max_eval_samples_is_described_as_what_it_does(tmp_path):
+    # Its help said "the first N held-out pairs"; the pairs are drawn at random (seeded), in file order.
+    import dataclasses
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import _seeded_subset
+
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(DataConfig)}["max_eval_samples"]
+    drawn = _seeded_subset(list(range(50)), 5, seed=42)
+    assert drawn != list(range(5))  # not the first five: the help must not say so
+    assert "first" not in help_text and "random" in help_text and "seed" in help_text
