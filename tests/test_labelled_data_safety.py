@@ -881,3 +881,24 @@ def test_a_refused_server_start_leaves_no_log_and_no_lock(tmp_path):
     assert not decisions_path(tmp_path / "s.pairs.jsonl").exists()
     samples.write_text(good)
     make_server(samples, host="127.0.0.1", port=0).server_close()  # the log is free
+
+
+def test_without_file_locks_the_server_still_cuts_a_decision_cut_off_mid_write(tmp_path, monkeypatch):
+    """Where there is no fcntl (Windows), the server held nothing, so it never cut a decision cut off mid-write:
+    its next decision went on a new line after the fragment, and the start after that refused the log (a broken
+    line inside it)."""
+    import sys
+
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    LabelStore(samples).decide(0, "left")
+    log = decisions_path(tmp_path / "s.pairs.jsonl")
+    log.write_bytes(log.read_bytes() + b'{"index": 1, "ite')
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    srv = make_server(samples, host="127.0.0.1", port=0)
+    try:
+        srv.store.decide(1, "right")
+    finally:
+        srv.server_close()
+    assert [d["choice"] for d in LabelStore(samples).decisions.values()] == ["left", "right"]

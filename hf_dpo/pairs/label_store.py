@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import threading
@@ -27,6 +28,7 @@ from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_jsonl, read_samples
 
 CHOICES = ("left", "right", "tie", "skip")
+_CAN_LOCK = importlib.util.find_spec("fcntl") is not None  # advisory file locks (not on Windows)
 
 
 def default_out(samples_file: str | os.PathLike) -> Path:
@@ -318,8 +320,10 @@ class LabelStore:
     def release(self) -> None:
         """Let another server label into OUT (the lock of `exclusive`)."""
         if self._held is not None:
-            if self.log.is_file() and self.log.stat().st_size == 0:
-                self.log.unlink()  # `exclusive` made it and no decision came: leave no empty log behind
+            # `exclusive` made it and no decision came: leave no empty log behind. Only under the lock (no other
+            # server can be about to write it), and Windows has none (nor removes an open file).
+            if _CAN_LOCK and self.log.is_file() and self.log.stat().st_size == 0:
+                self.log.unlink()
             self._held.close()
             self._held = None
 
@@ -411,12 +415,12 @@ def _hold(log: Path, out: Path):
 
     Two servers on one OUT (a second terminal, another --port) would each rewrite OUT from their own decisions
     only, dropping the other's pairs, and interleave their undos in one log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    held = open(log, "ab")
     try:
         import fcntl
     except ImportError:  # Windows: no advisory lock; one server per OUT is then the person's to keep
-        return None
-    log.parent.mkdir(parents=True, exist_ok=True)
-    held = open(log, "ab")
+        return held  # still the server's: it cuts a decision cut off mid-write (`_replay`)
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
