@@ -147,14 +147,33 @@ def _add_eval(sub) -> None:
     p.add_argument("--judge", help="module:function, rm:<path or hub id> (default: the recipe's judge)")
     p.add_argument(
         "--num-generations",
-        type=int,
+        type=_int_at_least(0),
         default=None,
         help="held-out prompts to generate for (0: skip); default: the recipe's eval_num_generations",
     )
     p.add_argument(
-        "--max-new-tokens", type=int, default=None, help="default: the recipe's eval_max_new_tokens"
+        "--max-new-tokens",
+        type=_int_at_least(1),
+        default=None,
+        help="default: the recipe's eval_max_new_tokens",
     )
     p.set_defaults(func=cmd_eval)
+
+
+def _int_at_least(low: int):
+    """An argparse type: a whole number >= low. Below it, a count reached generation after the model had loaded
+    (--max-new-tokens -5), fell back silently (0 is false to `or`), or was reported as 0."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _add_push(sub) -> None:
