@@ -210,7 +210,8 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
             raise DataError(
                 f"{path} is one file, the train split: it has no split dataset_test_split "
                 f"'{cfg.dataset_test_split}'. Put the splits in one directory (train.jsonl, "
-                f"{cfg.dataset_test_split}.jsonl), or set eval_fraction to hold out a share of this file."
+                f"{cfg.dataset_test_split}.jsonl), set eval_fraction to hold out a share of this file, or "
+                "dataset_test_split: null for no held-out split."
             )
         out[cfg.dataset_train_split] = (str(path), _read_file(path))
         return out
@@ -258,7 +259,8 @@ def _read_saved(path: Path, cfg: DataConfig, wanted: list[str]) -> dict[str, tup
         if _named_test_split(cfg):
             raise DataError(
                 f"{path} is one saved Dataset, the train split: it has no split dataset_test_split "
-                f"'{cfg.dataset_test_split}'. Save a DatasetDict, or set eval_fraction to hold out a share of it."
+                f"'{cfg.dataset_test_split}'. Save a DatasetDict, set eval_fraction to hold out a share of it, or "
+                "dataset_test_split: null for none."
             )
         return {cfg.dataset_train_split: (str(path), saved.to_list())}
     named = [("dataset_train_split", cfg.dataset_train_split)]

@@ -197,7 +197,8 @@ def test_a_held_out_split_set_for_a_single_file_is_named(tmp_path):
 
     write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs(4))
     with pytest.raises(
-        DataError, match=r"pairs.jsonl is one file.*dataset_test_split 'validation'.*eval_fraction"
+        DataError,
+        match=r"pairs.jsonl is one file.*dataset_test_split 'validation'.*eval_fraction.*dataset_test_split: null",
     ):
         read_splits(DataConfig(dataset_name=str(tmp_path / "pairs.jsonl"), dataset_test_split="validation"))
     # the default test split, absent, is no error: eval_fraction (or no held-out split) then applies
