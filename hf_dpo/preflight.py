@@ -397,13 +397,25 @@ def check_judge(spec: str) -> None:
         from transformers import AutoConfig
 
         try:  # its config alone (no weights), as the judge reads it: it loads only after training, in the report
-            AutoConfig.from_pretrained(target)
+            config = AutoConfig.from_pretrained(target)
         except (OSError, ValueError) as err:
             reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
             raise JudgeError(
                 f"judge '{spec}': cannot be loaded ({reason}). Give a reward model's local directory or a Hub id "
                 "reachable from here (or already in the Hub cache)."
             ) from None
+        # what hf_dpo.pairs.judges.RewardModelJudge requires of that config, checked now rather than after training
+        architectures = getattr(config, "architectures", None) or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise JudgeError(
+                f"judge '{spec}': {target} is not a reward model (architectures: {architectures or 'unknown'}, not "
+                "a *ForSequenceClassification with one output). Give a reward model, or a Python judge as "
+                "'module:function'."
+            )
+        if config.num_labels != 1:
+            raise JudgeError(
+                f"judge '{spec}': the reward model has {config.num_labels} outputs; a judge needs exactly one."
+            )
         return
     judge = load_judge(spec)
     fn = getattr(judge, "fn", None)

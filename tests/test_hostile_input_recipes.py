@@ -689,3 +689,27 @@ def test_eval_counts_out_of_range_are_refused_before_the_model_loads(
         cli.main(["eval", str(tmp_path), option, value])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"argument {option}: {problem}, got {value}" in err, err
+
+
+@pytest.mark.parametrize(
+    "config, problem",
+    [
+        (
+            {"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+            r"is not a reward model.*LlamaForCausalLM",
+        ),
+        (
+            {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"], "num_labels": 3},
+            r"has 3 outputs",
+        ),
+    ],
+)
+def test_a_judge_that_is_no_reward_model_is_named_before_training(
+    tmp_path, capsys, no_model, config, problem
+):
+    # A causal LM (the policy's own base, say) given as rm: was refused only when the report loaded the judge,
+    # after the whole training run.
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "config.json").write_text(json.dumps(config))
+    rc, err = train(tmp_path, capsys, f"judge: rm:{tmp_path / 'rm'}\n")
+    assert rc == 2 and re.search(problem, one_error(err))
