@@ -427,6 +427,49 @@ def test_evaluate_trainer_on_an_untrained_adapter_finds_no_difference(run, tmp_p
         json.loads((dst / "eval_report.json").read_text())["behaviour"]["judge"]
         == "hf_dpo.pairs.demo_task:judge"
     )
+    # train and test hold different countries: nothing held out was trained on, and the report says nothing
+    assert report["training_overlap"] == {
+        "judged_prompts": 0,
+        "judged_prompts_of": 3,
+        "eval_pairs": 0,
+        "eval_pairs_of": 4,
+    }
+    assert not any(w.startswith("Not held out") for w in report["warnings"])
+    assert "training prompts" not in beh["verdict"]["line"]
+
+
+def test_a_report_on_training_prompts_says_they_were_not_held_out(run, tmp_path):
+    """Before: with a test split repeating training prompts (or a test_prompts_file holding them) the report
+    called them held-out prompts and its verdict a result on them, with no sign they were trained on."""
+    import shutil
+
+    from hf_dpo.config import load_recipe
+    from hf_dpo.report.evaluation import evaluate_trainer
+    from hf_dpo.run import build_trainer
+
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("checkpoint-*", "eval_report.*", "plots"))
+    data = tmp_path / "data"  # a test split that repeats the train split's pairs
+    data.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(run.parent / "train.jsonl", data / f"{split}.jsonl")
+    overrides = ["--output_dir", str(dst), "--report_to", "[]", "--dataset_name", str(data)]
+    trainer, _ = build_trainer(load_recipe(dst / "recipe.yaml", overrides))
+    report = evaluate_trainer(trainer, "hf_dpo.pairs.demo_task:judge", num_generations=3, max_new_tokens=6)
+    assert report["training_overlap"] == {
+        "judged_prompts": 3,
+        "judged_prompts_of": 3,
+        "eval_pairs": 12,
+        "eval_pairs_of": 12,
+    }
+    assert "3 held-out prompts, 3 of them training prompts)" in report["behaviour"]["verdict"]["line"]
+    warning = next(w for w in report["warnings"] if w.startswith("Not held out"))
+    assert (
+        "3 of the 3 judged prompts and 12 of the 12 held-out pairs have a prompt of the training data"
+        in warning
+    )
+    md = (dst / "eval_report.md").read_text()
+    assert "Not held out: 3 of the 3 judged prompts" in md and "3 of them training prompts" in md
 
 
 def test_heldout_prompts_keep_conversations_that_share_their_last_turn(smollm_dir):
@@ -453,3 +496,29 @@ def test_heldout_prompts_keep_conversations_that_share_their_last_turn(smollm_di
     assert len({tuple(ids) for _, ids in prompts}) == 3
     assert "haiku" in tokenizer.decode(prompts[0][1]) and "prime" in tokenizer.decode(prompts[1][1])
     assert len(heldout_prompts(rows, tokenizer, limit=2)) == 2
+
+
+def test_a_prompt_file_prompt_is_found_among_the_training_prompts(smollm_dir, tmp_path):
+    """The judged prompts of a test_prompts_file (formatted for generation) and the training pairs' prompts
+    (tokenized with their answers) are matched by prompt_key, for plain and conversational prompts alike."""
+    from transformers import AutoTokenizer
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.data import tokenize_dataset
+    from hf_dpo.report.prompts import prompt_key, prompts_from_file, training_prompt_keys
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    conversation.append({"role": "user", "content": "What is 2 + 2?"})
+    rows = [
+        {"prompt": "What is the capital of Peru?", "chosen": "Lima.", "rejected": "Quito."},
+        {"prompt": conversation, "chosen": [{"role": "assistant", "content": "4"}]},
+    ]
+    rows[1]["rejected"] = [{"role": "assistant", "content": "5"}]
+    train = tokenize_dataset(rows, tokenizer, DataConfig())
+    seen = training_prompt_keys(train, tokenizer)
+    prompts = tmp_path / "prompts.jsonl"
+    lines = ["What is the capital of Peru?", conversation, "What is the capital of Chile?", conversation[:1]]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in lines))
+    judged = prompts_from_file(str(prompts), tokenizer, DataConfig(), 10)
+    assert [prompt_key(ids, tokenizer) in seen for _, ids in judged] == [True, True, False, False]

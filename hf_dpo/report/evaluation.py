@@ -40,7 +40,8 @@ from hf_dpo.files import atomic_write_text
 from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.generations_file import write_generations
 from hf_dpo.report.metrics import LOGPS_KEYS, EvaluationError, as_logps_array, plain
-from hf_dpo.report.verdict import warnings
+from hf_dpo.report.prompts import prompt_key, training_prompt_keys
+from hf_dpo.report.verdict import verdict, warnings
 from hf_dpo.train.loss import implicit_rewards
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def build_report(
     behaviour_skipped: str | None = None,
     confidence: float = 0.95,
     seed: int = 0,
+    training_overlap: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write eval_report.json, eval_report.md, evaluate_results.json and plots/*.png into `run_dir`; return the
     report dict.
@@ -161,6 +163,7 @@ def build_report(
     `pair_logps` is DPOTrainer.pair_logps(eval_dataset); `behaviour` is judged_generations(...). Either may be
     None (the report says why that part is missing). The rows of `behaviour["generations"]` go to
     eval_generations.jsonl, not into the report; without them, an earlier report's file is removed.
+    `training_overlap`: held-out prompts that were trained on (`training_overlap(...)`), None if not checked.
     """
     from hf_dpo.report.markdown import render_markdown
 
@@ -195,6 +198,7 @@ def build_report(
         "training": training_summary(info, history),
         "plots": [str(p.relative_to(run_dir)) for p in plot_files],
         "generations_file": generations_file,
+        "training_overlap": training_overlap,
     }
     report = plain(report)
     report["warnings"] = warnings(report)
@@ -243,11 +247,14 @@ def evaluate_model(
     seed: int = 0,
     confidence: float = 0.95,
     num_samples_shown: int = 4,
+    training_prompts: set[str] | None = None,
 ) -> dict[str, Any]:
     """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end).
 
     The judged prompts are the first `num_generations` of `prompts_file` (the recipe's test_prompts_file:
     every held-out prompt, also those without a pair) when given, else the eval split's distinct prompts.
+    `training_prompts`: the train split's prompts (report.prompts.training_prompt_keys), to count held-out
+    prompts that were trained on; None: not checked.
     """
     from hf_dpo.report.behaviour import judged_generations
     from hf_dpo.report.prompts import heldout_prompts, prompts_from_file
@@ -255,7 +262,7 @@ def evaluate_model(
     has_eval = eval_dataset is not None and len(eval_dataset) > 0
     pair_logps = pair_logps_fn(eval_dataset) if (has_eval and pair_logps_fn is not None) else None
     skipped = behaviour_skip_reason(has_eval, prompts_file, judge, num_generations)
-    behaviour = None
+    behaviour, prompts = None, []
     if skipped is None:
         prompts = (
             prompts_from_file(prompts_file, tokenizer, data_config, num_generations)
@@ -275,6 +282,10 @@ def evaluate_model(
             num_samples_shown=num_samples_shown,
         )
         behaviour["judge"] = judge_name or getattr(judge, "name", None) or repr(judge)
+    overlap = training_overlap(prompts, eval_dataset if has_eval else None, training_prompts, tokenizer)
+    if behaviour is not None and overlap is not None:
+        behaviour["prompts_in_training"] = overlap["judged_prompts"]
+        behaviour["verdict"] = verdict(behaviour)  # its line says how many of its prompts were trained on
     return build_report(
         run_dir,
         pair_logps=pair_logps,
@@ -282,7 +293,28 @@ def evaluate_model(
         behaviour_skipped=skipped,
         confidence=confidence,
         seed=seed,
+        training_overlap=overlap,
     )
+
+
+def training_overlap(
+    prompts: list[tuple[str, list[int]]], eval_dataset, training_prompts: set[str] | None, tokenizer
+) -> dict[str, int] | None:
+    """How many judged prompts and held-out pairs have a prompt the policy was trained on (by prompt_key), out
+    of how many; None when the training prompts are not known. A held-out set that holds training prompts
+    measures what the policy was trained on, not how it does on prompts it has not seen."""
+    if training_prompts is None:
+        return None
+    judged = [prompt_key(ids, tokenizer) in training_prompts for _, ids in prompts]
+    tokenized = eval_dataset is not None and "prompt_input_ids" in getattr(eval_dataset, "column_names", ())
+    pair_prompts = eval_dataset["prompt_input_ids"] if tokenized else []
+    pairs = [prompt_key(ids, tokenizer) in training_prompts for ids in pair_prompts]
+    return {
+        "judged_prompts": sum(judged),
+        "judged_prompts_of": len(judged),
+        "eval_pairs": sum(pairs),
+        "eval_pairs_of": len(pairs),
+    }
 
 
 def evaluate_trainer(
@@ -327,6 +359,7 @@ def evaluate_trainer(
         data_config=data_config,
         batch_size=batch_size,
         seed=seed,
+        training_prompts=training_prompt_keys(trainer.train_dataset, trainer.processing_class),
     )
 
 

@@ -3,6 +3,8 @@ the eval split, each as (readable text, token ids formatted exactly as training 
 
     prompts = prompts_from_file("recipes/data/demo/prompts_test.txt", tokenizer, data_config, 96)
     prompts = heldout_prompts(eval_dataset, tokenizer, 32)          # [(text, ids), ...]
+    seen = training_prompt_keys(train_dataset, tokenizer)           # {prompt_key, ...}, or None
+    sum(prompt_key(ids, tokenizer) in seen for _, ids in prompts)   # held-out prompts that were trained on
 """
 
 from __future__ import annotations
@@ -84,3 +86,20 @@ def prompts_from_file(path: str, tokenizer, data_config, limit: int) -> list[tup
     texts = [format_prompt(p, tokenizer, data_config) for p in prompts]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [(prompt_text(p), list(i)) for p, i in zip(prompts, ids)]
+
+
+def prompt_key(ids: list[int], tokenizer) -> str:
+    """A prompt by its words, to find the same prompt on both sides of the train / held-out line: the ids decoded
+    without special tokens, whitespace collapsed (a BOS token or a newline merged into the answer's first token
+    at the prompt's end does not make two prompts)."""
+    return " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())
+
+
+def training_prompt_keys(train_dataset, tokenizer) -> set[str] | None:
+    """The prompt_key of every distinct training prompt, or None when there is no tokenized train split."""
+    if train_dataset is None or "prompt_input_ids" not in getattr(train_dataset, "column_names", ()):
+        return None
+    distinct = {
+        tuple(ids) for ids in train_dataset["prompt_input_ids"]
+    }  # pairs share prompts: decode each once
+    return {prompt_key(list(ids), tokenizer) for ids in distinct}

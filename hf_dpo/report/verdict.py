@@ -64,8 +64,10 @@ def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
         label = "not improved"
     detail = (
         f"{primary}: policy {stats['policy']['value']:.3f} vs reference {stats['reference']['value']:.3f}, "
-        f"difference {_interval(diff)} ({conf}% {diff['method']} interval, {diff['n']} held-out prompts)"
+        f"difference {_interval(diff)} ({conf}% {diff['method']} interval, {diff['n']} held-out prompts"
     )
+    trained_on = behaviour.get("prompts_in_training")  # absent when not checked (hf-dpo eval, older reports)
+    detail += f", {trained_on} of them training prompts)" if trained_on else ")"
     if label == "not improved":
         if (diff["low"] > 0 or diff["high"] < 0) and not significant:
             detail += (
@@ -90,7 +92,7 @@ def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
 
 def warnings(report: dict[str, Any]) -> list[str]:
     """Likelihood displacement (the chosen answers' log-prob fell; whether the rejected fell further, which the
-    explanation depends on) and a large KL estimate, with the levers."""
+    explanation depends on), held-out prompts that were trained on, and a large KL estimate, with the levers."""
     out = []
     pref = (report.get("preference") or {}).get("metrics") or {}
     chosen, rejected = pref.get("logp_shift/chosen"), pref.get("logp_shift/rejected")
@@ -108,6 +110,18 @@ def warnings(report: dict[str, Any]) -> list[str]:
                 f"held-out chosen answers, not towards them"
             )
         out.append(f"{head}{why}. Levers: {LEVERS}.")
+    overlap = report.get("training_overlap") or {}
+    trained_on = [
+        f"{overlap[key]} of the {overlap[key + '_of']} {what}"
+        for key, what in (("judged_prompts", "judged prompts"), ("eval_pairs", "held-out pairs"))
+        if overlap.get(key)
+    ]
+    if trained_on:
+        out.append(
+            f"Not held out: {' and '.join(trained_on)} have a prompt of the training data, so those numbers "
+            "show the policy on prompts it was trained on, not on new ones. Keep training prompts out of "
+            "test_prompts_file and the eval split (dataset_test_split, eval_fraction)."
+        )
     kl = (report.get("behaviour") or {}).get("kl_estimate")
     if kl and kl["value"] > KL_WARN_NATS:
         out.append(
