@@ -161,7 +161,8 @@ def _linear_layer_names(model_dir: str) -> tuple[str, ...] | None:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        config = AutoConfig.from_pretrained(model_dir)
+        # a Hub id: its cached config only, never the network (offline, the Hub's retries took ~30 s)
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=not Path(model_dir).is_dir())
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         return tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
@@ -171,8 +172,9 @@ def _linear_layer_names(model_dir: str) -> tuple[str, ...] | None:
 
 
 def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
-    """Every `lora_target_modules` name matches a linear layer of a local (or built-in) model, checked from its
-    config before any weight is read. Hub models are checked by the loader."""
+    """Every `lora_target_modules` name matches a linear layer of the model, checked from its config (a local
+    or built-in model's, or a Hub model's when the Hub cache holds it) before any weight is read. A config that
+    is not at hand or cannot be built (custom code) leaves the check to the loader."""
     if not targets or "all-linear" in targets:
         return
     from hf_dpo.model.loading import MODEL_ALIASES, resolve_model_path
@@ -182,7 +184,7 @@ def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
     elif Path(model).expanduser().is_dir():
         path = str(Path(model).expanduser())
     else:
-        return
+        path = model  # a Hub id: peft would find a wrong name only after the download and the load
     names = _linear_layer_names(path)
     if not names:
         return

@@ -713,3 +713,27 @@ def test_a_judge_that_is_no_reward_model_is_named_before_training(
     (tmp_path / "rm" / "config.json").write_text(json.dumps(config))
     rc, err = train(tmp_path, capsys, f"judge: rm:{tmp_path / 'rm'}\n")
     assert rc == 2 and re.search(problem, one_error(err))
+
+
+def test_lora_target_modules_of_a_hub_model_are_checked_from_its_config(
+    tmp_path, capsys, no_model, monkeypatch
+):
+    # Hub models were left to the loader: a target no layer has (q_proj on GPT-2, whose attention is c_attn)
+    # failed in peft after the model had been downloaded and loaded. Now their config is read from the Hub cache
+    # (faked here: this machine has no network).
+    import hf_dpo.preflight
+
+    asked = []
+
+    def layers(model):
+        asked.append(model)
+        return ("transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc")
+
+    monkeypatch.setattr(hf_dpo.preflight, "_linear_layer_names", layers)
+    rc, err = train(
+        tmp_path, capsys, "model_name_or_path: openai-community/gpt2\nlora_target_modules: [q_proj]\n"
+    )
+    assert asked == ["openai-community/gpt2"]
+    assert rc == 2 and re.search(
+        r"q_proj matches no linear layer of openai-community/gpt2.*c_attn", one_error(err)
+    )
