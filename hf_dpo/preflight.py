@@ -399,7 +399,10 @@ def check_judge(spec: str) -> None:
         from transformers import AutoConfig
 
         try:  # its config alone (no weights), as the judge reads it: it loads only after training, in the report
-            config = AutoConfig.from_pretrained(target)
+            try:  # the Hub cache (or the directory) first: offline, the Hub's retries take ~30 s
+                config = AutoConfig.from_pretrained(target, local_files_only=True)
+            except (OSError, ValueError):
+                config = AutoConfig.from_pretrained(target)
         except (OSError, ValueError) as err:
             reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
             raise JudgeError(
