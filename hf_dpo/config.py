@@ -738,7 +738,7 @@ class Recipe:
     def to_yaml(self) -> str:
         """The recipe as run (recipe keys plus overrides); secrets such as hub_token are never written."""
         clean = {k: v for k, v in self.values.items() if k not in SECRET_KEYS}
-        return yaml.safe_dump(clean, sort_keys=False)
+        return yaml.dump(clean, Dumper=_RecipeDumper, sort_keys=False)
 
 
 SECRET_KEYS = {"hub_token"}
@@ -800,6 +800,17 @@ _NoDuplicateKeysLoader.yaml_implicit_resolvers = {
         (tag, _YAML_12.get(tag, regexp)) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """`yaml.SafeDumper` that quotes text the recipe reader would take for a number (1e5), as well as what YAML 1.1
+    readers would (a date): recipe.yaml reads back as it ran, here and elsewhere."""
+
+
+_RecipeDumper.yaml_implicit_resolvers = {
+    first: resolvers + _NoDuplicateKeysLoader.yaml_implicit_resolvers.get(first, [])
+    for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()
 }
 
 

@@ -737,3 +737,16 @@ def test_lora_target_modules_of_a_hub_model_are_checked_from_its_config(
     assert rc == 2 and re.search(
         r"q_proj matches no linear layer of openai-community/gpt2.*c_attn", one_error(err)
     )
+
+
+def test_the_saved_recipe_reads_back_as_it_ran(tmp_path):
+    # recipe.yaml is re-runnable as it is: text that the recipe reader takes for a number (1e5, read as YAML 1.2
+    # reads it) must be written quoted, or a re-run gets run_name 100000.0.
+    from hf_dpo.config import load_recipe
+
+    recipe = load(tmp_path, "run_name: '1e5'\nhub_model_id: '2024-06-01'\nlearning_rate: 1e-5\n")
+    assert recipe.training.run_name == "1e5"
+    (tmp_path / "again.yaml").write_text(recipe.to_yaml())
+    again = load_recipe(tmp_path / "again.yaml")
+    assert again.training.run_name == "1e5" and again.training.hub_model_id == "2024-06-01"
+    assert again.training.learning_rate == 1e-5
