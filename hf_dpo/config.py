@@ -1020,6 +1020,13 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             if key:  # "cosinee is not a valid SchedulerType, please select one of [...]": the key is known
                 message = f"key '{key}': {err}"
                 raise RecipeError(f"{_where(path, message, given)}: {message}") from None
+            if "doesn't support bf16" in str(err):
+                # transformers' advice (use_cpu) would train in bf16 autocast on the CPU, many times slower there
+                message = (
+                    "key 'bf16': this machine has no GPU with bf16. Set bf16: false: hf_dpo picks the precision "
+                    "from torch_dtype (auto: float32 on CPU, bf16 on a GPU that has it, else fp16)."
+                )
+                raise RecipeError(f"{_where(path, message, given)}: {message}") from None
             raise RecipeError(
                 f"{_where(path, str(err), given)}: invalid value in section {section.__name__}: "
                 f"{type(err).__name__}: {err}"

@@ -750,3 +750,16 @@ def test_the_saved_recipe_reads_back_as_it_ran(tmp_path):
     again = load_recipe(tmp_path / "again.yaml")
     assert again.training.run_name == "1e5" and again.training.hub_model_id == "2024-06-01"
     assert again.training.learning_rate == 1e-5
+
+
+def test_bf16_on_a_machine_without_it_names_the_key(tmp_path, monkeypatch):
+    # An alignment-handbook recipe (bf16: true) on a CPU machine: "invalid value in section DPOConfig: ValueError:
+    # Your setup doesn't support bf16/gpu. You need to assign use_cpu ...", no key, and advice that trains in bf16
+    # autocast on the CPU (many times slower there than float32).
+    import transformers.training_args
+
+    from hf_dpo.config import RecipeError
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: False)
+    with pytest.raises(RecipeError, match=r"r.yaml: key 'bf16': .*bf16: false.*torch_dtype"):
+        load(tmp_path, "bf16: true\n")
