@@ -536,6 +536,14 @@ def load_checked_tokenizer(recipe: Recipe):
             f"key 'model_name_or_path': {reason} Give a built-in alias (smollm2-135m-instruct), a local model "
             "directory, or a Hub id (reachable, or already in the Hub cache)."
         ) from None
+    except (
+        TypeError,
+        AttributeError,
+    ) as err:  # transformers on a config.json that is valid JSON but no mapping
+        raise RecipeError(
+            f"key 'model_name_or_path': the tokenizer or config.json of {recipe.model.model_name_or_path} cannot be "
+            f"read ({type(err).__name__}: {err}). Copy or download the model again."
+        ) from None
 
 
 def tokenize_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> PreferenceData:

@@ -763,3 +763,20 @@ def test_bf16_on_a_machine_without_it_names_the_key(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: False)
     with pytest.raises(RecipeError, match=r"r.yaml: key 'bf16': .*bf16: false.*torch_dtype"):
         load(tmp_path, "bf16: true\n")
+
+
+def test_a_model_config_json_that_is_no_mapping_is_named_before_the_model_loads(
+    tmp_path, capsys, no_model, smollm_dir
+):
+    # A config.json holding a list (a file overwritten by another tool): transformers' TypeError ("argument after
+    # ** must be a mapping") came out of the preflight's tokenizer load as a traceback.
+    import shutil
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in Path(smollm_dir).iterdir():
+        if "token" in name.name:
+            shutil.copy(name, model / name.name)
+    (model / "config.json").write_text("[1, 2]")
+    rc, err = train(tmp_path, capsys, f"model_name_or_path: {model}\n")
+    assert rc == 2 and re.search(r"key 'model_name_or_path': .*config.json", one_error(err))
