@@ -144,7 +144,7 @@ def _read_rows(path: Path) -> list[dict]:
 
         try:
             if suffix == ".csv":
-                return _read_csv(path)
+                return read_csv_text(path)
             ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
             # datasets wraps the parser's own error in "An error occurred ..."
@@ -158,7 +158,7 @@ def _read_rows(path: Path) -> list[dict]:
     raise DataError(f"{path}: unsupported file type '{suffix}'. Use .json, .jsonl, .parquet or .csv.")
 
 
-def _read_csv(path: Path) -> list[dict]:
+def read_csv_text(path: Path) -> list[dict]:
     """Every cell as the text it holds. CSV has no types: pandas' guessing (datasets' CSV loader) read a column of
     numeric answers as numbers, "1.50" as 1.5, and the answers NA, None or null as missing values."""
     import pandas as pd

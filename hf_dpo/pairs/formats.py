@@ -123,11 +123,19 @@ def read_prompts(path: str | os.PathLike, prompt_column: str = "prompt") -> list
 
 
 def _read_prompt_table(path: Path, kind: str, prompt_column: str) -> list[Prompt]:
-    """The prompt column of a .json/.csv/.parquet table, through `datasets`."""
-    from datasets import load_dataset
+    """The prompt column of a .json/.csv/.parquet table, through `datasets` (a .csv as the text of its cells)."""
+    from datasets import Dataset, load_dataset
+
+    from hf_dpo.data import read_csv_text
 
     try:
-        table = load_dataset(kind, data_files=str(path), split="train")
+        if kind == "csv":  # pandas' type guessing would read a prompt 1234 as a number and NA as missing
+            rows = read_csv_text(path)
+            if not rows:  # a header alone: no prompts (said by the caller)
+                return []
+            table = Dataset.from_list(rows)
+        else:
+            table = load_dataset(kind, data_files=str(path), split="train")
     except Exception as err:  # noqa: BLE001 - any parse failure of the file becomes one named error
         raise SamplingError(f"{path}: could not be read as {kind} ({type(err).__name__}: {err}).") from None
     if prompt_column not in table.column_names:
