@@ -363,10 +363,14 @@ def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]
     training, when the card and the push are still to come."""
     cfg, sampling = recipe.data, recipe.sampling
     has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
-    check_judged_prompts(sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations, has_eval)
+    check_judged_prompts(
+        sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations, has_eval, cfg.prompt_column
+    )
 
 
-def check_judged_prompts(path: str | None, judge, num_generations: int, has_eval: bool = True) -> None:
+def check_judged_prompts(
+    path: str | None, judge, num_generations: int, has_eval: bool = True, prompt_column: str = "prompt"
+) -> None:
     """The report's prompt file (test_prompts_file) read as the report reads it, when it will judge on it."""
     from hf_dpo.pairs.formats import read_prompts
     from hf_dpo.report.evaluation import behaviour_skip_reason
@@ -374,7 +378,7 @@ def check_judged_prompts(path: str | None, judge, num_generations: int, has_eval
     if not path or behaviour_skip_reason(has_eval, path, judge, num_generations):
         return
     try:
-        read_prompts(path)  # as hf_dpo.report.prompts.prompts_from_file reads it
+        read_prompts(path, prompt_column)  # as hf_dpo.report.prompts.prompts_from_file reads it
     except HfDpoError as err:
         raise RecipeError(f"key 'test_prompts_file' (the report's judged prompts): {err}") from None
 

@@ -317,7 +317,9 @@ def evaluate_run(
         check_judge(spec)  # the recipe's judge, checked before the model loads too
     n_generations = recipe.sampling.eval_num_generations if num_generations is None else num_generations
     # the prompt file the judge answers on (recipe.yaml names it as given, often relative to where training ran)
-    check_judged_prompts(recipe.sampling.test_prompts_file, spec, n_generations)
+    check_judged_prompts(
+        recipe.sampling.test_prompts_file, spec, n_generations, prompt_column=recipe.data.prompt_column
+    )
     recipe, model, tokenizer, eval_dataset = load_run(run_dir, recipe)
     judge_obj, judge_name = resolve_judge(spec)
     args = recipe.training

@@ -780,3 +780,33 @@ def test_a_model_config_json_that_is_no_mapping_is_named_before_the_model_loads(
     (model / "config.json").write_text("[1, 2]")
     rc, err = train(tmp_path, capsys, f"model_name_or_path: {model}\n")
     assert rc == 2 and re.search(r"key 'model_name_or_path': .*config.json", one_error(err))
+
+
+def test_a_csv_prompts_file_is_read_as_the_text_of_its_cells(tmp_path):
+    """Before: pandas' type guessing read the prompt NA as missing ('row 0: ... got None') and 1234 as a
+    number; a prompts file's cells are text, as a data file's are."""
+    from hf_dpo.pairs.formats import read_prompts
+
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt\nNA\n1234\nWhat is 1.50 + 1?\n")
+    assert read_prompts(path) == ["NA", "1234", "What is 1.50 + 1?"]
+    (tmp_path / "header.csv").write_text("prompt\n")
+    with pytest.raises(Exception, match="header.csv"):
+        read_prompts(tmp_path / "header.csv")
+
+
+def test_the_reports_prompt_file_is_read_by_the_recipes_prompt_column(tmp_path, smollm_dir):
+    """Before: the report (and the preflight check of it) read test_prompts_file's 'prompt' column whatever
+    prompt_column said, while hf-dpo sample read the recipe's column: a file with a 'question' column was
+    refused with 'no 'prompt' column (set prompt_column)', prompt_column being set."""
+    from transformers import AutoTokenizer
+
+    from hf_dpo.config import DataConfig
+    from hf_dpo.preflight import check_judged_prompts
+    from hf_dpo.report.prompts import prompts_from_file
+
+    path = write_jsonl(tmp_path / "test_prompts.jsonl", [{"question": "What is 2 + 2?"}, {"question": "Hi?"}])
+    check_judged_prompts(str(path), "hf_dpo.pairs.demo_task:judge", 2, prompt_column="question")
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    prompts = prompts_from_file(str(path), tokenizer, DataConfig(prompt_column="question"), 10)
+    assert [text for text, _ in prompts] == ["What is 2 + 2?", "Hi?"]

@@ -78,11 +78,11 @@ def prompts_from_file(path: str, tokenizer, data_config, limit: int) -> list[tup
     from hf_dpo.pairs.formats import prompt_text, read_prompts
     from hf_dpo.pairs.sampling import format_prompt
 
-    prompts = read_prompts(path)[:limit]
     if data_config is None:
         from hf_dpo.config import DataConfig
 
         data_config = DataConfig()
+    prompts = read_prompts(path, data_config.prompt_column)[:limit]  # the column hf-dpo sample reads
     texts = [format_prompt(p, tokenizer, data_config) for p in prompts]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [(prompt_text(p), list(i)) for p, i in zip(prompts, ids)]
