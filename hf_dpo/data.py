@@ -498,6 +498,14 @@ def format_prompt(prompt: str | list[dict], tokenizer, cfg: DataConfig, implicit
     return prompt
 
 
+def prompt_token_ids(prompt: str | list[dict], tokenizer, cfg: DataConfig) -> list[int]:
+    """The token ids a model is prompted with to answer `prompt` (sampling, the report's generations), exactly
+    as tokenize_pair tokenizes a training prompt: a rendered chat template holds its own special tokens, raw text
+    gets the tokenizer's (a BOS, as TRL adds), which the model would otherwise answer without."""
+    special = not uses_chat_template(prompt, tokenizer, cfg)
+    return tokenizer(format_prompt(prompt, tokenizer, cfg), add_special_tokens=special)["input_ids"]
+
+
 def _rendered(render, column: str, cfg: DataConfig) -> str:
     """`render()`, one chat-template call; a template that refuses the row is a BadRow of `column`."""
     try:

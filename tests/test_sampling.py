@@ -648,3 +648,41 @@ def test_second_round_samples_the_trained_policy(tmp_path, tiny_model_dir):
         rows[name] = read_samples(tmp_path / f"{name}.jsonl")
     assert rows["policy"][0]["settings"]["adapter"] == str(tmp_path / "run")
     assert [r["completions"] for r in rows["policy"]] != [r["completions"] for r in rows["base"]]
+
+
+def test_raw_text_prompts_get_the_special_tokens_training_gives_them(smollm_dir, tmp_path):
+    """Before: sampling and the report's generations tokenized a raw-text prompt (no chat template, or
+    apply_chat_template: false) without special tokens, while training (as TRL) gives it the tokenizer's BOS:
+    the reference was sampled and judged on prompts unlike those it is trained on."""
+    from types import SimpleNamespace
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from hf_dpo.data import prompt_token_ids, tokenize_pair
+    from hf_dpo.pairs.sampling import _encode_prompts
+    from hf_dpo.report.prompts import prompts_from_file
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    bos = tokenizer.bos_token  # a tokenizer that adds a BOS, as Llama's do (SmolLM2's adds none)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)]
+    )
+    cfg = DataConfig(apply_chat_template=False)
+    pair = {"prompt": "Question: 2 + 3?\nAnswer:", "chosen": " 5", "rejected": " 6", "implicit": False}
+    trained = tokenize_pair(pair, tokenizer, cfg)["prompt_input_ids"]
+    assert trained[0] == tokenizer.bos_token_id
+    assert prompt_token_ids(pair["prompt"], tokenizer, cfg) == trained
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
+    recipe = SimpleNamespace(data=cfg, sampling=SimpleNamespace(max_new_tokens=8))
+    assert _encode_prompts([pair["prompt"]], model, tokenizer, recipe) == [trained]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": pair["prompt"]}) + "\n")
+    assert prompts_from_file(str(tmp_path / "p.jsonl"), tokenizer, cfg, 4)[0][1] == trained
+    # a chat template renders its own special tokens: nothing is added in front of them
+    chat = DataConfig()
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        prompt_token_ids("Hi", tokenizer, chat) == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    )

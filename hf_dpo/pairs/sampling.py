@@ -366,10 +366,11 @@ def _hold_samples(path: Path):
 
 def _encode_prompts(prompts: list[Prompt], model, tokenizer, recipe: Recipe) -> list[list[int]]:
     """Token ids of each prompt as training formats it; SamplingError for one that leaves no room to answer."""
+    from hf_dpo.data import prompt_token_ids
+
     if tokenizer.padding_side != "left":
         tokenizer.padding_side = "left"  # generation appends on the right
-    texts = [format_prompt(p, tokenizer, recipe.data) for p in prompts]
-    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    prompt_ids = [prompt_token_ids(p, tokenizer, recipe.data) for p in prompts]
     _check_lengths(
         prompt_ids,
         prompts,

@@ -74,18 +74,16 @@ def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str, list
 
 def prompts_from_file(path: str, tokenizer, data_config, limit: int) -> list[tuple[str, list[int]]]:
     """The first `limit` prompts of a prompt file as (text, token ids), formatted exactly as training formats
-    prompts (chat template, system prompt)."""
+    prompts (chat template, system prompt, special tokens)."""
+    from hf_dpo.data import prompt_token_ids
     from hf_dpo.pairs.formats import prompt_text, read_prompts
-    from hf_dpo.pairs.sampling import format_prompt
 
     if data_config is None:
         from hf_dpo.config import DataConfig
 
         data_config = DataConfig()
     prompts = read_prompts(path, data_config.prompt_column)[:limit]  # the column hf-dpo sample reads
-    texts = [format_prompt(p, tokenizer, data_config) for p in prompts]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [(prompt_text(p), list(i)) for p, i in zip(prompts, ids)]
+    return [(prompt_text(p), prompt_token_ids(p, tokenizer, data_config)) for p in prompts]
 
 
 def prompt_key(ids: list[int], tokenizer) -> str:
