@@ -389,7 +389,7 @@ def check_judged_prompts(
 def check_judge(spec: str) -> None:
     """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one, and its
     config must load (a directory that holds no model, a Hub id mistyped or out of reach)."""
-    from hf_dpo.pairs.judges import JudgeError, load_judge
+    from hf_dpo.pairs.judges import JudgeError, load_judge, reward_model_location
 
     spec = str(spec).strip()
     if spec.startswith("rm:"):
@@ -402,11 +402,12 @@ def check_judge(spec: str) -> None:
             raise JudgeError(f"judge '{spec}': {target} does not exist.")
         from transformers import AutoConfig
 
+        location = reward_model_location(target)
         try:  # its config alone (no weights), as the judge reads it: it loads only after training, in the report
             try:  # the Hub cache (or the directory) first: offline, the Hub's retries take ~30 s
-                config = AutoConfig.from_pretrained(target, local_files_only=True)
+                config = AutoConfig.from_pretrained(location, local_files_only=True)
             except (OSError, ValueError):
-                config = AutoConfig.from_pretrained(target)
+                config = AutoConfig.from_pretrained(location)
         except (OSError, ValueError) as err:
             reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
             raise JudgeError(

@@ -158,3 +158,59 @@ def test_plain_float_judges_and_reward_models_have_one_criterion():
 
     judge = load_judge(length_judge)
     assert criteria_scores(judge, ["p"], ["abc"]) == [(3.0,)] and judge_criteria(judge) == ("score",)
+
+
+@pytest.mark.parametrize("kind", ["separator", "bos"])
+def test_reward_model_without_chat_template_reads_its_special_tokens(tmp_path, smollm_dir, kind):
+    """Before: without a chat template the exchange was prompt + completion with no special tokens, so a
+    BERT-style reward model scored without [CLS]/[SEP] (read as its own tokenizer(prompt, completion) gives
+    them) and a decoder one without the BOS it was trained with."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    tokenizer.chat_template = None
+    cls, sep = tokenizer.bos_token, tokenizer.eos_token  # stand-ins for [CLS] and [SEP]
+    specials = [(cls, tokenizer.bos_token_id), (sep, tokenizer.eos_token_id)]
+    if kind == "separator":
+        tokenizer.sep_token = sep
+        template = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1", special_tokens=specials
+        )
+    else:
+        template = processors.TemplateProcessing(
+            single=f"{cls} $A", pair=f"{cls} $A $B", special_tokens=specials
+        )
+    tokenizer._tokenizer.post_processor = template
+    judge = load_judge(f"rm:{_tiny_classifier(tmp_path / 'rm', tokenizer, num_labels=1)}")
+    assert not judge.tokenizer.chat_template
+    prompt, completion = "What is 2 + 3?", " It is 5."
+    expected = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+    if kind == "separator":
+        expected += [tokenizer.eos_token_id, *tokenizer(completion, add_special_tokens=False)["input_ids"]]
+        expected += [tokenizer.eos_token_id]
+    else:
+        expected = [
+            tokenizer.bos_token_id,
+            *tokenizer(prompt + completion, add_special_tokens=False)["input_ids"],
+        ]
+    assert judge._encode([prompt], [completion])["input_ids"][0].tolist() == expected
+    with torch.no_grad():
+        alone = judge.model(input_ids=torch.tensor([expected])).logits[0, 0].item()
+    assert judge.score([prompt, "Hi"], [completion, " there, how are you today?"])[0] == pytest.approx(
+        alone, abs=1e-4
+    )
+
+
+def test_a_reward_model_under_the_home_directory_loads_from_a_recipes_tilde_path(
+    tmp_path, monkeypatch, smol_tokenizer
+):
+    """Before: `judge: rm:~/rm` (no shell expands a recipe's ~) passed the preflight's existence check and then
+    failed to load, transformers reading '~/rm' as a Hub id."""
+    from hf_dpo.preflight import check_judge
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)
+    check_judge("rm:~/rm")
+    judge = load_judge("rm:~/rm")
+    assert judge.name == "rm:~/rm" and len(judge.score(["What is 2 + 3?"], ["5"])) == 1

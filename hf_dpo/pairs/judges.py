@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -225,16 +226,19 @@ class RewardModelJudge:
     """A sequence-classification reward model with one output; the logit is the score.
 
     The (prompt, completion) pair is rendered as a user/assistant exchange through the tokenizer's chat
-    template when it has one, else as prompt + completion.
+    template when it has one; else with the tokenizer's special tokens, as such models are trained: a text pair
+    (`[CLS] prompt [SEP] completion [SEP]`) for a tokenizer with a separator token (BERT, DeBERTa), else
+    prompt + completion as one text (a BOS in front, as TRL's RewardTrainer tokenizes).
     """
 
     def __init__(self, name_or_path: str, batch_size: int = 8, device: str | None = None):
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        self.name = f"rm:{name_or_path}"
+        self.name = f"rm:{name_or_path}"  # as given: a card shows it, never the expanded home directory
         self.criteria = SINGLE_CRITERION
         self.batch_size = batch_size
+        name_or_path = reward_model_location(name_or_path)
         try:
             config = AutoConfig.from_pretrained(name_or_path)
         except (OSError, ValueError) as err:
@@ -259,24 +263,29 @@ class RewardModelJudge:
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
-    def _render(self, prompt: str, completion: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt + completion
+    def _encode(self, prompts: Sequence[str], completions: Sequence[str]):
+        """A batch of (prompt, completion) exchanges as the reward model reads them: (B, T) tensors."""
+        if getattr(self.tokenizer, "chat_template", None):  # the rendered template holds its special tokens
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
+                )
+                for p, c in zip(prompts, completions)
+            ]
+            return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # Without its special tokens a [CLS]-pooled model would score from an arbitrary token.
+        if self.tokenizer.sep_token is not None:
+            return self.tokenizer(list(prompts), list(completions), return_tensors="pt", padding=True)
+        texts = [p + c for p, c in zip(prompts, completions)]
+        return self.tokenizer(texts, return_tensors="pt", padding=True)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         import torch
 
-        texts = [self._render(p, c) for p, c in zip(prompts, completions)]
         scores: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(self.device)
+        for start in range(0, len(prompts), self.batch_size):
+            end = start + self.batch_size
+            batch = self._encode(prompts[start:end], completions[start:end]).to(self.device)
             with torch.inference_mode():
                 logits = self.model(**batch).logits  # (B, 1)
             for offset, value in enumerate(logits[:, 0].float().tolist()):
@@ -286,6 +295,13 @@ class RewardModelJudge:
 
     def criteria_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
         return [(value,) for value in self.score(prompts, completions)]
+
+
+def reward_model_location(name_or_path: str) -> str:
+    """What transformers loads for `rm:<name_or_path>`: a recipe's `~/rm` is the home directory (no shell
+    expanded it), anything else as given (a Hub id, a path)."""
+    name_or_path = name_or_path.strip()
+    return os.path.expanduser(name_or_path) if name_or_path.startswith("~") else name_or_path
 
 
 def load_judge(spec: str | Callable) -> Judge:
