@@ -49,6 +49,7 @@ from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
 from hf_dpo.report.metrics import LOGPS_KEYS
+from hf_dpo.report.prompts import training_prompt_keys
 from hf_dpo.train.trainer import DPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -274,8 +275,8 @@ def run_recipe(run_dir: str | os.PathLike) -> Recipe:
 
 
 def load_run(run_dir: str | os.PathLike, recipe: Recipe | None = None):
-    """(recipe, model, tokenizer, eval_dataset) of a finished run: base + trained adapter, tokenized eval split.
-    `recipe`: its `run_recipe`, read already."""
+    """(recipe, model, tokenizer, eval_dataset, train_dataset) of a finished run: base + trained adapter, the
+    tokenized splits (None where the data cannot be read now). `recipe`: its `run_recipe`, read already."""
     from peft import PeftModel
 
     run_dir = Path(run_dir)
@@ -288,12 +289,13 @@ def load_run(run_dir: str | os.PathLike, recipe: Recipe | None = None):
         model.load_adapter(
             recipe.model.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False
         )
-    eval_dataset = None
+    eval_dataset = train_dataset = None
     try:
-        eval_dataset = load_preference_dataset(recipe.data, tokenizer, recipe.training).eval
+        data = load_preference_dataset(recipe.data, tokenizer, recipe.training)
+        eval_dataset, train_dataset = data.eval, data.train
     except Exception as err:  # noqa: BLE001 - the data may have moved; evaluation can still generate
         logger.warning("Could not load the eval split of %s: %s", recipe.data.dataset_name, err)
-    return recipe, model, tokenizer, eval_dataset
+    return recipe, model, tokenizer, eval_dataset, train_dataset
 
 
 def evaluate_run(
@@ -320,7 +322,7 @@ def evaluate_run(
     check_judged_prompts(
         recipe.sampling.test_prompts_file, spec, n_generations, prompt_column=recipe.data.prompt_column
     )
-    recipe, model, tokenizer, eval_dataset = load_run(run_dir, recipe)
+    recipe, model, tokenizer, eval_dataset, train_dataset = load_run(run_dir, recipe)
     judge_obj, judge_name = resolve_judge(spec)
     args = recipe.training
     args.report_to = []
@@ -343,4 +345,7 @@ def evaluate_run(
         seed=seed,
         confidence=confidence,
         num_samples_shown=num_samples_shown,
+        training_prompts=training_prompt_keys(
+            train_dataset, tokenizer
+        ),  # held-out prompts that were trained on
     )

@@ -396,6 +396,9 @@ def test_cli_eval_writes_report(run, tmp_path, capsys):
     assert f"hf-dpo push {dst} --repo-id" in out
     report = json.loads((dst / "eval_report.json").read_text())
     assert report["behaviour"]["n"] == 2 and report["behaviour"]["decoding"]["max_new_tokens"] == 4
+    # the reloaded run's train split is read too: none of its prompts is among the held-out ones
+    overlap = {"judged_prompts": 0, "judged_prompts_of": 2, "eval_pairs": 0, "eval_pairs_of": 4}
+    assert report["training_overlap"] == overlap
     rows = assert_generations_match_report(dst)  # rewritten for these 2 prompts, not the copied run's 4
     assert all(row["policy"]["tokens"] <= 4 and row["reference"]["tokens"] <= 4 for row in rows)
     assert "eval_generations.jsonl" in out
