@@ -316,6 +316,31 @@ class BadRow(Exception):
         super().__init__(problem)
         self.column, self.problem, self.reason = column, problem, reason
 
+    def error(self, source: str, index: int) -> DataError:
+        """The DataError a user reads: file, row (and in a .jsonl file the line an editor shows), column,
+        problem and what to do."""
+        return DataError(
+            f"{source}, row {index}, column '{self.column}': {self.problem}{_line_of_row(source, index)}. "
+            f"{SKIP_HINT}"
+        )
+
+
+def _line_of_row(source: str, index: int) -> str:
+    """' (row N is line L of the file)' for a local .jsonl source, '' otherwise. Rows count from 0 and skip blank
+    lines, where an editor counts lines from 1: 'row 3' of a file with blank lines can be its line 8. Read again
+    only here, when a row is refused; a held-out share keeps its file's row numbers."""
+    path = Path(source.split(" (held-out ")[0])
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return ""
+    try:
+        rows = read_jsonl(path, error=DataError)
+    except (
+        HfDpoError,
+        OSError,
+    ):  # read once already; if it changed since, say nothing rather than a wrong line
+        return ""
+    return f" (row {index} is line {rows[index][0]} of the file)" if index < len(rows) else ""
+
 
 def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) for m in value)
@@ -686,9 +711,7 @@ def prepare_rows(
             if data_cfg.on_bad_rows == "skip":
                 report.skipped[bad.reason] += 1
                 continue
-            raise DataError(
-                f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}"
-            ) from None
+            raise bad.error(source, index) from None
         except DataError as err:  # a problem of the whole dataset (no chat template), met at this row
             raise DataError(f"{source}, row {index}: {err}") from None
         ids = truncate_pair(ids, max_length, max_prompt_length, report)

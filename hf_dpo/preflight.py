@@ -522,9 +522,7 @@ def _check_rows(source: str, rows: list, cfg) -> int:
         except BadRow as bad:
             if cfg.on_bad_rows == "skip":
                 continue
-            raise DataError(
-                f"{source}, row {index}, column '{bad.column}': {bad.problem}. {SKIP_HINT}"
-            ) from None
+            raise bad.error(source, index) from None
         usable += 1
     return usable
 

@@ -810,3 +810,22 @@ def test_the_reports_prompt_file_is_read_by_the_recipes_prompt_column(tmp_path, 
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
     prompts = prompts_from_file(str(path), tokenizer, DataConfig(prompt_column="question"), 10)
     assert [text for text, _ in prompts] == ["What is 2 + 2?", "Hi?"]
+
+
+@pytest.mark.parametrize("eval_fraction", [None, "0.5"])
+def test_a_bad_jsonl_row_is_also_named_by_the_line_an_editor_shows(tmp_path, capsys, no_model, eval_fraction):
+    """Before: rows count from 0 and skip blank lines, so a file with blank lines had its refused 'row 3' on
+    line 8 and nothing said so; the error now gives the line too, in the held-out share's rows as well."""
+    good = [json.dumps(row) for row in arithmetic_pairs(6)]
+    bad = json.dumps({"prompt": "What is 9 + 1?", "chosen": "10", "rejected": "10"})
+    lines = [good[0], "", good[1], "", "", good[2], "", bad, *good[3:]]  # the bad row: row 3, line 8
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
+    if eval_fraction is None:
+        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
+    extra = f"eval_fraction: {eval_fraction}\ndataset_test_split: null\n" if eval_fraction else ""
+    rc, err = train(tmp_path, capsys, extra)
+    message = one_error(err)
+    assert rc == 2 and "train.jsonl" in message and "row 3" in message, message
+    assert "column 'rejected'" in message and "(row 3 is line 8 of the file)" in message, message
