@@ -781,6 +781,13 @@ def load_preference_dataset(
     # Row numbers in the file, kept through the held-out draw and the subsets so errors name the file's row.
     train_numbers = list(range(len(train_rows)))
     eval_numbers = list(range(len(eval_rows))) if eval_rows is not None else None
+    if eval_rows is not None and data_cfg.eval_fraction > 0:
+        logger.warning(
+            "eval_fraction %s is not used: the dataset's '%s' split is the held-out set. Set dataset_test_split: "
+            "null to hold out a share of the train split instead.",
+            data_cfg.eval_fraction,
+            data_cfg.dataset_test_split,
+        )
     if eval_rows is None and data_cfg.eval_fraction > 0:
         order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed)).tolist()
         n_eval = max(1, round(len(train_rows) * data_cfg.eval_fraction))

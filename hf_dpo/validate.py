@@ -274,7 +274,15 @@ def check_choice(key: str, value: Any, choices, error=ValueCheckError) -> None:
 
 
 def check_below(obj: Any, error=ValueCheckError) -> None:
-    """Each `BELOW` key set on `obj` stays under its partner key (when that is set too)."""
+    """Each `BELOW` key set on `obj` stays under its partner key (when that is set too); max_prompt_length
+    needs a max_length, without which no pair is truncated and it would do nothing, silently."""
+    if isinstance(getattr(obj, "max_prompt_length", None), int) and getattr(obj, "max_length", 0) is None:
+        raise _error(
+            "max_prompt_length",
+            f"{obj.max_prompt_length} has no effect with max_length: null (no pair is truncated, so no prompt is "
+            "cut). Set max_length (e.g. 1024) to cut long pairs, or remove max_prompt_length.",
+            error,
+        )
     for key, (limit_key, why) in BELOW.items():
         value, limit = getattr(obj, key, None), getattr(obj, limit_key, None)
         if not isinstance(value, int) or not isinstance(limit, int) or value < limit:

@@ -829,3 +829,31 @@ def test_a_bad_jsonl_row_is_also_named_by_the_line_an_editor_shows(tmp_path, cap
     message = one_error(err)
     assert rc == 2 and "train.jsonl" in message and "row 3" in message, message
     assert "column 'rejected'" in message and "(row 3 is line 8 of the file)" in message, message
+
+
+def test_max_prompt_length_without_max_length_is_refused_not_ignored(tmp_path, capsys, no_model):
+    """Before: with max_length: null no pair is truncated, so max_prompt_length cut nothing, silently."""
+    rc, err = train(tmp_path, capsys, "max_length: null\nmax_prompt_length: 64\n")
+    message = one_error(err)
+    assert rc == 2 and "key 'max_prompt_length'" in message and "max_length: null" in message, message
+
+
+def test_eval_fraction_beside_a_test_split_says_it_is_not_used(tmp_path, caplog, smollm_dir):
+    """Before: eval_fraction beside a dataset's test split was ignored without a word (the split is held out)."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from hf_dpo.config import DataConfig, DPOConfig
+    from hf_dpo.data import load_preference_dataset
+
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(6))
+    write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
+    cfg = DataConfig(dataset_name=str(tmp_path / "data"), eval_fraction=0.25, apply_chat_template=False)
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.data"):
+        data = load_preference_dataset(
+            cfg, tokenizer, DPOConfig(output_dir=str(tmp_path / "run"), use_cpu=True)
+        )
+    assert len(data.eval) == 2 and len(data.train) == 6  # the test split held out, the train split whole
+    assert "eval_fraction 0.25 is not used: the dataset's 'test' split is the held-out set" in caplog.text
