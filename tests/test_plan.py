@@ -416,6 +416,43 @@ def test_rows_follow_the_longest_local_pair(tmp_path, tiny_model_dir):
     assert worst.settings.row_length == 512 and worst.total > plan.total
 
 
+def test_max_length_null_plans_the_data_uncut(tmp_path, tiny_model_dir):
+    """Before: with max_length: null (no pair is cut) the plan still capped rows at 1024 tokens, so data with
+    longer pairs was planned too small, and without data it said 'worst case for max_length 1024'."""
+    import json
+
+    long_answer = "word " * 1500  # ~1500 tokens: over the 1024 the plan assumed
+    with (tmp_path / "pairs.jsonl").open("w") as f:
+        for n in range(3):
+            f.write(
+                json.dumps({"prompt": f"Say {n}", "chosen": long_answer, "rejected": "no " * (n + 1)}) + "\n"
+            )
+    overrides = ["--model_name_or_path", tiny_model_dir, "--dataset_name", str(tmp_path / "pairs.jsonl")]
+    overrides += [
+        "--dataset_test_split",
+        "null",
+        "--max_length",
+        "null",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
+    recipe = load_recipe(None, overrides)
+    plan = plan_recipe(recipe, device="cpu")
+    assert plan.settings.row_length > 1500
+    assert "(longest pair in the data)" in plan.report()
+    blind = plan_recipe(recipe, device="cpu", use_data=False)
+    assert (
+        "max_length: null cuts no pair" in blind.report() and "set max_length to bound them" in blind.report()
+    )
+    # a suggested shorter max_length is shorter than the rows planned, and bounds them
+    for changes, settings, _ in planmod._candidates(plan.settings):
+        if "max_length" in changes:
+            assert (
+                changes["max_length"] < plan.settings.row_length
+                and settings.row_length == changes["max_length"]
+            )
+
+
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
 def test_gpu_recipe_opens_with_its_command_and_names_its_data(path):
     first = path.read_text().splitlines()[0]

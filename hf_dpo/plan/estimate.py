@@ -91,6 +91,9 @@ class Settings:
     checkpoint_every: int = 1
     float32_embeddings: bool = False  # k-bit: embeddings and lm_head left in peft's float32 upcast
     sharing_attention: str = "auto"  # prefix_sharing_attention: on CUDA auto means a FlexAttention block mask
+    uncut: bool = (
+        False  # max_length: null: no pair is cut, and max_length is only the length planned without data
+    )
 
     @property
     def quantized(self) -> bool:
@@ -99,8 +102,10 @@ class Settings:
     @property
     def row_length(self) -> int:
         """Width of a [prompt, answer] row (batches pad to their longest): the longest pair in the data when
-        known, else max_length."""
-        return min(self.data_row_length, self.max_length) if self.data_row_length else self.max_length
+        known (uncut by max_length: null, however long), else max_length."""
+        if not self.data_row_length:
+            return self.max_length
+        return self.data_row_length if self.uncut else min(self.data_row_length, self.max_length)
 
     @property
     def tokens(self) -> int:
@@ -134,6 +139,7 @@ def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
         batch_size=t.per_device_train_batch_size,
         max_length=t.max_length or 1024,
         max_prompt_length=min(t.max_prompt_length or 0, t.max_length or 1024),
+        uncut=t.max_length is None,
         gradient_checkpointing=bool(t.gradient_checkpointing),
         lora_r=m.lora_r,
         lora_targets=_targets(m.lora_target_modules),
@@ -412,6 +418,9 @@ class Plan:
                 " (longest pair in the data)"
                 if s.data_row_length
                 else f" (worst case for max_length {s.max_length})"
+                if not s.uncut
+                else f" (max_length: null cuts no pair, so rows are as long as the data's: planned at {s.max_length}; "
+                "set max_length to bound them)"
             )
             + f" x 2 (chosen, rejected) = {s.tokens} tokens per forward"
             + (" (prefix sharing, if on at run time, only lowers this)" if s.prefix_sharing else "")
@@ -488,8 +497,10 @@ def _candidates(s: Settings) -> list[tuple[dict, Settings, str]]:
             )
         )
     for frac in (0.75, 0.5, 0.25):
-        length = int(s.max_length * frac) // 64 * 64
-        if 64 <= length < s.max_length:
+        length = (
+            int(s.row_length * frac) // 64 * 64
+        )  # of the rows planned (uncut data may be over max_length)
+        if 64 <= length < s.row_length:
             changes: dict[str, object] = {"max_length": length}
             prompt = s.max_prompt_length  # 0: not set, and left unset (prompts kept whole)
             if prompt:  # set: it stays below max_length (hf_dpo.validate.BELOW), at most half of it
@@ -497,7 +508,9 @@ def _candidates(s: Settings) -> list[tuple[dict, Settings, str]]:
             out.append(
                 (
                     changes,
-                    dataclasses.replace(s, max_length=length, max_prompt_length=prompt, data_row_length=None),
+                    dataclasses.replace(
+                        s, max_length=length, max_prompt_length=prompt, data_row_length=None, uncut=False
+                    ),
                     "truncates longer pairs",
                 )
             )
