@@ -57,7 +57,23 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
     found = [Path(n) for n in names if (run_dir / n).is_file()]
     found += sorted(p.relative_to(run_dir) for p in (run_dir / "plots").glob("*.png"))
     found += sorted(p.relative_to(run_dir) for p in (run_dir / ".eval_results").glob("*.yaml"))
+    _refuse_links_out(run_dir, found)
     return found
+
+
+def _refuse_links_out(run_dir: Path, found: list[Path]) -> None:
+    """PushError naming each file that is a link to (or under a linked folder of) a place outside run_dir: the
+    upload reads through links, so it would publish that outside file, and writing the card would overwrite it."""
+    root = run_dir.resolve()
+    outside = [(rel, (run_dir / rel).resolve()) for rel in found]
+    outside = [(rel, target) for rel, target in outside if not target.is_relative_to(root)]
+    if outside:
+        named = "; ".join(f"{run_dir / rel} -> {target}" for rel, target in outside)
+        raise PushError(
+            f"{named}: link(s) to a file outside the run dir {run_dir}; a push sends only the run's own files. "
+            "Replace each link with a copy of the file if it belongs to the run, or delete it, then push again.",
+            "invalid",
+        )
 
 
 def files_named_by_report(run_dir: Path) -> list[str]:

@@ -1,0 +1,26 @@
+"""Audit of the push and the card (hub/): inputs the other hub tests do not try. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from test_hub import REPO, hub, run_dir  # noqa: F401 - fixtures
+
+from hf_dpo.hub.errors import PushError
+
+
+@pytest.mark.parametrize("name", ["plots/extra.png", "README.md"])
+def test_a_link_to_a_file_outside_the_run_dir_is_refused_before_anything_is_written(run_dir, tmp_path, name):  # noqa: F811
+    """Before: a plots/*.png (or any run file) linked to a file outside the run dir was uploaded (its content read
+    through the link), and a linked README.md had the card written over the outside file."""
+    from hf_dpo.hub.push import prepare_payload
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"NOT PART OF THE RUN")
+    (run_dir / name).unlink(missing_ok=True)
+    os.symlink(outside, run_dir / name)
+    with pytest.raises(PushError) as err:
+        prepare_payload(run_dir, REPO, None)
+    assert name in str(err.value) and "outside the run dir" in str(err.value) and err.value.kind == "invalid"
+    assert outside.read_bytes() == b"NOT PART OF THE RUN"
