@@ -24,3 +24,20 @@ def test_a_link_to_a_file_outside_the_run_dir_is_refused_before_anything_is_writ
         prepare_payload(run_dir, REPO, None)
     assert name in str(err.value) and "outside the run dir" in str(err.value) and err.value.kind == "invalid"
     assert outside.read_bytes() == b"NOT PART OF THE RUN"
+
+
+@pytest.mark.parametrize(
+    "repo_id", ["my repo", "https://huggingface.co/tester/x", "a/b/c", "tester/x--y", "tester/" + "x" * 100]
+)
+def test_a_repo_id_the_hub_refuses_is_named_before_the_card_is_written(hub, run_dir, repo_id):  # noqa: F811
+    """Before: the card (naming the bad id in its usage snippet) was written into the run dir, then the push failed
+    with only 'failed: HFValidationError.' and no hint what to change."""
+    from hf_dpo.hub.push import push_run
+
+    (run_dir / "README.md").unlink(missing_ok=True)
+    with pytest.raises(PushError) as err:
+        push_run(run_dir, repo_id, backoff_s=0.01)
+    message = str(err.value)
+    assert err.value.kind == "invalid" and "--repo-id" in message and "ORG/NAME" in message
+    assert not (run_dir / "README.md").exists()
+    assert hub.requests == []  # nothing reached the Hub

@@ -149,6 +149,7 @@ def push_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PushError(f"run dir {run_dir} does not exist.", "invalid")
+    check_repo_id(repo_id)
     retry = retry_command(run_dir, repo_id, private, revision, commit_message)
     paths, payload = prepare_payload(run_dir, repo_id, license)
     token = _resolve_token(token)
@@ -179,6 +180,21 @@ def push_run(
         raise push_failed(err, run_dir, repo_id, api.endpoint, attempts, token, retry) from None
     logger.info("Pushed %s: %s", repo_id, info.commit_url)
     return info.commit_url
+
+
+def check_repo_id(repo_id: str) -> None:
+    """PushError naming --repo-id when the Hub would refuse it, before the card (which names it) is written."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(
+            f"--repo-id {repo_id!r} (hub_model_id in a recipe) is not a Hub repo id: {err} Give ORG/NAME, e.g. "
+            "me/smollm2-dpo: letters, digits, '-', '_' and '.', no '--' or '..', at most 96 characters, not a URL.",
+            "invalid",
+        ) from None
 
 
 def prepare_payload(run_dir: Path, repo_id: str, license: str | None) -> tuple[list[Path], dict]:
