@@ -41,3 +41,29 @@ def test_a_repo_id_the_hub_refuses_is_named_before_the_card_is_written(hub, run_
     assert err.value.kind == "invalid" and "--repo-id" in message and "ORG/NAME" in message
     assert not (run_dir / "README.md").exists()
     assert hub.requests == []  # nothing reached the Hub
+
+
+@pytest.mark.parametrize("damage", ["not json", "old schema"])
+def test_a_damaged_report_beside_a_hand_edited_card_is_a_named_error(run_dir, damage):  # noqa: F811
+    """Before: with README.md edited by hand (so the card is not rendered), a damaged eval_report.json or one from
+    an older schema reached the Hub's eval-results writer and the push died with a bare JSONDecodeError/KeyError."""
+    import json
+
+    from hf_dpo.hub.push import prepare_payload
+
+    (run_dir / "README.md").write_text("---\nlicense: mit\n---\n# My own card\n")
+    path = run_dir / "eval_report.json"
+    if damage == "not json":
+        path.write_text("{cut off")
+    else:
+        report = json.loads(path.read_text())
+        del report["verdict"]["policy"]
+        path.write_text(json.dumps(report))
+    with pytest.raises(PushError) as err:
+        prepare_payload(run_dir, REPO, None)
+    assert (
+        "eval_report.json" in str(err.value)
+        and "hf-dpo eval" in str(err.value)
+        and err.value.kind == "invalid"
+    )
+    assert (run_dir / "README.md").read_text().endswith("# My own card\n")

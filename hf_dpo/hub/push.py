@@ -203,7 +203,17 @@ def prepare_payload(run_dir: Path, repo_id: str, license: str | None) -> tuple[l
     files_to_push(run_dir)  # names a missing adapter before anything is written
     read_run_info(run_dir)  # names a missing, corrupt or incomplete run_info.json
     refresh_card(run_dir, repo_id, license)  # a hand-edited README.md is kept
-    write_eval_results(run_dir)  # the model-index numbers in the Hub's .eval_results/ format
+    try:  # the model-index numbers in the Hub's .eval_results/ format
+        write_eval_results(run_dir)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        # Reached with a hand-edited README.md, which refresh_card keeps without reading the report.
+        report = run_dir / "eval_report.json"
+        raise PushError(
+            f"{report} is damaged or from an older hf_dpo: it lacks what the Hub's eval results need "
+            f"({type(err).__name__}: {err}). Re-run `hf-dpo eval {run_dir}` to rewrite it, or delete it to "
+            "push without a report.",
+            "invalid",
+        ) from None
     paths = files_to_push(run_dir)
     for name in REPORT_FILES:
         if not (run_dir / name).is_file():
