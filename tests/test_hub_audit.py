@@ -67,3 +67,22 @@ def test_a_damaged_report_beside_a_hand_edited_card_is_a_named_error(run_dir, da
         and err.value.kind == "invalid"
     )
     assert (run_dir / "README.md").read_text().endswith("# My own card\n")
+
+
+@pytest.mark.parametrize(
+    "metadata", ["license: [mit\n", "- a list\n- not a mapping\n", "model-index:\n- name: x\n  results: 3\n"]
+)
+def test_a_hand_edited_card_whose_metadata_does_not_parse_is_refused(hub, run_dir, metadata):  # noqa: F811
+    """Before: a hand-edited README.md is kept as it is, and one whose YAML block does not parse (or is not a model
+    card's) was uploaded with the adapter: an invalid card on the Hub, which the real Hub refuses after the upload."""
+    from hf_dpo.hub.push import push_run
+
+    card = f"---\n{metadata}---\n# My own card\n"
+    (run_dir / "README.md").write_text(card)
+    with pytest.raises(PushError) as err:
+        push_run(run_dir, REPO, backoff_s=0.01)
+    assert (
+        "README.md" in str(err.value) and "edited by hand" in str(err.value) and err.value.kind == "invalid"
+    )
+    assert (run_dir / "README.md").read_text() == card  # kept, never rewritten
+    assert hub.requests == []  # nothing reached the Hub

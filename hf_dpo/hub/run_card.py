@@ -60,6 +60,24 @@ def card_kept(run_dir: str | Path):
             readme.unlink()
 
 
+def check_card_metadata(readme: Path) -> None:
+    """PushError naming README.md when its YAML metadata does not parse as a Hub model card's (the Hub refuses
+    such a commit, after the upload): only a hand-edited card can get here, hf_dpo's own is rendered valid."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    try:
+        ModelCard.load(readme)
+    except (ValueError, yaml.YAMLError) as err:
+        first = " ".join(str(err).split())[:300]
+        raise PushError(
+            f"{readme} was edited by hand and its metadata (the YAML between the leading '---' lines) is not a "
+            f"valid model card's: {first}. Fix that block, or delete {readme.name} to get hf_dpo's card, and push "
+            "again.",
+            "invalid",
+        ) from None
+
+
 def refresh_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None) -> Path:
     """(Re)write README.md from the run's files unless it was edited by hand; returns its path.
 
@@ -71,6 +89,7 @@ def refresh_card(run_dir: str | Path, repo_id: str | None = None, license: str |
             "%s was edited by hand: keeping it as it is (not regenerated). Delete it to get a fresh card.",
             readme,
         )
+        check_card_metadata(readme)
         return readme
     try:
         path = write_card(run_dir, repo_id, license)
