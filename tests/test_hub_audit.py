@@ -86,3 +86,25 @@ def test_a_hand_edited_card_whose_metadata_does_not_parse_is_refused(hub, run_di
     )
     assert (run_dir / "README.md").read_text() == card  # kept, never rewritten
     assert hub.requests == []  # nothing reached the Hub
+
+
+def test_a_criterion_name_with_a_slash_still_gives_pushed_eval_result_files(run_dir):  # noqa: F811
+    """Before: a judge criterion named 'help/ful: yes' made `.eval_results/help/ful: yes_rate.yaml`, a subfolder the
+    push does not send, so the verdict's three numbers were missing from the Hub's eval results."""
+    import json
+
+    import yaml
+
+    from hf_dpo.hub.push import prepare_payload
+
+    path = run_dir / "eval_report.json"
+    report = json.loads(path.read_text())
+    report["verdict"]["criterion"] = "help/ful: yes"
+    path.write_text(json.dumps(report))
+    paths, payload = prepare_payload(run_dir, REPO, None)
+    results = sorted(p.name for p in (run_dir / ".eval_results").iterdir())
+    assert all(p.is_file() for p in (run_dir / ".eval_results").iterdir()), results
+    sent = [k for k in payload if k.startswith(".eval_results/")]
+    assert len(sent) == len(results) == 7, (sent, results)
+    tasks = {yaml.safe_load((run_dir / k).read_text())[0]["dataset"]["task_id"] for k in sent}
+    assert "help/ful: yes_rate_difference" in tasks  # the entry keeps the criterion's name

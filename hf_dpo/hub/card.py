@@ -154,7 +154,9 @@ def eval_result_files(run_dir: str | Path) -> dict[str, str]:
         entry = EvalResultEntry(
             dataset_id=dataset_id, task_id=kind, value=value, date=date, notes=notes or name
         )
-        files[f".eval_results/{kind}.yaml"] = yaml.safe_dump(
+        # A judge names its criteria freely ('helpful/harmless'): a '/' would make a subfolder, which is not pushed.
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", kind).strip("._") or "metric"
+        files[f".eval_results/{stem}.yaml"] = yaml.safe_dump(
             eval_result_entries_to_yaml([entry]), sort_keys=False
         )
     return files
