@@ -108,3 +108,45 @@ def test_a_criterion_name_with_a_slash_still_gives_pushed_eval_result_files(run_
     assert len(sent) == len(results) == 7, (sent, results)
     tasks = {yaml.safe_load((run_dir / k).read_text())[0]["dataset"]["task_id"] for k in sent}
     assert "help/ful: yes_rate_difference" in tasks  # the entry keeps the criterion's name
+
+
+def test_the_card_metadata_does_not_call_numbers_on_training_prompts_held_out(run_dir):  # noqa: F811
+    """Before: with eval_report.json's training_overlap counting judged prompts and eval pairs that are training
+    prompts (its 'Not held out' warning), the card's model-index still named every number 'Held-out ...' on split
+    'held-out', claiming more than the report."""
+    import json
+
+    from huggingface_hub import ModelCard
+
+    from hf_dpo.hub.card import write_card
+
+    path = run_dir / "eval_report.json"
+    report = json.loads(path.read_text())
+    report["training_overlap"] = {
+        "judged_prompts": 3,
+        "judged_prompts_of": 4,
+        "eval_pairs": 4,
+        "eval_pairs_of": 4,
+    }
+    path.write_text(json.dumps(report))
+    results = ModelCard.load(write_card(run_dir, REPO)).data.eval_results
+    names = {r.metric_type: r.metric_name for r in results}
+    assert {r.dataset_split for r in results} == {"eval (not held out)"}
+    assert not any("Held-out" in n for n in names.values()), names
+    assert "not held out: 4 of 4 eval pairs are training prompts" in names["accuracy"]
+    assert "not held out: 3 of 4 judged prompts are training prompts" in names["win_rate"]
+    from hf_dpo.hub.card import eval_result_files
+
+    for text in eval_result_files(run_dir).values():  # the Hub's eval results say it too
+        assert "not held out" in text and "held-out split" not in text, text
+
+    report["training_overlap"] = {
+        "judged_prompts": 0,
+        "judged_prompts_of": 4,
+        "eval_pairs": 0,
+        "eval_pairs_of": 4,
+    }
+    path.write_text(json.dumps(report))
+    results = ModelCard.load(write_card(run_dir, REPO)).data.eval_results
+    assert {r.dataset_split for r in results} == {"held-out"}
+    assert {r.metric_type: r.metric_name for r in results}["accuracy"] == "Held-out reward accuracy"

@@ -108,31 +108,47 @@ def headline_metrics(report: dict[str, Any] | None) -> list[tuple[str, str, floa
     if report is None:
         return []
     metrics = []  # (metric_type, metric_name, estimate)
+    judged, pairs = _not_held_out(report, "judged_prompts"), _not_held_out(report, "eval_pairs")
     verdict = report.get("verdict")
     if verdict:  # the primary criterion first: the very numbers of the verdict line
         name = verdict["criterion"]
-        metrics.append((f"{name}_rate", f"Judged {name} rate of the policy's answers", verdict["policy"]))
         metrics.append(
-            (f"{name}_rate_reference", f"Judged {name} rate of the reference", verdict["reference"])
+            (f"{name}_rate", f"Judged {name} rate of the policy's answers{judged}", verdict["policy"])
+        )
+        metrics.append(
+            (f"{name}_rate_reference", f"Judged {name} rate of the reference{judged}", verdict["reference"])
         )
         metrics.append(
             (
                 f"{name}_rate_difference",
-                f"{name} rate, policy - reference (verdict: {verdict['label']})",
+                f"{name} rate, policy - reference (verdict: {verdict['label']}){judged}",
                 verdict["difference"],
             )
         )
     if report.get("preference"):
         pref = report["preference"]["metrics"]
-        metrics.append(("accuracy", "Held-out reward accuracy", pref["reward_accuracy"]))
-        metrics.append(("reward_margin", "Held-out mean reward margin", pref["rewards/margins"]))
+        held = "Eval-split" if pairs else "Held-out"
+        metrics.append(("accuracy", f"{held} reward accuracy{pairs}", pref["reward_accuracy"]))
+        metrics.append(("reward_margin", f"{held} mean reward margin{pairs}", pref["rewards/margins"]))
     if report.get("behaviour"):
         win = report["behaviour"]["win_rate"]
-        metrics.append(("win_rate", "Judged win rate vs reference (ties = 1/2)", win))
+        metrics.append(("win_rate", f"Judged win rate vs reference (ties = 1/2){judged}", win))
         if "length_controlled_win_rate" in report["behaviour"]:
             lc = report["behaviour"]["length_controlled_win_rate"]
-            metrics.append(("length_controlled_win_rate", "Length-controlled win rate vs reference", lc))
+            metrics.append(
+                ("length_controlled_win_rate", f"Length-controlled win rate vs reference{judged}", lc)
+            )
     return [(kind, name, round(est["value"], 4)) for kind, name, est in metrics]
+
+
+def _not_held_out(report: dict[str, Any], key: str) -> str:
+    """' (not held out: k of n ... are training prompts)' when eval_report.json's training_overlap counted any for
+    `key` (judged_prompts | eval_pairs), else "": the metadata must not call trained-on numbers held-out."""
+    overlap = report.get("training_overlap") or {}
+    if not overlap.get(key):
+        return ""
+    what = "judged prompts" if key == "judged_prompts" else "eval pairs"
+    return f" (not held out: {overlap[key]} of {overlap.get(key + '_of', '?')} {what} are training prompts)"
 
 
 def eval_result_files(run_dir: str | Path) -> dict[str, str]:
@@ -152,7 +168,12 @@ def eval_result_files(run_dir: str | Path) -> dict[str, str]:
     files = {}
     for kind, name, value in headline_metrics(report):
         entry = EvalResultEntry(
-            dataset_id=dataset_id, task_id=kind, value=value, date=date, notes=notes or name
+            dataset_id=dataset_id,
+            task_id=kind,
+            value=value,
+            date=date,
+            # a metric on training prompts says so in its name: the notes then carry it, not "held-out split"
+            notes=name if (notes is None or "not held out" in name) else notes,
         )
         # A judge names its criteria freely ('helpful/harmless'): a '/' would make a subfolder, which is not pushed.
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", kind).strip("._") or "metric"
@@ -180,11 +201,15 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
     tags += [f"base_model:adapter:{hub_base}"] if hub_base else []
     dataset = info.get("dataset")
     hub_dataset = dataset if _looks_like_hub_id(dataset) else None
+    # The split is held out only if eval_report.json found none of its prompts in the training data.
+    trained_on = report is not None and any(
+        _not_held_out(report, k) for k in ("judged_prompts", "eval_pairs")
+    )
     where = dict(
         task_type="text-generation",
         dataset_type=hub_dataset or "local",
         dataset_name=Path(str(dataset)).name if dataset else "held-out",
-        dataset_split="held-out",
+        dataset_split="eval (not held out)" if trained_on else "held-out",
     )
     results = [
         EvalResult(**where, metric_type=kind, metric_name=name, metric_value=value)
