@@ -150,3 +150,19 @@ def test_the_card_metadata_does_not_call_numbers_on_training_prompts_held_out(ru
     results = ModelCard.load(write_card(run_dir, REPO)).data.eval_results
     assert {r.dataset_split for r in results} == {"held-out"}
     assert {r.metric_type: r.metric_name for r in results}["accuracy"] == "Held-out reward accuracy"
+
+
+def test_a_plot_the_report_names_but_the_run_lacks_is_not_linked_from_the_card(run_dir, caplog):  # noqa: F811
+    """Before: with plots/heldout_margins.png deleted (eval_report.json still listing it) the card linked it, a
+    broken image on the Hub, and the push said nothing about it."""
+    import logging
+
+    from hf_dpo.hub.push import prepare_payload
+
+    (run_dir / "plots" / "heldout_margins.png").unlink()
+    with caplog.at_level(logging.WARNING):
+        _, payload = prepare_payload(run_dir, REPO, None)
+    card = (run_dir / "README.md").read_text()
+    assert "plots/heldout_margins.png" not in card and "(plots/training_curves.png)" in card
+    assert "plots/heldout_margins.png" not in payload
+    assert "names plots/heldout_margins.png, which is missing" in caplog.text

@@ -248,6 +248,8 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         "behaviour_skipped": "not evaluated",
     }
     rep = report or empty
+    # A plot the report names but the run dir lacks (deleted, a copied run) is not pushed: no broken image.
+    plots = [rel for rel in rep.get("plots") or [] if isinstance(rel, str) and (run_dir / rel).is_file()]
     beh = rep.get("behaviour")
     n_eval = (rep.get("preference") or {}).get("n")
     return ModelCard.from_template(
@@ -269,7 +271,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         warnings_text=report_md.warnings_text(rep),
         summary_table=report_md.summary_table(rep),
         behaviour_text=report_md.behaviour_text(rep),
-        plots_markdown=report_md.plots_markdown(rep),
+        plots_markdown=report_md.plots_markdown({**rep, "plots": plots}),
         samples_table=report_md.samples_table(rep),
         training_table=report_md.training_table(info, rep),
         recipe_yaml=_public_recipe(recipe),

@@ -21,6 +21,7 @@ The card is rendered by `card`; checkpoints pushed during training are `checkpoi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -223,12 +224,21 @@ def prepare_payload(run_dir: Path, repo_id: str, license: str | None) -> tuple[l
                 name,
                 run_dir,
             )
-    for name in files_named_by_report(run_dir):
+    for name in _plots_named_by_report(run_dir) + files_named_by_report(run_dir):
         if not (run_dir / name).is_file():  # the card links it
             logger.warning(
                 "%s: eval_report.json names %s, which is missing: pushing without it.", run_dir, name
             )
     return paths, public_files(run_dir, paths)
+
+
+def _plots_named_by_report(run_dir: Path) -> list[str]:
+    """The plots eval_report.json lists (the card shows only those present); [] for a missing or damaged report."""
+    try:
+        plots = json.loads((run_dir / "eval_report.json").read_text()).get("plots")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [p for p in plots if isinstance(p, str)] if isinstance(plots, list) else []
 
 
 def push_failed(
