@@ -166,3 +166,24 @@ def test_a_plot_the_report_names_but_the_run_lacks_is_not_linked_from_the_card(r
     assert "plots/heldout_margins.png" not in card and "(plots/training_curves.png)" in card
     assert "plots/heldout_margins.png" not in payload
     assert "names plots/heldout_margins.png, which is missing" in caplog.text
+
+
+def test_the_card_text_does_not_call_training_prompts_held_out(run_dir):  # noqa: F811
+    """Before: with training_overlap counting trained-on prompts, the card (and eval_report.md) still said 'Policy
+    vs reference on 4 held-out prompts' and 'The held-out set has 4 pairs', beside the report's 'Not held out'."""
+    import json
+
+    from hf_dpo.hub.card import write_card
+
+    path = run_dir / "eval_report.json"
+    report = json.loads(path.read_text())
+    report["training_overlap"] = {
+        "judged_prompts": 3,
+        "judged_prompts_of": 4,
+        "eval_pairs": 4,
+        "eval_pairs_of": 4,
+    }
+    path.write_text(json.dumps(report))
+    card = write_card(run_dir, REPO).read_text()
+    assert "(adapters off) on 4 held-out prompts" not in card and "held-out set" not in card
+    assert "4 prompts (3 of them training prompts, not held out)" in card and "The eval set has" in card

@@ -279,7 +279,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         citation_bibtex=DPO_BIBTEX,
         judge_note=f"judge `{beh.get('judge')}`" if beh else "no judge was run",
         n_note=(
-            f"The held-out set has {n_eval} pairs and {beh['n'] if beh else 0} judged prompts; the intervals show "
+            f"The {'eval' if _not_held_out(rep, 'eval_pairs') else 'held-out'} set has {n_eval} pairs and {beh['n'] if beh else 0} judged prompts; the intervals show "
             "how much these numbers could move on another sample of the same size."
             if n_eval
             else "There was no held-out evaluation for this run."

@@ -139,8 +139,13 @@ def behaviour_text(report: dict[str, Any]) -> str:
         if not dec.get("do_sample")
         else f"sampled (T={dec.get('temperature')}, top-p={dec.get('top_p')})"
     )
+    # training_overlap (absent in older reports) counts judged prompts that are training prompts too.
+    trained_on = (report.get("training_overlap") or {}).get("judged_prompts")
+    prompts = (
+        f"prompts ({trained_on} of them training prompts, not held out)" if trained_on else "held-out prompts"
+    )
     text = (
-        f"Policy vs reference (adapters off) on {beh['n']} held-out prompts, {mode} decoding until the end "
+        f"Policy vs reference (adapters off) on {beh['n']} {prompts}, {mode} decoding until the end "
         f"token (at most {dec.get('max_new_tokens')} new tokens), both scored by judge `{beh.get('judge')}`"
     )
     if "per_criterion" not in beh:  # a report written before criteria
