@@ -187,3 +187,19 @@ def test_the_card_text_does_not_call_training_prompts_held_out(run_dir):  # noqa
     card = write_card(run_dir, REPO).read_text()
     assert "(adapters off) on 4 held-out prompts" not in card and "held-out set" not in card
     assert "4 prompts (3 of them training prompts, not held out)" in card and "The eval set has" in card
+
+
+def test_private_push_to_an_existing_public_repo_is_refused_not_published(hub, run_dir):  # noqa: F811
+    """Before: create_repo(exist_ok=True) left an existing public repo public, so `hf-dpo push --private` to it
+    published the adapter, card and report to everyone, silently."""
+    from huggingface_hub import HfApi
+
+    from hf_dpo.hub.push import push_run
+
+    HfApi().create_repo(REPO, private=False)
+    with pytest.raises(PushError) as err:
+        push_run(run_dir, REPO, private=True, backoff_s=0.01)
+    assert err.value.kind == "invalid" and "--private" in str(err.value) and "public" in str(err.value)
+    assert not hub.requests_to("/commit/", "POST")  # nothing was committed
+    assert push_run(run_dir, "tester/tiny-dpo-private", private=True, backoff_s=0.01)  # a new repo: private
+    assert HfApi().repo_info("tester/tiny-dpo-private").private

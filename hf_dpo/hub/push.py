@@ -107,6 +107,20 @@ def upload(
         backoff_s=backoff_s,
         token=token,
     )
+    if private:  # create_repo(exist_ok=True) leaves an existing repo's visibility as it is
+        shown = with_retries(
+            lambda: api.repo_info(repo_id),
+            what="repo_info",
+            attempts=attempts,
+            backoff_s=backoff_s,
+            token=token,
+        )
+        if not shown.private:
+            raise PushError(
+                f"--private was asked, but {repo_id} already exists and is public: pushing would publish the "
+                "run. Make the repo private in its settings on the Hub, or give another --repo-id, and push again.",
+                "invalid",
+            )
     if revision and revision != "main":
         with_retries(
             lambda: api.create_branch(repo_id, branch=revision, exist_ok=True),
@@ -177,6 +191,8 @@ def push_run(
             backoff_s=backoff_s,
             token=token,
         )
+    except PushError:  # refused before the commit (a public repo with --private): already says what to do
+        raise
     except Exception as err:
         raise push_failed(err, run_dir, repo_id, api.endpoint, attempts, token, retry) from None
     logger.info("Pushed %s: %s", repo_id, info.commit_url)
