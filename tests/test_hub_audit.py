@@ -203,3 +203,22 @@ def test_private_push_to_an_existing_public_repo_is_refused_not_published(hub, r
     assert not hub.requests_to("/commit/", "POST")  # nothing was committed
     assert push_run(run_dir, "tester/tiny-dpo-private", private=True, backoff_s=0.01)  # a new repo: private
     assert HfApi().repo_info("tester/tiny-dpo-private").private
+
+
+def test_a_hub_token_left_in_recipe_yaml_is_not_pushed(hub, run_dir):  # noqa: F811
+    """Before: a recipe.yaml carrying hub_token (hand-edited, or an older run) whose token is not the one pushing
+    went to the Hub as it was: only the card's copy of the recipe dropped it."""
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+
+    from hf_dpo.hub.push import push_run
+
+    other = "hf_otherSECRETabcdefghijklmnop0123"
+    with open(run_dir / "recipe.yaml", "a") as f:
+        f.write(f"\nhub_token: {other}\n")
+    push_run(run_dir, REPO, backoff_s=0.01)
+    pushed = Path(hf_hub_download(REPO, "recipe.yaml")).read_text()
+    assert other not in pushed and "# hub_token: (removed)" in pushed
+    assert other not in Path(hf_hub_download(REPO, "README.md")).read_text()
+    assert other in (run_dir / "recipe.yaml").read_text()  # the local file is the user's: left as it is

@@ -92,8 +92,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _public_recipe(path: Path) -> str:
-    """recipe.yaml for the card, with secret keys dropped even if a hand-edited file carries them."""
+def public_recipe(path: Path) -> str:
+    """recipe.yaml for the card and the push, with secret keys dropped even if a hand-edited file carries them."""
     from hf_dpo.config import SECRET_KEYS
 
     if not path.is_file():
@@ -274,7 +274,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         plots_markdown=report_md.plots_markdown({**rep, "plots": plots}),
         samples_table=report_md.samples_table(rep),
         training_table=report_md.training_table(info, rep),
-        recipe_yaml=_public_recipe(recipe),
+        recipe_yaml=public_recipe(recipe),
         framework_versions="\n".join(f"- {name}: {v}" for name, v in framework_versions(info).items()),
         citation_bibtex=DPO_BIBTEX,
         judge_note=f"judge `{beh.get('judge')}`" if beh else "no judge was run",

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hf_dpo.hub.card import public_recipe
 from hf_dpo.hub.errors import PushError
 from hf_dpo.report.generations_file import GENERATIONS_FILE
 
@@ -183,7 +184,10 @@ def public_files(run_dir: str | Path, paths: list[Path] | None = None) -> dict[s
             out[rel.as_posix()] = _public_adapter_config(local, base, roots)
         elif rel.suffix in SCRUBBED_SUFFIXES or rel.name in SCRUBBED_JSON:
             original = local.read_bytes()
-            text = scrub_local_paths(original.decode("utf-8", errors="surrogateescape"), roots)
+            text = original.decode("utf-8", errors="surrogateescape")
+            if rel.as_posix() == "recipe.yaml":  # a hand-edited or older recipe may carry hub_token
+                text = public_recipe(local)
+            text = scrub_local_paths(text, roots)
             data = text.encode("utf-8", errors="surrogateescape")
             out[rel.as_posix()] = local if data == original else data  # unchanged: sent from the file
         else:
