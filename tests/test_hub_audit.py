@@ -222,3 +222,22 @@ def test_a_hub_token_left_in_recipe_yaml_is_not_pushed(hub, run_dir):  # noqa: F
     assert other not in pushed and "# hub_token: (removed)" in pushed
     assert other not in Path(hf_hub_download(REPO, "README.md")).read_text()
     assert other in (run_dir / "recipe.yaml").read_text()  # the local file is the user's: left as it is
+
+
+def test_sample_answers_with_html_like_text_are_shown_not_swallowed():
+    """Before: a sample prompt or answer holding '<!--' (or '<think>') went into the card's and eval_report.md's
+    table as raw HTML: the Hub hid it, and an unclosed '<!--' hid the rest of the card, warnings included."""
+    from hf_dpo.report.markdown import samples_table
+
+    sample = {
+        "prompt": "Explain <!-- in HTML",
+        "policy": "<think>hmm</think> A comment",
+        "reference": "a & b",
+    }
+    table = samples_table(
+        {"behaviour": {"samples": [{**sample, "policy_score": 1.0, "reference_score": 0.0}]}}
+    )
+    assert "<!--" not in table and "<think>" not in table
+    assert (
+        "&lt;!-- in HTML" in table and "&lt;think>hmm&lt;/think> A comment" in table and "a &amp; b" in table
+    )

@@ -44,6 +44,8 @@ def _ci(e: dict[str, Any], digits: int = 3, note: str = "") -> str:
 def _cell(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     text = text if len(text) <= limit else text[: limit - 1] + "…"
+    # A model's text is shown as written: '<think>' or '<!--' would be read as HTML (hidden, or hiding the rest).
+    text = text.replace("&", "&amp;").replace("<", "&lt;")
     return text.replace("|", "\\|") or "*(empty)*"
 
 
