@@ -241,3 +241,29 @@ def test_sample_answers_with_html_like_text_are_shown_not_swallowed():
     assert (
         "&lt;!-- in HTML" in table and "&lt;think>hmm&lt;/think> A comment" in table and "a &amp; b" in table
     )
+
+
+@pytest.mark.parametrize("name", [".eval_results", ".hf_dpo_card.sha256"])
+def test_a_linked_folder_or_record_the_push_writes_is_refused_not_written_through(run_dir, tmp_path, name):  # noqa: F811
+    """Before: .eval_results linked to a folder outside the run dir got the push's *.yaml files written into that
+    folder; a linked .hf_dpo_card.sha256 had its outside target overwritten."""
+    import shutil
+
+    from hf_dpo.hub.push import prepare_payload
+
+    outside = tmp_path / "elsewhere"
+    if name == ".eval_results":
+        outside.mkdir()
+        (outside / "keep.txt").write_text("mine\n")
+    else:
+        outside.write_text("mine\n")
+    shutil.rmtree(run_dir / name, ignore_errors=True)
+    (run_dir / name).unlink(missing_ok=True)
+    os.symlink(outside, run_dir / name)
+    with pytest.raises(PushError) as err:
+        prepare_payload(run_dir, REPO, None)
+    assert name in str(err.value) and "outside the run dir" in str(err.value)
+    if name == ".eval_results":
+        assert [p.name for p in outside.iterdir()] == ["keep.txt"]  # no .yaml written there
+    else:
+        assert outside.read_text() == "mine\n"

@@ -58,7 +58,9 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
     found = [Path(n) for n in names if (run_dir / n).is_file()]
     found += sorted(p.relative_to(run_dir) for p in (run_dir / "plots").glob("*.png"))
     found += sorted(p.relative_to(run_dir) for p in (run_dir / ".eval_results").glob("*.yaml"))
-    _refuse_links_out(run_dir, found)
+    # The push also writes (and clears) .eval_results/ and the card's record: a link there would reach outside.
+    written = [Path(n) for n in (".eval_results", ".hf_dpo_card.sha256") if (run_dir / n).is_symlink()]
+    _refuse_links_out(run_dir, found + written)
     return found
 
 
