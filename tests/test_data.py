@@ -208,7 +208,9 @@ def test_missing_file_and_missing_split(tmp_path, tokenizer):
     with pytest.raises(DataError, match="does not exist"):
         read_splits(DataConfig(dataset_name=str(tmp_path / "nope.jsonl")))
     write_jsonl(tmp_path / "validation.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])
-    with pytest.raises(DataError, match=r"no file for split 'train' \(found: validation\)"):
+    with pytest.raises(
+        DataError, match=r"no file for split 'train' \(dataset_train_split; found: validation\)"
+    ):
         read_splits(DataConfig(dataset_name=str(tmp_path)))
 
 

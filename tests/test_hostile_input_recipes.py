@@ -187,7 +187,9 @@ def test_a_held_out_split_the_recipe_names_but_the_data_lacks_is_named(tmp_path,
     rc, err = train(tmp_path, capsys, "dataset_test_split: validation\n")
     assert rc == 2
     line = one_error(err)
-    assert re.search(r"data: no file for split 'validation' \(found: train, valid\)", line), line
+    assert re.search(
+        r"data: no file for split 'validation' \(dataset_test_split; found: train, valid\)", line
+    ), line
     assert "dataset_test_split" in line
 
 
@@ -221,7 +223,8 @@ def test_a_hub_dataset_without_the_named_held_out_split_is_named(monkeypatch):
         dataset_name="org/prefs", dataset_train_split="train_prefs", dataset_test_split="test_pref"
     )
     with pytest.raises(
-        DataError, match=r"'org/prefs' has no split 'test_pref' \(splits: train_prefs, test_prefs\)"
+        DataError,
+        match=r"'org/prefs' has no split 'test_pref' \(dataset_test_split; splits: train_prefs, test_prefs\)",
     ):
         read_splits(cfg)
     cfg.dataset_test_split = "test_prefs"
@@ -527,7 +530,8 @@ def test_a_dataset_saved_with_save_to_disk_is_read_as_its_splits(tmp_path):
     assert {split: len(rows) for split, (_, rows) in splits.items()} == {"train": 4, "test": 2}
     assert splits["train"][1][0] == arithmetic_pairs(1)[0]
     with pytest.raises(
-        DataError, match=r"dict: no split 'valid' \(splits: train, test\).*dataset_test_split"
+        DataError,
+        match=r"dict: no split 'valid' \(dataset_test_split; splits: train, test\).*dataset_test_split",
     ):
         read_splits(DataConfig(dataset_name=str(tmp_path / "dict"), dataset_test_split="valid"))
 
@@ -857,3 +861,12 @@ def test_eval_fraction_beside_a_test_split_says_it_is_not_used(tmp_path, caplog,
         )
     assert len(data.eval) == 2 and len(data.train) == 6  # the test split held out, the train split whole
     assert "eval_fraction 0.25 is not used: the dataset's 'test' split is the held-out set" in caplog.text
+
+
+@pytest.mark.parametrize("split", ["\r", "val\nid"])
+def test_a_split_name_with_a_line_break_is_shown_escaped_beside_its_key(tmp_path, capsys, no_model, split):
+    """Found by test_properties: `--dataset_test_split $'\\r'` printed the name raw, so the error line broke
+    before it named the key; the name is shown escaped and the key beside it."""
+    rc, err = train(tmp_path, capsys, "", "--dataset_test_split", split)
+    line = one_error(err)
+    assert rc == 2 and "dataset_test_split" in line and repr(split) in line, line
