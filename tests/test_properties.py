@@ -111,7 +111,7 @@ def _data_dir(root: Path) -> Path:
 
 
 def run_train(argv: list[str]) -> tuple[str, str]:
-    """('passed' | 'error', stderr) of `hf-dpo train ARGV`, the model load replaced by Passed."""
+    """('passed' | 'error' | 'help', stderr) of `hf-dpo train ARGV`, the model load replaced by Passed."""
     err = io.StringIO()
 
     def reached_model(*args, **kwargs):
@@ -130,6 +130,12 @@ def run_train(argv: list[str]) -> tuple[str, str]:
             rc = cli.main(["train", *argv])
         except Passed:
             return "passed", err.getvalue()
+        except SystemExit as stop:  # a drawn value that is a help flag (-h, -hx, --he): the help, exit 0
+            helps = [
+                t for t in argv if t.startswith("-h") or (len(t) > 2 and "--help".startswith(t.split("=")[0]))
+            ]
+            assert stop.code == 0 and helps, (stop.code, argv)
+            return "help", ""
     text = err.getvalue()
     assert rc == 2, (rc, text)
     errors = [line for line in text.splitlines() if line.startswith("error:")]
