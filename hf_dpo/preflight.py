@@ -389,7 +389,7 @@ def check_judged_prompts(
 def check_judge(spec: str) -> None:
     """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one, and its
     config must load (a directory that holds no model, a Hub id mistyped or out of reach)."""
-    from hf_dpo.pairs.judges import JudgeError, load_judge, reward_model_location
+    from hf_dpo.pairs.judges import JudgeError, check_reward_model_config, load_judge, reward_model_location
 
     spec = str(spec).strip()
     if spec.startswith("rm:"):
@@ -414,18 +414,7 @@ def check_judge(spec: str) -> None:
                 f"judge '{spec}': cannot be loaded ({reason}). Give a reward model's local directory or a Hub id "
                 "reachable from here (or already in the Hub cache)."
             ) from None
-        # what hf_dpo.pairs.judges.RewardModelJudge requires of that config, checked now rather than after training
-        architectures = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise JudgeError(
-                f"judge '{spec}': {target} is not a reward model (architectures: {architectures or 'unknown'}, not "
-                "a *ForSequenceClassification with one output). Give a reward model, or a Python judge as "
-                "'module:function'."
-            )
-        if config.num_labels != 1:
-            raise JudgeError(
-                f"judge '{spec}': the reward model has {config.num_labels} outputs; a judge needs exactly one."
-            )
+        check_reward_model_config(config, spec)  # as RewardModelJudge will, now rather than after training
         return
     judge = load_judge(spec)
     fn = getattr(judge, "fn", None)

@@ -243,18 +243,7 @@ class RewardModelJudge:
             config = AutoConfig.from_pretrained(name_or_path)
         except (OSError, ValueError) as err:
             raise JudgeError(f"Could not load reward model '{name_or_path}': {err}") from None
-        architectures = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise JudgeError(
-                f"'{name_or_path}' is not a reward model: its architectures are {architectures or 'unknown'}, "
-                "not a *ForSequenceClassification with one output. Give a reward model (e.g. trained with "
-                "TRL's RewardTrainer) or a Python judge as 'module:function'."
-            )
-        if config.num_labels != 1:
-            raise JudgeError(
-                f"Reward model '{name_or_path}' has {config.num_labels} outputs; a judge needs exactly one "
-                "(a scalar reward). Use a reward model with num_labels=1."
-            )
+        check_reward_model_config(config, name_or_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         if self.tokenizer.pad_token is None:
@@ -295,6 +284,23 @@ class RewardModelJudge:
 
     def criteria_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
         return [(value,) for value in self.score(prompts, completions)]
+
+
+def check_reward_model_config(config, name: str) -> None:
+    """What RewardModelJudge needs of a model's config (the preflight asks it too, before training): a
+    *ForSequenceClassification with one output, a scalar reward. `name` names the model in the error."""
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise JudgeError(
+            f"'{name}' is not a reward model: its architectures are {architectures or 'unknown'}, "
+            "not a *ForSequenceClassification with one output. Give a reward model (e.g. trained with "
+            "TRL's RewardTrainer) or a Python judge as 'module:function'."
+        )
+    if config.num_labels != 1:
+        raise JudgeError(
+            f"Reward model '{name}' has {config.num_labels} outputs; a judge needs exactly one "
+            "(a scalar reward). Use a reward model with num_labels=1."
+        )
 
 
 def reward_model_location(name_or_path: str) -> str:
