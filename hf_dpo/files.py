@@ -135,3 +135,20 @@ def why_not_writable(directory: str | os.PathLike) -> str | None:
             except OSError:
                 break
     return None
+
+
+def open_locked_for_append(path: str | os.PathLike):
+    """`path` opened for appending and locked for this process (released when closed, or when the process dies),
+    or None when another process holds it. Without fcntl (Windows) there is no advisory lock: the file comes back
+    unlocked, and one writer per file is then the person's to keep."""
+    held = open(path, "ab")
+    try:
+        import fcntl
+    except ImportError:
+        return held
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.close()
+        return None
+    return held

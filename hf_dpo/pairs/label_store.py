@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hf_dpo.files import atomic_write_jsonl, why_not_writable
+from hf_dpo.files import atomic_write_jsonl, open_locked_for_append, why_not_writable
 from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_jsonl, read_samples
 
@@ -416,20 +416,14 @@ def _hold(log: Path, out: Path):
     Two servers on one OUT (a second terminal, another --port) would each rewrite OUT from their own decisions
     only, dropping the other's pairs, and interleave their undos in one log."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    held = open(log, "ab")
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; one server per OUT is then the person's to keep
-        return held  # still the server's: it cuts a decision cut off mid-write (`_replay`)
-    try:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        held.close()
+    # Without a lock (Windows) the log is still the server's: it cuts a decision cut off mid-write (`_replay`).
+    held = open_locked_for_append(log)
+    if held is None:
         raise SamplingError(
             f"{log} is in use: another `hf-dpo label` is labelling into {out} (another terminal or --port); two "
             f"would each rewrite {out.name} without the other's decisions. Label in the page that one serves, or "
             "stop it first (Ctrl-C), or give this one another --out."
-        ) from None
+        )
     return held
 
 

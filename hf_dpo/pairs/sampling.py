@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
-from hf_dpo.files import why_not_writable
+from hf_dpo.files import open_locked_for_append, why_not_writable
 from hf_dpo.pairs.dataset_card import write_dataset_card
 from hf_dpo.pairs.formats import (
     Prompt,
@@ -343,20 +343,13 @@ def _hold_samples(path: Path):
     Two `hf-dpo sample` runs on one file would both append the same prompts, and one would cut the other's line
     in progress, taking it for the trace of a killed run."""
     try:
-        held = open(path, "ab")
+        held = open_locked_for_append(path)
     except OSError as err:  # a directory, no permission: the Python API has no preflight to name it
         raise SamplingError(
             f"samples file {path} cannot be written ({err.strerror or err}). Point samples_file to a file you can "
             "write."
         ) from None
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; one run per samples file is then the person's to keep
-        return held
-    try:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        held.close()
+    if held is None:
         raise SamplingError(
             f"{path} is in use: another `hf-dpo sample` is writing it. Let that run finish (it resumes where it "
             "stops if interrupted), or point samples_file to another file."
