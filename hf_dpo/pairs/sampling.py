@@ -353,7 +353,7 @@ def _hold_samples(path: Path):
         raise SamplingError(
             f"{path} is in use: another `hf-dpo sample` is writing it. Let that run finish (it resumes where it "
             "stops if interrupted), or point samples_file to another file."
-        ) from None
+        )
     return held
 
 
