@@ -1,9 +1,9 @@
 """Value checks of the recipe sections, run by each config dataclass's `__post_init__`.
 
 Every field is checked by its declared type (an `int` key takes no 1.5, no `true`, no NaN; a `float` key
-takes no NaN or infinity; a `str` key takes no list), then by its declared meaning (`RANGES`: a rank is
->= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like strings, against its choices
-(`CHOICES`, plus any `choices` in the field's metadata), then against the keys it only makes sense with
+takes no NaN or infinity; a `str` key takes no list), then by its declared meaning (the `range` in its field's
+metadata, beside its help: a rank is >= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like
+strings, against its `one_of` (or a TrainingArguments key's `choices`), then against the keys it only makes sense with
 (`BELOW`: a max_prompt_length under max_length; `check_varied_samples`: no greedy sampling_temperature 0 with
 several samples per prompt). The first problem raises `RecipeError` naming the key, the value and what it may
 be, so a recipe fails when it is read, not minutes into a run.
@@ -16,79 +16,54 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
-# key -> (low, high, low inclusive, high inclusive); None: unbounded on that side.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    # ModelConfig
-    "lora_r": (1, None, True, True),
-    "lora_alpha": (0, None, False, True),
-    "lora_dropout": (0, 1, True, False),
-    # DataConfig
-    "eval_fraction": (0, 1, True, False),
-    "max_train_samples": (1, None, True, True),
-    "max_eval_samples": (1, None, True, True),
-    # DPOConfig (DPO keys)
-    "beta": (0, None, False, True),
-    "label_smoothing": (0, 1, True, False),  # < 0.5 for the robust loss: config._check_objective
-    "rpo_alpha": (0, None, True, True),
-    "ld_alpha": (0, 1, True, True),
-    "precompute_ref_batch_size": (1, None, True, True),
-    "max_length": (1, None, True, True),
-    "max_prompt_length": (1, None, True, True),
-    "logps_chunk_size": (0, None, True, True),
-    "dataset_num_proc": (1, None, True, True),
-    # DPOConfig (TrainingArguments keys)
-    "learning_rate": (0, None, True, True),
-    "weight_decay": (0, None, True, True),
-    "adam_beta1": (0, 1, True, False),
-    "adam_beta2": (0, 1, True, False),
-    "adam_epsilon": (0, None, False, True),
-    "max_grad_norm": (0, None, True, True),
-    "num_train_epochs": (0, None, False, True),
-    "max_steps": (-1, None, True, True),
-    "warmup_steps": (0, None, True, True),
-    "warmup_ratio": (0, 1, True, True),
-    "per_device_train_batch_size": (1, None, True, True),
-    "per_device_eval_batch_size": (1, None, True, True),
-    "gradient_accumulation_steps": (1, None, True, True),
-    "eval_accumulation_steps": (1, None, True, True),
-    "logging_steps": (0, None, False, True),
-    "save_steps": (0, None, False, True),
-    "eval_steps": (0, None, False, True),
-    "eval_delay": (0, None, True, True),
-    "save_total_limit": (0, None, True, True),
-    "seed": (0, 2**32 - 1, True, True),
-    "data_seed": (0, 2**32 - 1, True, True),
-    "label_smoothing_factor": (0, 1, True, False),
-    "neftune_noise_alpha": (0, None, False, True),
-    "torch_empty_cache_steps": (1, None, True, True),
-    "dataloader_num_workers": (0, None, True, True),
-    "dataloader_prefetch_factor": (1, None, True, True),
-    "ddp_timeout": (1, None, True, True),
-    "ddp_bucket_cap_mb": (1, None, True, True),
-    # SamplingConfig
-    "num_samples_per_prompt": (2, None, True, True),
-    "sampling_temperature": (0, None, True, True),
-    "sampling_top_p": (0, 1, False, True),
-    "max_new_tokens": (1, None, True, True),
-    "sampling_batch_size": (1, None, True, True),
-    "sampling_seed": (0, 2**63 - 1, True, True),
-    "eval_num_generations": (0, None, True, True),
-    "eval_max_new_tokens": (1, None, True, True),
+# hf_dpo's own field metadata, read here; argparse gets the rest of a field's metadata (help, choices).
+METADATA_KEYS = frozenset({"range", "one_of"})
+
+
+class Range(NamedTuple):
+    """The values a number key may take, in its field's metadata beside its help (`"range": Range(1)`: >= 1).
+    None: unbounded on that side. `hint`: why the range holds, where the bare bounds would not say it."""
+
+    low: float | None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    hint: str = ""
+
+
+# The ranges of TrainingArguments keys, whose fields transformers declares (hf_dpo's own keys carry theirs in
+# their field's metadata).
+TRAINING_ARGUMENTS_RANGES: dict[str, Range] = {
+    "weight_decay": Range(0),
+    "adam_beta1": Range(0, 1, high_inclusive=False),
+    "adam_beta2": Range(0, 1, high_inclusive=False),
+    "adam_epsilon": Range(0, low_inclusive=False),
+    "max_grad_norm": Range(0),
+    "num_train_epochs": Range(0, low_inclusive=False),
+    "max_steps": Range(-1, hint=" (-1: train num_train_epochs instead)"),
+    "warmup_steps": Range(0),
+    "warmup_ratio": Range(0, 1),
+    "per_device_train_batch_size": Range(1),
+    "per_device_eval_batch_size": Range(1),
+    "gradient_accumulation_steps": Range(1),
+    "eval_accumulation_steps": Range(1),
+    "save_steps": Range(0, low_inclusive=False),
+    "eval_steps": Range(0, low_inclusive=False),
+    "eval_delay": Range(0),
+    "save_total_limit": Range(0),
+    "seed": Range(0, 2**32 - 1, hint=" (numpy seeds are 32-bit)"),
+    "data_seed": Range(0, 2**32 - 1, hint=" (numpy seeds are 32-bit)"),
+    "label_smoothing_factor": Range(0, 1, high_inclusive=False),
+    "neftune_noise_alpha": Range(0, low_inclusive=False),
+    "torch_empty_cache_steps": Range(1),
+    "dataloader_num_workers": Range(0),
+    "dataloader_prefetch_factor": Range(1),
+    "ddp_timeout": Range(1),
+    "ddp_bucket_cap_mb": Range(1),
 }
 
-# Why a range holds, where the bare bounds would not say it.
-RANGE_HINTS = {
-    "max_steps": " (-1: train num_train_epochs instead)",
-    "num_samples_per_prompt": " (a preference pair needs two answers of the same prompt)",
-    "sampling_top_p": " (the share of probability mass sampled from; 1: all of it)",
-    "sampling_temperature": " (0: greedy)",
-    "eval_fraction": " (the share of the train split held out; 0: none)",
-    "seed": " (numpy seeds are 32-bit)",
-    "data_seed": " (numpy seeds are 32-bit)",
-    "label_smoothing": " (an assumed share of flipped labels)",
-}
 
 # key -> the key it must stay below (both set), and why. max_prompt_length only acts on a pair longer than
 # max_length, cutting its prompt to max_prompt_length tokens; at or over max_length that leaves no token for the
@@ -98,17 +73,6 @@ BELOW: dict[str, tuple[str, str]] = {
         "max_length",
         "a prompt cut to max_prompt_length must leave room for the answer within max_length",
     ),
-}
-
-TORCH_DTYPES = ("float32", "float16", "bfloat16")
-CHOICES: dict[str, tuple] = {
-    "quantization": ("4bit", "8bit", "none"),
-    "bnb_4bit_quant_type": ("nf4", "fp4"),
-    "bnb_4bit_quant_storage": (None, *TORCH_DTYPES, "uint8", "int8"),
-    "torch_dtype": ("auto", *TORCH_DTYPES),
-    "on_bad_rows": ("error", "skip"),
-    "pairs_per_prompt": ("best_worst", "all"),
-    "prefix_sharing_attention": ("auto", "mask4d", "flex"),
 }
 
 # Strings that must name something: an empty one is never meant.
@@ -248,10 +212,15 @@ def _expected(kinds: set[str]) -> str:
     return " or ".join(parts)
 
 
-def check_range(key: str, value: Any, error=ValueCheckError) -> None:
-    if key not in RANGES or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+def range_of(f: dataclasses.Field) -> Range | None:
+    """The range of a field: its metadata's, or for a TrainingArguments key the table above."""
+    return (f.metadata or {}).get("range") or TRAINING_ARGUMENTS_RANGES.get(f.name)
+
+
+def check_range(key: str, value: Any, allowed: Range | None, error=ValueCheckError) -> None:
+    if allowed is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    low, high, low_in, high_in = RANGES[key]
+    low, high, low_in, high_in, hint = allowed
     ok = (low is None or (value >= low if low_in else value > low)) and (
         high is None or (value <= high if high_in else value < high)
     )
@@ -263,7 +232,7 @@ def check_range(key: str, value: Any, error=ValueCheckError) -> None:
         span = f"{'>=' if low_in else '>'} {low}"
     else:
         span = f"{'<=' if high_in else '<'} {high}"
-    raise _error(key, f"must be {span}{RANGE_HINTS.get(key, '')}, got {value!r}.", error)
+    raise _error(key, f"must be {span}{hint}, got {value!r}.", error)
 
 
 def check_choice(key: str, value: Any, choices, error=ValueCheckError) -> None:
@@ -326,13 +295,15 @@ def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: lis
             default = f.default_factory()
         if hasattr(value, "value") and not isinstance(value, (str, int, float)):  # an Enum set from Python
             continue
-        if value is None and f.name not in RANGES and f.name in _inherited():
+        allowed = range_of(f)
+        if value is None and allowed is None and f.name in _inherited():
             continue  # a TrainingArguments key left unset: transformers fills it in
         value = check_type(f.name, value, f.type, default, error)
         setattr(obj, f.name, value)
-        check_range(f.name, value, error)
-        choices = CHOICES.get(f.name) or (f.metadata or {}).get("choices")
-        if choices and (value is not None or f.name in CHOICES):
+        check_range(f.name, value, allowed, error)
+        metadata = f.metadata or {}
+        choices = metadata.get("one_of") or metadata.get("choices")
+        if choices and value is not None:
             check_choice(f.name, value, tuple(choices), error)
         if (
             f.name in NON_EMPTY

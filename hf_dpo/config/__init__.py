@@ -1,0 +1,47 @@
+"""Typed configuration for hf_dpo runs, and recipe loading.
+
+A recipe is one flat YAML file (alignment-handbook style). Each key belongs to exactly one of four
+dataclasses: `ModelConfig` (model.py), `DataConfig` (data.py), `DPOConfig` (dpo.py, a
+`transformers.TrainingArguments`; its cross-key checks in dpo_checks.py) and `SamplingConfig` (sampling.py).
+Every field carries help text, which doubles as `hf-dpo train --help`, and its range or choices beside it
+(read by `hf_dpo.validate`). `recipe.py` reads a recipe through `HfArgumentParser`; `yaml_io.py` is its YAML.
+
+    recipe = load_recipe("recipes/demo.yaml", ["--max_steps", "10"])
+    recipe.model, recipe.data, recipe.training, recipe.sampling
+"""
+
+from hf_dpo.config.data import DataConfig
+from hf_dpo.config.dpo import DPOConfig
+from hf_dpo.config.dpo_checks import F_DIVERGENCE_LOSSES, F_DIVERGENCES, LOSS_TYPES
+from hf_dpo.config.errors import RecipeError
+from hf_dpo.config.model import ModelConfig
+from hf_dpo.config.recipe import (
+    RECIPE_SECTIONS,
+    SECRET_KEYS,
+    Recipe,
+    all_field_names,
+    load_recipe,
+    recipe_help_parser,
+    recipe_parser,
+)
+from hf_dpo.config.sampling import SamplingConfig
+from hf_dpo.config.yaml_io import read_recipe_file
+
+__all__ = [
+    "DPOConfig",
+    "DataConfig",
+    "F_DIVERGENCES",
+    "F_DIVERGENCE_LOSSES",
+    "LOSS_TYPES",
+    "ModelConfig",
+    "RECIPE_SECTIONS",
+    "Recipe",
+    "RecipeError",
+    "SECRET_KEYS",
+    "SamplingConfig",
+    "all_field_names",
+    "load_recipe",
+    "read_recipe_file",
+    "recipe_help_parser",
+    "recipe_parser",
+]

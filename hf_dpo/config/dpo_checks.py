@@ -1,0 +1,183 @@
+"""The checks of `DPOConfig` that span keys or normalise a value: the loss table, keys that cannot apply to a
+LoRA-on-a-frozen-base trainer, keyword-argument keys given as text, true/false/auto."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hf_dpo.config.errors import RecipeError, suggest
+
+# TRL 1.16's loss types, in its order; each is a function of hf_dpo.train.loss.LOSSES.
+LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+# Losses of the chosen-rejected reward difference: the only ones an f-divergence other than reverse KL applies to.
+F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+def check_objective(args) -> None:
+    """loss_type / loss_weights / rpo_alpha / label_smoothing / f-divergence / WPO, checked and normalised as TRL
+    1.16 does (errors where TRL errs), plus rpo_alpha as the alias of an added `sft` term."""
+    unknown = [name for name in args.loss_type if name not in LOSS_TYPES]
+    if unknown or not args.loss_type:
+        near = suggest(unknown[0], list(LOSS_TYPES)) if unknown else ""
+        raise RecipeError(
+            f"loss_type {unknown or args.loss_type} is not a list of {', '.join(LOSS_TYPES)}.{near}"
+        )
+    if args.loss_weights is not None and len(args.loss_weights) != len(args.loss_type):
+        raise RecipeError(
+            f"loss_weights has {len(args.loss_weights)} weights for {len(args.loss_type)} loss types "
+            f"{args.loss_type}: give one weight per loss type."
+        )
+    if args.rpo_alpha and "sft" not in args.loss_type:  # RPO = the preference loss + rpo_alpha x SFT
+        weights = list(args.loss_weights or [1.0] * len(args.loss_type))
+        args.loss_type, args.loss_weights = [*args.loss_type, "sft"], [*weights, float(args.rpo_alpha)]
+    smoothing = args.label_smoothing
+    if "robust" in args.loss_type and smoothing >= 0.5:
+        raise RecipeError(
+            f"label_smoothing must be < 0.5 for the robust loss (it divides by 1 - 2ε; got {smoothing})."
+        )
+    if "exo_pair" in args.loss_type and smoothing == 0.0:
+        raise RecipeError("The exo_pair loss needs label_smoothing > 0 (log ε); the EXO paper uses 1e-3.")
+    if args.f_divergence_type not in F_DIVERGENCES:
+        raise RecipeError(
+            f"f_divergence_type '{args.f_divergence_type}' is not one of {', '.join(F_DIVERGENCES)}."
+        )
+    if args.f_divergence_type != "reverse_kl" and not set(args.loss_type) <= set(F_DIVERGENCE_LOSSES):
+        raise RecipeError(
+            f"f_divergence_type '{args.f_divergence_type}' applies only to {', '.join(F_DIVERGENCE_LOSSES)} "
+            f"(losses of the chosen-rejected reward difference); {args.loss_type} has none. Use reverse_kl."
+        )
+    if args.use_weighting and {"aot", "aot_unpaired"} & set(args.loss_type):
+        raise RecipeError(
+            "use_weighting (WPO) does not apply to aot / aot_unpaired: they sort the pairs of a batch."
+        )
+
+
+def check_not_applicable(args) -> None:
+    """TRL keys that cannot apply to a LoRA-on-a-frozen-base trainer: an error saying why and what to use."""
+    if args.sync_ref_model:
+        raise RecipeError(
+            "sync_ref_model (TR-DPO) updates a second reference model during training; hf_dpo's reference is the "
+            "base with the LoRA adapters off, which never changes (TRL refuses sync_ref_model with LoRA too). "
+            "Set sync_ref_model: false."
+        )
+    if args.truncation_mode != "keep_start":
+        raise RecipeError(
+            f"truncation_mode '{args.truncation_mode}': only keep_start is supported (keep_end is deprecated in "
+            "TRL and would give chosen and rejected different prompts). To keep the end of long prompts, set "
+            "max_prompt_length."
+        )
+    if isinstance(args.pad_to_multiple_of, str):  # recipes and the command line give text
+        text = args.pad_to_multiple_of.strip().lower()
+        try:
+            args.pad_to_multiple_of = None if text in ("auto", "none", "null", "") else int(text)
+        except ValueError:
+            raise RecipeError(
+                f"key 'pad_to_multiple_of': {args.pad_to_multiple_of!r} is not a whole number. Give one such as "
+                "8, or auto for no padding beyond the longest row."
+            ) from None
+    if args.pad_to_multiple_of is not None and args.pad_to_multiple_of < 1:
+        # below 1 the collator would pad rows to fewer tokens than the longest: a shape error at the first step
+        raise RecipeError(
+            f"key 'pad_to_multiple_of': must be >= 1, got {args.pad_to_multiple_of}. Give one such as 8, or auto "
+            "for no padding beyond the longest row."
+        )
+
+
+KWARGS_KEYS = (
+    "lr_scheduler_kwargs",
+    "gradient_checkpointing_kwargs",
+    "activation_checkpointing_kwargs",
+    "model_init_kwargs",
+)
+
+
+def check_kwargs_text(args) -> None:
+    """A keyword-arguments key given as text (the command line, a quoted YAML value) is JSON of a mapping.
+    transformers keeps other text as it is and spreads it as keyword arguments when it builds the scheduler or
+    the model, after the model has loaded: a TypeError there."""
+    import json
+
+    for key in KWARGS_KEYS:
+        text = getattr(args, key, None)
+        if not isinstance(text, str):
+            continue
+        try:
+            value = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            value = text
+        if value is not None and not isinstance(value, dict):
+            # min_lr=0, a=1: the mapping it was meant to be, as the example to write
+            pairs = re.findall(r"(\w+)\s*=\s*([^,]+)", text) or [("name", "value")]
+            yaml_form = "{" + ", ".join(f"{k}: {v.strip()}" for k, v in pairs) + "}"
+            json_form = json.dumps({k: _json_scalar(v.strip()) for k, v in pairs})
+            raise RecipeError(
+                f"key '{key}': {text!r} is not a mapping. Write it as one: {yaml_form} in the recipe (YAML), or "
+                f"--{key} '{json_form}' on the command line (JSON)."
+            )
+        setattr(args, key, value)
+
+
+def _json_scalar(text: str) -> Any:
+    """'0' -> 0, '1e-6' -> 1e-06, 'true' -> True; any other text stays text."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def check_checkpointing_kwargs(kwargs: dict | None) -> None:
+    """`every_n_layers` (selective checkpointing) is a transformers 5.x feature; an older one would pass it on to
+    torch.utils.checkpoint and fail at the first step."""
+    if not kwargs or "every_n_layers" not in kwargs:
+        return
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    every = kwargs["every_n_layers"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise RecipeError(
+            f"gradient_checkpointing_kwargs.every_n_layers must be an integer >= 1 (got {every!r})."
+        )
+    # gradient_checkpointing_enable: its name in older transformers (5.17; in 5.24 an alias taking **kwargs)
+    enable = getattr(
+        PreTrainedModel, "activation_checkpointing_enable", PreTrainedModel.gradient_checkpointing_enable
+    )
+    if "every_n_layers" not in inspect.signature(enable).parameters:
+        import transformers
+
+        raise RecipeError(
+            "gradient_checkpointing_kwargs.every_n_layers needs a transformers with selective checkpointing "
+            f"(this one is {transformers.__version__}): upgrade transformers, or drop every_n_layers to "
+            "checkpoint every layer."
+        )
+
+
+def auto_bool(value: Any, key: str) -> bool | str:
+    """true/false/auto, from YAML or the command line, as True/False/"auto"."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "false", "1", "0", "yes", "no"):
+        return "auto" if text == "auto" else text in ("true", "1", "yes")
+    raise RecipeError(f"{key} must be true, false or auto (got '{value}').")
