@@ -34,16 +34,9 @@ from hf_dpo.hub.checkpoints import HubCheckpointCallback
 from hf_dpo.hub.push import push_run
 from hf_dpo.hub.run_card import card_kept, refresh_card
 from hf_dpo.hub.settings import take_hub_settings
-from hf_dpo.model.loading import (
-    REFERENCE_ADAPTER,
-    hub_id_for,
-    load_base_model,
-    load_policy,
-    load_tokenizer,
-    pick_dtype,
-    quiet_peft_checkpointing_alias,
-)
+from hf_dpo.model.loading import hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
 from hf_dpo.model.memory import peak_memory
+from hf_dpo.model.reference import with_adapter
 from hf_dpo.preflight import check_judge, check_judged_prompts, preflight
 from hf_dpo.report import evaluate_metrics
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
@@ -277,18 +270,11 @@ def run_recipe(run_dir: str | os.PathLike) -> Recipe:
 def load_run(run_dir: str | os.PathLike, recipe: Recipe | None = None):
     """(recipe, model, tokenizer, eval_dataset, train_dataset) of a finished run: base + trained adapter, the
     tokenized splits (None where the data cannot be read now). `recipe`: its `run_recipe`, read already."""
-    from peft import PeftModel
-
     run_dir = Path(run_dir)
     recipe = recipe if recipe is not None else run_recipe(run_dir)
     tokenizer = load_tokenizer(recipe.model)
-    model = load_base_model(recipe.model)
-    with quiet_peft_checkpointing_alias():
-        model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
-    if recipe.model.adapter_name_or_path:  # the run started from an adapter: that adapter is the reference
-        model.load_adapter(
-            recipe.model.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False
-        )
+    # a run that started from an adapter: that adapter is the reference
+    model = with_adapter(load_base_model(recipe.model), run_dir, reference=recipe.model.adapter_name_or_path)
     eval_dataset = train_dataset = None
     try:
         data = load_preference_dataset(recipe.data, tokenizer, recipe.training)

@@ -6,15 +6,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from hf_dpo.config import ModelConfig, RecipeError
-from hf_dpo.model.loading import (
-    REFERENCE_ADAPTER,
-    ModelLoadError,
-    hub_id_for,
-    load_policy,
-    pick_dtype,
-    reference_context,
-    resolve_model_path,
-)
+from hf_dpo.model.loading import ModelLoadError, hub_id_for, load_policy, pick_dtype, resolve_model_path
+from hf_dpo.model.reference import REFERENCE_ADAPTER, reference_context
 
 
 def test_cpu_compute_dtype_is_float32_automatically():

@@ -1,32 +1,27 @@
 """Loading the policy: base model (4-bit NF4, 8-bit or full precision), LoRA adapter, tokenizer.
 
-The reference model is never loaded: it is the same network with the LoRA adapters switched off
-(`reference_context`), or, when training continues from an existing adapter, a frozen copy of that
-adapter named "reference".
+The reference model is never loaded: it is the same network with the LoRA adapters switched off, or a frozen
+copy of the starting adapter (`hf_dpo.model.reference`).
 
     model, tokenizer = load_policy(ModelConfig(model_name_or_path="smollm2-135m-instruct"))
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 from hf_dpo.config import ModelConfig
-from hf_dpo.errors import HfDpoError
-from hf_dpo.model import unwrap
+from hf_dpo.model.errors import ModelLoadError
+from hf_dpo.model.reference import quiet_peft_checkpointing_alias, with_adapter
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_ADAPTER = "reference"
 
 # Built-in aliases: name -> (python package holding a GGUF file, file name inside the package).
 MODEL_ALIASES = {
@@ -36,10 +31,6 @@ MODEL_ALIASES = {
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
-
-
-class ModelLoadError(HfDpoError, RuntimeError):
-    """The model could not be loaded; the message says which and what to do."""
 
 
 def cache_dir() -> Path:
@@ -259,27 +250,15 @@ def lora_config(cfg: ModelConfig):
     )
 
 
-@contextlib.contextmanager
-def quiet_peft_checkpointing_alias():
-    """Around every PeftModel construction (get_peft_model, PeftModel.from_pretrained): PeftModel.__init__ reads
-    `model.is_gradient_checkpointing`, which transformers deprecated for `is_activation_checkpointing` with a
-    FutureWarning that every run printed and no user can act on. Only that warning is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
-        yield
-
-
 def attach_adapter(model, cfg: ModelConfig, peft_config=None):
     """Wrap `model` with a trainable LoRA adapter: a new one, or `cfg.adapter_name_or_path` (+ frozen reference)."""
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     if cfg.adapter_name_or_path:
         try:
-            with quiet_peft_checkpointing_alias():
-                model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
-            model.load_adapter(cfg.adapter_name_or_path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+            model = with_adapter(
+                model, cfg.adapter_name_or_path, is_trainable=True, reference=cfg.adapter_name_or_path
+            )
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"Could not load adapter '{cfg.adapter_name_or_path}': {err}") from None
         model.set_adapter("default")
@@ -294,31 +273,6 @@ def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False, tokenize
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
     model = load_base_model(cfg, gradient_checkpointing=gradient_checkpointing)
     return attach_adapter(model, cfg), tokenizer
-
-
-@contextlib.contextmanager
-def reference_context(model):
-    """Make `model` compute the reference policy: the frozen 'reference' adapter if present, else no adapter."""
-    peft_model = unwrap.peft_model(model)
-    if not hasattr(peft_model, "peft_config"):
-        raise ModelLoadError(
-            "hf_dpo computes the reference by switching LoRA adapters off; the model has none. "
-            "Pass peft_config=LoraConfig(...) or a PeftModel."
-        )
-    if REFERENCE_ADAPTER in peft_model.peft_config:
-        active = peft_model.active_adapter
-        peft_model.set_adapter(REFERENCE_ADAPTER)
-        try:
-            yield
-        finally:
-            peft_model.set_adapter(active)
-            # set_adapter marks only the active adapter trainable; restore the reference as frozen.
-            for name, param in peft_model.named_parameters():
-                if f".{REFERENCE_ADAPTER}." in name:
-                    param.requires_grad_(False)
-    else:
-        with peft_model.disable_adapter():
-            yield
 
 
 def keep_4bit_layers_trainable(model) -> None:

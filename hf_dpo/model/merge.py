@@ -26,9 +26,9 @@ from hf_dpo.model.loading import (
     ModelLoadError,
     load_tokenizer,
     pick_dtype,
-    quiet_peft_checkpointing_alias,
     resolve_model_path,
 )
+from hf_dpo.model.reference import with_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "auto") -> Path:
     """Merge the adapter in `run_dir` (a finished `hf-dpo train` run, or any peft adapter directory whose
     adapter_config.json names its base) into a full-precision base; save model + tokenizer to `out_dir`."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -60,8 +59,7 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
         )
     except OSError as err:
         raise ModelLoadError(f"Could not load base model '{cfg.model_name_or_path}': {err}") from None
-    with quiet_peft_checkpointing_alias():
-        model = PeftModel.from_pretrained(base, str(run_dir), is_trainable=False)
+    model = with_adapter(base, run_dir)
     merged = model.merge_and_unload()
     merged.config.use_cache = True
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ import torch
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
 from hf_dpo.files import open_locked_for_append, why_not_writable
+from hf_dpo.model.errors import ModelLoadError
+from hf_dpo.model.reference import dequantize_on_cpu, with_adapter
 from hf_dpo.pairs.dataset_card import write_dataset_card
 from hf_dpo.pairs.formats import (
     Prompt,
@@ -65,42 +67,6 @@ def format_prompt(prompt: Prompt, tokenizer, data: DataConfig) -> str:
     return training_format(prompt, tokenizer, data)
 
 
-def float_linear_of_4bit(child):
-    """A torch Linear with exactly the weights a bitsandbytes Linear4bit computes with (dequantized once)."""
-    import bitsandbytes as bnb
-
-    dtype = child.compute_dtype or torch.float32
-    data, state = child.weight.data, child.weight.quant_state
-    if getattr(state, "packing_format_for_cpu", False):  # repacked by an eval-mode CPU forward
-        data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, state)
-    weight = bnb.functional.dequantize_4bit(data, state).to(dtype)
-    linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype)
-    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-    if child.bias is not None:
-        linear.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
-    return linear
-
-
-def dequantize_on_cpu(model):
-    """On CPU, swap 4-bit linears for float ones holding exactly the weights the 4-bit layer computes with.
-
-    bitsandbytes' CPU path (without the optional `kernels` package) dequantizes every weight on every
-    forward and then multiplies in the compute dtype; doing the dequantization once gives the same
-    function (the NF4-rounded weights, in the same dtype) ~1.7x faster. On a GPU the 4-bit kernels stay.
-    """
-    if model.device.type != "cpu":
-        return model
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return model
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, bnb.nn.Linear4bit):
-                setattr(module, name, float_linear_of_4bit(child))
-    return model
-
-
 def load_reference(model_cfg: ModelConfig):
     """(model, tokenizer) of the reference policy: the base quantized as in training, plus its starting adapter."""
     from hf_dpo.model.loading import load_base_model, load_tokenizer
@@ -109,13 +75,8 @@ def load_reference(model_cfg: ModelConfig):
     tokenizer.padding_side = "left"  # generation appends on the right
     model = dequantize_on_cpu(load_base_model(model_cfg))
     if model_cfg.adapter_name_or_path:
-        from peft import PeftModel
-
-        from hf_dpo.model.loading import ModelLoadError, quiet_peft_checkpointing_alias
-
         try:
-            with quiet_peft_checkpointing_alias():
-                model = PeftModel.from_pretrained(model, model_cfg.adapter_name_or_path, is_trainable=False)
+            model = with_adapter(model, model_cfg.adapter_name_or_path)
         except (OSError, ValueError) as err:
             raise ModelLoadError(
                 f"Could not load adapter '{model_cfg.adapter_name_or_path}': {err}"

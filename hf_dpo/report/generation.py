@@ -10,7 +10,6 @@ An answer without an end token reached the cap: `is_finished` says which.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -136,34 +135,6 @@ def generate(
     return completions
 
 
-@contextlib.contextmanager
-def decoding_weights(model):
-    """On CPU, the 4-bit base layers dequantized once for the duration (LoRA layers untouched), then put back.
-
-    bitsandbytes' CPU path dequantizes every weight at every forward; a decoding loop makes hundreds of
-    forwards, so this is the same function (tests/test_sampling.py checks the logits are equal) at a
-    fraction of the cost. On a GPU, or without bitsandbytes, nothing changes.
-    """
-    swapped = []
-    try:
-        import bitsandbytes as bnb
-
-        from hf_dpo.pairs.sampling import float_linear_of_4bit
-    except ImportError:
-        bnb = None
-    if bnb is not None and next(model.parameters()).device.type == "cpu":
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, bnb.nn.Linear4bit):
-                    swapped.append((module, name, child))
-                    setattr(module, name, float_linear_of_4bit(child))
-    try:
-        yield model
-    finally:
-        for module, name, child in swapped:
-            setattr(module, name, child)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Scoring
 
@@ -219,7 +190,7 @@ def decode_policy_and_reference(
     """The policy's and the reference's (adapters off) answers with identical `decoding` settings (the
     keywords of `generate`), in eval mode, the 4-bit weights dequantized once for both; the model's
     train/eval mode is put back afterwards."""
-    from hf_dpo.model.loading import reference_context
+    from hf_dpo.model.reference import decoding_weights, reference_context
 
     was_training = model.training
     model.eval()

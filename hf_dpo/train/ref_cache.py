@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from hf_dpo.files import atomic_path
-from hf_dpo.model.loading import REFERENCE_ADAPTER, cache_dir
+from hf_dpo.model.loading import cache_dir
+from hf_dpo.model.reference import REFERENCE_ADAPTER
 from hf_dpo.model.unwrap import base_model, peft_model
 
 logger = logging.getLogger(__name__)

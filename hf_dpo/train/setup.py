@@ -13,7 +13,7 @@ import torch
 from hf_dpo.config import DPOConfig
 from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
-from hf_dpo.model.loading import quiet_peft_checkpointing_alias
+from hf_dpo.model.reference import quiet_peft_checkpointing_alias
 from hf_dpo.model.unwrap import base_model, is_peft
 from hf_dpo.train.attention import sharing_attention
 

@@ -33,7 +33,8 @@ from transformers import Trainer
 
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS
-from hf_dpo.model.loading import keep_4bit_layers_trainable, reference_context
+from hf_dpo.model.loading import keep_4bit_layers_trainable
+from hf_dpo.model.reference import reference_context
 from hf_dpo.train.attention import MASK4D
 from hf_dpo.train.batching import (
     PreferenceCollator,

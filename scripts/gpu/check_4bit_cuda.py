@@ -13,7 +13,8 @@ import bitsandbytes as bnb
 import torch
 
 from hf_dpo.config import ModelConfig
-from hf_dpo.model.loading import load_policy, reference_context
+from hf_dpo.model.loading import load_policy
+from hf_dpo.model.reference import reference_context
 
 path = sys.argv[1]
 device = "cuda" if torch.cuda.is_available() else "cpu"
