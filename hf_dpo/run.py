@@ -25,8 +25,8 @@ import torch
 from transformers import set_seed
 
 from hf_dpo import __version__
-from hf_dpo.config import Recipe, load_recipe
-from hf_dpo.data import PreferenceData, load_preference_dataset
+from hf_dpo.config.recipe import Recipe, load_recipe
+from hf_dpo.data.dataset import PreferenceData, load_preference_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.files import atomic_write_text
 from hf_dpo.hub.card import framework_versions
@@ -37,8 +37,10 @@ from hf_dpo.hub.settings import take_hub_settings
 from hf_dpo.model.loading import hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
 from hf_dpo.model.memory import peak_memory
 from hf_dpo.model.reference import with_adapter
-from hf_dpo.preflight import check_judge, check_judged_prompts, preflight
+from hf_dpo.pairs.judges import check_judge
+from hf_dpo.preflight import preflight
 from hf_dpo.report import evaluate_metrics
+from hf_dpo.report.checks import check_judged_prompts
 from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
 from hf_dpo.report.metrics import LOGPS_KEYS

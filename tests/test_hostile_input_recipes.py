@@ -504,7 +504,7 @@ def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(tmp_path, ca
 @pytest.mark.parametrize("recipe, overrides", [("report_to: null\n", ()), ("", ("--report_to", "null"))])
 def test_report_to_null_means_no_integration(tmp_path, recipe, overrides):
     # Before: [None], which the preflight refused as "'None' is not a reporting integration (... or none)".
-    from hf_dpo.preflight import check_report_to
+    from hf_dpo.train.setup import check_report_to
 
     args = load(tmp_path, recipe, *overrides).training
     assert args.report_to == []
@@ -725,7 +725,7 @@ def test_lora_target_modules_of_a_hub_model_are_checked_from_its_config(
     # Hub models were left to the loader: a target no layer has (q_proj on GPT-2, whose attention is c_attn)
     # failed in peft after the model had been downloaded and loaded. Now their config is read from the Hub cache
     # (faked here: this machine has no network).
-    import hf_dpo.preflight
+    import hf_dpo.model.checks
 
     asked = []
 
@@ -733,7 +733,7 @@ def test_lora_target_modules_of_a_hub_model_are_checked_from_its_config(
         asked.append(model)
         return ("transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc")
 
-    monkeypatch.setattr(hf_dpo.preflight, "_linear_layer_names", layers)
+    monkeypatch.setattr(hf_dpo.model.checks, "_linear_layer_names", layers)
     rc, err = train(
         tmp_path, capsys, "model_name_or_path: openai-community/gpt2\nlora_target_modules: [q_proj]\n"
     )
@@ -806,7 +806,7 @@ def test_the_reports_prompt_file_is_read_by_the_recipes_prompt_column(tmp_path, 
     from transformers import AutoTokenizer
 
     from hf_dpo.config import DataConfig
-    from hf_dpo.preflight import check_judged_prompts
+    from hf_dpo.report.checks import check_judged_prompts
     from hf_dpo.report.prompts import prompts_from_file
 
     path = write_jsonl(tmp_path / "test_prompts.jsonl", [{"question": "What is 2 + 2?"}, {"question": "Hi?"}])

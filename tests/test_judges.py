@@ -207,7 +207,7 @@ def test_a_reward_model_under_the_home_directory_loads_from_a_recipes_tilde_path
 ):
     """Before: `judge: rm:~/rm` (no shell expands a recipe's ~) passed the preflight's existence check and then
     failed to load, transformers reading '~/rm' as a Hub id."""
-    from hf_dpo.preflight import check_judge
+    from hf_dpo.pairs.judges import check_judge
 
     monkeypatch.setenv("HOME", str(tmp_path))
     _tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)

@@ -59,3 +59,26 @@ def is_main_process() -> bool:
         return PartialState().is_main_process
     except Exception:  # accelerate not initialised in a plain process: fall back to the launcher's env
         return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_push(args) -> None:
+    """A recipe that pushes needs a valid repo id and a token before training starts, not after it ends."""
+    if not args.push_to_hub:
+        return
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from hf_dpo.config import (
+        RecipeError,  # the recipe's classes (transformers) only where a recipe is checked
+    )
+
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise RecipeError(f"key 'hub_model_id': '{repo_id}' is not a valid Hub repo id ({err}).") from None
+    if not (args.hub_token or os.environ.get("HF_TOKEN") or get_token()):
+        raise RecipeError(
+            "push_to_hub is on but there is no Hub token: set HF_TOKEN (or run `hf auth login`), or set "
+            "push_to_hub: false and push later with `hf-dpo push`."
+        )

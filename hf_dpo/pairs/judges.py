@@ -30,6 +30,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from hf_dpo.errors import HfDpoError
@@ -340,3 +341,52 @@ def load_judge(spec: str | Callable) -> Judge:
     if not callable(fn):
         raise JudgeError(f"judge '{spec}' is not callable (it is a {type(fn).__name__}).")
     return CallableJudge(fn, name=spec)
+
+
+# ---------------------------------------------------------------- checked before the model loads
+
+
+def check_judge(spec: str) -> None:
+    """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one, and its
+    config must load (a directory that holds no model, a Hub id mistyped or out of reach)."""
+    from hf_dpo.pairs.judges import JudgeError, check_reward_model_config, load_judge, reward_model_location
+
+    spec = str(spec).strip()
+    if spec.startswith("rm:"):
+        target = spec[3:].strip()
+        if not target:
+            raise JudgeError(
+                f"judge '{spec}': give the reward model after 'rm:' (a Hub id or a local directory)."
+            )
+        if target.startswith(("/", "./", "../", "~")) and not Path(target).expanduser().exists():
+            raise JudgeError(f"judge '{spec}': {target} does not exist.")
+        from transformers import AutoConfig
+
+        location = reward_model_location(target)
+        try:  # its config alone (no weights), as the judge reads it: it loads only after training, in the report
+            try:  # the Hub cache (or the directory) first: offline, the Hub's retries take ~30 s
+                config = AutoConfig.from_pretrained(location, local_files_only=True)
+            except (OSError, ValueError):
+                config = AutoConfig.from_pretrained(location)
+        except (OSError, ValueError) as err:
+            reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
+            raise JudgeError(
+                f"judge '{spec}': cannot be loaded ({reason}). Give a reward model's local directory or a Hub id "
+                "reachable from here (or already in the Hub cache)."
+            ) from None
+        check_reward_model_config(config, spec)  # as RewardModelJudge will, now rather than after training
+        return
+    judge = load_judge(spec)
+    fn = getattr(judge, "fn", None)
+    if fn is not None:
+        import inspect
+
+        try:
+            inspect.signature(fn).bind("prompt", "completion")
+        except TypeError as err:
+            raise JudgeError(
+                f"judge '{spec}' cannot be called as {spec.split(':')[-1]}(prompt, completion) ({err}). A judge "
+                "takes the prompt and one completion and returns a score."
+            ) from None
+        except ValueError:  # a builtin without a signature: it is called, and checked, at the first score
+            pass

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from hf_dpo.config import RecipeError
+from hf_dpo.config.places import check_writable_dir
 from hf_dpo.files import atomic_path
 from hf_dpo.model.loading import cache_dir
 from hf_dpo.model.reference import REFERENCE_ADAPTER
@@ -267,3 +269,17 @@ class ReferenceColumns:
             where = f", cached in {path}" if path else ""
             logger.info("Reference log-probs of %d %s pairs computed once%s", len(dataset), split, where)
         return dataset.add_column(REF_COLUMNS[0], chosen).add_column(REF_COLUMNS[1], rejected)
+
+
+def check_ref_cache(args) -> None:
+    """The on-disk reference cache is an optimisation: an unwritable directory turns it off, with a warning."""
+    if args.precompute_ref_log_probs is False:
+        return
+    root = cache_root(args.ref_logps_cache_dir)
+    if root is None:
+        return
+    try:
+        check_writable_dir(root, "ref_logps_cache_dir")
+    except RecipeError as err:
+        logger.warning("%s The reference log-probs are kept in memory only for this run.", err)
+        args.ref_logps_cache_dir = "none"

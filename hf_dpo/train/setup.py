@@ -7,10 +7,11 @@ attention that carries its mask), tokenized datasets.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
-from hf_dpo.config import DPOConfig
+from hf_dpo.config import DPOConfig, RecipeError
 from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.model.reference import quiet_peft_checkpointing_alias
@@ -149,3 +150,74 @@ def return_freed_memory(args: DPOConfig) -> None:
 
         if return_freed_memory_to_os():
             logger.info("Freed tensor memory goes back to the OS at once (return_freed_memory).")
+
+
+# ---------------------------------------------------------------- checked before the model loads
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    """A checkpoint the Trainer can resume: saved to the end (trainer_state.json is written last)."""
+    return (path / "trainer_state.json").is_file()
+
+
+def check_resume(args) -> None:
+    """`resume_from_checkpoint`: a checkpoint dir that exists and was saved to the end; `true` (or yes): the
+    last complete checkpoint in output_dir, skipping one cut short by a kill while saving."""
+    resume = args.resume_from_checkpoint
+    if resume is None or resume is False or (isinstance(resume, str) and not resume.strip()):
+        return
+    text = str(resume).strip()
+    if resume is True or text.lower() in ("true", "yes", "1", "last"):
+        out = Path(args.output_dir)
+        found = sorted(
+            (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+        )
+        complete = [p for p in found if _complete_checkpoint(p)]
+        if not complete:
+            raise RecipeError(
+                f"key 'resume_from_checkpoint': no complete checkpoint-N in {out} to resume from"
+                + (f" ({', '.join(p.name for p in found)} were cut short)" if found else "")
+                + ". Drop resume_from_checkpoint to start afresh."
+            )
+        if complete[-1] != found[-1]:
+            logger.warning("%s was cut short while saving; resuming from %s.", found[-1], complete[-1])
+        args.resume_from_checkpoint = str(complete[-1])
+        return
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise RecipeError(
+            f"key 'resume_from_checkpoint': {text} is not a directory. Give a checkpoint-N directory of "
+            f"a run (e.g. {args.output_dir}/checkpoint-100), or true for the last one."
+        )
+    if not _complete_checkpoint(path):
+        raise RecipeError(
+            f"key 'resume_from_checkpoint': {text} has no trainer_state.json: it is not a checkpoint, or it was "
+            "cut short while saving. Give an earlier checkpoint-N, or true for the last complete one."
+        )
+
+
+def check_report_to(args) -> None:
+    """Every `report_to` integration installed (transformers would fail only when the Trainer is built)."""
+    wanted = args.report_to or []
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    wanted = [w for w in wanted if w not in ("none", "all")]
+    if not wanted:
+        return
+    from transformers.integrations import get_available_reporting_integrations
+
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except ImportError:  # pragma: no cover - older transformers
+        INTEGRATION_TO_CALLBACK = {}
+    available = set(get_available_reporting_integrations())
+    for name in wanted:
+        if INTEGRATION_TO_CALLBACK and name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(
+                f"key 'report_to': '{name}' is not a reporting integration "
+                f"(known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none)."
+            )
+        if name not in available:
+            raise RecipeError(
+                f"key 'report_to': '{name}' is not installed (pip install {name}), or set report_to: none."
+            )

@@ -1,0 +1,252 @@
+"""Reading preference data: a local file (.json/.jsonl/.parquet/.csv), a directory of them named by split, a
+directory written by `save_to_disk`, or a Hub dataset, into `{split: (source, rows)}`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hf_dpo.config import DataConfig, Recipe, RecipeError
+from hf_dpo.data.errors import DataError
+from hf_dpo.files import read_jsonl, read_utf8_text
+
+logger = logging.getLogger(__name__)
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [row for _, row in read_jsonl(path, error=DataError)]
+
+
+def _check_row_objects(path: Path, rows: list) -> list[dict]:
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{path}, row {index}: expected an object with prompt/chosen/rejected keys, got "
+                f"{type(row).__name__} {row!r:.60}. A .json file holds a list of such objects."
+            )
+    return rows
+
+
+def _read_file(path: Path) -> list[dict]:
+    """The rows of one data file; DataError naming the file for one that cannot be opened or parsed."""
+    try:
+        return _read_rows(path)
+    except OSError as err:  # a directory named train.jsonl, a dangling symlink, no permission
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}).") from None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        text = read_utf8_text(path, error=DataError)
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to read.") from None
+        except json.JSONDecodeError as err:
+            # Some ".json" files are really JSON lines.
+            try:
+                return _read_jsonl(path)
+            except DataError:
+                raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg}).") from None
+        if isinstance(data, dict):  # {"data": [...]} or column-oriented {"prompt": [...], ...}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(data) == 1 and lists:
+                data = lists[0]
+            elif lists and len(lists) == len(data):
+                lengths = {key: len(value) for key, value in data.items()}
+                if len(set(lengths.values())) > 1:  # zip would silently cut every column to the shortest
+                    counts = ", ".join(f"{key}: {n}" for key, n in lengths.items())
+                    raise DataError(
+                        f"{path}: its columns have different lengths ({counts}); a column-oriented .json needs "
+                        "one value per row in every column."
+                    )
+                data = [dict(zip(data, values)) for values in zip(*data.values())]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of rows (objects), got {type(data).__name__}.")
+        return _check_row_objects(path, data)
+    if suffix in (".parquet", ".csv"):
+        import datasets
+
+        try:
+            if suffix == ".csv":
+                return read_csv_text(path)
+            ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
+            # datasets wraps the parser's own error in "An error occurred ..."
+            while err.__cause__ is not None:
+                err = err.__cause__
+            reason = " ".join(str(err).split())  # pandas' messages span lines; the error is one line
+            raise DataError(
+                f"{path}: could not be read as {suffix[1:]} ({type(err).__name__}: {reason})."
+            ) from None
+        return ds.to_list()
+    raise DataError(f"{path}: unsupported file type '{suffix}'. Use .json, .jsonl, .parquet or .csv.")
+
+
+def read_csv_text(path: Path) -> list[dict]:
+    """Every cell as the text it holds. CSV has no types: pandas' guessing (datasets' CSV loader) read a column of
+    numeric answers as numbers, "1.50" as 1.5, and the answers NA, None or null as missing values."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    return frame.to_dict(orient="records")
+
+
+def _split_files(directory: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix.lower() in LOCAL_FORMATS:
+            if path.stem in files:  # train.json and train.jsonl: reading one would silently ignore the other
+                raise DataError(
+                    f"{directory}: two files for split '{path.stem}' ({files[path.stem].name} and {path.name}). "
+                    "Keep one of them in the directory."
+                )
+            files[path.stem] = path
+    if not files:
+        raise DataError(
+            f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl)."
+        )
+    return files
+
+
+def _named_test_split(cfg: DataConfig) -> bool:
+    """Whether the recipe named its held-out split: one the data lacks is then an error, where an absent default
+    split ('test') means none (eval_fraction may carve one out). Otherwise the run silently had no held-out split."""
+    default = DataConfig.__dataclass_fields__["dataset_test_split"].default
+    return bool(cfg.dataset_test_split) and cfg.dataset_test_split != default
+
+
+def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
+    """{split: (source name, rows)} for the train split and, if present, the test split."""
+    if not cfg.dataset_name:
+        raise DataError("The recipe sets no dataset_name: give a Hub dataset id or a local file/directory.")
+    if cfg.dataset_test_split and cfg.dataset_test_split == cfg.dataset_train_split:
+        # the "held-out" numbers before and after training would be measured on the pairs trained on
+        raise DataError(
+            f"dataset_test_split '{cfg.dataset_test_split}' is the train split (dataset_train_split): nothing would "
+            "be held out. Name another split, set eval_fraction (e.g. 0.1) to hold out a share of the train split, "
+            "or dataset_test_split: null for none."
+        )
+    path = Path(cfg.dataset_name).expanduser()
+    wanted = [cfg.dataset_train_split] + ([cfg.dataset_test_split] if cfg.dataset_test_split else [])
+    out: dict[str, tuple[str, list[dict]]] = {}
+    if path.is_file():
+        if _named_test_split(cfg):
+            raise DataError(
+                f"{path} is one file, the train split: it has no split dataset_test_split "
+                f"'{cfg.dataset_test_split}'. Put the splits in one directory (train.jsonl, "
+                f"{cfg.dataset_test_split}.jsonl), set eval_fraction to hold out a share of this file, or "
+                "dataset_test_split: null for no held-out split."
+            )
+        out[cfg.dataset_train_split] = (str(path), _read_file(path))
+        return out
+    if path.is_dir() and _saved_with_save_to_disk(path):
+        return _read_saved(path, cfg, wanted)
+    if path.is_dir():
+        files = _split_files(path)
+        named = [("dataset_train_split", cfg.dataset_train_split)]
+        if _named_test_split(cfg):
+            named.append(("dataset_test_split", cfg.dataset_test_split))
+        for key, split in named:
+            if split not in files:
+                raise DataError(
+                    f"{path}: no file for split {split!r} ({key}; found: {', '.join(files)}). "
+                    f"Set {key} to one of them."
+                )
+        for split in wanted:
+            if split in files:
+                out[split] = (str(files[split]), _read_file(files[split]))
+        return out
+    if path.suffix.lower() in LOCAL_FORMATS or str(cfg.dataset_name).startswith((".", "/", "~")):
+        raise DataError(f"Dataset file {path} does not exist.")
+    return _read_hub(cfg, wanted)
+
+
+def _saved_with_save_to_disk(path: Path) -> bool:
+    """A `datasets` save_to_disk directory: its .json files are metadata, not splits of rows."""
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
+
+
+def _read_saved(path: Path, cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[dict]]]:
+    """The splits of a save_to_disk directory: a DatasetDict's by name, a single Dataset as the train split."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 - a directory saved by another datasets version, cut short, ...
+        reason = " ".join(str(err).split())
+        raise DataError(
+            f"{path}: could not be read with datasets.load_from_disk ({type(err).__name__}: {reason})."
+        ) from None
+    if isinstance(saved, datasets.Dataset):
+        if _named_test_split(cfg):
+            raise DataError(
+                f"{path} is one saved Dataset, the train split: it has no split dataset_test_split "
+                f"'{cfg.dataset_test_split}'. Save a DatasetDict, set eval_fraction to hold out a share of it, or "
+                "dataset_test_split: null for none."
+            )
+        return {cfg.dataset_train_split: (str(path), saved.to_list())}
+    named = [("dataset_train_split", cfg.dataset_train_split)]
+    if _named_test_split(cfg):
+        named.append(("dataset_test_split", cfg.dataset_test_split))
+    for key, split in named:
+        if split not in saved:
+            raise DataError(
+                f"{path}: no split {split!r} ({key}; splits: {', '.join(saved)}). Set {key} to one of them."
+            )
+    return {split: (f"{path}[{split}]", saved[split].to_list()) for split in wanted if split in saved}
+
+
+def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[dict]]]:
+    import datasets
+
+    try:
+        available = datasets.get_dataset_split_names(cfg.dataset_name, cfg.dataset_config)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(
+            f"Could not reach dataset '{cfg.dataset_name}' on the Hub ({type(err).__name__}: {err}). "
+            "Check the id and your network, or point dataset_name at a local file or directory."
+        ) from None
+    out = {}
+    for split in wanted:
+        if split not in available:
+            if split == cfg.dataset_train_split or _named_test_split(cfg):
+                key = "dataset_train_split" if split == cfg.dataset_train_split else "dataset_test_split"
+                raise DataError(
+                    f"Dataset '{cfg.dataset_name}' has no split {split!r} ({key}; splits: {', '.join(available)}). "
+                    f"Set {key}."
+                )
+            continue
+        try:
+            ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=split)
+        except Exception as err:  # noqa: BLE001 - a dropped network, a file datasets cannot cast: name the split
+            while err.__cause__ is not None:  # datasets wraps the reason in "An error occurred ..."
+                err = err.__cause__
+            reason = " ".join(str(err).split())
+            raise DataError(
+                f"Dataset '{cfg.dataset_name}', split {split!r}, could not be loaded ({type(err).__name__}: "
+                f"{reason}). Check your network, or download it once and point dataset_name at the local files."
+            ) from None
+        out[split] = (f"{cfg.dataset_name}[{split}]", ds.to_list())
+    return out
+
+
+def read_data(recipe: Recipe) -> dict[str, tuple[str, list[dict]]]:
+    """Every split's rows ({split: (source, rows)}, as `hf_dpo.data.read_splits`), read errors made DataError."""
+    cfg = recipe.data
+    try:
+        return read_splits(cfg)
+    except (DataError, RecipeError):
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(f"{cfg.dataset_name}: not UTF-8 text ({err}). Save the data as UTF-8.") from None
+    except OSError as err:
+        raise DataError(f"{cfg.dataset_name}: cannot be read ({err.strerror or err}).") from None

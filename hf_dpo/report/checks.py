@@ -1,0 +1,45 @@
+"""The report's preconditions, checked before training: its `evaluate` modules loadable when it will compute
+numbers, and its judged prompts (test_prompts_file) readable when it will judge on them."""
+
+from __future__ import annotations
+
+from hf_dpo.config import Recipe, RecipeError
+from hf_dpo.errors import HfDpoError
+from hf_dpo.pairs.formats import read_prompts
+from hf_dpo.report.evaluate_metrics import preload_report_modules
+from hf_dpo.report.evaluation import behaviour_skip_reason, computes_metrics
+
+
+def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
+    """The report's `evaluate` modules loaded now, when the report will compute numbers with them (the report's
+    own decision, `hf_dpo.report.evaluation.computes_metrics`; about a second, taken from the end of the run:
+    they stay loaded). EvaluationError when they cannot be (no writable cache nor temporary directory), before
+    training rather than after it."""
+    cfg, sampling = recipe.data, recipe.sampling
+    # check_data has made sure a held-out split it finds, or eval_fraction's share, is not empty.
+    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    if computes_metrics(has_eval, sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations):
+        preload_report_modules()
+
+
+def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
+    """test_prompts_file, read as the report will read it when it judges generations on it (its own decision,
+    `hf_dpo.report.evaluation.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
+    training, when the card and the push are still to come."""
+    cfg, sampling = recipe.data, recipe.sampling
+    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    check_judged_prompts(
+        sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations, has_eval, cfg.prompt_column
+    )
+
+
+def check_judged_prompts(
+    path: str | None, judge, num_generations: int, has_eval: bool = True, prompt_column: str = "prompt"
+) -> None:
+    """The report's prompt file (test_prompts_file) read as the report reads it, when it will judge on it."""
+    if not path or behaviour_skip_reason(has_eval, path, judge, num_generations):
+        return
+    try:
+        read_prompts(path, prompt_column)  # as hf_dpo.report.prompts.prompts_from_file reads it
+    except HfDpoError as err:
+        raise RecipeError(f"key 'test_prompts_file' (the report's judged prompts): {err}") from None
