@@ -1,6 +1,6 @@
 """Where a run is pushed and by which process: `HubSettings` (the token in memory only), `take_hub_settings`
-(moves the hub keys out of TrainingArguments before a Trainer can save them), and `is_main_process` (only
-the main process writes the card and pushes)."""
+(moves the hub keys out of TrainingArguments before a Trainer can save them), `is_main_process` (only
+the main process writes the card and pushes), and `check_push` (a repo id and a token, before training)."""
 
 from __future__ import annotations
 

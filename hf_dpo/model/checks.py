@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hf_dpo.config import Recipe, RecipeError
 from hf_dpo.errors import HfDpoError
-from hf_dpo.model.loading import MODEL_ALIASES, load_tokenizer, resolve_model_path
+from hf_dpo.model import loading  # looked up at call time: a patched loader (tests) is the one used
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def check_lora_targets(model: str, targets: tuple[str, ...]) -> None:
     is not at hand or cannot be built (custom code) leaves the check to the loader."""
     if not targets or "all-linear" in targets:
         return
-    if model.lower() in MODEL_ALIASES:
-        path = resolve_model_path(model)
+    if model.lower() in loading.MODEL_ALIASES:
+        path = loading.resolve_model_path(model)
     elif Path(model).expanduser().is_dir():
         path = str(Path(model).expanduser())
     else:
@@ -134,7 +134,7 @@ def check_attn_implementation(name: str | None) -> None:
 def load_checked_tokenizer(recipe: Recipe):
     """The run's tokenizer (files only, no weights); one that cannot be loaded is a RecipeError naming the key."""
     try:
-        return load_tokenizer(recipe.model)
+        return loading.load_tokenizer(recipe.model)
     except (HfDpoError, OSError, ValueError) as err:
         reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
         raise RecipeError(

@@ -20,7 +20,8 @@ reward model has the single criterion "score". `score()` stays one float per ans
 criteria), for callers that want one number.
 
 Every score is checked: a judge that raises or returns anything but a finite number (or a dict of them with
-the declared names) stops with a `JudgeError` naming the prompt.
+the declared names) stops with a `JudgeError` naming the prompt. `check_judge` checks a recipe's judge before
+any model loads (`hf_dpo.preflight` calls it).
 """
 
 from __future__ import annotations
@@ -349,8 +350,6 @@ def load_judge(spec: str | Callable) -> Judge:
 def check_judge(spec: str) -> None:
     """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one, and its
     config must load (a directory that holds no model, a Hub id mistyped or out of reach)."""
-    from hf_dpo.pairs.judges import JudgeError, check_reward_model_config, load_judge, reward_model_location
-
     spec = str(spec).strip()
     if spec.startswith("rm:"):
         target = spec[3:].strip()

@@ -15,6 +15,7 @@ and the cache file is named by a hash of all of them: change any and the old fil
 
 `ReferenceColumns.attach(dataset, split, model, compute)` is what the trainer calls: the dataset with
 ref_chosen_logps / ref_rejected_logps columns, read from that file or computed once (`compute`) and written there.
+`check_ref_cache`, called before the model loads: an unwritable cache directory turns the cache off, with a warning.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What `DPOTrainer.__init__` prepares from TRL-style arguments, before `transformers.Trainer` takes over: the peft
 model and its tokenizer (a model name loaded with model_init_kwargs, pad token, dropout off), the weight of a
 Mixture-of-Experts router's loss, the batch layout (padding-free packing, or the prefix-shared layout and the
-attention that carries its mask), tokenized datasets.
+attention that carries its mask), tokenized datasets. Checked before the model loads (`hf_dpo.preflight` calls
+them): a checkpoint to resume (`check_resume`), the report_to integrations installed (`check_report_to`).
 """
 
 from __future__ import annotations
