@@ -39,11 +39,11 @@ from hf_dpo.model.memory import peak_memory
 from hf_dpo.model.reference import with_adapter
 from hf_dpo.pairs.judges import check_judge
 from hf_dpo.preflight import preflight
-from hf_dpo.report import evaluate_metrics
+from hf_dpo.report import evaluate_offline
+from hf_dpo.report.build import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.checks import check_judged_prompts
-from hf_dpo.report.evaluation import evaluate_model, evaluate_trainer, resolve_judge
+from hf_dpo.report.estimates import LOGPS_KEYS
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
-from hf_dpo.report.metrics import LOGPS_KEYS
 from hf_dpo.report.prompts import training_prompt_keys
 from hf_dpo.train.trainer import DPOTrainer
 
@@ -66,7 +66,7 @@ def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str,
     computed by the shipped `dpo_preference` evaluate module (the report's code path), whether the policy
     itself gives the chosen completion more probability per token than the rejected one, and whether it still
     equals the reference (the report's own test of it)."""
-    metrics = evaluate_metrics.compute(
+    metrics = evaluate_offline.compute(
         "dpo_preference", **{key: logps[key].tolist() for key in LOGPS_KEYS}, beta=beta
     )
     per_token_chosen = logps["policy_chosen_logps"] / logps["chosen_lengths"].clamp(min=1)

@@ -89,7 +89,7 @@ def test_no_import_circle():
 
 def test_the_report_text_and_the_push_import_no_array_library():
     """The markdown of the report and card, and a push, are text and files: `import hf_dpo.report.markdown` and
-    `import hf_dpo.hub.push` pull in neither torch nor numpy. Before: markdown imported report.metrics (numpy, and
+    `import hf_dpo.hub.push` pull in neither torch nor numpy. Before: markdown imported report.estimates (numpy, and
     torch through train.loss) for one dict test, and the push numpy for a file name."""
     import subprocess
     import sys

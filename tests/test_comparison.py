@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hf_dpo.report.comparison import fail_unfinished, judged_comparison
-from hf_dpo.report.metrics import EvaluationError, wilson_interval
+from hf_dpo.report.estimates import EvaluationError, wilson_interval
 
 
 def test_judged_comparison_counts_ties_as_half():

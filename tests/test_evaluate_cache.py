@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 COMPUTE = """
 import json, sys
 from hf_dpo.errors import HfDpoError
-from hf_dpo.report import evaluate_metrics
+from hf_dpo.report import evaluate_offline
 try:
-    evaluate_metrics.preload_report_modules()  # the check a preflight makes before training
-    preference = evaluate_metrics.compute(
+    evaluate_offline.preload_report_modules()  # the check a preflight makes before training
+    preference = evaluate_offline.compute(
         "dpo_preference",
         policy_chosen_logps=[-10.0, -12.0, -3.0],
         policy_rejected_logps=[-20.0, -15.0, -2.0],
@@ -31,7 +31,7 @@ try:
         ref_rejected_logps=[-18.0, -15.0, -2.5],
         beta=0.1,
     )
-    judged = evaluate_metrics.compute(
+    judged = evaluate_offline.compute(
         "judged_win_rate",
         policy_scores=[[1, 0], [1, 1], [0, 1]],
         reference_scores=[[0, 1], [1, 0], [1, 0]],
@@ -119,7 +119,7 @@ def test_no_writable_place_at_all_is_one_clear_error(tmp_path, monkeypatch):
     import evaluate.config
 
     from hf_dpo.errors import HfDpoError
-    from hf_dpo.report import evaluate_metrics
+    from hf_dpo.report import evaluate_offline
 
     blocked = unwritable_dir(tmp_path)
 
@@ -129,16 +129,16 @@ def test_no_writable_place_at_all_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", blocked)
     monkeypatch.setattr(tempfile, "mkdtemp", no_temporary_directory)
     with pytest.raises(HfDpoError, match=r"HF_MODULES_CACHE to a writable directory") as caught:
-        evaluate_metrics.load("dpo_preference", keep_in_memory=True, cache_dir=str(tmp_path / "metrics"))
+        evaluate_offline.load("dpo_preference", keep_in_memory=True, cache_dir=str(tmp_path / "metrics"))
     assert str(blocked) in str(caught.value) and "hf-dpo eval" in str(caught.value)
-    evaluate_metrics._report_module.cache_clear()  # modules another test loaded would hide the problem
+    evaluate_offline._report_module.cache_clear()  # modules another test loaded would hide the problem
     with pytest.raises(HfDpoError, match=r"HF_MODULES_CACHE to a writable directory"):
-        evaluate_metrics.preload_report_modules()  # the check before training fails the same way
+        evaluate_offline.preload_report_modules()  # the check before training fails the same way
 
 
 def test_modules_cache_problem_names_the_directory(tmp_path):
     """What a preflight check can call before training: None for a writable cache, a reason otherwise."""
-    from hf_dpo.report.evaluate_metrics import cache_problem
+    from hf_dpo.report.evaluate_offline import cache_problem
 
     assert cache_problem(tmp_path / "fine") is None
     blocked = unwritable_dir(tmp_path)

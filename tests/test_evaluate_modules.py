@@ -10,9 +10,9 @@ import socket
 import numpy as np
 import pytest
 
-from hf_dpo.report import evaluate_metrics
+from hf_dpo.report import evaluate_offline
 from hf_dpo.report.comparison import judged_comparison
-from hf_dpo.report.metrics import LOGPS_KEYS, preference_metrics
+from hf_dpo.report.estimates import LOGPS_KEYS, preference_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def _user_load(name: str):
     """What a user does: evaluate.load on the module's directory inside the installed package."""
     import evaluate
 
-    return evaluate.load(str(evaluate_metrics.MODULES_DIR / name))
+    return evaluate.load(str(evaluate_offline.MODULES_DIR / name))
 
 
 def test_dpo_preference_by_hand():
@@ -87,7 +87,7 @@ def test_judged_win_rate_cut_answers_lose_and_fail_every_criterion():
 
 
 def test_judged_win_rate_scalar_scores_count_ties_as_half():
-    metric = evaluate_metrics.load("judged_win_rate")
+    metric = evaluate_offline.load("judged_win_rate")
     got = metric.compute(policy_scores=[2.0, 1.0, 0.0, 1.0], reference_scores=[1.0, 1.0, 1.0, 0.0])
     want = judged_comparison([2.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0])
     assert (got["wins"], got["ties"], got["losses"]) == (2, 1, 1) and got["criteria"] == ["score"]
@@ -97,7 +97,7 @@ def test_judged_win_rate_scalar_scores_count_ties_as_half():
 def test_dpo_preference_module_in_batches_equals_the_definition():
     rng = np.random.default_rng(0)
     logps = {k: rng.normal(-20, 3, size=40) for k in LOGPS_KEYS}
-    metric = evaluate_metrics.load("dpo_preference")
+    metric = evaluate_offline.load("dpo_preference")
     # add_batch + compute, as a user scoring their own predictions in pieces would
     metric.add_batch(**{k: v[:25] for k, v in logps.items()})
     metric.add_batch(**{k: v[25:] for k, v in logps.items()})
@@ -151,7 +151,7 @@ def test_the_reports_behaviour_numbers_are_the_modules():
 
 
 def test_the_reports_preference_numbers_are_the_modules(tmp_path):
-    from hf_dpo.report.evaluation import build_report
+    from hf_dpo.report.build import build_report
 
     (tmp_path / "run_info.json").write_text(json.dumps({"beta": 0.1}))
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": []}))
@@ -159,7 +159,7 @@ def test_the_reports_preference_numbers_are_the_modules(tmp_path):
     logps = {k: rng.normal(-30, 4, size=24).tolist() for k in LOGPS_KEYS}
     report = build_report(tmp_path, pair_logps=logps)
     assert report["preference"]["metrics"] == _user_load("dpo_preference").compute(**logps, beta=0.1)
-    saved = json.loads((tmp_path / evaluate_metrics.RESULTS_FILE).read_text())
+    saved = json.loads((tmp_path / evaluate_offline.RESULTS_FILE).read_text())
     want = report["preference"]["metrics"]["reward_accuracy"]["value"]
     assert saved["preference/reward_accuracy"] == want
 
@@ -167,19 +167,19 @@ def test_the_reports_preference_numbers_are_the_modules(tmp_path):
 def test_report_loads_each_module_once(monkeypatch):
     import evaluate
 
-    evaluate_metrics.compute("judged_win_rate", policy_scores=[1.0], reference_scores=[0.0])
+    evaluate_offline.compute("judged_win_rate", policy_scores=[1.0], reference_scores=[0.0])
 
     def no_reload(*args, **kwargs):
         raise AssertionError("evaluate.load called again")
 
     monkeypatch.setattr(evaluate, "load", no_reload)
-    got = evaluate_metrics.compute("judged_win_rate", policy_scores=[0.0, 1.0], reference_scores=[1.0, 1.0])
+    got = evaluate_offline.compute("judged_win_rate", policy_scores=[0.0, 1.0], reference_scores=[1.0, 1.0])
     assert (got["n"], got["losses"], got["ties"]) == (2, 1, 1)  # a fresh computation on the cached module
 
 
 def test_unknown_module_is_named():
     with pytest.raises(ValueError, match="dpo_preference"):
-        evaluate_metrics.load("accuracy")
+        evaluate_offline.load("accuracy")
 
 
 def test_saved_results_are_evaluates_format_without_git_or_local_paths(tmp_path, monkeypatch):
@@ -196,7 +196,7 @@ def test_saved_results_are_evaluates_format_without_git_or_local_paths(tmp_path,
 
     monkeypatch.setattr(subprocess, "run", no_subprocess)
     monkeypatch.setattr(subprocess, "Popen", no_subprocess)
-    path = evaluate_metrics.save_results(tmp_path, {"reward_accuracy": 0.75, "win_rate": 0.6})
+    path = evaluate_offline.save_results(tmp_path, {"reward_accuracy": 0.75, "win_rate": 0.6})
     saved = json.loads(path.read_text())
     assert saved["reward_accuracy"] == 0.75 and saved["win_rate"] == 0.6
     assert set(saved) - {"reward_accuracy"} == set(theirs) - {"_git_commit_hash", "_interpreter_path"}

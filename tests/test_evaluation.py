@@ -1,4 +1,4 @@
-"""hf_dpo.report.evaluation and hf_dpo.report.plots: intervals and metrics by hand-worked numbers, every judged
+"""hf_dpo.report.build and hf_dpo.report.plots: intervals and metrics by hand-worked numbers, every judged
 generation in eval_generations.jsonl (answers decoded by a stand-in, judged for real) recounted into the report's
 numbers, then the report of a real tiny run (tests/run_fixtures.py) with its plots decoded and checked for content."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from run_fixtures import tiny_run
 
-from hf_dpo.report.evaluation import behaviour_skip_reason, build_report, computes_metrics
-from hf_dpo.report.metrics import (
+from hf_dpo.report.build import behaviour_skip_reason, build_report, computes_metrics
+from hf_dpo.report.estimates import (
     LOGPS_KEYS,
     EvaluationError,
     bootstrap_mean_ci,
@@ -412,7 +412,7 @@ def test_evaluate_trainer_on_an_untrained_adapter_finds_no_difference(run, tmp_p
     import shutil
 
     from hf_dpo.config import load_recipe
-    from hf_dpo.report.evaluation import evaluate_trainer
+    from hf_dpo.report.build import evaluate_trainer
     from hf_dpo.run import build_trainer
 
     dst = tmp_path / "run"
@@ -447,7 +447,7 @@ def test_a_report_on_training_prompts_says_they_were_not_held_out(run, tmp_path)
     import shutil
 
     from hf_dpo.config import load_recipe
-    from hf_dpo.report.evaluation import evaluate_trainer
+    from hf_dpo.report.build import evaluate_trainer
     from hf_dpo.run import build_trainer
 
     dst = tmp_path / "run"

@@ -187,7 +187,7 @@ def no_report_place(tmp_path, monkeypatch) -> Path:
 
     import evaluate.config
 
-    from hf_dpo.report import evaluate_metrics
+    from hf_dpo.report import evaluate_offline
 
     (tmp_path / "a-file").write_text("x")
     blocked = tmp_path / "a-file" / "modules"
@@ -200,8 +200,8 @@ def no_report_place(tmp_path, monkeypatch) -> Path:
 
     monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", blocked)
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
-    fresh = functools.cache(evaluate_metrics._report_module.__wrapped__)
-    monkeypatch.setattr(evaluate_metrics, "_report_module", fresh)
+    fresh = functools.cache(evaluate_offline._report_module.__wrapped__)
+    monkeypatch.setattr(evaluate_offline, "_report_module", fresh)
     return blocked
 
 
@@ -211,7 +211,7 @@ def test_a_report_that_could_never_be_computed_stops_before_training(
     """Before: training ran, then the report (and the held-out summary) died in evaluate. Now: preflight loads
     the report's modules, before the tokenizer loads; only when the report will compute a number."""
     from hf_dpo import preflight as preflight_module
-    from hf_dpo.report import evaluate_metrics
+    from hf_dpo.report import evaluate_offline
 
     tokenizer_loads = []
     load_tokenizer = preflight_module.load_checked_tokenizer
@@ -229,7 +229,7 @@ def test_a_report_that_could_never_be_computed_stops_before_training(
         None, ["--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run")]
     )
     assert len(preflight(recipe).train) == 6 and tokenizer_loads == [1]
-    assert evaluate_metrics._report_module.cache_info().currsize == 0
+    assert evaluate_offline._report_module.cache_info().currsize == 0
 
 
 def test_unwritable_ref_cache_file_write_warns_and_returns(tmp_path, caplog):

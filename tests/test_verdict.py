@@ -8,8 +8,8 @@ import pytest
 
 from hf_dpo.report.behaviour import compare_sides
 from hf_dpo.report.degeneration import is_looping, repeated_ngram_share
+from hf_dpo.report.estimates import length_controlled_win_rate, paired_difference
 from hf_dpo.report.markdown import console_summary
-from hf_dpo.report.metrics import length_controlled_win_rate, paired_difference
 from hf_dpo.report.verdict import warnings
 
 
@@ -38,7 +38,7 @@ def _sides(policy_correct, reference_correct, *, policy_answers=None, reference_
 def _json(obj):
     import json
 
-    from hf_dpo.report.metrics import plain
+    from hf_dpo.report.estimates import plain
 
     return json.loads(json.dumps(plain(obj)))
 

@@ -1,6 +1,6 @@
 """Behaviour, not likelihood: greedy answers of the policy and of the reference (adapters off, same decoding)
 on held-out prompts, both scored by one judge, compared prompt by prompt through the `judged_win_rate`
-evaluate module (hf_dpo.report.evaluate_metrics), plus what the judge does not see: lengths, unfinished and
+evaluate module (hf_dpo.report.evaluate_offline), plus what the judge does not see: lengths, unfinished and
 looping answers, the KL estimate, and the verdict.
 
     result = judged_generations(model, tokenizer, heldout_prompts(eval_dataset, tokenizer, 32), judge)
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from hf_dpo.report import evaluate_metrics
+from hf_dpo.report import evaluate_offline
 from hf_dpo.report.comparison import fail_unfinished
+from hf_dpo.report.estimates import EvaluationError, mean_estimate, plain, proportion
 from hf_dpo.report.generation import decode_policy_and_reference, end_token_ids, is_finished
 from hf_dpo.report.generations_file import generation_rows
-from hf_dpo.report.metrics import EvaluationError, mean_estimate, plain, proportion
 
 
 def judge_answers(
@@ -152,7 +152,7 @@ def compare_sides(
     same = [a == b for a, b in zip(policy_answers, reference_answers)]
     words_p = [len(a.split()) for a in policy_answers]
     words_r = [len(a.split()) for a in reference_answers]
-    judged = evaluate_metrics.compute(
+    judged = evaluate_offline.compute(
         "judged_win_rate",
         policy_scores=np.asarray(
             policy_values, dtype=np.float64

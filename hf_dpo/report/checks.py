@@ -6,13 +6,13 @@ from __future__ import annotations
 from hf_dpo.config import Recipe, RecipeError
 from hf_dpo.errors import HfDpoError
 from hf_dpo.pairs.formats import read_prompts
-from hf_dpo.report.evaluate_metrics import preload_report_modules
-from hf_dpo.report.evaluation import behaviour_skip_reason, computes_metrics
+from hf_dpo.report.build import behaviour_skip_reason, computes_metrics
+from hf_dpo.report.evaluate_offline import preload_report_modules
 
 
 def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
     """The report's `evaluate` modules loaded now, when the report will compute numbers with them (the report's
-    own decision, `hf_dpo.report.evaluation.computes_metrics`; about a second, taken from the end of the run:
+    own decision, `hf_dpo.report.build.computes_metrics`; about a second, taken from the end of the run:
     they stay loaded). EvaluationError when they cannot be (no writable cache nor temporary directory), before
     training rather than after it."""
     cfg, sampling = recipe.data, recipe.sampling
@@ -24,7 +24,7 @@ def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> N
 
 def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
     """test_prompts_file, read as the report will read it when it judges generations on it (its own decision,
-    `hf_dpo.report.evaluation.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
+    `hf_dpo.report.build.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
     training, when the card and the push are still to come."""
     cfg, sampling = recipe.data, recipe.sampling
     has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_dpo.report.metrics import (
+from hf_dpo.report.estimates import (
     Estimate,
     EvaluationError,
     length_controlled_win_rate,

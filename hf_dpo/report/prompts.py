@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hf_dpo.report.metrics import EvaluationError
+from hf_dpo.report.estimates import EvaluationError
 
 
 def _messages_or_text(prompt: Any) -> Any:

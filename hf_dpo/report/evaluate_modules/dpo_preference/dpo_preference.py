@@ -7,13 +7,13 @@ through this module.
     metric.compute(policy_chosen_logps=[...], policy_rejected_logps=[...],
                    ref_chosen_logps=[...], ref_rejected_logps=[...], beta=0.1)
 
-It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_metrics.load`).
+It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_offline.load`).
 """
 
 import datasets
 import evaluate
 
-from hf_dpo.report.metrics import plain, preference_metrics
+from hf_dpo.report.estimates import plain, preference_metrics
 
 _CITATION = """\
 @inproceedings{rafailov2023direct,

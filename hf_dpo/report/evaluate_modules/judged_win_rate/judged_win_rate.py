@@ -7,14 +7,14 @@ computed through this module.
     metric = evaluate.load("<site-packages>/hf_dpo/report/evaluate_modules/judged_win_rate")
     metric.compute(policy_scores=[[1, 0], [0, 1]], reference_scores=[[0, 1], [1, 0]], criteria=["correct", "concise"])
 
-It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_metrics.load`).
+It ships inside hf_dpo and loads offline from its directory (`hf_dpo.report.evaluate_offline.load`).
 """
 
 import datasets
 import evaluate
 
 from hf_dpo.report.comparison import judged_comparison
-from hf_dpo.report.metrics import plain
+from hf_dpo.report.estimates import plain
 
 _DESCRIPTION = """\
 Win/tie/loss of policy answers against reference answers to the same prompts, scored by one judge. A score is

@@ -6,7 +6,7 @@ in `evaluate`'s saved-results format.
     compute("dpo_preference", policy_chosen_logps=..., ..., beta=0.1)      # what the report calls (cached module)
     save_results(run_dir, headline_results(report))                       # run_dir/evaluate_results.json
 
-The modules (evaluate_modules/<name>/<name>.py) wrap `hf_dpo.report.metrics`, and the report computes its
+The modules (evaluate_modules/<name>/<name>.py) wrap `hf_dpo.report.estimates`, and the report computes its
 preference metrics and judged comparison by `compute` through them, so a user who `evaluate.load`s a module on
 their own predictions runs the report's code. The paired bootstrap intervals are computed inside the modules
 too (they call the same functions). What does not work offline: loading *Hub* modules by name
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.files import atomic_write_text, why_not_writable
-from hf_dpo.report.metrics import (
+from hf_dpo.report.estimates import (
     LOGPS_KEYS,  # noqa: F401 - the dpo_preference module's inputs
     EvaluationError,
 )

@@ -18,8 +18,8 @@ means. Output in the run dir: eval_report.json (schema_version), eval_report.md,
 numbers in `evaluate`'s results format (evaluate_results.json) and, when generations were judged, every one of
 them with its values and outcome (eval_generations.jsonl, hf_dpo.report.generations_file).
 
-The pieces: hf_dpo.report.metrics (intervals, metrics: pure), computed through the `evaluate` modules of
-hf_dpo.report.evaluate_metrics; hf_dpo.report.prompts (which prompts), hf_dpo.report.generation (answers of
+The pieces: hf_dpo.report.estimates (intervals, metrics: pure), computed through the `evaluate` modules of
+hf_dpo.report.evaluate_offline; hf_dpo.report.prompts (which prompts), hf_dpo.report.generation (answers of
 policy and reference), hf_dpo.report.behaviour (judging and comparing them), hf_dpo.report.plots (PNGs),
 hf_dpo.report.markdown (markdown shared with the model card). This module reads the run dir, calls them and
 writes the report.
@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from hf_dpo.files import atomic_write_text
-from hf_dpo.report import evaluate_metrics
+from hf_dpo.report import evaluate_offline
+from hf_dpo.report.estimates import LOGPS_KEYS, EvaluationError, as_logps_array, plain
 from hf_dpo.report.generations_file import write_generations
-from hf_dpo.report.metrics import LOGPS_KEYS, EvaluationError, as_logps_array, plain
 from hf_dpo.report.prompts import prompt_key, training_prompt_keys
 from hf_dpo.report.verdict import verdict, warnings
 from hf_dpo.train.loss import implicit_rewards
@@ -113,7 +113,7 @@ def preference_section(
         raise EvaluationError(
             f"per-pair log-probs must have the same non-zero length, got {sizes} for {LOGPS_KEYS}."
         )
-    metrics = evaluate_metrics.compute(
+    metrics = evaluate_offline.compute(
         "dpo_preference",
         **{k: v.tolist() for k, v in logps.items()},
         beta=beta,
@@ -204,7 +204,7 @@ def build_report(
     report["warnings"] = warnings(report)
     atomic_write_text(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
     atomic_write_text(run_dir / REPORT_MD, render_markdown(report, info))
-    evaluate_metrics.save_results(run_dir, evaluate_metrics.headline_results(report))
+    evaluate_offline.save_results(run_dir, evaluate_offline.headline_results(report))
     logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
     return report
 

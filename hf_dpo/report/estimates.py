@@ -1,7 +1,7 @@
 """Held-out numbers with their uncertainty: Wilson and bootstrap intervals, the DPO preference metrics from
 per-pair log-probs, and the rates, paired differences and length-controlled win rate of judged answers (the
 comparison itself: hf_dpo.report.comparison). Pure functions of arrays; the report reaches them through the
-`evaluate` modules that wrap them (hf_dpo.report.evaluate_metrics).
+`evaluate` modules that wrap them (hf_dpo.report.evaluate_offline).
 
     m = preference_metrics(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1)
     m["reward_accuracy"].fmt()   # '0.750 [0.531, 0.888]'
