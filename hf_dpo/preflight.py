@@ -66,8 +66,8 @@ def preflight(recipe: Recipe) -> PreferenceData:
     splits = read_data(recipe)
     check_data(recipe, splits)  # tokenizer-free: a malformed row is named before the tokenizer loads
     check_eval_strategy(recipe, splits)
-    if recipe.sampling.judge:
-        check_judge(recipe.sampling.judge)
+    if recipe.report.judge:
+        check_judge(recipe.report.judge)
     check_ref_cache(args)
     check_report(recipe, splits)
     check_report_prompts(recipe, splits)
@@ -84,8 +84,7 @@ def preflight_sampling(recipe: Recipe) -> None:
         raise RecipeError(
             "prompts_file is not set: give a .txt (one prompt a line) or a .jsonl with a prompt column."
         )
-    for key in ("prompts_file", "test_prompts_file"):
-        path = getattr(cfg, key)
+    for path in (cfg.prompts_file, recipe.report.test_prompts_file):
         if path:
             read_prompts(path, recipe.data.prompt_column)
     for key in ("samples_file", "pairs_file"):
@@ -98,8 +97,8 @@ def preflight_sampling(recipe: Recipe) -> None:
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
     check_model_and_adapter(recipe.model)
     check_attn_implementation(recipe.model.attn_implementation)
-    if cfg.judge:
-        check_judge(cfg.judge)
+    if recipe.report.judge:
+        check_judge(recipe.report.judge)
 
 
 def tokenize_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> PreferenceData:

@@ -13,6 +13,7 @@ held-out metrics before and after). Only the main process writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from hf_dpo.report.build import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.checks import check_judged_prompts
 from hf_dpo.report.estimates import LOGPS_KEYS
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
+from hf_dpo.report.options import ReportOptions
 from hf_dpo.report.prompts import training_prompt_keys
 from hf_dpo.train.trainer import DPOTrainer
 
@@ -148,12 +150,9 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
         _print_summary(out, info)
     report = evaluate_trainer(
         trainer,
-        recipe.sampling.judge,
-        num_generations=recipe.sampling.eval_num_generations,
-        max_new_tokens=recipe.sampling.eval_max_new_tokens,
-        seed=args.seed,
+        recipe.report.judge,
+        ReportOptions.from_recipe(recipe.report, seed=args.seed),
         pair_logps=after_logps,
-        prompts_file=recipe.sampling.test_prompts_file,
         data_config=recipe.data,
     )
     if trainer.is_world_process_zero():
@@ -302,13 +301,25 @@ def evaluate_run(
     if isinstance(judge, str) and judge.strip():
         check_judge(judge)  # a misspelled --judge is named before the model loads
     recipe = run_recipe(run_dir)
-    spec = judge if judge is not None else recipe.sampling.judge
+    spec = judge if judge is not None else recipe.report.judge
     if judge is None and isinstance(spec, str) and spec.strip():
         check_judge(spec)  # the recipe's judge, checked before the model loads too
-    n_generations = recipe.sampling.eval_num_generations if num_generations is None else num_generations
+    options = ReportOptions.from_recipe(
+        recipe.report,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        seed=seed,
+        confidence=confidence,
+        num_samples_shown=num_samples_shown,
+    )
+    options = dataclasses.replace(
+        options,
+        num_generations=options.num_generations if num_generations is None else num_generations,
+        max_new_tokens=max_new_tokens or options.max_new_tokens,
+    )
     # the prompt file the judge answers on (recipe.yaml names it as given, often relative to where training ran)
     check_judged_prompts(
-        recipe.sampling.test_prompts_file, spec, n_generations, prompt_column=recipe.data.prompt_column
+        options.prompts_file, spec, options.num_generations, prompt_column=recipe.data.prompt_column
     )
     recipe, model, tokenizer, eval_dataset, train_dataset = load_run(run_dir, recipe)
     judge_obj, judge_name = resolve_judge(spec)
@@ -324,15 +335,8 @@ def evaluate_run(
         pair_logps_fn=trainer.pair_logps,
         judge=judge_obj,
         judge_name=judge_name,
-        num_generations=n_generations,
-        max_new_tokens=max_new_tokens or recipe.sampling.eval_max_new_tokens,
-        prompts_file=recipe.sampling.test_prompts_file,
+        options=options,
         data_config=recipe.data,
-        batch_size=batch_size,
-        do_sample=do_sample,
-        seed=seed,
-        confidence=confidence,
-        num_samples_shown=num_samples_shown,
         training_prompts=training_prompt_keys(
             train_dataset, tokenizer
         ),  # held-out prompts that were trained on

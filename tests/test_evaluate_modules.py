@@ -126,12 +126,8 @@ def test_the_reports_behaviour_numbers_are_the_modules():
         ("correct", "concise"),
         pv,
         rv,
-        policy_finished=finished_p,
-        reference_finished=finished_r,
-        policy_answers=policy_answers,
-        reference_answers=reference_answers,
-        policy_tokens=[len(a) for a in policy_answers],
-        reference_tokens=[len(a) for a in reference_answers],
+        {"answers": policy_answers, "finished": finished_p, "tokens": [len(a) for a in policy_answers]},
+        {"answers": reference_answers, "finished": finished_r, "tokens": [len(a) for a in reference_answers]},
     )
     user = _user_load("judged_win_rate").compute(
         policy_scores=pv.tolist(),

@@ -19,6 +19,7 @@ from hf_dpo.report.estimates import (
     preference_metrics,
     wilson_interval,
 )
+from hf_dpo.report.options import ReportOptions
 
 
 def test_wilson_interval_matches_published_values():
@@ -148,7 +149,11 @@ def _judged_with_stand_in_answers(monkeypatch) -> dict:
     monkeypatch.setattr(behaviour, "end_token_ids", lambda model, tok: {END})
     prompts = [(prompt, [1]) for prompt, *_ in JUDGED]
     result = behaviour.judged_generations(
-        None, tokenizer, prompts, load_judge("hf_dpo.pairs.demo_task:judge"), num_samples_shown=2
+        None,
+        tokenizer,
+        prompts,
+        load_judge("hf_dpo.pairs.demo_task:judge"),
+        ReportOptions(num_samples_shown=2),
     )
     result["judge"] = "hf_dpo.pairs.demo_task:judge"
     return result
@@ -419,7 +424,9 @@ def test_evaluate_trainer_on_an_untrained_adapter_finds_no_difference(run, tmp_p
     shutil.copytree(run, dst, ignore=shutil.ignore_patterns("checkpoint-*", "eval_report.*", "plots"))
     recipe = load_recipe(dst / "recipe.yaml", ["--output_dir", str(dst), "--report_to", "[]"])
     trainer, _ = build_trainer(recipe)
-    report = evaluate_trainer(trainer, "hf_dpo.pairs.demo_task:judge", num_generations=3, max_new_tokens=6)
+    report = evaluate_trainer(
+        trainer, "hf_dpo.pairs.demo_task:judge", ReportOptions(num_generations=3, max_new_tokens=6)
+    )
     metrics = report["preference"]["metrics"]
     assert metrics["reward_accuracy"]["value"] == 0.0
     assert metrics["rewards/margins"]["value"] == pytest.approx(0.0, abs=1e-6)
@@ -458,7 +465,9 @@ def test_a_report_on_training_prompts_says_they_were_not_held_out(run, tmp_path)
         shutil.copy(run.parent / "train.jsonl", data / f"{split}.jsonl")
     overrides = ["--output_dir", str(dst), "--report_to", "[]", "--dataset_name", str(data)]
     trainer, _ = build_trainer(load_recipe(dst / "recipe.yaml", overrides))
-    report = evaluate_trainer(trainer, "hf_dpo.pairs.demo_task:judge", num_generations=3, max_new_tokens=6)
+    report = evaluate_trainer(
+        trainer, "hf_dpo.pairs.demo_task:judge", ReportOptions(num_generations=3, max_new_tokens=6)
+    )
     assert report["training_overlap"] == {
         "judged_prompts": 3,
         "judged_prompts_of": 3,

@@ -425,11 +425,11 @@ def test_cli_sample_bad_judge_is_a_clean_error(tmp_path, tiny_model_dir, capsys)
 
 def test_demo_pairs_recipe_loads():
     recipe = load_recipe(REPO / "recipes" / "demo_pairs.yaml")
-    assert recipe.sampling.judge == "hf_dpo.pairs.demo_task:judge"
+    assert recipe.report.judge == "hf_dpo.pairs.demo_task:judge"
     assert recipe.sampling.num_samples_per_prompt == 4
     assert recipe.model.model_name_or_path == "smollm2-135m-instruct"
     assert recipe.sampling.pairs_file == "recipes/data/demo/train.jsonl"
-    for prompts in (recipe.sampling.prompts_file, recipe.sampling.test_prompts_file):
+    for prompts in (recipe.sampling.prompts_file, recipe.report.test_prompts_file):
         assert read_prompts(REPO / prompts)
     first_line = (REPO / "recipes" / "demo_pairs.yaml").read_text().splitlines()[0]
     assert first_line.startswith("# make pairs RECIPE=recipes/demo_pairs.yaml")

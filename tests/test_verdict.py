@@ -26,12 +26,16 @@ def _sides(policy_correct, reference_correct, *, policy_answers=None, reference_
         ("correct", "concise"),
         pv,
         rv,
-        policy_finished=finished or [True] * n,
-        reference_finished=[True] * n,
-        policy_answers=policy_answers,
-        reference_answers=reference_answers,
-        policy_tokens=[len(a.split()) for a in policy_answers],
-        reference_tokens=[len(a.split()) for a in reference_answers],
+        {
+            "answers": policy_answers,
+            "finished": finished or [True] * n,
+            "tokens": [len(a.split()) for a in policy_answers],
+        },
+        {
+            "answers": reference_answers,
+            "finished": [True] * n,
+            "tokens": [len(a.split()) for a in reference_answers],
+        },
     )
 
 

@@ -1,13 +1,14 @@
 """Typed configuration for hf_dpo runs, and recipe loading.
 
-A recipe is one flat YAML file (alignment-handbook style). Each key belongs to exactly one of four
+A recipe is one flat YAML file (alignment-handbook style). Each key belongs to exactly one of five
 dataclasses: `ModelConfig` (model.py), `DataConfig` (data.py), `DPOConfig` (dpo.py, a
-`transformers.TrainingArguments`; its cross-key checks in dpo_checks.py) and `SamplingConfig` (sampling.py).
+`transformers.TrainingArguments`; its cross-key checks in dpo_checks.py), `SamplingConfig` (sampling.py: step 1)
+and `ReportConfig` (report.py: the evaluation report, whose judge and held-out prompts step 1 uses too).
 Every field carries help text, which doubles as `hf-dpo train --help`, and its range or choices beside it
 (read by `hf_dpo.validate`). `recipe.py` reads a recipe through `HfArgumentParser`; `yaml_io.py` is its YAML.
 
     recipe = load_recipe("recipes/demo.yaml", ["--max_steps", "10"])
-    recipe.model, recipe.data, recipe.training, recipe.sampling
+    recipe.model, recipe.data, recipe.training, recipe.sampling, recipe.report
 """
 
 from hf_dpo.config.data import DataConfig
@@ -24,6 +25,7 @@ from hf_dpo.config.recipe import (
     recipe_help_parser,
     recipe_parser,
 )
+from hf_dpo.config.report import ReportConfig
 from hf_dpo.config.sampling import SamplingConfig
 from hf_dpo.config.yaml_io import read_recipe_file
 
@@ -37,6 +39,7 @@ __all__ = [
     "RECIPE_SECTIONS",
     "Recipe",
     "RecipeError",
+    "ReportConfig",
     "SECRET_KEYS",
     "SamplingConfig",
     "all_field_names",

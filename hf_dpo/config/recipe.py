@@ -1,8 +1,8 @@
-"""The recipe: one flat YAML file (alignment-handbook style) read into the four sections through
+"""The recipe: one flat YAML file (alignment-handbook style) read into the five sections through
 `HfArgumentParser` (YAML values as defaults, then `--key value`).
 
     recipe = load_recipe("recipes/demo.yaml", ["--max_steps", "10"])
-    recipe.model, recipe.data, recipe.training, recipe.sampling
+    recipe.model, recipe.data, recipe.training, recipe.sampling, recipe.report
 
 Unknown keys are an error naming the nearest valid key, in the recipe and on the command line alike.
 """
@@ -26,11 +26,12 @@ from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import auto_bool
 from hf_dpo.config.errors import RecipeError, suggest
 from hf_dpo.config.model import ModelConfig
+from hf_dpo.config.report import ReportConfig
 from hf_dpo.config.sampling import SamplingConfig
 from hf_dpo.config.yaml_io import RecipeDumper, RecipeLoader, read_recipe_file
 from hf_dpo.validate import METADATA_KEYS
 
-RECIPE_SECTIONS = (ModelConfig, DataConfig, DPOConfig, SamplingConfig)
+RECIPE_SECTIONS = (ModelConfig, DataConfig, DPOConfig, SamplingConfig, ReportConfig)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Recipe:
     data: DataConfig
     training: DPOConfig
     sampling: SamplingConfig
+    report: ReportConfig
     path: str | None = None
     values: dict[str, Any] = field(default_factory=dict)  # the keys the recipe and overrides set, resolved
 
@@ -120,7 +122,7 @@ class _RecipeArgumentParser(HfArgumentParser):
 
 
 def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
-    """`HfArgumentParser` over the four sections: one `--key value` option per field, typed from the dataclass.
+    """`HfArgumentParser` over the five sections: one `--key value` option per field, typed from the dataclass.
 
     A key that two sections share (`trust_remote_code`, in `ModelConfig` and in TRL's `DPOConfig`) is one option;
     its value goes to both."""
@@ -256,6 +258,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
         data=built[DataConfig],
         training=built[DPOConfig],
         sampling=built[SamplingConfig],
+        report=built[ReportConfig],
         path=str(path) if path else None,
         values=values,
     )

@@ -1,5 +1,6 @@
-"""`SamplingConfig`: step 1 of DPO (sampling completions from the reference policy and labelling them), and the
-report's judged generations."""
+"""`SamplingConfig`: step 1 of DPO (sampling completions from the reference policy and labelling them). The
+judge that labels them and the held-out prompts it samples are the report's keys (`judge`, `test_prompts_file`
+in `hf_dpo.config.report`): one judge and one held-out set serve both."""
 
 from __future__ import annotations
 
@@ -17,12 +18,6 @@ class SamplingConfig:
         default=None,
         metadata={
             "help": "Prompts to sample for: a .txt (one per line), .jsonl/.json/.csv/.parquet with a prompt column."
-        },
-    )
-    test_prompts_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "Held-out prompts, sampled and labelled the same way into test.jsonl beside pairs_file."
         },
     )
     samples_file: str | None = field(
@@ -100,29 +95,6 @@ class SamplingConfig:
     min_chosen_criterion: str | None = field(
         default=None,
         metadata={"help": "The judge criterion min_chosen_score applies to (default: the judge's first)."},
-    )
-    eval_max_new_tokens: int = field(
-        default=256,
-        metadata={
-            "range": Range(1),
-            "help": "Cap on new tokens of the report's judged generations; answers decode until their end token "
-            "and one that reaches the cap is reported as unfinished (never judged as a whole answer).",
-        },
-    )
-    eval_num_generations: int = field(
-        default=32,
-        metadata={
-            "range": Range(0),
-            "help": "Held-out prompts on which the end-of-training report generates from policy and reference "
-            "and lets the judge pick (0: skip the judged comparison).",
-        },
-    )
-    judge: str | None = field(
-        default=None,
-        metadata={
-            "help": "Scores completions: 'module:function' (callable(prompt, completion) -> float), or a reward "
-            "model (Hub id or local path of an AutoModelForSequenceClassification), prefixed 'rm:'."
-        },
     )
 
     def __post_init__(self):

@@ -113,7 +113,7 @@ def _how_labelled(recipe: Recipe, splits: dict[str, Any]) -> dict[str, Any]:
     cfg = recipe.sampling
     criteria = next((st["criteria"] for st in splits.values() if "criteria" in st), ["score"])
     return {
-        "judge": cfg.judge,
+        "judge": recipe.report.judge,
         "criteria": ", ".join(f"`{c}`" for c in criteria),
         "unfinished_rule": " (unfinished answers were never chosen)"
         if not cfg.allow_unfinished_chosen

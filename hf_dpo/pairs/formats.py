@@ -192,9 +192,9 @@ def sampling_splits(recipe: Recipe) -> dict[str, str]:
     """{split: prompts file} that `hf-dpo sample` samples, in its order: held-out first when the recipe has
     test_prompts_file (it is small and the evaluation needs it whole; the long train split can then be stopped
     and resumed at will), then train. The preflight checks the output files of exactly these."""
-    cfg = recipe.sampling
-    splits = {"test": cfg.test_prompts_file} if cfg.test_prompts_file else {}
-    splits["train"] = cfg.prompts_file
+    held_out = recipe.report.test_prompts_file
+    splits = {"test": held_out} if held_out else {}
+    splits["train"] = recipe.sampling.prompts_file
     return splits
 
 
@@ -219,7 +219,7 @@ def check_output_files(recipe: Recipe, splits: list[str]) -> None:
     """Before `hf-dpo sample` reads a prompt: the files it writes are distinct from each other and from its
     prompts, and those it replaces (a judge's pairs, the dataset card) are its own, so no run replaces other
     data. SamplingError naming the key, the file and what to do."""
-    cfg, labels = recipe.sampling, bool(recipe.sampling.judge)
+    cfg, labels = recipe.sampling, bool(recipe.report.judge)
     roles: dict[Path, str] = {}  # resolved path -> what it is, in the order they are claimed
 
     def claim(path: str | os.PathLike, role: str) -> None:
@@ -238,7 +238,7 @@ def check_output_files(recipe: Recipe, splits: list[str]) -> None:
 
     prompts = {
         "train": ("prompts_file", cfg.prompts_file),
-        "test": ("test_prompts_file", cfg.test_prompts_file),
+        "test": ("test_prompts_file", recipe.report.test_prompts_file),
     }
     for split in splits:
         key, path = prompts[split]

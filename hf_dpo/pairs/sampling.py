@@ -421,7 +421,9 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
     splits = sampling_splits(recipe)  # held-out first: the splits whose output files the preflight checked
     if not outputs_checked:  # Python-API callers without the preflight: nothing is sampled over other data
         check_output_files(recipe, list(splits))
-    judge = load_judge(cfg.judge) if cfg.judge else None  # fail on a bad judge before sampling for minutes
+    judge = (
+        load_judge(recipe.report.judge) if recipe.report.judge else None
+    )  # fail on a bad judge before sampling for minutes
     model_and_tokenizer = None
     report: dict[str, Any] = {"splits": {}}
     # Every split's samples file is checked before any is sampled: a train file made with other settings would

@@ -21,6 +21,7 @@ from hf_dpo.report.comparison import fail_unfinished
 from hf_dpo.report.estimates import EvaluationError, mean_estimate, plain, proportion
 from hf_dpo.report.generation import decode_policy_and_reference, end_token_ids, is_finished
 from hf_dpo.report.generations_file import generation_rows
+from hf_dpo.report.options import DEFAULT_OPTIONS, ReportOptions
 
 
 def judge_answers(
@@ -58,19 +59,11 @@ def judged_generations(
     tokenizer,
     prompts: list[tuple[str, list[int]]],
     judge,
-    *,
-    max_new_tokens: int = 256,
-    batch_size: int = 96,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    confidence: float = 0.95,
-    num_samples_shown: int = 4,
+    options: ReportOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     """Generate from policy and reference (adapters off) with identical settings, judge both, compare.
 
-    Answers decode until their end token, up to `max_new_tokens`. One that reaches the cap is unfinished:
+    Answers decode until their end token, up to `options.max_new_tokens`. One that reaches the cap is unfinished:
     it is never judged as a whole answer, but counts as failing every criterion (it takes the lowest value
     the judge gave any answer on that criterion, 0 on one whose values lie in [0, 1]) and loses to every
     finished answer.
@@ -80,10 +73,14 @@ def judged_generations(
     """
     texts = [t for t, _ in prompts]
     decoding = dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
+        max_new_tokens=options.max_new_tokens,
+        do_sample=options.do_sample,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed,
     )
     both = decode_policy_and_reference(
-        model, tokenizer, [i for _, i in prompts], batch_size=batch_size, **decoding
+        model, tokenizer, [i for _, i in prompts], batch_size=options.batch_size, **decoding
     )
     ends = end_token_ids(model, tokenizer)
     policy, reference = (
@@ -91,26 +88,14 @@ def judged_generations(
         _answers(tokenizer, both.reference_ids, ends),
     )
     criteria, pv, rv = _judge_both(judge, texts, policy, reference)
-    result = compare_sides(
-        criteria,
-        pv,
-        rv,
-        policy_finished=policy["finished"],
-        reference_finished=reference["finished"],
-        policy_answers=policy["answers"],
-        reference_answers=reference["answers"],
-        policy_tokens=policy["tokens"],
-        reference_tokens=reference["tokens"],
-        confidence=confidence,
-        seed=seed,
-    )
+    result = compare_sides(criteria, pv, rv, policy, reference, options)
     outcomes = result.pop("outcomes")  # (N,) per prompt: into the rows, not into the report's numbers
     result["generations"] = generation_rows(texts, criteria, policy, reference, pv, rv, outcomes)
     # log pi(y|x) - log pi_ref(y|x) on the policy's own completions: a Monte-Carlo KL(pi || pi_ref) estimate
     # when sampling; with greedy decoding, the log-ratio at the policy's mode.
-    result["kl_estimate"] = plain(mean_estimate(both.policy_logps - both.reference_logps, confidence))
+    result["kl_estimate"] = plain(mean_estimate(both.policy_logps - both.reference_logps, options.confidence))
     result["decoding"] = {
-        k: v for k, v in decoding.items() if do_sample or k in ("max_new_tokens", "do_sample")
+        k: v for k, v in decoding.items() if options.do_sample or k in ("max_new_tokens", "do_sample")
     }
     result["generation_seconds"] = round(both.seconds, 2)
     result["samples"] = _pick_samples(
@@ -119,7 +104,7 @@ def judged_generations(
         [_marked(a, f) for a, f in zip(reference["answers"], reference["finished"])],
         pv.sum(axis=1).tolist(),
         rv.sum(axis=1).tolist(),
-        num_samples_shown,
+        options.num_samples_shown,
     )
     return result
 
@@ -132,23 +117,21 @@ def compare_sides(
     criteria: tuple[str, ...],
     policy_values: np.ndarray,
     reference_values: np.ndarray,
-    *,
-    policy_finished: list[bool],
-    reference_finished: list[bool],
-    policy_answers: list[str],
-    reference_answers: list[str],
-    policy_tokens: list[int],
-    reference_tokens: list[int],
-    confidence: float = 0.95,
-    seed: int = 0,
+    policy: dict[str, list],
+    reference: dict[str, list],
+    options: ReportOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
-    """Every behavioural number of the report (as plain dicts) from per-prompt values (N, C) of both sides:
+    """Every behavioural number of the report (as plain dicts) from per-prompt values (N, C) of both sides
+    and their answers ({"answers", "finished", "tokens"} lists, one entry per prompt):
     through the `judged_win_rate` module, per-criterion rates and paired differences, win/tie/loss by
     criteria (finished first) and the length-controlled win rate; then lengths, unfinished and looping
     shares, and the verdict. `outcomes` is the module's per-prompt outcome behind wins / ties / losses (1 win,
     0.5 tie, 0 loss of the policy)."""
     from hf_dpo.report.verdict import verdict
 
+    confidence, seed = options.confidence, options.seed
+    policy_answers, reference_answers = policy["answers"], reference["answers"]
+    policy_finished, reference_finished = policy["finished"], reference["finished"]
     same = [a == b for a, b in zip(policy_answers, reference_answers)]
     words_p = [len(a.split()) for a in policy_answers]
     words_r = [len(a.split()) for a in reference_answers]
@@ -176,8 +159,8 @@ def compare_sides(
     result["lengths"] = {
         "policy_words": mean_estimate(words_p, confidence, seed),
         "reference_words": mean_estimate(words_r, confidence, seed),
-        "policy_tokens": mean_estimate(policy_tokens, confidence, seed),
-        "reference_tokens": mean_estimate(reference_tokens, confidence, seed),
+        "policy_tokens": mean_estimate(policy["tokens"], confidence, seed),
+        "reference_tokens": mean_estimate(reference["tokens"], confidence, seed),
     }
     result["unfinished"] = {
         "policy": proportion(float(n - sum(policy_finished)), n, confidence),

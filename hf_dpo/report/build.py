@@ -40,6 +40,7 @@ from hf_dpo.files import atomic_write_text
 from hf_dpo.report import evaluate_offline
 from hf_dpo.report.estimates import LOGPS_KEYS, EvaluationError, as_logps_array, plain
 from hf_dpo.report.generations_file import write_generations
+from hf_dpo.report.options import DEFAULT_OPTIONS, ReportOptions
 from hf_dpo.report.prompts import prompt_key, training_prompt_keys
 from hf_dpo.report.verdict import verdict, warnings
 from hf_dpo.train.loss import implicit_rewards
@@ -238,21 +239,15 @@ def evaluate_model(
     pair_logps_fn: Callable[[Any], dict[str, Any]] | None,
     judge=None,
     judge_name: str | None = None,
-    num_generations: int = 32,
-    max_new_tokens: int = 256,
-    prompts_file: str | None = None,
+    options: ReportOptions = DEFAULT_OPTIONS,
     data_config=None,
-    batch_size: int = 96,
-    do_sample: bool = False,
-    seed: int = 0,
-    confidence: float = 0.95,
-    num_samples_shown: int = 4,
     training_prompts: set[str] | None = None,
 ) -> dict[str, Any]:
     """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end).
 
-    The judged prompts are the first `num_generations` of `prompts_file` (the recipe's test_prompts_file:
-    every held-out prompt, also those without a pair) when given, else the eval split's distinct prompts.
+    The judged prompts are the first `options.num_generations` of `options.prompts_file` (the recipe's
+    test_prompts_file: every held-out prompt, also those without a pair, read with `data_config`'s prompt
+    column and template) when given, else the eval split's distinct prompts.
     `training_prompts`: the train split's prompts (report.prompts.training_prompt_keys), to count held-out
     prompts that were trained on; None: not checked.
     """
@@ -261,26 +256,15 @@ def evaluate_model(
 
     has_eval = eval_dataset is not None and len(eval_dataset) > 0
     pair_logps = pair_logps_fn(eval_dataset) if (has_eval and pair_logps_fn is not None) else None
-    skipped = behaviour_skip_reason(has_eval, prompts_file, judge, num_generations)
+    skipped = behaviour_skip_reason(has_eval, options.prompts_file, judge, options.num_generations)
     behaviour, prompts = None, []
     if skipped is None:
         prompts = (
-            prompts_from_file(prompts_file, tokenizer, data_config, num_generations)
-            if prompts_file
-            else heldout_prompts(eval_dataset, tokenizer, num_generations)
+            prompts_from_file(options.prompts_file, tokenizer, data_config, options.num_generations)
+            if options.prompts_file
+            else heldout_prompts(eval_dataset, tokenizer, options.num_generations)
         )
-        behaviour = judged_generations(
-            model,
-            tokenizer,
-            prompts,
-            judge,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            do_sample=do_sample,
-            seed=seed,
-            confidence=confidence,
-            num_samples_shown=num_samples_shown,
-        )
+        behaviour = judged_generations(model, tokenizer, prompts, judge, options)
         behaviour["judge"] = judge_name or getattr(judge, "name", None) or repr(judge)
     overlap = training_overlap(prompts, eval_dataset if has_eval else None, training_prompts, tokenizer)
     if behaviour is not None and overlap is not None:
@@ -291,8 +275,8 @@ def evaluate_model(
         pair_logps=pair_logps,
         behaviour=behaviour,
         behaviour_skipped=skipped,
-        confidence=confidence,
-        seed=seed,
+        confidence=options.confidence,
+        seed=options.seed,
         training_overlap=overlap,
     )
 
@@ -320,14 +304,10 @@ def training_overlap(
 def evaluate_trainer(
     trainer,
     judge=None,
-    num_generations: int = 32,
+    options: ReportOptions = DEFAULT_OPTIONS,
     *,
     run_dir: str | Path | None = None,
-    max_new_tokens: int = 256,
-    batch_size: int = 96,
-    seed: int = 0,
     pair_logps: dict | None = None,
-    prompts_file: str | None = None,
     data_config=None,
 ) -> dict[str, Any] | None:
     """The evaluation at the end of `hf-dpo train`, on the in-memory model (no reload).
@@ -353,12 +333,8 @@ def evaluate_trainer(
         pair_logps_fn=(lambda _: pair_logps) if has_eval else None,
         judge=judge_obj,
         judge_name=judge_name,
-        num_generations=num_generations,
-        max_new_tokens=max_new_tokens,
-        prompts_file=prompts_file,
+        options=options,
         data_config=data_config,
-        batch_size=batch_size,
-        seed=seed,
         training_prompts=training_prompt_keys(trainer.train_dataset, trainer.processing_class),
     )
 

@@ -15,10 +15,10 @@ def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> N
     own decision, `hf_dpo.report.build.computes_metrics`; about a second, taken from the end of the run:
     they stay loaded). EvaluationError when they cannot be (no writable cache nor temporary directory), before
     training rather than after it."""
-    cfg, sampling = recipe.data, recipe.sampling
+    cfg, report = recipe.data, recipe.report
     # check_data has made sure a held-out split it finds, or eval_fraction's share, is not empty.
     has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
-    if computes_metrics(has_eval, sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations):
+    if computes_metrics(has_eval, report.test_prompts_file, report.judge, report.eval_num_generations):
         preload_report_modules()
 
 
@@ -26,10 +26,10 @@ def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]
     """test_prompts_file, read as the report will read it when it judges generations on it (its own decision,
     `hf_dpo.report.build.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
     training, when the card and the push are still to come."""
-    cfg, sampling = recipe.data, recipe.sampling
+    cfg, report = recipe.data, recipe.report
     has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
     check_judged_prompts(
-        sampling.test_prompts_file, sampling.judge, sampling.eval_num_generations, has_eval, cfg.prompt_column
+        report.test_prompts_file, report.judge, report.eval_num_generations, has_eval, cfg.prompt_column
     )
 
 
