@@ -442,6 +442,31 @@ def test_take_hub_settings_moves_the_token_out_of_training_args(tmp_path):
     assert take_hub_settings(DPOConfig(output_dir=str(tmp_path / "r"), report_to=[])) is None
 
 
+def test_take_hub_settings_reads_plain_training_arguments(tmp_path):
+    """transformers' own TrainingArguments carry every hub key take_hub_settings reads; the strategy comes out as
+    its name (TrainingArguments holds a HubStrategy enum)."""
+    from transformers import TrainingArguments
+
+    from hf_dpo.hub.settings import take_hub_settings
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "r"),
+        push_to_hub=True,
+        hub_token=PUSH_TOKEN,
+        hub_strategy="end",
+        hub_revision="v1",
+        report_to=[],
+    )
+    settings = take_hub_settings(args)
+    assert (settings.repo_id, settings.strategy, settings.revision, settings.token) == (
+        "r",
+        "end",
+        "v1",
+        PUSH_TOKEN,
+    )
+    assert args.hub_token is None and args.push_to_hub is False
+
+
 def test_cli_push(hub, run_dir, capsys, monkeypatch):
     from hf_dpo.cli import main
 

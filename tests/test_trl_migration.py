@@ -181,3 +181,24 @@ def test_dataset_num_proc_is_warned_about_not_silently_ignored(tmp_path, tiny, c
         assert bool(said) == warned, said
         if warned:
             assert "no effect" in said[0] and "one process" in said[0]
+
+
+def test_plain_training_arguments_are_converted_to_dpoconfig(tmp_path):
+    """A script that passes transformers' TrainingArguments (or TRL's DPOConfig) gets hf_dpo's DPOConfig with its
+    own values kept and every DPO key at its default, as TRL's DPOTrainer converts a TrainingArguments."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig as TRLConfig
+
+    from hf_dpo.train.setup import TrainerSetupError, as_dpo_config
+
+    plain = TrainingArguments(output_dir=str(tmp_path / "a"), learning_rate=1e-4, use_cpu=True, report_to=[])
+    args = as_dpo_config(plain)
+    assert isinstance(args, DPOConfig) and args.learning_rate == 1e-4 and args.output_dir == plain.output_dir
+    defaults = DPOConfig(output_dir=str(tmp_path / "b"), use_cpu=True)
+    for key in ("beta", "logps_chunk_size", "precompute_ref_log_probs", "ref_logps_cache_dir", "max_length"):
+        assert getattr(args, key) == getattr(defaults, key), key
+    trl = as_dpo_config(TRLConfig(output_dir=str(tmp_path / "c"), use_cpu=True, beta=0.3, report_to=[]))
+    assert isinstance(trl, DPOConfig) and trl.beta == 0.3
+    assert as_dpo_config(defaults) is defaults
+    with pytest.raises(TrainerSetupError, match="pass hf_dpo.config.DPOConfig"):
+        as_dpo_config({"learning_rate": 1e-4})

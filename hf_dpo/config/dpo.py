@@ -284,8 +284,9 @@ class DPOConfig(TrainingArguments):
             # use_cpu makes it a gloo process group (accelerate's MULTI_CPU): real DDP on CPU.
             self.use_cpu = not torch.cuda.is_available()
         super().__post_init__()
-        # activation_checkpointing_kwargs in newer transformers (5.24; gradient_checkpointing_* mirror it), only
-        # gradient_checkpointing_kwargs in older ones (5.17)
+        # Version compatibility, not a setting's default: activation_checkpointing_kwargs exists in newer
+        # transformers (5.24; gradient_checkpointing_* mirror it), only gradient_checkpointing_kwargs in older
+        # ones (5.17, within pyproject's transformers>=5.0)
         check_checkpointing_kwargs(
             getattr(self, "activation_checkpointing_kwargs", self.gradient_checkpointing_kwargs)
         )

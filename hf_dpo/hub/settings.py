@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a type only: importing transformers here would pull torch into `import hf_dpo.hub.push`
+    from transformers import TrainingArguments
 
 
 @dataclass
@@ -26,25 +31,28 @@ class HubSettings:
         )
 
 
-def take_hub_settings(args) -> HubSettings | None:
-    """Move the hub keys out of TrainingArguments before a Trainer sees them.
+def take_hub_settings(args: TrainingArguments) -> HubSettings | None:
+    """Move the hub keys out of TrainingArguments (any: hf_dpo's DPOConfig is one, and every key read here is
+    TrainingArguments') before a Trainer sees them.
 
     Sets `args.hub_token = None` (training_args.bin pickles the object, token included) and
     `args.push_to_hub = False` (hf_dpo pushes itself: HubCheckpointCallback + push_run). Returns the
     settings when the recipe asked for a push, else None.
     """
-    token = getattr(args, "hub_token", None) or os.environ.get("HF_TOKEN")
+    token = args.hub_token or os.environ.get("HF_TOKEN")
     args.hub_token = None
-    if not getattr(args, "push_to_hub", False):
+    if not args.push_to_hub:
         return None
     args.push_to_hub = False
     repo_id = args.hub_model_id or Path(args.output_dir).name
-    strategy = getattr(args, "hub_strategy", "every_save")
+    strategy = (
+        args.hub_strategy
+    )  # TrainingArguments makes it a HubStrategy (a str Enum); str() would name the class
     return HubSettings(
         repo_id=repo_id,
         private=bool(args.hub_private_repo),
-        revision=getattr(args, "hub_revision", None),
-        strategy=str(getattr(strategy, "value", strategy)),
+        revision=args.hub_revision,
+        strategy=strategy.value if isinstance(strategy, Enum) else strategy,
         token=token,
     )
 

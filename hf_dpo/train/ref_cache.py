@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hf_dpo.config import RecipeError
+from hf_dpo.config import DPOConfig, RecipeError
 from hf_dpo.config.places import check_writable_dir
 from hf_dpo.files import atomic_path
 from hf_dpo.model.loading import cache_dir
@@ -206,7 +206,7 @@ class ReferenceColumns:
     `accelerator` makes the ranks agree (every rank reads the cache, or every rank computes) and lets only the
     local main process write."""
 
-    def __init__(self, args, tokenizer, accelerator):
+    def __init__(self, args: DPOConfig, tokenizer, accelerator):
         self.args, self.tokenizer, self.accelerator = args, tokenizer, accelerator
         self._model_fingerprint: dict | None = None  # hashing the weights once per trainer is enough
 
@@ -221,14 +221,14 @@ class ReferenceColumns:
             "model": self._model_fingerprint,
             "autocast": {"bf16": bool(self.args.bf16), "fp16": bool(self.args.fp16)},
             "tokenization": {
-                "max_length": getattr(self.args, "max_length", None),
-                "max_prompt_length": getattr(self.args, "max_prompt_length", None),
+                "max_length": self.args.max_length,
+                "max_prompt_length": self.args.max_prompt_length,
                 "chat_template": _sha(str(template)),
             },
             "dataset": dataset_fingerprint(dataset),
             "num_pairs": len(dataset),
         }
-        if getattr(self.args, "ld_alpha", None) is not None:  # LD-DPO changes the summed log-probs themselves
+        if self.args.ld_alpha is not None:  # LD-DPO changes the summed log-probs themselves
             parts["ld_alpha"] = self.args.ld_alpha
         return parts
 
@@ -242,10 +242,10 @@ class ReferenceColumns:
         """`dataset` plus ref_chosen_logps / ref_rejected_logps, read from the cache or `compute(dataset)` ->
         (chosen, rejected) lists, written there. Unchanged when precomputing is off (the reference then runs at
         every step) or when `auto` finds the pass not worth it."""
-        setting = getattr(self.args, "precompute_ref_log_probs", False)
+        setting = self.args.precompute_ref_log_probs
         if dataset is None or setting is False or REF_COLUMNS[0] in dataset.column_names:
             return dataset
-        root = cache_root(getattr(self.args, "ref_logps_cache_dir", None))
+        root = cache_root(self.args.ref_logps_cache_dir)
         path = parts = None
         if root is not None:
             parts = self.key_parts(dataset, model)

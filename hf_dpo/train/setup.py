@@ -7,10 +7,12 @@ them): a checkpoint to resume (`check_resume`), the report_to integrations insta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
+from transformers import TrainingArguments
 
 from hf_dpo.config import DPOConfig, RecipeError
 from hf_dpo.data import tokenize_dataset
@@ -24,6 +26,26 @@ logger = logging.getLogger(__name__)
 
 class TrainerSetupError(HfDpoError, ValueError):
     """DPOTrainer's arguments cannot work together; the message says what to pass instead."""
+
+
+def as_dpo_config(args) -> DPOConfig:
+    """The trainer's arguments as hf_dpo's DPOConfig, the one place that accepts another kind: None gives the
+    defaults; a plain `transformers.TrainingArguments` (or TRL's DPOConfig) is converted field by field, as TRL's
+    DPOTrainer converts a TrainingArguments, so every DPO key the trainer reads has its DPOConfig default."""
+    if args is None:
+        return DPOConfig(output_dir="runs/dpo")
+    if isinstance(args, DPOConfig):
+        return args
+    if not isinstance(args, TrainingArguments):
+        raise TrainerSetupError(
+            f"args is a {type(args).__name__}; pass hf_dpo.config.DPOConfig (or a transformers.TrainingArguments)."
+        )
+    ours = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    dropped = sorted(set(given) - ours)
+    if dropped:
+        logger.warning("%s keys hf_dpo's DPOConfig does not have, ignored: %s", type(args).__name__, dropped)
+    return DPOConfig(**{k: v for k, v in given.items() if k in ours})
 
 
 def with_lora(model, processing_class, peft_config, args: DPOConfig, quantization_config=None):

@@ -48,6 +48,7 @@ from hf_dpo.train.loss import dpo_loss
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
 from hf_dpo.train.setup import (
     TrainerSetupError,
+    as_dpo_config,
     padding_free_on,
     prefix_sharing_on,
     return_freed_memory,
@@ -90,7 +91,7 @@ class DPOTrainer(Trainer):
         quantization_config=None,
         **kwargs,
     ):
-        args = args or DPOConfig(output_dir="runs/dpo")
+        args = as_dpo_config(args)
         # No data_config: TRL's reading of the rows, so a TRL script trains on the same tokens. TRL tokenizes a
         # plain-string prompt as it is (no chat template; conversational rows always get the template).
         data_config = data_config or DataConfig(apply_chat_template=False)
@@ -132,7 +133,7 @@ class DPOTrainer(Trainer):
         self.reference_forward_passes = 0  # batches for which the reference model actually ran
         self.token_counts = {"real": 0, "total": 0}  # training batches: real tokens, tokens incl. padding
         self._trl_num_tokens = 0  # TRL's num_tokens: prompt+chosen, prompt+rejected tokens trained on
-        self._chunk_size = self._resolve_chunking(int(getattr(args, "logps_chunk_size", 0) or 0))
+        self._chunk_size = self._resolve_chunking(args.logps_chunk_size or 0)
         self._reference_columns = ReferenceColumns(args, processing_class, self.accelerator)
         self._data_config = data_config
 
@@ -385,7 +386,7 @@ class DPOTrainer(Trainer):
     # ------------------------------------------------------------------ data loading, batch order, training
 
     def get_train_dataloader(self) -> DataLoader:
-        if getattr(self.args, "precompute_ref_log_probs", False) is True:
+        if self.args.precompute_ref_log_probs is True:
             self.train_dataset = self._with_reference(self.train_dataset, "train")
         return super().get_train_dataloader()
 
