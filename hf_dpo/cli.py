@@ -10,7 +10,8 @@
     hf-dpo label SAMPLES.jsonl              label sampled pairs by hand in the browser
 
 Each subcommand is one `_add_*` function (its arguments) and one `cmd_*` function (what it runs); the algorithms live in the
-modules they call.
+modules they call. Why one file over 400 lines: it is every subcommand's arguments and runner, each pair short, and
+`hf-dpo --help` is built from all of them in one parser.
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
-    from hf_dpo.plan.estimate import parse_size, plan_recipe
+    from hf_dpo.plan.fit import parse_size, plan_recipe
 
     memory = parse_size(args.gpu_memory, what="--gpu-memory") if args.gpu_memory is not None else None
     plan = plan_recipe(load_recipe(args.recipe, args.overrides), device=args.device, memory=memory)

@@ -287,7 +287,8 @@ def test_bench_options_are_checked_before_any_line_runs(tmp_path, monkeypatch, c
 @pytest.mark.parametrize("text", ["0", "0GB", "1.2.3GB", "."])
 def test_plan_memory_sizes_that_are_no_size_are_named(text):
     """Before: '1.2.3GB' and '.' raised ValueError from float(); '0' planned against 0 bytes ('does not fit')."""
-    from hf_dpo.plan.estimate import PlanError, parse_size
+    from hf_dpo.plan.arch import PlanError
+    from hf_dpo.plan.fit import parse_size
 
     with pytest.raises(PlanError, match=f"memory size '{text}'"):
         parse_size(text)
@@ -295,8 +296,7 @@ def test_plan_memory_sizes_that_are_no_size_are_named(text):
 
 def test_plan_a_model_name_too_long_for_a_path_is_named(monkeypatch):
     """Before: OSError 'File name too long' from pathlib while looking for a local config.json."""
-    from hf_dpo.plan.arch import load_arch
-    from hf_dpo.plan.estimate import PlanError
+    from hf_dpo.plan.arch import PlanError, load_arch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("hf_dpo.plan.arch._hub_reachable", lambda: False)

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from hf_dpo.config import ModelConfig
 from hf_dpo.model.loading import load_base_model
 from hf_dpo.plan import estimate as planmod
-from hf_dpo.plan.estimate import load_arch
+from hf_dpo.plan.arch import load_arch
 from hf_dpo.train.trainer import DPOTrainer
 
 pytest.importorskip("bitsandbytes")

@@ -15,7 +15,10 @@ import torch
 
 from hf_dpo.config import ModelConfig, load_recipe
 from hf_dpo.plan import estimate as planmod
-from hf_dpo.plan.estimate import GB, Arch, PlanError, Settings, load_arch, parse_size, plan_recipe
+from hf_dpo.plan.arch import Arch, PlanError, load_arch
+from hf_dpo.plan.estimate import GB
+from hf_dpo.plan.fit import _candidates, parse_size, plan_recipe
+from hf_dpo.plan.settings import LINEAR_NAMES, Settings, _targets
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 GPU_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if "planned peak" in p.read_text())
@@ -29,7 +32,7 @@ def cpu_settings(**overrides) -> Settings:
         max_prompt_length=16,
         gradient_checkpointing=False,
         lora_r=8,
-        lora_targets=planmod.LINEAR_NAMES,
+        lora_targets=LINEAR_NAMES,
         lora_dropout=0.05,
         quantization="4bit",
         double_quant=True,
@@ -106,7 +109,7 @@ def test_lora_param_count_matches_peft(tiny_model_dir, targets):
     peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=target, task_type="CAUSAL_LM"))
     trainable, _ = peft_model.get_nb_trainable_parameters()
     arch = load_arch(tiny_model_dir)
-    assert planmod.lora_params(arch, cpu_settings(lora_targets=planmod._targets(targets))) == trainable
+    assert planmod.lora_params(arch, cpu_settings(lora_targets=_targets(targets))) == trainable
 
 
 def _saved_bytes_per_layer(model, layer, input_ids) -> int:
@@ -445,7 +448,7 @@ def test_max_length_null_plans_the_data_uncut(tmp_path, tiny_model_dir):
         "max_length: null cuts no pair" in blind.report() and "set max_length to bound them" in blind.report()
     )
     # a suggested shorter max_length is shorter than the rows planned, and bounds them
-    for changes, settings, _ in planmod._candidates(plan.settings):
+    for changes, settings, _ in _candidates(plan.settings):
         if "max_length" in changes:
             assert (
                 changes["max_length"] < plan.settings.row_length

@@ -7,7 +7,9 @@ on other samples (regenerated, edited) is refused by line, never replayed onto n
 log are never the samples file, and an OUT that this labelling did not write (another pairs file) is refused, never
 replaced.
 
-The HTTP side is `label_server`; this module knows nothing of it.
+The HTTP side is `label_server`; this module knows nothing of it. Where OUT and its log are, and the checks
+that they may be written (distinct from the samples, replaceable, writable, held by one server), are in
+`label_files`.
 """
 
 from __future__ import annotations
@@ -19,26 +21,24 @@ import json
 import os
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hf_dpo.files import atomic_write_jsonl, open_locked_for_append, why_not_writable
+from hf_dpo.files import atomic_write_jsonl
 from hf_dpo.files import read_jsonl as read_lines
-from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_jsonl, read_samples
+from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_samples
+from hf_dpo.pairs.label_files import (
+    check_distinct_files,
+    check_out_in_log,
+    check_out_replaceable,
+    check_writable,
+    decisions_path,
+    default_out,
+    hold_log,
+)
 
 CHOICES = ("left", "right", "tie", "skip")
 _CAN_LOCK = importlib.util.find_spec("fcntl") is not None  # advisory file locks (not on Windows)
-
-
-def default_out(samples_file: str | os.PathLike) -> Path:
-    path = Path(samples_file)
-    return path.with_name(f"{path.stem}.pairs.jsonl")
-
-
-def decisions_path(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    return out.with_name(f"{out.stem}.decisions.jsonl")
 
 
 def left_is_first(index: int, prompt: str) -> bool:
@@ -105,7 +105,7 @@ class LabelStore:
         self.samples_file = Path(samples_file)
         self.out = Path(out) if out else default_out(samples_file)
         self.log = decisions_path(self.out)
-        _check_distinct_files(self.samples_file, self.out, self.log)
+        check_distinct_files(self.samples_file, self.out, self.log)
         if self.out.suffix.lower() not in (".jsonl", ".json"):
             # OUT is JSON lines whatever its name: `hf-dpo train` reads a .csv or .parquet by its suffix, and
             # would take the first pair for a CSV header.
@@ -113,9 +113,9 @@ class LabelStore:
                 f"--out {self.out}: labelling writes JSON lines, which `hf-dpo train` reads from a .jsonl file. "
                 f"Name it {self.out.with_suffix('.jsonl').name}."
             )
-        _check_out_replaceable(self.out, self.log)
-        _check_writable(self.out, self.log)
-        self._held = _hold(self.log, self.out) if exclusive else None
+        check_out_replaceable(self.out, self.log)
+        check_writable(self.out, self.log)
+        self._held = hold_log(self.log, self.out) if exclusive else None
         try:
             self._load(samples_file)
         except BaseException:
@@ -147,7 +147,7 @@ class LabelStore:
         # What a person should know about the log on resuming (the server prints them).
         self.notes: list[str] = []
         replayed = self.log.is_file() and self.log.stat().st_size  # `exclusive` made an empty one
-        _check_out_in_log(self.out, self.log, self._replay() if replayed else [])
+        check_out_in_log(self.out, self.log, self._replay() if replayed else [])
         if replayed:
             # A kill between the logged decision and the pairs rewrite left the pairs file behind the log.
             self._write_pairs()
@@ -384,106 +384,3 @@ def _nothing_to_label(samples_file: str | os.PathLike, samples: list[dict]) -> s
 
 def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_distinct_files(samples: Path, out: Path, log: Path) -> None:
-    """The pairs file and the decision log must not be the samples file (nor each other)."""
-
-    def same(a: Path, b: Path) -> bool:
-        try:
-            return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-        except OSError:
-            return False
-
-    if out.is_dir():
-        raise SamplingError(
-            f"--out {out} is a directory; give the pairs file to write, e.g. {out / 'pairs.jsonl'}."
-        )
-    if same(out, samples):
-        raise SamplingError(
-            f"--out {out} is the samples file: labelling would overwrite the samples. Give another --out "
-            f"(default: {default_out(samples)})."
-        )
-    if same(log, samples):
-        raise SamplingError(
-            f"the decision log of --out {out} would be {log}, the samples file itself. Give another --out."
-        )
-
-
-def _hold(log: Path, out: Path):
-    """The decision log, open and locked for this process (released when closed, or when the process dies).
-
-    Two servers on one OUT (a second terminal, another --port) would each rewrite OUT from their own decisions
-    only, dropping the other's pairs, and interleave their undos in one log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    # Without a lock (Windows) the log is still the server's: it cuts a decision cut off mid-write (`_replay`).
-    held = open_locked_for_append(log)
-    if held is None:
-        raise SamplingError(
-            f"{log} is in use: another `hf-dpo label` is labelling into {out} (another terminal or --port); two "
-            f"would each rewrite {out.name} without the other's decisions. Label in the page that one serves, or "
-            "stop it first (Ctrl-C), or give this one another --out."
-        )
-    return held
-
-
-def _check_out_in_log(out: Path, log: Path, pairs: list[dict]) -> None:
-    """OUT is rewritten from the log: every pair OUT holds must be one the log made (`pairs`, undone ones too: a
-    kill between an undo and its rewrite leaves it in OUT). A log emptied, cut short or swapped for another would
-    have the next rewrite drop the pairs only OUT still holds."""
-    if not out.is_file() or out.stat().st_size == 0:
-        return
-    try:
-        rows = [row for _, row in read_jsonl(out)]
-    except SamplingError:
-        return  # not JSON lines: `_check_out_replaceable` has refused it already
-    missing = sum((Counter(map(_pair_content, rows)) - Counter(map(_pair_content, pairs))).values())
-    if missing:
-        raise SamplingError(
-            f"--out {out} holds {missing} pair(s) its decision log {log.name} does not (the log was emptied, cut "
-            f"short or replaced); labelling rewrites {out.name} from the log at the first decision and they would "
-            f"be lost. Restore the log, or move {out} away first (or give a new --out)."
-        )
-
-
-def _pair_content(row: dict) -> str:
-    return json.dumps([row.get("prompt"), row.get("chosen"), row.get("rejected")], sort_keys=True)
-
-
-def _check_writable(out: Path, log: Path) -> None:
-    """The first click writes the log and OUT: a place they cannot be written (a read-only or full disk, a parent
-    that is a file) is named before the server starts, not as an error on the page after the first decision."""
-    problem = why_not_writable(out.parent)
-    if problem is None and log.exists():
-        try:
-            open(log, "ab").close()  # appending nothing proves the log takes the next decision
-        except OSError as err:
-            problem = f"{err.strerror}: {log}"
-    if problem:
-        raise SamplingError(
-            f"--out {out}: the pairs file and its decision log {log.name} cannot be written there ({problem}). "
-            "Give an --out in a directory you can write to."
-        )
-
-
-def _check_out_replaceable(out: Path, log: Path) -> None:
-    """OUT is rewritten from the decision log at every decision: a pairs file the log did not make (no log beside
-    it, or rows hand labelling never writes, such as a judge's pairs) would be lost at the first click, so it is
-    refused before the server starts."""
-    if not out.is_file() or out.stat().st_size == 0:
-        return
-    try:
-        rows = [row for _, row in read_jsonl(out)]
-    except SamplingError:
-        rows = None  # not JSON lines at all: certainly not what labelling wrote
-    if not log.exists():
-        why = f"there is no decision log {log.name} beside it"
-    elif rows is None or any(row.get("judge") != "human" for row in rows):
-        why = "it holds rows hand labelling did not write"
-    else:
-        return
-    size = f"{len(rows)} rows" if rows is not None else f"{out.stat().st_size} bytes"
-    raise SamplingError(
-        f"--out {out} already exists and was not written by labelling ({why}); labelling rewrites it at the first "
-        f"decision and its {size} would be lost. Give a new --out, or move {out} away first."
-    )

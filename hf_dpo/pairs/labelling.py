@@ -14,6 +14,10 @@ answer ranks the same), or every pair's chosen answer below the minimum. `label_
 
 Rows: `prompt`, `chosen`, `rejected`, plus `score_chosen`, `score_rejected`, `margin`, `scores`,
 `criteria_chosen`, `criteria_rejected`, `finished_chosen`, `finished_rejected`, `index`.
+
+Why one file over 400 lines: scoring, ranking, pairing, the gates and the account of prompts without pairs are
+one path from a samples file to its pairs, sharing `PairRules` and the `Skipped` counts; split, a reader would
+follow one prompt across modules.
 """
 
 from __future__ import annotations

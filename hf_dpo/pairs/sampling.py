@@ -12,8 +12,8 @@ same weights and function as the 4-bit layers in training, without re-dequantizi
 
 `run_sampling` is the whole step: sample the held-out and train prompts, label each samples file with the
 recipe's judge (`labelling.label_with_judge`) and write the dataset card (`dataset_card`). The file formats
-are in `formats`. One file of ~400 lines: loading the reference, generating, and resuming all serve `sample`
-and share its settings and samples file.
+are in `formats`. Why one file over 400 lines: loading the reference, generating, and resuming all serve
+`sample` and share its settings and samples file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""`hf-dpo plan`: the peak memory of a recipe's training run, estimated before anything is downloaded.
+"""The peak memory of a recipe's training run, term by term, estimated before anything is downloaded.
 
-    hf-dpo plan recipes/zephyr-7b-qlora.yaml --gpu-memory 24GB
-    plan = plan_recipe(load_recipe("recipes/demo.yaml"), device="cpu")
+    terms = estimate(load_arch("HuggingFaceTB/SmolLM2-135M-Instruct"), settings_from_recipe(recipe, "cuda"))
+    sum(t.bytes for t in terms)                    # the planned peak; `hf-dpo plan` is hf_dpo.plan.fit
 
 The estimate is built from the model's architecture (hidden size, layers, heads, KV heads, MLP width,
 vocabulary, tied embeddings) and the recipe's knobs, term by term:
@@ -23,28 +23,20 @@ of a local dataset or, without data, max_length (prefix sharing only ever shorte
 turn it off at run time). Reference log-probs come from the same network with adapters off, under no_grad:
 a transient, chunked logits tensor and no second model.
 
-Why one file of ~550 lines: the terms above share the `Settings` of one recipe and each is a few lines of
-arithmetic; split, the reader would chase one sum across modules. `hf_dpo.plan.arch` reads the architecture.
+The terms share the `Settings` of one recipe and each is a few lines of arithmetic, so they stay together here.
+`hf_dpo.plan.arch` reads the architecture, `hf_dpo.plan.settings` the recipe's knobs (and the data's longest
+row), `hf_dpo.plan.fit` compares the sum with the memory there is and suggests what to turn.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from hf_dpo.config import Recipe
-from hf_dpo.errors import HfDpoError
-from hf_dpo.plan.arch import Arch, PlanError, load_arch
-
-logger = logging.getLogger(__name__)
+from hf_dpo.plan.arch import Arch
+from hf_dpo.plan.settings import Settings
 
 GB = 1024**3
 MB = 1024**2
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # GPU: what a process holds beyond torch's allocations (CUDA context, cuBLAS workspace), and the share of
 # reserved-but-unallocated memory the caching allocator typically adds at peak.
@@ -60,103 +52,6 @@ CUDA_ALLOCATOR_SLACK = 0.10
 CPU_BASELINE_BYTES = int(480 * MB)
 CPU_LOAD_RESIDUE = 1.25
 CPU_HEAP_SLACK = 0.55
-
-
-# ----------------------------------------------------------------------------- the settings that matter
-
-
-@dataclass
-class Settings:
-    """The knobs of a recipe that change peak memory; `plan` varies these to find a setting that fits."""
-
-    device: str  # "cuda" or "cpu"
-    batch_size: int  # pairs per device per step
-    max_length: int
-    max_prompt_length: int
-    gradient_checkpointing: bool
-    lora_r: int
-    lora_targets: tuple[str, ...]
-    lora_dropout: float
-    quantization: str  # 4bit, 8bit, none
-    double_quant: bool
-    compute_bytes: int  # 2 (bf16/fp16) or 4 (float32)
-    autocast: bool  # matmuls run in half precision under autocast (bf16/fp16 training on GPU)
-    optimizer_state_bytes: int  # per trainable param: 8 for AdamW, 2 for 8-bit AdamW, 0 for SGD
-    eager_attention: bool = False
-    prefix_sharing: bool = False
-    logps_chunk_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    data_row_length: int | None = None  # longest batch row measured on the recipe's data (None: worst case)
-    # gradient_checkpointing_kwargs every_n_layers: checkpoint every n-th decoder layer only
-    checkpoint_every: int = 1
-    float32_embeddings: bool = False  # k-bit: embeddings and lm_head left in peft's float32 upcast
-    sharing_attention: str = "auto"  # prefix_sharing_attention: on CUDA auto means a FlexAttention block mask
-    uncut: bool = (
-        False  # max_length: null: no pair is cut, and max_length is only the length planned without data
-    )
-
-    @property
-    def quantized(self) -> bool:
-        return self.quantization in ("4bit", "8bit")
-
-    @property
-    def row_length(self) -> int:
-        """Width of a [prompt, answer] row (batches pad to their longest): the longest pair in the data when
-        known (uncut by max_length: null, however long), else max_length."""
-        if not self.data_row_length:
-            return self.max_length
-        return self.data_row_length if self.uncut else min(self.data_row_length, self.max_length)
-
-    @property
-    def tokens(self) -> int:
-        """Token positions in one forward pass, planned as chosen + rejected rows (2B rows). Prefix sharing
-        packs a pair into one shorter row when the attention kernel takes its 4D mask, but the trainer checks
-        that at run time and falls back to these rows when it does not, so the plan does not count on it."""
-        return 2 * self.batch_size * self.row_length
-
-
-def _targets(targets: list[str] | str) -> tuple[str, ...]:
-    names = [targets] if isinstance(targets, str) else list(targets)
-    if "all-linear" in names:
-        return LINEAR_NAMES
-    unknown = [n for n in names if n not in LINEAR_NAMES]
-    if unknown:
-        logger.warning("plan: LoRA targets %s are not Llama-style linears; counted as none.", unknown)
-    return tuple(n for n in LINEAR_NAMES if n in names)
-
-
-def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
-    m, t = recipe.model, recipe.training
-    if device == "cuda":
-        compute = {"float32": 4}.get(m.torch_dtype, 2)
-        autocast = compute == 2
-    else:  # CPU: float32 unless the recipe forces a half dtype (slow on CPUs without bf16)
-        compute = {"bfloat16": 2, "float16": 2}.get(m.torch_dtype, 4)
-        autocast = bool(t.bf16 or t.fp16)
-    optim = str(getattr(t.optim, "value", t.optim))
-    return Settings(
-        device=device,
-        batch_size=t.per_device_train_batch_size,
-        max_length=t.max_length or 1024,
-        max_prompt_length=min(t.max_prompt_length or 0, t.max_length or 1024),
-        uncut=t.max_length is None,
-        gradient_checkpointing=bool(t.gradient_checkpointing),
-        lora_r=m.lora_r,
-        lora_targets=_targets(m.lora_target_modules),
-        lora_dropout=m.lora_dropout,
-        quantization=m.quantization if m.quantization in ("4bit", "8bit") else "none",
-        double_quant=m.bnb_4bit_use_double_quant,
-        compute_bytes=compute,
-        autocast=autocast,
-        optimizer_state_bytes=2 if "8bit" in optim else 0 if optim.startswith("sgd") else 8,
-        eager_attention=m.attn_implementation == "eager",
-        prefix_sharing=bool(getattr(t, "prefix_sharing", False)),
-        logps_chunk_size=getattr(t, "logps_chunk_size", None) or None,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        checkpoint_every=max(1, int((t.gradient_checkpointing_kwargs or {}).get("every_n_layers", 1))),
-        float32_embeddings=m.float32_embeddings,
-        sharing_attention=t.prefix_sharing_attention,
-    )
 
 
 # ----------------------------------------------------------------------------- the estimate, term by term
@@ -368,241 +263,5 @@ def device_terms(arch: Arch, s: Settings, allocated: int, heap: int) -> list[Ter
     ]
 
 
-# ----------------------------------------------------------------------------- fits? and what to turn if not
-
-
-@dataclass
-class Suggestion:
-    changes: dict[str, object]  # recipe key -> new value
-    total: int
-    why: str
-
-    def overrides(self) -> str:
-        return " ".join(
-            f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in self.changes.items()
-        )
-
-
-@dataclass
-class Plan:
-    arch: Arch
-    settings: Settings
-    terms: list[Term]
-    budget: int
-    suggestions: list[Suggestion] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(t.bytes for t in self.terms)
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.budget
-
-    @property
-    def peak_allocated(self) -> int:
-        """The part comparable to `torch.cuda.max_memory_allocated` (GPU) or to the RSS (CPU: everything)."""
-        skip = ("CUDA allocator slack", "CUDA context")
-        return sum(t.bytes for t in self.terms if t.name not in skip)
-
-    def report(self, recipe_path: str | None = None) -> str:
-        s = self.settings
-        where = "GPU" if s.device == "cuda" else "CPU (process RSS)"
-        lines = [
-            f"Memory plan for {recipe_path or 'recipe'} on {where}, {fmt(self.budget)} available",
-            f"  model: {self.arch.source}: {self.arch.num_hidden_layers} layers, hidden {self.arch.hidden_size}, "
-            f"{self.arch.num_attention_heads}/{self.arch.num_key_value_heads} heads (q/kv), MLP {self.arch.intermediate_size}, "
-            f"vocab {self.arch.vocab_size}{', tied embeddings' if self.arch.tie_word_embeddings else ''}",
-            f"  step: {s.batch_size} pairs, rows of {s.row_length} tokens"
-            + (
-                " (longest pair in the data)"
-                if s.data_row_length
-                else f" (worst case for max_length {s.max_length})"
-                if not s.uncut
-                else f" (max_length: null cuts no pair, so rows are as long as the data's: planned at {s.max_length}; "
-                "set max_length to bound them)"
-            )
-            + f" x 2 (chosen, rejected) = {s.tokens} tokens per forward"
-            + (" (prefix sharing, if on at run time, only lowers this)" if s.prefix_sharing else "")
-            + f", compute {'bf16/fp16' if s.compute_bytes == 2 else 'float32'}"
-            + (" with autocast" if s.autocast else ""),
-        ]
-        width = max(len(t.name) for t in self.terms)
-        lines += [f"  {t.name:<{width}}  {fmt(t.bytes):>9}  {t.note}" for t in self.terms]
-        verdict = "fits" if self.fits else "does NOT fit"
-        lines.append(
-            f"  {'estimated peak':<{width}}  {fmt(self.total):>9}  -> {verdict} in {fmt(self.budget)}"
-        )
-        if not self.fits:
-            if self.suggestions:
-                lines.append("To fit, turn one of these (estimate after the change):")
-                lines += [
-                    f"  {sug.overrides():<60} {fmt(sug.total):>9}  {sug.why}" for sug in self.suggestions
-                ]
-            else:
-                lines.append(
-                    "No setting of batch, length, checkpointing, rank or quantization fits; use more GPUs "
-                    "(recipes/accelerate/fsdp_qlora.yaml) or a smaller model."
-                )
-        return "\n".join(lines)
-
-
 def fmt(n: float) -> str:
     return f"{n / GB:.2f} GB" if n >= GB else f"{n / MB:.0f} MB"
-
-
-def parse_size(text: str, what: str = "memory size") -> int:
-    """'24GB', '16 GiB', '24' (GB), '8000MB', '0.5TB' -> bytes (GB and GiB both mean 2**30, as nvidia-smi shows
-    cards); a bare 'B' is bytes. `what` names the value in errors (the CLI passes its option)."""
-    # The sign is read so that '-5GB' gets "must be positive", not "is not like 24GB"; a unit letter (k/m/g/t)
-    # may be followed by i and b, a lone b is bytes, no unit at all is GB.
-    match = re.fullmatch(r"\s*([+-]?[\d.]+)\s*(?:([kmgt])i?b?|(b))?\s*", str(text).lower())
-    if not match:
-        raise PlanError(f"{what} '{text}' is not like 24GB, 16GiB or 8000MB.")
-    try:
-        value = float(match.group(1))
-    except ValueError:  # "1.2.3GB", "."
-        raise PlanError(f"{what} '{text}' is not like 24GB, 16GiB or 8000MB.") from None
-    unit = match.group(2) or match.group(3) or "g"
-    size = int(value * 1024 ** "bkmgt".index(unit))
-    if size <= 0:  # nothing fits in 0 bytes: a plan that says so would only hide the typo
-        raise PlanError(f"{what} '{text}' must be positive, e.g. 24GB.")
-    if size < MB:  # no model trains in less
-        if unit in "bkm":  # the unit is a typo, most likely a B for GB
-            raise PlanError(f"{what} '{text}' is {size} bytes; did you mean {match.group(1).lstrip('+')}GB?")
-        raise PlanError(f"{what} '{text}' is {size} bytes, less than 1 MB; give it like 24GB.")
-    return size
-
-
-def _candidates(s: Settings) -> list[tuple[dict, Settings, str]]:
-    """Single-knob changes, cheapest in quality/speed first."""
-    out = []
-    if not s.gradient_checkpointing:
-        out.append(
-            (
-                {"gradient_checkpointing": True},
-                dataclasses.replace(s, gradient_checkpointing=True),
-                "~30% slower steps, same result",
-            )
-        )
-    b = s.batch_size
-    while b > 1:
-        b //= 2
-        accum = s.gradient_accumulation_steps * s.batch_size // b
-        out.append(
-            (
-                {"per_device_train_batch_size": b, "gradient_accumulation_steps": accum},
-                dataclasses.replace(s, batch_size=b, gradient_accumulation_steps=accum),
-                "same effective batch, more steps",
-            )
-        )
-    for frac in (0.75, 0.5, 0.25):
-        length = (
-            int(s.row_length * frac) // 64 * 64
-        )  # of the rows planned (uncut data may be over max_length)
-        if 64 <= length < s.row_length:
-            changes: dict[str, object] = {"max_length": length}
-            prompt = s.max_prompt_length  # 0: not set, and left unset (prompts kept whole)
-            if prompt:  # set: it stays below max_length (hf_dpo.validate.BELOW), at most half of it
-                prompt = changes["max_prompt_length"] = min(prompt, length // 2)
-            out.append(
-                (
-                    changes,
-                    dataclasses.replace(
-                        s, max_length=length, max_prompt_length=prompt, data_row_length=None, uncut=False
-                    ),
-                    "truncates longer pairs",
-                )
-            )
-    if s.lora_r > 8:
-        out.append(
-            ({"lora_r": s.lora_r // 2}, dataclasses.replace(s, lora_r=s.lora_r // 2), "less adapter capacity")
-        )
-    if s.quantization != "4bit":
-        out.append(
-            ({"quantization": "4bit"}, dataclasses.replace(s, quantization="4bit"), "NF4 base (QLoRA)")
-        )
-    return out
-
-
-def suggest(arch: Arch, s: Settings, budget: int) -> list[Suggestion]:
-    """Single changes that fit; if none does, changes combined in order (checkpointing, batch, length, rank,
-    quantization) until it fits."""
-
-    def total(x: Settings) -> int:
-        return sum(t.bytes for t in estimate(arch, x))
-
-    fitting = []
-    for changes, changed, why in _candidates(s):
-        if total(changed) <= budget and not any(set(changes) == set(f.changes) for f in fitting):
-            fitting.append(Suggestion(changes, total(changed), why))
-    if fitting:
-        return fitting[:4]
-    combined, current = {}, s
-    for _ in range(12):
-        options = _candidates(current)
-        if not options:
-            break
-        # the first knob in order of cost to quality and speed that still lowers the estimate
-        now = total(current)
-        changes, current, _ = next((o for o in options if total(o[1]) < now), options[0])
-        combined.update(changes)
-        if total(current) <= budget:
-            return [Suggestion(combined, total(current), "combined")]
-    return []
-
-
-def data_row_length(recipe: Recipe) -> int | None:
-    """The longest batch row of the recipe's training pairs, when its dataset and tokenizer are local files
-    (tokenizes the data as training would); None when either would need the Hub."""
-    from hf_dpo.model.loading import MODEL_ALIASES
-
-    model, data = recipe.model.model_name_or_path, recipe.data.dataset_name
-    if not data or not Path(data).exists():
-        return None
-    if model.lower() not in MODEL_ALIASES and not Path(model).is_dir():
-        return None
-    from hf_dpo.data import load_preference_dataset
-    from hf_dpo.model.loading import load_tokenizer
-    from hf_dpo.train.batching import pair_lengths
-
-    try:
-        tokenizer = load_tokenizer(recipe.model)
-    except HfDpoError:
-        raise
-    except (OSError, ValueError) as err:  # a model directory without tokenizer files, or broken ones
-        reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
-        raise PlanError(
-            f"key 'model_name_or_path': its tokenizer cannot be loaded to measure the data's rows ({reason}). "
-            "Give a model directory with its tokenizer files, or a Hub id."
-        ) from None
-    train = load_preference_dataset(recipe.data, tokenizer, recipe.training).train
-    return max(pair_lengths(train, prefix_sharing=False))
-
-
-def plan_recipe(
-    recipe: Recipe,
-    device: str = "cuda",
-    memory: int | None = None,
-    arch: Arch | None = None,
-    use_data: bool = True,
-) -> Plan:
-    """Plan a recipe's peak memory against `memory` bytes (default: 24 GB GPU, or this machine's RAM on CPU).
-
-    With `use_data` and a local dataset + tokenizer, batch rows are as long as the longest tokenized pair;
-    otherwise as long as max_length allows (the worst case).
-    """
-    if device not in ("cuda", "cpu"):
-        raise PlanError(f"device '{device}' is not cuda or cpu.")
-    arch = arch or load_arch(
-        recipe.model.model_name_or_path, recipe.model.model_revision, recipe.model.trust_remote_code
-    )
-    settings = settings_from_recipe(recipe, device)
-    if use_data:
-        settings.data_row_length = data_row_length(recipe)
-    if memory is None:
-        memory = 24 * GB if device == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    plan = Plan(arch=arch, settings=settings, terms=estimate(arch, settings), budget=memory)
-    if not plan.fits:
-        plan.suggestions = suggest(arch, settings, memory)
-    return plan

@@ -19,6 +19,10 @@ Four switches make the same computation cheaper, each checked against the plain 
 
 Pushing to the Hub is not the trainer's business: `hf_dpo.run` takes the Hub settings (and the token) out of the
 arguments before a trainer exists and pushes with `hf_dpo.hub.push` once the local files are written.
+
+Why one file over 400 lines: `DPOTrainer` is one class, its `transformers.Trainer` overrides (loss, log-probs,
+data loading, evaluation, logging) sharing its state; what needs none of that state is in `train.setup`,
+`train.batching`, `train.logps`, `train.loss` and `train.ref_cache`.
 """
 
 from __future__ import annotations

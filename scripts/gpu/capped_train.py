@@ -16,7 +16,8 @@ import torch
 from hf_dpo.cli import main as hf_dpo_main
 from hf_dpo.config import load_recipe
 from hf_dpo.model.memory import peak_rss_mb
-from hf_dpo.plan.estimate import GB, fmt, plan_recipe
+from hf_dpo.plan.estimate import GB, fmt
+from hf_dpo.plan.fit import plan_recipe
 
 
 def main() -> int:
