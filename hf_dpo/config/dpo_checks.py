@@ -116,6 +116,8 @@ def check_kwargs_text(args) -> None:
     import json
 
     for key in KWARGS_KEYS:
+        # Version compatibility, not a setting's default: activation_checkpointing_kwargs is a field from
+        # transformers 5.24 only (pyproject allows >=5.0).
         text = getattr(args, key, None)
         if not isinstance(text, str):
             continue
