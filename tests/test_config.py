@@ -10,6 +10,7 @@ from hf_dpo.config import (
     DataConfig,
     ModelConfig,
     RecipeError,
+    ReportConfig,
     SamplingConfig,
     load_recipe,
 )
@@ -35,7 +36,7 @@ def test_every_recipe_opens_with_its_command(path):
     assert "make " in head or "hf-dpo " in head, f"{path.name} must open with the command that runs it"
 
 
-@pytest.mark.parametrize("section", [ModelConfig, DataConfig, SamplingConfig])
+@pytest.mark.parametrize("section", [ModelConfig, DataConfig, SamplingConfig, ReportConfig])
 def test_every_field_has_help(section):
     for f in dataclasses.fields(section):
         assert f.metadata.get("help"), f"{section.__name__}.{f.name} has no help text"
@@ -50,6 +51,24 @@ def test_dpo_fields_have_help():
     for f in dataclasses.fields(DPOConfig):
         if f.name not in base or f.name == "remove_unused_columns":
             assert f.metadata.get("help"), f"DPOConfig.{f.name} has no help text"
+
+
+def test_the_report_keys_are_the_report_section_and_a_run_recipe_reads_them_back(tmp_path):
+    """judge, test_prompts_file, eval_num_generations and eval_max_new_tokens are written as flat keys, as ever,
+    and land in recipe.report (step 1 reads the judge and held-out prompts there); a run's recipe.yaml re-reads
+    to the same section."""
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml", ["--eval_num_generations", "5"])
+    assert recipe.report.judge == "hf_dpo.pairs.demo_task:judge"
+    assert recipe.report.test_prompts_file == "recipes/data/demo/prompts_test.txt"
+    assert recipe.report.eval_num_generations == 5
+    assert not {"judge", "test_prompts_file", "eval_num_generations"} & {
+        f.name for f in dataclasses.fields(SamplingConfig)
+    }
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(recipe.to_yaml())
+    assert load_recipe(saved).report == recipe.report
+    with pytest.raises(RecipeError, match="key 'eval_max_new_tokens'"):
+        load_recipe(None, ["--eval_max_new_tokens", "0"])
 
 
 def test_no_key_is_owned_twice():
