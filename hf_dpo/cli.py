@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 
+from hf_dpo.argv import numbers_read_as_values
+
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # OpenMP's default spin-waiting made every small CPU op ~10x slower on 2-core machines (a demo training step
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
     ):
         add(sub)
-    return parser
+    return numbers_read_as_values(parser)
 
 
 def _add_train(sub) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hf_dpo import cli
+from hf_dpo.argv import NEGATIVE_NUMBER
 
 
 @pytest.mark.parametrize(
@@ -45,3 +46,40 @@ def test_push_with_a_missing_commit_message_pushes_nothing(monkeypatch, capsys, 
     assert "argument --commit-message: expected one argument" in capsys.readouterr().err
     assert cli.main([*argv[:-1], "-m dev"]) == 0  # a value that starts with '-' still gets through
     assert calls[0]["commit_message"] == "-m dev" and calls[0]["revision"] is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--learning_rate", "-1e-3"], "key 'learning_rate': must be >= 0, got -0.001."),
+        (["--beta", "-.5"], "key 'beta': must be > 0, got -0.5."),
+        (["--beta", "-5E-1"], "key 'beta': must be > 0, got -0.5."),
+        (["--max_steps", "-2"], "key 'max_steps': must be >= -1"),
+        (["--lora_r", "-1_000"], "key 'lora_r': must be >= 1, got -1000."),
+        (["--learning_rate", "-inf"], "key 'learning_rate': must be a finite number, got -inf."),
+        (["--adam_epsilon", "-NaN"], "key 'adam_epsilon': must be a finite number"),
+        (["--loss_weights", "1", "-1e-3"], "loss_weights has 2 weights for 1 loss types"),
+        (["--x", "-inf"], "unknown key 'x'"),
+    ],
+)
+def test_negative_numbers_in_any_form_reach_the_check_of_their_key(override, message, capsys):
+    """argparse took `-1e-3`, `-.5e1`, `-inf`, `-1_000` for options ("expected one argument"); every form float()
+    reads is a value, so the key's own check says what is wrong with it."""
+    assert cli.main(["plan", "recipes/demo.yaml", "--loss_type", "sigmoid", *override]) == 2
+    err = capsys.readouterr().err
+    assert "expected one argument" not in err and "expected at least one argument" not in err
+    assert message in err
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-.5", "-1_0", "-inf", "-Infinity", "-nan"])
+def test_negative_numbers_are_values_of_the_subcommands_own_options(value):
+    """The same for the subcommands' own options, as argparse reads them; a word after '-' stays an option."""
+    parser = cli.build_parser()
+    assert (
+        parser.parse_args(["push", "r", "--repo-id", "me/x", "--commit-message", value]).commit_message
+        == value
+    )
+    assert parser.parse_args(["plan", "r.yaml", "--gpu-memory", value]).gpu_memory == value
+    assert parser.parse_args(["bench", "--data-sets", "demo", value]).data_sets == ["demo", value]
+    for option in ("-e5", "--1", "-i", "-h1"):
+        assert NEGATIVE_NUMBER.match(option) is None

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.config.data import DataConfig
 from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import auto_bool
@@ -141,7 +142,7 @@ def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
             action.type = _text_value(action.type)
         if action.help:  # a literal "15% in" would read as a %-format in --help
             action.help = re.sub(r"%(?!\()", "%%", action.help)
-    return parser
+    return numbers_read_as_values(parser)
 
 
 def _as_default(action: argparse.Action, value: Any) -> Any:
