@@ -38,6 +38,7 @@ from hf_dpo.hub.settings import take_hub_settings
 from hf_dpo.model.loading import hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
 from hf_dpo.model.memory import peak_memory
 from hf_dpo.model.reference import with_adapter
+from hf_dpo.model_files import MODEL_DIR_FIX, adapter_dir_problem, is_local_dir, model_dir_problem
 from hf_dpo.pairs.judges import check_judge
 from hf_dpo.preflight import preflight
 from hf_dpo.report import evaluate_offline
@@ -54,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 class RunDirError(HfDpoError, FileNotFoundError):
     """A directory given as a run is not a finished `hf-dpo train` run."""
+
+
+# What to do about a run dir whose own files are damaged.
+RESTORE_RUN = "Copy the run dir again from where it was trained, or train it again."
 
 
 def hardware_summary() -> str:
@@ -265,7 +270,13 @@ def run_recipe(run_dir: str | os.PathLike) -> Recipe:
         raise RunDirError(
             f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json)."
         )
-    return load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
+    if problem := adapter_dir_problem(run_dir):
+        raise RunDirError(f"{problem}: the run's adapter cannot be loaded. {RESTORE_RUN}")
+    recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
+    base = recipe.model.model_name_or_path
+    if is_local_dir(base) and (problem := model_dir_problem(base)):
+        raise RunDirError(f"{run_dir}/recipe.yaml: model_name_or_path: {problem}. {MODEL_DIR_FIX}")
+    return recipe
 
 
 def load_run(run_dir: str | os.PathLike, recipe: Recipe | None = None):

@@ -64,6 +64,21 @@ def write_pairs(directory: Path) -> None:
                 f.write(json.dumps(row) + "\n")
 
 
+def write_adapter(directory: Path, base: str) -> Path:
+    """A LoRA adapter's files as peft saves them (adapter_config.json, adapter_model.safetensors), for tests that
+    need a run dir that passes the checks of its files but load no model."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": base, "r": 4})
+    )
+    tensors = {f"base_model.model.layers.{i}.q_proj.lora_A.weight": torch.ones(4, 64) for i in range(2)}
+    save_file(tensors, directory / "adapter_model.safetensors")
+    return directory
+
+
 _RUNS: dict[str, Path] = {}
 
 

@@ -8,8 +8,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hf_dpo"
 
-# What each part may import from hf_dpo (besides itself and the top-level leaves: argv, config, data, errors, files).
-LEAVES = {"hf_dpo", "hf_dpo.argv", "hf_dpo.config", "hf_dpo.data", "hf_dpo.errors", "hf_dpo.files"}
+# What each part may import from hf_dpo (besides itself and the top-level leaves: argv, config, data, errors, files,
+# model_files).
+LEAVES = {
+    "hf_dpo",
+    "hf_dpo.argv",
+    "hf_dpo.config",
+    "hf_dpo.data",
+    "hf_dpo.errors",
+    "hf_dpo.files",
+    "hf_dpo.model_files",
+}
 ALLOWED = {
     "hf_dpo.model": set(),
     "hf_dpo.train": {"hf_dpo.model"},

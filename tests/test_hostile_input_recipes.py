@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from run_fixtures import write_adapter
 
 from hf_dpo import cli
 
@@ -489,9 +490,7 @@ def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(tmp_path, ca
 
     monkeypatch.setattr("hf_dpo.run.load_base_model", refuse)
     monkeypatch.setattr("hf_dpo.run.load_tokenizer", refuse)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "adapter_config.json").write_text("{}")
+    run = write_adapter(tmp_path / "run", "smollm2-135m-instruct")
     recipe = "judge: hf_dpo.pairs.demo_task:judge\ntest_prompts_file: moved/prompts_test.txt\n"
     (run / "recipe.yaml").write_text(f"dataset_name: {tmp_path / 'data'}\n{recipe}")
     rc = cli.main(["eval", str(run)])
@@ -613,9 +612,7 @@ def test_merge_into_a_place_that_cannot_hold_it_is_named_before_the_base_loads(
         raise AssertionError("the base model was loaded before OUT was checked")
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "smollm2-135m-instruct"}))
+    run = write_adapter(tmp_path / "run", "smollm2-135m-instruct")
     (tmp_path / "a_file").write_text("x")
     rc = cli.main(["merge", str(run), str(tmp_path / out)])
     line = one_error(capsys.readouterr().err)

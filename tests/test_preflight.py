@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from run_fixtures import write_adapter
 
 from hf_dpo import cli
 from hf_dpo.config import RecipeError, load_recipe
@@ -352,7 +353,7 @@ def test_resume_true_picks_the_last_complete_checkpoint_and_skips_one_cut_short(
     assert rc == 2 and re_search(r"no complete checkpoint-N in .*run to resume from", _one_error(err))
     run = tmp_path / "run"
     for step, complete in ((2, True), (4, True), (6, False)):  # killed while saving checkpoint-6
-        (run / f"checkpoint-{step}").mkdir(parents=True)
+        write_adapter(run / f"checkpoint-{step}", "smollm2-135m-instruct")
         if complete:
             (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     recipe = load_recipe(

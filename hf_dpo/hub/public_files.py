@@ -16,6 +16,7 @@ from typing import Any
 
 from hf_dpo.hub.card import public_recipe
 from hf_dpo.hub.errors import PushError
+from hf_dpo.model_files import adapter_dir_problem
 from hf_dpo.report.generations_file import GENERATIONS_FILE
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
     if missing:
         raise PushError(
             f"{run_dir} has no {', '.join(missing)}: push a finished `hf-dpo train` run (its output_dir).",
+            "invalid",
+        )
+    if problem := adapter_dir_problem(run_dir):  # a cut-short file would be published as the adapter
+        raise PushError(
+            f"{problem}: refusing to push a broken adapter. Copy the run dir again from where it was trained, or "
+            "train it again.",
             "invalid",
         )
     names = [*ADAPTER_FILES, "README.md", *REPORT_FILES, *files_named_by_report(run_dir), "recipe.yaml"]

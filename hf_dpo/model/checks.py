@@ -15,14 +15,16 @@ from pathlib import Path
 from hf_dpo.config import Recipe, RecipeError
 from hf_dpo.errors import HfDpoError
 from hf_dpo.model import loading  # looked up at call time: a patched loader (tests) is the one used
+from hf_dpo.model_files import MODEL_DIR_FIX, adapter_dir_problem, is_local_dir, model_dir_problem
 
 logger = logging.getLogger(__name__)
 
 
 def check_model_and_adapter(cfg) -> None:
     """A local model_name_or_path is a model, not a LoRA adapter (an SFT run's output: adapter_config.json, no
-    config.json; transformers would load its base with it, and the new LoRA would go on top under the same name);
-    a local adapter_name_or_path is an adapter (peft would find out only after the base model has loaded)."""
+    config.json; transformers would load its base with it, and the new LoRA would go on top under the same name),
+    and holds what a model needs (`hf_dpo.model_files`); a local adapter_name_or_path is an adapter whose files
+    are whole (peft would find out only after the base model has loaded)."""
     model = Path(cfg.model_name_or_path).expanduser()
     if _is_file(model / "adapter_config.json") and not _is_file(model / "config.json"):
         base = _adapter_base(model / "adapter_config.json") or "<its base model>"
@@ -31,6 +33,8 @@ def check_model_and_adapter(cfg) -> None:
             f"model. To train on from it, set adapter_name_or_path: {cfg.model_name_or_path} and "
             f"model_name_or_path: {base}; it is then the reference too."
         )
+    if is_local_dir(model) and (problem := model_dir_problem(model)):
+        raise RecipeError(f"key 'model_name_or_path': {problem}. {MODEL_DIR_FIX}")
     if not cfg.adapter_name_or_path:
         return
     adapter = Path(cfg.adapter_name_or_path).expanduser()
@@ -38,6 +42,11 @@ def check_model_and_adapter(cfg) -> None:
         raise RecipeError(
             f"key 'adapter_name_or_path': {cfg.adapter_name_or_path} has no adapter_config.json, so it is no LoRA "
             "adapter. Give the output_dir of a finished run (or one of its checkpoint-N directories), or a Hub id."
+        )
+    if is_local_dir(adapter) and (problem := adapter_dir_problem(adapter)):
+        raise RecipeError(
+            f"key 'adapter_name_or_path': {problem}. Give the output_dir of a finished run (or one of its "
+            "checkpoint-N directories) whose files are whole, or a Hub id."
         )
 
 

@@ -20,6 +20,13 @@ import torch
 from hf_dpo.config import ModelConfig
 from hf_dpo.model.errors import ModelLoadError
 from hf_dpo.model.reference import quiet_peft_checkpointing_alias, with_adapter
+from hf_dpo.model_files import (
+    MODEL_DIR_FIX,
+    adapter_dir_problem,
+    is_local_dir,
+    model_dir_problem,
+    tokenizer_dir_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +157,10 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(cfg.model_name_or_path)
+    if is_local_dir(path) and (problem := tokenizer_dir_problem(path)):
+        raise ModelLoadError(
+            f"Could not load the tokenizer of '{cfg.model_name_or_path}': {problem}. {MODEL_DIR_FIX}"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code
@@ -166,6 +177,8 @@ def load_base_model(cfg: ModelConfig, gradient_checkpointing: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(cfg.model_name_or_path)
+    if is_local_dir(path) and (problem := model_dir_problem(path, tokenizer=False)):
+        raise ModelLoadError(f"Could not load model '{cfg.model_name_or_path}': {problem}. {MODEL_DIR_FIX}")
     dtype = pick_dtype(cfg.torch_dtype)
     qconfig = quantization_config(cfg, dtype)
     logger.info(
@@ -255,6 +268,10 @@ def attach_adapter(model, cfg: ModelConfig, peft_config=None):
     from peft import get_peft_model
 
     if cfg.adapter_name_or_path:
+        if is_local_dir(cfg.adapter_name_or_path) and (
+            problem := adapter_dir_problem(cfg.adapter_name_or_path)
+        ):
+            raise ModelLoadError(f"Could not load adapter '{cfg.adapter_name_or_path}': {problem}.")
         try:
             model = with_adapter(
                 model, cfg.adapter_name_or_path, is_trainable=True, reference=cfg.adapter_name_or_path

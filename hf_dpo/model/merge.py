@@ -29,6 +29,7 @@ from hf_dpo.model.loading import (
     resolve_model_path,
 )
 from hf_dpo.model.reference import with_adapter
+from hf_dpo.model_files import MODEL_DIR_FIX, adapter_dir_problem, is_local_dir, model_dir_problem
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
         raise ModelLoadError(
             f"{run_dir} has no adapter_config.json: give the run directory of `hf-dpo train`."
         )
+    if problem := adapter_dir_problem(run_dir):
+        raise ModelLoadError(
+            f"{problem}: the adapter cannot be merged. Copy the run dir again from where it was trained, or "
+            "train it again."
+        )
     # before the base loads: a file there, or no right to write, failed only at the save, after the merge
     problem = why_not_writable(out_dir)
     if problem is not None:
@@ -50,8 +56,12 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelLoadError(f"{out_dir} exists and is not empty; choose a new output directory.")
     cfg = _model_config(run_dir)
-    torch_dtype = pick_dtype(dtype if dtype != "auto" else cfg.torch_dtype)
     base_path = resolve_model_path(cfg.model_name_or_path)
+    # the run's own tokenizer is saved when it has one, the base's otherwise
+    needs_tokenizer = not _has_tokenizer(run_dir)
+    if is_local_dir(base_path) and (problem := model_dir_problem(base_path, tokenizer=needs_tokenizer)):
+        raise ModelLoadError(f"base model of {run_dir}: {problem}. {MODEL_DIR_FIX}")
+    torch_dtype = pick_dtype(dtype if dtype != "auto" else cfg.torch_dtype)
     logger.info("Loading %s in full precision (%s) to merge %s", cfg.model_name_or_path, torch_dtype, run_dir)
     try:
         base = AutoModelForCausalLM.from_pretrained(
@@ -83,7 +93,7 @@ def _model_config(run_dir: Path) -> ModelConfig:
     import json
 
     base = json.loads((run_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
+    if not isinstance(base, str) or not base.strip():
         raise ModelLoadError(
             f"{run_dir}/adapter_config.json names no base_model_name_or_path, and there is no recipe.yaml."
         )

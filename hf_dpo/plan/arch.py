@@ -163,6 +163,7 @@ def load_arch(name_or_path: str, revision: str | None = None, trust_remote_code:
     answers within 2 s, so offline runs never wait); the local HF cache.
     """
     from hf_dpo.model.loading import MODEL_ALIASES, cache_dir
+    from hf_dpo.model_files import MODEL_DIR_FIX, is_local_dir, model_dir_problem
 
     facts = _bundled_facts()
     alias = MODEL_ALIASES.get(name_or_path.lower())
@@ -177,6 +178,9 @@ def load_arch(name_or_path: str, revision: str | None = None, trust_remote_code:
         return arch
     if _is_file(local / "config.json"):
         return _local_arch(local)
+    if is_local_dir(local):  # a directory is never looked up on the Hub: say what it lacks
+        problem = model_dir_problem(local, weights=False, tokenizer=False)
+        raise PlanError(f"key 'model_name_or_path': {problem}. {MODEL_DIR_FIX}")
     if name_or_path in facts:
         return Arch.from_config(facts[name_or_path], f"bundled facts for {name_or_path}")
     from transformers import AutoConfig

@@ -128,8 +128,8 @@ def data_row_length(recipe: Recipe) -> int | None:
 
     try:
         tokenizer = load_tokenizer(recipe.model)
-    except HfDpoError:
-        raise
+    except HfDpoError as err:  # the loader names what the directory lacks; the key is the recipe's
+        raise PlanError(f"key 'model_name_or_path': {err}") from None
     except (OSError, ValueError) as err:  # a model directory without tokenizer files, or broken ones
         reason = " ".join(str(err).split())  # transformers' messages span lines; the error is one line
         raise PlanError(

@@ -19,6 +19,7 @@ from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.model.reference import quiet_peft_checkpointing_alias
 from hf_dpo.model.unwrap import base_model, is_peft
+from hf_dpo.model_files import adapter_dir_problem
 from hf_dpo.train.attention import sharing_attention
 
 logger = logging.getLogger(__name__)
@@ -179,8 +180,9 @@ def return_freed_memory(args: DPOConfig) -> None:
 
 
 def _complete_checkpoint(path: Path) -> bool:
-    """A checkpoint the Trainer can resume: saved to the end (trainer_state.json is written last)."""
-    return (path / "trainer_state.json").is_file()
+    """A checkpoint the Trainer can resume: saved to the end (trainer_state.json is written last), its adapter
+    whole."""
+    return (path / "trainer_state.json").is_file() and adapter_dir_problem(path) is None
 
 
 def check_resume(args) -> None:
@@ -213,10 +215,15 @@ def check_resume(args) -> None:
             f"key 'resume_from_checkpoint': {text} is not a directory. Give a checkpoint-N directory of "
             f"a run (e.g. {args.output_dir}/checkpoint-100), or true for the last one."
         )
-    if not _complete_checkpoint(path):
+    if not (path / "trainer_state.json").is_file():
         raise RecipeError(
             f"key 'resume_from_checkpoint': {text} has no trainer_state.json: it is not a checkpoint, or it was "
             "cut short while saving. Give an earlier checkpoint-N, or true for the last complete one."
+        )
+    if problem := adapter_dir_problem(path):
+        raise RecipeError(
+            f"key 'resume_from_checkpoint': {problem}. Give an earlier checkpoint-N, or true for the last complete "
+            "one."
         )
 
 
