@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from run_fixtures import TRAIN_TOKEN
+from run_fixtures import TRAIN_TOKEN, write_adapter
 from test_hub import PUSH_TOKEN, REPO, hub, run_dir  # noqa: F401 - fixtures
 
 from hf_dpo import cli
@@ -195,10 +196,7 @@ def test_eval_generations_go_only_with_the_report_that_names_them(tmp_path, capl
     report' for every such report."""
     from hf_dpo.hub.push import prepare_payload
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "adapter_model.safetensors").write_bytes(b"weights")
-    (run / "adapter_config.json").write_text("{}")
+    run = write_adapter(tmp_path / "run", "tiny")
     (run / "run_info.json").write_text(json.dumps({"base_model": "tiny", "beta": 0.1}))
     (run / "eval_report.md").write_text("# Report\n")
     (run / "evaluate_results.json").write_text("{}")
@@ -218,3 +216,102 @@ def test_eval_generations_go_only_with_the_report_that_names_them(tmp_path, capl
     (run / "eval_generations.jsonl").unlink()
     assert "eval_generations.jsonl" not in pushed("eval_generations.jsonl")
     assert "eval_report.json names eval_generations.jsonl, which is missing" in caplog.text
+
+
+@pytest.mark.parametrize("given", [None, ""])
+def test_a_push_without_a_token_says_so_before_any_network_call(hub, run_dir, monkeypatch, capsys, given):  # noqa: F811
+    # It went to the network and came back with "HTTP 401" (or, with nothing at the endpoint, a network error
+    # after the whole retry budget, ~22 s), never saying that no token had been found.
+    from huggingface_hub import constants
+
+    from hf_dpo.hub.push import PushError, push_run
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(run_dir / "no-token-here"))
+    with pytest.raises(PushError, match=r"^no Hub token: .*Set HF_TOKEN \(or give --token") as err:
+        push_run(run_dir, REPO, token=given)
+    assert err.value.kind == "auth" and hub.requests == []
+    assert cli.main(["push", str(run_dir), "--repo-id", REPO]) == 2
+    assert capsys.readouterr().err.startswith("error: no Hub token") and hub.requests == []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # a token, but huggingface_hub would send nothing
+    with pytest.raises(PushError, match="HF_HUB_OFFLINE is set"):
+        push_run(run_dir, REPO, token=PUSH_TOKEN)
+    assert hub.requests == []
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on leaving: nothing listens there
+
+
+def test_an_endpoint_that_refuses_the_connection_is_named_at_once_not_retried(run_dir, hub, caplog):  # noqa: F811
+    # Each refused connection was retried (2 + 4 + 8 s of backoff) before "network error (ConnectError)".
+    from hf_dpo.hub.push import PushError, push_run
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    start = time.monotonic()
+    with caplog.at_level("WARNING"), pytest.raises(PushError) as err:
+        push_run(run_dir, REPO, endpoint=endpoint, backoff_s=5.0)
+    assert time.monotonic() - start < 5.0 and "retry" not in caplog.text  # one try, no backoff
+    message = str(err.value)
+    assert err.value.kind == "unreachable" and "cannot reach the endpoint" in message
+    assert f"Nothing answers at {endpoint}: check HF_ENDPOINT" in message and "hf-dpo push" in message
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "status", "kind", "said"),
+    [
+        ("POST", "/api/repos/create", 404, "not_found", "HTTP 404 on POST /api/repos/create: not found"),
+        ("POST", "/api/repos/create", 400, "http", "HTTP 400 on POST /api/repos/create"),
+        ("POST", "/api/models/tester/tiny-dpo/preupload/main", 400, "http", "HTTP 400 on POST /api/models/"),
+        ("POST", "/api/models/tester/tiny-dpo/commit/main", 413, "http", "HTTP 413 on POST /api/models/"),
+        (
+            "POST",
+            "/api/models/tester/tiny-dpo/commit/main",
+            404,
+            "not_found",
+            "HTTP 404 on POST /api/models/",
+        ),
+    ],
+)
+def test_an_http_error_is_reported_as_its_status_and_route_and_not_retried(
+    hub,  # noqa: F811
+    run_dir,  # noqa: F811
+    method,
+    route,
+    status,
+    kind,
+    said,
+):
+    from hf_dpo.hub.push import PushError, push_run
+
+    hub.fail(method, re.escape(route) + "$", [status, status, status, status])
+    with pytest.raises(PushError) as err:
+        push_run(run_dir, REPO, backoff_s=0.01)
+    message = str(err.value)
+    assert err.value.kind == kind and said in message, message
+    assert "network error" not in message and "Could not reach" not in message
+    assert len(hub.requests_to(re.escape(route) + "$", method)) == 1  # not retried
+
+
+def test_an_endpoint_without_the_xet_route_is_named_with_the_switch_that_avoids_it(hub, run_dir, monkeypatch):  # noqa: F811
+    # hf_xet asks the endpoint for a write token; the local server has no such route and answers 404, which hf_xet
+    # raises as a ConnectionError: "network error (ConnectionError). Could not reach ...", retried three times.
+    from huggingface_hub import constants
+
+    from hf_dpo.hub.push import PushError, push_run
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.delenv("HF_HUB_DISABLE_XET")
+    with pytest.raises(PushError) as err:
+        push_run(run_dir, REPO, backoff_s=0.01)
+    message = str(err.value)
+    assert (
+        err.value.kind == "not_found"
+        and "HTTP 404 on /api/models/tester/tiny-dpo/xet-write-token/main" in message
+    )
+    assert "set HF_HUB_DISABLE_XET=1" in message and "Could not reach" not in message
+    assert len(hub.requests_to(r"/xet-write-token/")) == 1

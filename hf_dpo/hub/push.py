@@ -6,8 +6,9 @@ Rules a push keeps, and the module that keeps each:
 - Local files first: README.md (the card) is written into the run dir before any network call, so a
   failed push loses nothing and `hf-dpo push` retries it (the error prints that exact command). (here)
 - Only the main process pushes (RANK / PartialState); the others return None. (`settings`)
-- Transient failures are retried with exponential backoff under one retry budget; auth and not-found
-  errors are not. (`retries`)
+- A push that cannot succeed (no token, HF_HUB_OFFLINE) is refused before any network call; transient
+  failures are retried with exponential backoff under one retry budget; auth, not-found and other HTTP errors,
+  and an endpoint that refuses the connection, are not. (here, `retries`)
 - A README.md edited by hand is never overwritten: the card is regenerated only while README.md is the one
   hf_dpo wrote (its sha256 is kept in `.hf_dpo_card.sha256`) or PEFT's placeholder. (`run_card`)
 - What leaves the machine names no local path: `adapter_config.json` names the base model's Hub id, and
@@ -36,7 +37,7 @@ from hf_dpo.hub.public_files import (
     public_files,
     read_run_info,
 )
-from hf_dpo.hub.retries import classify, with_retries
+from hf_dpo.hub.retries import classify, http_failure, with_retries
 from hf_dpo.hub.run_card import refresh_card
 from hf_dpo.hub.settings import is_main_process
 
@@ -155,8 +156,9 @@ def push_run(
 ) -> str | None:
     """Push a finished run dir to `repo_id` in one commit; returns the commit URL (None off the main process).
 
-    README.md (the card) is written into run_dir first. Raises PushError saying why (auth, not found,
-    network, server) and with the `hf-dpo push ...` command that retries.
+    README.md (the card) is written into run_dir first. Raises PushError saying why (no token, auth, not found,
+    an HTTP status and its route, an endpoint that does not answer) and with the `hf-dpo push ...` command that
+    retries.
     """
     if not is_main_process():
         logger.info("Not the main process: skipping the push (rank %s).", os.environ.get("RANK"))
@@ -166,8 +168,10 @@ def push_run(
         raise PushError(f"run dir {run_dir} does not exist.", "invalid")
     check_repo_id(repo_id)
     retry = retry_command(run_dir, repo_id, private, revision, commit_message)
-    paths, payload = prepare_payload(run_dir, repo_id, license)
+    files_to_push(run_dir)  # the run's own files first: a broken adapter is named whatever the token
     token = _resolve_token(token)
+    check_can_push(token)
+    paths, payload = prepare_payload(run_dir, repo_id, license)
     _check_no_token(paths, run_dir, token)
     _check_no_token_in(payload, token)
     message = commit_message or f"hf-dpo: DPO adapter, card and eval report from {run_dir.name}"
@@ -197,6 +201,22 @@ def push_run(
         raise push_failed(err, run_dir, repo_id, api.endpoint, attempts, token, retry) from None
     logger.info("Pushed %s: %s", repo_id, info.commit_url)
     return info.commit_url
+
+
+def check_can_push(token: str | None) -> None:
+    """PushError before any network call when none could succeed: no token anywhere, or HF_HUB_OFFLINE set."""
+    from huggingface_hub import constants
+
+    if not token:
+        raise PushError(
+            "no Hub token: a push needs a token with write access. Set HF_TOKEN (or give --token, or run "
+            "`hf auth login`); tokens are made at https://huggingface.co/settings/tokens.",
+            "auth",
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise PushError(
+            "HF_HUB_OFFLINE is set, so huggingface_hub makes no network call: unset it to push.", "offline"
+        )
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -260,15 +280,25 @@ def _plots_named_by_report(run_dir: Path) -> list[str]:
 def push_failed(
     err, run_dir: Path, repo_id: str, endpoint: str, attempts: int, token, retry: str
 ) -> PushError:
-    """The PushError for a failed upload: why (auth, not found, network, server), what to do, and the retry
-    command; the token scrubbed from every word of it."""
+    """The PushError for a failed upload: why (auth, not found, an HTTP status and the route that answered it, an
+    endpoint that does not answer), what to do, and the retry command; the token scrubbed from every word of it."""
     kind, reason = classify(err)
+    _, route = http_failure(err)
     hint = {
         "auth": "Set HF_TOKEN (or --token) to a token with write access: https://huggingface.co/settings/tokens",
         "not_found": "Check --repo-id (ORG/NAME) and --revision, and that the token can write to that namespace.",
-        "network": f"Could not reach {endpoint}; check the connection / HF_ENDPOINT.",
+        "network": f"{endpoint} did not answer after {attempts} attempts; check the connection / HF_ENDPOINT.",
+        "unreachable": f"Nothing answers at {endpoint}: check HF_ENDPOINT (unset, it is the Hub) and the "
+        "connection (a proxy, a firewall).",
         "server": f"The Hub kept failing after {attempts} attempts.",
+        "http": f"{endpoint} refused the request; the reason is below.",
+        "offline": "Unset HF_HUB_OFFLINE to push.",
     }.get(kind, "")
+    if kind == "not_found" and route and "xet-" in route:  # an endpoint without the Xet upload routes
+        hint = (
+            f"{endpoint} has no Xet upload route (a server other than the Hub, or an older one): set "
+            "HF_HUB_DISABLE_XET=1 to upload without Xet."
+        )
     detail = scrub_token(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, token)
     return PushError(
         f"Push of {run_dir} to {repo_id} failed: {reason}. {hint}\n  ({detail})\n"
