@@ -45,7 +45,7 @@ from hf_dpo.model.checks import (
 from hf_dpo.pairs.judges import check_judge
 from hf_dpo.report.checks import check_report, check_report_prompts
 from hf_dpo.train.ref_cache import check_ref_cache
-from hf_dpo.train.setup import check_report_to, check_resume
+from hf_dpo.train.setup import check_no_run_replaced, check_report_to, check_resume
 
 
 def preflight(recipe: Recipe) -> PreferenceData:
@@ -61,6 +61,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
     check_lora_targets(recipe.model.model_name_or_path, tuple(recipe.model.lora_target_modules))
     check_attn_implementation(recipe.model.attn_implementation)
     check_resume(args)
+    check_no_run_replaced(args)
     check_report_to(args)
     check_push(args)
     splits = read_data(recipe)

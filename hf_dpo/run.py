@@ -169,8 +169,8 @@ def write_recipe(out: Path, recipe: Recipe) -> None:
     """recipe.yaml first, before anything can fail: exactly what runs, re-runnable as it is."""
     atomic_write_text(
         out / "recipe.yaml",
-        f"# Re-run: hf-dpo train {out / 'recipe.yaml'}\n# From: {recipe.path or 'command-line keys'}\n"
-        + recipe.to_yaml(),
+        f"# Re-run: hf-dpo train {out / 'recipe.yaml'} --output_dir NEW_DIR (or --overwrite_output_dir true to "
+        f"replace this run)\n# From: {recipe.path or 'command-line keys'}\n" + recipe.to_yaml(),
     )
 
 

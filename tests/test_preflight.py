@@ -416,3 +416,59 @@ def test_lora_target_modules_that_match_no_layer_are_named_before_loading(
         ],
     )
     preflight(recipe)  # names that exist pass
+
+
+def _finished(run: Path) -> None:
+    write_adapter(run, "smollm2-135m-instruct")
+    (run / "run_info.json").write_text('{"global_steps": 16}')
+
+
+def _saved_not_reported(run: Path) -> None:  # killed after saving the adapter, before run_info.json
+    write_adapter(run, "smollm2-135m-instruct")
+
+
+def _report_only(run: Path) -> None:  # the adapter deleted by hand; the report and run_info.json still there
+    run.mkdir(parents=True)
+    (run / "run_info.json").write_text('{"global_steps": 16}')
+
+
+@pytest.mark.parametrize("leaves", [_finished, _saved_not_reported, _report_only])
+def test_training_into_a_finished_run_is_refused_naming_overwrite_output_dir(
+    tmp_path, capsys, no_model, leaves
+):
+    # `make demo` twice, or a second recipe with the same output_dir, replaced the run's adapter, report and card
+    # without a word.
+    run = tmp_path / "run"
+    leaves(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc, err = train(tmp_path, capsys)
+    line = _one_error(err)
+    assert rc == 2 and re_search(r"key 'output_dir': .*run holds a finished run \(", line), line
+    assert "overwrite_output_dir: true" in line and f"--output_dir {run}-2" in line
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # not one byte changed
+    with pytest.raises(AssertionError, match="the model was loaded"):  # every check passes, set
+        train(tmp_path, capsys, "", "--overwrite_output_dir", "true")
+
+
+def test_training_into_a_stopped_run_is_refused_unless_it_is_resumed(tmp_path, capsys, no_model):
+    run = tmp_path / "run"
+    write_adapter(run / "checkpoint-2", "smollm2-135m-instruct")
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    rc, err = train(tmp_path, capsys)
+    line = _one_error(err)
+    assert rc == 2 and re_search(r"key 'output_dir': .*run holds checkpoint-2 of a run that stopped", line), (
+        line
+    )
+    assert "resume_from_checkpoint: true" in line and "overwrite_output_dir: true" in line
+    with pytest.raises(AssertionError, match="the model was loaded"):  # a resumed run is not refused
+        train(tmp_path, capsys, "resume_from_checkpoint: true\n")
+    _finished(run)  # a finished run resumed from its last checkpoint (to train further): not refused either
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        train(tmp_path, capsys, f"resume_from_checkpoint: {run / 'checkpoint-2'}\n")
+
+
+def test_the_demo_recipe_may_replace_its_own_run():
+    # `make demo` is re-run as the README says: its recipe sets overwrite_output_dir; the shipped GPU recipes do not
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    assert load_recipe(recipes / "demo.yaml").training.overwrite_output_dir is True
+    assert load_recipe(recipes / "zephyr-7b-qlora.yaml").training.overwrite_output_dir is False

@@ -255,6 +255,14 @@ class DPOConfig(TrainingArguments):
         default=512,
         metadata={"help": "TR-DPO's τ in steps (only with sync_ref_model, which hf_dpo refuses)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an output_dir that already holds a run (its adapter, run_info.json, or the "
+            "checkpoints of one that stopped), writing over it. false: such a run is refused before any model "
+            "loads, so a re-run never replaces one silently (resume_from_checkpoint continues one instead)."
+        },
+    )
     router_aux_loss_coef: float | None = field(
         default=None,
         metadata={

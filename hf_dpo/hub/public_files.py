@@ -101,7 +101,7 @@ def files_named_by_report(run_dir: Path) -> list[str]:
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     """run_info.json of a finished run, checked: PushError naming the file when missing, corrupt or incomplete."""
     path = run_dir / "run_info.json"
-    fix = f"Re-run `hf-dpo train` into {run_dir}, or restore run_info.json from a copy."
+    fix = f"Re-run `hf-dpo train` into {run_dir} (overwrite_output_dir: true), or restore run_info.json from a copy."
     if not path.is_file():
         raise PushError(f"{path} is missing: is {run_dir} a finished `hf-dpo train` run? {fix}", "invalid")
     try:

@@ -96,7 +96,8 @@ def refresh_card(run_dir: str | Path, repo_id: str | None = None, license: str |
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise PushError(
             f"{run_dir / 'run_info.json'} or {run_dir / 'eval_report.json'} lacks what the model card needs "
-            f"({type(err).__name__}: {err}). Re-run `hf-dpo eval {run_dir}`, or `hf-dpo train` into it.",
+            f"({type(err).__name__}: {err}). Re-run `hf-dpo eval {run_dir}`, or `hf-dpo train` into it "
+            "(overwrite_output_dir: true).",
             "invalid",
         ) from None
     (run_dir / CARD_RECORD).write_text(_sha256(path.read_bytes()) + "\n")

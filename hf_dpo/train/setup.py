@@ -227,6 +227,33 @@ def check_resume(args) -> None:
         )
 
 
+# What a run leaves in its output_dir: at the end, the adapter and run_info.json; on the way, checkpoint-N.
+FINISHED_RUN_FILES = ("adapter_model.safetensors", "adapter_config.json", "run_info.json")
+
+
+def check_no_run_replaced(args) -> None:
+    """A run is never replaced silently: an output_dir holding a finished run (its adapter, run_info.json) or the
+    checkpoints of one that stopped is refused, naming `overwrite_output_dir`, unless the recipe sets that or
+    resumes (resume_from_checkpoint). `make demo` re-runs because recipes/demo.yaml sets overwrite_output_dir."""
+    if args.overwrite_output_dir or args.resume_from_checkpoint:
+        return
+    out = Path(args.output_dir).expanduser()
+    finished = [name for name in FINISHED_RUN_FILES if (out / name).is_file()]
+    if finished:
+        raise RecipeError(
+            f"key 'output_dir': {args.output_dir} holds a finished run ({', '.join(finished)}): training into it "
+            "would replace its adapter, report and card. Give another output_dir (e.g. --output_dir "
+            f"{args.output_dir.rstrip('/')}-2), or set overwrite_output_dir: true to train over it."
+        )
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir()) if out.is_dir() else []
+    if checkpoints:
+        raise RecipeError(
+            f"key 'output_dir': {args.output_dir} holds {', '.join(checkpoints)} of a run that stopped before its "
+            "end. Resume it with resume_from_checkpoint: true, give another output_dir, or set "
+            "overwrite_output_dir: true to start afresh over it."
+        )
+
+
 def check_report_to(args) -> None:
     """Every `report_to` integration installed (transformers would fail only when the Trainer is built)."""
     wanted = args.report_to or []
