@@ -5,8 +5,9 @@ takes no NaN or infinity; a `str` key takes no list), then by its declared meani
 metadata, beside its help: a rank is >= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like
 strings, against its `one_of` (or a TrainingArguments key's `choices`), then against the keys it only makes sense with
 (`BELOW`: a max_prompt_length under max_length; `check_varied_samples`: no greedy sampling_temperature 0 with
-several samples per prompt). The first problem raises `RecipeError` naming the key, the value and what it may
-be, so a recipe fails when it is read, not minutes into a run.
+several samples per prompt). The first problem raises `RecipeError` naming the key, the value
+(`hf_dpo.errors.quoted`: a huge or deeply nested one is shown cut, never expanded whole) and what it may be, so
+a recipe fails when it is read, not minutes into a run.
 
     check_values(ModelConfig(lora_r=-1), RecipeError)   # RecipeError: key 'lora_r': must be >= 1, got -1.
 """
@@ -17,6 +18,8 @@ import dataclasses
 import math
 import re
 from typing import Any, NamedTuple
+
+from hf_dpo.errors import quoted
 
 # hf_dpo's own field metadata, read here; argparse gets the rest of a field's metadata (help, choices).
 METADATA_KEYS = frozenset({"range", "one_of"})
@@ -116,8 +119,8 @@ def _error(key: str, message: str, error: type[Exception] = ValueCheckError) -> 
 
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
-        return f"{value!r} (a boolean: YAML reads yes/no/on/off as true/false)"
-    return f"{value!r} ({type(value).__name__})"
+        return f"{quoted(value)} (a boolean: YAML reads yes/no/on/off as true/false)"
+    return f"{quoted(value)} ({type(value).__name__})"
 
 
 def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckError) -> Any:
@@ -148,12 +151,12 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
     if isinstance(value, float):
         if "float" in kinds:
             if not math.isfinite(value):
-                raise _error(key, f"must be a finite number, got {value!r}.", error)
+                raise _error(key, f"must be a finite number, got {quoted(value)}.", error)
             return value
         if "int" in kinds:
             if value.is_integer():
                 return int(value)
-            raise _error(key, f"expected a whole number, got {value!r}.", error)
+            raise _error(key, f"expected a whole number, got {quoted(value)}.", error)
         if "str" in kinds and not kinds & {"dict", "list"}:
             return str(value)
         raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
@@ -163,18 +166,18 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
         raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, (list, tuple)):
         if "list" not in kinds:
-            raise _error(key, f"expected {_expected(scalar)}, got a list {value!r}.", error)
+            raise _error(key, f"expected {_expected(scalar)}, got a list {quoted(value)}.", error)
         if "list[str]" in str(ftype).replace(" ", ""):
             bad = [v for v in value if not isinstance(v, str) or not v.strip()]
             if bad:
-                raise _error(key, f"expected a list of non-empty strings, got {list(value)!r}.", error)
+                raise _error(key, f"expected a list of non-empty strings, got {quoted(list(value))}.", error)
         if "list[float]" in str(ftype).replace(" ", ""):
             return [_list_number(key, item, list(value), error) for item in value]
         return list(value)
     if isinstance(value, dict):
         if "dict" in kinds:
             return value
-        raise _error(key, f"expected {_expected(scalar)}, got a mapping {value!r}.", error)
+        raise _error(key, f"expected {_expected(scalar)}, got a mapping {quoted(value)}.", error)
     raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
 
 
@@ -189,10 +192,10 @@ def _list_number(key: str, item: Any, value: list, error) -> float:
             pass
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise _error(
-            key, f"expected a list of numbers, got {value!r}: {_describe(item)} is not a number.", error
+            key, f"expected a list of numbers, got {quoted(value)}: {_describe(item)} is not a number.", error
         )
     if not math.isfinite(number):
-        raise _error(key, f"must be a list of finite numbers, got {value!r}.", error)
+        raise _error(key, f"must be a list of finite numbers, got {quoted(value)}.", error)
     return float(number)
 
 
@@ -232,14 +235,14 @@ def check_range(key: str, value: Any, allowed: Range | None, error=ValueCheckErr
         span = f"{'>=' if low_in else '>'} {low}"
     else:
         span = f"{'<=' if high_in else '<'} {high}"
-    raise _error(key, f"must be {span}{hint}, got {value!r}.", error)
+    raise _error(key, f"must be {span}{hint}, got {quoted(value)}.", error)
 
 
 def check_choice(key: str, value: Any, choices, error=ValueCheckError) -> None:
     if value in choices:
         return
     named = ", ".join("null" if c is None else str(c) for c in choices)
-    raise _error(key, f"{value!r} is not one of {named}.", error)
+    raise _error(key, f"{quoted(value)} is not one of {named}.", error)
 
 
 def check_below(obj: Any, error=ValueCheckError) -> None:

@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 from hf_dpo.bench.lines import BenchError
+from hf_dpo.errors import quoted
 
 DEMO_DATA = Path("recipes/data/demo/train.jsonl")
 DATA_SETS = ("demo", "long_prompt", "long_answer", "multi_turn")
@@ -184,9 +185,13 @@ def load_data_set(name: str, n: int, seed: int = 0, demo_path: str | Path | None
         if path.is_file():
             return read_pairs(path, n), str(path)
         return arithmetic_pairs(n, seed), f"generated arithmetic pairs (no {path}; seed {seed})"
-    if Path(name).is_file():
+    try:
+        is_file = Path(name).is_file()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte: no file, as for any unknown name
+        is_file = False
+    if is_file:
         return read_pairs(name, n), name
-    raise BenchError(f"unknown data set {name!r}: use {', '.join(DATA_SETS)} or a .jsonl path")
+    raise BenchError(f"unknown data set {quoted(name)}: use {', '.join(DATA_SETS)} or a .jsonl path")
 
 
 def token_shares(prompt_lengths: list[int], completion_lengths: list[tuple[int, int]]) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_dpo.errors import HfDpoError
+from hf_dpo.errors import HfDpoError, shortened
 
 
 class BenchError(HfDpoError, ValueError):
@@ -100,7 +100,9 @@ def check_lines(names: list[str]) -> list[str]:
     """`names` in run order (a warm-cache line after the line that fills its cache); BenchError on unknown."""
     unknown = [n for n in names if n not in LINES]
     if unknown:
-        raise BenchError(f"unknown bench line(s) {', '.join(unknown)}; choose from {', '.join(LINES)}")
+        raise BenchError(
+            f"unknown bench line(s) {shortened(', '.join(unknown), 200)}; choose from {', '.join(LINES)}"
+        )
     missing = [n for n in names if LINES[n].warm_cache_of and LINES[n].warm_cache_of not in names]
     if missing:
         raise BenchError(

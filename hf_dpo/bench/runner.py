@@ -15,6 +15,7 @@ from pathlib import Path
 from hf_dpo.bench.data_shapes import DATA_SETS, load_data_set
 from hf_dpo.bench.lines import DEFAULT_LINES, LINES, TARGETS, BenchError, check_lines
 from hf_dpo.bench.table import add_ratios, format_table, format_verdicts, verdicts
+from hf_dpo.errors import shortened
 
 DEMO_RECIPE = Path("recipes/demo.yaml")
 DEFAULT_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["all-linear"]}
@@ -44,7 +45,9 @@ def check_settings(
 
     unknown = [q for q in quantizations if q not in QUANTIZATIONS]
     if unknown:
-        raise BenchError(f"--quantization {' '.join(unknown)}: choose from {', '.join(QUANTIZATIONS)}.")
+        raise BenchError(
+            f"--quantization {shortened(' '.join(unknown), 200)}: choose from {', '.join(QUANTIZATIONS)}."
+        )
     for option, value, low in (
         ("--batch-size", batch_size, 1),
         ("--steps", steps, 1),

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from hf_dpo.config.errors import RecipeError, suggest
+from hf_dpo.errors import quoted, shortened
 
 # TRL 1.16's loss types, in its order; each is a function of hf_dpo.train.loss.LOSSES.
 LOSS_TYPES = (
@@ -90,7 +91,7 @@ def check_not_applicable(args) -> None:
             args.pad_to_multiple_of = None if text in ("auto", "none", "null", "") else int(text)
         except ValueError:
             raise RecipeError(
-                f"key 'pad_to_multiple_of': {args.pad_to_multiple_of!r} is not a whole number. Give one such as "
+                f"key 'pad_to_multiple_of': {quoted(args.pad_to_multiple_of)} is not a whole number. Give one such as "
                 "8, or auto for no padding beyond the longest row."
             ) from None
     if args.pad_to_multiple_of is not None and args.pad_to_multiple_of < 1:
@@ -127,12 +128,13 @@ def check_kwargs_text(args) -> None:
             value = text
         if value is not None and not isinstance(value, dict):
             # min_lr=0, a=1: the mapping it was meant to be, as the example to write
-            pairs = re.findall(r"(\w+)\s*=\s*([^,]+)", text) or [("name", "value")]
+            # the example is built from the start of the text: the regex is quadratic on a long run of letters
+            pairs = re.findall(r"(\w+)\s*=\s*([^,]+)", text[:200]) or [("name", "value")]
             yaml_form = "{" + ", ".join(f"{k}: {v.strip()}" for k, v in pairs) + "}"
             json_form = json.dumps({k: _json_scalar(v.strip()) for k, v in pairs})
             raise RecipeError(
-                f"key '{key}': {text!r} is not a mapping. Write it as one: {yaml_form} in the recipe (YAML), or "
-                f"--{key} '{json_form}' on the command line (JSON)."
+                f"key '{key}': {quoted(text)} is not a mapping. Write it as one: {shortened(yaml_form)} in the recipe "
+                f"(YAML), or --{key} '{shortened(json_form)}' on the command line (JSON)."
             )
         setattr(args, key, value)
 
@@ -159,7 +161,7 @@ def check_checkpointing_kwargs(kwargs: dict | None) -> None:
     every = kwargs["every_n_layers"]
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise RecipeError(
-            f"gradient_checkpointing_kwargs.every_n_layers must be an integer >= 1 (got {every!r})."
+            f"gradient_checkpointing_kwargs.every_n_layers must be an integer >= 1 (got {quoted(every)})."
         )
     # gradient_checkpointing_enable: its name in older transformers (5.17; in 5.24 an alias taking **kwargs)
     enable = getattr(

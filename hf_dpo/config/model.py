@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from hf_dpo.config.errors import RecipeError
+from hf_dpo.errors import quoted, shortened
 from hf_dpo.validate import Range, check_values
 
 
@@ -104,6 +105,7 @@ class ModelConfig:
                 # for a Hub model (not checked from its config by the preflight) fails only once the model loaded
                 names = [n for n in re.split(r"[,\s]+", name) if n]
                 raise RecipeError(
-                    f"key 'lora_target_modules': {name!r} is one module name, and none has a comma or a space. "
-                    f"Give a list: [{', '.join(names)}] in the recipe, or --lora_target_modules {' '.join(names)}."
+                    f"key 'lora_target_modules': {quoted(name)} is one module name, and none has a comma or a space. "
+                    f"Give a list: [{shortened(', '.join(names))}] in the recipe, or --lora_target_modules "
+                    f"{shortened(' '.join(names))}."
                 )

@@ -29,7 +29,8 @@ from hf_dpo.config.errors import RecipeError, suggest
 from hf_dpo.config.model import ModelConfig
 from hf_dpo.config.report import ReportConfig
 from hf_dpo.config.sampling import SamplingConfig
-from hf_dpo.config.yaml_io import RecipeDumper, RecipeLoader, read_recipe_file
+from hf_dpo.config.yaml_io import MAX_VALUE_ITEMS, RecipeDumper, RecipeLoader, expands_past, read_recipe_file
+from hf_dpo.errors import MAX_QUOTED, quoted, shortened
 from hf_dpo.validate import METADATA_KEYS
 
 RECIPE_SECTIONS = (ModelConfig, DataConfig, DPOConfig, SamplingConfig, ReportConfig)
@@ -88,11 +89,16 @@ def _text_value(convert):
         stripped = text.strip()
         if stripped[:1] in ("[", "{"):
             try:
-                return yaml.load(stripped, Loader=RecipeLoader)  # as the recipe file reads it
+                value = yaml.load(stripped, Loader=RecipeLoader)  # as the recipe file reads it
             except yaml.YAMLError as err:
                 raise argparse.ArgumentTypeError(f"not a valid YAML list or mapping: {err}") from None
             except RecursionError:
                 raise argparse.ArgumentTypeError("a list or mapping nested too deeply") from None
+            if expands_past(value):
+                raise argparse.ArgumentTypeError(
+                    f"more than {MAX_VALUE_ITEMS} values once its YAML aliases (*name) are expanded"
+                )
+            return value
         if stripped in ("null", "~"):
             return None
         return convert(text)
@@ -107,7 +113,7 @@ def _auto_bool_text(text: str) -> bool | str:
     try:
         return auto_bool(text, "precompute_ref_log_probs")
     except RecipeError:
-        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {quoted(text)}") from None
 
 
 class _RecipeArgumentParser(HfArgumentParser):
@@ -179,7 +185,10 @@ def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str
         where = "command line" if key in given or key == "?" else f"Recipe {path}"
         message = err.message
         if "invalid float value" in message or "invalid int value" in message:
-            message = "expected a number, got " + message.partition(" value: ")[2].strip()  # '1:30' whole
+            message = "expected a number, got " + shortened(
+                message.partition(" value: ")[2].strip(), MAX_QUOTED
+            )
+        message = shortened(message, 400)  # argparse quotes the value whole
         raise RecipeError(f"{where}: key '{key}': {message}.") from None
     for token in rest:
         if not token.startswith("--"):
@@ -252,7 +261,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
                 raise RecipeError(f"{_where(path, message, given)}: {message}") from None
             raise RecipeError(
                 f"{_where(path, str(err), given)}: invalid value in section {section.__name__}: "
-                f"{type(err).__name__}: {err}"
+                f"{type(err).__name__}: {shortened(str(err), 400)}"
             ) from None
     return Recipe(
         model=built[ModelConfig],

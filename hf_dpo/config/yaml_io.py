@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from hf_dpo.config.errors import RecipeError
+from hf_dpo.errors import quoted, shortened
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):
@@ -33,7 +34,7 @@ class RecipeLoader(yaml.SafeLoader):
                 except TypeError:  # unhashable: construct_mapping names it
                     continue
                 if duplicate:
-                    raise _DuplicateKey(problem=repr(key), problem_mark=key_node.start_mark)
+                    raise _DuplicateKey(problem=quoted(key), problem_mark=key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -68,6 +69,28 @@ RecipeDumper.yaml_implicit_resolvers = {
 }
 
 
+# The most values a recipe value may hold once YAML aliases (`*name`) are expanded. A recipe value is a word, a
+# number or a short list; a few lines of aliases nested in aliases expand to billions of items (a "billion laughs"),
+# which any code that walks the value (a check, an error message, a JSON dump of the arguments) never finishes.
+MAX_VALUE_ITEMS = 10_000
+
+
+def expands_past(value: Any, limit: int = MAX_VALUE_ITEMS) -> bool:
+    """Whether `value`, its shared parts counted each time they occur, holds more than `limit` items; stops
+    counting there."""
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple)):
+            pending += item
+    return False
+
+
 def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -97,12 +120,24 @@ def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
         raise RecipeError(
             f"Recipe {path} is nested too deeply to read; a recipe is flat key: value pairs."
         ) from None
+    except ValueError as err:  # int() of a number past Python's 4300-digit limit, as YAML constructs it
+        if "integer string conversion" in str(err):
+            raise RecipeError(
+                f"Recipe {path} holds a number of more than 4300 digits; no recipe key takes one. Fix that value."
+            ) from None
+        raise RecipeError(f"Recipe {path} cannot be read: {shortened(str(err), 200)}.") from None
     if not isinstance(values, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of key: value, not {type(values).__name__}.")
-    for key in values:
+    for key, value in values.items():
+        if expands_past(value):
+            raise RecipeError(
+                f"Recipe {path}: key '{shortened(key, 60)}' holds more than {MAX_VALUE_ITEMS} values once its YAML "
+                "aliases (*name) are expanded; a recipe value is a word, a number or a short list. Write it out "
+                "without aliases nested in aliases."
+            )
         if not isinstance(key, str):
             raise RecipeError(
-                f"Recipe {path}: key {key!r} is not a name (YAML read it as {type(key).__name__}"
+                f"Recipe {path}: key {quoted(key)} is not a name (YAML read it as {type(key).__name__}"
                 + (": on/off/yes/no/true/false are booleans in YAML" if isinstance(key, bool) else "")
                 + "). Every key is a word such as learning_rate; `hf-dpo keys` lists them."
             )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hf_dpo.config import DataConfig, Recipe, RecipeError
 from hf_dpo.data.errors import DataError
+from hf_dpo.errors import quoted
 from hf_dpo.files import read_jsonl, read_utf8_text
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
         for key, split in named:
             if split not in files:
                 raise DataError(
-                    f"{path}: no file for split {split!r} ({key}; found: {', '.join(files)}). "
+                    f"{path}: no file for split {quoted(split)} ({key}; found: {', '.join(files)}). "
                     f"Set {key} to one of them."
                 )
         for split in wanted:
@@ -200,7 +201,7 @@ def _read_saved(path: Path, cfg: DataConfig, wanted: list[str]) -> dict[str, tup
     for key, split in named:
         if split not in saved:
             raise DataError(
-                f"{path}: no split {split!r} ({key}; splits: {', '.join(saved)}). Set {key} to one of them."
+                f"{path}: no split {quoted(split)} ({key}; splits: {', '.join(saved)}). Set {key} to one of them."
             )
     return {split: (f"{path}[{split}]", saved[split].to_list()) for split in wanted if split in saved}
 
@@ -221,7 +222,7 @@ def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[d
             if split == cfg.dataset_train_split or _named_test_split(cfg):
                 key = "dataset_train_split" if split == cfg.dataset_train_split else "dataset_test_split"
                 raise DataError(
-                    f"Dataset '{cfg.dataset_name}' has no split {split!r} ({key}; splits: {', '.join(available)}). "
+                    f"Dataset '{cfg.dataset_name}' has no split {quoted(split)} ({key}; splits: {', '.join(available)}). "
                     f"Set {key}."
                 )
             continue
@@ -232,7 +233,7 @@ def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[d
                 err = err.__cause__
             reason = " ".join(str(err).split())
             raise DataError(
-                f"Dataset '{cfg.dataset_name}', split {split!r}, could not be loaded ({type(err).__name__}: "
+                f"Dataset '{cfg.dataset_name}', split {quoted(split)}, could not be loaded ({type(err).__name__}: "
                 f"{reason}). Check your network, or download it once and point dataset_name at the local files."
             ) from None
         out[split] = (f"{cfg.dataset_name}[{split}]", ds.to_list())

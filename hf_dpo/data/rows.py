@@ -9,7 +9,7 @@ from typing import Any
 
 from hf_dpo.config import DataConfig, Recipe, RecipeError
 from hf_dpo.data.errors import SKIP_HINT, DataError
-from hf_dpo.errors import HfDpoError
+from hf_dpo.errors import HfDpoError, quoted
 from hf_dpo.files import read_jsonl
 
 IMAGE_COLUMNS = {"images", "image"}  # TRL's vision DPO columns
@@ -58,10 +58,12 @@ def _check_messages(value: list, column: str) -> list[dict]:
         raise BadRow(column, "empty message list", "empty response")
     for m in value:
         if "role" not in m or "content" not in m or not isinstance(m["content"], str):
-            raise BadRow(column, f"message {m!r} lacks a 'role' or a string 'content'", "bad message")
+            raise BadRow(column, f"message {quoted(m)} lacks a 'role' or a string 'content'", "bad message")
         if not isinstance(m["role"], str) or m["role"] not in CHAT_ROLES:
             raise BadRow(
-                column, f"message role {m['role']!r} is not one of {', '.join(CHAT_ROLES)}", "bad message"
+                column,
+                f"message role {quoted(m['role'])} is not one of {', '.join(CHAT_ROLES)}",
+                "bad message",
             )
     return [{"role": m["role"], "content": m["content"]} for m in value]
 

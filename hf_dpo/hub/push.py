@@ -28,6 +28,7 @@ import os
 import shlex
 from pathlib import Path
 
+from hf_dpo.errors import quoted, shortened
 from hf_dpo.hub.card import write_eval_results
 from hf_dpo.hub.errors import PushError, scrub_token
 from hf_dpo.hub.public_files import (
@@ -228,7 +229,7 @@ def check_repo_id(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise PushError(
-            f"--repo-id {repo_id!r} (hub_model_id in a recipe) is not a Hub repo id: {err} Give ORG/NAME, e.g. "
+            f"--repo-id {quoted(repo_id)} (hub_model_id in a recipe) is not a Hub repo id: {shortened(str(err), 200)} Give ORG/NAME, e.g. "
             "me/smollm2-dpo: letters, digits, '-', '_' and '.', no '--' or '..', at most 96 characters, not a URL.",
             "invalid",
         ) from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.config import Recipe
-from hf_dpo.errors import HfDpoError
+from hf_dpo.errors import HfDpoError, quoted
 from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.files import read_utf8_text
 
@@ -56,13 +56,13 @@ def check_prompt(value: Any, where: str) -> Prompt:
         for m in value:
             if m["role"] not in CHAT_ROLES:
                 raise SamplingError(
-                    f"{where}: message role {m['role']!r} is not one of {', '.join(CHAT_ROLES)} (training refuses "
+                    f"{where}: message role {quoted(m['role'])} is not one of {', '.join(CHAT_ROLES)} (training refuses "
                     "the pairs of such a prompt). Rename the role."
                 )
             _check_text(m["content"], where)
         return value
     raise SamplingError(
-        f"{where}: prompt must be a non-empty string or a list of {{'role', 'content'}} messages, got {value!r}."
+        f"{where}: prompt must be a non-empty string or a list of {{'role', 'content'}} messages, got {quoted(value)}."
     )
 
 
@@ -168,7 +168,7 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise SamplingError(
                 f"{path}, line {lineno}: 'index' must be a whole number >= 0 (the prompt's position in the prompt "
-                f"file), got {index!r}. Fix that line, or sample again with `hf-dpo sample`."
+                f"file), got {quoted(index)}. Fix that line, or sample again with `hf-dpo sample`."
             )
         if index in rows:
             raise SamplingError(

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from hf_dpo.errors import HfDpoError
+from hf_dpo.errors import HfDpoError, quoted, shortened
 
 
 class JudgeError(HfDpoError, ValueError):
@@ -84,7 +84,7 @@ def _called(judge, method: str, prompts: Sequence[str], completions: Sequence[st
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         what = "float" if method == "score" else "tuple of criteria"
         raise JudgeError(
-            f"Judge '{name}' returned {_short(repr(values), 60)} from {method}(); it must return a list of one "
+            f"Judge '{name}' returned {quoted(values, 60)} from {method}(); it must return a list of one "
             f"{what} per completion ({len(prompts)})."
         )
     return list(values)
@@ -114,7 +114,7 @@ def _checked_criteria(judge, prompts: Sequence[str], completions: Sequence[str])
             or len(values) != len(criteria)
         ):
             raise JudgeError(
-                f"Judge '{name}' returned {_short(repr(values), 60)} for prompt {i} ({_short(_at(prompts, i))!r}); "
+                f"Judge '{name}' returned {quoted(values, 60)} for prompt {i} ({shortened(_at(prompts, i))!r}); "
                 f"its criteria_scores() must give one tuple of {len(criteria)} numbers ({', '.join(criteria)}) "
                 "per completion."
             )
@@ -139,11 +139,6 @@ def _as_float(value):
         return value
 
 
-def _short(text: str, limit: int = 80) -> str:
-    text = str(text).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def check_score(value, index: int, prompt: str, judge_name: str) -> float:
     """`value` as a float, or JudgeError if it is not a finite real number (bools, None and ints too large for
     a float, such as 10**400, included)."""
@@ -155,12 +150,12 @@ def check_score(value, index: int, prompt: str, judge_name: str) -> float:
             number = None
     if number is None or not math.isfinite(number):
         try:
-            shown = _short(repr(value), 60)
+            shown = shortened(repr(value), 60)
         except Exception:  # noqa: BLE001 - repr of a 10**5000 int raises; the type is enough then
             shown = "<unprintable>"
         raise JudgeError(
             f"Judge '{judge_name}' returned {shown} ({type(value).__name__}) for prompt {index} "
-            f"({_short(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
+            f"({shortened(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
             "(e.g. return 0.0 for an answer it cannot score) and rerun: the samples are kept."
         )
     return number
@@ -194,8 +189,8 @@ class CallableJudge:
                 value = self.fn(prompt, completion)
             except Exception as err:
                 raise JudgeError(
-                    f"Judge '{self.name}' raised {type(err).__name__}: {err} on prompt {i} ({_short(prompt)!r}), "
-                    f"completion {_short(completion)!r}. Make the judge handle this input (or return 0.0 for it) "
+                    f"Judge '{self.name}' raised {type(err).__name__}: {err} on prompt {i} ({shortened(prompt)!r}), "
+                    f"completion {shortened(completion)!r}. Make the judge handle this input (or return 0.0 for it) "
                     "and rerun: the samples are kept."
                 ) from err
             scores.append(self._as_criteria(value, i, prompt))
@@ -207,7 +202,7 @@ class CallableJudge:
                 self.criteria = tuple(value)
             if set(value) != set(self.criteria):
                 raise JudgeError(
-                    f"Judge '{self.name}' returned criteria {sorted(value)} for prompt {index} ({_short(prompt)!r}), "
+                    f"Judge '{self.name}' returned criteria {sorted(value)} for prompt {index} ({shortened(prompt)!r}), "
                     f"but its criteria are {list(self.criteria)}. Return the same names for every answer "
                     "(declare them, most important first, as `judge.criteria = (...)`)."
                 )
@@ -218,7 +213,7 @@ class CallableJudge:
             self.criteria = SINGLE_CRITERION
         if self.criteria != SINGLE_CRITERION:
             raise JudgeError(
-                f"Judge '{self.name}' returned {value!r} for prompt {index} ({_short(prompt)!r}) but declares the "
+                f"Judge '{self.name}' returned {quoted(value)} for prompt {index} ({shortened(prompt)!r}) but declares the "
                 f"criteria {list(self.criteria)}: return a dict with those names for every answer."
             )
         return (check_score(value, index, prompt, self.name),)

@@ -20,6 +20,7 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from hf_dpo.errors import quoted
 from hf_dpo.pairs.formats import SamplingError
 from hf_dpo.pairs.label_page import PAGE, SCRIPT, STYLE
 from hf_dpo.pairs.label_store import LabelStore
@@ -82,9 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(raw_length) if raw_length is not None else 0
         except ValueError:
-            raise ValueError(f"bad Content-Length {raw_length!r}") from None
+            raise ValueError(f"bad Content-Length {quoted(raw_length)}") from None
         if length < 0:
-            raise ValueError(f"bad Content-Length {raw_length!r}")
+            raise ValueError(f"bad Content-Length {quoted(raw_length)}")
         if length > MAX_BODY_BYTES:
             raise _TooLarge(f"body of {length} bytes; at most {MAX_BODY_BYTES}")
         data = self.rfile.read(length) if length else b""

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hf_dpo.errors import quoted
 from hf_dpo.files import atomic_write_jsonl
 from hf_dpo.files import read_jsonl as read_lines
 from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_samples
@@ -199,7 +200,7 @@ class LabelStore:
             )
             if number is None:
                 raise SamplingError(
-                    f"{where}: answers {pair!r} are not a pair shown for prompt {entry['index']}. {fix}"
+                    f"{where}: answers {quoted(pair)} are not a pair shown for prompt {entry['index']}. {fix}"
                 )
             self.decisions[number] = entry
             self.history.append(number)
@@ -257,13 +258,13 @@ class LabelStore:
     def _find(self, index: Any, item: Any) -> int:
         if item is not None:
             if not isinstance(item, str) or item not in self.by_id:
-                raise ValueError(f"unknown item {item!r}")
+                raise ValueError(f"unknown item {quoted(item)}")
             return self.by_id[item]
         if not _is_index(index):
-            raise ValueError(f"unknown prompt index {index!r}")
+            raise ValueError(f"unknown prompt index {quoted(index)}")
         numbers = [n for n, (pos, _) in enumerate(self.items) if self.keys[pos] == index]
         if not numbers:
-            raise ValueError(f"unknown prompt index {index!r}")
+            raise ValueError(f"unknown prompt index {quoted(index)}")
         return next((n for n in numbers if n not in self.decisions), numbers[0])
 
     def decide(self, index: Any, choice: str, item: str | None = None) -> dict[str, Any]:
@@ -277,7 +278,7 @@ class LabelStore:
                 # A page showing a pair another tab (or window) labelled since: ignoring this would lose the click
                 # without a word, and the person would think the pair labelled their way.
                 raise ValueError(
-                    f"this pair was already labelled {earlier!r} (in another tab or window?), so {choice!r} was not "
+                    f"this pair was already labelled {quoted(earlier)} (in another tab or window?), so {quoted(choice)} was not "
                     "saved. Reload this page to continue; to change it, undo (u) in the page that labelled it."
                 )
             if number not in self.decisions:  # a repeated click on an already labelled pair is ignored

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
+from hf_dpo.errors import quoted, shortened
 from hf_dpo.files import open_locked_for_append, why_not_writable
 from hf_dpo.model.errors import ModelLoadError
 from hf_dpo.model.reference import dequantize_on_cpu, with_adapter
@@ -51,9 +52,7 @@ logger = logging.getLogger(__name__)
 
 
 def _short(text: Any, limit: int = 80) -> str:
-    text = prompt_text(text) if not isinstance(text, str) else text
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shortened(prompt_text(text) if not isinstance(text, str) else text, limit)
 
 
 # ---------------------------------------------------------------- the reference policy and its prompts
@@ -138,14 +137,14 @@ def _done_indices(
         index = row.get("index")
         if not isinstance(index, int) or not 0 <= index < len(prompts) or row.get("prompt") != prompts[index]:
             raise SamplingError(
-                f"{path}, line {lineno}: this sample does not belong to the current prompt set (index {index!r}). "
+                f"{path}, line {lineno}: this sample does not belong to the current prompt set (index {quoted(index)}). "
                 "Point samples_file to a new file, or restore the prompts it was made from."
             )
         made = row.get("settings")
         if not isinstance(made, dict) or {**_LATER_SETTINGS, **made} != settings:
             made = {**_LATER_SETTINGS, **made} if isinstance(made, dict) else {}
             changed = ", ".join(
-                f"{key} {made.get(key)!r} then, {value!r} now"
+                f"{key} {quoted(made.get(key))} then, {quoted(value)} now"
                 for key, value in settings.items()
                 if made.get(key) != value
             )

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from hf_dpo.config import Recipe
+from hf_dpo.errors import quoted
 from hf_dpo.plan.arch import Arch, PlanError, load_arch
 from hf_dpo.plan.estimate import GB, MB, Term, estimate, fmt
 from hf_dpo.plan.settings import Settings, data_row_length, settings_from_recipe
@@ -104,19 +105,21 @@ def parse_size(text: str, what: str = "memory size") -> int:
     # may be followed by i and b, a lone b is bytes, no unit at all is GB.
     match = re.fullmatch(r"\s*([+-]?[\d.]+)\s*(?:([kmgt])i?b?|(b))?\s*", str(text).lower())
     if not match:
-        raise PlanError(f"{what} '{text}' is not like 24GB, 16GiB or 8000MB.")
+        raise PlanError(f"{what} {quoted(text)} is not like 24GB, 16GiB or 8000MB.")
     try:
         value = float(match.group(1))
     except ValueError:  # "1.2.3GB", "."
-        raise PlanError(f"{what} '{text}' is not like 24GB, 16GiB or 8000MB.") from None
+        raise PlanError(f"{what} {quoted(text)} is not like 24GB, 16GiB or 8000MB.") from None
     unit = match.group(2) or match.group(3) or "g"
     size = int(value * 1024 ** "bkmgt".index(unit))
     if size <= 0:  # nothing fits in 0 bytes: a plan that says so would only hide the typo
-        raise PlanError(f"{what} '{text}' must be positive, e.g. 24GB.")
+        raise PlanError(f"{what} {quoted(text)} must be positive, e.g. 24GB.")
     if size < MB:  # no model trains in less
         if unit in "bkm":  # the unit is a typo, most likely a B for GB
-            raise PlanError(f"{what} '{text}' is {size} bytes; did you mean {match.group(1).lstrip('+')}GB?")
-        raise PlanError(f"{what} '{text}' is {size} bytes, less than 1 MB; give it like 24GB.")
+            raise PlanError(
+                f"{what} {quoted(text)} is {size} bytes; did you mean {match.group(1).lstrip('+')}GB?"
+            )
+        raise PlanError(f"{what} {quoted(text)} is {size} bytes, less than 1 MB; give it like 24GB.")
     return size
 
 
