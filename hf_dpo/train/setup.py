@@ -245,7 +245,8 @@ def check_no_run_replaced(args) -> None:
             "would replace its adapter, report and card. Give another output_dir (e.g. --output_dir "
             f"{args.output_dir.rstrip('/')}-2), or set overwrite_output_dir: true to train over it."
         )
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir()) if out.is_dir() else []
+    # a checkpoint-N holding files is work; an empty one (a save that never began) is not
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir() and any(p.iterdir()))
     if checkpoints:
         raise RecipeError(
             f"key 'output_dir': {args.output_dir} holds {', '.join(checkpoints)} of a run that stopped before its "
