@@ -23,6 +23,7 @@ import sys
 
 from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.errors import quoted
+from hf_dpo.validate import GENERATIONS, TOKENS
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -151,22 +152,23 @@ def _add_eval(sub) -> None:
     p.add_argument("--judge", help="module:function, rm:<path or hub id> (default: the recipe's judge)")
     p.add_argument(
         "--num-generations",
-        type=_int_at_least(0),
+        type=_int_at_least(0, GENERATIONS),
         default=None,
         help="held-out prompts to generate for (0: skip); default: the recipe's eval_num_generations",
     )
     p.add_argument(
         "--max-new-tokens",
-        type=_int_at_least(1),
+        type=_int_at_least(1, TOKENS),
         default=None,
         help="default: the recipe's eval_max_new_tokens",
     )
     p.set_defaults(func=cmd_eval)
 
 
-def _int_at_least(low: int):
-    """An argparse type: a whole number >= low. Below it, a count reached generation after the model had loaded
-    (--max-new-tokens -5), fell back silently (0 is false to `or`), or was reported as 0."""
+def _int_at_least(low: int, bound: tuple[int, str]):
+    """An argparse type: a whole number >= low and <= bound (value, what a value past it would mean). Below it, a
+    count reached generation after the model had loaded (--max-new-tokens -5), fell back silently (0 is false to
+    `or`), or was reported as 0; past it, a typo started work that would never end."""
 
     def parse(text: str) -> int:
         try:
@@ -175,6 +177,10 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > bound[0]:
+            raise argparse.ArgumentTypeError(
+                f"{quoted(value)} is over {bound[0]} ({bound[1]}): give at most {bound[0]}"
+            )
         return value
 
     return parse

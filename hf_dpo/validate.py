@@ -2,7 +2,9 @@
 
 Every field is checked by its declared type (an `int` key takes no 1.5, no `true`, no NaN; a `float` key
 takes no NaN or infinity; a `str` key takes no list), then by its declared meaning (the `range` in its field's
-metadata, beside its help: a rank is >= 1, a probability lies in [0, 1], a seed fits numpy) and, for enum-like
+metadata, beside its help: a rank is >= 1, a probability lies in [0, 1], a seed fits numpy; a count, size or
+step also has an upper bound, `up_to`, that says what a value past it would mean: "max_steps 1e12 is over 10^8
+(10^8 steps take over 3 years ...)"; no int past 64 bits, no float past 2^53 read as an int) and, for enum-like
 strings, against its `one_of` (or a TrainingArguments key's `choices`), then against the keys it only makes sense with
 (`BELOW`: a max_prompt_length under max_length; `check_varied_samples`: no greedy sampling_temperature 0 with
 several samples per prompt). The first problem raises `RecipeError` naming the key, the value
@@ -34,6 +36,30 @@ class Range(NamedTuple):
     low_inclusive: bool = True
     high_inclusive: bool = True
     hint: str = ""
+    high_hint: str = (
+        ""  # what a value past `high` would mean (a count, size or step's bound): said when one is
+    )
+
+
+def up_to(low: float, bound: tuple[int, str], **kw) -> Range:
+    """A count, size or step's range: `low` to the `bound` (value, what a value past it would mean)."""
+    return Range(low, bound[0], high_hint=bound[1], **kw)
+
+
+# Upper bounds of counts, sizes and steps: past one, a value is a typo (1e30, a pasted number), never a plan, and
+# a run would start toward it. Each says what such a value would mean.
+STEPS = (10**8, "10^8 steps take over 3 years at one step a second")
+EPOCHS = (10**6, "a million passes over the data")
+TOKENS = (2**22, "4M tokens, longer than any model's context")
+BATCH = (2**16, "65536 rows in one batch, more than any accelerator holds")
+PROCESSES = (1024, "more processes than any machine runs")
+PAIRS = (10**12, "more pairs than any data set holds")
+RANK = (2**16, "a LoRA rank past the width of any layer")
+GENERATIONS = (10**7, "10^7 generations take weeks")
+SAMPLES_PER_PROMPT = (1024, "each one is a generation for every prompt")
+# The largest whole number a float holds exactly: 1e30 for an int key reads as 1000000000000000019884624838656.
+EXACT_FLOAT_INT = 2**53
+INT64_MAX = 2**63 - 1
 
 
 # The ranges of TrainingArguments keys, whose fields transformers declares (hf_dpo's own keys carry theirs in
@@ -44,27 +70,27 @@ TRAINING_ARGUMENTS_RANGES: dict[str, Range] = {
     "adam_beta2": Range(0, 1, high_inclusive=False),
     "adam_epsilon": Range(0, low_inclusive=False),
     "max_grad_norm": Range(0),
-    "num_train_epochs": Range(0, low_inclusive=False),
-    "max_steps": Range(-1, hint=" (-1: train num_train_epochs instead)"),
-    "warmup_steps": Range(0),
+    "num_train_epochs": up_to(0, EPOCHS, low_inclusive=False),
+    "max_steps": up_to(-1, STEPS, hint=" (-1: train num_train_epochs instead)"),
+    "warmup_steps": up_to(0, STEPS),
     "warmup_ratio": Range(0, 1),
-    "per_device_train_batch_size": Range(1),
-    "per_device_eval_batch_size": Range(1),
-    "gradient_accumulation_steps": Range(1),
-    "eval_accumulation_steps": Range(1),
-    "save_steps": Range(0, low_inclusive=False),
-    "eval_steps": Range(0, low_inclusive=False),
-    "eval_delay": Range(0),
-    "save_total_limit": Range(0),
+    "per_device_train_batch_size": up_to(1, BATCH),
+    "per_device_eval_batch_size": up_to(1, BATCH),
+    "gradient_accumulation_steps": up_to(1, (2**20, "a million micro-batches for every optimizer step")),
+    "eval_accumulation_steps": up_to(1, STEPS),
+    "save_steps": up_to(0, STEPS, low_inclusive=False),
+    "eval_steps": up_to(0, STEPS, low_inclusive=False),
+    "eval_delay": up_to(0, STEPS),
+    "save_total_limit": up_to(0, (10**6, "a million checkpoints kept")),
     "seed": Range(0, 2**32 - 1, hint=" (numpy seeds are 32-bit)"),
     "data_seed": Range(0, 2**32 - 1, hint=" (numpy seeds are 32-bit)"),
     "label_smoothing_factor": Range(0, 1, high_inclusive=False),
     "neftune_noise_alpha": Range(0, low_inclusive=False),
-    "torch_empty_cache_steps": Range(1),
-    "dataloader_num_workers": Range(0),
-    "dataloader_prefetch_factor": Range(1),
-    "ddp_timeout": Range(1),
-    "ddp_bucket_cap_mb": Range(1),
+    "torch_empty_cache_steps": up_to(1, STEPS),
+    "dataloader_num_workers": up_to(0, PROCESSES),
+    "dataloader_prefetch_factor": up_to(1, (1024, "1024 batches waiting per worker")),
+    "ddp_timeout": up_to(1, (10**7, "10^7 seconds are four months")),
+    "ddp_bucket_cap_mb": up_to(1, (2**20, "a terabyte per gradient bucket")),
 }
 
 
@@ -143,6 +169,8 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
             return value
         raise _error(key, f"expected {_expected(scalar)}, got {_describe(value)}.", error)
     if isinstance(value, int):
+        if kinds & {"int", "float"} and abs(value) > INT64_MAX:
+            raise _error(key, f"{quoted(value)} is past the 64-bit integers (at most {INT64_MAX}).", error)
         if kinds & {"int", "float"}:
             return value
         if "str" in kinds and not kinds & {"dict", "list"}:
@@ -154,6 +182,15 @@ def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckE
                 raise _error(key, f"must be a finite number, got {quoted(value)}.", error)
             return value
         if "int" in kinds:
+            if (
+                value.is_integer() and abs(value) > EXACT_FLOAT_INT
+            ):  # 1e30 would become 1000000000000000019884...
+                raise _error(
+                    key,
+                    f"{value!r} is a float past 2^53, where floats no longer hold every whole number (it would be "
+                    f"read as {quoted(int(value), 40)}). Give a whole number, written out.",
+                    error,
+                )
             if value.is_integer():
                 return int(value)
             raise _error(key, f"expected a whole number, got {quoted(value)}.", error)
@@ -223,12 +260,16 @@ def range_of(f: dataclasses.Field) -> Range | None:
 def check_range(key: str, value: Any, allowed: Range | None, error=ValueCheckError) -> None:
     if allowed is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    low, high, low_in, high_in, hint = allowed
+    low, high, low_in, high_in, hint, high_hint = allowed
     ok = (low is None or (value >= low if low_in else value > low)) and (
         high is None or (value <= high if high_in else value < high)
     )
     if ok:
         return
+    if high_hint and value >= high:  # a count, size or step past its bound: say what it would mean
+        raise _error(
+            key, f"{quoted(value)} is over {high} ({high_hint}): a typo? Give at most {high}.", error
+        )
     if low is not None and high is not None:
         span = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
     elif low is not None:

@@ -279,3 +279,64 @@ def test_every_n_layers_is_checked(tmp_path, monkeypatch):
     monkeypatch.delattr(PreTrainedModel, "activation_checkpointing_enable")
     with pytest.raises(RecipeError, match="needs a transformers with selective checkpointing"):
         load_recipe(str(recipe))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        # a float for an int key past 2^53 was turned into another integer and a run toward it started
+        ("max_steps", "1.0e+30", r"1e\+30 is a float past 2\^53, .*read as 100000000000000001988"),
+        ("per_device_train_batch_size", "1.0e+17", r"is a float past 2\^53"),
+        # an int past 64 bits, for an int key and for a float key
+        ("max_steps", "1000000000000000000000000000000", r"is past the 64-bit integers"),
+        ("learning_rate", "100000000000000000000000000000000000000", r"is past the 64-bit integers"),
+        # under 2^53 but past the key's bound: what it would mean
+        ("max_steps", "1.0e+12", r"1000000000000 is over 100000000 \(10\^8 steps take over 3 years"),
+        ("num_train_epochs", "1.0e+9", r"is over 1000000 \(a million passes over the data\)"),
+        ("warmup_steps", "100000000000", r"is over 100000000 \(10\^8 steps"),
+        ("per_device_train_batch_size", "1000000", r"is over 65536 \(65536 rows in one batch"),
+        ("max_length", "100000000", r"is over 4194304 \(4M tokens"),
+        ("lora_r", "10000000", r"is over 65536 \(a LoRA rank past"),
+        ("eval_num_generations", "1000000000", r"is over 10000000 \(10\^7 generations"),
+        ("num_samples_per_prompt", "100000", r"is over 1024 \(each one is a generation"),
+        ("dataloader_num_workers", "100000", r"is over 1024 \(more processes"),
+        ("max_train_samples", "10000000000000", r"is over 1000000000000 \(more pairs"),
+    ],
+)
+def test_counts_sizes_and_steps_have_a_bound_that_says_what_past_it_would_mean(tmp_path, key, value, said):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"{key}: {value}\n")
+    with pytest.raises(RecipeError, match=rf"key '{key}': .*{said}"):
+        load_recipe(recipe)
+    if key == "learning_rate":  # on the command line a float key reads the digits as the float 1e38
+        return
+    # the command line reads an int key's text with int(): "1.0e+30" is refused as no whole number there
+    said = said if "float past" not in said and "." not in value else ""
+    with pytest.raises(RecipeError, match=rf"command line: key '{key}': .*{said}"):
+        load_recipe(None, [f"--{key}", value])
+
+
+def test_whole_floats_within_exact_range_and_bounds_still_read_as_ints(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_steps: 1.0e+3\nper_device_train_batch_size: 8.0\nmax_length: 4194304\n")
+    training = load_recipe(recipe).training
+    assert (training.max_steps, training.per_device_train_batch_size, training.max_length) == (
+        1000,
+        8,
+        4194304,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["eval", "r", "--num-generations", "10000000000"], "is over 10000000"),
+        (["eval", "r", "--max-new-tokens", "1" + "0" * 30], "is over 4194304"),
+    ],
+)
+def test_command_options_that_count_have_a_bound_too(argv, said, capsys):
+    from hf_dpo import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert said in capsys.readouterr().err

@@ -253,6 +253,11 @@ def test_prompts_training_would_refuse_are_named_before_sampling(tmp_path, promp
         (["--quantization", "3bit"], "--quantization 3bit: choose from 4bit, 8bit, none"),
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--batch-size", "-2"], "--batch-size must be >= 1, got -2"),
+        (
+            ["--warmup", "1" + "0" * 30],
+            "--warmup 1000000000000000000000000000000 is over 100000000 (10^8 steps",
+        ),
+        (["--max-length", "100000000"], "--max-length 100000000 is over 4194304 (4M tokens"),
         (["--out", "{d}"], "is a directory"),
         (["--out", "{d}/file.txt/bench.json"], "cannot be written"),
         (["--recipe", "{d}/missing.yaml"], "missing.yaml cannot be read"),

@@ -474,7 +474,7 @@ def test_yaml_1_1_octal_and_base_60_numbers_are_not_misread(tmp_path):
     from hf_dpo.config import RecipeError
 
     assert load(tmp_path, "seed: 010\n").training.seed == 10
-    with pytest.raises(RecipeError, match=r"key 'max_steps': expected a number, got '1:30'"):
+    with pytest.raises(RecipeError, match=r"key 'max_steps': expected a whole number, got '1:30'"):
         load(tmp_path, "max_steps: 1:30\n")
     recipe = load(tmp_path, "seed: 0x2A\nmax_steps: -1\nlora_r: 1_6\nlearning_rate: 1e-5\n")
     assert (recipe.training.seed, recipe.training.max_steps, recipe.model.lora_r) == (42, -1, 16)

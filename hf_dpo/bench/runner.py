@@ -15,7 +15,8 @@ from pathlib import Path
 from hf_dpo.bench.data_shapes import DATA_SETS, load_data_set
 from hf_dpo.bench.lines import DEFAULT_LINES, LINES, TARGETS, BenchError, check_lines
 from hf_dpo.bench.table import add_ratios, format_table, format_verdicts, verdicts
-from hf_dpo.errors import shortened
+from hf_dpo.errors import quoted, shortened
+from hf_dpo.validate import BATCH, STEPS, TOKENS
 
 DEMO_RECIPE = Path("recipes/demo.yaml")
 DEFAULT_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["all-linear"]}
@@ -48,14 +49,18 @@ def check_settings(
         raise BenchError(
             f"--quantization {shortened(' '.join(unknown), 200)}: choose from {', '.join(QUANTIZATIONS)}."
         )
-    for option, value, low in (
-        ("--batch-size", batch_size, 1),
-        ("--steps", steps, 1),
-        ("--warmup", warmup, 0),
-        ("--max-length", max_length, 1),
+    for option, value, low, bound in (
+        ("--batch-size", batch_size, 1, BATCH),
+        ("--steps", steps, 1, STEPS),
+        ("--warmup", warmup, 0, STEPS),
+        ("--max-length", max_length, 1, TOKENS),
     ):
         if value < low:
             raise BenchError(f"{option} must be >= {low}, got {value}.")
+        if value > bound[0]:
+            raise BenchError(
+                f"{option} {quoted(value)} is over {bound[0]} ({bound[1]}): give at most {bound[0]}."
+            )
     if out:
         if Path(out).is_dir():
             raise BenchError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_dpo.config.errors import RecipeError
-from hf_dpo.validate import Range, check_values
+from hf_dpo.validate import PAIRS, Range, check_values, up_to
 
 
 @dataclass
@@ -57,14 +57,14 @@ class DataConfig:
     max_train_samples: int | None = field(
         default=None,
         metadata={
-            "range": Range(1),
+            "range": up_to(1, PAIRS),
             "help": "Train on N pairs drawn at random (seeded by data_seed or seed).",
         },
     )
     max_eval_samples: int | None = field(
         default=None,
         metadata={
-            "range": Range(1),
+            "range": up_to(1, PAIRS),
             "help": "Evaluate on N held-out pairs drawn at random (seeded by data_seed or seed).",
         },
     )

@@ -18,7 +18,7 @@ from hf_dpo.config.dpo_checks import (
     check_objective,
 )
 from hf_dpo.config.errors import RecipeError
-from hf_dpo.validate import Range, check_values
+from hf_dpo.validate import BATCH, PROCESSES, STEPS, TOKENS, Range, check_values, up_to
 
 
 @dataclass
@@ -37,7 +37,7 @@ class DPOConfig(TrainingArguments):
     logging_steps: float = field(
         default=10,
         metadata={
-            "range": Range(0, low_inclusive=False),
+            "range": up_to(0, STEPS, low_inclusive=False),
             "help": "Log every X update steps (TRL's default 10); a float in [0, 1) is a share of the total steps.",
         },
     )
@@ -114,14 +114,14 @@ class DPOConfig(TrainingArguments):
     max_length: int | None = field(
         default=1024,
         metadata={
-            "range": Range(1),
+            "range": up_to(1, TOKENS),
             "help": "Longest prompt+response in tokens (TRL's default); longer pairs are truncated and counted.",
         },
     )
     max_prompt_length: int | None = field(
         default=None,
         metadata={
-            "range": Range(1),
+            "range": up_to(1, TOKENS),
             "help": "Longest prompt in tokens when a pair exceeds max_length (the prompt keeps its end). None: the "
             "prompt is kept whole and the completions cut (TRL's keep_start).",
         },
@@ -190,7 +190,7 @@ class DPOConfig(TrainingArguments):
     logps_chunk_size: int | None = field(
         default=256,
         metadata={
-            "range": Range(0),
+            "range": up_to(0, TOKENS),
             "help": "Tokens per chunk when computing log-probs through the LM head: only completion positions are "
             "projected, one chunk at a time, so (tokens x vocabulary) logits never exist for the whole batch. "
             "Higher: a little faster, more memory. 0 or null: off (full logits, as TRL).",
@@ -209,12 +209,12 @@ class DPOConfig(TrainingArguments):
         default=False, metadata={"help": "Kept False: the DPO collator needs the tokenized pair columns."}
     )
     dataset_num_proc: int | None = field(
-        default=None, metadata={"range": Range(1), "help": "Processes for dataset tokenization."}
+        default=None, metadata={"range": up_to(1, PROCESSES), "help": "Processes for dataset tokenization."}
     )
     precompute_ref_batch_size: int | None = field(
         default=None,
         metadata={
-            "range": Range(1),
+            "range": up_to(1, BATCH),
             "help": "Pairs per batch of the one-off reference pass. None: per_device_eval_batch_size.",
         },
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from hf_dpo.config.errors import RecipeError
 from hf_dpo.errors import quoted, shortened
-from hf_dpo.validate import Range, check_values
+from hf_dpo.validate import RANK, Range, check_values, up_to
 
 
 @dataclass
@@ -69,12 +69,13 @@ class ModelConfig:
         },
     )
     lora_r: int = field(
-        default=16, metadata={"range": Range(1), "help": "LoRA rank. Higher: more capacity, more memory."}
+        default=16,
+        metadata={"range": up_to(1, RANK), "help": "LoRA rank. Higher: more capacity, more memory."},
     )
     lora_alpha: int = field(
         default=32,
         metadata={
-            "range": Range(0, low_inclusive=False),
+            "range": up_to(0, (2**20, "an update scaled a million-fold"), low_inclusive=False),
             "help": "LoRA scaling numerator (scale = alpha / r).",
         },
     )

@@ -185,7 +185,8 @@ def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str
         where = "command line" if key in given or key == "?" else f"Recipe {path}"
         message = err.message
         if "invalid float value" in message or "invalid int value" in message:
-            message = "expected a number, got " + shortened(
+            whole = "a whole number" if "invalid int value" in message else "a number"
+            message = f"expected {whole}, got " + shortened(
                 message.partition(" value: ")[2].strip(), MAX_QUOTED
             )
         message = shortened(message, 400)  # argparse quotes the value whole

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_dpo.config.errors import RecipeError
-from hf_dpo.validate import Range, check_values
+from hf_dpo.validate import GENERATIONS, TOKENS, check_values, up_to
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ReportConfig:
     eval_num_generations: int = field(
         default=32,
         metadata={
-            "range": Range(0),
+            "range": up_to(0, GENERATIONS),
             "help": "Held-out prompts on which the end-of-training report generates from policy and reference "
             "and lets the judge pick (0: skip the judged comparison).",
         },
@@ -40,7 +40,7 @@ class ReportConfig:
     eval_max_new_tokens: int = field(
         default=256,
         metadata={
-            "range": Range(1),
+            "range": up_to(1, TOKENS),
             "help": "Cap on new tokens of the report's judged generations; answers decode until their end token "
             "and one that reaches the cap is reported as unfinished (never judged as a whole answer).",
         },

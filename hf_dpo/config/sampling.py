@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_dpo.config.errors import RecipeError
-from hf_dpo.validate import Range, check_values
+from hf_dpo.validate import BATCH, SAMPLES_PER_PROMPT, TOKENS, Range, check_values, up_to
 
 
 @dataclass
@@ -37,7 +37,9 @@ class SamplingConfig:
     num_samples_per_prompt: int = field(
         default=4,
         metadata={
-            "range": Range(2, hint=" (a preference pair needs two answers of the same prompt)"),
+            "range": up_to(
+                2, SAMPLES_PER_PROMPT, hint=" (a preference pair needs two answers of the same prompt)"
+            ),
             "help": "Completions sampled per prompt (K).",
         },
     )
@@ -58,10 +60,10 @@ class SamplingConfig:
         },
     )
     max_new_tokens: int = field(
-        default=64, metadata={"range": Range(1), "help": "Longest sampled completion, in tokens."}
+        default=64, metadata={"range": up_to(1, TOKENS), "help": "Longest sampled completion, in tokens."}
     )
     sampling_batch_size: int = field(
-        default=16, metadata={"range": Range(1), "help": "Prompts per generation batch."}
+        default=16, metadata={"range": up_to(1, BATCH), "help": "Prompts per generation batch."}
     )
     sampling_seed: int = field(
         default=0,
