@@ -135,7 +135,10 @@ def _add_merge(sub) -> None:
     p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run (or any peft adapter directory)")
     p.add_argument("out", help="directory for the merged model (must be new or empty)")
     p.add_argument(
-        "--dtype", default="auto", help="auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16"
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16",
     )
     p.set_defaults(func=cmd_merge)
 

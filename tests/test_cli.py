@@ -83,3 +83,10 @@ def test_negative_numbers_are_values_of_the_subcommands_own_options(value):
     assert parser.parse_args(["bench", "--data-sets", "demo", value]).data_sets == ["demo", value]
     for option in ("-e5", "--1", "-i", "-h1"):
         assert NEGATIVE_NUMBER.match(option) is None
+
+
+def test_merge_names_its_own_dtype_option(capsys, tmp_path):
+    # --dtype float64 was reported as "torch_dtype 'float64' is not one of ...", a key the command has not.
+    with pytest.raises(SystemExit):
+        cli.main(["merge", str(tmp_path), str(tmp_path / "out"), "--dtype", "float64"])
+    assert "argument --dtype: invalid choice: 'float64'" in capsys.readouterr().err
