@@ -73,6 +73,39 @@ def test_preference_metrics_accept_tensors_and_reject_bad_input():
         preference_metrics([math.nan], [1.0], [1.0], [1.0], beta=0.1)
 
 
+def test_reward_accuracy_counts_rounding_noise_as_a_tie():
+    """A policy equal to its reference, its log-probs (~-100 nats, float32) one float32 step (7.6e-6) apart from
+    the reference's: margins of ~1e-6 are rounding, not a ranking, so accuracy is 0; a margin of 1e-3 counts."""
+    import torch
+
+    ref = torch.tensor([-100.0, -120.0, -90.0, -110.0])
+    policy_chosen = torch.nextafter(
+        ref, torch.zeros_like(ref)
+    )  # one ulp above the reference: margin ~+7.6e-7
+    m = preference_metrics(policy_chosen, ref, ref, ref, beta=0.1)
+    assert 0 < m["rewards/margins"].value < 1e-6 and m["reward_accuracy"].value == 0.0
+    m = preference_metrics(ref + 0.01, ref, ref, ref, beta=0.1)  # margin 1e-3 on every pair
+    assert m["reward_accuracy"].value == 1.0
+
+
+def test_margin_histogram_bars_have_edges_and_say_the_reward_accuracy():
+    from hf_dpo.report.plots import margins_figure
+
+    ax = margins_figure(np.array([-0.2, 0.0, 0.0, 0.1, 0.3, 0.3]), 0.5).axes[0]
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert bars and all(p.get_linewidth() > 0 and p.get_edgecolor() != p.get_facecolor() for p in bars)
+    assert "50% > 0 = reward accuracy" in ax.get_title()
+
+
+def test_loss_panel_is_titled_with_the_objective_it_plots():
+    """The logged loss is the whole objective: with an sft term it is DPO + SFT, never titled 'DPO loss'."""
+    from hf_dpo.report.plots import curves_figure
+
+    history = [{"step": s, "loss": 0.9 - 0.01 * s, "rewards/accuracies": 0.5} for s in range(1, 4)]
+    titles = [ax.get_title() for ax in curves_figure(history, "sigmoid + sft").axes]
+    assert titles[0] == "Loss: sigmoid + sft" and "DPO loss" not in titles
+
+
 def test_report_says_when_the_policy_is_the_reference(tmp_path):
     """Before: with learning_rate 0 or an untrained adapter every margin is exactly 0 and, ties counting as
     wrong, eval_report.md showed 'Reward accuracy (margin > 0) | 0.000' without a word why; only the console
@@ -386,6 +419,76 @@ def test_training_curves_tolerate_missing_keys(tmp_path):
     ]  # no reward keys logged
     path = training_curves(history, tmp_path / "c.png")
     _assert_png_with_content(path)
+
+
+def test_wilson_interval_holds_its_estimate_at_none_and_all():
+    """0/n and n/n: the interval ends exactly at the estimate (rounding put 0/5's low at 2.8e-17, above 0)."""
+    for n in range(1, 200):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+        for successes in np.arange(0, n + 0.5, 0.5):  # ties count half
+            low, high = wilson_interval(successes, n)
+            assert low <= successes / n <= high
+
+
+DEGENERATE_INTERVALS = {
+    "wilson 0/5, low rounded above 0": {
+        "value": 0.0,
+        "low": 2.8e-17,
+        "high": 0.43,
+        "n": 5,
+        "method": "wilson",
+    },
+    "bootstrap above its estimate": {"value": 0.2, "low": 0.25, "high": 0.6, "n": 6, "method": "bootstrap"},
+    "bootstrap below its estimate": {"value": 0.7, "low": 0.1, "high": 0.65, "n": 6, "method": "bootstrap"},
+    "all values tied": {"value": 0.1, "low": 0.1, "high": 0.1, "n": 6, "method": "bootstrap"},
+    "one item": {"value": -0.3, "low": -0.3, "high": -0.3, "n": 1, "method": "bootstrap"},
+}
+
+
+@pytest.mark.parametrize("case", DEGENERATE_INTERVALS)
+def test_eval_summary_draws_every_degenerate_interval(case, tmp_path):
+    """An estimate outside its own interval (small n, ties) or an interval of no width is drawn, never a crash
+    ('yerr' must not contain negative values ended a trained run before its report)."""
+    from hf_dpo.report.plots import eval_summary
+
+    e = DEGENERATE_INTERVALS[case]
+    preference = {
+        "beta": 0.1,
+        "metrics": {"reward_accuracy": e}
+        | {k: e for k in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logp_shift/mean")},
+    }
+    behaviour = {"win_rate": e, "wins": 1, "ties": 4, "losses": 1}
+    _assert_png_with_content(eval_summary(preference, behaviour, tmp_path / "s.png"))
+
+
+def test_report_says_why_an_interval_looks_degenerate():
+    from hf_dpo.report.markdown import interval_note
+
+    notes = {case: interval_note(e) for case, e in DEGENERATE_INTERVALS.items()}
+    assert notes["wilson 0/5, low rounded above 0"] == ""  # a Wilson interval always has width
+    assert "outside its interval" in notes["bootstrap above its estimate"]
+    assert "outside its interval" in notes["bootstrap below its estimate"]
+    assert notes["all values tied"] == "all 6 values equal: no spread to resample"
+    assert notes["one item"] == "one item: no spread to estimate"
+    assert interval_note({"value": 0.5, "low": 0.2, "high": 0.8, "n": 6, "method": "bootstrap"}) == ""
+
+
+@pytest.mark.parametrize("num_pairs", [1, 5, 10])
+def test_report_of_tied_pairs_is_written_whole(run, tmp_path, num_pairs):
+    """Every margin 0 (a policy equal to its reference) on 1, 5 or 10 pairs: the report, its plots and the
+    table's reason for each interval of no width are written."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("checkpoint-*"))
+    tied = {key: [-12.5] * num_pairs for key in LOGPS_KEYS}
+    report = build_report(dst, pair_logps=tied)
+    assert report["preference"]["metrics"]["reward_accuracy"]["value"] == 0.0
+    for rel in report["plots"]:
+        _assert_png_with_content(dst / rel)
+    md = (dst / "eval_report.md").read_text()
+    why = "one item: no spread to estimate" if num_pairs == 1 else f"all {num_pairs} values equal"
+    assert f"[0.000, 0.000] ({why}" in md
 
 
 def test_cli_eval_writes_report(run, tmp_path, capsys):

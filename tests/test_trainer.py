@@ -83,6 +83,31 @@ def test_training_logs_train_and_eval_metrics(tmp_path, tiny):
     assert eval_logs[0]["eval_loss"] < 0.6931
 
 
+def test_logged_reward_accuracy_counts_rounding_noise_as_a_tie(tmp_path, tiny, monkeypatch):
+    """learning_rate 0 keeps the policy equal to its reference; a reference one float32 step below the policy's
+    log-prob (what a second pass in another batch shape gives) leaves margins of ~1e-7: no pair is ranked."""
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, max_steps=2, learning_rate=0.0, logging_steps=1),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    exact = trainer.reference_logps
+
+    def reference_one_step_below(model, batch):
+        chosen, rejected = exact(model, batch)
+        return torch.nextafter(chosen, torch.full_like(chosen, -torch.inf)), rejected
+
+    monkeypatch.setattr(trainer, "reference_logps", reference_one_step_below)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert 0 < h["rewards/margins"] < 1e-5 and h["rewards/accuracies"] == 0.0
+
+
 def test_precomputed_reference_equals_live_reference(tmp_path, tiny):
     base, tokenizer = tiny
     losses = {}

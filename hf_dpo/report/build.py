@@ -135,16 +135,21 @@ def write_plots(
     preference: dict[str, Any] | None,
     behaviour: dict[str, Any] | None,
     margins: np.ndarray | None,
+    objective: str | None = None,
 ) -> list[Path]:
-    """plots/*.png of the report: training curves always, the rest when their numbers exist."""
+    """plots/*.png of the report: training curves always (`objective`: what the loss sums), the rest when their
+    numbers exist."""
     from hf_dpo.report import plots
 
     (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
-    plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png")]
+    plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png", objective)]
     if preference is not None or behaviour is not None:
         plot_files.append(plots.eval_summary(preference, behaviour, run_dir / PLOTS_DIR / "eval_summary.png"))
     if margins is not None:
-        plot_files.append(plots.margin_histogram(margins, run_dir / PLOTS_DIR / "heldout_margins.png"))
+        accuracy = preference["metrics"]["reward_accuracy"]["value"]
+        plot_files.append(
+            plots.margin_histogram(margins, accuracy, run_dir / PLOTS_DIR / "heldout_margins.png")
+        )
     return plot_files
 
 
@@ -178,7 +183,7 @@ def build_report(
         if pair_logps is not None
         else (None, None)
     )
-    plot_files = write_plots(run_dir, history, preference, behaviour, margins)
+    plot_files = write_plots(run_dir, history, preference, behaviour, margins, info.get("loss_type"))
     # Once every number is computed (a report that fails leaves the earlier report's file beside it), and before
     # the report that names it (a reader never finds a report naming a file that is not there yet).
     generations_file = write_generations(run_dir, generations)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hf_dpo.errors import HfDpoError
-from hf_dpo.train.loss import implicit_rewards
+from hf_dpo.train.loss import implicit_rewards, ranks_chosen_first
 
 LOGPS_KEYS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
@@ -74,7 +74,8 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    # The interval holds p exactly; rounding would put 0/n or n/n a hair outside it (low 1e-17 above 0).
+    return min(max(0.0, center - half), p), max(min(1.0, center + half), p)
 
 
 def bootstrap_mean_ci(
@@ -136,7 +137,8 @@ def preference_metrics(
 
     rewards/chosen   = beta * (policy_chosen_logps - ref_chosen_logps)        (DPO eq. 5, per pair)
     rewards/margins  = rewards/chosen - rewards/rejected
-    reward_accuracy  = share of pairs with margin > 0 (Wilson interval; a tie counts as wrong)
+    reward_accuracy  = share of pairs with margin > 0 beyond its float32 rounding (`ranks_chosen_first`; Wilson
+                       interval; a tie counts as wrong)
     logp_shift/*     = mean (policy - reference) log-prob of the held-out responses, in nats
     logp_shift/mean  = mean of the chosen and rejected shifts: how far the policy moved on dataset responses
                        (a proxy; the KL estimate on the policy's own generations is in judged_generations).
@@ -156,7 +158,7 @@ def preference_metrics(
     margins = chosen_rewards - rejected_rewards  # (n,)
     shift = 0.5 * ((pc - rc) + (pr - rr))  # (n,) per-pair mean shift
     return {
-        "reward_accuracy": proportion(float((margins > 0).sum()), n, confidence),
+        "reward_accuracy": proportion(float(ranks_chosen_first(pc, pr, rc, rr, beta).sum()), n, confidence),
         "rewards/margins": mean_estimate(margins, confidence, seed),
         "rewards/chosen": mean_estimate(chosen_rewards, confidence, seed),
         "rewards/rejected": mean_estimate(rejected_rewards, confidence, seed),

@@ -35,9 +35,35 @@ METRIC_LABELS = {
 }
 
 
+def interval_note(e: dict[str, Any]) -> str:
+    """Why an interval looks degenerate, in words for beside it; "" for one that does not.
+
+    One item has no spread to resample; a bootstrap of values that are all equal (ties) has an interval of no
+    width; and a percentile bootstrap on few or tied values can leave the estimate itself outside its interval
+    (most resamples fall on one side of it): the interval is still what the resamples say, read it with n. A
+    Wilson interval always holds its estimate and has width."""
+    if e["method"] == "wilson":
+        return ""
+    if e["n"] == 1:
+        return "one item: no spread to estimate"
+    if e["low"] == e["high"]:
+        return f"all {e['n']} values equal: no spread to resample"
+    if not e["low"] <= e["value"] <= e["high"]:
+        return (
+            f"the estimate lies outside its interval: {e['n']} items, most resamples fall on one side (ties)"
+        )
+    return ""
+
+
+def _with_note(interval: str, e: dict[str, Any]) -> str:
+    note = interval_note(e)
+    return f"{interval} ({note})" if note else interval
+
+
 def _ci(e: dict[str, Any], digits: int = 3, note: str = "") -> str:
-    """Value (with `note` beside it), interval, n and method: four cells of a summary row."""
-    interval = f"[{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
+    """Value (with `note` beside it), interval (with why it looks so, where it is degenerate), n and method:
+    four cells of a summary row."""
+    interval = _with_note(f"[{e['low']:.{digits}f}, {e['high']:.{digits}f}]", e)
     return f"{e['value']:.{digits}f}{note} | {interval} | {e['n']} | {e['method']}"
 
 
@@ -96,10 +122,11 @@ def criteria_table(report: dict[str, Any]) -> str:
     for i, name in enumerate(beh["criteria"]):
         s = beh["per_criterion"][name]
         d = s["difference"]
+        low, high = d["low"], d["high"]
         label = f"**{name}** (primary)" if i == 0 else name
         rows.append(
             f"| {label} | {_rate(s['policy'])} | {_rate(s['reference'])} | "
-            f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
+            f"{d['value']:+.3f} {_with_note(f'[{low:+.3f}, {high:+.3f}]', d)} |"
         )
     for key, label in (("unfinished", "unfinished (cut at the cap)"), ("looping", "looping")):
         rows.append(f"| {label} | {_rate(beh[key]['policy'])} | {_rate(beh[key]['reference'])} | |")

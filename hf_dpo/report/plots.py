@@ -17,7 +17,7 @@ TRAIN_COLOR, EVAL_COLOR, REF_COLOR = "#1f77b4", "#d62728", "#7f7f7f"
 
 # (title, [(log key, label)]) per panel; eval entries use the same keys prefixed "eval_".
 CURVE_PANELS = [
-    ("DPO loss", [("loss", "loss")]),
+    ("Loss", [("loss", "loss")]),  # the whole objective (an sft term included), titled with it
     ("Reward accuracy", [("rewards/accuracies", "accuracy")]),
     ("Reward margin (chosen - rejected)", [("rewards/margins", "margin")]),
     ("Implicit rewards", [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected")]),
@@ -36,8 +36,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """2x2 panels of loss, reward accuracy, margin and chosen/rejected rewards vs step; train lines, eval dots."""
+def training_curves(history: list[dict[str, Any]], path: str | Path, objective: str | None = None) -> Path:
+    """2x2 panels of loss, reward accuracy, margin and chosen/rejected rewards vs step; train lines, eval dots.
+    `objective`: what the logged loss sums (run_info.json's loss_type, 'sigmoid + sft'), named in its title."""
+    return _save(curves_figure(history, objective), Path(path))
+
+
+def curves_figure(history: list[dict[str, Any]], objective: str | None = None) -> Figure:
+    """The figure `training_curves` writes."""
     fig = Figure(figsize=(10, 7))
     axes = fig.subplots(2, 2).reshape(-1)
     styles = ["-", "--"]
@@ -68,22 +74,40 @@ def training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
             ax.axhline(0.5, color=REF_COLOR, lw=0.8, ls=":")
         elif "margin" in title or "rewards" in title.lower():
             ax.axhline(0.0, color=REF_COLOR, lw=0.8, ls=":")
+        if keys[0][0] == "loss" and objective:
+            title = f"Loss: {objective}"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle("Training curves (train: lines, held-out eval: dots)", fontsize=11)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
 
 
-def _bars(ax, names: list[str], estimates: list[dict[str, Any]], colors: list[str]) -> None:
-    values = np.array([e["value"] for e in estimates])
-    err = np.array([[e["value"] - e["low"] for e in estimates], [e["high"] - e["value"] for e in estimates]])
+def _bars(ax, names: list[str], estimates: list[dict[str, Any]], colors: list[str]) -> int:
+    """Bars at the estimates, each interval drawn from its own ends: an estimate outside its interval (a
+    percentile bootstrap on few or tied values) or an interval of no width is drawn as it is, never as an
+    error length below 0. Returns how many estimates lie outside their interval (marked with '*')."""
+    values = np.array([e["value"] for e in estimates], dtype=np.float64)  # (k,)
+    lows = np.array([e["low"] for e in estimates], dtype=np.float64)  # (k,)
+    highs = np.array([e["high"] for e in estimates], dtype=np.float64)  # (k,)
     x = np.arange(len(names))
-    ax.bar(x, values, yerr=err, capsize=6, color=colors, alpha=0.85)
+    ax.bar(x, np.nan_to_num(values), color=colors, alpha=0.85)
+    drawn = np.isfinite(lows) & np.isfinite(highs)
+    ax.vlines(x[drawn], lows[drawn], highs[drawn], color="black", lw=1.2)
+    for end in (lows, highs):
+        ax.plot(x[drawn], end[drawn], "_", color="black", markersize=12, markeredgewidth=1.2)
     ax.set_xticks(x, [f"{n}\n(n={e['n']})" for n, e in zip(names, estimates)], fontsize=8)
-    for xi, v in zip(x, values):
-        ax.annotate(f"{v:.2f}", (xi, v), textcoords="offset points", xytext=(12, 3), fontsize=8)
+    outside = drawn & np.isfinite(values) & ((values < lows) | (values > highs))
+    for xi, v, mark in zip(x, values, outside):
+        ax.annotate(
+            f"{v:.2f}{'*' if mark else ''}",
+            (xi, np.nan_to_num(v)),
+            textcoords="offset points",
+            xytext=(12, 3),
+            fontsize=8,
+        )
+    return int(outside.sum())
 
 
 def _plain(e: Any) -> dict[str, Any]:
@@ -105,7 +129,7 @@ def eval_summary(
         names.append("win rate vs ref\n(ties = 1/2)")
         ests.append(_plain(behaviour["win_rate"]))
         colors.append(EVAL_COLOR)
-    _bars(ax1, names, ests, colors)
+    outside = _bars(ax1, names, ests, colors)
     ax1.set_ylim(0, 1.05)
     ax1.axhline(0.5, color=REF_COLOR, lw=0.8, ls=":")
     ax1.set_title("Held-out proportions (95% Wilson)", fontsize=10)
@@ -113,7 +137,9 @@ def eval_summary(
         m = preference["metrics"]
         keys = ["rewards/chosen", "rewards/rejected", "rewards/margins", "logp_shift/mean"]
         labels = ["reward\nchosen", "reward\nrejected", "margin", "log-prob\nshift (nats)"]
-        _bars(ax2, labels, [_plain(m[k]) for k in keys], ["#2ca02c", "#ff7f0e", TRAIN_COLOR, REF_COLOR])
+        outside += _bars(
+            ax2, labels, [_plain(m[k]) for k in keys], ["#2ca02c", "#ff7f0e", TRAIN_COLOR, REF_COLOR]
+        )
         ax2.axhline(0.0, color="black", lw=0.8)
         ax2.set_title(f"Held-out means, beta={preference['beta']} (95% bootstrap)", fontsize=10)
     else:
@@ -123,19 +149,36 @@ def eval_summary(
         ax1.set_xlabel(
             f"judged: {behaviour['wins']} wins / {behaviour['ties']} ties / {behaviour['losses']} losses"
         )
+    if outside:
+        fig.text(
+            0.01,
+            0.0,
+            "* estimate outside its bootstrap interval: few or tied values (eval_report.md says which)",
+            fontsize=8,
+            color=REF_COLOR,
+        )
     fig.tight_layout()
     return _save(fig, Path(path))
 
 
-def margin_histogram(margins: np.ndarray, path: str | Path) -> Path:
-    """Distribution of held-out reward margins; mass right of 0 is the reward accuracy."""
+def margin_histogram(margins: np.ndarray, reward_accuracy: float, path: str | Path) -> Path:
+    """Distribution of held-out reward margins; mass right of 0 (beyond rounding) is the reward accuracy."""
+    return _save(margins_figure(margins, reward_accuracy), Path(path))
+
+
+def margins_figure(margins: np.ndarray, reward_accuracy: float) -> Figure:
+    """The figure `margin_histogram` writes: bars with edges, so neighbouring bins read apart."""
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     margins = np.asarray(margins, dtype=np.float64)
-    ax.hist(margins, bins=min(30, max(5, margins.size // 2)), color=TRAIN_COLOR, alpha=0.85)
+    bins = min(30, max(5, margins.size // 2))
+    ax.hist(margins, bins=bins, color=TRAIN_COLOR, alpha=0.85, edgecolor="white", linewidth=0.8)
     ax.axvline(0.0, color="black", lw=1)
     ax.set_xlabel("reward margin = beta * (chosen shift - rejected shift)")
     ax.set_ylabel("held-out pairs")
-    ax.set_title(f"Held-out reward margins (n={margins.size}, {(margins > 0).mean():.0%} > 0)", fontsize=10)
+    ax.set_title(
+        f"Held-out reward margins (n={margins.size}, {reward_accuracy:.0%} > 0 = reward accuracy)",
+        fontsize=10,
+    )
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig

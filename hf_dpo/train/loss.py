@@ -33,6 +33,25 @@ def implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, b
     return beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
 
 
+# Sequence log-probs are float32 sums (train/label_logps.py), whatever dtype the forward ran in.
+LOGPS_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def ranks_chosen_first(
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, eps: float = LOGPS_EPS
+):
+    """(B,) whether the reward margin r(x, y_w) − r(x, y_l) is positive beyond the rounding it carries: what
+    reward accuracy counts. A margin within β·eps·(|log π_θ(y_w)| + |log π_θ(y_l)| + |log π_ref(y_w)| +
+    |log π_ref(y_l)|) of 0 is a tie (counted as wrong): a policy equal to its reference, computed in two passes,
+    gives margins of ~1e-7 either side of 0 on log-probs of ~-100 nats, which are no ranking. Works on tensors
+    and numpy arrays alike; `eps` is the machine epsilon of the dtype the log-probs were summed in."""
+    chosen_rewards, rejected_rewards = implicit_rewards(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta
+    )
+    rounding = beta * eps * (abs(policy_chosen) + abs(policy_rejected) + abs(ref_chosen) + abs(ref_rejected))
+    return (chosen_rewards - rejected_rewards) > rounding
+
+
 @dataclass
 class LossSettings:
     beta: float = 0.1  # β (IPO's τ)
@@ -232,6 +251,9 @@ class DPOLossOutput:
     )  # (B,) per-pair loss: Σ_k weight_k · loss_k (· WPO weight); its mean is the batch loss
     chosen_rewards: torch.Tensor  # (B,) β·(log π_θ(y_w|x) − log π_ref(y_w|x)), detached
     rejected_rewards: torch.Tensor  # (B,) β·(log π_θ(y_l|x) − log π_ref(y_l|x)), detached
+    chosen_ranked_first: (
+        torch.Tensor
+    )  # (B,) bool: the margin is positive beyond its rounding (ranks_chosen_first)
 
 
 def weighted_losses(loss_type, loss_weights) -> tuple[list[str], list[float]]:
@@ -305,7 +327,15 @@ def dpo_loss(
     chosen_rewards, rejected_rewards = implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
-    return DPOLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
+    ranked = ranks_chosen_first(
+        *(
+            x.detach()
+            for x in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        ),
+        beta,
+        eps=float(torch.finfo(policy_chosen_logps.dtype).eps),
+    )
+    return DPOLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach(), ranked)
 
 
 def sft_loss(chosen_token_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,9 @@ class DPOTrainer(Trainer):
         m = self._metrics[mode]
         m["rewards/chosen"].append(chosen.mean().item())
         m["rewards/rejected"].append(rejected.mean().item())
-        m["rewards/accuracies"].append((chosen > rejected).float().mean().item())
+        m["rewards/accuracies"].append(
+            gather(out.chosen_ranked_first.float()).mean().item()
+        )  # ties count wrong
         m["rewards/margins"].append((chosen - rejected).mean().item())
         m["logps/chosen"].append(gather(policy.chosen.detach()).mean().item())
         m["logps/rejected"].append(gather(policy.rejected.detach()).mean().item())
