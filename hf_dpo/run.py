@@ -141,6 +141,11 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     # Before the first step the policy is the reference (a fresh LoRA is a no-op; a starting adapter is its own
     # reference), so one reference pass gives both sides, unless a checkpoint is resumed.
     eval_before, _ = held_out(trainer, "before", policy_is_reference=not args.resume_from_checkpoint)
+    resumed = resumed_from(args.resume_from_checkpoint, out)
+    if resumed:
+        logger.info(
+            "Resuming from %s, saved at step %d.", args.resume_from_checkpoint, resumed["global_step"]
+        )
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     runtimes = {"train_runtime_s": round(time.time() - train_started, 1)}
@@ -150,7 +155,9 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     eval_after, after_logps = held_out(trainer, "after")  # one policy pass, shared with the report below
     if trainer.is_world_process_zero():
         runtimes["total_runtime_s"] = round(time.time() - started, 1)
-        info = run_info(recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after)
+        info = run_info(
+            recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after, resumed
+        )
         atomic_write_text(out / "run_info.json", json.dumps(info, indent=2))
         _print_summary(out, info)
     report = evaluate_trainer(
@@ -184,8 +191,27 @@ def held_out(trainer: DPOTrainer, when: str, policy_is_reference: bool = False):
     return summary, logps
 
 
-def run_info(recipe: Recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after) -> dict:
-    """What run_info.json records: what was trained, how, on what, how long, and the held-out numbers."""
+def resumed_from(checkpoint: str | None, out: Path) -> dict[str, Any] | None:
+    """The checkpoint a run resumes from (preflight resolved `true` to the last complete one), as run_info.json
+    records it: its path (relative to the run dir `out` when inside it) and the step it was saved at; None for
+    a run that starts afresh."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    state = json.loads((path / "trainer_state.json").read_text())
+    inside = path.resolve().is_relative_to(out.resolve())
+    return {
+        "checkpoint": str(path.resolve().relative_to(out.resolve())) if inside else str(path),
+        "global_step": int(state["global_step"]),
+    }
+
+
+def run_info(
+    recipe: Recipe, trainer, result, dtype, data_report, runtimes, eval_before, eval_after, resumed=None
+) -> dict:
+    """What run_info.json records: what was trained, how, on what, how long, and the held-out numbers.
+    `resumed`: the checkpoint this run resumed from (`resumed_from`), None for a run that started afresh;
+    `steps_this_run` counts the steps this invocation trained, `global_steps` all of them."""
     args = recipe.training
     return {
         "hf_dpo_version": __version__,
@@ -207,6 +233,8 @@ def run_info(recipe: Recipe, trainer, result, dtype, data_report, runtimes, eval
         "hardware": hardware_summary(),
         **runtimes,
         "global_steps": result.global_step,
+        "resumed_from": resumed,
+        "steps_this_run": result.global_step - (resumed["global_step"] if resumed else 0),
         "train_loss": result.training_loss,
         "beta": args.beta,
         "loss_type": objective_name(args.loss_type, args.loss_weights),
@@ -242,11 +270,18 @@ def _fmt(summary: dict) -> str:
     )
 
 
+def _resumed_note(resumed: dict | None, global_steps: int) -> str:
+    if not resumed:
+        return ""
+    return f" (resumed from {resumed['checkpoint']} at step {resumed['global_step']}; {global_steps} in all)"
+
+
 def _print_summary(out: Path, info: dict) -> None:
     lines = [
         "",
         f"Adapter written to {out.resolve()}",
-        f"Trained {info['global_steps']} steps on {info['num_train_pairs']} pairs in {info['train_runtime_s']:.0f} s "
+        f"Trained {info['steps_this_run']} steps{_resumed_note(info['resumed_from'], info['global_steps'])} "
+        f"on {info['num_train_pairs']} pairs in {info['train_runtime_s']:.0f} s "
         f"({info['hardware']}, {info['quantization']} base, {info['compute_dtype']}).",
     ]
     if info["eval_before"] and info["eval_after"]:

@@ -84,6 +84,29 @@ def test_train_writes_a_complete_run_dir(tmp_path, tiny_model_dir, data_dir, cap
     assert "(before: policy == reference, every margin is 0, no pair is ranked yet)" in out
 
 
+def test_a_resumed_run_says_so_and_counts_the_steps_it_ran(
+    tmp_path, tiny_model_dir, data_dir, capsys, caplog
+):
+    """Resumed from checkpoint-2 to max_steps 4: a line names the checkpoint, run_info.json records it, and the
+    summary says 2 steps were trained (4 in all), not 'Trained 4 steps'."""
+    import logging
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, data_dir, save_steps=2, save_strategy="steps")
+    assert main(["train", str(recipe), "--max_steps", "2"]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="hf_dpo.run"):
+        assert main(["train", str(recipe), "--max_steps", "4", "--resume_from_checkpoint", "true"]) == 0
+    run = tmp_path / "run"
+    assert f"Resuming from {run / 'checkpoint-2'}, saved at step 2." in caplog.messages
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["resumed_from"] == {"checkpoint": "checkpoint-2", "global_step": 2}
+    assert info["global_steps"] == 4 and info["steps_this_run"] == 2
+    assert (
+        "Trained 2 steps (resumed from checkpoint-2 at step 2; 4 in all) on 8 pairs"
+        in capsys.readouterr().out
+    )
+
+
 def test_summary_notes_policy_equals_reference_where_measured(tmp_path, capsys):
     """Before: '(before: policy == reference ...)' was printed always, also for a resumed run whose 'before'
     had moved, and never for an 'after' that had not (learning_rate 0)."""
@@ -98,7 +121,8 @@ def test_summary_notes_policy_equals_reference_where_measured(tmp_path, capsys):
             "policy_is_reference": same,
         }
 
-    info = {"global_steps": 3, "num_train_pairs": 8, "train_runtime_s": 1.0, "hardware": "CPU"}
+    info = {"global_steps": 3, "steps_this_run": 3, "resumed_from": None, "num_train_pairs": 8}
+    info |= {"train_runtime_s": 1.0, "hardware": "CPU"}
     info |= {"quantization": "none", "compute_dtype": "float32"}
     for before, after, note in [
         (True, False, "   (before: policy == reference, every margin is 0, no pair is ranked yet)"),
