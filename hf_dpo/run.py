@@ -33,7 +33,7 @@ from hf_dpo.files import atomic_write_text
 from hf_dpo.hub.card import framework_versions
 from hf_dpo.hub.checkpoints import HubCheckpointCallback
 from hf_dpo.hub.push import push_run
-from hf_dpo.hub.run_card import card_kept, refresh_card
+from hf_dpo.hub.run_card import card_kept, card_was_edited, refresh_card
 from hf_dpo.hub.settings import take_hub_settings
 from hf_dpo.model.loading import hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
 from hf_dpo.model.memory import peak_memory
@@ -343,7 +343,8 @@ def evaluate_run(
     confidence: float = 0.95,
     num_samples_shown: int = 4,
 ) -> dict[str, Any]:
-    """Reload a finished run (base + trained adapter) and write its report. `judge` defaults to the recipe's."""
+    """Reload a finished run (base + trained adapter), write its report and refresh its card (README.md, unless
+    edited by hand). `judge` defaults to the recipe's."""
     if isinstance(judge, str) and judge.strip():
         check_judge(judge)  # a misspelled --judge is named before the model loads
     recipe = run_recipe(run_dir)
@@ -371,9 +372,9 @@ def evaluate_run(
     judge_obj, judge_name = resolve_judge(spec)
     args = recipe.training
     args.report_to = []
-    take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
+    hub = take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=eval_dataset)
-    return evaluate_model(
+    report = evaluate_model(
         run_dir,
         model,
         tokenizer,
@@ -387,3 +388,13 @@ def evaluate_run(
             train_dataset, tokenizer
         ),  # held-out prompts that were trained on
     )
+    # The card tells this report's numbers, as training's does; one edited by hand is someone's own text.
+    if card_was_edited(Path(run_dir)):
+        logger.warning(
+            "%s was edited by hand: kept as it is, without this report's numbers. Delete it and run `hf-dpo eval` "
+            "again for hf_dpo's card.",
+            Path(run_dir) / "README.md",
+        )
+    else:
+        refresh_card(run_dir, hub.repo_id if hub else None)
+    return report

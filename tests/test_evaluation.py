@@ -491,7 +491,8 @@ def test_report_of_tied_pairs_is_written_whole(run, tmp_path, num_pairs):
     assert f"[0.000, 0.000] ({why}" in md
 
 
-def test_cli_eval_writes_report(run, tmp_path, capsys):
+def test_cli_eval_writes_report(run, tmp_path, capsys, caplog):
+    import logging
     import shutil
 
     from hf_dpo.cli import main
@@ -510,6 +511,18 @@ def test_cli_eval_writes_report(run, tmp_path, capsys):
     rows = assert_generations_match_report(dst)  # rewritten for these 2 prompts, not the copied run's 4
     assert all(row["policy"]["tokens"] <= 4 and row["reference"]["tokens"] <= 4 for row in rows)
     assert "eval_generations.jsonl" in out
+    # The card is rewritten with this report (it kept the training report's verdict until a push) ...
+    from hf_dpo.hub.card import render_card
+
+    card = (dst / "README.md").read_text()
+    render_card(dst).save(tmp_path / "expected.md")
+    assert card == (tmp_path / "expected.md").read_text() and report["verdict"]["line"] in card
+    # ... unless it was edited by hand: then it is kept byte for byte.
+    (dst / "README.md").write_text("# My own card\n")
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.run"):
+        assert main(["eval", str(dst), "--num-generations", "1", "--max-new-tokens", "4"]) == 0
+    assert (dst / "README.md").read_text() == "# My own card\n"
+    assert "was edited by hand: kept as it is" in caplog.text
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 
