@@ -24,7 +24,12 @@ XSS_COMPLETION = '<img src=x onerror="window.__xss = \'img\'"><script>window.__x
 def _samples(path: Path) -> Path:
     rows = [
         {"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "six"]},
-        {"index": 1, "prompt": "What is the capital of Japan?", "completions": ["Tokyo.", "Kyoto"]},
+        {  # the second answer was cut at max_new_tokens
+            "index": 1,
+            "prompt": "What is the capital of Japan?",
+            "completions": ["Tokyo.", "Kyoto"],
+            "finished": [True, False],
+        },
         {"index": 2, "prompt": XSS_PROMPT, "completions": [XSS_COMPLETION, "plain answer"]},
         {
             "index": 3,
@@ -69,6 +74,44 @@ def test_decisions_are_logged_replayed_and_undone(tmp_path):
     assert LabelStore(samples).state()["current"]["index"] == 2  # the undo is in the log too
     again.decide(0, "right")  # already labelled: ignored, not logged twice
     assert len(decisions_path(again.out).read_text().splitlines()) == 4
+
+
+def test_cut_answers_are_marked_and_their_pairs_keep_finished_flags(tmp_path):
+    """An answer cut at max_new_tokens is marked in the page's state, wherever it is shown, and the pair a person
+    makes of it says so (finished_chosen / finished_rejected), as the judge path's pairs do; a row of an older
+    file without flags counts as finished, and flags that do not fit the completions are named."""
+    store = LabelStore(_samples(tmp_path / "s.jsonl"))
+    view = store.view(1)
+    cut_side = "left" if view["left"] == "Kyoto" else "right"
+    whole_side = "right" if cut_side == "left" else "left"
+    assert view[f"{cut_side}_finished"] is False and view[f"{whole_side}_finished"] is True
+    assert store.view(0)["left_finished"] is True and store.view(0)["right_finished"] is True  # no flags
+    store.decide(0, "left")
+    store.decide(1, cut_side)  # a person may prefer the cut answer: the pair says it was cut
+    pairs = [json.loads(x) for x in store.out.read_text().splitlines()]
+    assert (pairs[0]["finished_chosen"], pairs[0]["finished_rejected"]) == (True, True)
+    assert (pairs[1]["chosen"], pairs[1]["finished_chosen"], pairs[1]["finished_rejected"]) == (
+        "Kyoto",
+        False,
+        True,
+    )
+    store.release()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"index": 0, "prompt": "p", "completions": ["a", "b"], "finished": [True]}) + "\n"
+    )
+    with pytest.raises(
+        SamplingError, match=r"bad\.jsonl: prompt 0 has 1 'finished' flag\(s\) for 2 completions"
+    ):
+        LabelStore(bad)
+
+
+def test_the_page_marks_a_cut_answer_from_its_flag():
+    from hf_dpo.pairs.label_page import PAGE, SCRIPT
+
+    for side in ("left", "right"):
+        assert f'<p id="{side}-cut" class="cut" hidden>Cut at max_new_tokens' in PAGE
+    assert '$(side + "-cut").hidden = finished;' in SCRIPT and 'cur[side + "_finished"]' in SCRIPT
 
 
 def test_conversational_prompt_pairs_and_left_right_order(tmp_path):
@@ -253,8 +296,15 @@ def test_label_in_headless_chromium(server, browser):
     _wait_for(browser, lambda d: _current_index(d) == "0")
     assert browser.find_element("id", "progress").text.startswith("0 / 4")
     left0 = browser.find_element("id", "left").text
+    assert not any(browser.find_element("id", f"{side}-cut").is_displayed() for side in ("left", "right"))
     _press(browser, "1", 1)  # left wins on prompt 0
     _wait_for(browser, lambda d: _current_index(d) == "1")
+    # Prompt 1's "Kyoto" was cut at max_new_tokens: marked on its side only (prompt 0 had no mark).
+    cut_side = "left" if browser.find_element("id", "left").text == "Kyoto" else "right"
+    whole_side = "right" if cut_side == "left" else "left"
+    _wait_for(browser, lambda d: d.find_element("id", f"{cut_side}-cut").is_displayed())
+    assert "max_new_tokens" in browser.find_element("id", f"{cut_side}-cut").text
+    assert not browser.find_element("id", f"{whole_side}-cut").is_displayed()
     _press(browser, "t", 2)  # tie on prompt 1
 
     # Prompt 2 carries the XSS payload: shown as text, never run, never parsed into elements.

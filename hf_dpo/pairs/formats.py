@@ -180,6 +180,30 @@ def read_samples(path: str | os.PathLike) -> list[dict]:
     return [rows[i] for i in sorted(rows)]
 
 
+def finished_flags(row: dict) -> list[bool]:
+    """Per completion, whether it ended with an end token; files written before the flag count as finished.
+    (`check_finished_flags` has made sure a row's flags match its completions.)"""
+    flags = row.get("finished")
+    return [bool(f) for f in flags] if isinstance(flags, list) else [True] * len(row["completions"])
+
+
+def check_finished_flags(row: dict, samples_file: str | os.PathLike) -> None:
+    """SamplingError naming the file and prompt unless the row's "finished" is absent (an older file) or one
+    true/false per completion."""
+    flags = row.get("finished")
+    if flags is None:
+        return
+    where = f"{samples_file}: prompt {row.get('index')}"
+    fix = "Fix that row, or delete its line and run `hf-dpo sample` again to sample that prompt anew."
+    if not isinstance(flags, list) or not all(isinstance(f, bool) for f in flags):
+        raise SamplingError(f"{where}: 'finished' must be a list of true/false, one per completion. {fix}")
+    if len(flags) != len(row["completions"]):
+        raise SamplingError(
+            f"{where} has {len(flags)} 'finished' flag(s) for {len(row['completions'])} completions; it needs "
+            f"one per completion. {fix}"
+        )
+
+
 def pair_row(prompt: Prompt, chosen: str, rejected: str, **extra) -> dict[str, Any]:
     """A preference row as `hf-dpo train` reads it; a conversational prompt gets assistant-turn responses."""
     if isinstance(prompt, list):

@@ -16,8 +16,10 @@ PAGE = """<!doctype html>
   <section id="prompt-box"><h2>Prompt <small id="pairinfo"></small></h2><div id="prompt"></div></section>
   <section id="pair">
     <article><h2>1 &middot; left</h2><div id="left" class="completion"></div>
+      <p id="left-cut" class="cut" hidden>Cut at max_new_tokens: it stopped without an end token.</p>
       <button id="pick-left">Left is better (1)</button></article>
     <article><h2>2 &middot; right</h2><div id="right" class="completion"></div>
+      <p id="right-cut" class="cut" hidden>Cut at max_new_tokens: it stopped without an end token.</p>
       <button id="pick-right">Right is better (2)</button></article>
   </section>
   <nav><button id="tie">Tie (t)</button> <button id="skip">Skip (s)</button>
@@ -37,6 +39,8 @@ header { display: flex; gap: 1rem; align-items: center; }
 .turn-role { font-weight: bold; }
 button { margin-top: .5rem; padding: .4rem .8rem; }
 #status { color: #a00; }
+.cut { color: #a00; font-weight: bold; margin: .25rem 0; }
+.completion.unfinished { border-color: #a00; border-style: dashed; }
 """
 
 SCRIPT = """
@@ -68,8 +72,12 @@ function render(s) {
     div.append(role, text);
     box.append(div);
   }
-  $("left").textContent = cur.left;
-  $("right").textContent = cur.right;
+  for (const side of ["left", "right"]) {
+    $(side).textContent = cur[side];
+    const finished = cur[side + "_finished"];
+    $(side).classList.toggle("unfinished", !finished);
+    $(side + "-cut").hidden = finished;
+  }
   $("pairinfo").textContent = cur.pairs > 1 ?
     "(pair " + cur.pair + " of " + cur.pairs + ": every answer of this prompt is shown)" : "";
   document.body.dataset.index = String(cur.index);

@@ -27,7 +27,14 @@ from typing import Any
 from hf_dpo.errors import quoted
 from hf_dpo.files import atomic_write_jsonl
 from hf_dpo.files import read_jsonl as read_lines
-from hf_dpo.pairs.formats import SamplingError, pair_row, prompt_text, read_samples
+from hf_dpo.pairs.formats import (
+    SamplingError,
+    check_finished_flags,
+    finished_flags,
+    pair_row,
+    prompt_text,
+    read_samples,
+)
 from hf_dpo.pairs.label_files import (
     check_distinct_files,
     check_out_in_log,
@@ -126,6 +133,8 @@ class LabelStore:
     def _load(self, samples_file: str | os.PathLike) -> None:
         """The samples, their labelling items, and the decisions of the log (replayed)."""
         self.samples = read_samples(samples_file)
+        for row in self.samples:
+            check_finished_flags(row, samples_file)
         self.keys = [row.get("index", n) for n, row in enumerate(self.samples)]
         self.row_keys = [content_key(row) for row in self.samples]
         self.items: list[tuple[int, tuple[int, int]]] = []  # (sample position, (left, right))
@@ -230,6 +239,9 @@ class LabelStore:
             "prompt": turns,
             "left": row["completions"][a],
             "right": row["completions"][b],
+            # False: cut at max_new_tokens (no end token); the page marks it, as the judge path never chooses it
+            "left_finished": finished_flags(row)[a],
+            "right_finished": finished_flags(row)[b],
             "pair": siblings.index(number) + 1,
             "pairs": len(siblings),
             "answers": len(row["completions"]),
@@ -360,11 +372,17 @@ class LabelStore:
     def _pair(self, number: int, choice: str) -> dict:
         """The pair row of item `number` decided `choice` ("left" or "right")."""
         view = self.view(number)
-        chosen, rejected = (
-            (view["left"], view["right"]) if choice == "left" else (view["right"], view["left"])
-        )
+        chosen, rejected = ("left", "right") if choice == "left" else ("right", "left")
         pos = self.items[number][0]
-        return pair_row(self.samples[pos]["prompt"], chosen, rejected, index=self.keys[pos], judge="human")
+        return pair_row(
+            self.samples[pos]["prompt"],
+            view[chosen],
+            view[rejected],
+            finished_chosen=view[f"{chosen}_finished"],
+            finished_rejected=view[f"{rejected}_finished"],
+            index=self.keys[pos],
+            judge="human",
+        )
 
     def _write_pairs(self) -> None:
         atomic_write_jsonl(self.out, self.pairs())

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.files import atomic_write_jsonl
-from hf_dpo.pairs.formats import SamplingError, check_judge_pairs, pair_row, prompt_text, read_samples
+from hf_dpo.pairs.formats import (
+    SamplingError,
+    check_finished_flags,
+    check_judge_pairs,
+    finished_flags,
+    pair_row,
+    prompt_text,
+    read_samples,
+)
 from hf_dpo.pairs.judges import (
     Criteria,
     Judge,
@@ -319,30 +327,6 @@ def _pair(
         finished_rejected=finished[r],
         index=row.get("index"),
     )
-
-
-def finished_flags(row: dict) -> list[bool]:
-    """Per completion, whether it ended with an end token; files written before the flag count as finished.
-    (`check_finished_flags` has made sure a row's flags match its completions.)"""
-    flags = row.get("finished")
-    return [bool(f) for f in flags] if isinstance(flags, list) else [True] * len(row["completions"])
-
-
-def check_finished_flags(row: dict, samples_file: str | os.PathLike) -> None:
-    """SamplingError naming the file and prompt unless the row's "finished" is absent (an older file) or one
-    true/false per completion."""
-    flags = row.get("finished")
-    if flags is None:
-        return
-    where = f"{samples_file}: prompt {row.get('index')}"
-    fix = "Fix that row, or delete its line and run `hf-dpo sample` again to sample that prompt anew."
-    if not isinstance(flags, list) or not all(isinstance(f, bool) for f in flags):
-        raise SamplingError(f"{where}: 'finished' must be a list of true/false, one per completion. {fix}")
-    if len(flags) != len(row["completions"]):
-        raise SamplingError(
-            f"{where} has {len(flags)} 'finished' flag(s) for {len(row['completions'])} completions; it needs "
-            f"one per completion. {fix}"
-        )
 
 
 def _one_number(values: Criteria) -> float:
