@@ -170,6 +170,19 @@ def test_shipped_gpu_recipes_exist():
     assert any(load_recipe(p).data.dataset_name == "Anthropic/hh-rlhf" for p in GPU_RECIPES)
 
 
+@pytest.mark.parametrize("device, low", [("cuda", 0.21), ("cpu", 0.11)])
+def test_the_plan_prints_the_margin_measured_peaks_ran_above_it(device, low):
+    """The README asks to keep the margin the plan prints: it prints the estimate plus what measured peaks ran
+    above it, and says whether that still fits."""
+    recipe = load_recipe(RECIPES / "demo.yaml")
+    plan = plan_recipe(recipe, memory=parse_size("24GB"), device=device, use_data=False)
+    line = next(x for x in plan.report().splitlines() if x.strip().startswith("with margin"))
+    assert planmod.fmt(plan.total * (1 + low)) in line and f"up to {low:.0%} above this estimate" in line
+    assert line.endswith("keep that margin free")
+    tight = plan_recipe(recipe, memory=int(plan.total * (1 + low / 2)), device=device, use_data=False)
+    assert tight.fits and tight.report().splitlines()[-1].endswith(f"more than {planmod.fmt(tight.budget)}")
+
+
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
 def test_recipe_plans_offline_under_its_stated_cards(path, offline):
     peak, args_16gb, peak_16gb = _stated(path)
