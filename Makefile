@@ -5,6 +5,7 @@
 #   make train RECIPE=recipes/x.yaml GPUS=2 [ACCELERATE_CONFIG=recipes/accelerate/fsdp_qlora.yaml]
 #   make eval RUN=runs/demo [ARGS="--judge hf_dpo.pairs.demo_task:judge"]   evaluation report of a run
 #   make push RUN=runs/demo REPO=me/smollm2-dpo          adapter + card + report to the Hub (token: HF_TOKEN)
+#   make hub-server [PORT=8765]    a local Hub-compatible server for a trial push (HF_ENDPOINT=http://127.0.0.1:PORT)
 #   make plan RECIPE=recipes/x.yaml ARGS="--gpu-memory 16GB"   peak-memory estimate, before downloading
 #   make bench [ARGS="--quick"]    hf_dpo vs TRL DPOTrainer end to end, 4 data shapes x 2 checkpointing regimes (JSON in runs/bench/)
 #   make pairs RECIPE=recipes/demo_pairs.yaml   on-policy pairs: sample from the reference, label by the judge
@@ -23,7 +24,7 @@ GPUS ?= 1
 ACCELERATE_CONFIG ?= recipes/accelerate/ddp.yaml
 FREE_PORT = $(shell $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-.PHONY: install demo train plan bench gpu-check gpu-bundle eval push pairs demo-prompts browser-deps test lint format clean
+.PHONY: install demo train plan bench gpu-check gpu-bundle eval push hub-server pairs demo-prompts browser-deps test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -67,6 +68,10 @@ eval: install
 
 push: install
 	$(BIN)/hf-dpo push $(RUN) --repo-id $(REPO) $(ARGS)
+
+PORT ?= 8765
+hub-server: install
+	$(BIN)/python tests/hub_server.py --port $(PORT)
 
 pairs: RECIPE = recipes/demo_pairs.yaml
 pairs: install

@@ -1,4 +1,7 @@
-"""A Hub-compatible HTTP server on 127.0.0.1 for tests: the real huggingface_hub client talks to it.
+"""A Hub-compatible HTTP server on 127.0.0.1 for tests and trial pushes: the real huggingface_hub client talks to it.
+
+    make hub-server                         # or: python tests/hub_server.py [--port 8765]
+    HF_ENDPOINT=http://127.0.0.1:8765 HF_HUB_DISABLE_XET=1 HF_TOKEN=hf_local_trial_token make push RUN=runs/demo REPO=tester/smollm2-dpo
 
 Implements what `create_repo`, `create_branch`, `upload_folder`/`create_commit` (without Xet),
 `model_info`, `list_repo_files` and `hf_hub_download` send (read from huggingface_hub 2.x: hf_api.py,
@@ -91,13 +94,14 @@ class HubServer:
         self._httpd: ThreadingHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def start(self) -> HubServer:
+    def start(self, port: int = 0) -> HubServer:
+        """Serve on 127.0.0.1:`port` (0: any free port) in a background thread."""
         server = self
 
         class Handler(_Handler):
             hub = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
@@ -453,3 +457,33 @@ ROUTES = [
     ("HEAD", rf"/(?P<prefix>datasets/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", _Handler.resolve),
     ("GET", rf"/(?P<prefix>datasets/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", _Handler.resolve),
 ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until Ctrl-C, logging each request: a trial push sees what a push sends, with nothing leaving the
+    machine. Repos live in memory and are gone when it stops."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free one)")
+    args = parser.parse_args(argv)
+    hub = HubServer().start(args.port)
+    print(
+        f"Hub-compatible server on {hub.url} (in memory; Ctrl-C stops it). Push to it from another shell:\n"
+        f"  HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 HF_TOKEN=hf_local_trial_token make push RUN=runs/demo REPO={hub.username}/smollm2-dpo",
+        flush=True,
+    )
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            for r in hub.requests[seen:]:
+                print(f"{r.method} {r.path}", file=sys.stderr, flush=True)
+            seen = len(hub.requests)
+    except KeyboardInterrupt:
+        hub.stop()
+
+
+if __name__ == "__main__":
+    main()

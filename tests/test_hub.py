@@ -542,3 +542,45 @@ def test_recipe_with_push_to_hub_trains_reports_and_pushes(hub, tiny_model_dir, 
         if path.is_file():
             assert PUSH_TOKEN.encode() not in path.read_bytes(), path
     assert all(PUSH_TOKEN.encode() not in data for data in pushed.values())
+
+
+def test_the_hub_server_runs_on_its_own_for_a_trial_push(run_dir, tmp_path):
+    """`make hub-server` (python tests/hub_server.py) serves until stopped and prints the push command that
+    reaches it; that command, run as printed, pushes the run there and the server logs the commit."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen(
+        [sys.executable, str(root / "tests" / "hub_server.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = server.stdout.readline() + server.stdout.readline()
+        url = re.search(r"HF_ENDPOINT=(http://127\.0\.0\.1:\d+)", banner).group(1)
+        repo = re.search(r"REPO=(\S+)", banner).group(1)
+        assert f"Hub-compatible server on {url}" in banner and "make push RUN=runs/demo" in banner
+        # the variables of the printed command, as a shell would set them
+        printed = dict(re.findall(r"(HF_\w+)=(\S+)", banner))
+        assert (
+            printed["HF_ENDPOINT"] == url and printed["HF_HUB_DISABLE_XET"] == "1"
+        )  # the server speaks no Xet
+        env = {**os.environ, **printed, "PYTHONPATH": str(root)}
+        env.pop("HF_HUB_OFFLINE", None)
+        push = subprocess.run(
+            [sys.executable, "-m", "hf_dpo.cli", "push", str(run_dir), "--repo-id", repo],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert push.returncode == 0, push.stderr[-2000:]
+        assert f"Pushed {run_dir} to {repo}: {url}/{repo}" in push.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert re.search(rf"POST /api/models/{repo}/commit/main", server.stderr.read())
