@@ -3,7 +3,11 @@
 YAML recipe -> LoRA adapter trained with DPO on a 4-bit base -> evaluation report -> Hub repo.
 """
 
+from hf_dpo.model.hub_kernels import install as _no_hub_kernels
+
 __version__ = "0.1.0"
+
+_no_hub_kernels()  # importing bitsandbytes asks no Hub endpoint for a kernel (hf_dpo.model.hub_kernels)
 
 __all__ = ["DPOConfig", "DPOTrainer", "dpo_loss", "load_policy", "load_preference_dataset", "push_run"]
 

@@ -124,3 +124,38 @@ def test_building_the_lora_model_prints_no_peft_deprecation_warning(tmp_path):
         assert tiny().is_gradient_checkpointing is False  # outside them the warning is untouched
     deprecations = [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     assert [w.category for w in deprecations] == [FutureWarning], [str(w.message) for w in deprecations]
+
+
+def test_importing_bitsandbytes_asks_no_hub_endpoint_for_a_kernel(tmp_path):
+    """bitsandbytes' import (on an AVX512-BF16 CPU) asked HF_ENDPOINT for the 'kernels-community' organisation
+    and, where that failed, warned 'Failed to load CPU gemm_4bit_forward': on every command, a push's endpoint
+    included. Imported after hf_dpo (as every hf-dpo command does), it asks nothing and says nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hub_server import HubServer
+
+    root = Path(__file__).resolve().parent.parent
+    hub = HubServer().start()
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "PYTHONPATH": str(root), "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+
+    def import_bitsandbytes(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr
+
+    try:
+        alone = import_bitsandbytes("import bitsandbytes")
+        asked_alone = len(hub.requests_to("kernels"))
+        after_hf_dpo = import_bitsandbytes("import hf_dpo, bitsandbytes")
+        assert len(hub.requests_to("kernels")) == asked_alone  # nothing more asked
+    finally:
+        hub.stop()
+    assert "gemm_4bit_forward" not in after_hf_dpo
+    if asked_alone:  # this CPU has AVX512-BF16: bitsandbytes on its own does ask (and warns)
+        assert "Failed to load CPU gemm_4bit_forward" in alone
