@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shutil
 import sys
 
 from hf_dpo.argv import numbers_read_as_values
@@ -75,7 +77,12 @@ def _add_train(sub) -> None:
 
 
 def _add_keys(sub) -> None:
-    p = sub.add_parser("keys", help="List every recipe key with its default and help text.")
+    p = sub.add_parser(
+        "keys",
+        help="List every recipe key by section, one line each: hf-dpo keys [WORD] (with WORD: the matching keys' "
+        "whole help)",
+    )
+    p.add_argument("word", nargs="?", help="Show only keys whose name contains WORD, with their whole help.")
     p.set_defaults(func=cmd_keys)
 
 
@@ -344,10 +351,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from hf_dpo.config import recipe_help_parser
+# The end of a help text's first sentence: a full stop before a capital, not the one in "e.g." or "i.e.".
+FIRST_SENTENCE = re.compile(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z`])")
 
-    recipe_help_parser().print_help()
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from hf_dpo.config.keys import recipe_key_sections
+
+    width = shutil.get_terminal_size((120, 24)).columns
+    for title, keys in recipe_key_sections():
+        shown = [key for key in keys if not args.word or args.word.lower() in key.name.lower()]
+        if not shown:
+            continue
+        print(f"# {title}")
+        for key in shown:
+            text = key.help if args.word else FIRST_SENTENCE.split(key.help, maxsplit=1)[0].rstrip(".")
+            line = f"  {key.name:<32} {key.default:<14} {text}"
+            # One line a key: the first sentence, cut to the terminal; `hf-dpo keys WORD` gives it whole.
+            print(line if args.word or len(line) <= width else line[: width - 1] + "…")
+        print()
     return 0
 
 
@@ -439,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     from hf_dpo.errors import HfDpoError
 
     try:
+        if getattr(args, "takes_overrides", False):
+            from hf_dpo.config.keys import check_recipe_keys
+
+            # The recipe's YAML and keys, before the command imports torch and transformers (many seconds)
+            check_recipe_keys(args.recipe, args.overrides)
         return args.func(args)
     except HfDpoError as err:  # anything else is a bug in hf_dpo and keeps its traceback
         print(f"error: {err}", file=sys.stderr)

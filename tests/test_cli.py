@@ -90,3 +90,96 @@ def test_merge_names_its_own_dtype_option(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["merge", str(tmp_path), str(tmp_path / "out"), "--dtype", "float64"])
     assert "argument --dtype: invalid choice: 'float64'" in capsys.readouterr().err
+
+
+def test_keys_lists_every_recipe_key_once_by_section_one_line_each(capsys):
+    """`hf-dpo keys` was argparse's help of every key (1,006 lines, wrapped): now one line a key under the
+    recipe's sections, and `hf-dpo keys WORD` gives the matching keys' whole help."""
+    import dataclasses
+
+    from hf_dpo.config import RECIPE_SECTIONS, all_field_names
+
+    assert cli.main(["keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers = [line for line in lines if line.startswith("# ")]
+    assert [h.split(":")[0] for h in headers] == [
+        "# model",
+        "# data",
+        "# training",
+        "# training",
+        "# sampling",
+        "# report",
+    ]
+    listed = [line.split()[0] for line in lines if line.startswith("  ")]
+    keys = [f.name for section in RECIPE_SECTIONS for f in dataclasses.fields(section) if f.init]
+    assert sorted(listed) == sorted(set(keys)) == sorted(all_field_names())  # each key once, on its own line
+    assert len(lines) == len(listed) + 2 * len(headers)  # a header and a blank line per section, nothing else
+    beta = next(line for line in lines if line.startswith("  beta "))
+    assert beta.split()[1] == "0.1" and beta.endswith("the KL pull towards the reference")
+    section_of = {}
+    for line in lines:
+        if line.startswith("# "):
+            current = line
+        elif line.startswith("  "):
+            section_of[line.split()[0]] = current
+    assert section_of["lora_r"].startswith("# model") and section_of["judge"].startswith("# report")
+    assert "DPO objective" in section_of["beta"] and "TrainingArguments" in section_of["adam_beta1"]
+    assert cli.main(["keys", "beta"]) == 0
+    whole = capsys.readouterr().out
+    assert "the KL pull towards the reference. Lower: drift further." in whole and "lora_r " not in whole
+
+
+FAST_COMMANDS = {
+    "--help": (["--help"], 0, ""),
+    "keys": (["keys"], 0, ""),
+    "keys WORD": (["keys", "beta"], 0, ""),
+    "a misspelled recipe key": (["train", "{bad_key}"], 2, "unknown key 'lora_rank'. Did you mean"),
+    "a misspelled override": (
+        ["plan", "recipes/demo.yaml", "--lerning_rate", "1"],
+        2,
+        "command line: unknown key",
+    ),
+    "a recipe that is not YAML": (["sample", "{not_yaml}"], 2, "is not valid YAML"),
+    "a missing recipe": (["train", "nowhere.yaml"], 2, "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", FAST_COMMANDS)
+def test_commands_answer_without_importing_torch_or_transformers(case, tmp_path):
+    """`--help`, `keys` and the recipe errors a command finds before it loads anything answer without importing
+    the training stack (torch, transformers, peft, bitsandbytes, datasets: ~15 s on 2 cores), checked in a fresh
+    interpreter through sys.modules."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "bad.yaml").write_text("model_name_or_path: x\nlora_rank: 4\n")
+    (tmp_path / "not.yaml").write_text("beta: [0.1\n")
+    argv, rc, message = FAST_COMMANDS[case]
+    argv = [a.format(bad_key=tmp_path / "bad.yaml", not_yaml=tmp_path / "not.yaml") for a in argv]
+    heavy = ["torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate"]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from hf_dpo import cli\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+        "    try:\n"
+        f"        rc = cli.main({argv!r})\n"
+        "    except SystemExit as exit:\n"
+        "        rc = exit.code\n"
+        f"print(json.dumps({{'rc': rc, 'err': err.getvalue(), 'heavy': [m for m in {heavy!r} if m in sys.modules]}}))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["rc"] == rc and message in out["err"], out
+    assert out["heavy"] == [], f"{case} imported {out['heavy']}"

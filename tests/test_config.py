@@ -359,3 +359,22 @@ def test_command_options_that_count_have_a_bound_too(argv, said, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv)
     assert said in capsys.readouterr().err
+
+
+def test_keys_known_without_transformers_are_the_recipes_keys():
+    """hf_dpo.config.keys reads TrainingArguments from transformers' source, not by importing it: the same fields
+    in the same order, with the same help and the same literal defaults as dataclasses.fields gives, and so the
+    same recipe keys as the recipe loader."""
+    from transformers import TrainingArguments
+
+    from hf_dpo.config import all_field_names
+    from hf_dpo.config.keys import _dataclass_keys, recipe_key_names, trainer_argument_keys
+
+    read = trainer_argument_keys()
+    imported = _dataclass_keys(TrainingArguments)
+    assert [k.name for k in read] == [k.name for k in imported] and len(read) > 100
+    assert [k.help for k in read] == [k.help for k in imported]
+    differ = [(r.name, r.default, i.default) for r, i in zip(read, imported) if r.default != i.default]
+    # the one default transformers computes at import (by platform) is shown by its name
+    assert [name for name, _, _ in differ] in ([], ["optim"]), differ
+    assert recipe_key_names() == sorted(all_field_names())

@@ -12,22 +12,37 @@ Every field carries help text, which doubles as `hf-dpo train --help`, and its r
 """
 
 from hf_dpo.config.data import DataConfig
-from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import F_DIVERGENCE_LOSSES, F_DIVERGENCES, LOSS_TYPES
 from hf_dpo.config.errors import RecipeError
 from hf_dpo.config.model import ModelConfig
-from hf_dpo.config.recipe import (
-    RECIPE_SECTIONS,
-    SECRET_KEYS,
-    Recipe,
-    all_field_names,
-    load_recipe,
-    recipe_help_parser,
-    recipe_parser,
-)
 from hf_dpo.config.report import ReportConfig
 from hf_dpo.config.sampling import SamplingConfig
 from hf_dpo.config.yaml_io import read_recipe_file
+
+# Imported when first asked for: they import transformers (TrainingArguments, HfArgumentParser) and with it torch,
+# which `hf-dpo keys`, `--help` and the recipe checks before a model loads do without (hf_dpo.config.keys).
+_FROM_RECIPE = {
+    "RECIPE_SECTIONS",
+    "SECRET_KEYS",
+    "Recipe",
+    "all_field_names",
+    "load_recipe",
+    "recipe_help_parser",
+    "recipe_parser",
+}
+
+
+def __getattr__(name: str):
+    if name == "DPOConfig":
+        from hf_dpo.config.dpo import DPOConfig
+
+        return DPOConfig
+    if name in _FROM_RECIPE:
+        from hf_dpo.config import recipe
+
+        return getattr(recipe, name)
+    raise AttributeError(f"module 'hf_dpo.config' has no attribute {name!r}")
+
 
 __all__ = [
     "DPOConfig",

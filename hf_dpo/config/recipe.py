@@ -25,7 +25,8 @@ from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.config.data import DataConfig
 from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import auto_bool
-from hf_dpo.config.errors import RecipeError, suggest
+from hf_dpo.config.errors import RecipeError
+from hf_dpo.config.keys import check_keys
 from hf_dpo.config.model import ModelConfig
 from hf_dpo.config.report import ReportConfig
 from hf_dpo.config.sampling import SamplingConfig
@@ -65,20 +66,6 @@ def all_field_names() -> dict[str, type]:
             if f.init:
                 names.setdefault(f.name, section)
     return names
-
-
-def _check_keys(keys, valid: list[str], where: str) -> None:
-    for key in keys:
-        if key not in valid:
-            # `hf-dpo bench --recipe R` takes it as an option; the commands that read recipe keys take it first
-            hint = (
-                " The recipe is the first argument: hf-dpo train RECIPE [--key value ...]."
-                if key == "recipe"
-                else ""
-            )
-            raise RecipeError(
-                f"{where}: unknown key '{key}'.{suggest(key, valid)}{hint} `hf-dpo keys` lists every key."
-            )
 
 
 def _text_value(convert):
@@ -194,7 +181,7 @@ def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str
     for token in rest:
         if not token.startswith("--"):
             raise RecipeError(f"command line: expected --key value, got '{token}'.")
-        _check_keys([token[2:].partition("=")[0].replace("-", "_")], sorted(actions), "command line")
+        check_keys([token[2:].partition("=")[0].replace("-", "_")], sorted(actions), "command line")
     parsed = vars(namespace)
     for key, action in actions.items():  # `--key [a, b]` on a list key: one YAML list, not a list of lists
         value = parsed.get(key)
@@ -232,7 +219,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     """
     valid = sorted(all_field_names())
     values = read_recipe_file(path) if path is not None else {}
-    _check_keys(values, valid, f"Recipe {path}")
+    check_keys(values, valid, f"Recipe {path}")
     if "output_dir" not in values:
         values["output_dir"] = f"runs/{Path(path).stem if path else 'run'}"
     overrides = list(overrides or [])
