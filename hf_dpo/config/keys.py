@@ -76,8 +76,8 @@ def _source_field(item: ast.AnnAssign) -> RecipeKey | None:
                 return None
             if kw.arg == "default":
                 default = _literal(kw.value)
-                if default is dataclasses.MISSING:  # a name (default_optim): shown as written
-                    default = ast.unparse(kw.value)
+                if default is dataclasses.MISSING:  # computed at import (optim: by torch version)
+                    default = "(by transformers)"
             elif kw.arg == "default_factory" and isinstance(kw.value, ast.Lambda):
                 default = _literal(kw.value.body)
             elif (
