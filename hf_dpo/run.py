@@ -280,7 +280,8 @@ def _print_summary(out: Path, info: dict) -> None:
     lines = [
         "",
         f"Adapter written to {out.resolve()}",
-        f"Trained {info['steps_this_run']} steps{_resumed_note(info['resumed_from'], info['global_steps'])} "
+        f"Trained {info['steps_this_run']} step{'' if info['steps_this_run'] == 1 else 's'}"
+        f"{_resumed_note(info['resumed_from'], info['global_steps'])} "
         f"on {info['num_train_pairs']} pairs in {info['train_runtime_s']:.0f} s "
         f"({info['hardware']}, {info['quantization']} base, {info['compute_dtype']}).",
     ]

@@ -132,6 +132,8 @@ def test_summary_notes_policy_equals_reference_where_measured(tmp_path, capsys):
         _print_summary(tmp_path, {**info, "eval_before": held_out(before), "eval_after": held_out(after)})
         line = next(x for x in capsys.readouterr().out.splitlines() if "reward accuracy" in x)
         assert line.endswith(f"after {0.0 if after else 0.5:.3f}{note}"), line
+    _print_summary(tmp_path, {**info, "steps_this_run": 1, "eval_before": None, "eval_after": None})
+    assert "Trained 1 step on 8 pairs" in capsys.readouterr().out
 
 
 def test_bad_recipe_is_one_clear_line_not_a_traceback(tmp_path, tiny_model_dir, data_dir, capsys):
