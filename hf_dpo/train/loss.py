@@ -33,23 +33,34 @@ def implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, b
     return beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
 
 
-# Sequence log-probs are float32 sums (train/label_logps.py), whatever dtype the forward ran in.
-LOGPS_EPS = float(torch.finfo(torch.float32).eps)
+# Sequence log-probs are float32 sums (train/label_logps.py), whatever dtype the forward ran in. Two float32 passes
+# of the same weights in different batch shapes (the cached reference from eval-size batches, the policy in training
+# batches, other padding) differ in the last bits of every matmul: measured on the demo (SmolLM2-135M, 4-bit, CPU)
+# at a policy still equal to its reference, 8e-5 nats on a pair whose four log-probs add up to a few hundred nats,
+# ~2 float32 epsilons of that sum. 64 epsilons leaves room for longer sequences and other kernels.
+def logps_rounding(dtype: torch.dtype = torch.float32) -> float:
+    """The relative rounding of sequence log-probs summed in `dtype`: 64 of its epsilons."""
+    return 64 * float(torch.finfo(dtype).eps)
+
+
+LOGPS_ROUNDING = logps_rounding()
 
 
 def ranks_chosen_first(
-    policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, eps: float = LOGPS_EPS
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, rounding: float = LOGPS_ROUNDING
 ):
     """(B,) whether the reward margin r(x, y_w) − r(x, y_l) is positive beyond the rounding it carries: what
-    reward accuracy counts. A margin within β·eps·(|log π_θ(y_w)| + |log π_θ(y_l)| + |log π_ref(y_w)| +
+    reward accuracy counts. A margin within β·rounding·(|log π_θ(y_w)| + |log π_θ(y_l)| + |log π_ref(y_w)| +
     |log π_ref(y_l)|) of 0 is a tie (counted as wrong): a policy equal to its reference, computed in two passes,
-    gives margins of ~1e-7 either side of 0 on log-probs of ~-100 nats, which are no ranking. Works on tensors
-    and numpy arrays alike; `eps` is the machine epsilon of the dtype the log-probs were summed in."""
+    gives margins of ~1e-6 either side of 0, which are no ranking. Works on tensors and numpy arrays alike;
+    `rounding`: the relative rounding of the log-probs (`logps_rounding`)."""
     chosen_rewards, rejected_rewards = implicit_rewards(
         policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta
     )
-    rounding = beta * eps * (abs(policy_chosen) + abs(policy_rejected) + abs(ref_chosen) + abs(ref_rejected))
-    return (chosen_rewards - rejected_rewards) > rounding
+    noise = (
+        beta * rounding * (abs(policy_chosen) + abs(policy_rejected) + abs(ref_chosen) + abs(ref_rejected))
+    )
+    return (chosen_rewards - rejected_rewards) > noise
 
 
 @dataclass
@@ -333,7 +344,7 @@ def dpo_loss(
             for x in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
         ),
         beta,
-        eps=float(torch.finfo(policy_chosen_logps.dtype).eps),
+        rounding=logps_rounding(policy_chosen_logps.dtype),
     )
     return DPOLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach(), ranked)
 
