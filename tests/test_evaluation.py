@@ -177,6 +177,7 @@ def _judged_with_stand_in_answers(monkeypatch) -> dict:
         policy_logps=np.zeros(len(JUDGED)),  # (N,)
         reference_logps=np.zeros(len(JUDGED)),  # (N,)
         seconds=0.0,
+        dtype="float32",
     )
     monkeypatch.setattr(behaviour, "decode_policy_and_reference", lambda *args, **kwargs: both)
     monkeypatch.setattr(behaviour, "end_token_ids", lambda model, tok: {END})

@@ -492,7 +492,7 @@ def test_dequantized_reference_computes_what_the_4bit_model_computes(tiny_model_
     """On CPU the 4-bit linears are swapped for float ones with the same NF4-rounded weights: same logits."""
     from hf_dpo.config import ModelConfig
     from hf_dpo.model.loading import load_base_model
-    from hf_dpo.pairs.sampling import dequantize_on_cpu
+    from hf_dpo.model.reference import swap_4bit_linears
 
     model = load_base_model(ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit"))
     ids = torch.tensor([[1, 5, 9, 300, 42, 7]])
@@ -501,7 +501,8 @@ def test_dequantized_reference_computes_what_the_4bit_model_computes(tiny_model_
         quantized = model(input_ids=ids).logits
     layer = model.model.layers[0].mlp.down_proj
     assert "4bit" in type(layer).__name__
-    dequantize_on_cpu(model).eval()
+    swap_4bit_linears(model)
+    model.eval()
     assert type(model.model.layers[0].mlp.down_proj) is torch.nn.Linear
     with torch.inference_mode():
         dequantized = model(input_ids=ids).logits

@@ -7,17 +7,34 @@ an adapter to merge), and the dequantized 4-bit weights that generation on CPU c
     with reference_context(model):            # the reference's forward passes
         ref_logps = ...
     model = with_adapter(base, run_dir, reference=recipe.model.adapter_name_or_path)   # a trained run
+
+    plan = decoding_plan(model)               # a dense copy or the model as loaded, in which dtype (logged)
+    policy = dense_copy(model, plan.dtype)    # a plain transformers model: 4-bit dequantized, the LoRA folded in
+    with reference_context(model):
+        reference = dense_copy(model, plan.dtype)   # the same weights without the adapter
+
+A decoding step reads every weight once. On a 4-bit base with LoRA adapters each step would dequantize every NF4
+weight again and run two small LoRA matmuls per adapted layer; `dense_copy` does both once and gives a plain
+model of the same architecture, in the dtype asked for, that `generate` and the report's decoder run.
+`decoding_plan` says whether that copy fits beside what is already in memory (else the 4-bit model decodes,
+dequantizing per step: a 7B model on a 24 GB card) and in which dtype to decode: bf16 on a CPU with native bf16
+(`make bench` measures decoding there at ~2x fp32's speed) or on a GPU that has it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from hf_dpo.model import unwrap
 from hf_dpo.model.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "reference"
 
@@ -75,19 +92,28 @@ def reference_context(model):
 # ---------------------------------------------------------------- dequantized weights for generation
 
 
-def float_linear_of_4bit(child):
-    """A torch Linear with exactly the weights a bitsandbytes Linear4bit computes with (dequantized once)."""
+def float_weight(layer) -> torch.Tensor:
+    """The float weight a layer computes with: a bitsandbytes 4-bit weight dequantized exactly as its forward
+    does (in its compute dtype), any other layer's weight as it is."""
+    if not _is_4bit_param(layer.weight):
+        return layer.weight.data
     import bitsandbytes as bnb
 
-    dtype = child.compute_dtype or torch.float32
-    data, state = child.weight.data, child.weight.quant_state
+    data, state = layer.weight.data, layer.weight.quant_state
     if getattr(state, "packing_format_for_cpu", False):  # repacked by an eval-mode CPU forward
         data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, state)
-    weight = bnb.functional.dequantize_4bit(data, state).to(dtype)
-    linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype)
+    return bnb.functional.dequantize_4bit(data, state).to(layer.compute_dtype or torch.float32)
+
+
+def float_linear_of_4bit(child):
+    """A torch Linear with exactly the weights a bitsandbytes Linear4bit computes with (dequantized once)."""
+    weight = float_weight(child)
+    linear = torch.nn.Linear(
+        child.in_features, child.out_features, bias=child.bias is not None, dtype=weight.dtype
+    )
     linear.weight = torch.nn.Parameter(weight, requires_grad=False)
     if child.bias is not None:
-        linear.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
+        linear.bias = torch.nn.Parameter(child.bias.data.to(weight.dtype), requires_grad=False)
     return linear
 
 
@@ -107,18 +133,6 @@ def swap_4bit_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module
     return swapped
 
 
-def dequantize_on_cpu(model):
-    """On CPU, swap 4-bit linears for float ones holding exactly the weights the 4-bit layer computes with.
-
-    bitsandbytes' CPU path (without the optional `kernels` package) dequantizes every weight on every
-    forward and then multiplies in the compute dtype; doing the dequantization once gives the same
-    function (the NF4-rounded weights, in the same dtype) ~1.7x faster. On a GPU the 4-bit kernels stay.
-    """
-    if model.device.type == "cpu":
-        swap_4bit_linears(model)
-    return model
-
-
 @contextlib.contextmanager
 def decoding_weights(model):
     """On CPU, the 4-bit base layers dequantized once for the duration (LoRA layers untouched), then put back.
@@ -133,3 +147,187 @@ def decoding_weights(model):
     finally:
         for module, name, child in swapped:
             setattr(module, name, child)
+
+
+# ---------------------------------------------------------------- a dense copy to decode from
+
+
+# The dense copy is made only when it takes at most this share of the memory still free: the rest holds the
+# KV cache, the logits and whatever else the process is doing (training's optimizer state, the 4-bit model).
+DENSE_SHARE_OF_FREE_MEMORY = 0.5
+
+
+@dataclass(frozen=True)
+class DecodingPlan:
+    """dense: decode from a dense copy (else from the model as it is); dtype: the dense copy's dtype."""
+
+    dense: bool
+    dtype: torch.dtype
+    reason: str
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): ~4x the fp32 matmul rate there; without
+    it bf16 is emulated and slower than fp32."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def decoding_dtype(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype:
+    """bf16 on a CPU with native bf16 (decoding there is ~2x faster than fp32, `make bench` measures it) and
+    on a GPU that has it; otherwise the model's compute dtype."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else compute_dtype
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return compute_dtype
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory still free on `device`: CUDA's free bytes, or the system's MemAvailable on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def decoding_plan(model, dtype: torch.dtype | None = None) -> DecodingPlan:
+    """Dense copy or the model as it is, and the dtype; logged. `dtype` None: `decoding_dtype`'s choice."""
+    base = unwrap.base_model(model)
+    param = next(base.parameters())
+    device = param.device
+    compute_dtype = _compute_dtype(base)
+    dtype = dtype or decoding_dtype(device, compute_dtype)
+    if not _foldable(model):
+        plan = DecodingPlan(
+            False, compute_dtype, "its adapters cannot be folded into the weights (DoRA or a variant)"
+        )
+    else:
+        need = _dense_bytes(base, dtype)
+        free = free_memory_bytes(device)
+        if need <= DENSE_SHARE_OF_FREE_MEMORY * free:
+            plan = DecodingPlan(
+                True, dtype, f"a dense copy takes {need / 2**30:.2f} GiB of {free / 2**30:.1f} GiB free"
+            )
+        else:
+            plan = DecodingPlan(
+                False,
+                compute_dtype,
+                f"a dense copy would take {need / 2**30:.2f} GiB, more than half of the {free / 2**30:.1f} GiB free",
+            )
+    logger.info(
+        "Decoding from %s in %s: %s.",
+        "dense weights (4-bit dequantized once, adapter folded in)" if plan.dense else "the model as loaded",
+        str(plan.dtype).replace("torch.", ""),
+        plan.reason,
+    )
+    return plan
+
+
+def _compute_dtype(base) -> torch.dtype:
+    """The dtype the model computes in: a 4-bit layer's compute dtype, else its first float weight's."""
+    for module in base.modules():
+        compute = getattr(module, "compute_dtype", None)
+        if isinstance(compute, torch.dtype):
+            return compute
+    return next(p.dtype for p in base.parameters() if p.is_floating_point())
+
+
+def _dense_bytes(base, dtype: torch.dtype) -> int:
+    """Bytes of a dense copy of `base` in `dtype` (a 4-bit weight stores half a byte per parameter)."""
+    numel = 0
+    for module in base.modules():
+        for param in module.parameters(recurse=False):
+            numel += param.numel() * (2 if _is_4bit_param(param) else 1)
+    return numel * torch.finfo(dtype).bits // 8
+
+
+def _is_4bit_param(param) -> bool:
+    return getattr(param, "quant_state", None) is not None
+
+
+def _foldable(model) -> bool:
+    """Whether every active adapter is plain LoRA, whose update is B·A·scale added to the weight."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in unwrap.base_model(model).modules():
+        if isinstance(module, LoraLayer):
+            if any(module.use_dora.get(name, False) for name in module.active_adapters):
+                return False
+            if getattr(module, "lora_variant", {}) and any(
+                n in module.lora_variant for n in module.active_adapters
+            ):
+                return False
+    return True
+
+
+def _active_weight(source) -> torch.Tensor:
+    """The weight `source` (a plain layer, or a LoRA layer around one) computes with now: the base weight plus
+    each active adapter's B·A·scale, unless the adapters are disabled."""
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(source, LoraLayer):
+        return float_weight(source)
+    weight = float_weight(source.get_base_layer())
+    if source.disable_adapters:
+        return weight
+    delta = [source.get_delta_weight(name) for name in source.active_adapters if name in source.lora_A]
+    if not delta:
+        return weight
+    # summed in float32: a bf16 base would otherwise round the small update away before the cast
+    return (weight.float() + sum(d.float() for d in delta)).to(weight.dtype)
+
+
+def _active_module(source):
+    """The module whose parameters count: a LoRA layer's base layer, a modules_to_save wrapper's active copy."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    if isinstance(source, ModulesToSaveWrapper):
+        return source.active_module if not source.disable_adapters else source.original_module
+    if isinstance(source, LoraLayer):
+        return source.get_base_layer()
+    return source
+
+
+@torch.no_grad()
+def dense_copy(model, dtype: torch.dtype):
+    """A plain transformers model of `model`'s architecture that computes what `model` computes now, in `dtype`:
+    4-bit weights dequantized, the active adapters folded in (none inside `reference_context` without a
+    reference adapter), in eval mode, with the KV cache on. `model` is not changed."""
+    from transformers import AutoModelForCausalLM
+
+    base = unwrap.base_model(model)
+    device = next(base.parameters()).device
+    config = copy.deepcopy(base.config)
+    config.__dict__.pop("quantization_config", None)
+    config.use_cache = True
+    with torch.device("meta"):
+        dense = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=base.config._attn_implementation
+        )
+    output, inputs = dense.get_output_embeddings(), dense.get_input_embeddings()
+    tied = output is not None and output.weight is inputs.weight
+    # to_empty gives every module its own tensors: a tied head is filled on its own (from the source's head,
+    # which may carry LoRA or be a trained copy) and tied again below when it equals the embeddings
+    dense.to_empty(device=device)
+    for name, module in dense.named_modules():
+        own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        if not own:
+            continue
+        source = base.get_submodule(name)
+        for key, tensor in own:
+            value = _active_weight(source) if key == "weight" else getattr(_active_module(source), key)
+            tensor.data.copy_(value.data if isinstance(value, torch.nn.Parameter) else value)
+    if tied and torch.equal(output.weight, inputs.weight):
+        output.weight = inputs.weight
+    dense.requires_grad_(False)
+    dense.generation_config = copy.deepcopy(base.generation_config)
+    return dense.eval()

@@ -7,8 +7,9 @@
 flushed the moment the prompt's batch is generated: an interrupted run resumes at the first prompt
 without a line, and gives the same file as an uninterrupted one. Each completion has its own random
 stream, so it does not depend on which other prompts share its batch (`row_sampler`). Each prompt
-is run once and its KV cache shared by its K samples; on CPU the 4-bit base is dequantized once (the
-same weights and function as the 4-bit layers in training, without re-dequantizing at every step).
+is run once and its KV cache shared by its K samples. The reference samples from a dense copy of its weights
+(NF4 dequantized once, its starting adapter folded in) in the decoding dtype, bf16 on a CPU that has it
+(`hf_dpo.model.reference.decoding_plan`), recorded in the settings; the 4-bit model samples itself when the copy does not fit.
 
 `run_sampling` is the whole step: sample the held-out and train prompts, label each samples file with the
 recipe's judge (`labelling.label_with_judge`) and write the dataset card (`dataset_card`). The file formats
@@ -31,7 +32,7 @@ from hf_dpo.config import DataConfig, ModelConfig, Recipe, SamplingConfig
 from hf_dpo.errors import quoted, shortened
 from hf_dpo.files import open_locked_for_append, why_not_writable
 from hf_dpo.model.errors import ModelLoadError
-from hf_dpo.model.reference import dequantize_on_cpu, with_adapter
+from hf_dpo.model.reference import decoding_plan, dense_copy, with_adapter
 from hf_dpo.pairs.dataset_card import write_dataset_card
 from hf_dpo.pairs.formats import (
     Prompt,
@@ -67,12 +68,13 @@ def format_prompt(prompt: Prompt, tokenizer, data: DataConfig) -> str:
 
 
 def load_reference(model_cfg: ModelConfig):
-    """(model, tokenizer) of the reference policy: the base quantized as in training, plus its starting adapter."""
+    """(model, tokenizer) of the reference policy: the base quantized as in training, plus its starting adapter,
+    as a dense copy in the decoding dtype when it fits in memory (`hf_dpo.model.reference.decoding_plan`)."""
     from hf_dpo.model.loading import load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_cfg)
     tokenizer.padding_side = "left"  # generation appends on the right
-    model = dequantize_on_cpu(load_base_model(model_cfg))
+    model = load_base_model(model_cfg)
     if model_cfg.adapter_name_or_path:
         try:
             model = with_adapter(model, model_cfg.adapter_name_or_path)
@@ -80,15 +82,32 @@ def load_reference(model_cfg: ModelConfig):
             raise ModelLoadError(
                 f"Could not load adapter '{model_cfg.adapter_name_or_path}': {err}"
             ) from None
+    plan = decoding_plan(model, decoding_dtype(model_cfg))
+    # without room for a dense copy, the 4-bit model samples as loaded (in its compute dtype)
+    model = dense_copy(model, plan.dtype) if plan.dense else model
     model.eval()
     return model, tokenizer
+
+
+def decoding_dtype(model_cfg: ModelConfig) -> torch.dtype:
+    """The dtype the reference samples in (`hf_dpo.model.reference.decoding_dtype` on this machine's device)."""
+    from hf_dpo.model import reference
+    from hf_dpo.model.loading import pick_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return reference.decoding_dtype(device, pick_dtype(model_cfg.torch_dtype))
 
 
 # ---------------------------------------------------------------- generation, resumable
 
 
 # Settings recorded since samples files were first written: a row without one was made with its default.
-_LATER_SETTINGS = {"revision": None, "system_prompt": None, "apply_chat_template": True}
+_LATER_SETTINGS = {
+    "revision": None,
+    "system_prompt": None,
+    "apply_chat_template": True,
+    "decoding_dtype": None,
+}
 
 
 def _settings(model_cfg: ModelConfig, cfg: SamplingConfig, data: DataConfig | None = None) -> dict[str, Any]:
@@ -103,6 +122,7 @@ def _settings(model_cfg: ModelConfig, cfg: SamplingConfig, data: DataConfig | No
         "system_prompt": data.system_prompt,
         "apply_chat_template": data.apply_chat_template,
         "quantization": model_cfg.quantization,
+        "decoding_dtype": str(decoding_dtype(model_cfg)).replace("torch.", ""),
         "num_samples_per_prompt": cfg.num_samples_per_prompt,
         "temperature": cfg.sampling_temperature,
         "top_p": cfg.sampling_top_p,
@@ -189,7 +209,9 @@ def generate_batch(
 ) -> tuple[list[list[str]], list[list[bool]]]:
     """K completions for each prompt of one batch (left-padded, one random stream per completion), and for
     each whether it ended with an end token (False: cut at max_new_tokens)."""
-    from transformers import DynamicCache, GenerationConfig
+    from transformers import GenerationConfig
+
+    from hf_dpo.model.kv_cache import preallocated_cache
 
     k = cfg.num_samples_per_prompt
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt").to(
@@ -199,7 +221,7 @@ def generate_batch(
     # The prompt is run once and its KV cache copied K times (the K samples share it): prefill costs
     # as much as decoding here, so this halves the work. Positions as generate() computes them.
     position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, T)
-    cache = DynamicCache(config=model.config)
+    cache = preallocated_cache(model, ids.shape[1] + cfg.max_new_tokens)
     model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1], cache=cache)
     cache.batch_repeat_interleave(k)  # (B*K, ...) in row order prompt0 x K, prompt1 x K, ...
     batch = {"input_ids": ids.repeat_interleave(k, dim=0), "attention_mask": mask.repeat_interleave(k, dim=0)}

@@ -96,7 +96,7 @@ def judged_generations(
     result["kl_estimate"] = plain(mean_estimate(both.policy_logps - both.reference_logps, options.confidence))
     result["decoding"] = {
         k: v for k, v in decoding.items() if options.do_sample or k in ("max_new_tokens", "do_sample")
-    }
+    } | {"dtype": both.dtype}
     result["generation_seconds"] = round(both.seconds, 2)
     result["samples"] = _pick_samples(
         texts,

@@ -68,10 +68,11 @@ def _decode_batch(
     """Completion ids of one batch of prompts. An answer that has ended leaves the batch (its rows are dropped
     from the KV cache), so a few long answers do not make every short one pay for their length."""
     import torch
-    from transformers import DynamicCache
+
+    from hf_dpo.model.kv_cache import preallocated_cache
 
     input_ids, mask, positions = _left_padded(batch, pad_id, ends.device)
-    cache = DynamicCache(config=model.config)
+    cache = preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
     out_tokens: list[list[int]] = [[] for _ in batch]
     active = torch.arange(len(batch), device=ends.device)  # (A,) batch rows still decoding
     with torch.no_grad():
@@ -182,27 +183,44 @@ class BothSides:
     policy_logps: np.ndarray  # (N,) log pi(y|x) of the policy's answers
     reference_logps: np.ndarray  # (N,) log pi_ref(y|x) of the same (policy's) answers
     seconds: float
+    dtype: str  # the dtype both sides decoded in
+
+
+def _decode_side(model, plan, tokenizer, prompt_ids, batch_size, decoding) -> list[list[int]]:
+    """The answers of what `model` computes now (the policy, or inside `reference_context` the reference):
+    from a dense copy made for this side and freed after it, or from the model, dequantized once."""
+    from hf_dpo.model.reference import decoding_weights, dense_copy
+
+    if plan.dense:
+        dense = dense_copy(model, plan.dtype)
+        return generate(dense, tokenizer, prompt_ids, batch_size=batch_size, **decoding)
+    with decoding_weights(model):
+        return generate(model, tokenizer, prompt_ids, batch_size=batch_size, **decoding)
 
 
 def decode_policy_and_reference(
     model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, **decoding: Any
 ) -> BothSides:
     """The policy's and the reference's (adapters off) answers with identical `decoding` settings (the
-    keywords of `generate`), in eval mode, the 4-bit weights dequantized once for both; the model's
-    train/eval mode is put back afterwards."""
-    from hf_dpo.model.reference import decoding_weights, reference_context
+    keywords of `generate`) in one dtype, from the weights `decoding_plan` picks (a dense copy in the decoding
+    dtype when it fits); the log-probs of the policy's answers from the model itself, in its compute dtype (the
+    4-bit weights dequantized once for both). The model's train/eval mode is put back afterwards."""
+    from hf_dpo.model.reference import decoding_plan, decoding_weights, reference_context
 
     was_training = model.training
     model.eval()
     try:
         t0 = time.perf_counter()
+        plan = decoding_plan(model)
+        policy_ids = _decode_side(model, plan, tokenizer, prompt_ids, batch_size, decoding)
+        with reference_context(model):
+            reference_ids = _decode_side(model, plan, tokenizer, prompt_ids, batch_size, decoding)
         with decoding_weights(model):
-            policy_ids = generate(model, tokenizer, prompt_ids, batch_size=batch_size, **decoding)
             policy_logps = completion_logps(model, prompt_ids, policy_ids, LOGPS_BATCH)
             with reference_context(model):
-                reference_ids = generate(model, tokenizer, prompt_ids, batch_size=batch_size, **decoding)
                 reference_logps = completion_logps(model, prompt_ids, policy_ids, LOGPS_BATCH)
         seconds = time.perf_counter() - t0
     finally:
         model.train(was_training)
-    return BothSides(policy_ids, reference_ids, policy_logps, reference_logps, seconds)
+    dtype = str(plan.dtype).replace("torch.", "")
+    return BothSides(policy_ids, reference_ids, policy_logps, reference_logps, seconds, dtype)

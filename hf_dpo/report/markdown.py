@@ -175,7 +175,9 @@ def behaviour_text(report: dict[str, Any]) -> str:
     )
     text = (
         f"Policy vs reference (adapters off) on {beh['n']} {prompts}, {mode} decoding until the end "
-        f"token (at most {dec.get('max_new_tokens')} new tokens), both scored by judge `{beh.get('judge')}`"
+        f"token (at most {dec.get('max_new_tokens')} new tokens"
+        + (f", both in {dec['dtype']}" if dec.get("dtype") else "")
+        + f"), both scored by judge `{beh.get('judge')}`"
     )
     if "per_criterion" not in beh:  # a report written before criteria
         return text + f": **{beh['wins']} wins / {beh['ties']} ties / {beh['losses']} losses**."
