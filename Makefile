@@ -7,7 +7,8 @@
 #   make push RUN=runs/demo REPO=me/smollm2-dpo          adapter + card + report to the Hub (token: HF_TOKEN)
 #   make hub-server [PORT=8765]    a local Hub-compatible server for a trial push (HF_ENDPOINT=http://127.0.0.1:PORT)
 #   make plan RECIPE=recipes/x.yaml ARGS="--gpu-memory 16GB"   peak-memory estimate, before downloading
-#   make bench [ARGS="--quick"]    hf_dpo vs TRL DPOTrainer end to end, 4 data shapes x 2 checkpointing regimes (JSON in runs/bench/)
+#   make bench [ARGS="--quick"]    hf_dpo vs TRL DPOTrainer end to end, 4 data shapes x 2 checkpointing regimes (JSON in runs/bench/),
+#                                  then generation: tokens/s against model.generate, FLOP/s against the matmul floor
 #   make pairs RECIPE=recipes/demo_pairs.yaml   on-policy pairs: sample from the reference, label by the judge
 #   make gpu-check                 the GPU checks (scripts/gpu/run_checks.sh); make gpu-bundle: their offline bundle
 PY ?= python3
@@ -52,6 +53,7 @@ plan: install
 
 bench: install
 	$(BIN)/hf-dpo bench $(ARGS)
+	$(BIN)/hf-dpo bench --generation
 
 # On a CUDA machine: the 4-bit CUDA path, the bench at 1.07B parameters (hf_dpo vs TRL's default and TRL with a
 # precomputed reference) and the 8B recipe under a 24 GB cap (~9 min). REHEARSAL=1: every step on the CPU, tiny.

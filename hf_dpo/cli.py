@@ -242,6 +242,12 @@ def _add_bench(sub) -> None:
         "--lines", nargs="+", help="subset of lines (default: both regimes, TRL x2 + hf_dpo x2 each)"
     )
     p.add_argument("--quick", action="store_true", help="demo pairs, no checkpointing, 4 steps")
+    p.add_argument(
+        "--generation",
+        action="store_true",
+        help="instead: tokens/s of judged decoding and sampling against model.generate on the 4-bit + LoRA demo "
+        "model, and each line's FLOP/s against this machine's fp32 and bf16 matmul rates (no TRL needed)",
+    )
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
 
@@ -333,6 +339,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hf_dpo.bench import QUICK_LINES, run_bench
     from hf_dpo.bench.data_shapes import DATA_SETS
 
+    if args.generation:
+        import json
+        from pathlib import Path
+
+        from hf_dpo.bench.generation import format_generation_table, run_generation_bench
+
+        report = run_generation_bench(model_name=args.model)
+        print(format_generation_table(report))
+        if args.out:
+            out = Path(args.out).with_name("generation.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2))
+            print(f"Results written to {out}")
+        return 0
     data_sets = args.data_sets or (["demo"] if args.quick else list(DATA_SETS))
     if args.quick:
         args.steps, args.lines = min(args.steps, 4), args.lines or QUICK_LINES

@@ -217,3 +217,38 @@ def test_smoke_both_trainers_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert hf["prompt_share"] == pytest.approx(trl["prompt_share"], abs=0.05)  # same pairs, same template
     add_ratios(results)
     assert "x TRL" in format_table(results) and hf["speed_vs_trl"] > 0
+
+
+def test_generation_bench_measures_every_line_against_generate_and_the_matmul_floor(tiny_model_dir, tmp_path):
+    """The generation table on a tiny model: each line's tokens/s over its group's model.generate line, its
+    FLOP/s as 2 x linear parameters x tokens over the time, and as a share of the measured matmul rates."""
+    import torch
+
+    from hf_dpo.bench.generation import format_generation_table, linear_parameters, run_generation_bench
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2 plus 3?\nName the capital of Peru.\n")
+    report = run_generation_bench(
+        tiny_model_dir, str(prompts), num_prompts=2, max_new_tokens=4, echo=lambda s: None
+    )
+    names = [r["line"] for r in report["lines"]]
+    assert (
+        names[0] == "judged: model.generate, 4-bit + LoRA"
+        and "judged: hf_dpo decoder, dense float32" in names
+    )
+    assert any(n.startswith("sampling K=4: hf_dpo, dense") for n in names)
+    # per layer q, o 64x64, k, v 64x32 (2 of 4 heads), gate, up, down 64x128; the LM head 64 x vocab
+    layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128
+    assert report["linear_parameters"] == 2 * layer + 64 * 49152
+    for r in report["lines"]:
+        rows = 2 * (4 if r["line"].startswith("sampling") else 1)
+        assert 0 < r["new_tokens"] <= 4 * rows
+        assert r["prompt_tokens"] == report["prompt_tokens"] * rows // 2
+        flops = 2 * report["linear_parameters"] * (r["new_tokens"] + r["prompt_tokens"]) / r["seconds"]
+        assert r["gflops_per_s"] == pytest.approx(flops / 1e9)
+        assert r["share_of_bf16_matmul"] == pytest.approx(
+            flops / 1e9 / report["matmul_gflops_per_s"]["bfloat16"]
+        )
+    table = format_generation_table(report)
+    assert "x generate" in table and "of bf16" in table and table.count("\n") == len(names) + 3
+    assert linear_parameters(torch.nn.Linear(3, 5)) == 15

@@ -209,6 +209,21 @@ def generate_batch(
 ) -> tuple[list[list[str]], list[list[bool]]]:
     """K completions for each prompt of one batch (left-padded, one random stream per completion), and for
     each whether it ended with an end token (False: cut at max_new_tokens)."""
+    k = cfg.num_samples_per_prompt
+    completions, finished = sample_token_ids(model, tokenizer, prompt_ids, seeds, cfg)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return (
+        [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(prompt_ids))],
+        [finished[i * k : (i + 1) * k] for i in range(len(prompt_ids))],
+    )
+
+
+@torch.inference_mode()
+def sample_token_ids(
+    model, tokenizer, prompt_ids: list[list[int]], seeds: list[list[int]], cfg: SamplingConfig
+) -> tuple[list[list[int]], list[bool]]:
+    """The token ids of the K completions of each prompt (rows prompt0 x K, prompt1 x K, ...), each up to and
+    including its end token, and whether it has one (False: cut at max_new_tokens)."""
     from transformers import GenerationConfig
 
     from hf_dpo.model.kv_cache import preallocated_cache
@@ -238,14 +253,12 @@ def generate_batch(
         **batch, cache=cache, generation_config=gen_cfg, logits_processor=[sampler]
     )  # (B*K, T+new)
     new_tokens = out[:, batch["input_ids"].shape[1] :]  # (B*K, new)
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     # A completion without an end token stopped at max_new_tokens: it is unfinished, however it reads.
     eos_ids = torch.tensor(sorted(_as_id_set(gen_cfg.eos_token_id)), device=new_tokens.device)  # (E,)
-    finished = torch.isin(new_tokens, eos_ids).any(dim=-1).tolist()  # (B*K,)
-    return (
-        [[t.strip() for t in texts[i * k : (i + 1) * k]] for i in range(len(prompt_ids))],
-        [finished[i * k : (i + 1) * k] for i in range(len(prompt_ids))],
-    )
+    is_end = torch.isin(new_tokens, eos_ids)  # (B*K, new)
+    finished = is_end.any(dim=-1)  # (B*K,)
+    lengths = torch.where(finished, is_end.int().argmax(dim=-1) + 1, new_tokens.shape[1])  # (B*K,)
+    return [row[:n] for row, n in zip(new_tokens.tolist(), lengths.tolist())], finished.tolist()
 
 
 def _as_id_set(token_ids: int | list[int] | None) -> set[int]:
