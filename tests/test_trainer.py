@@ -128,6 +128,46 @@ def test_precomputed_reference_equals_live_reference(tmp_path, tiny):
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
 
 
+def test_reference_pass_on_a_4bit_base_dequantizes_once_and_gives_the_per_forward_values(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """The one-off reference pass on a 4-bit base runs with the weights dequantized once (`decoding_weights`):
+    the same log-probs as dequantizing at every forward, the 4-bit layers back in place afterwards; and nothing
+    is swapped when the float weights would not fit."""
+    import bitsandbytes as bnb
+
+    from hf_dpo.config import ModelConfig
+    from hf_dpo.model import reference
+    from hf_dpo.model.loading import load_base_model, load_tokenizer
+
+    cfg = ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit")
+    trainer = DPOTrainer(
+        model=load_base_model(cfg),
+        args=dpo_args(tmp_path, precompute_ref_log_probs=False, per_device_eval_batch_size=2),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=load_tokenizer(cfg),
+        peft_config=lora(init=False),
+    )
+    forward, seen = trainer.concatenated_forward, []
+
+    def has_4bit_layers(model) -> bool:
+        return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+    def recording(model, *args, **kwargs):  # whether each forward of the pass ran through 4-bit layers
+        seen.append(has_4bit_layers(model))
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "concatenated_forward", recording)
+    once = trainer.compute_reference_logps(trainer.train_dataset)
+    assert seen and not any(seen)  # every forward of the pass ran on dequantized layers
+    assert has_4bit_layers(trainer.model)  # put back
+    seen.clear()
+    monkeypatch.setattr(reference, "free_memory_bytes", lambda device: 1000)  # the float weights do not fit
+    per_forward = trainer.compute_reference_logps(trainer.train_dataset)
+    assert seen and all(seen)
+    assert once == per_forward
+
+
 class StopAt(TrainerCallback):
     def __init__(self, step):
         self.step = step

@@ -133,6 +133,18 @@ def swap_4bit_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module
     return swapped
 
 
+def dequantized_fits(model) -> bool:
+    """Whether `decoding_weights` would swap anything (a 4-bit model on CPU) and its float weights take at most
+    DENSE_SHARE_OF_FREE_MEMORY of the memory still free."""
+    base = unwrap.base_model(model)
+    param = next(base.parameters())
+    if param.device.type != "cpu" or not any(_is_4bit_param(p) for p in base.parameters()):
+        return False
+    return _dense_bytes(base, _compute_dtype(base)) <= DENSE_SHARE_OF_FREE_MEMORY * free_memory_bytes(
+        param.device
+    )
+
+
 @contextlib.contextmanager
 def decoding_weights(model):
     """On CPU, the 4-bit base layers dequantized once for the duration (LoRA layers untouched), then put back.

@@ -27,6 +27,7 @@ data loading, evaluation, logging) sharing its state; what needs none of that st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import defaultdict
@@ -38,7 +39,7 @@ from transformers import Trainer
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.loading import keep_4bit_layers_trainable
-from hf_dpo.model.reference import reference_context
+from hf_dpo.model.reference import decoding_weights, dequantized_fits, reference_context
 from hf_dpo.train.attention import MASK4D
 from hf_dpo.train.batching import (
     PreferenceCollator,
@@ -315,7 +316,8 @@ class DPOTrainer(Trainer):
         ref_chosen_logps / ref_rejected_logps (the dataset's cached columns, or one adapters-off pass) and, with
         `with_policy`, policy_chosen_logps / policy_rejected_logps and chosen_lengths / rejected_lengths.
         Eval mode (no dropout); the random state is left as it was, so the training shuffle and dropout masks
-        are those of a run without this pass."""
+        are those of a run without this pass. The 4-bit weights are dequantized once for the pass where that is
+        the same function and fits (`dequantized_for_passes`), not again at every batch."""
         if not with_policy:  # the reference pass itself: compute, never read a column
             dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
         model, was_training = self.model, self.model.training
@@ -323,7 +325,7 @@ class DPOTrainer(Trainer):
         out = defaultdict(list)
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), self.dequantized_for_passes(model):
                 batch_size = None if with_policy else self.args.precompute_ref_batch_size
                 for batch in self._plain_loader(dataset, batch_size):
                     batch = self._prepare_inputs(batch)
@@ -346,6 +348,14 @@ class DPOTrainer(Trainer):
         finally:
             model.train(was_training)
         return {key: torch.cat(values) for key, values in out.items()}
+
+    def dequantized_for_passes(self, model):
+        """`decoding_weights` (the 4-bit layers dequantized once, put back after) on one CPU process when the
+        float weights take at most half the free memory; otherwise nothing changes. Wrappers (DDP, FSDP's flat
+        parameters) hold the layers they were given, so a distributed run keeps them."""
+        if self.accelerator.num_processes == 1 and dequantized_fits(model):
+            return decoding_weights(model)
+        return contextlib.nullcontext()
 
     def compute_reference_logps(self, dataset) -> tuple[list[float], list[float]]:
         """One no-grad pass with the reference policy over `dataset`, in its order (each rank its shard)."""
