@@ -18,7 +18,8 @@ weight again and run two small LoRA matmuls per adapted layer; `dense_copy` does
 model of the same architecture, in the dtype asked for, that `generate` and the report's decoder run.
 `decoding_plan` says whether that copy fits beside what is already in memory (else the 4-bit model decodes,
 dequantizing per step: a 7B model on a 24 GB card) and in which dtype to decode: bf16 on a CPU with native bf16
-(`make bench` measures decoding there at ~2x fp32's speed) or on a GPU that has it.
+(its matmuls run at ~3-4x fp32's rate there; `hf-dpo bench --generation` measures what decoding gains, less:
+a decoding step is also attention and elementwise work) or on a GPU that has it.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def decoding_dtype(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype:
-    """bf16 on a CPU with native bf16 (decoding there is ~2x faster than fp32, `make bench` measures it) and
+    """bf16 on a CPU with native bf16 (decoding there is faster than in fp32; `hf-dpo bench --generation`) and
     on a GPU that has it; otherwise the model's compute dtype."""
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else compute_dtype
