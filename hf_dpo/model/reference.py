@@ -237,7 +237,9 @@ def decoding_plan(model, dtype: torch.dtype | None = None) -> DecodingPlan:
             )
     logger.info(
         "Decoding from %s in %s: %s.",
-        "dense weights (4-bit dequantized once, adapter folded in)" if plan.dense else "the model as loaded",
+        "dense weights (4-bit dequantized once, active adapters folded in)"
+        if plan.dense
+        else "the model as loaded",
         str(plan.dtype).replace("torch.", ""),
         plan.reason,
     )
