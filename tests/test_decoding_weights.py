@@ -157,3 +157,20 @@ def test_plan_decodes_the_4bit_model_when_a_dense_copy_does_not_fit(tiny_model_d
     assert not tight.dense and tight.dtype == torch.float32  # the 4-bit model computes in its compute dtype
     assert "Decoding from the model as loaded in float32: a dense copy would take" in caplog.text
     assert "Decoding from dense weights" in caplog.text
+
+
+def test_dense_copy_decodes_with_sdpa_when_training_switched_the_attention(tiny_model_dir):
+    """Prefix sharing gives the training model an attention that also takes FlexAttention block masks; the dense
+    copy decodes with SDPA, and computes the same logits."""
+    from hf_dpo.train.attention import SDPA_OR_FLEX, enable_flex_for_block_masks
+
+    model, _ = _policy(tiny_model_dir)
+    enable_flex_for_block_masks(model)
+    assert model.get_base_model().config._attn_implementation == SDPA_OR_FLEX
+    ids = torch.tensor([[1, 5, 9, 300, 42, 7]])  # (1, 6)
+    dense = dense_copy(model, torch.float32)
+    assert dense.config._attn_implementation == "sdpa"
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            dense(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-4
+        )

@@ -324,10 +324,13 @@ def dense_copy(model, dtype: torch.dtype):
     config = copy.deepcopy(base.config)
     config.__dict__.pop("quantization_config", None)
     config.use_cache = True
+    attention = base.config._attn_implementation
+    if attention not in ("eager", "sdpa") and not str(attention).startswith("flash_attention"):
+        # training's own attention (a FlexAttention block mask for prefix sharing, a Hub kernel) serves training
+        # batches; one query row per step over a KV cache is what SDPA's kernels are built for
+        attention = "sdpa"
     with torch.device("meta"):
-        dense = AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=base.config._attn_implementation
-        )
+        dense = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
     output, inputs = dense.get_output_embeddings(), dense.get_input_embeddings()
     tied = output is not None and output.weight is inputs.weight
     # to_empty gives every module its own tensors: a tied head is filled on its own (from the source's head,
