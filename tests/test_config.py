@@ -169,7 +169,7 @@ def test_loss_type_takes_trl_list_form_a_string_and_rpo_alpha():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["--sync_ref_model", "true"], "sync_ref_model .*adapters off"),
+        (["--ref_model_mixup_alpha", "1.5"], "ref_model_mixup_alpha"),
         (["--truncation_mode", "keep_end"], "only keep_start"),
         (["--loss_type", "exo_pair"], "exo_pair loss needs label_smoothing > 0"),
         (["--loss_type", "aot", "--use_weighting"], "does not apply to aot"),

@@ -74,3 +74,55 @@ def test_a_dpo_step_runs_without_autocast_on_half_embeddings(tmp_path, tiny_mode
     assert torch.isfinite(loss) and trainer._prefix_sharing == sharing
     grads = [p.grad for p in trainer.model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(scope="module")
+def biased_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny Llama with q/k/v biases, as Qwen2 has: the 4-bit layers whose bias dtype misled the mask."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, attention_bias=True)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-biased")
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("model_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("compute_dtype", DTYPES, ids=str)
+def test_every_mix_of_model_and_4bit_compute_dtype_runs_a_step(
+    tmp_path, biased_model_dir, model_dtype, compute_dtype
+):
+    """A model loaded in any dtype with any bnb_4bit_compute_dtype (TRL's way: the model, then peft_config): the
+    prefix-shared mask takes the queries' dtype, not the dtype of a 4-bit layer's bias (stored in the compute
+    dtype, while the layer returns its input's), and the step equals the plain layout's."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    def loss_of(sharing):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(
+            biased_model_dir,
+            dtype=model_dtype,
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype),
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=args(tmp_path, prefix_sharing=sharing, logps_chunk_size=0),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=AutoTokenizer.from_pretrained(biased_model_dir),
+            peft_config=lora(),
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        assert trainer._prefix_sharing == sharing and torch.isfinite(loss)
+        return loss.item()
+
+    shared, plain = loss_of(True), loss_of(False)
+    assert shared == pytest.approx(
+        plain, abs=2e-2 if torch.float32 not in (model_dtype, compute_dtype) else 5e-3
+    )

@@ -98,7 +98,7 @@ def test_building_the_lora_model_prints_no_peft_deprecation_warning(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from hf_dpo.model.loading import attach_adapter, lora_config
-    from hf_dpo.train.setup import with_lora
+    from hf_dpo.train.setup import prepare_policy
 
     def tiny():
         config = LlamaConfig(
@@ -120,7 +120,7 @@ def test_building_the_lora_model_prints_no_peft_deprecation_warning(tmp_path):
             model_name_or_path="tiny", quantization="none", adapter_name_or_path=str(tmp_path / "sft")
         )
         attach_adapter(tiny(), starting)  # PeftModel.from_pretrained: a starting adapter
-        with_lora(tiny(), tokenizer, lora_config(cfg), dpo_args(tmp_path))  # DPOTrainer(peft_config=...)
+        prepare_policy(tiny(), tokenizer, lora_config(cfg), dpo_args(tmp_path))  # DPOTrainer(peft_config=...)
         assert tiny().is_gradient_checkpointing is False  # outside them the warning is untouched
     deprecations = [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     assert [w.category for w in deprecations] == [FutureWarning], [str(w.message) for w in deprecations]

@@ -72,13 +72,7 @@ def check_objective(args) -> None:
 
 
 def check_not_applicable(args) -> None:
-    """TRL keys that cannot apply to a LoRA-on-a-frozen-base trainer: an error saying why and what to use."""
-    if args.sync_ref_model:
-        raise RecipeError(
-            "sync_ref_model (TR-DPO) updates a second reference model during training; hf_dpo's reference is the "
-            "base with the LoRA adapters off, which never changes (TRL refuses sync_ref_model with LoRA too). "
-            "Set sync_ref_model: false."
-        )
+    """TRL keys that cannot apply here: an error saying why and what to use."""
     if args.truncation_mode != "keep_start":
         raise RecipeError(
             f"truncation_mode '{args.truncation_mode}': only keep_start is supported (keep_end is deprecated in "

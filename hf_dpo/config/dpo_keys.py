@@ -235,16 +235,25 @@ class DPOKeys:
     sync_ref_model: bool = field(
         default=False,
         metadata={
-            "help": "TR-DPO's periodically updated reference. Refused: hf_dpo's reference is the base with the "
-            "adapters off, never a second model to update (TRL refuses it with LoRA too)."
+            "help": "TR-DPO: every ref_model_sync_steps steps the reference moves towards the policy, weight by "
+            "weight (π_ref <- α·π_θ + (1-α)·π_ref). Needs a reference model to move: full fine-tuning's copy, or a "
+            "ref_model passed to DPOTrainer (a LoRA policy mixes in its merged weights); not with "
+            "precompute_ref_log_probs: true."
         },
     )
     ref_model_mixup_alpha: float = field(
-        default=0.6, metadata={"help": "TR-DPO's α (only with sync_ref_model, which hf_dpo refuses)."}
+        default=0.6,
+        metadata={
+            "range": Range(0, 1),
+            "help": "TR-DPO's α: the policy's share in each reference update (sync_ref_model).",
+        },
     )
     ref_model_sync_steps: int = field(
         default=512,
-        metadata={"help": "TR-DPO's τ in steps (only with sync_ref_model, which hf_dpo refuses)."},
+        metadata={
+            "range": up_to(1, STEPS),
+            "help": "TR-DPO's τ: optimizer steps between reference updates (sync_ref_model).",
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,

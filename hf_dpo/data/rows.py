@@ -192,11 +192,20 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
         (values["rejected"], cfg.rejected_column),
     ):
         _check_encodable(value, column)
+    template_kwargs = row.get("chat_template_kwargs") or {}
+    if not isinstance(template_kwargs, dict):
+        raise BadRow(
+            "chat_template_kwargs",
+            f"expected a mapping of chat template arguments, got {type(template_kwargs).__name__}",
+            "wrong type",
+        )
     return {
         "prompt": prompt,
         "chosen": values["chosen"],
         "rejected": values["rejected"],
         "implicit": implicit,
+        # TRL's per-row chat template arguments (e.g. {"enable_thinking": false}), passed to the template
+        "chat_template_kwargs": template_kwargs,
     }
 
 

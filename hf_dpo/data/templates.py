@@ -31,11 +31,21 @@ def uses_chat_template(prompt: Any, tokenizer, cfg: DataConfig, implicit: bool =
     return isinstance(prompt, list) or (cfg.apply_chat_template and not implicit)
 
 
-def format_prompt(prompt: str | list[dict], tokenizer, cfg: DataConfig, implicit: bool = False) -> str:
-    """The prompt text as the model sees it at generation time (shared by sampling and evaluation)."""
+def format_prompt(
+    prompt: str | list[dict],
+    tokenizer,
+    cfg: DataConfig,
+    implicit: bool = False,
+    template_kwargs: dict | None = None,
+) -> str:
+    """The prompt text as the model sees it at generation time (shared by sampling and evaluation).
+    `template_kwargs`: the row's chat template arguments (TRL's `chat_template_kwargs` column)."""
     if uses_chat_template(prompt, tokenizer, cfg, implicit):
         return tokenizer.apply_chat_template(
-            _as_messages(prompt, cfg.system_prompt), tokenize=False, add_generation_prompt=True
+            _as_messages(prompt, cfg.system_prompt),
+            tokenize=False,
+            add_generation_prompt=True,
+            **(template_kwargs or {}),
         )
     return prompt
 
@@ -65,8 +75,10 @@ def format_pair(pair: dict, tokenizer, cfg: DataConfig) -> tuple[str, str, str]:
     """(prompt_text, prompt+chosen text, prompt+rejected text), chat template applied where it belongs. A
     template that refuses the row raises BadRow naming the column it failed on."""
     prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
-    implicit = pair.get("implicit", False)
-    prompt_text = _rendered(lambda: format_prompt(prompt, tokenizer, cfg, implicit), cfg.prompt_column, cfg)
+    implicit, template_kwargs = pair.get("implicit", False), pair.get("chat_template_kwargs") or {}
+    prompt_text = _rendered(
+        lambda: format_prompt(prompt, tokenizer, cfg, implicit, template_kwargs), cfg.prompt_column, cfg
+    )
     if uses_chat_template(prompt, tokenizer, cfg, implicit):
         messages = _as_messages(prompt, cfg.system_prompt)
 
@@ -75,7 +87,9 @@ def format_pair(pair: dict, tokenizer, cfg: DataConfig) -> tuple[str, str, str]:
                 completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
             )
             return _rendered(
-                lambda: tokenizer.apply_chat_template(messages + turns, tokenize=False), column, cfg
+                lambda: tokenizer.apply_chat_template(messages + turns, tokenize=False, **template_kwargs),
+                column,
+                cfg,
             )
 
         return prompt_text, full(chosen, cfg.chosen_column), full(rejected, cfg.rejected_column)

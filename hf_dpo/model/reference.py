@@ -1,6 +1,7 @@
-"""The reference policy, in one place. hf_dpo never loads a second model for it: the reference is the policy's
-network with the LoRA adapters switched off (`reference_context`), or, when training continues from an existing
-adapter, a frozen copy of that adapter named "reference" (`with_adapter(..., reference=...)`). Here too: the one
+"""The reference policy of a LoRA policy, in one place. No second model is loaded for it: the reference is the
+policy's network with the LoRA adapters switched off (`reference_context`), or, when training continues from an
+existing adapter, a frozen copy of that adapter named "reference" (`with_adapter(..., reference=...)`). (What the
+reference of a training run is, a ref_model or full fine-tuning's included, `hf_dpo.train.reference` decides.) Here too: the one
 way a base model gets an adapter from disk (a starting adapter, a trained run, an SFT adapter to sample from,
 an adapter to merge), and the dequantized 4-bit weights that generation on CPU computes with.
 

@@ -120,11 +120,20 @@ def scores_dtype(model, device: str) -> torch.dtype:
     embeddings = base.get_input_embeddings().weight
     # The residual stream meets the first floating-point weight past the embeddings first (a norm, or a linear of
     # a full-precision model), and computes on in its dtype: k-bit training keeps norms float32 even where the
-    # embeddings are bf16, so the queries are float32 there.
-    for name, param in base.named_parameters():
-        if param.dtype.is_floating_point and param is not embeddings and "lora_" not in name:
-            return param.dtype
+    # embeddings are bf16, so the queries are float32 there. A k-bit linear layer is no such weight: it computes
+    # in its bnb_4bit_compute_dtype and returns its input's dtype, whatever its bias is stored in.
+    for name, module in base.named_modules():
+        if "lora_" in name or is_kbit_linear(module):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.dtype.is_floating_point and param is not embeddings:
+                return param.dtype
     return embeddings.dtype
+
+
+def is_kbit_linear(module) -> bool:
+    """A bitsandbytes 4-bit or 8-bit linear layer (its weight a Params4bit / Int8Params)."""
+    return type(getattr(module, "weight", None)).__name__ in ("Params4bit", "Int8Params")
 
 
 def final_hidden_states(model, inputs: dict[str, torch.Tensor]):

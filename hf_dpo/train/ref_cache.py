@@ -206,8 +206,11 @@ class ReferenceColumns:
     `accelerator` makes the ranks agree (every rank reads the cache, or every rank computes) and lets only the
     local main process write."""
 
-    def __init__(self, args: DPOConfig, tokenizer, accelerator):
+    def __init__(self, args: DPOConfig, tokenizer, accelerator, setting: bool | str | None = None):
+        """`setting`: when to precompute (True, False, auto), where the trainer decides other than
+        `args.precompute_ref_log_probs` (full fine-tuning's reference exists only before the first step)."""
         self.args, self.tokenizer, self.accelerator = args, tokenizer, accelerator
+        self.setting = args.precompute_ref_log_probs if setting is None else setting
         self._model_fingerprint: dict | None = None  # hashing the weights once per trainer is enough
 
     def key_parts(self, dataset, model) -> dict:
@@ -242,7 +245,7 @@ class ReferenceColumns:
         """`dataset` plus ref_chosen_logps / ref_rejected_logps, read from the cache or `compute(dataset)` ->
         (chosen, rejected) lists, written there. Unchanged when precomputing is off (the reference then runs at
         every step) or when `auto` finds the pass not worth it."""
-        setting = self.args.precompute_ref_log_probs
+        setting = self.setting
         if dataset is None or setting is False or REF_COLUMNS[0] in dataset.column_names:
             return dataset
         root = cache_root(self.args.ref_logps_cache_dir)

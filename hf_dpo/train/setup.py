@@ -1,8 +1,10 @@
-"""What `DPOTrainer.__init__` prepares from TRL-style arguments, before `transformers.Trainer` takes over: the peft
-model and its tokenizer (a model name loaded with model_init_kwargs, pad token, dropout off), the weight of a
-Mixture-of-Experts router's loss, the batch layout (padding-free packing, or the prefix-shared layout and the
-attention that carries its mask), tokenized datasets. Checked before the model loads (`hf_dpo.preflight` calls
-them): a checkpoint to resume (`check_resume`), the report_to integrations installed (`check_report_to`).
+"""What `DPOTrainer.__init__` prepares from TRL-style arguments, before `transformers.Trainer` takes over: the
+datasets TRL requires and refuses, the policy and its tokenizer (a model name loaded with model_init_kwargs; a LoRA
+adapter when a peft_config is given, else the whole model trains, as in TRL; pad token, dropout off), the weight of
+a Mixture-of-Experts router's loss, the batch layout (padding-free packing, or the prefix-shared layout and the
+attention that carries its mask), tokenized datasets (hf_dpo's column names and TRL's). Checked before the model
+loads (`hf_dpo.preflight` calls them): a checkpoint to resume (`check_resume`), the report_to integrations
+installed (`check_report_to`).
 """
 
 from __future__ import annotations
@@ -49,12 +51,51 @@ def as_dpo_config(args) -> DPOConfig:
     return DPOConfig(**{k: v for k, v in given.items() if k in ours})
 
 
-def with_lora(model, processing_class, peft_config, args: DPOConfig, quantization_config=None):
-    """(peft model, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs and, as
-    TRL 1.x does, the trainer's `quantization_config`), a tokenizer or none, a LoRA config; dropout off unless
-    disable_dropout is false."""
+def check_datasets(train_dataset, eval_dataset, args: DPOConfig) -> None:
+    """TRL's refusals, raised where TRL raises them (before the model loads): no train_dataset (hf_dpo also takes
+    an evaluation-only trainer: eval_dataset alone), and precompute_ref_log_probs=True with a streaming dataset."""
+    if train_dataset is None and eval_dataset is None:
+        raise TrainerSetupError(
+            "`train_dataset` is required: pass the preference pairs to train on (an evaluation-only trainer takes "
+            "eval_dataset alone)."
+        )
+    if args.precompute_ref_log_probs is True:
+        for name, dataset in [("train_dataset", train_dataset), *named_eval_datasets(eval_dataset)]:
+            check_precomputable(dataset, name)
+
+
+def named_eval_datasets(eval_dataset) -> list[tuple[str, object]]:
+    """[(name, dataset)] of an eval_dataset that may be one dataset or a dict / DatasetDict of them."""
+    if eval_dataset is None:
+        return []
+    if isinstance(eval_dataset, dict):  # DatasetDict and IterableDatasetDict are dicts too
+        return [(f"eval_dataset['{key}']", dataset) for key, dataset in eval_dataset.items()]
+    return [("eval_dataset", eval_dataset)]
+
+
+def check_precomputable(dataset, name: str) -> None:
+    """precompute_ref_log_probs=True stores one value per row by index: a streaming dataset has no index (TRL's
+    error, word for word in its first sentence)."""
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):
+        raise TrainerSetupError(
+            f"`precompute_ref_log_probs=True` is not supported with IterableDataset ({name}). Please use a map-style "
+            "Dataset or set `precompute_ref_log_probs=False` (or auto)."
+        )
+
+
+def prepare_policy(model, processing_class, peft_config, args: DPOConfig, quantization_config=None):
+    """(policy, tokenizer) from TRL-style arguments: a model or its name (loaded with model_init_kwargs and, as
+    TRL 1.x does, the trainer's `quantization_config`), a tokenizer or none, a LoRA config or none. With a
+    peft_config (or a PeftModel) the LoRA adapter trains; without, every weight does (full fine-tuning, TRL's
+    default), which a k-bit model cannot. Dropout off unless disable_dropout is false."""
     init_kwargs = dict(args.model_init_kwargs or {})
     init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    # TRL loads a model given by name in float32 unless model_init_kwargs says otherwise (transformers: the
+    # checkpoint's dtype); "auto" keeps the checkpoint's
+    dtype = init_kwargs.get("dtype", "float32")
+    init_kwargs["dtype"] = getattr(torch, dtype) if dtype in ("float32", "bfloat16", "float16") else dtype
     if quantization_config is not None:
         if not isinstance(model, str):
             raise TrainerSetupError(
@@ -95,16 +136,34 @@ def with_lora(model, processing_class, peft_config, args: DPOConfig, quantizatio
         set_seed(args.seed)  # the LoRA initialisation is part of the run: make `seed` govern it
         with quiet_peft_checkpointing_alias():
             model = get_peft_model(model, peft_config)
-    if not is_peft(model):
+    if not is_peft(model) and is_quantized(model):
         raise TrainerSetupError(
-            "DPOTrainer needs a LoRA adapter: the reference policy is the model with its adapters off. "
-            "Pass peft_config=LoraConfig(...) or a PeftModel."
+            f"{type(model).__name__} is loaded in 4-bit or 8-bit, whose weights cannot be trained: full fine-tuning "
+            "needs a model in float32/bfloat16/float16. Pass peft_config=LoraConfig(...) to train a LoRA adapter "
+            "on the quantized base (QLoRA)."
         )
     if args.disable_dropout:  # TRL's default: policy and reference see the same, deterministic network
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        disable_dropout(model)
+    model.add_model_tags(list(MODEL_TAGS))
     return model, processing_class
+
+
+MODEL_TAGS = (
+    "trl",
+    "dpo",
+    "hf-dpo",
+)  # TRL's tags (its scripts and the Hub filter by them) and this project's
+
+
+def is_quantized(model) -> bool:
+    inner = base_model(model)
+    return bool(getattr(inner, "is_loaded_in_4bit", False) or getattr(inner, "is_loaded_in_8bit", False))
+
+
+def disable_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def warn_unused_settings(args: DPOConfig) -> None:
@@ -132,12 +191,40 @@ def router_aux_coef(model, args: DPOConfig) -> float:
     return float(getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef)
 
 
+# hf_dpo's tokenized columns and TRL's names for the same token ids
+TRL_COLUMNS = {
+    "prompt_input_ids": "prompt_ids",
+    "chosen_input_ids": "chosen_ids",
+    "rejected_input_ids": "rejected_ids",
+}
+
+
 def tokenize(dataset, tokenizer, data_config, args):
+    """Tokenized pairs (one dataset, or a dict of them), under hf_dpo's column names (which its collator reads) and
+    TRL's (`prompt_ids`, `chosen_ids`, `rejected_ids`: what a TRL script reads back). A dataset tokenized already,
+    under either set of names, is kept as it is."""
     if dataset is None:
         return None
-    if isinstance(dataset, dict):
-        return {name: tokenize_dataset(ds, tokenizer, data_config, args) for name, ds in dataset.items()}
-    return tokenize_dataset(dataset, tokenizer, data_config, args)
+    if isinstance(dataset, dict):  # a dict of datasets, or a DatasetDict: each split on its own
+        return {name: tokenize(ds, tokenizer, data_config, args) for name, ds in dataset.items()}
+    columns = getattr(dataset, "column_names", None) or []
+    if all(name in columns for name in TRL_COLUMNS.values()) and not all(
+        name in columns for name in TRL_COLUMNS
+    ):
+        dataset = with_column_aliases(dataset, {trl: ours for ours, trl in TRL_COLUMNS.items()})
+    return with_column_aliases(tokenize_dataset(dataset, tokenizer, data_config, args), TRL_COLUMNS)
+
+
+def with_column_aliases(dataset, aliases: dict[str, str]):
+    """`dataset` plus, for each (existing: alias) pair, a column `alias` holding the same values; the Arrow buffers
+    are shared, not copied."""
+    import datasets
+
+    table = dataset.data  # a datasets Table: its append_column keeps the memory-mapped or in-memory kind
+    for name, alias in aliases.items():
+        if alias not in table.column_names:
+            table = table.append_column(alias, table.column(name))
+    return datasets.Dataset(table, split=dataset.split)
 
 
 def padding_free_on(args: DPOConfig) -> bool:

@@ -40,7 +40,8 @@ from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.loading import keep_4bit_layers_trainable
 from hf_dpo.model.reference import decoding_weights, dequantized_fits, reference_context
-from hf_dpo.train.attention import MASK4D
+from hf_dpo.model.unwrap import is_peft
+from hf_dpo.train.attention import FLEX, MASK4D, enable_flex_for_block_masks
 from hf_dpo.train.batching import (
     PreferenceCollator,
     is_packed,
@@ -51,16 +52,26 @@ from hf_dpo.train.batching import (
 from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, working_layout
 from hf_dpo.train.loss import dpo_loss
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
+from hf_dpo.train.reference import (
+    ALL_AHEAD,
+    SyncReferenceCallback,
+    check_sync,
+    precompute_setting,
+    reference_model,
+)
 from hf_dpo.train.setup import (
     TrainerSetupError,
     as_dpo_config,
+    check_datasets,
+    check_precomputable,
+    named_eval_datasets,
     padding_free_on,
     prefix_sharing_on,
+    prepare_policy,
     return_freed_memory,
     router_aux_coef,
     tokenize,
     warn_unused_settings,
-    with_lora,
 )
 
 logger = logging.getLogger(__name__)
@@ -100,13 +111,11 @@ class DPOTrainer(Trainer):
         # No data_config: TRL's reading of the rows, so a TRL script trains on the same tokens. TRL tokenizes a
         # plain-string prompt as it is (no chat template; conversational rows always get the template).
         data_config = data_config or DataConfig(apply_chat_template=False)
-        if ref_model is not None:
-            raise TrainerSetupError(
-                "hf_dpo computes the reference by switching the LoRA adapters off, so it never loads a second "
-                "model: pass peft_config (or a PeftModel) and no ref_model."
-            )
+        check_datasets(train_dataset, eval_dataset, args)
         warn_unused_settings(args)
-        model, processing_class = with_lora(model, processing_class, peft_config, args, quantization_config)
+        model, processing_class = prepare_policy(
+            model, processing_class, peft_config, args, quantization_config
+        )
         keep_4bit_layers_trainable(model)
         return_freed_memory(args)
         self._router_aux_coef = router_aux_coef(model, args)
@@ -114,6 +123,13 @@ class DPOTrainer(Trainer):
         # the prefix-shared layout's attention (mask4d / flex), or None: no prefix sharing
         self._sharing_attention = prefix_sharing_on(model, args, self._router_aux_coef, packed=self._packed)
         self._layout_checked = False
+        # Full fine-tuning without a ref_model: the reference is the untrained policy, which precomputing every
+        # dataset's reference log-probs before the first step serves without holding a second model.
+        self._precompute = precompute_setting(model, ref_model, args, train_dataset)
+        check_sync(model, ref_model, args)
+        ref_model = reference_model(
+            model, ref_model, args, precompute_everything=self._precompute == ALL_AHEAD
+        )
         super().__init__(
             model=model,
             args=args,
@@ -129,6 +145,13 @@ class DPOTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        self.ref_model = ref_model
+        if ref_model is not None:
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            if self._sharing_attention == FLEX:
+                enable_flex_for_block_masks(self.ref_model)
+        if args.sync_ref_model:
+            self.add_callback(SyncReferenceCallback(self.ref_model, self.accelerator))
         # compute_loss returns a per-batch mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {
@@ -139,7 +162,12 @@ class DPOTrainer(Trainer):
         self.token_counts = {"real": 0, "total": 0}  # training batches: real tokens, tokens incl. padding
         self._trl_num_tokens = 0  # TRL's num_tokens: prompt+chosen, prompt+rejected tokens trained on
         self._chunk_size = self._resolve_chunking(args.logps_chunk_size or 0)
-        self._reference_columns = ReferenceColumns(args, processing_class, self.accelerator)
+        self._reference_columns = ReferenceColumns(
+            args,
+            processing_class,
+            self.accelerator,
+            setting=True if self._precompute == ALL_AHEAD else self._precompute,
+        )
         self._data_config = data_config
 
     @property
@@ -211,13 +239,37 @@ class DPOTrainer(Trainer):
         return pair_logps(model, batch, options=options)
 
     def reference_logps(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass."""
+        """(B,), (B,) reference log-probs: from the batch's cache if present, else one no-grad pass of the reference
+        (`hf_dpo.train.reference`: the ref_model, the policy with its adapters off, or the untrained policy)."""
         if all(key in batch for key in REF_COLUMNS):
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        with torch.no_grad(), reference_context(model):
-            ref = self.concatenated_forward(model, batch, options=self._reference_options)
+        with torch.no_grad():
+            if self.ref_model is not None:
+                ref = self.concatenated_forward(self.ref_model, batch, options=self._reference_options)
+            elif is_peft(model):
+                with reference_context(model):
+                    ref = self.concatenated_forward(model, batch, options=self._reference_options)
+            else:
+                self._check_policy_is_reference("a batch without precomputed reference log-probs")
+                ref = self.concatenated_forward(model, batch, options=self._reference_options)
         self.reference_forward_passes += 1
         return ref.chosen.detach(), ref.rejected.detach()
+
+    def _check_policy_is_reference(self, what: str) -> None:
+        """Full fine-tuning without a ref_model: the policy is the reference only before its first step."""
+        if self.state.global_step > 0:
+            raise TrainerSetupError(
+                f"Cannot compute reference log-probs for {what} after training has started: this full fine-tuning "
+                "holds no reference model (precompute_ref_log_probs computed the reference log-probs of the "
+                "datasets given at construction, before the first step). Provide this dataset as `eval_dataset` at "
+                "initialization, pass an explicit `ref_model`, or set `precompute_ref_log_probs=False` (a frozen "
+                "copy of the model is then kept)."
+            )
+
+    @property
+    def aux_loss_enabled(self) -> bool:
+        """TRL's flag: the model is a Mixture-of-Experts whose router load-balancing loss joins the DPO loss."""
+        return bool(self._router_aux_coef)
 
     def _store_metrics(self, out, policy: PairLogps) -> None:
         mode = "train" if self.model.training else "eval"
@@ -283,6 +335,9 @@ class DPOTrainer(Trainer):
             problem = "the LM head is sharded (FSDP / ZeRO-3)"
         else:
             problem = chunking_problem(self.model)
+            if problem is None and self.ref_model is not None:
+                problem = chunking_problem(self.ref_model)
+                problem = problem and f"the ref_model: {problem}"
         if problem:
             logger.info("Chunked log-probs off: %s; computing full logits instead.", problem)
             return 0
@@ -373,7 +428,8 @@ class DPOTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
     def _with_reference(self, dataset, split: str = "train"):
-        return self._reference_columns.attach(dataset, split, self.model, self.compute_reference_logps)
+        reference = self.ref_model if self.ref_model is not None else self.model
+        return self._reference_columns.attach(dataset, split, reference, self.compute_reference_logps)
 
     def pair_logps(self, dataset=None, policy_is_reference: bool = False) -> dict[str, torch.Tensor]:
         """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,).
@@ -402,7 +458,7 @@ class DPOTrainer(Trainer):
     # ------------------------------------------------------------------ data loading, batch order, training
 
     def get_train_dataloader(self) -> DataLoader:
-        if self.args.precompute_ref_log_probs is True:
+        if self._reference_columns.setting is True:
             self.train_dataset = self._with_reference(self.train_dataset, "train")
         return super().get_train_dataloader()
 
@@ -412,6 +468,11 @@ class DPOTrainer(Trainer):
         """`Trainer.evaluate`; a dataset (or dict of them) passed here is tokenized like the trainer's own, as TRL
         does, and gets its reference columns in `get_eval_dataloader`."""
         if eval_dataset is not None and not isinstance(eval_dataset, str):
+            if self.args.precompute_ref_log_probs is True:
+                for name, dataset in named_eval_datasets(eval_dataset):
+                    check_precomputable(dataset, name)
+            if self._precompute == ALL_AHEAD:
+                self._check_policy_is_reference("a dataset passed to `evaluate()`")
             eval_dataset = self._tokenized(eval_dataset)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
@@ -461,6 +522,14 @@ class DPOTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         self.train_dataset = self._with_reference(self.train_dataset, "train")  # before the first step
+        if self._precompute == ALL_AHEAD and isinstance(
+            self.eval_dataset, dict
+        ):  # the policy is the reference
+            self.eval_dataset = {
+                name: self._with_reference(ds, name) for name, ds in self.eval_dataset.items()
+            }
+        elif self._precompute == ALL_AHEAD:
+            self.eval_dataset = self._with_reference(self.eval_dataset, "eval")
         result = super().train(*args, **kwargs)
         if self.pad_share is not None:
             logger.info(
