@@ -1,5 +1,6 @@
 """What the fast-path exactness tests share: a few pairs, a trainer on the tiny Llama with a random non-zero LoRA
-adapter, one batch's loss, per-pair log-probs and LoRA gradients, and the comparison of two such results."""
+adapter (or, `full=True`, fully fine-tuned with weights moved off its frozen reference copy), one batch's loss,
+per-pair log-probs and trainable gradients, and the comparison of two such results."""
 
 import pytest
 import torch
@@ -33,16 +34,22 @@ def lora():
     )
 
 
-def make_trainer(tmp_path, tiny_model_dir, tokenizer, rows=ROWS, attn="sdpa", **kw):
+def make_trainer(tmp_path, tiny_model_dir, tokenizer, rows=ROWS, attn="sdpa", full=False, **kw):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn)
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=model,
         args=args(tmp_path, **kw),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora(),
+        peft_config=None if full else lora(),
     )
+    if full:  # the policy moves off its reference (the frozen copy), so margins and gradients are not trivial
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for param in trainer.model.parameters():
+                param.add_(0.02 * torch.randn(param.shape, generator=generator))
+    return trainer
 
 
 def loss_and_grads(trainer, rpo=False):

@@ -155,6 +155,54 @@ def test_4bit_base_all_paths_equal(tmp_path, tiny_model_dir, tokenizer):
     assert_same(loss_and_grads(fast), plain)
 
 
+FULL_FINETUNING_PATHS = {
+    "prefix_sharing": dict(prefix_sharing=True, logps_chunk_size=0),
+    "chunked": dict(prefix_sharing=False, logps_chunk_size=7),
+    "sharing+chunked": dict(prefix_sharing=True, logps_chunk_size=7),
+    "padding_free": dict(padding_free=True, prefix_sharing=False, logps_chunk_size=0),
+}
+
+
+@pytest.mark.parametrize("path", list(FULL_FINETUNING_PATHS))
+def test_full_finetuning_fast_paths_equal_the_plain_path(tmp_path, tiny_model_dir, tokenizer, path):
+    """No adapter: every weight's gradient, and the reference from the frozen copy, agree with the plain path."""
+    plain = loss_and_grads(make_trainer(tmp_path, tiny_model_dir, tokenizer, full=True, **PLAIN))
+    fast_trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, full=True, **FULL_FINETUNING_PATHS[path])
+    fast = loss_and_grads(fast_trainer)
+    assert fast_trainer.ref_model is not None and fast_trainer.reference_forward_passes == 1
+    assert (fast_trainer._prefix_sharing, fast_trainer._chunk_size > 0, fast_trainer._packed) == (
+        "sharing" in path,
+        "chunked" in path,
+        path == "padding_free",
+    )
+    assert len(fast[2]) == len(list(fast_trainer.model.parameters()))  # every weight has a gradient
+    assert_same(fast, plain)
+
+
+def test_full_finetuning_reference_cache_equals_the_frozen_copy(tmp_path, tiny_model_dir, tokenizer):
+    """Full fine-tuning with precompute: the untrained model's log-probs, computed once before the first step (no
+    copy held) and read from disk by the next run, are those the frozen copy gives at each step."""
+    options = dict(max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2, full=True)
+    options["ref_logps_cache_dir"] = str(tmp_path / "cache")
+    live, live_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs=False, **options)
+    first, first_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs=True, **options)
+    second, second_losses = run(
+        tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs="auto", **options
+    )
+    assert live.ref_model is not None and first.ref_model is None and second.ref_model is None
+    assert (
+        live.reference_forward_passes,
+        first.reference_forward_passes,
+        second.reference_forward_passes,
+    ) == (
+        2,
+        1,
+        0,
+    )
+    assert first_losses == pytest.approx(live_losses, abs=1e-6)
+    assert second_losses == pytest.approx(live_losses, abs=1e-6)
+
+
 # ---------------------------------------------------------------- reference log-probs cached on disk
 
 

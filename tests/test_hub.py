@@ -139,7 +139,7 @@ def test_card_metadata_round_trips_and_carries_the_eval_results(hub, run_dir):
         data = card.data
         assert data.base_model == info["base_model"]
         assert data.library_name == "peft" and data.pipeline_tag == "text-generation"
-        assert {"dpo", "lora", "qlora", "hf-dpo", f"base_model:adapter:{info['base_model']}"} <= set(
+        assert {"trl", "dpo", "lora", "qlora", "hf-dpo", f"base_model:adapter:{info['base_model']}"} <= set(
             data.tags
         )
         assert data.license == "other"  # unknown base: said so, and the body tells the reader to check

@@ -3,7 +3,7 @@
     card = render_card("runs/demo", repo_id="me/smollm2-dpo")   # ModelCard; card.data round-trips
     write_card("runs/demo", "me/smollm2-dpo")                    # -> runs/demo/README.md
 
-Metadata (ModelCardData): base_model, library_name peft, pipeline_tag text-generation, tags (dpo, lora,
+Metadata (ModelCardData): base_model, library_name peft, pipeline_tag text-generation, tags (trl, dpo, lora,
 qlora when 4-bit, hf-dpo, base_model:adapter:<id>), datasets (Hub ids only), license, and model-index
 (EvalResult) with the held-out reward accuracy, margin and judged win rate. PEFT's and transformers' own
 card writers are never used: each rewrites README.md with its own metadata, dropping the other's.
@@ -197,7 +197,8 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
         logger.warning(
             "base model %s is not a Hub id: the card names it in its text but not as base_model.", base
         )
-    tags = ["dpo", "lora"] + (["qlora"] if quant == "4bit" else []) + ["hf-dpo"]
+    # TRL's tags ("trl", "dpo": what its trainers add and the Hub filters on), then this project's
+    tags = ["trl", "dpo", "lora"] + (["qlora"] if quant == "4bit" else []) + ["hf-dpo"]
     tags += [f"base_model:adapter:{hub_base}"] if hub_base else []
     dataset = info.get("dataset")
     hub_dataset = dataset if _looks_like_hub_id(dataset) else None

@@ -169,6 +169,10 @@ class DPOTrainer(Trainer):
             setting=True if self._precompute == ALL_AHEAD else self._precompute,
         )
         self._data_config = data_config
+        if (
+            self._precompute == ALL_AHEAD
+        ):  # the reference is the model as given: its log-probs now, as TRL does
+            self._attach_reference_columns()
 
     @property
     def _reference_options(self) -> LogpsOptions:
@@ -427,6 +431,17 @@ class DPOTrainer(Trainer):
         )
         return self.accelerator.prepare(loader)
 
+    def _attach_reference_columns(self) -> None:
+        """The reference log-probs of the train and every eval dataset, as columns (from the disk cache, or one
+        pass now)."""
+        self.train_dataset = self._with_reference(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {
+                name: self._with_reference(ds, name) for name, ds in self.eval_dataset.items()
+            }
+        else:
+            self.eval_dataset = self._with_reference(self.eval_dataset, "eval")
+
     def _with_reference(self, dataset, split: str = "train"):
         reference = self.ref_model if self.ref_model is not None else self.model
         return self._reference_columns.attach(dataset, split, reference, self.compute_reference_logps)
@@ -522,14 +537,6 @@ class DPOTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         self.train_dataset = self._with_reference(self.train_dataset, "train")  # before the first step
-        if self._precompute == ALL_AHEAD and isinstance(
-            self.eval_dataset, dict
-        ):  # the policy is the reference
-            self.eval_dataset = {
-                name: self._with_reference(ds, name) for name, ds in self.eval_dataset.items()
-            }
-        elif self._precompute == ALL_AHEAD:
-            self.eval_dataset = self._with_reference(self.eval_dataset, "eval")
         result = super().train(*args, **kwargs)
         if self.pad_share is not None:
             logger.info(
