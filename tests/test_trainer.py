@@ -296,3 +296,28 @@ def test_a_model_name_loads_with_model_init_kwargs(tmp_path, tiny_model_dir):
     )
     assert trainer.model.get_base_model().dtype == torch.bfloat16
     assert trainer.processing_class.pad_token is not None
+
+
+def test_compute_metrics_gets_each_pairs_rewards(tmp_path, tiny):
+    """compute_metrics (a TRL script's) is called on evaluation with the pairs' implicit rewards (N, 2: chosen,
+    rejected) and label 0: its reward accuracy equals the logged rewards/accuracies."""
+    base, tokenizer = tiny
+    seen = {}
+
+    def accuracy(eval_pred):
+        seen["shape"], seen["labels"] = eval_pred.predictions.shape, eval_pred.label_ids.tolist()
+        return {"pair_accuracy": float((eval_pred.predictions.argmax(-1) == eval_pred.label_ids).mean())}
+
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, per_device_eval_batch_size=4),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(init=False),  # a random adapter: rewards are not all zero
+        compute_metrics=accuracy,
+    )
+    metrics = trainer.evaluate()
+    assert seen == {"shape": (4, 2), "labels": [0, 0, 0, 0]}
+    assert metrics["eval_pair_accuracy"] == pytest.approx(metrics["eval_rewards/accuracies"])
+    assert 0 < metrics["eval_pair_accuracy"] < 1  # the random adapter prefers some chosen, not all

@@ -152,6 +152,11 @@ class DPOTrainer(Trainer):
                 enable_flex_for_block_masks(self.ref_model)
         if args.sync_ref_model:
             self.add_callback(SyncReferenceCallback(self.ref_model, self.accelerator))
+        if self.compute_metrics is not None:
+            logger.info(
+                "compute_metrics gets each pair's rewards as predictions (pairs x 2: chosen, rejected) and label 0 "
+                "(chosen preferred); TRL passes the vocabulary logits of a second forward pass instead."
+            )
         # compute_loss returns a per-batch mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[float]]] = {
@@ -222,7 +227,8 @@ class DPOTrainer(Trainer):
         if policy.aux_loss is not None:  # a Mixture-of-Experts model's router load balancing
             loss = loss + self._router_aux_coef * policy.aux_loss
         self._store_metrics(out, policy)
-        return (loss, {"chosen_rewards": out.chosen_rewards}) if return_outputs else loss
+        rewards = {"chosen_rewards": out.chosen_rewards, "rejected_rewards": out.rejected_rewards}
+        return (loss, rewards) if return_outputs else loss
 
     def concatenated_forward(
         self,
@@ -311,10 +317,17 @@ class DPOTrainer(Trainer):
             return super().training_step(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss; and, for a `compute_metrics`, each pair's implicit rewards as predictions (B, 2: chosen,
+        rejected) with label 0 (the chosen column is the preferred one): `(predictions.argmax(-1) == labels)` is
+        the reward accuracy. TRL passes the (2B, T, vocab) logits instead, recomputed by a second forward pass."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, rewards = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        predictions = torch.stack([rewards["chosen_rewards"], rewards["rejected_rewards"]], dim=1)  # (B, 2)
+        labels = torch.zeros(predictions.shape[0], dtype=torch.long, device=predictions.device)  # (B,)
+        return loss.detach(), predictions.detach(), labels
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
