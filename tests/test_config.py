@@ -378,3 +378,42 @@ def test_keys_known_without_transformers_are_the_recipes_keys():
     # the one default transformers computes at import (by platform) is shown by its name
     assert [name for name, _, _ in differ] in ([], ["optim"]), differ
     assert recipe_key_names() == sorted(all_field_names())
+
+
+def test_unset_bf16_and_checkpointing_are_trl_defaults_where_the_hardware_allows(monkeypatch, caplog):
+    """TRL's DPOConfig defaults bf16 and gradient_checkpointing to true: so does hf_dpo's on a GPU with bf16; on
+    CPU they stay off, and each difference from TRL is logged once per process."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from hf_dpo import config
+    from hf_dpo.config import dpo_checks
+
+    monkeypatch.setattr(dpo_checks, "_LOGGED_DEFAULT_DIFFERENCES", set())
+    with caplog.at_level(logging.INFO, logger="hf_dpo.config"):
+        cpu = config.DPOConfig(output_dir="unused", report_to="none", use_cpu=True)
+        again = config.DPOConfig(output_dir="unused", report_to="none", use_cpu=True)
+    assert (cpu.bf16, cpu.gradient_checkpointing, again.bf16) == (False, False, False)
+    logged = [r.getMessage() for r in caplog.records if "differ from TRL" in r.getMessage()]
+    assert (
+        len(logged) == 1
+        and "bf16=False (TRL: True" in logged[0]
+        and "gradient_checkpointing=False" in logged[0]
+    )
+    assert config.DPOConfig(
+        output_dir="unused", gradient_checkpointing=True, use_cpu=True
+    ).gradient_checkpointing
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    unset = dict(
+        bf16=None, fp16=False, gradient_checkpointing=None, use_cpu=False, precompute_ref_log_probs=False
+    )
+    gpu = SimpleNamespace(**unset)
+    dpo_checks.resolve_trl_defaults(gpu)
+    assert gpu.bf16 is True and gpu.gradient_checkpointing is True  # TRL's
+    half = SimpleNamespace(**{**unset, "fp16": True})
+    dpo_checks.resolve_trl_defaults(half)
+    assert half.bf16 is False  # fp16 asked: not both

@@ -15,6 +15,7 @@ from hf_dpo.config.dpo_checks import (
     check_kwargs_text,
     check_not_applicable,
     check_objective,
+    resolve_trl_defaults,
 )
 from hf_dpo.config.dpo_keys import DPOKeys
 from hf_dpo.config.errors import RecipeError
@@ -27,6 +28,7 @@ class DPOConfig(DPOKeys, TrainingArguments):
     `DPOKeys`, which come first (TRL's learning_rate and logging_steps defaults win over transformers')."""
 
     def __post_init__(self):
+        resolve_trl_defaults(self)
         if isinstance(self.loss_type, str):  # TRL's list form; a plain string is one loss
             self.loss_type = [self.loss_type]
         if self.report_to is None or (isinstance(self.report_to, list) and None in self.report_to):

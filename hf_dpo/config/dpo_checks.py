@@ -3,6 +3,7 @@ LoRA-on-a-frozen-base trainer, keyword-argument keys given as text, true/false/a
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -179,3 +180,34 @@ def auto_bool(value: Any, key: str) -> bool | str:
     if text in ("auto", "true", "false", "1", "0", "yes", "no"):
         return "auto" if text == "auto" else text in ("true", "1", "yes")
     raise RecipeError(f"{key} must be true, false or auto (got '{value}').")
+
+
+_LOGGED_DEFAULT_DIFFERENCES: set[str] = set()
+
+
+def resolve_trl_defaults(args) -> None:
+    """bf16 and gradient_checkpointing left unset (None) become TRL's defaults (true) where the hardware allows,
+    false elsewhere; every default that then differs from TRL's is logged once per process."""
+    import torch
+
+    gpu = torch.cuda.is_available() and not args.use_cpu
+    differences = []
+    if args.bf16 is None:
+        args.bf16 = bool(not args.fp16 and gpu and torch.cuda.is_bf16_supported())
+        if not (args.bf16 or args.fp16):
+            differences.append("bf16=False (TRL: True; this device has no fast bf16)")
+    if args.gradient_checkpointing is None:
+        args.gradient_checkpointing = gpu
+        if not gpu:
+            differences.append("gradient_checkpointing=False (TRL: True; on CPU memory is rarely the limit)")
+    if args.precompute_ref_log_probs == "auto":
+        differences.append(
+            "precompute_ref_log_probs=auto (TRL: False; reference log-probs computed once and cached on disk "
+            "where that costs no more, so full fine-tuning holds no reference copy)"
+        )
+    new = [d for d in differences if d not in _LOGGED_DEFAULT_DIFFERENCES]
+    if new:
+        _LOGGED_DEFAULT_DIFFERENCES.update(new)
+        logging.getLogger(__name__).info(
+            "Defaults that differ from TRL's DPOConfig here: %s.", "; ".join(new)
+        )

@@ -25,6 +25,22 @@ class DPOKeys:
             "help": "Initial learning rate of AdamW (TRL's DPO default 1e-6, not transformers' 5e-5).",
         },
     )
+    # TRL turns these two on by default; None resolves to TRL's value where the hardware allows (a GPU; bf16 where
+    # it has bf16), else off, and the difference is logged once (`resolve_trl_defaults`)
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward instead of keeping them: less memory, about a fifth more "
+            "compute. None: TRL's default (true) on a GPU; false on CPU, where memory is rarely the limit (logged)."
+        },
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 mixed precision. None: TRL's default (true unless fp16) on a GPU that has bf16; "
+            "false on CPU, where bf16 autocast made DPO steps slower in this project's measurements (logged)."
+        },
+    )
     logging_steps: float = field(
         default=10,
         metadata={

@@ -131,6 +131,11 @@ def recipe_parser(prog: str = "hf-dpo train") -> HfArgumentParser:
     for action in parser._actions:
         if action.dest == "precompute_ref_log_probs":
             action.type = _auto_bool_text
+        if action.dest in (
+            "bf16",
+            "gradient_checkpointing",
+        ):  # `bool | None` (TRL's default where unset): a flag too
+            action.nargs, action.const = "?", True
         if action.type is not None:
             action.type = _text_value(action.type)
         if action.help:  # a literal "15% in" would read as a %-format in --help
