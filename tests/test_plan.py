@@ -506,3 +506,32 @@ def test_8b_plan_counts_embeddings_in_the_compute_dtype(offline):
         for extra in ([], ["--float32_embeddings", "true"])
     ]
     assert cpu[0].total == cpu[1].total
+
+
+def test_full_finetune_layer_activations_match_saved_tensors(tiny_model_dir):
+    """Every weight training (no LoRA, float32, CPU): the per-layer count equals what autograd keeps."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.train()
+    batch, seq = 4, 48
+    measured = _saved_bytes_per_layer(model, model.model.layers[1], torch.randint(0, 1000, (batch, seq)))
+    s = cpu_settings(quantization="none")
+    predicted = planmod.full_layer_activation_bytes_per_token(load_arch(tiny_model_dir), s, seq) * batch * seq
+    assert measured == pytest.approx(predicted, rel=0.03)
+
+
+def test_plan_shows_what_a_full_finetune_costs(offline):
+    """Beside the LoRA plan, the same step training every weight: weights, gradients and AdamW states in the
+    compute dtype, and a reference copy only without precomputed reference log-probs."""
+    path = GPU_RECIPES[0]
+    plan = plan_recipe(load_recipe(path), memory=parse_size("24GB"))
+    terms = {t.name: t.bytes for t in plan.full_finetune}
+    params = plan.arch.num_params
+    assert terms["gradients"] == pytest.approx(2 * params, rel=0.02)  # bf16 on a GPU
+    assert terms["optimizer states"] == 2 * terms["gradients"]
+    assert terms["reference"] == 0  # precompute_ref_log_probs auto: no second model
+    assert "Full fine-tune of this model instead" in plan.report(str(path))
+    copy = plan_recipe(load_recipe(path, ["--precompute_ref_log_probs", "false"]), memory=parse_size("24GB"))
+    assert {t.name: t.bytes for t in copy.full_finetune}["reference"] == terms["weights (trained)"]
+    assert sum(copy_term.bytes for copy_term in copy.full_finetune) > sum(terms.values())

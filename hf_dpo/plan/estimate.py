@@ -21,7 +21,9 @@ vocabulary, tied embeddings) and the recipe's knobs, term by term:
 A DPO step runs chosen and rejected as 2 x per_device_train_batch_size rows, as long as the longest pair
 of a local dataset or, without data, max_length (prefix sharing only ever shortens this, and the trainer may
 turn it off at run time). Reference log-probs come from the same network with adapters off, under no_grad:
-a transient, chunked logits tensor and no second model.
+a transient, chunked logits tensor and no second model. Beside it, the plan prices the same step training
+every weight (`full_finetune_estimate`): weights, gradients and optimizer states in the compute dtype, the
+activations every weight's gradient needs, and a reference copy only without precomputed reference log-probs.
 
 The terms share the `Settings` of one recipe and each is a few lines of arithmetic, so they stay together here.
 `hf_dpo.plan.arch` reads the architecture, `hf_dpo.plan.settings` the recipe's knobs (and the data's longest
@@ -30,6 +32,7 @@ row), `hf_dpo.plan.fit` compares the sum with the memory there is and suggests w
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from hf_dpo.plan.arch import Arch
@@ -152,8 +155,29 @@ def layer_activation_bytes_per_token(arch: Arch, s: Settings, seq_len: int) -> i
     return norms + lora + attention + mlp
 
 
-def activation_bytes(arch: Arch, s: Settings) -> int:
-    per_layer = layer_activation_bytes_per_token(arch, s, s.row_length) * s.tokens
+def full_layer_activation_bytes_per_token(arch: Arch, s: Settings, seq_len: int) -> int:
+    """Bytes autograd keeps per token for one decoder layer when every weight trains (full fine-tuning, a
+    full-precision model): as with LoRA (`layer_activation_bytes_per_token`) the norms, attention and MLP
+    activations, and, as each weight's gradient needs its input, the norms' normalized inputs, the normed input
+    that q/k/v read and the one gate/up read (one tensor each), and down_proj's input (SiLU(gate) x up, i wide).
+    o_proj reads the attention output, which attention keeps already."""
+    h, i = arch.hidden_size, arch.intermediate_size
+    q = arch.num_attention_heads * arch.head_dim
+    kv = arch.num_key_value_heads * arch.head_dim
+    mm = _matmul_out_bytes(s)
+    # RMSNorm keeps its float32 input and 1/rms, and, its weight training too, the normalized input (in the
+    # residual stream's dtype, the model's)
+    norms = 2 * (4 * h + 4 + h * s.compute_bytes)
+    linear_inputs = (2 * h + i) * mm
+    attention = mm * (2 * q + 2 * kv) + 4 * arch.num_attention_heads
+    if s.eager_attention:
+        attention += 2 * arch.num_attention_heads * seq_len * mm
+    return norms + linear_inputs + attention + 3 * i * mm
+
+
+def activation_bytes(arch: Arch, s: Settings, full: bool = False) -> int:
+    per_token = full_layer_activation_bytes_per_token if full else layer_activation_bytes_per_token
+    per_layer = per_token(arch, s, s.row_length) * s.tokens
     if not s.gradient_checkpointing:
         return arch.num_hidden_layers * per_layer
     residual = 4 if (s.quantized or s.compute_bytes == 4) else s.compute_bytes
@@ -235,6 +259,36 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
         Term("reference log-probs", 0, "adapters off, no grad: no second model; its logits are in 'logits'"),
     ]
     return terms + device_terms(arch, s, sum(t.bytes for t in terms), activation_bytes(arch, s) + logits)
+
+
+def full_finetune_estimate(arch: Arch, s: Settings, reference_copy: bool) -> list[Term]:
+    """Peak memory of the same step training every weight instead of a LoRA adapter (no peft_config /
+    `use_peft: false`): the model unquantized in the compute dtype, a gradient and AdamW's two moments per weight
+    in that dtype (8-bit AdamW: 2 B), the activations every weight's gradient needs, and a frozen reference copy
+    only when the reference log-probs are not precomputed (`precompute_ref_log_probs: false`)."""
+    full = dataclasses.replace(s, quantization="none")
+    linear, other = weight_bytes(arch, full)
+    weights = linear + other
+    n_params = weights // full.compute_bytes
+    optimizer = {8: 2 * full.compute_bytes, 2: 2, 0: 0}.get(s.optimizer_state_bytes, 2 * full.compute_bytes)
+    logits, logits_note = logits_bytes(arch, full)
+    activations = activation_bytes(arch, full, full=True)
+    b = full.compute_bytes
+    terms = [
+        Term("weights (trained)", weights, f"{n_params / 1e9:.2f} B params in the compute dtype ({b} B)"),
+        Term("gradients", n_params * b, f"{b} B/param"),
+        Term("optimizer states", n_params * optimizer, f"{optimizer} B/param"),
+        Term(
+            "reference",
+            weights if reference_copy else 0,
+            "a frozen copy (precompute_ref_log_probs: false)"
+            if reference_copy
+            else "log-probs precomputed once: no second model",
+        ),
+        Term("activations", activations, f"{full.tokens} tokens/step, every weight's input kept"),
+        Term("logits", logits, logits_note),
+    ]
+    return terms + device_terms(arch, full, sum(t.bytes for t in terms), activations + logits)
 
 
 def device_terms(arch: Arch, s: Settings, allocated: int, heap: int) -> list[Term]:

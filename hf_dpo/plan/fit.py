@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hf_dpo.config import Recipe
 from hf_dpo.errors import quoted
 from hf_dpo.plan.arch import Arch, PlanError, load_arch
-from hf_dpo.plan.estimate import GB, MB, Term, estimate, fmt
+from hf_dpo.plan.estimate import GB, MB, Term, estimate, fmt, full_finetune_estimate
 from hf_dpo.plan.settings import Settings, data_row_length, settings_from_recipe
 
 # How far measured peaks have run above the estimate (README, "On a GPU"): the demo recipe on an H100 peaked 21%
@@ -45,6 +45,7 @@ class Plan:
     terms: list[Term]
     budget: int
     suggestions: list[Suggestion] = field(default_factory=list)
+    full_finetune: list[Term] = field(default_factory=list)  # the same step training every weight
 
     @property
     def total(self) -> int:
@@ -95,6 +96,13 @@ class Plan:
             f"estimate on {'a GPU' if s.device == 'cuda' else 'CPU'}: "
             + ("keep that margin free" if with_margin <= self.budget else f"more than {fmt(self.budget)}")
         )
+        if self.full_finetune:
+            full = sum(t.bytes for t in self.full_finetune)
+            parts = ", ".join(f"{t.name} {fmt(t.bytes)}" for t in self.full_finetune[:5] if t.bytes)
+            lines.append(
+                f"  Full fine-tune of this model instead (every weight trained, no LoRA): {fmt(full)} "
+                f"({'fits' if full <= self.budget else 'does NOT fit'}; {parts})"
+            )
         if not self.fits:
             if self.suggestions:
                 lines.append("To fit, turn one of these (estimate after the change):")
@@ -235,6 +243,8 @@ def plan_recipe(
     if memory is None:
         memory = 24 * GB if device == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     plan = Plan(arch=arch, settings=settings, terms=estimate(arch, settings), budget=memory)
+    reference_copy = recipe.training.precompute_ref_log_probs is False
+    plan.full_finetune = full_finetune_estimate(arch, settings, reference_copy)
     if not plan.fits:
         plan.suggestions = suggest(arch, settings, memory)
     return plan
