@@ -348,3 +348,35 @@ def test_row_chat_template_kwargs_reach_the_template(tmp_path, tiny):
     prompts = [tokenizer.decode(ids) for ids in trainer.train_dataset["prompt_ids"]]
     assert prompts[0].startswith("user: ") and prompts[1].startswith("USER: "), prompts
     assert isinstance(trainer.train_dataset, datasets.Dataset)
+
+
+def test_a_peft_model_with_a_trained_adapter_is_its_own_reference(tmp_path, tiny):
+    """TRL's meaning for a PeftModel passed with a pretrained adapter: the reference is that adapter as it starts
+    (a frozen copy), not the base; a fresh adapter (lora_B zero) needs no copy: adapters off are the same."""
+    from peft import get_peft_model
+
+    base, tokenizer = tiny
+    random_adapter = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(base), random_adapter)
+    trainer = DPOTrainer(
+        model=model,
+        args=dpo_args(tmp_path, precompute_ref_log_probs=False, learning_rate=1e-2, max_steps=2),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
+    assert "reference" in trainer.model.peft_config
+    batch = first_batch(trainer)
+    start = trainer.concatenated_forward(trainer.model, batch)
+    trainer.train()
+    ref_chosen, _ = trainer.reference_logps(trainer.model, batch)
+    assert torch.allclose(ref_chosen, start.chosen, atol=1e-5)  # the adapter as it started
+    assert not torch.allclose(ref_chosen, trainer.concatenated_forward(base, batch).chosen, atol=1e-3)
+
+    fresh = get_peft_model(copy.deepcopy(base), lora())
+    trainer = DPOTrainer(
+        model=fresh,
+        args=dpo_args(tmp_path),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+    )
+    assert "reference" not in trainer.model.peft_config

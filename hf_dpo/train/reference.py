@@ -1,6 +1,7 @@
 """The reference policy π_ref of a run, and the one place that decides what it is:
 
-    LoRA, no ref_model          the policy with its adapters off (or its frozen starting adapter): no second model
+    LoRA, no ref_model          the policy with its adapters off: no second model; a PeftModel passed with a
+                                trained adapter (TRL's "pretrained adapter") keeps a frozen copy of it instead
     ref_model given             that model, frozen (LoRA or full fine-tuning; e.g. an SFT checkpoint)
     full, precomputed           the policy itself, before its first step: the reference log-probs of every dataset
                                 the trainer holds are computed once then (and cached on disk), no second model is held
@@ -21,6 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_dpo.config import DPOConfig
+from hf_dpo.model.loading import REFERENCE_ADAPTER
 from hf_dpo.model.unwrap import base_model, is_peft, peft_model
 from hf_dpo.train.setup import TrainerSetupError, disable_dropout, is_quantized
 
@@ -73,6 +75,31 @@ def reference_model(policy, ref_model, args: DPOConfig, precompute_everything: b
         parameter_bytes(policy) / 2**30,
     )
     return frozen(copy.deepcopy(base_model(policy)), args)
+
+
+def keep_starting_adapter(model) -> bool:
+    """A PeftModel given with an adapter that already changes the model (a lora_B not zero: trained, or custom
+    initialised) and no ref_model: its reference is that adapter as it starts (TRL's meaning), kept as a frozen
+    copy, the adapter `reference` that `reference_context` switches to. A fresh adapter (every lora_B zero) adds
+    nothing: the adapters off are the same reference, with nothing to keep. Returns whether a copy was made."""
+    inner = peft_model(model)
+    active = inner.active_adapter
+    if REFERENCE_ADAPTER in inner.peft_config or not isinstance(active, str):
+        return False
+    lora_b = [p for name, p in inner.named_parameters() if f"lora_B.{active}." in name]
+    if not any(bool(p.detach().any()) for p in lora_b):
+        return False
+    inner.add_adapter(REFERENCE_ADAPTER, inner.peft_config[active])
+    inner.set_adapter(active)  # the policy trains its own adapter; the copy is frozen
+    with torch.no_grad():
+        for name, param in inner.named_parameters():
+            if f".{REFERENCE_ADAPTER}." in name:
+                param.copy_(inner.get_parameter(name.replace(f".{REFERENCE_ADAPTER}.", f".{active}.")))
+                param.requires_grad_(False)
+    logger.info(
+        "The reference is the model's adapter '%s' as it starts (a frozen copy, as TRL keeps).", active
+    )
+    return True
 
 
 def frozen(model, args: DPOConfig):

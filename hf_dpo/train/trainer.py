@@ -56,6 +56,7 @@ from hf_dpo.train.reference import (
     ALL_AHEAD,
     SyncReferenceCallback,
     check_sync,
+    keep_starting_adapter,
     precompute_setting,
     reference_model,
 )
@@ -127,6 +128,10 @@ class DPOTrainer(Trainer):
         # dataset's reference log-probs before the first step serves without holding a second model.
         self._precompute = precompute_setting(model, ref_model, args, train_dataset)
         check_sync(model, ref_model, args)
+        if is_peft(model) and peft_config is None and ref_model is None and train_dataset is not None:
+            # training from the adapter as given (an evaluation-only trainer of a finished run, as `hf-dpo
+            # evaluate` builds, names its reference itself: adapters off, or its 'reference' adapter)
+            keep_starting_adapter(model)
         ref_model = reference_model(
             model, ref_model, args, precompute_everything=self._precompute == ALL_AHEAD
         )
