@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_dpo.config import DPOConfig
-from hf_dpo.model.loading import REFERENCE_ADAPTER
+from hf_dpo.model.reference import REFERENCE_ADAPTER
 from hf_dpo.model.unwrap import base_model, is_peft, peft_model
 from hf_dpo.train.setup import TrainerSetupError, disable_dropout, is_quantized
 
