@@ -66,11 +66,69 @@ def test_implicit_prompt_conversational_and_hh_style(tokenizer):
         "rejected": "\n\nHuman: Capital of France?\n\nAssistant: Pau, I think.",
     }
     cols, _ = prepare_rows([hh], "mem", tokenizer, DataConfig(), 512, 256)
-    # Raw transcripts keep their own format (no chat template) and split on a word boundary.
-    assert cols["prompt"][0] == "\n\nHuman: Capital of France?\n\nAssistant: "
-    assert cols["chosen"][0] == "Paris."
-    # The prompt's trailing space merges into the first answer token (" Paris"), as it would at inference.
-    assert decode(tokenizer, cols["chosen_input_ids"][0]).lstrip() == "Paris." + tokenizer.eos_token
+    # Raw transcripts keep their own format (no chat template) and split after the last assistant marker.
+    assert cols["prompt"][0] == "\n\nHuman: Capital of France?\n\nAssistant:"
+    assert cols["chosen"][0] == " Paris."
+    assert decode(tokenizer, cols["chosen_input_ids"][0]) == " Paris." + tokenizer.eos_token
+
+
+HH_SAME_START = {
+    "chosen": "\n\nHuman: Capital of Australia?\n\nAssistant: Sure.\n\nHuman: Which city?\n\nAssistant: The capital "
+    "of Australia is Canberra.",
+    "rejected": "\n\nHuman: Capital of Australia?\n\nAssistant: Sure.\n\nHuman: Which city?\n\nAssistant: The "
+    "capital of Australia is Sydney.",
+}
+
+
+def test_hh_answers_that_start_with_the_same_words_keep_them(tokenizer):
+    """The shared first words of two HH answers are answer, not prompt: the transcript is cut after its last
+    '\\n\\nAssistant:' (as the original DPO code), and the data report counts the method."""
+    cols, report = prepare_rows([HH_SAME_START], "mem", tokenizer, DataConfig(), 512, 256)
+    assert cols["prompt"][0].endswith("Human: Which city?\n\nAssistant:")
+    assert cols["chosen"][0] == " The capital of Australia is Canberra."
+    assert cols["rejected"][0] == " The capital of Australia is Sydney."
+    assert decode(tokenizer, cols["rejected_input_ids"][0]).startswith(" The capital of Australia")
+    assert report.to_dict()["prompt_methods"] == {"transcript split at the last assistant turn": 1}
+    assert report.prompts_inside_a_turn == 0
+
+
+def test_a_shared_start_prompt_that_ends_inside_a_turn_is_counted_and_warned(tokenizer, caplog):
+    rows = [
+        {"chosen": "Q: What is 2 + 2? A: It is 4.", "rejected": "Q: What is 2 + 2? A: It is 5."},
+        {"chosen": "User: Hi\nAssistant: Hello!", "rejected": "User: Hi\nAssistant: Go away."},
+    ]
+    with caplog.at_level("WARNING", logger="hf_dpo.data"):
+        cols, report = prepare_rows(rows, "pairs.jsonl", tokenizer, DataConfig(), 512, 256)
+    assert cols["prompt"][0] == "Q: What is 2 + 2? A: It is "  # the data's own ambiguity: kept, but named
+    assert report.to_dict()["prompt_methods"] == {"shared start of the texts": 2}
+    assert report.to_dict()["prompts_inside_a_turn"] == 1  # the second ends at "Assistant: "
+    assert "pairs.jsonl: 1 of 2 prompts were taken from the shared start" in caplog.text
+    assert "end inside a turn" in caplog.text
+
+
+def test_prompt_methods_per_split_reach_the_data_report(tmp_path, tokenizer):
+    """TRL's implicit-prompt conversations, explicit prompts and HH transcripts each counted by method."""
+    conv = {
+        "chosen": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello there!"},
+        ],
+        "rejected": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello, go away."},
+        ],
+    }
+    write_jsonl(tmp_path / "train.jsonl", [HH_SAME_START, conv])
+    write_jsonl(tmp_path / "test.jsonl", [{"prompt": "Q?", "chosen": "a", "rejected": "b"}])
+    data = load_preference_dataset(DataConfig(dataset_name=str(tmp_path)), tokenizer, args())
+    assert data.report["train"]["prompt_methods"] == {
+        "transcript split at the last assistant turn": 1,
+        "shared turns of the conversations": 1,
+    }
+    assert data.report["eval"]["prompt_methods"] == {"prompt column": 1}
+    assert json.loads(data.train["chosen"][1]) == [{"role": "assistant", "content": "Hello there!"}]
 
 
 def test_column_mapping(tokenizer):

@@ -4,7 +4,8 @@ Rows may be
 - standard: `prompt`, `chosen`, `rejected` strings;
 - conversational: `chosen`/`rejected` lists of `{"role", "content"}` messages, `prompt` a string or messages
   (chosen/rejected that are whole conversations, prompt turns included, UltraFeedback-style: the prompt once);
-- implicit-prompt: no prompt column, the prompt is the shared prefix of chosen and rejected (HH-RLHF style).
+- implicit-prompt: no prompt column, the prompt is the whole turns chosen and rejected share (TRL's implicit-prompt
+  conversations; Anthropic HH transcripts cut after their last `\n\nAssistant:`, as the original DPO code).
 Column names are mapped from the recipe (`prompt_column`, ...). Bad rows raise `DataError` naming the
 source, row and column, or with `on_bad_rows: skip` are dropped and counted in the data report.
 

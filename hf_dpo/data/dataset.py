@@ -19,7 +19,7 @@ import torch
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data.errors import DataError
 from hf_dpo.data.reading import read_splits
-from hf_dpo.data.rows import BadRow, check_columns, normalize_row
+from hf_dpo.data.rows import SHARED_TEXT, BadRow, check_columns, ends_inside_a_turn, normalize_row
 from hf_dpo.data.templates import format_pair, uses_chat_template
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ class DataReport:
     skipped: Counter = field(default_factory=Counter)
     prompt_truncated: int = 0
     completion_truncated: int = 0
+    # How the used pairs' prompts were found ({method: pairs}, methods of PROMPT_METHODS), and how many of those
+    # taken from the shared start of two texts stop inside a turn (`ends_inside_a_turn`).
+    prompt_methods: Counter = field(default_factory=Counter)
+    prompts_inside_a_turn: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,13 +50,17 @@ class DataReport:
             "skipped": dict(self.skipped),
             "prompt_truncated": self.prompt_truncated,
             "completion_truncated": self.completion_truncated,
+            "prompt_methods": dict(self.prompt_methods),
+            "prompts_inside_a_turn": self.prompts_inside_a_turn,
         }
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items()) or "none"
+        methods = ", ".join(f"{n} {how}" for how, n in self.prompt_methods.items()) or "none"
         return (
             f"{self.source}: {self.rows_read} rows -> {self.pairs_used} pairs; skipped: {skipped}; "
-            f"truncated prompts: {self.prompt_truncated}, truncated completions: {self.completion_truncated}"
+            f"truncated prompts: {self.prompt_truncated}, truncated completions: {self.completion_truncated}; "
+            f"prompts: {methods}"
         )
 
 
@@ -195,8 +203,32 @@ def prepare_rows(
             value = pair[key]
             columns[key].append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         report.pairs_used += 1
+        count_prompt_method(report, pair)
     _warn_length_drops(report, max_length, max_prompt_length)
+    _warn_prompts_inside_a_turn(report)
     return columns, report
+
+
+def count_prompt_method(report: DataReport, pair: dict) -> None:
+    """Count how `pair`'s prompt was found, and whether a shared-start text prompt stops inside a turn."""
+    report.prompt_methods[pair["prompt_method"]] += 1
+    if pair["prompt_method"] == SHARED_TEXT and ends_inside_a_turn(pair["prompt"]):
+        report.prompts_inside_a_turn += 1
+
+
+def _warn_prompts_inside_a_turn(report: DataReport) -> None:
+    """A prompt cut from the shared start of chosen and rejected that is no whole turn: the answers' common first
+    words were taken as prompt (and never trained on). Warned with the count, never silent."""
+    if report.prompts_inside_a_turn:
+        logger.warning(
+            "%s: %d of %d prompts were taken from the shared start of chosen and rejected and end inside a turn "
+            "(not after an assistant header such as '\\n\\nAssistant:'): the answers' shared first words became "
+            "prompt. Give a prompt column, or whole transcripts in the Anthropic HH format, so each prompt is whole "
+            "turns (`hf-dpo data RECIPE` shows the rows).",
+            report.source,
+            report.prompts_inside_a_turn,
+            report.pairs_used,
+        )
 
 
 def tokenize_dataset(dataset, tokenizer, data_cfg: DataConfig | None = None, args: DPOConfig | None = None):

@@ -4,6 +4,7 @@ tokenizer loads (usable pairs in each split, a held-out split for an eval_strate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,15 @@ def _common_message_prefix(a: list[dict], b: list[dict]) -> int:
     return n
 
 
-def _common_string_prefix(a: str, b: str) -> int:
+def _common_prefix_len(a: Sequence, b: Sequence) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
+    return n
+
+
+def _common_string_prefix(a: str, b: str) -> int:
+    n = _common_prefix_len(a, b)
     if n < min(len(a), len(b)):
         # Back off to a word boundary so neither completion starts mid-word ("Pa|ris" vs "Pa|u").
         while n > 0 and not a[n - 1].isspace():
@@ -106,6 +112,51 @@ def _check_encodable(value: str | list[dict], column: str) -> None:
             raise BadRow(column, reason, "not text")
 
 
+# How a row's prompt was found (counted per split in the data report and run_info.json).
+PROMPT_COLUMN = "prompt column"
+HH_TRANSCRIPT = "transcript split at the last assistant turn"
+SHARED_TURNS = "shared turns of the conversations"
+SHARED_TEXT = "shared start of the texts"
+PROMPT_METHODS = (PROMPT_COLUMN, HH_TRANSCRIPT, SHARED_TURNS, SHARED_TEXT)
+HH_ASSISTANT = "\n\nAssistant:"  # Anthropic HH-RLHF's turn marker, where the original DPO code splits
+# The end of an assistant turn's header in common raw formats (trailing whitespace aside): a shared-start prompt
+# that ends with none of them ends inside a turn (the answers' first shared words became prompt), which is almost
+# always a data error.
+ASSISTANT_TURN_ENDS = (
+    "Assistant:",
+    "ASSISTANT:",
+    "<|im_start|>assistant",
+    "<|assistant|>",
+    "[/INST]",
+    "### Response:",
+    "<|start_header_id|>assistant<|end_header_id|>",
+)
+
+
+def split_implicit_prompt(chosen: str | list[dict], rejected: str | list[dict]):
+    """(prompt, chosen, rejected, method) of a row without a prompt: the prompt is the whole turns both share.
+
+    Conversations: the shared leading messages. Anthropic HH transcripts (`\\n\\nHuman: ...\\n\\nAssistant: ...`):
+    cut after the last `\\n\\nAssistant:` both share, as the original DPO code does, so answers that begin with the
+    same words ("Canberra is ..." / "Canberra was ...") keep them. Other text: the shared start, backed off to a
+    word boundary; `ends_inside_a_turn` tells when that prompt is likely a data error."""
+    if isinstance(chosen, list):
+        n = _common_message_prefix(chosen, rejected)
+        return chosen[:n], chosen[n:], rejected[n:], SHARED_TURNS
+    shared = _common_prefix_len(chosen, rejected)
+    marker = chosen.rfind(HH_ASSISTANT, 0, shared)
+    if marker >= 0:
+        cut = marker + len(HH_ASSISTANT)
+        return chosen[:cut], chosen[cut:], rejected[cut:], HH_TRANSCRIPT
+    n = _common_string_prefix(chosen, rejected)
+    return chosen[:n], chosen[n:], rejected[n:], SHARED_TEXT
+
+
+def ends_inside_a_turn(prompt: str) -> bool:
+    """Whether a shared-start text prompt stops inside a turn: it does not end with an assistant turn's header."""
+    return not prompt.rstrip().endswith(ASSISTANT_TURN_ENDS)
+
+
 def _conversation_holds_prompt(prompt: Any, chosen: Any, rejected: Any) -> bool:
     """A prompt string beside chosen/rejected conversations that share their start, a user turn in it
     (UltraFeedback-binarized): the conversations hold the prompt, and the string column repeats it. As TRL's
@@ -117,7 +168,8 @@ def _conversation_holds_prompt(prompt: Any, chosen: Any, rejected: Any) -> bool:
 
 
 def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
-    """One raw row -> {"prompt": str | messages, "chosen": str | messages, "rejected": ..., "implicit": bool}."""
+    """One raw row -> {"prompt": str | messages, "chosen": str | messages, "rejected": ..., "implicit": bool,
+    "prompt_method": one of PROMPT_METHODS}."""
     values = {}
     for key, column in (("chosen", cfg.chosen_column), ("rejected", cfg.rejected_column)):
         if column not in row or row[column] is None:
@@ -145,21 +197,11 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
             "missing prompt",
         )
     implicit = prompt is None or _conversation_holds_prompt(prompt, values["chosen"], values["rejected"])
+    method = PROMPT_COLUMN
     if implicit:
-        if isinstance(values["chosen"], list):
-            n = _common_message_prefix(values["chosen"], values["rejected"])
-            prompt, values["chosen"], values["rejected"] = (
-                values["chosen"][:n],
-                values["chosen"][n:],
-                values["rejected"][n:],
-            )
-        else:
-            n = _common_string_prefix(values["chosen"], values["rejected"])
-            prompt, values["chosen"], values["rejected"] = (
-                values["chosen"][:n],
-                values["chosen"][n:],
-                values["rejected"][n:],
-            )
+        prompt, values["chosen"], values["rejected"], method = split_implicit_prompt(
+            values["chosen"], values["rejected"]
+        )
         if not prompt:
             raise BadRow(
                 cfg.prompt_column, "no prompt column and chosen/rejected share no prefix", "missing prompt"
@@ -206,6 +248,7 @@ def normalize_row(row: dict, cfg: DataConfig) -> dict[str, Any]:
         "implicit": implicit,
         # TRL's per-row chat template arguments (e.g. {"enable_thinking": false}), passed to the template
         "chat_template_kwargs": template_kwargs,
+        "prompt_method": method,
     }
 
 
