@@ -288,3 +288,77 @@ def test_collator_layout():
         [-100, 9, -100, -100],
     ]
     assert batch["attention_mask"].sum(1).tolist() == [3, 4, 4, 2]
+
+
+def _uf_row(i: int) -> dict:
+    """A row as UltraFeedback-binarized lays it out: the prompt string, and both conversations holding it."""
+    prompt = f"What is {i} + {i}?"
+    return {
+        "prompt": prompt,
+        "prompt_id": str(i),
+        "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(2 * i)}],
+        "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "I do not know."}],
+        "score_chosen": 9.0,
+        "score_rejected": 2.0,
+    }
+
+
+def _parquet(path, rows):
+    import datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows).to_parquet(path)
+
+
+def test_hub_split_files_at_the_top_are_splits(tmp_path, tokenizer):
+    """UltraFeedback-binarized's files as the Hub names them: `train_prefs-00000-of-00001.parquet` is split
+    train_prefs (train_sft beside it is another split, never mixed in)."""
+    for split, n in (("train_prefs", 6), ("test_prefs", 3), ("train_sft", 4)):
+        _parquet(tmp_path / f"{split}-00000-of-00001.parquet", [_uf_row(i) for i in range(n)])
+    cfg = DataConfig(
+        dataset_name=str(tmp_path), dataset_train_split="train_prefs", dataset_test_split="test_prefs"
+    )
+    data = load_preference_dataset(cfg, tokenizer, args())
+    assert len(data.train) == 6 and len(data.eval) == 3
+    assert data.report["train"]["source"].endswith("train_prefs-00000-of-00001.parquet")
+    assert json.loads(data.train["prompt"][1]) == [{"role": "user", "content": "What is 1 + 1?"}]
+
+
+def test_sharded_splits_in_a_data_folder_are_read_whole(tmp_path, tokenizer):
+    _parquet(tmp_path / "data" / "train-00000-of-00002.parquet", [_uf_row(i) for i in range(4)])
+    _parquet(tmp_path / "data" / "train-00001-of-00002.parquet", [_uf_row(i) for i in range(4, 9)])
+    _parquet(tmp_path / "data" / "test-00000-of-00001.parquet", [_uf_row(i) for i in range(2)])
+    data = load_preference_dataset(DataConfig(dataset_name=str(tmp_path)), tokenizer, args())
+    assert len(data.train) == 9 and len(data.eval) == 2  # both shards, in shard order
+    assert json.loads(data.train["chosen"][8]) == [{"role": "assistant", "content": "16"}]
+    assert (
+        "2 files: data/train-00000-of-00002.parquet, data/train-00001-of-00002.parquet"
+        in (data.report["train"]["source"])
+    )
+
+
+def test_split_folders_are_found_through_datasets(tmp_path):
+    """A directory with a folder per split (no file at its top): datasets' own inference finds them."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    write_jsonl(tmp_path / "train" / "part-a.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])
+    write_jsonl(tmp_path / "test" / "part-a.jsonl", [{"prompt": "R", "chosen": "c", "rejected": "d"}] * 2)
+    splits = read_splits(DataConfig(dataset_name=str(tmp_path)))
+    assert {split: len(rows) for split, (_, rows) in splits.items()} == {"train": 1, "test": 2}
+
+
+def test_a_missing_hub_split_lists_the_splits_found(tmp_path):
+    for split in ("train_prefs", "test_prefs", "train_sft"):
+        _parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet", [_uf_row(0)])
+    with pytest.raises(
+        DataError,
+        match=r"no file for split 'train' \(dataset_train_split; found: test_prefs, train_prefs, train_sft\)",
+    ):
+        read_splits(DataConfig(dataset_name=str(tmp_path)))
+
+
+def test_one_split_in_two_layouts_is_an_error(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])
+    _parquet(tmp_path / "data" / "train-00000-of-00001.parquet", [_uf_row(0)])
+    with pytest.raises(DataError, match=r"two files for split 'train' \(train.jsonl and data/train-00000"):
+        read_splits(DataConfig(dataset_name=str(tmp_path)))

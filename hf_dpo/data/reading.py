@@ -1,10 +1,12 @@
-"""Reading preference data: a local file (.json/.jsonl/.parquet/.csv), a directory of them named by split, a
-directory written by `save_to_disk`, or a Hub dataset, into `{split: (source, rows)}`."""
+"""Reading preference data: a local file (.json/.jsonl/.parquet/.csv), a directory of them found by split as
+`datasets` finds them (split names, Hub shard names, `data/`, split folders), a directory written by
+`save_to_disk`, or a Hub dataset, into `{split: (source, rows)}`."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from hf_dpo.config import DataConfig, Recipe, RecipeError
@@ -99,21 +101,67 @@ def read_csv_text(path: Path) -> list[dict]:
     return frame.to_dict(orient="records")
 
 
-def _split_files(directory: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(directory.iterdir()):
-        if path.suffix.lower() in LOCAL_FORMATS:
-            if path.stem in files:  # train.json and train.jsonl: reading one would silently ignore the other
-                raise DataError(
-                    f"{directory}: two files for split '{path.stem}' ({files[path.stem].name} and {path.name}). "
-                    "Keep one of them in the directory."
-                )
-            files[path.stem] = path
+# datasets' SPLIT_PATTERN_SHARDED, `{split}-00000-of-00002.parquet`: the name a Hub dataset's shards carry
+SHARD_SUFFIX = re.compile(r"-[0-9]{5}-of-[0-9]{5}$")
+
+
+def split_files(directory: Path) -> dict[str, list[Path]]:
+    """{split: its files, in shard order} of a local directory, read as `datasets.load_dataset(directory)` reads the
+    Hub's layouts: files named by split (`train.jsonl`, `test_prefs.parquet`) or by split and shard
+    (`train_prefs-00000-of-00001.parquet`), at the top or in `data/`; failing those, `datasets`' own inference
+    (split folders such as `train/`, keywords in names), through `datasets.data_files`."""
+    files = _files_named_by_split(directory) or _files_inferred_by_datasets(directory)
     if not files:
         raise DataError(
-            f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl)."
+            f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl, or as the Hub "
+            "does, data/train-00000-of-00001.parquet)."
         )
     return files
+
+
+def _files_named_by_split(directory: Path) -> dict[str, list[Path]]:
+    files: dict[str, list[Path]] = {}
+    for folder in (directory, directory / "data"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in LOCAL_FORMATS:
+                continue
+            split = SHARD_SUFFIX.sub("", path.stem)
+            others = files.setdefault(split, [])
+            if others and (others[0].parent != path.parent or SHARD_SUFFIX.search(others[0].stem) is None):
+                # train.json and train.jsonl, or train.jsonl and data/train-00000-of-00001.parquet: reading one would
+                # silently ignore the other, reading both could count pairs twice
+                raise DataError(
+                    f"{directory}: two files for split '{split}' ({others[0].relative_to(directory)} and "
+                    f"{path.relative_to(directory)}). Keep one of them in the directory."
+                )
+            others.append(path)
+    return files
+
+
+def _files_inferred_by_datasets(directory: Path) -> dict[str, list[Path]]:
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(directory))
+    except EmptyDatasetError:
+        return {}
+    resolved = DataFilesDict.from_patterns(patterns, base_path=str(directory))
+    found = {
+        str(split): [Path(f) for f in names if Path(f).suffix.lower() in LOCAL_FORMATS]
+        for split, names in resolved.items()
+    }
+    return {split: paths for split, paths in found.items() if paths}
+
+
+def _read_split_files(directory: Path, paths: list[Path]) -> tuple[str, list[dict]]:
+    """(source name, rows) of one split's files, shards concatenated in order; one file is named as itself."""
+    if len(paths) == 1:
+        return str(paths[0]), _read_file(paths[0])
+    rows = [row for path in paths for row in _read_file(path)]
+    names = ", ".join(str(p.relative_to(directory)) for p in paths)
+    return f"{directory} ({len(paths)} files: {names})", rows
 
 
 def _named_test_split(cfg: DataConfig) -> bool:
@@ -150,7 +198,7 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     if path.is_dir() and _saved_with_save_to_disk(path):
         return _read_saved(path, cfg, wanted)
     if path.is_dir():
-        files = _split_files(path)
+        files = split_files(path)
         named = [("dataset_train_split", cfg.dataset_train_split)]
         if _named_test_split(cfg):
             named.append(("dataset_test_split", cfg.dataset_test_split))
@@ -162,7 +210,7 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
                 )
         for split in wanted:
             if split in files:
-                out[split] = (str(files[split]), _read_file(files[split]))
+                out[split] = _read_split_files(path, files[split])
         return out
     if path.suffix.lower() in LOCAL_FORMATS or str(cfg.dataset_name).startswith((".", "/", "~")):
         raise DataError(f"Dataset file {path} does not exist.")
