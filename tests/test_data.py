@@ -128,6 +128,8 @@ def test_prompt_methods_per_split_reach_the_data_report(tmp_path, tokenizer):
         "shared turns of the conversations": 1,
     }
     assert data.report["eval"]["prompt_methods"] == {"prompt column": 1}
+    # the card's usage example follows how the pairs reached the model
+    assert data.report["train"]["prompt_formats"] == {"raw text": 1, "chat template": 1}
     assert json.loads(data.train["chosen"][1]) == [{"role": "assistant", "content": "Hello there!"}]
 
 

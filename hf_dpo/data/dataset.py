@@ -20,7 +20,7 @@ from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data.errors import DataError
 from hf_dpo.data.reading import read_splits
 from hf_dpo.data.rows import SHARED_TEXT, BadRow, check_columns, ends_inside_a_turn, normalize_row
-from hf_dpo.data.templates import format_pair, uses_chat_template
+from hf_dpo.data.templates import CHAT_TEMPLATE, RAW_TEXT, format_pair, uses_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class DataReport:
     # taken from the shared start of two texts stop inside a turn (`ends_inside_a_turn`).
     prompt_methods: Counter = field(default_factory=Counter)
     prompts_inside_a_turn: int = 0
+    # How the used pairs reach the model ({CHAT_TEMPLATE or RAW_TEXT: pairs}): the card's usage example follows it.
+    prompt_formats: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class DataReport:
             "completion_truncated": self.completion_truncated,
             "prompt_methods": dict(self.prompt_methods),
             "prompts_inside_a_turn": self.prompts_inside_a_turn,
+            "prompt_formats": dict(self.prompt_formats),
         }
 
     def summary(self) -> str:
@@ -204,6 +207,8 @@ def prepare_rows(
             columns[key].append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         report.pairs_used += 1
         count_prompt_method(report, pair)
+        templated = uses_chat_template(pair["prompt"], tokenizer, data_cfg, pair["implicit"])
+        report.prompt_formats[CHAT_TEMPLATE if templated else RAW_TEXT] += 1
     _warn_length_drops(report, max_length, max_prompt_length)
     _warn_prompts_inside_a_turn(report)
     return columns, report

@@ -10,6 +10,10 @@ from hf_dpo.data.errors import DataError
 from hf_dpo.data.rows import BadRow
 from hf_dpo.errors import HfDpoError
 
+# How a pair reaches the model: rendered through the tokenizer's chat template, or its text as it is.
+CHAT_TEMPLATE = "chat template"
+RAW_TEXT = "raw text"
+
 
 def _as_messages(prompt: str | list[dict], system_prompt: str | None) -> list[dict]:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -102,6 +102,53 @@ def public_recipe(path: Path) -> str:
     return pattern.sub(r"# \1: (removed)", path.read_text())
 
 
+# How the train split's pairs reached the model, as hf_dpo.data counts them in the data report ("prompt_formats",
+# "prompt_methods"); named here as strings so the card needs no torch.
+RAW_TEXT = "raw text"
+HH_TRANSCRIPT = "transcript split at the last assistant turn"
+USAGE_QUESTION = "What is the capital of France?"
+
+
+def _recipe_system_prompt(recipe: Path) -> str | None:
+    import yaml
+
+    try:
+        values = yaml.safe_load(recipe.read_text()) if recipe.is_file() else None
+    except yaml.YAMLError:
+        return None
+    prompt = values.get("system_prompt") if isinstance(values, dict) else None
+    return prompt if isinstance(prompt, str) and prompt else None
+
+
+def usage_example(info: dict[str, Any], recipe: Path) -> str:
+    """The lines of the card's "How to use" that build the prompt and generate, in the form the model was trained
+    on: its chat template (with the recipe's system prompt), an Anthropic HH transcript, or plain text. A run whose
+    data report does not say (older runs) gets the chat template."""
+    train = (info.get("data_report") or {}).get("train") or {}
+    formats = train.get("prompt_formats") or {}
+    raw = formats.get(RAW_TEXT, 0) > sum(formats.values()) / 2
+    if not raw:
+        system = _recipe_system_prompt(recipe)
+        turns = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": USAGE_QUESTION}
+        ]
+        return "\n".join(
+            [
+                f"messages = {json.dumps(turns, ensure_ascii=False)}",
+                'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+                "return_dict=True)",
+            ]
+        )
+    methods = train.get("prompt_methods") or {}
+    if methods.get(HH_TRANSCRIPT, 0) > sum(methods.values()) / 2:
+        prompt = f"\\n\\nHuman: {USAGE_QUESTION}\\n\\nAssistant:"
+        why = "# trained on raw Anthropic HH transcripts, without a chat template: prompt in that form"
+    else:
+        prompt = USAGE_QUESTION
+        why = "# trained on plain-text prompts, without a chat template: prompt with the text as it is"
+    return "\n".join([why, f'inputs = tokenizer("{prompt}", return_tensors="pt")'])
+
+
 def headline_metrics(report: dict[str, Any] | None) -> list[tuple[str, str, float]]:
     """(metric type, metric name, value) of the card's results: the one list behind both the card's
     model-index and the `.eval_results/` entries, so the two can never disagree."""
@@ -276,6 +323,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         samples_table=report_md.samples_table(rep),
         training_table=report_md.training_table(info, rep),
         recipe_yaml=public_recipe(recipe),
+        usage_example=usage_example(info, recipe),
         framework_versions="\n".join(f"- {name}: {v}" for name, v in framework_versions(info).items()),
         citation_bibtex=DPO_BIBTEX,
         judge_note=f"judge `{beh.get('judge')}`" if beh else "no judge was run",
