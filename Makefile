@@ -25,7 +25,7 @@ GPUS ?= 1
 ACCELERATE_CONFIG ?= recipes/accelerate/ddp.yaml
 FREE_PORT = $(shell $(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-.PHONY: install demo train plan bench gpu-check gpu-bundle eval push hub-server pairs demo-prompts browser-deps test lint format clean
+.PHONY: install demo train data plan bench gpu-check gpu-bundle eval push hub-server pairs demo-prompts browser-deps test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,9 @@ else
 	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(GPUS) \
 		--main_process_port $(FREE_PORT) -m hf_dpo.cli train $(RECIPE) $(ARGS)
 endif
+
+data: install
+	$(BIN)/hf-dpo data $(RECIPE) $(ARGS)
 
 plan: install
 	$(BIN)/hf-dpo plan $(RECIPE) $(ARGS)

@@ -2,6 +2,7 @@
 
     hf-dpo train RECIPE [--key value ...]    train a recipe (any recipe key can be overridden)
     hf-dpo plan RECIPE [--gpu-memory 24GB]   estimate peak memory before downloading anything
+    hf-dpo data RECIPE [--rows N]            what training will see: data report, rows as the model gets them
     hf-dpo merge RUN_DIR OUT                 merge the adapter into a full-precision copy of the base
     hf-dpo eval RUN_DIR [--judge SPEC]       write the evaluation report of a run
     hf-dpo push RUN_DIR --repo-id ORG/NAME   push adapter, card, report and plots to the Hub
@@ -25,7 +26,7 @@ import sys
 
 from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.errors import quoted
-from hf_dpo.validate import GENERATIONS, TOKENS
+from hf_dpo.validate import GENERATIONS, PAIRS, TOKENS
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sample,
         _add_label,
         _add_plan,
+        _add_data,
         _add_merge,
         _add_eval,
         _add_push,
@@ -129,6 +131,36 @@ def _add_plan(sub) -> None:
         "--device", choices=["cuda", "cpu"], default="cuda", help="a GPU (default) or the CPU process"
     )
     p.set_defaults(func=cmd_plan, takes_overrides=True)
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser(
+        "data",
+        help="Show what training will see, without loading the model: hf-dpo data RECIPE [--rows N]",
+        description="Read and tokenize the recipe's data exactly as `hf-dpo train` does, with the tokenizer only "
+        "(no model weights): the data report of each split (rows, pairs, skipped rows by reason, truncation, how "
+        "each prompt was found, chat template or raw text, token lengths), then the first rows of the train split "
+        "as the model receives them, prompt (context) and answers (trained on) marked apart, with special tokens "
+        "and every cut shown. Recipe keys can be overridden as --key value.",
+    )
+    p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/demo.yaml")
+    p.add_argument("--rows", type=_int_at_least(0, PAIRS), default=3, help="train rows to show (default 3)")
+    p.add_argument("--tokens", action="store_true", help="show every token with its id")
+    p.add_argument("--full", action="store_true", help="show long prompts and answers whole")
+    p.set_defaults(func=cmd_data, takes_overrides=True)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from hf_dpo.config import load_recipe
+    from hf_dpo.data.view import data_overview
+    from hf_dpo.model.loading import load_tokenizer
+
+    if not args.verbose:  # its per-split INFO lines are the overview's own summary; its warnings stay
+        logging.getLogger("hf_dpo.data").setLevel(logging.WARNING)
+    recipe = load_recipe(args.recipe, args.overrides)
+    tokenizer = load_tokenizer(recipe.model)
+    print(data_overview(recipe, tokenizer, rows=args.rows, tokens=args.tokens, full=args.full))
+    return 0
 
 
 def _add_merge(sub) -> None:

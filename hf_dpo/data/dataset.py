@@ -281,6 +281,31 @@ def load_preference_dataset(
     import datasets
 
     splits = splits if splits is not None else read_splits(data_cfg)
+    report = {}
+    built = {}
+    for name, source, rows, numbers in split_parts(splits, data_cfg, args):
+        columns, split_report = prepare_rows(
+            [rows[i] for i in numbers],
+            source,
+            tokenizer,
+            data_cfg,
+            args.max_length,
+            args.max_prompt_length,
+            row_numbers=numbers,
+        )
+        logger.info("%s", split_report.summary())
+        report[name] = split_report.to_dict()
+        built[name] = datasets.Dataset.from_dict(columns)
+        if len(built[name]) == 0:
+            raise _no_pairs_left(name, source, split_report, args)
+    return PreferenceData(train=built["train"], eval=built.get("eval"), report=report, tokenizer=tokenizer)
+
+
+def split_parts(
+    splits: dict[str, tuple[str, list[dict]]], data_cfg: DataConfig, args: DPOConfig
+) -> list[tuple[str, str, list[dict], list[int]]]:
+    """[(name, source, rows, row numbers used)] for "train" and, when there is one, "eval": the held-out share
+    (eval_fraction) and the seeded subsets (max_train_samples, max_eval_samples) drawn as training draws them."""
     seed = args.data_seed if args.data_seed is not None else args.seed
     train_source, train_rows = splits[data_cfg.dataset_train_split]
     eval_source, eval_rows = splits.get(data_cfg.dataset_test_split, (None, None))
@@ -304,30 +329,10 @@ def load_preference_dataset(
     if eval_numbers is not None:
         eval_numbers = _seeded_subset(eval_numbers, data_cfg.max_eval_samples, seed)
 
-    report = {}
-    built = {}
-    parts = (
-        ("train", train_source, train_rows, train_numbers),
-        ("eval", eval_source, eval_rows, eval_numbers),
-    )
-    for name, source, rows, numbers in parts:
-        if numbers is None:
-            continue
-        columns, split_report = prepare_rows(
-            [rows[i] for i in numbers],
-            source,
-            tokenizer,
-            data_cfg,
-            args.max_length,
-            args.max_prompt_length,
-            row_numbers=numbers,
-        )
-        logger.info("%s", split_report.summary())
-        report[name] = split_report.to_dict()
-        built[name] = datasets.Dataset.from_dict(columns)
-        if len(built[name]) == 0:
-            raise _no_pairs_left(name, source, split_report, args)
-    return PreferenceData(train=built["train"], eval=built.get("eval"), report=report, tokenizer=tokenizer)
+    parts = [("train", train_source, train_rows, train_numbers)]
+    if eval_numbers is not None:
+        parts.append(("eval", eval_source, eval_rows, eval_numbers))
+    return parts
 
 
 def _no_pairs_left(name: str, source: str, report: DataReport, args: DPOConfig) -> DataError:
