@@ -621,7 +621,12 @@ def test_heldout_prompts_keep_conversations_that_share_their_last_turn(smollm_di
         {"prompt": "Thanks! And now in French?"},  # the same words on their own: a different prompt
     ]
     prompts = heldout_prompts(rows, tokenizer, limit=10)
-    assert [text for text, _ in prompts] == ["Thanks! And now in French?"] * 3
+    # each prompt as given: the conversations whole (the judge reads them so), the text as text
+    assert [prompt for prompt, _ in prompts] == [
+        json.loads(rows[0]["prompt"]),
+        json.loads(rows[1]["prompt"]),
+        "Thanks! And now in French?",
+    ]
     assert len({tuple(ids) for _, ids in prompts}) == 3
     assert "haiku" in tokenizer.decode(prompts[0][1]) and "prime" in tokenizer.decode(prompts[1][1])
     assert len(heldout_prompts(rows, tokenizer, limit=2)) == 2

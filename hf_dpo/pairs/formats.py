@@ -35,6 +35,26 @@ def prompt_text(prompt: Prompt) -> str:
     return users[-1] if users else (prompt[-1].get("content", "") if prompt else "")
 
 
+def prompt_context(prompt: Prompt, limit: int = 200) -> list[dict[str, str]]:
+    """The turns of a conversation before its last user turn (system prompt and earlier exchanges), each text
+    shortened to about `limit` characters (its start and end kept), for a reader of the report and the judged
+    generations; [] for a text prompt or a single turn."""
+    if isinstance(prompt, str):
+        return []
+    users = [i for i, m in enumerate(prompt) if m.get("role") == "user"]
+    last = users[-1] if users else len(prompt) - 1
+    return [
+        {"role": m.get("role", ""), "content": _shortened(m.get("content", ""), limit)} for m in prompt[:last]
+    ]
+
+
+def _shortened(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = max(1, (limit - 5) // 2)
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def check_prompt(value: Any, where: str) -> Prompt:
     """`value` if it is a prompt (a non-empty string or a list of messages); SamplingError naming `where` else.
 

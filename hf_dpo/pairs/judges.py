@@ -19,6 +19,16 @@ correct one. Without `criteria` the dict's own key order is the order. `criteria
 reward model has the single criterion "score". `score()` stays one float per answer (the sum of the
 criteria), for callers that want one number.
 
+Conversations. A prompt is given to a judge as it was given to the model: a string, or for a conversation its
+message list (system prompt and earlier turns included). A judge says by how it is written that it reads message
+lists, and then gets them whole:
+
+    def judge(prompt: str | list[dict], completion: str) -> float: ...   # the prompt's annotation admits a list
+    judge.conversations = True                                           # or declared (also on a judge object)
+
+Any other judge is a plain-text judge, and gets a conversation's last user turn as its prompt. A reward model
+(`rm:`) reads the whole exchange through its chat template.
+
 Every score is checked: a judge that raises or returns anything but a finite number (or a dict of them with
 the declared names) stops with a `JudgeError` naming the prompt. `check_judge` checks a recipe's judge before
 any model loads (`hf_dpo.preflight` calls it).
@@ -27,14 +37,18 @@ any model loads (`hf_dpo.preflight` calls it).
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import numbers
 import os
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from hf_dpo.errors import HfDpoError, quoted, shortened
+from hf_dpo.pairs.formats import Prompt, prompt_text
 
 
 class JudgeError(HfDpoError, ValueError):
@@ -45,7 +59,54 @@ class JudgeError(HfDpoError, ValueError):
 class Judge(Protocol):
     name: str
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]: ...
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]: ...
+
+
+def takes_conversations(judge) -> bool:
+    """Whether `judge` (a function, or a judge object) reads a conversation's message list as its prompt, as it
+    declares by how it is written: `conversations = True` on it, or, for a function, a prompt parameter (the
+    first) whose annotation admits a list (`str | list[dict]`, `list[dict]`). Decided once per judge, never from
+    the prompts it is given."""
+    declared = getattr(judge, "conversations", None)
+    if declared is not None:
+        return declared is True
+    if not callable(judge) or hasattr(judge, "score"):
+        return False
+    return _first_parameter_admits_list(judge)
+
+
+def _first_parameter_admits_list(fn) -> bool:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional or positional[0].annotation is inspect.Parameter.empty:
+        return False
+    annotation = positional[0].annotation
+    if isinstance(annotation, str):  # `from __future__ import annotations`: resolve it in the judge's module
+        try:
+            annotation = typing.get_type_hints(fn)[positional[0].name]
+        except Exception:  # noqa: BLE001 - a name only imported under TYPE_CHECKING: read the words
+            return "list" in annotation or "Prompt" in annotation
+    return _admits_list(annotation)
+
+
+def _admits_list(annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is list or origin is list:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_list(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def judge_prompts(judge, prompts: Sequence[Prompt]) -> list[Prompt]:
+    """The prompts as `judge` reads them: as given for a judge that takes conversations; else each
+    conversation's last user turn (hf_dpo.pairs.formats.prompt_text)."""
+    if takes_conversations(judge):
+        return list(prompts)
+    return [p if isinstance(p, str) else prompt_text(p) for p in prompts]
 
 
 Criteria = tuple[float, ...]  # one value per criterion, most important first; compared lexicographically
@@ -57,10 +118,12 @@ def judge_criteria(judge) -> tuple[str, ...]:
     return tuple(getattr(judge, "criteria", None) or SINGLE_CRITERION)
 
 
-def criteria_scores(judge, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
-    """Per answer, the tuple of criterion values in `judge_criteria(judge)` order (any judge, or a callable)."""
+def criteria_scores(judge, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[Criteria]:
+    """Per answer, the tuple of criterion values in `judge_criteria(judge)` order (any judge, or a callable);
+    each prompt as the judge reads it (`judge_prompts`)."""
     if isinstance(judge, (CallableJudge, RewardModelJudge)):
         return judge.criteria_scores(prompts, completions)  # they check every value themselves
+    prompts = judge_prompts(judge, prompts)
     if hasattr(judge, "criteria_scores"):
         return _checked_criteria(judge, prompts, completions)
     if hasattr(judge, "score"):
@@ -114,7 +177,7 @@ def _checked_criteria(judge, prompts: Sequence[str], completions: Sequence[str])
             or len(values) != len(criteria)
         ):
             raise JudgeError(
-                f"Judge '{name}' returned {quoted(values, 60)} for prompt {i} ({shortened(_at(prompts, i))!r}); "
+                f"Judge '{name}' returned {quoted(values, 60)} for prompt {i} ({_prompt_shown(_at(prompts, i))!r}); "
                 f"its criteria_scores() must give one tuple of {len(criteria)} numbers ({', '.join(criteria)}) "
                 "per completion."
             )
@@ -139,6 +202,11 @@ def _as_float(value):
         return value
 
 
+def _prompt_shown(prompt: Prompt, limit: int = 80) -> str:
+    """A prompt for an error message on one line: its text, or a conversation's last user turn."""
+    return shortened(prompt if isinstance(prompt, str) else prompt_text(prompt), limit)
+
+
 def check_score(value, index: int, prompt: str, judge_name: str) -> float:
     """`value` as a float, or JudgeError if it is not a finite real number (bools, None and ints too large for
     a float, such as 10**400, included)."""
@@ -155,7 +223,7 @@ def check_score(value, index: int, prompt: str, judge_name: str) -> float:
             shown = "<unprintable>"
         raise JudgeError(
             f"Judge '{judge_name}' returned {shown} ({type(value).__name__}) for prompt {index} "
-            f"({shortened(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
+            f"({_prompt_shown(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
             "(e.g. return 0.0 for an answer it cannot score) and rerun: the samples are kept."
         )
     return number
@@ -166,6 +234,7 @@ class CallableJudge:
 
     `criteria` are fn.criteria when declared; otherwise found on the first call: ("score",) for a float,
     the dict's key order for a dict. Every later answer must give the same kind and the same names.
+    `conversations`: whether fn reads message lists (`takes_conversations`); else it gets the last user turn.
     """
 
     def __init__(self, fn: Callable[[str, str], float | dict[str, float]], name: str | None = None):
@@ -173,6 +242,7 @@ class CallableJudge:
         self.name = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
         declared = getattr(fn, "criteria", None)
         self.criteria: tuple[str, ...] | None = tuple(declared) if declared else None
+        self.conversations = takes_conversations(fn)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """One float per answer: the judge's value, or the sum of its criteria."""
@@ -184,12 +254,12 @@ class CallableJudge:
                 f"score() needs as many prompts as completions ({len(prompts)} != {len(completions)})."
             )
         scores = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        for i, (prompt, completion) in enumerate(zip(judge_prompts(self, prompts), completions)):
             try:
                 value = self.fn(prompt, completion)
             except Exception as err:
                 raise JudgeError(
-                    f"Judge '{self.name}' raised {type(err).__name__}: {err} on prompt {i} ({shortened(prompt)!r}), "
+                    f"Judge '{self.name}' raised {type(err).__name__}: {err} on prompt {i} ({_prompt_shown(prompt)!r}), "
                     f"completion {shortened(completion)!r}. Make the judge handle this input (or return 0.0 for it) "
                     "and rerun: the samples are kept."
                 ) from err
@@ -202,7 +272,7 @@ class CallableJudge:
                 self.criteria = tuple(value)
             if set(value) != set(self.criteria):
                 raise JudgeError(
-                    f"Judge '{self.name}' returned criteria {sorted(value)} for prompt {index} ({shortened(prompt)!r}), "
+                    f"Judge '{self.name}' returned criteria {sorted(value)} for prompt {index} ({_prompt_shown(prompt)!r}), "
                     f"but its criteria are {list(self.criteria)}. Return the same names for every answer "
                     "(declare them, most important first, as `judge.criteria = (...)`)."
                 )
@@ -213,7 +283,7 @@ class CallableJudge:
             self.criteria = SINGLE_CRITERION
         if self.criteria != SINGLE_CRITERION:
             raise JudgeError(
-                f"Judge '{self.name}' returned {quoted(value)} for prompt {index} ({shortened(prompt)!r}) but declares the "
+                f"Judge '{self.name}' returned {quoted(value)} for prompt {index} ({_prompt_shown(prompt)!r}) but declares the "
                 f"criteria {list(self.criteria)}: return a dict with those names for every answer."
             )
         return (check_score(value, index, prompt, self.name),)
@@ -222,11 +292,15 @@ class CallableJudge:
 class RewardModelJudge:
     """A sequence-classification reward model with one output; the logit is the score.
 
-    The (prompt, completion) pair is rendered as a user/assistant exchange through the tokenizer's chat
+    It reads conversations whole: the exchange (a conversation's every turn, system prompt included, or a text
+    prompt as one user turn, then the completion as the assistant's turn) is rendered through the tokenizer's chat
     template when it has one; else with the tokenizer's special tokens, as such models are trained: a text pair
     (`[CLS] prompt [SEP] completion [SEP]`) for a tokenizer with a separator token (BERT, DeBERTa), else
-    prompt + completion as one text (a BOS in front, as TRL's RewardTrainer tokenizes).
+    prompt + completion as one text (a BOS in front, as TRL's RewardTrainer tokenizes), a conversation written
+    out as `Role: content` turns.
     """
+
+    conversations = True
 
     def __init__(self, name_or_path: str, batch_size: int = 8, device: str | None = None):
         import torch
@@ -249,23 +323,23 @@ class RewardModelJudge:
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
-    def _encode(self, prompts: Sequence[str], completions: Sequence[str]):
+    def _encode(self, prompts: Sequence[Prompt], completions: Sequence[str]):
         """A batch of (prompt, completion) exchanges as the reward model reads them: (B, T) tensors."""
         if getattr(self.tokenizer, "chat_template", None):  # the rendered template holds its special tokens
             texts = [
                 self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
+                    _turns(p) + [{"role": "assistant", "content": c}], tokenize=False
                 )
                 for p, c in zip(prompts, completions)
             ]
             return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        texts = [p if isinstance(p, str) else _transcript(p) for p in prompts]
         # Without its special tokens a [CLS]-pooled model would score from an arbitrary token.
         if self.tokenizer.sep_token is not None:
-            return self.tokenizer(list(prompts), list(completions), return_tensors="pt", padding=True)
-        texts = [p + c for p, c in zip(prompts, completions)]
-        return self.tokenizer(texts, return_tensors="pt", padding=True)
+            return self.tokenizer(texts, list(completions), return_tensors="pt", padding=True)
+        return self.tokenizer([p + c for p, c in zip(texts, completions)], return_tensors="pt", padding=True)
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
         import torch
 
         scores: list[float] = []
@@ -279,8 +353,20 @@ class RewardModelJudge:
                 scores.append(check_score(value, i, prompts[i], self.name))
         return scores
 
-    def criteria_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> list[Criteria]:
+    def criteria_scores(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[Criteria]:
         return [(value,) for value in self.score(prompts, completions)]
+
+
+def _turns(prompt: Prompt) -> list[dict[str, str]]:
+    """A prompt as chat turns: a conversation's own, a text as one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def _transcript(conversation: list[dict[str, str]]) -> str:
+    """A conversation as text for a reward model without a chat template: `Role: content` turns, the assistant's
+    turn opened last for the completion to follow."""
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in conversation]
+    return "\n\n".join(turns) + "\n\nAssistant: "
 
 
 def check_reward_model_config(config, name: str) -> None:

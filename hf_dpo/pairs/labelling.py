@@ -31,12 +31,12 @@ from typing import Any
 
 from hf_dpo.files import atomic_write_jsonl
 from hf_dpo.pairs.formats import (
+    Prompt,
     SamplingError,
     check_finished_flags,
     check_judge_pairs,
     finished_flags,
     pair_row,
-    prompt_text,
     read_samples,
 )
 from hf_dpo.pairs.judges import (
@@ -366,7 +366,7 @@ def _score_rows(judge: Judge, samples: list[dict]) -> list[list[Criteria]]:
     flat_prompts, flat_completions, owners = [], [], []  # owners[i]: the samples row of flat completion i
     for n, row in enumerate(samples):
         for c in row["completions"]:
-            flat_prompts.append(prompt_text(row["prompt"]))
+            flat_prompts.append(row["prompt"])  # as given: a conversation whole (judges.judge_prompts)
             flat_completions.append(c)
             owners.append(n)
     scores = _score_all(judge, flat_prompts, flat_completions, samples, owners)
@@ -379,7 +379,7 @@ def _score_rows(judge: Judge, samples: list[dict]) -> list[list[Criteria]]:
 
 
 def _score_all(
-    judge: Judge, prompts: list[str], completions: list[str], samples: list[dict], owners: list[int]
+    judge: Judge, prompts: list[Prompt], completions: list[str], samples: list[dict], owners: list[int]
 ) -> list[Criteria]:
     """Score everything; errors are re-pointed from the flat position to the sample row's prompt index."""
     try:

@@ -20,14 +20,15 @@ from hf_dpo.report import evaluate_offline
 from hf_dpo.report.comparison import fail_unfinished
 from hf_dpo.report.estimates import EvaluationError, mean_estimate, plain, proportion
 from hf_dpo.report.generation import decode_policy_and_reference, end_token_ids, is_finished
-from hf_dpo.report.generations_file import generation_rows
+from hf_dpo.report.generations_file import generation_rows, shown_prompt
 from hf_dpo.report.options import DEFAULT_OPTIONS, ReportOptions
 
 
 def judge_answers(
-    judge, prompts: list[str], answers: list[str], finished: list[bool]
+    judge, prompts: list[str | list[dict]], answers: list[str], finished: list[bool]
 ) -> tuple[tuple[str, ...], np.ndarray]:
-    """(criteria, (N, C) values) of the judge on the answers."""
+    """(criteria, (N, C) values) of the judge on the answers; each prompt as given (a conversation whole to a
+    judge that reads conversations, its last user turn to a plain-text one: hf_dpo.pairs.judges)."""
     from hf_dpo.pairs.judges import criteria_scores, judge_criteria
 
     values = np.asarray(criteria_scores(judge, prompts, answers), dtype=np.float64).reshape(len(answers), -1)
@@ -46,7 +47,7 @@ def _answers(tokenizer, completion_ids: list[list[int]], ends: set[int]) -> dict
     }
 
 
-def _judge_both(judge, prompts: list[str], policy: dict[str, list], reference: dict[str, list]):
+def _judge_both(judge, prompts: list[str | list[dict]], policy: dict[str, list], reference: dict[str, list]):
     """(criteria, (N, C) policy values, (N, C) reference values), a cut answer failing every criterion."""
     criteria, pv = judge_answers(judge, prompts, policy["answers"], policy["finished"])
     _, rv = judge_answers(judge, prompts, reference["answers"], reference["finished"])
@@ -57,7 +58,7 @@ def _judge_both(judge, prompts: list[str], policy: dict[str, list], reference: d
 def judged_generations(
     model,
     tokenizer,
-    prompts: list[tuple[str, list[int]]],
+    prompts: list[tuple[str | list[dict], list[int]]],
     judge,
     options: ReportOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def judged_generations(
     `generations` holds one row per prompt (hf_dpo.report.generations_file): both answers, the values the
     numbers were computed from and the prompt's outcome; the report writes them to eval_generations.jsonl.
     """
-    texts = [t for t, _ in prompts]
+    given = [p for p, _ in prompts]  # text, or a conversation's message list
     decoding = dict(
         max_new_tokens=options.max_new_tokens,
         do_sample=options.do_sample,
@@ -87,10 +88,10 @@ def judged_generations(
         _answers(tokenizer, both.policy_ids, ends),
         _answers(tokenizer, both.reference_ids, ends),
     )
-    criteria, pv, rv = _judge_both(judge, texts, policy, reference)
+    criteria, pv, rv = _judge_both(judge, given, policy, reference)
     result = compare_sides(criteria, pv, rv, policy, reference, options)
     outcomes = result.pop("outcomes")  # (N,) per prompt: into the rows, not into the report's numbers
-    result["generations"] = generation_rows(texts, criteria, policy, reference, pv, rv, outcomes)
+    result["generations"] = generation_rows(given, criteria, policy, reference, pv, rv, outcomes)
     # log pi(y|x) - log pi_ref(y|x) on the policy's own completions: a Monte-Carlo KL(pi || pi_ref) estimate
     # when sampling; with greedy decoding, the log-ratio at the policy's mode.
     result["kl_estimate"] = plain(mean_estimate(both.policy_logps - both.reference_logps, options.confidence))
@@ -99,7 +100,7 @@ def judged_generations(
     } | {"dtype": both.dtype}
     result["generation_seconds"] = round(both.seconds, 2)
     result["samples"] = _pick_samples(
-        texts,
+        given,
         [_marked(a, f) for a, f in zip(policy["answers"], policy["finished"])],
         [_marked(a, f) for a, f in zip(reference["answers"], reference["finished"])],
         pv.sum(axis=1).tolist(),
@@ -201,7 +202,7 @@ def _pick_samples(prompts, policy, reference, ps, rs, k: int) -> list[dict[str, 
     order = sorted(range(len(prompts)), key=lambda i: (policy[i] == reference[i], -(ps[i] - rs[i]), i))
     return [
         {
-            "prompt": prompts[i],
+            **shown_prompt(prompts[i]),
             "policy": policy[i],
             "reference": reference[i],
             "policy_score": ps[i],

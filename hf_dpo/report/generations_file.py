@@ -6,6 +6,12 @@ did: eval_generations.jsonl in the run dir, one row per judged prompt, in prompt
      "reference": {"answer": "6 + 13 = 19, 6 + 13 = ...", "finished": false, "tokens": 48,
                    "scores": {"correct": 0.0, "concise": 0.0}}}
 
+A conversation's row shows its last user turn as `prompt` and the turns before it (system prompt, earlier
+exchanges; long texts shortened) as `context`:
+
+    {"index": 3, "prompt": "And in French?", "context": [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello!"}], "outcome": ...}
+
 `scores` are the values the report counted, named by the judge's criteria: the judge's own, except for a cut
 answer (finished false), which fails every criterion (hf_dpo.report.comparison.fail_unfinished). `outcome` is the
 policy's result on that prompt as the report's wins / ties / losses counted it: the `judged_win_rate` module's
@@ -30,8 +36,19 @@ GENERATIONS_FILE = "eval_generations.jsonl"
 OUTCOME_NAMES = {1.0: "win", 0.5: "tie", 0.0: "loss"}  # the judged_win_rate module's per-prompt outcomes
 
 
+def shown_prompt(prompt: str | list[dict]) -> dict[str, Any]:
+    """{"prompt": text} for a reader: the text, or a conversation's last user turn with its earlier turns
+    ("context", shortened) when it has any."""
+    from hf_dpo.pairs.formats import prompt_context, prompt_text
+
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    context = prompt_context(prompt)
+    return {"prompt": prompt_text(prompt), **({"context": context} if context else {})}
+
+
 def generation_rows(
-    prompts: list[str],
+    prompts: list[str | list[dict]],
     criteria: tuple[str, ...],
     policy: dict[str, list],
     reference: dict[str, list],
@@ -53,7 +70,7 @@ def generation_rows(
     return [
         {
             "index": i,
-            "prompt": prompt,
+            **shown_prompt(prompt),
             "outcome": OUTCOME_NAMES[float(outcomes[i])],
             "policy": side(policy, policy_values, i),
             "reference": side(reference, reference_values, i),

@@ -212,10 +212,21 @@ def samples_table(report: dict[str, Any]) -> str:
     rows = ["| Prompt | Policy (score) | Reference (score) |", "|---|---|---|"]
     for s in beh["samples"]:
         rows.append(
-            f"| {_cell(s['prompt'], 160)} | {_cell(s['policy'])} ({s['policy_score']:.2f}) "
+            f"| {_prompt_cell(s)} | {_cell(s['policy'])} ({s['policy_score']:.2f}) "
             f"| {_cell(s['reference'])} ({s['reference_score']:.2f}) |"
         )
     return "\n".join(rows)
+
+
+def _prompt_cell(sample: dict[str, Any]) -> str:
+    """The prompt of a sample: its text, after the earlier turns of a conversation in italics (`role: text`, each
+    shortened, the last three turns when there are more)."""
+    context = sample.get("context") or []
+    turns = [f"{m['role']}: {_cell(m['content'], 60)}" for m in context[-3:]]
+    if len(context) > 3:
+        turns.insert(0, f"({len(context) - 3} earlier turns)")
+    shown = f"*{' / '.join(turns)}* → " if turns else ""
+    return shown + _cell(sample["prompt"], 160)
 
 
 def plots_markdown(report: dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
 """Which prompts the report's answers are judged on: the recipe's held-out prompt file, or the distinct prompts of
-the eval split, each as (readable text, token ids formatted exactly as training formats them).
+the eval split, each as (the prompt as given: text or a conversation's message list, token ids formatted exactly
+as training formats them). The judge is given the prompt as it is (hf_dpo.pairs.judges.judge_prompts).
 
     prompts = prompts_from_file("recipes/data/demo/prompts_test.txt", tokenizer, data_config, 96)
-    prompts = heldout_prompts(eval_dataset, tokenizer, 32)          # [(text, ids), ...]
+    prompts = heldout_prompts(eval_dataset, tokenizer, 32)          # [(prompt, ids), ...]
     seen = training_prompt_keys(train_dataset, tokenizer)           # {prompt_key, ...}, or None
     sum(prompt_key(ids, tokenizer) in seen for _, ids in prompts)   # held-out prompts that were trained on
 """
@@ -27,14 +28,13 @@ def _messages_or_text(prompt: Any) -> Any:
     return prompt
 
 
-def _prompt_text(row: dict[str, Any], tokenizer) -> str:
-    """Readable prompt of a dataset row: the prompt column, the last user turn, or decoded prompt ids."""
+def _prompt_of(row: dict[str, Any], tokenizer) -> str | list[dict]:
+    """The prompt of a dataset row as given: its text, its conversation (message list), or decoded prompt ids."""
     prompt = _messages_or_text(row.get("prompt"))
     if isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
-        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-        return users[-1] if users else str(prompt[-1].get("content", ""))
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        return prompt
     if "prompt_input_ids" in row:
         return tokenizer.decode(row["prompt_input_ids"], skip_special_tokens=True)
     raise EvaluationError(
@@ -55,10 +55,10 @@ def _prompt_ids(row: dict[str, Any], tokenizer) -> list[int]:
     return tokenizer(prompt if isinstance(prompt, str) else messages[-1]["content"])["input_ids"]
 
 
-def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str, list[int]]]:
-    """Up to `limit` distinct held-out prompts as (text, token ids), in dataset order."""
-    # Distinct by what the model is prompted with, not by the readable text: two conversations that end in the
-    # same user turn ("Thanks!") are different prompts, though the report shows both by that last turn.
+def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str | list[dict], list[int]]]:
+    """Up to `limit` distinct held-out prompts as (prompt, token ids), in dataset order."""
+    # Distinct by what the model is prompted with: two conversations that end in the same user turn ("Thanks!")
+    # are different prompts.
     seen: set[tuple[int, ...]] = set()
     prompts = []
     for row in eval_dataset:
@@ -66,24 +66,26 @@ def heldout_prompts(eval_dataset, tokenizer, limit: int) -> list[tuple[str, list
         if tuple(ids) in seen:
             continue
         seen.add(tuple(ids))
-        prompts.append((_prompt_text(row, tokenizer), ids))
+        prompts.append((_prompt_of(row, tokenizer), ids))
         if len(prompts) >= limit:
             break
     return prompts
 
 
-def prompts_from_file(path: str, tokenizer, data_config, limit: int) -> list[tuple[str, list[int]]]:
-    """The first `limit` prompts of a prompt file as (text, token ids), formatted exactly as training formats
+def prompts_from_file(
+    path: str, tokenizer, data_config, limit: int
+) -> list[tuple[str | list[dict], list[int]]]:
+    """The first `limit` prompts of a prompt file as (prompt, token ids), formatted exactly as training formats
     prompts (chat template, system prompt, special tokens)."""
     from hf_dpo.data import prompt_token_ids
-    from hf_dpo.pairs.formats import prompt_text, read_prompts
+    from hf_dpo.pairs.formats import read_prompts
 
     if data_config is None:
         from hf_dpo.config import DataConfig
 
         data_config = DataConfig()
     prompts = read_prompts(path, data_config.prompt_column)[:limit]  # the column hf-dpo sample reads
-    return [(prompt_text(p), prompt_token_ids(p, tokenizer, data_config)) for p in prompts]
+    return [(p, prompt_token_ids(p, tokenizer, data_config)) for p in prompts]
 
 
 def prompt_key(ids: list[int], tokenizer) -> str:
