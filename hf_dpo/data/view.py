@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from hf_dpo.config import DataConfig, DPOConfig, Recipe
 from hf_dpo.data.dataset import DataReport, load_preference_dataset, split_parts, tokenize_pair, truncate_pair
-from hf_dpo.data.reading import read_splits
+from hf_dpo.data.reading import read_data
 from hf_dpo.data.rows import BadRow, normalize_row
 from hf_dpo.data.templates import uses_chat_template
 
@@ -135,7 +135,7 @@ def split_summary(name: str, report: dict, dataset, args: DPOConfig) -> str:
 
 def data_overview(recipe: Recipe, tokenizer, rows: int = 3, tokens: bool = False, full: bool = False) -> str:
     """The data report of every split and the first `rows` rows of the train split as the model receives them."""
-    splits = read_splits(recipe.data)
+    splits = read_data(recipe)
     data = load_preference_dataset(recipe.data, tokenizer, recipe.training, splits=splits)
     built = {"train": data.train, "eval": data.eval}
     out = [split_summary(name, report, built[name], recipe.training) for name, report in data.report.items()]
