@@ -92,6 +92,21 @@ def test_hh_answers_that_start_with_the_same_words_keep_them(tokenizer):
     assert report.prompts_inside_a_turn == 0
 
 
+def test_text_rendered_through_a_chat_template_is_cut_after_its_last_assistant_header(tokenizer):
+    """chosen/rejected already rendered (ChatML here): the prompt ends at the header, the answers keep their
+    shared first words, and the text is tokenized as it is (its special tokens read as such)."""
+    chatml = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCapital of Australia?<|im_end|>\n"
+        "<|im_start|>assistant\nThe capital of Australia is {}.<|im_end|>"
+    )
+    row = {"chosen": chatml.format("Canberra"), "rejected": chatml.format("Sydney")}
+    cols, report = prepare_rows([row], "mem", tokenizer, DataConfig(), 512, 256)
+    assert cols["prompt"][0].endswith("Capital of Australia?<|im_end|>\n<|im_start|>assistant\n")
+    assert decode(tokenizer, cols["chosen_input_ids"][0]) == "The capital of Australia is Canberra.<|im_end|>"
+    assert report.to_dict()["prompt_methods"] == {"rendered chat split after its last assistant header": 1}
+    assert report.prompts_inside_a_turn == 0
+
+
 def test_a_shared_start_prompt_that_ends_inside_a_turn_is_counted_and_warned(tokenizer, caplog):
     rows = [
         {"chosen": "Q: What is 2 + 2? A: It is 4.", "rejected": "Q: What is 2 + 2? A: It is 5."},

@@ -116,9 +116,19 @@ def _check_encodable(value: str | list[dict], column: str) -> None:
 PROMPT_COLUMN = "prompt column"
 HH_TRANSCRIPT = "transcript split at the last assistant turn"
 SHARED_TURNS = "shared turns of the conversations"
+RENDERED_CHAT = "rendered chat split after its last assistant header"
 SHARED_TEXT = "shared start of the texts"
-PROMPT_METHODS = (PROMPT_COLUMN, HH_TRANSCRIPT, SHARED_TURNS, SHARED_TEXT)
+PROMPT_METHODS = (PROMPT_COLUMN, HH_TRANSCRIPT, SHARED_TURNS, RENDERED_CHAT, SHARED_TEXT)
 HH_ASSISTANT = "\n\nAssistant:"  # Anthropic HH-RLHF's turn marker, where the original DPO code splits
+# The assistant header of common chat templates as rendered (ChatML, Llama 3, Zephyr, Llama 2 / Mistral, Alpaca):
+# text already rendered through a template is cut after its last one, as an HH transcript after its marker.
+RENDERED_ASSISTANT_HEADERS = (
+    "<|im_start|>assistant\n",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|assistant|>\n",
+    "[/INST]",
+    "### Response:\n",
+)
 # The end of an assistant turn's header in common raw formats (trailing whitespace aside): a shared-start prompt
 # that ends with none of them ends inside a turn (the answers' first shared words became prompt), which is almost
 # always a data error.
@@ -138,16 +148,21 @@ def split_implicit_prompt(chosen: str | list[dict], rejected: str | list[dict]):
 
     Conversations: the shared leading messages. Anthropic HH transcripts (`\\n\\nHuman: ...\\n\\nAssistant: ...`):
     cut after the last `\\n\\nAssistant:` both share, as the original DPO code does, so answers that begin with the
-    same words ("Canberra is ..." / "Canberra was ...") keep them. Other text: the shared start, backed off to a
-    word boundary; `ends_inside_a_turn` tells when that prompt is likely a data error."""
+    same words ("Canberra is ..." / "Canberra was ...") keep them. Text already rendered through a chat template
+    (`<|im_start|>assistant\\n`, ...): cut after the last assistant header both share. Other text: the shared
+    start, backed off to a word boundary; `ends_inside_a_turn` tells when that prompt is likely a data error."""
     if isinstance(chosen, list):
         n = _common_message_prefix(chosen, rejected)
         return chosen[:n], chosen[n:], rejected[n:], SHARED_TURNS
     shared = _common_prefix_len(chosen, rejected)
-    marker = chosen.rfind(HH_ASSISTANT, 0, shared)
-    if marker >= 0:
-        cut = marker + len(HH_ASSISTANT)
-        return chosen[:cut], chosen[cut:], rejected[cut:], HH_TRANSCRIPT
+    for headers, method in (((HH_ASSISTANT,), HH_TRANSCRIPT), (RENDERED_ASSISTANT_HEADERS, RENDERED_CHAT)):
+        # the end of the last header that lies wholly in the shared start
+        cut = max(
+            (chosen.rfind(h, 0, shared) + len(h) for h in headers if chosen.rfind(h, 0, shared) >= 0),
+            default=0,
+        )
+        if cut:
+            return chosen[:cut], chosen[cut:], rejected[cut:], method
     n = _common_string_prefix(chosen, rejected)
     return chosen[:n], chosen[n:], rejected[n:], SHARED_TEXT
 
