@@ -44,6 +44,14 @@ def test_a_model_trained_on_plain_text_prompts_is_prompted_with_plain_text(tmp_p
         ({"prompt_formats": {"chat template": 8}}, "system_prompt: Answer briefly.\n", "Answer briefly."),
         ({"prompt_formats": {"chat template": 8}}, "dataset_name: x\n", None),
         ({}, "dataset_name: x\n", None),  # a run from before the data report said: the chat template
+        (  # raw text that came rendered in a chat format: prompted through the template, not as plain text
+            {
+                "prompt_formats": {"raw text": 5},
+                "prompt_methods": {"rendered chat split after its last assistant header": 5},
+            },
+            "dataset_name: x\n",
+            None,
+        ),
     ],
 )
 def test_a_chat_model_is_prompted_through_its_template_with_the_recipes_system_prompt(

@@ -106,6 +106,7 @@ def public_recipe(path: Path) -> str:
 # "prompt_methods"); named here as strings so the card needs no torch.
 RAW_TEXT = "raw text"
 HH_TRANSCRIPT = "transcript split at the last assistant turn"
+RENDERED_CHAT = "rendered chat split after its last assistant header"
 USAGE_QUESTION = "What is the capital of France?"
 
 
@@ -122,11 +123,14 @@ def _recipe_system_prompt(recipe: Path) -> str | None:
 
 def usage_example(info: dict[str, Any], recipe: Path) -> str:
     """The lines of the card's "How to use" that build the prompt and generate, in the form the model was trained
-    on: its chat template (with the recipe's system prompt), an Anthropic HH transcript, or plain text. A run whose
-    data report does not say (older runs) gets the chat template."""
+    on: its chat template (with the recipe's system prompt; also for text that came rendered in a chat format), an
+    Anthropic HH transcript, or plain text. A run whose data report does not say (older runs) gets the chat
+    template."""
     train = (info.get("data_report") or {}).get("train") or {}
     formats = train.get("prompt_formats") or {}
-    raw = formats.get(RAW_TEXT, 0) > sum(formats.values()) / 2
+    methods = train.get("prompt_methods") or {}
+    rendered = methods.get(RENDERED_CHAT, 0) > sum(methods.values()) / 2  # raw text, but in a chat format
+    raw = formats.get(RAW_TEXT, 0) > sum(formats.values()) / 2 and not rendered
     if not raw:
         system = _recipe_system_prompt(recipe)
         turns = ([{"role": "system", "content": system}] if system else []) + [
@@ -139,7 +143,6 @@ def usage_example(info: dict[str, Any], recipe: Path) -> str:
                 "return_dict=True)",
             ]
         )
-    methods = train.get("prompt_methods") or {}
     if methods.get(HH_TRANSCRIPT, 0) > sum(methods.values()) / 2:
         prompt = f"\\n\\nHuman: {USAGE_QUESTION}\\n\\nAssistant:"
         why = "# trained on raw Anthropic HH transcripts, without a chat template: prompt in that form"
