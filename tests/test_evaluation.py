@@ -332,6 +332,9 @@ def test_report_of_a_real_tiny_run(run):
     assert report["schema_version"] == 2 and report["base_model"] == info["base_model"]
     pref = report["preference"]
     assert pref["n"] == info["num_eval_pairs"] == 4 and pref["beta"] == info["beta"]
+    # how each split's prompts were found and reached the model, recorded for the card and a reader
+    assert info["data_report"]["train"]["prompt_methods"] == {"prompt column": 12}
+    assert info["data_report"]["eval"]["prompt_formats"] == {"chat template": 4}
     for key in (
         "reward_accuracy",
         "rewards/margins",
