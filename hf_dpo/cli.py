@@ -140,11 +140,17 @@ def _add_data(sub) -> None:
         description="Read and tokenize the recipe's data exactly as `hf-dpo train` does, with the tokenizer only "
         "(no model weights): the data report of each split (rows, pairs, skipped rows by reason, truncation, how "
         "each prompt was found, chat template or raw text, token lengths), then the first rows of the train split "
-        "as the model receives them, prompt (context) and answers (trained on) marked apart, with special tokens "
-        "and every cut shown. Recipe keys can be overridden as --key value.",
+        "(or --split eval) as the model receives them, prompt (context) and answers (trained on) marked apart, "
+        "with special tokens and every cut shown. Recipe keys can be overridden as --key value.",
     )
     p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/demo.yaml")
-    p.add_argument("--rows", type=_int_at_least(0, PAIRS), default=3, help="train rows to show (default 3)")
+    p.add_argument("--rows", type=_int_at_least(0, PAIRS), default=3, help="rows to show (default 3)")
+    p.add_argument(
+        "--split",
+        choices=["train", "eval"],
+        default="train",
+        help="whose rows: train (default) or the held-out eval",
+    )
     p.add_argument("--tokens", action="store_true", help="show every token with its id")
     p.add_argument("--full", action="store_true", help="show long prompts and answers whole")
     p.set_defaults(func=cmd_data, takes_overrides=True)
@@ -159,7 +165,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         logging.getLogger("hf_dpo.data").setLevel(logging.WARNING)
     recipe = load_recipe(args.recipe, args.overrides)
     tokenizer = load_checked_tokenizer(recipe)  # files only: no weights
-    print(data_overview(recipe, tokenizer, rows=args.rows, tokens=args.tokens, full=args.full))
+    print(
+        data_overview(recipe, tokenizer, rows=args.rows, tokens=args.tokens, full=args.full, split=args.split)
+    )
     return 0
 
 

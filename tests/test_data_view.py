@@ -60,6 +60,11 @@ def test_hh_rows_are_shown_as_the_model_gets_them_with_every_cut(tmp_path, capsy
     assert "[✂ 1 token cut from the start: max_prompt_length ✂]" in second
     assert "[✂ 2 tokens cut from the end: max_length ✂]" in second
     assert "a locksmith can help<|im_end|>" not in second
+    # the held-out rows the report measures, with --split eval (a share of the file, with eval_fraction)
+    assert main(["data", recipe, "--split", "eval", "--rows", "5", "--eval_fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "eval: " in out and "(held-out 50%)" in out
+    assert out.count("── eval · row ") == 1 and "── train · row " not in out
 
 
 def test_conversations_with_a_system_prompt_are_shown_through_the_chat_template(tmp_path, capsys, no_weights):

@@ -5,7 +5,7 @@ and how it reaches the model) and the token lengths; then the first rows of the 
 them: the prompt (context, not trained on) and each answer (trained on), decoded with their special tokens, and
 where max_length or max_prompt_length cut them, how many tokens went.
 
-    print(data_overview(recipe, tokenizer, rows=3))
+    print(data_overview(recipe, tokenizer, rows=3, split="eval"))
     print(render_row(row_view(raw_row, 7, tokenizer, recipe.data, recipe.training), tokenizer, tokens=True))
 
 Every row goes through the functions training uses (normalize_row, tokenize_pair, truncate_pair),
@@ -133,16 +133,21 @@ def split_summary(name: str, report: dict, dataset, args: DPOConfig) -> str:
     return "\n".join(lines)
 
 
-def data_overview(recipe: Recipe, tokenizer, rows: int = 3, tokens: bool = False, full: bool = False) -> str:
-    """The data report of every split and the first `rows` rows of the train split as the model receives them."""
+def data_overview(
+    recipe: Recipe, tokenizer, rows: int = 3, tokens: bool = False, full: bool = False, split: str = "train"
+) -> str:
+    """The data report of every split and the first `rows` rows of `split` ("train" or "eval", the held-out rows
+    the report measures) as the model receives them."""
     splits = read_data(recipe)
     data = load_preference_dataset(recipe.data, tokenizer, recipe.training, splits=splits)
     built = {"train": data.train, "eval": data.eval}
     out = [split_summary(name, report, built[name], recipe.training) for name, report in data.report.items()]
     if "eval" not in data.report:
         out.append("eval: none (set dataset_test_split or eval_fraction for a held-out split)")
-    name, source, split_rows, numbers = split_parts(splits, recipe.data, recipe.training)[0]
-    for number in numbers[:rows]:
-        view = row_view(split_rows[number], number, tokenizer, recipe.data, recipe.training)
-        out.append(render_row(view, source, name, tokenizer, tokens=tokens, full=full))
+    for name, source, split_rows, numbers in split_parts(splits, recipe.data, recipe.training):
+        if name != split:
+            continue
+        for number in numbers[:rows]:
+            view = row_view(split_rows[number], number, tokenizer, recipe.data, recipe.training)
+            out.append(render_row(view, source, name, tokenizer, tokens=tokens, full=full))
     return "\n\n".join(out)
