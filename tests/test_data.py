@@ -111,13 +111,17 @@ def test_a_shared_start_prompt_that_ends_inside_a_turn_is_counted_and_warned(tok
     rows = [
         {"chosen": "Q: What is 2 + 2? A: It is 4.", "rejected": "Q: What is 2 + 2? A: It is 5."},
         {"chosen": "User: Hi\nAssistant: Hello!", "rejected": "User: Hi\nAssistant: Go away."},
+        {
+            "chosen": "POST: My cat hides.\nTL;DR: Cat hides.",
+            "rejected": "POST: My cat hides.\nTL;DR: Dog barks.",
+        },
     ]
     with caplog.at_level("WARNING", logger="hf_dpo.data"):
         cols, report = prepare_rows(rows, "pairs.jsonl", tokenizer, DataConfig(), 512, 256)
     assert cols["prompt"][0] == "Q: What is 2 + 2? A: It is "  # the data's own ambiguity: kept, but named
-    assert report.to_dict()["prompt_methods"] == {"shared start of the texts": 2}
-    assert report.to_dict()["prompts_inside_a_turn"] == 1  # the second ends at "Assistant: "
-    assert "pairs.jsonl: 1 of 2 prompts were taken from the shared start" in caplog.text
+    assert report.to_dict()["prompt_methods"] == {"shared start of the texts": 3}
+    assert report.to_dict()["prompts_inside_a_turn"] == 1  # the others end at "Assistant: " and "TL;DR: "
+    assert "pairs.jsonl: 1 of 3 prompts were taken from the shared start" in caplog.text
     assert "end inside a turn" in caplog.text
 
 

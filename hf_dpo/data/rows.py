@@ -138,8 +138,11 @@ ASSISTANT_TURN_ENDS = (
     "<|im_start|>assistant",
     "<|assistant|>",
     "[/INST]",
-    "### Response:",
+    "Response:",  # Alpaca's "### Response:"
     "<|start_header_id|>assistant<|end_header_id|>",
+    "TL;DR:",  # the summarisation format of OpenAI's TL;DR preference data
+    "Answer:",
+    "A:",
 )
 
 
