@@ -158,15 +158,25 @@ def _add_data(sub) -> None:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from hf_dpo.config import load_recipe
+    from hf_dpo.data.reading import read_data
     from hf_dpo.data.view import data_overview
     from hf_dpo.model.checks import load_checked_tokenizer
 
     if not args.verbose:  # its per-split INFO lines are the overview's own summary; its warnings stay
         logging.getLogger("hf_dpo.data").setLevel(logging.WARNING)
     recipe = load_recipe(args.recipe, args.overrides)
+    splits = read_data(recipe)  # a data error is named before the tokenizer's libraries load
     tokenizer = load_checked_tokenizer(recipe)  # files only: no weights
     print(
-        data_overview(recipe, tokenizer, rows=args.rows, tokens=args.tokens, full=args.full, split=args.split)
+        data_overview(
+            recipe,
+            tokenizer,
+            rows=args.rows,
+            tokens=args.tokens,
+            full=args.full,
+            split=args.split,
+            splits=splits,
+        )
     )
     return 0
 

@@ -134,11 +134,17 @@ def split_summary(name: str, report: dict, dataset, args: DPOConfig) -> str:
 
 
 def data_overview(
-    recipe: Recipe, tokenizer, rows: int = 3, tokens: bool = False, full: bool = False, split: str = "train"
+    recipe: Recipe,
+    tokenizer,
+    rows: int = 3,
+    tokens: bool = False,
+    full: bool = False,
+    split: str = "train",
+    splits: dict[str, tuple[str, list[dict]]] | None = None,
 ) -> str:
     """The data report of every split and the first `rows` rows of `split` ("train" or "eval", the held-out rows
-    the report measures) as the model receives them."""
-    splits = read_data(recipe)
+    the report measures) as the model receives them. `splits`: what `read_data(recipe)` gave, when read already."""
+    splits = splits if splits is not None else read_data(recipe)
     data = load_preference_dataset(recipe.data, tokenizer, recipe.training, splits=splits)
     built = {"train": data.train, "eval": data.eval}
     out = [split_summary(name, report, built[name], recipe.training) for name, report in data.report.items()]
