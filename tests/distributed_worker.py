@@ -1,4 +1,4 @@
-"""`hf-dpo train` with observers, for tests/test_distributed.py (run under `accelerate launch` or alone).
+"""`hf-dpo train` with observers, for tests/cli/test_distributed.py (run under `accelerate launch` or alone).
 
     python tests/distributed_worker.py REPORT_DIR RECIPE [--key value ...]
 

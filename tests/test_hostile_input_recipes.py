@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-from run_fixtures import write_adapter
 
 from hf_dpo import cli
+from tests.run_fixtures import write_adapter
 
 
 def arithmetic_pairs(n: int = 4) -> list[dict]:

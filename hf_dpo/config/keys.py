@@ -4,7 +4,7 @@ after the many seconds that importing torch, transformers, peft and bitsandbytes
 
 hf_dpo's sections are plain dataclasses (`ModelConfig`, `DataConfig`, `DPOKeys`: the DPO objective,
 `SamplingConfig`, `ReportConfig`); the rest of `DPOConfig`, transformers' `TrainingArguments`, is read from its source file: its
-fields with their literal defaults and help, as `dataclasses.fields` gives them (tests/test_config.py checks that
+fields with their literal defaults and help, as `dataclasses.fields` gives them (tests/config/test_config.py checks that
 the two agree); where that file cannot be read, from the imported class.
 """
 

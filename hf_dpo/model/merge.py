@@ -10,7 +10,7 @@ transformers model (no peft needed to use it) saved with the tokenizer.
 An adapter trained on a 4-bit base learned its update against the *dequantized* NF4 weights; merged into the
 original full-precision weights, the model differs slightly from the 4-bit-base + adapter model that was
 evaluated (by the NF4 rounding of the base, not by the adapter). Merging into an unquantized base is exact:
-tests/test_merge.py checks log-prob equality in float32.
+tests/model/test_merge.py checks log-prob equality in float32.
 """
 
 from __future__ import annotations

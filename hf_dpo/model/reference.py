@@ -152,7 +152,7 @@ def decoding_weights(model):
     """On CPU, the 4-bit base layers dequantized once for the duration (LoRA layers untouched), then put back.
 
     bitsandbytes' CPU path dequantizes every weight at every forward; a decoding loop makes hundreds of
-    forwards, so this is the same function (tests/test_sampling.py checks the logits are equal) at a
+    forwards, so this is the same function (tests/pairs/test_sampling.py checks the logits are equal) at a
     fraction of the cost. On a GPU, or without bitsandbytes, nothing changes.
     """
     swapped = swap_4bit_linears(model) if next(model.parameters()).device.type == "cpu" else []

@@ -12,7 +12,7 @@ vocabulary, tied embeddings) and the recipe's knobs, term by term:
   lm_head back to a bf16/fp16 compute dtype (`float32_embeddings: false`, the default; norms stay float32);
 - LoRA: r x (in + out) per adapted linear, in float32, plus its gradient and AdamW's two moments;
 - activations kept for the backward pass, per token per layer, counted from the tensors autograd saves in
-  a Llama-style layer with LoRA on a 4-bit base (checked with `saved_tensors_hooks`, tests/test_plan.py);
+  a Llama-style layer with LoRA on a 4-bit base (checked with `saved_tensors_hooks`, tests/plan/test_plan.py);
   with gradient checkpointing only each layer's input plus one layer being recomputed;
 - logits: the (tokens x vocab) tensor and its backward transients, or a chunk of it with `logps_chunk_size`;
 - on GPU, the CUDA context and allocator slack; on CPU, the process baseline (Python + torch + the HF stack)

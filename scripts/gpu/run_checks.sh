@@ -23,7 +23,7 @@
 # With the project installed and a CUDA GPU: `make gpu-check` (the bundle is used only where trl, bitsandbytes,
 # datasets or evaluate do not import). Without CUDA it stops at once with exit status 3, unless:
 #   REHEARSAL=1   every step for real on the CPU at tiny sizes (scripts/gpu/llama-tiny.json for the 1B and 8B
-#                 models, 16 pairs, 2 steps, no cap); tests/test_gpu_scripts.py runs it
+#                 models, 16 pairs, 2 steps, no cap); tests/scripts/test_gpu_scripts.py runs it
 #   DRY_RUN=1     prints the commands instead of running them
 #
 #   OUT=/tmp/gpu_out bash scripts/gpu/run_checks.sh [CONFIG_DIR]

@@ -1,0 +1,162 @@
+"""The demo task: prompt generation, the split, and the rule judge on hand-written completions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hf_dpo.pairs.demo_task import (
+    CAPITALS,
+    demo_prompts,
+    expected_answer,
+    is_correct,
+    judge,
+    parse_numbers,
+    write_prompt_files,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_splits_are_deterministic_disjoint_and_sized():
+    train, test = demo_prompts("train"), demo_prompts("test")
+    assert train == demo_prompts("train") and test == demo_prompts("test")
+    assert not set(train) & set(test)
+    assert len(train) >= 1400 and len(test) >= 140
+    assert len(set(train)) == len(train)
+    with pytest.raises(ValueError, match="split"):
+        demo_prompts("validation")
+
+
+def test_split_keeps_all_phrasings_of_a_country_together():
+    test = demo_prompts("test")
+    held_out = {c for c in CAPITALS if any(p.endswith(f"of {c}?") or f" {c}'s " in p for p in test)}
+    assert held_out, "some countries are held out"
+    for country in held_out:
+        in_train = [p for p in demo_prompts("train") if expected_answer(p) == CAPITALS[country]]
+        assert not in_train, f"{country} leaks into train: {in_train}"
+
+
+def test_committed_prompt_files_match_the_code(tmp_path):
+    for path in write_prompt_files(tmp_path):
+        committed = REPO / "recipes" / "data" / path.name
+        assert committed.read_text() == path.read_text(), f"regenerate {committed}: make demo-prompts"
+
+
+@pytest.mark.parametrize(
+    "prompt, answer",
+    [
+        ("What is 23 + 58?", 81),
+        ("What is 23 plus 58?", 81),
+        ("Compute 90 - 17.", 73),
+        ("What is 90 minus 17?", 73),
+        ("Subtract 17 from 90.", 73),
+        ("Add 4 and 5.", 9),
+        ("What is 7 * 8?", 56),
+        ("What is 7 times 8?", 56),
+        ("Multiply 7 by 8.", 56),
+        ("What is 7 multiplied by 8?", 56),
+        ("What is the capital of Japan?", ("Tokyo",)),
+        ("What city is South Korea's capital?", ("Seoul",)),
+        ("Name the capital city of Bolivia.", ("Sucre", "La Paz")),
+    ],
+)
+def test_expected_answer(prompt, answer):
+    assert expected_answer(prompt) == answer
+
+
+def test_every_demo_prompt_has_an_answer():
+    for split in ("train", "test"):
+        for prompt in demo_prompts(split):
+            expected_answer(prompt)
+
+
+def test_parse_numbers_handles_commas_and_signs():
+    assert parse_numbers("It is 1,234 or -5, not 12.") == [1234, -5, 12]
+    assert parse_numbers("x1 and 3,000,000") == [3000000]
+
+
+@pytest.mark.parametrize(
+    "prompt, completion, correct_concise",
+    [
+        # correct and short
+        ("What is 23 + 58?", "81", (1.0, 1.0)),
+        ("What is 23 + 58?", "23 + 58 = 81.", (1.0, 1.0)),
+        ("What is 23 + 58?", "The answer is 81.", (1.0, 1.0)),
+        ("What is 999 + 1?", "It is 1,000.", (1.0, 1.0)),
+        ("What is the capital of Japan?", "The capital of Japan is Tokyo.", (1.0, 1.0)),
+        ("What is the capital of Japan?", "tokyo", (1.0, 1.0)),
+        ("What is the capital of Colombia?", "Bogotá.", (1.0, 1.0)),
+        ("What is the capital of Ukraine?", "Kiev", (1.0, 1.0)),
+        # wrong but short
+        ("What is 23 + 58?", "82", (0.0, 1.0)),
+        ("What is 23 + 58?", "81 or maybe 82", (0.0, 1.0)),
+        ("What is the capital of Japan?", "Kyoto is the capital.", (0.0, 1.0)),
+        ("What is the capital of Japan?", "Tokyoite", (0.0, 1.0)),
+        # correct but long: correct beats concise
+        (
+            "What is 6 times 7?",
+            "Well, let us think about this carefully: six groups of seven things make 42 things in total.",
+            (1.0, 0.0),
+        ),
+        # wrong and long; empty
+        (
+            "What is 6 times 7?",
+            "Let me count the groups of seven one by one: seven, fourteen, twenty-one and so on.",
+            (0.0, 0.0),
+        ),
+        ("What is 6 times 7?", "", (0.0, 0.0)),
+    ],
+)
+def test_judge_on_hand_written_completions(prompt, completion, correct_concise):
+    """Two criteria, correct first (the declared order): a concise wrong answer never outranks a correct one."""
+    assert judge.criteria == ("correct", "concise")
+    assert judge(prompt, completion) == dict(zip(judge.criteria, correct_concise))
+
+
+def test_judge_rejects_prompts_it_cannot_answer():
+    with pytest.raises(ValueError, match="not a demo-task prompt"):
+        judge("Write a poem about the sea.", "Waves.")
+
+
+@pytest.mark.parametrize(
+    "prompt, completion, correct",
+    [
+        # A capital that bears the country's name: naming the country is not answering.
+        ("Which city is the capital of Singapore?", "The capital of Singapore is Jakarta.", False),
+        ("Which city is the capital of Singapore?", "Naad Lim, Singapore's capital is Tanjim Kampus.", False),
+        (
+            "What city is Singapore's capital?",
+            "Sinan is the capital of Indonesia. Singapore is a city.",
+            False,
+        ),
+        ("Which city is the capital of Singapore?", "Singapore.", True),
+        ("Which city is the capital of Singapore?", "The capital of Singapore is Singapore.", True),
+        ("What is the capital of Luxembourg?", "The capital of Luxembourg is Luxembourg (Luxembourg).", True),
+        ("What is the capital of Luxembourg?", "The capital of Luxembourg is Lille.", False),
+        ("What is the capital of Mexico?", "The capital of Mexico is Mexico City.", True),
+        ("What is the capital of Mexico?", "The capital of Mexico is Guadalajara.", False),
+        # A competing answer: another country's capital, or the answer given as another country's capital.
+        (
+            "What city is North Korea's capital?",
+            "North Korea's capital city is Pyongyang, also known as Seoul.",
+            False,
+        ),
+        ("What is the capital of France?", "Paris is the capital of Germany.", False),
+        ("What is the capital of France?", "The capital of France is Paris, the City of Light.", True),
+        ("What is the capital of Bolivia?", "Sucre, though the government sits in La Paz.", True),
+        # The slot "the capital of <country> is ___" holds the answer; a right name later does not undo it.
+        ("What is the capital of Ghana?", "The capital of Ghana is Kumasi, also known as Accra.", False),
+        ("What is the capital of Ghana?", "Ghana's capital city is Kumasi, not Accra.", False),
+        ("What is the capital of Japan?", "The capital of Japan is indeed Tokyo.", True),
+        ("What is the capital of France?", "Paris. The capital is a beautiful city.", True),
+    ],
+)
+def test_a_capital_is_the_answer_only_when_it_is_stated_as_one(prompt, completion, correct):
+    assert is_correct(prompt, completion) is correct
+
+
+def test_is_correct_repeats_of_question_numbers_are_not_competing_answers():
+    assert is_correct("What is 12 + 30?", "12 + 30 = 42")
+    assert not is_correct("What is 12 + 30?", "12 + 30 = 43")

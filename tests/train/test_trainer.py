@@ -1,0 +1,323 @@
+"""hf_dpo.train.trainer: metrics, the adapters-off reference, resuming (parity with TRL: test_trl_parity.py)."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from hf_dpo.train.trainer import DPOTrainer
+from tests.run_fixtures import dpo_args
+from tests.train.test_trl_parity import METRICS as TRL_METRICS  # TRL's per-step metric names, also hf_dpo's
+
+ROWS = [
+    {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
+    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "London, probably."},
+    {"prompt": "What is 3 * 3?", "chosen": "9", "rejected": "Nine hundred."},
+    {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "I cannot answer that."},
+]
+
+
+def lora(init=True, dropout=0.0):
+    return LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=dropout,
+        target_modules="all-linear",
+        init_lora_weights=init,
+        task_type="CAUSAL_LM",
+    )
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_reference_is_the_model_with_adapters_off(tmp_path, tiny):
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=dpo_args(tmp_path),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(init=False),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    ref_chosen, _ = trainer.reference_logps(trainer.model, batch)
+    plain = copy.deepcopy(base)
+    expected = trainer.concatenated_forward(plain, batch).chosen
+    assert torch.allclose(ref_chosen, expected, atol=1e-5)
+    policy = trainer.concatenated_forward(trainer.model, batch).chosen
+    assert not torch.allclose(policy, expected, atol=1e-3)  # adapters on: a different policy
+    assert trainer.reference_forward_passes == 1
+    assert sum(p.numel() for p in trainer.model.parameters()) < 1.1 * sum(
+        p.numel() for p in base.parameters()
+    )
+
+
+def test_training_logs_train_and_eval_metrics(tmp_path, tiny):
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, max_steps=3, learning_rate=1e-2, eval_strategy="steps", eval_steps=3),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS[:2]),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "loss" in h]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    assert len(train_logs) == 3 and len(eval_logs) == 1
+    for key in TRL_METRICS:
+        assert key in train_logs[0]
+        assert f"eval_{key}" in eval_logs[0]
+    assert train_logs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1: policy == reference
+    assert eval_logs[0]["eval_rewards/margins"] > 0  # 3 steps at a high lr already separate the pairs
+    assert eval_logs[0]["eval_loss"] < 0.6931
+
+
+def test_logged_reward_accuracy_counts_rounding_noise_as_a_tie(tmp_path, tiny, monkeypatch):
+    """learning_rate 0 keeps the policy equal to its reference; a reference one float32 step below the policy's
+    log-prob (what a second pass in another batch shape gives) leaves margins of ~1e-7: no pair is ranked."""
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, max_steps=2, learning_rate=0.0, logging_steps=1),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    exact = trainer.reference_logps
+
+    def reference_one_step_below(model, batch):
+        chosen, rejected = exact(model, batch)
+        return torch.nextafter(chosen, torch.full_like(chosen, -torch.inf)), rejected
+
+    monkeypatch.setattr(trainer, "reference_logps", reference_one_step_below)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert 0 < h["rewards/margins"] < 1e-5 and h["rewards/accuracies"] == 0.0
+
+
+def test_precomputed_reference_equals_live_reference(tmp_path, tiny):
+    base, tokenizer = tiny
+    losses = {}
+    for precompute in (False, True):
+        trainer = DPOTrainer(
+            model=copy.deepcopy(base),
+            args=dpo_args(
+                tmp_path, max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=precompute, seed=3
+            ),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=tokenizer,
+            peft_config=lora(),
+        )
+        trainer.train()
+        losses[precompute] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if precompute:
+            assert "ref_chosen_logps" in trainer.train_dataset.column_names
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_reference_pass_on_a_4bit_base_dequantizes_once_and_gives_the_per_forward_values(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """The one-off reference pass on a 4-bit base runs with the weights dequantized once (`decoding_weights`):
+    the same log-probs as dequantizing at every forward, the 4-bit layers back in place afterwards; and nothing
+    is swapped when the float weights would not fit."""
+    import bitsandbytes as bnb
+
+    from hf_dpo.config import ModelConfig
+    from hf_dpo.model import reference
+    from hf_dpo.model.loading import load_base_model, load_tokenizer
+
+    cfg = ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit")
+    trainer = DPOTrainer(
+        model=load_base_model(cfg),
+        args=dpo_args(tmp_path, precompute_ref_log_probs=False, per_device_eval_batch_size=2),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=load_tokenizer(cfg),
+        peft_config=lora(init=False),
+    )
+    forward, seen = trainer.concatenated_forward, []
+
+    def has_4bit_layers(model) -> bool:
+        return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+    def recording(model, *args, **kwargs):  # whether each forward of the pass ran through 4-bit layers
+        seen.append(has_4bit_layers(model))
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "concatenated_forward", recording)
+    once = trainer.compute_reference_logps(trainer.train_dataset)
+    assert seen and not any(seen)  # every forward of the pass ran on dequantized layers
+    assert has_4bit_layers(trainer.model)  # put back
+    seen.clear()
+    monkeypatch.setattr(reference, "free_memory_bytes", lambda device: 1000)  # the float weights do not fit
+    per_forward = trainer.compute_reference_logps(trainer.train_dataset)
+    assert seen and all(seen)
+    assert once == per_forward
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, tiny):
+    base, tokenizer = tiny
+    data = Dataset.from_list(ROWS * 3)
+
+    def make(out, callbacks=None):
+        return DPOTrainer(
+            model=copy.deepcopy(base),
+            args=dpo_args(
+                tmp_path,
+                output_dir=str(out),
+                max_steps=6,
+                save_strategy="steps",
+                save_steps=3,
+                learning_rate=5e-3,
+                seed=7,
+            ),
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora(dropout=0.1),
+            callbacks=callbacks,
+        )
+
+    straight = make(tmp_path / "straight")
+    straight.train()
+    straight.save_model()
+
+    interrupted = make(tmp_path / "resumed", callbacks=[StopAt(3)])
+    interrupted.train()
+    assert interrupted.state.global_step == 3
+    resumed = make(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    resumed.save_model()
+
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)  # the adapter actually trained
+
+
+def test_token_never_lands_in_saved_training_args(tmp_path, tiny):
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, hub_token="hf_supersecret_token"),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    trainer.save_model()
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert b"hf_supersecret_token" not in path.read_bytes(), path
+    assert trainer.args.hub_token == "hf_supersecret_token"
+
+
+def test_pair_logps_shortcut_before_training_equals_the_full_pass(tmp_path, tiny):
+    """Before the first step the policy is the reference: the cached reference values stand for both."""
+    base, tokenizer = tiny
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, precompute_ref_log_probs=True),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
+    full = trainer.pair_logps()
+    passes = trainer.reference_forward_passes
+    quick = trainer.pair_logps(policy_is_reference=True)
+    assert trainer.reference_forward_passes == passes  # nothing recomputed
+    for key in full:
+        assert torch.allclose(full[key].float(), quick[key].float(), atol=1e-4), key
+
+
+def test_trl_switches_without_a_loss_of_their_own(tmp_path, tiny, caplog):
+    """activation_offloading trains (activations saved in CPU memory), pad_to_multiple_of pads the rows,
+    padding_free packs each batch into one row (logged), pad_token sets the tokenizer's."""
+    import logging
+
+    base, tokenizer = tiny
+    args = dpo_args(
+        tmp_path,
+        max_steps=1,
+        activation_offloading=True,
+        pad_to_multiple_of=16,
+        padding_free=True,
+        pad_token=tokenizer.eos_token,
+        precompute_ref_batch_size=3,
+        precompute_ref_log_probs=True,
+    )
+    with caplog.at_level(logging.INFO):
+        trainer = DPOTrainer(
+            model=base,
+            args=args,
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=tokenizer,
+            peft_config=lora(),
+        )
+    assert "padding_free" in caplog.text
+    assert trainer.processing_class.pad_token == tokenizer.eos_token
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and "sequence_ids" in batch  # packed: no padding to round up
+    examples = [trainer.train_dataset[i] for i in range(2)]
+    padded = dataclasses.replace(trainer.data_collator, padding_free=False, prefix_sharing=False)(examples)
+    assert padded["input_ids"].shape[1] % 16 == 0
+    assert trainer.train().global_step == 1
+
+
+def test_a_model_name_loads_with_model_init_kwargs(tmp_path, tiny_model_dir):
+    trainer = DPOTrainer(
+        model=tiny_model_dir,
+        args=dpo_args(tmp_path, model_init_kwargs={"dtype": "bfloat16"}),
+        train_dataset=Dataset.from_list(ROWS),
+        peft_config=lora(),
+    )
+    assert trainer.model.get_base_model().dtype == torch.bfloat16
+    assert trainer.processing_class.pad_token is not None
+
+
+def test_compute_metrics_gets_each_pairs_rewards(tmp_path, tiny):
+    """compute_metrics (a TRL script's) is called on evaluation with the pairs' implicit rewards (N, 2: chosen,
+    rejected) and label 0: its reward accuracy equals the logged rewards/accuracies."""
+    base, tokenizer = tiny
+    seen = {}
+
+    def accuracy(eval_pred):
+        seen["shape"], seen["labels"] = eval_pred.predictions.shape, eval_pred.label_ids.tolist()
+        return {"pair_accuracy": float((eval_pred.predictions.argmax(-1) == eval_pred.label_ids).mean())}
+
+    trainer = DPOTrainer(
+        model=base,
+        args=dpo_args(tmp_path, per_device_eval_batch_size=4),
+        train_dataset=Dataset.from_list(ROWS),
+        eval_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=lora(init=False),  # a random adapter: rewards are not all zero
+        compute_metrics=accuracy,
+    )
+    metrics = trainer.evaluate()
+    assert seen == {"shape": (4, 2), "labels": [0, 0, 0, 0]}
+    assert metrics["eval_pair_accuracy"] == pytest.approx(metrics["eval_rewards/accuracies"])
+    assert 0 < metrics["eval_pair_accuracy"] < 1  # the random adapter prefers some chosen, not all
