@@ -214,3 +214,12 @@ def test_a_reward_model_under_the_home_directory_loads_from_a_recipes_tilde_path
     check_judge("rm:~/rm")
     judge = load_judge("rm:~/rm")
     assert judge.name == "rm:~/rm" and len(judge.score(["What is 2 + 3?"], ["5"])) == 1
+
+
+def test_a_judge_returning_an_int_too_large_for_a_float_is_named():
+    from hf_dpo.pairs.judges import CallableJudge, JudgeError
+
+    for value in (10**400, 10**5000, -(10**400)):
+        judge = CallableJudge(lambda p, c, v=value: v, name="huge")
+        with pytest.raises(JudgeError, match="Judge 'huge' returned .* for prompt 0"):
+            judge.score(["p"], ["c"])
