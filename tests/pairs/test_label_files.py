@@ -1,6 +1,7 @@
-"""`hf-dpo label`'s files: --out that is an existing pairs file, the samples file or a directory, resuming into its
-own pairs file, samples with bad index types or not UTF-8, a port out of range. Each wrong one ends in one
-`error:` line before the server starts."""
+"""`hf-dpo label`'s files: --out that is an existing pairs file, the samples file, a directory, of another format or
+not writable; resuming into its own pairs file; a second server on the same --out; samples with bad index types,
+not UTF-8 or a directory; a port out of range; pairs files written atomically. Each wrong one ends in one
+`error:` line before the server starts, leaving no log or lock behind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from hf_dpo import cli
-from hf_dpo.pairs.label_store import LabelStore
+from hf_dpo.pairs.formats import SamplingError
+from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -18,8 +20,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _samples(path: Path) -> Path:
-    rows = [{"index": i, "prompt": f"Question {i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(2)]
+def _samples(path: Path, n: int = 3) -> Path:
+    rows = [{"index": i, "prompt": f"Question {i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(n)]
     return _write_jsonl(path, rows)
 
 
@@ -46,7 +48,7 @@ def test_label_out_that_is_an_existing_pairs_file_is_refused_not_replaced(tmp_pa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(socketserver.BaseServer, "serve_forever", stop)
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = _samples(tmp_path / "s.jsonl", n=2)
     pairs = _write_jsonl(
         tmp_path / "train.jsonl",
         [{"prompt": f"P{i}", "chosen": "c", "rejected": "r", "score_chosen": 1.0} for i in range(100)],
@@ -61,7 +63,7 @@ def test_label_out_that_is_an_existing_pairs_file_is_refused_not_replaced(tmp_pa
 def test_label_resumes_into_its_own_pairs_file(tmp_path):
     """The guard above leaves resuming alone: OUT written by labelling, with its log beside it, reopens."""
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = _samples(tmp_path / "s.jsonl", n=2)
     store = LabelStore(samples)
     store.decide(0, "left")
     again = LabelStore(samples)
@@ -112,3 +114,115 @@ def test_label_out_that_is_a_directory_is_named(tmp_path, capsys):
     (tmp_path / "outdir").mkdir()
     rc, err = _label_cli(capsys, samples, "--out", tmp_path / "outdir")
     assert rc == 2 and "is a directory" in err and "Traceback" not in err
+
+
+def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(tmp_path, capsys, monkeypatch):
+    """`hf-dpo label S --out notes.txt/pairs.jsonl` (the parent a file; a read-only disk alike): before, the server
+    started and printed 'every decision is already saved', and the first click failed on the page."""
+    import socketserver
+
+    from hf_dpo import cli
+
+    def stop(self, *args, **kwargs):  # a server that started returns at once (as after Ctrl-C)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(socketserver.BaseServer, "serve_forever", stop)
+    samples = _samples(tmp_path / "s.jsonl")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    rc = cli.main(
+        ["label", str(samples), "--out", str(tmp_path / "notes.txt" / "pairs.jsonl"), "--port", "0"]
+    )
+    captured = capsys.readouterr()
+    assert rc == 2 and "cannot be written there" in captured.err and "notes.txt is a file" in captured.err
+    assert "Open http" not in captured.out and "Traceback" not in captured.err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
+def test_a_second_server_on_the_same_out_is_refused(tmp_path):
+    """Two `hf-dpo label` servers on one OUT (a second terminal, another --port): before, both ran, each rewrote
+    OUT from its own decisions only (the other's pairs vanished from it) and both appended to one log."""
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    first = make_server(samples, host="127.0.0.1", port=0)
+    try:
+        with pytest.raises(
+            SamplingError, match=r"s\.pairs\.decisions\.jsonl is in use: another `hf-dpo label`"
+        ):
+            make_server(samples, host="127.0.0.1", port=0)
+        first.store.decide(0, "left")
+        other = make_server(samples, tmp_path / "other.jsonl", host="127.0.0.1", port=0)  # another OUT: fine
+        other.server_close()
+    finally:
+        first.server_close()
+    again = make_server(samples, host="127.0.0.1", port=0)  # the first one stopped: resumes
+    try:
+        assert again.store.state()["done"] == 1
+    finally:
+        again.server_close()
+    assert not (tmp_path / "other.jsonl").exists()  # no decision, no pairs file
+
+
+@pytest.mark.parametrize("name", ["pairs.csv", "pairs.parquet", "pairs"])
+def test_an_out_of_another_format_is_refused(tmp_path, name):
+    """`--out pairs.csv` (or .parquet, or no suffix): before, labelling wrote JSON lines under that name, which
+    `hf-dpo train` reads by its suffix: as CSV the first pair became the header, the rest columns of JSON shards."""
+    samples = _samples(tmp_path / "s.jsonl")
+    with pytest.raises(
+        SamplingError, match=rf"--out .*{name}: labelling writes JSON lines.*Name it pairs\.jsonl"
+    ):
+        LabelStore(samples, tmp_path / name)
+    assert LabelStore(samples, tmp_path / "pairs.json").out.name == "pairs.json"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names the fsynced file through /proc (Linux)")
+def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, monkeypatch):
+    """Every pairs file (hand or judge labelled) is replaced through files.atomic_path: before, the temporary file
+    was renamed over the old one without an fsync, so a crash soon after could leave an empty pairs file where the
+    old one was (the rename reaching the disk before the data)."""
+    import os
+
+    from hf_dpo import files
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    assert [kind for kind, _ in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
+
+
+def test_a_samples_path_that_is_a_directory_says_so(tmp_path):
+    """`hf-dpo label runs/demo_gen` (the run dir, not the file in it): before, 'Samples file runs/demo_gen does not
+    exist; run hf-dpo sample first', which it does, and sampling again was no fix."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _samples(run / "samples_train.jsonl")
+    with pytest.raises(
+        SamplingError, match=r"run is a directory; give the samples file in it \(samples_train\.jsonl\)"
+    ):
+        LabelStore(run)
+
+
+def test_a_refused_server_start_leaves_no_log_and_no_lock(tmp_path):
+    """The server's hold on the log (above) was taken before the samples were read: a start refused after it (a
+    broken samples line) left an empty decision log behind and, in a long-lived process, the log locked."""
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    good = samples.read_text()
+    samples.write_text(good + "{broken\n")
+    with pytest.raises(SamplingError, match=r"s\.jsonl, line 4: not valid JSON"):
+        make_server(samples, host="127.0.0.1", port=0)
+    assert not decisions_path(tmp_path / "s.pairs.jsonl").exists()
+    samples.write_text(good)
+    make_server(samples, host="127.0.0.1", port=0).server_close()  # the log is free

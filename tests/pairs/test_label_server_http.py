@@ -1,5 +1,6 @@
 """The label server's HTTP surface (hf_dpo/pairs/label_server.py): foreign Host headers, Content-Length out of
-range, deeply nested JSON, a decision that cannot be saved."""
+range, deeply nested JSON, a decision that cannot be saved, the state read under the lock decisions are written
+under, stale tabs that label or undo, and a server stopped before any decision."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hf_dpo.pairs.label_server import make_server
+from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
 def _write_samples(path: Path, rows: list[dict]) -> Path:
@@ -130,3 +132,114 @@ def test_a_decision_that_cannot_be_saved_is_a_500_the_page_shows(server, monkeyp
     )
     assert status == 500 and b"not saved" in data and b"No space left" in data
     assert srv.store.state()["done"] == 0
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _samples(path: Path, n: int = 3) -> Path:
+    rows = [{"index": i, "prompt": f"Question {i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(n)]
+    return _write_jsonl(path, rows)
+
+
+def test_the_state_is_read_under_the_lock_decisions_are_written_under(tmp_path):
+    """Two tabs: one GETs /api/state while the other POSTs a decision. Before, state() iterated the decisions
+    without the lock decide() holds, so a decision added meanwhile could raise 'dictionary changed size during
+    iteration' in the GET (a traceback in the terminal, an error on the page)."""
+    import threading
+
+    store = LabelStore(_samples(tmp_path / "s.jsonl"))
+    done = threading.Event()
+    with store.lock:  # a decision being written
+        reader = threading.Thread(target=lambda: (store.state(), done.set()), daemon=True)
+        reader.start()
+        assert not done.wait(0.3)  # the state waits for it
+    assert done.wait(5)
+    store.decide(0, "left")  # decide() still answers with the state under the same (reentrant) lock
+
+
+def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(tmp_path):
+    """Two tabs on one server: tab A labels a pair 'left'; tab B, still showing it, presses 'right'. Before, B's
+    click was ignored without a word (B's page moved on, its person sure the pair was 'right'). Now B is told, and
+    nothing is logged; the same choice again (a double submit) is still ignored quietly."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from hf_dpo.pairs.label_server import make_server
+
+    srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def post(body):
+        req = urllib.request.Request(base + "/api/decide", data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        shown = srv.store.state()["current"]  # what both tabs show
+        post({"index": shown["index"], "item": shown["item"], "choice": "left"})  # tab A
+        with pytest.raises(urllib.error.HTTPError) as err:  # tab B
+            post({"index": shown["index"], "item": shown["item"], "choice": "right"})
+        assert err.value.code == 400
+        assert (
+            "already labelled 'left' (in another tab or window?), so 'right' was not saved"
+            in err.value.read().decode()
+        )
+        assert post({"index": shown["index"], "item": shown["item"], "choice": "left"})["done"] == 1
+        assert len(decisions_path(srv.store.out).read_text().splitlines()) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_server_stopped_before_any_decision_leaves_no_file(tmp_path):
+    """Holding the log (above) makes it empty at the start; without a decision it goes again at the stop."""
+    from hf_dpo.pairs.label_server import make_server
+
+    samples = _samples(tmp_path / "s.jsonl")
+    make_server(samples, host="127.0.0.1", port=0).server_close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
+
+
+def test_undo_in_a_stale_tab_takes_back_nothing_it_did_not_show(tmp_path):
+    """Two tabs: A labels a pair; B, loaded before, presses u. Before, B's undo took back A's decision, one B's
+    person never saw. The page now sends the last decision it showed ("last" of its state); another one is refused
+    with a 400 saying to reload. A bare {} still undoes the last decision (the API as it was)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from hf_dpo.pairs.label_page import SCRIPT
+    from hf_dpo.pairs.label_server import make_server
+
+    srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def post(path, body):
+        req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        tab_b = srv.store.state()  # loaded before any decision: last is None
+        shown = tab_b["current"]
+        tab_a = post("/api/decide", {"index": shown["index"], "item": shown["item"], "choice": "left"})
+        assert tab_a["last"] == shown["item"]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            post("/api/undo", {"item": tab_b["last"]})
+        assert err.value.code == 400 and "nothing was undone. Reload this page" in err.value.read().decode()
+        assert srv.store.state()["done"] == 1
+        assert post("/api/undo", {"item": tab_a["last"]})["done"] == 0
+        post("/api/decide", {"index": shown["index"], "item": shown["item"], "choice": "right"})
+        assert post("/api/undo", {})["done"] == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert 'call("/api/undo", {item: state.last})' in SCRIPT

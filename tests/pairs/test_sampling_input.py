@@ -1,6 +1,7 @@
-"""`hf-dpo sample`'s inputs and outputs: output files that would replace hand labels, each other or a README it did
-not write, prompts files with a byte-order mark, prompts training would refuse, settings out of range, and a
-resume after a line cut inside a UTF-8 character. Each wrong one is named before the reference model loads."""
+"""`hf-dpo sample`'s inputs and outputs: output files that would replace hand labels, each other, a README it did
+not write, or that are (or sit under) a directory or a file; `~` in recipe paths; prompts files with a byte-order
+mark or a Unicode line separator; prompts training would refuse; settings out of range; a resume after a line cut
+inside a UTF-8 character. Each wrong one is named before the reference model loads."""
 
 from __future__ import annotations
 
@@ -187,3 +188,90 @@ def test_sampling_resume_drops_a_last_line_cut_inside_a_utf8_character(tmp_path,
         part.write_bytes(full[:cut])
         sample(recipe, prompts, part, tiny, progress=False)
         assert part.read_bytes() == full, cut
+
+
+def _recipe(tmp_path: Path, **over):
+    from hf_dpo.config import load_recipe
+
+    values = {
+        "model_name_or_path": str(tmp_path / "no-model"),  # never loaded: every check here comes before
+        "quantization": "none",
+        "num_samples_per_prompt": 2,
+        "max_new_tokens": 4,
+        "output_dir": str(tmp_path / "run"),
+        **over,
+    }
+    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    return load_recipe(None, args)
+
+
+def test_a_txt_prompt_with_a_unicode_line_separator_stays_one_prompt(tmp_path):
+    """U+2028 (pasted from a web page), NEL or a form feed inside a prompt: before, str.splitlines() cut the prompt
+    there, and two half prompts were sampled with no word said. Lines end at \\n, \\r\\n or \\r only."""
+    from hf_dpo.pairs.formats import read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("Explain this:\u2028x = 1\r\nPage one\x0cpage two\rNext\x85line\n\n".encode())
+    assert read_prompts(path) == ["Explain this:\u2028x = 1", "Page one\x0cpage two", "Next\x85line"]
+
+
+@pytest.mark.parametrize("key", ["samples_file", "pairs_file"])
+def test_a_sampling_output_that_is_a_directory_is_named_before_sampling(tmp_path, key):
+    """samples_file or pairs_file naming an existing directory: before, the checks passed, and the run ended in
+    a traceback (IsADirectoryError), for pairs_file only after every prompt was sampled."""
+    from hf_dpo.pairs.formats import check_output_files
+
+    (tmp_path / "prompts.txt").write_text("One?\n")
+    (tmp_path / "out").mkdir()
+    recipe = _recipe(
+        tmp_path,
+        prompts_file=str(tmp_path / "prompts.txt"),
+        judge="hf_dpo.pairs.demo_task:judge",
+        **{key: str(tmp_path / "out")},
+    )
+    with pytest.raises(SamplingError, match=r"out, which is a directory\. Set samples_file / pairs_file"):
+        check_output_files(recipe, ["train"])
+
+
+def test_recipe_paths_under_home_mean_the_home_directory(tmp_path, monkeypatch):
+    """samples_file / pairs_file / prompts_file as `~/...` in a recipe (output_dir already meant the home directory):
+    before, the samples and pairs went to a directory literally named '~' under the working directory (the checks
+    had looked at the home directory), and the prompts file was 'does not exist'."""
+    from hf_dpo.pairs.formats import default_pairs_file, default_samples_file, read_prompts
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "p.txt").write_text("One?\n")
+    recipe = _recipe(tmp_path, samples_file="~/runs/s.jsonl", pairs_file="~/pairs/train.jsonl")
+    assert default_samples_file(recipe) == tmp_path / "home" / "runs" / "s.jsonl"
+    assert default_samples_file(recipe, "test") == tmp_path / "home" / "runs" / "s_test.jsonl"
+    assert default_pairs_file(recipe, "test") == tmp_path / "home" / "pairs" / "test.jsonl"
+    assert read_prompts("~/p.txt") == ["One?"]
+
+
+def test_sample_into_a_directory_is_a_named_error(tmp_path):
+    """sample() (the Python API, without the preflight) with samples_file an existing directory: before, an
+    IsADirectoryError traceback from reading it."""
+    from hf_dpo.pairs.sampling import sample
+
+    (tmp_path / "prompts.txt").write_text("One?\n")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SamplingError, match=r"samples file .*out cannot be written \(Is a directory\)"):
+        sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "out", progress=False)
+
+
+def test_sample_under_a_file_is_named_before_the_model_loads(tmp_path, monkeypatch):
+    """sample() with samples_file under a path that is a file (notes.txt/samples.jsonl): before, the model loaded,
+    the prompts were encoded, and then mkdir raised a bare NotADirectoryError."""
+    from hf_dpo.pairs import sampling
+
+    def load_reference(model_cfg):
+        raise AssertionError("the model was loaded first")
+
+    monkeypatch.setattr(sampling, "load_reference", load_reference)
+    (tmp_path / "prompts.txt").write_text("One?\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(SamplingError, match=r"samples file .*notes\.txt/samples\.jsonl cannot be made"):
+        sampling.sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "notes.txt" / "samples.jsonl")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
