@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hf_dpo import cli
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize(
@@ -34,7 +28,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
         (["--data-sets", "{d}/no_prompt.jsonl"], "no_prompt.jsonl, row 0: no prompt"),
     ],
 )
-def test_bench_options_are_checked_before_any_line_runs(tmp_path, monkeypatch, capsys, argv, message):
+def test_bench_options_are_checked_before_any_line_runs(
+    write_jsonl, tmp_path, monkeypatch, capsys, argv, message
+):
     """Before: a bad --quantization, --steps or --out was met in each line's fresh process (a model load each) or
     after the whole bench (--out: the table was lost); a bad --recipe or data file was a Python traceback."""
     pytest.importorskip("trl")
@@ -47,7 +43,7 @@ def test_bench_options_are_checked_before_any_line_runs(tmp_path, monkeypatch, c
     (tmp_path / "bad.yaml").write_text("lora_r: [1\n")
     row = {"prompt": "p", "chosen": "a", "rejected": "b"}
     (tmp_path / "broken.jsonl").write_text(json.dumps(row) + "\n{not json\n")
-    _write_jsonl(tmp_path / "no_prompt.jsonl", [{"chosen": "a", "rejected": "b"}] * 4)
+    write_jsonl(tmp_path / "no_prompt.jsonl", [{"chosen": "a", "rejected": "b"}] * 4)
     argv = [a.format(d=tmp_path) for a in argv]
     rc = cli.main(["bench", "--quick", "--batch-size", "1", "--out", str(tmp_path / "b.json"), *argv])
     err = capsys.readouterr().err

@@ -16,29 +16,6 @@ from hf_dpo.preflight import preflight
 from tests.run_fixtures import write_adapter
 
 
-def arithmetic_pairs(n: int = 4) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
-    """`hf-dpo train RECIPE --output_dir ... OVERRIDES` in-process: (exit code, stderr)."""
-    data = tmp_path / "data"
-    if not data.exists():
-        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
-        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
-    path = tmp_path / "r.yaml"
-    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
-    rc = cli.main(["train", str(path), *overrides])
-    err = capsys.readouterr().err
-    return rc, err
-
-
 def _one_error(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
@@ -46,7 +23,7 @@ def _one_error(err: str) -> str:
     return lines[0]
 
 
-def test_misspelled_judge_stops_before_the_model_loads_and_leaves_no_files(tmp_path, capsys, no_model):
+def test_misspelled_judge_stops_before_the_model_loads_and_leaves_no_files(train, tmp_path, capsys, no_model):
     rc, err = train(tmp_path, capsys, "judge: hf_dpo.pairs.demo_task:judgee\n")
     assert rc == 2
     line = _one_error(err)
@@ -72,7 +49,9 @@ def test_misspelled_judge_stops_before_the_model_loads_and_leaves_no_files(tmp_p
         ),
     ],
 )
-def test_bad_rows_are_found_before_the_model_loads(tmp_path, capsys, no_model, rows, expected):
+def test_bad_rows_are_found_before_the_model_loads(
+    arithmetic_pairs, train, write_jsonl, tmp_path, capsys, no_model, rows, expected
+):
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(3) + rows)
     write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
     rc, err = train(tmp_path, capsys)
@@ -84,7 +63,7 @@ def test_bad_rows_are_found_before_the_model_loads(tmp_path, capsys, no_model, r
     assert re.search(expected.replace("row 0", "row 3"), line), line
 
 
-def test_non_utf8_jsonl_and_json_name_the_file_and_line(tmp_path, capsys, no_model):
+def test_non_utf8_jsonl_and_json_name_the_file_and_line(arithmetic_pairs, train, tmp_path, capsys, no_model):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.jsonl").write_bytes(
@@ -101,7 +80,7 @@ def test_non_utf8_jsonl_and_json_name_the_file_and_line(tmp_path, capsys, no_mod
     assert rc == 2 and re_search(r"train.json, line 1: not UTF-8", _one_error(err))
 
 
-def test_json_file_of_numbers_is_named(tmp_path, capsys, no_model):
+def test_json_file_of_numbers_is_named(train, tmp_path, capsys, no_model):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.json").write_text("[1, 2, 3]")
@@ -109,7 +88,7 @@ def test_json_file_of_numbers_is_named(tmp_path, capsys, no_model):
     assert rc == 2 and re_search(r"train.json, row 0: expected an object", _one_error(err))
 
 
-def test_empty_held_out_split_is_named(tmp_path, capsys, no_model):
+def test_empty_held_out_split_is_named(arithmetic_pairs, train, write_jsonl, tmp_path, capsys, no_model):
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
     (tmp_path / "data" / "test.jsonl").write_text("")
     rc, err = train(tmp_path, capsys)
@@ -120,7 +99,9 @@ def test_empty_held_out_split_is_named(tmp_path, capsys, no_model):
     assert rc == 2 and re_search(r"held-out split 'test' has no usable pairs", _one_error(err))
 
 
-def test_eval_fraction_out_of_range_and_leaving_nothing_to_train(tmp_path, capsys, no_model):
+def test_eval_fraction_out_of_range_and_leaving_nothing_to_train(
+    arithmetic_pairs, train, write_jsonl, tmp_path, capsys, no_model
+):
     rc, err = train(tmp_path, capsys, "eval_fraction: 1.5\n")
     assert rc == 2 and re_search(r"key 'eval_fraction': must be in \[0, 1\)", _one_error(err))
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(1))
@@ -129,13 +110,13 @@ def test_eval_fraction_out_of_range_and_leaving_nothing_to_train(tmp_path, capsy
     assert rc == 2 and re_search(r"eval_fraction 0.5 of 1 usable pairs leaves none", _one_error(err))
 
 
-def test_unwritable_output_dir_is_named(tmp_path, capsys, no_model):
+def test_unwritable_output_dir_is_named(train, tmp_path, capsys, no_model):
     (tmp_path / "afile").write_text("x")
     rc, err = train(tmp_path, capsys, "", "--output_dir", str(tmp_path / "afile" / "run"))
     assert rc == 2 and re_search(r"output_dir .*afile/run cannot be written", _one_error(err))
 
 
-def test_a_recipe_failing_a_later_check_leaves_no_new_directory(tmp_path, capsys, no_model):
+def test_a_recipe_failing_a_later_check_leaves_no_new_directory(train, tmp_path, capsys, no_model):
     # The writability check comes first; before, it created output_dir (and its parents) and left them behind,
     # an empty run dir a rerun could take for a resume.
     deep = tmp_path / "new" / "deeper" / "run"
@@ -148,7 +129,7 @@ def test_a_recipe_failing_a_later_check_leaves_no_new_directory(tmp_path, capsys
     assert not (tmp_path / "new").exists()
 
 
-def test_an_existing_output_dir_is_left_as_it_was(tmp_path, capsys, no_model):
+def test_an_existing_output_dir_is_left_as_it_was(train, tmp_path, capsys, no_model):
     run = tmp_path / "run"
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "notes.txt").write_text("mine")
@@ -159,13 +140,15 @@ def test_an_existing_output_dir_is_left_as_it_was(tmp_path, capsys, no_model):
     assert (run / "notes.txt").read_text() == "mine"
 
 
-def test_output_dir_under_an_unknown_users_home_is_named(tmp_path, capsys, no_model):
+def test_output_dir_under_an_unknown_users_home_is_named(train, tmp_path, capsys, no_model):
     # Path.expanduser raises RuntimeError for `~user` with no such user: an error line, not a traceback.
     rc, err = train(tmp_path, capsys, "", "--output_dir", "~no_such_user_hf_dpo/run")
     assert rc == 2 and re_search(r"output_dir ~no_such_user_hf_dpo/run cannot be written", _one_error(err))
 
 
-def test_unwritable_ref_cache_dir_is_a_warning_and_the_cache_goes_off(tmp_path, caplog):
+def test_unwritable_ref_cache_dir_is_a_warning_and_the_cache_goes_off(
+    arithmetic_pairs, write_jsonl, tmp_path, caplog
+):
     data = write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4)).parent
     (tmp_path / "afile").write_text("x")
     recipe = load_recipe(
@@ -207,7 +190,7 @@ def no_report_place(tmp_path, monkeypatch) -> Path:
 
 
 def test_a_report_that_could_never_be_computed_stops_before_training(
-    tmp_path, capsys, no_model, no_report_place, monkeypatch
+    train, tmp_path, capsys, no_model, no_report_place, monkeypatch
 ):
     """Before: training ran, then the report (and the held-out summary) died in evaluate. Now: preflight loads
     the report's modules, before the tokenizer loads; only when the report will compute a number."""
@@ -279,13 +262,13 @@ def test_unwritable_ref_cache_file_write_warns_and_returns(tmp_path, caplog):
         ("report_to: not_an_integration\n", "report_to"),
     ],
 )
-def test_bad_recipe_values_name_the_key(tmp_path, capsys, no_model, recipe, key):
+def test_bad_recipe_values_name_the_key(train, tmp_path, capsys, no_model, recipe, key):
     rc, err = train(tmp_path, capsys, recipe)
     assert rc == 2
     assert key in _one_error(err)
 
 
-def test_push_without_a_token_fails_before_training(tmp_path, capsys, no_model, monkeypatch):
+def test_push_without_a_token_fails_before_training(train, tmp_path, capsys, no_model, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
@@ -293,7 +276,7 @@ def test_push_without_a_token_fails_before_training(tmp_path, capsys, no_model, 
     assert rc == 2 and "no Hub token" in _one_error(err)
 
 
-def test_missing_local_model_dir_is_named(tmp_path, capsys, no_model):
+def test_missing_local_model_dir_is_named(train, tmp_path, capsys, no_model):
     rc, err = train(tmp_path, capsys, f"model_name_or_path: {tmp_path / 'nope'}\n")
     assert rc == 2 and "model_name_or_path" in _one_error(err)
 
@@ -326,7 +309,7 @@ def test_recipe_file_that_is_not_utf8_is_named(tmp_path, capsys, no_model):
     assert re_search(r"r.yaml, line 2: not UTF-8", _one_error(capsys.readouterr().err))
 
 
-def test_judge_that_cannot_take_prompt_and_completion_is_named(tmp_path, capsys, no_model):
+def test_judge_that_cannot_take_prompt_and_completion_is_named(train, tmp_path, capsys, no_model):
     rc, err = train(tmp_path, capsys, "judge: os:getcwd\n")
     assert rc == 2 and re_search(
         r"judge 'os:getcwd' cannot be called as getcwd\(prompt, completion\)", _one_error(err)
@@ -347,7 +330,7 @@ def test_sample_checks_prompts_before_the_model_loads(tmp_path, capsys, monkeypa
 
 
 def test_resume_true_picks_the_last_complete_checkpoint_and_skips_one_cut_short(
-    tmp_path, capsys, no_model, caplog
+    train, tmp_path, capsys, no_model, caplog
 ):
     rc, err = train(tmp_path, capsys, "resume_from_checkpoint: true\n")
     assert rc == 2 and re_search(r"no complete checkpoint-N in .*run to resume from", _one_error(err))
@@ -369,7 +352,9 @@ def test_resume_true_picks_the_last_complete_checkpoint_and_skips_one_cut_short(
     assert rc == 2 and re_search(r"checkpoint-6 has no trainer_state.json", _one_error(err))
 
 
-def test_json_nested_too_deeply_is_named_not_a_recursion_traceback(tmp_path, capsys, no_model):
+def test_json_nested_too_deeply_is_named_not_a_recursion_traceback(
+    arithmetic_pairs, train, write_jsonl, tmp_path, capsys, no_model
+):
     deep = "[" * 100000 + "]" * 100000
     write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
     (tmp_path / "data" / "train.jsonl").write_text(json.dumps(arithmetic_pairs(1)[0]) + "\n" + deep + "\n")
@@ -397,7 +382,7 @@ def test_eval_with_a_misspelled_judge_stops_before_the_model_loads(tmp_path, cap
 
 
 def test_lora_target_modules_that_match_no_layer_are_named_before_loading(
-    tmp_path, capsys, no_model, tiny_model_dir
+    train, tmp_path, capsys, no_model, tiny_model_dir
 ):
     rc, err = train(
         tmp_path, capsys, f"model_name_or_path: {tiny_model_dir}\nlora_target_modules: [q_proj, qkv]\n"
@@ -434,7 +419,7 @@ def _report_only(run: Path) -> None:  # the adapter deleted by hand; the report 
 
 @pytest.mark.parametrize("leaves", [_finished, _saved_not_reported, _report_only])
 def test_training_into_a_finished_run_is_refused_naming_overwrite_output_dir(
-    tmp_path, capsys, no_model, leaves
+    train, tmp_path, capsys, no_model, leaves
 ):
     # `make demo` twice, or a second recipe with the same output_dir, replaced the run's adapter, report and card
     # without a word.
@@ -450,7 +435,7 @@ def test_training_into_a_finished_run_is_refused_naming_overwrite_output_dir(
         train(tmp_path, capsys, "", "--overwrite_output_dir", "true")
 
 
-def test_training_into_a_stopped_run_is_refused_unless_it_is_resumed(tmp_path, capsys, no_model):
+def test_training_into_a_stopped_run_is_refused_unless_it_is_resumed(train, tmp_path, capsys, no_model):
     run = tmp_path / "run"
     write_adapter(run / "checkpoint-2", "smollm2-135m-instruct")
     (run / "checkpoint-2" / "trainer_state.json").write_text("{}")

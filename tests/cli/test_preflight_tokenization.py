@@ -14,7 +14,6 @@ from hf_dpo import cli
 from hf_dpo.config import DataConfig, RecipeError, load_recipe
 from hf_dpo.data import DataError, prepare_rows
 from hf_dpo.preflight import preflight
-from tests.cli.test_preflight import arithmetic_pairs, write_jsonl
 
 # A template of the kind many chat models ship: turns must go user, assistant, user, ...; no system turn.
 STRICT_TEMPLATE = (
@@ -52,26 +51,34 @@ def _messages(*roles: str) -> list[dict]:
     return [{"role": role, "content": f"turn {i}"} for i, role in enumerate(roles)]
 
 
-def train(tmp_path: Path, capsys, train_rows: list, *overrides: str, test_rows: list | None = None):
-    """`hf-dpo train` on these rows in-process: (exit code, the one error line or None, the run dir)."""
-    write_jsonl(tmp_path / "data" / "train.jsonl", train_rows)
-    write_jsonl(tmp_path / "data" / "test.jsonl", test_rows if test_rows is not None else arithmetic_pairs(2))
-    run = tmp_path / "new" / "run"
-    argv = [
-        "train",
-        "--dataset_name",
-        str(tmp_path / "data"),
-        "--output_dir",
-        str(run),
-        "--report_to",
-        "none",
-    ]
-    rc = cli.main([*argv, *overrides])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == (1 if rc else 0), err
-    return rc, (lines[0] if lines else None), run
+@pytest.fixture
+def train_on_rows(write_jsonl, arithmetic_pairs):
+    """train_on_rows(tmp_path, capsys, train_rows, *overrides, test_rows=None) -> (exit code, the one error line or
+    None, the run dir) of `hf-dpo train` on these rows in-process."""
+
+    def train(tmp_path: Path, capsys, train_rows: list, *overrides: str, test_rows: list | None = None):
+        write_jsonl(tmp_path / "data" / "train.jsonl", train_rows)
+        write_jsonl(
+            tmp_path / "data" / "test.jsonl", test_rows if test_rows is not None else arithmetic_pairs(2)
+        )
+        run = tmp_path / "new" / "run"
+        argv = [
+            "train",
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(run),
+            "--report_to",
+            "none",
+        ]
+        rc = cli.main([*argv, *overrides])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == (1 if rc else 0), err
+        return rc, (lines[0] if lines else None), run
+
+    return train
 
 
 def _recipe(tmp_path: Path, *overrides: str):
@@ -93,10 +100,12 @@ def _recipe(tmp_path: Path, *overrides: str):
 
 
 def test_a_turn_order_the_template_refuses_is_named_before_the_model_loads(
-    tmp_path, capsys, no_model, strict_dir
+    arithmetic_pairs, train_on_rows, tmp_path, capsys, no_model, strict_dir
 ):
     bad = {"prompt": _messages("user", "user"), "chosen": "yes", "rejected": "no"}
-    rc, line, run = train(tmp_path, capsys, [*arithmetic_pairs(3), bad], "--model_name_or_path", strict_dir)
+    rc, line, run = train_on_rows(
+        tmp_path, capsys, [*arithmetic_pairs(3), bad], "--model_name_or_path", strict_dir
+    )
     assert rc == 2
     assert re.search(
         r"train.jsonl, row 3, column 'prompt': the tokenizer's chat template rejects it", line
@@ -105,13 +114,19 @@ def test_a_turn_order_the_template_refuses_is_named_before_the_model_loads(
     assert not (tmp_path / "new").exists()  # the run dir the check probed was removed again
 
 
-def test_the_column_named_is_the_one_the_template_failed_on(tmp_path, capsys, no_model, strict_dir):
+def test_the_column_named_is_the_one_the_template_failed_on(
+    arithmetic_pairs, train_on_rows, tmp_path, capsys, no_model, strict_dir
+):
     bad = {"prompt": "q", "chosen": _messages("assistant", "assistant"), "rejected": _messages("assistant")}
-    rc, line, _ = train(tmp_path, capsys, [*arithmetic_pairs(2), bad], "--model_name_or_path", strict_dir)
+    rc, line, _ = train_on_rows(
+        tmp_path, capsys, [*arithmetic_pairs(2), bad], "--model_name_or_path", strict_dir
+    )
     assert rc == 2 and "row 2, column 'chosen'" in line, line
 
 
-def test_row_numbers_are_the_files_even_when_a_held_out_share_and_a_subset_are_drawn(tmp_path, strict_dir):
+def test_row_numbers_are_the_files_even_when_a_held_out_share_and_a_subset_are_drawn(
+    arithmetic_pairs, write_jsonl, tmp_path, strict_dir
+):
     rows = arithmetic_pairs(12)
     rows[10] = {"prompt": _messages("assistant"), "chosen": "yes", "rejected": "no"}
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
@@ -123,14 +138,18 @@ def test_row_numbers_are_the_files_even_when_a_held_out_share_and_a_subset_are_d
             preflight(recipe)
 
 
-def test_a_system_prompt_the_template_refuses_says_where_the_system_turn_comes_from(tmp_path, strict_dir):
+def test_a_system_prompt_the_template_refuses_says_where_the_system_turn_comes_from(
+    arithmetic_pairs, write_jsonl, tmp_path, strict_dir
+):
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(3))
     recipe = _recipe(tmp_path, "--model_name_or_path", strict_dir, "--system_prompt", "Be brief.")
     with pytest.raises(DataError, match=r"row 0, column 'prompt'.*system_prompt adds a system turn"):
         preflight(recipe)
 
 
-def test_with_on_bad_rows_skip_a_refused_row_is_dropped_and_counted(tmp_path, strict_dir):
+def test_with_on_bad_rows_skip_a_refused_row_is_dropped_and_counted(
+    arithmetic_pairs, write_jsonl, tmp_path, strict_dir
+):
     bad = {"prompt": _messages("user", "user"), "chosen": "yes", "rejected": "no"}
     write_jsonl(tmp_path / "data" / "train.jsonl", [*arithmetic_pairs(3), bad])
     write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
@@ -140,24 +159,26 @@ def test_with_on_bad_rows_skip_a_refused_row_is_dropped_and_counted(tmp_path, st
 
 
 def test_conversational_rows_without_a_chat_template_name_the_row(
-    tmp_path, capsys, no_model, no_template_dir
+    arithmetic_pairs, train_on_rows, tmp_path, capsys, no_model, no_template_dir
 ):
     rows = [*arithmetic_pairs(2), {"prompt": _messages("user"), "chosen": "yes", "rejected": "no"}]
-    rc, line, _ = train(tmp_path, capsys, rows, "--model_name_or_path", no_template_dir)
+    rc, line, _ = train_on_rows(tmp_path, capsys, rows, "--model_name_or_path", no_template_dir)
     assert rc == 2 and re.search(
         r"train.jsonl, row 2: conversational rows .*need a tokenizer with a chat", line
     )
 
 
-def test_a_tokenizer_that_cannot_be_loaded_names_the_key(tmp_path, capsys, no_model):
+def test_a_tokenizer_that_cannot_be_loaded_names_the_key(
+    arithmetic_pairs, train_on_rows, tmp_path, capsys, no_model
+):
     (tmp_path / "empty-model").mkdir()
-    rc, line, _ = train(
+    rc, line, _ = train_on_rows(
         tmp_path, capsys, arithmetic_pairs(3), "--model_name_or_path", str(tmp_path / "empty-model")
     )
     assert rc == 2 and line.startswith("error: key 'model_name_or_path':"), line
 
 
-def test_prepare_rows_turns_a_template_exception_into_a_row_error(strict_dir):
+def test_prepare_rows_turns_a_template_exception_into_a_row_error(arithmetic_pairs, strict_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(strict_dir)
@@ -171,9 +192,9 @@ def test_prepare_rows_turns_a_template_exception_into_a_row_error(strict_dir):
 
 @pytest.mark.parametrize("prompt_length", ["64", "100"])
 def test_max_prompt_length_not_below_max_length_is_refused_naming_both_keys(
-    tmp_path, capsys, no_model, prompt_length
+    arithmetic_pairs, train_on_rows, tmp_path, capsys, no_model, prompt_length
 ):
-    rc, line, _ = train(
+    rc, line, _ = train_on_rows(
         tmp_path, capsys, arithmetic_pairs(3), "--max_length", "64", "--max_prompt_length", prompt_length
     )
     assert rc == 2
@@ -190,9 +211,11 @@ def test_max_prompt_length_just_below_max_length_is_accepted():
         load_recipe(None, ["--max_length", "1", "--max_prompt_length", "1"])
 
 
-def test_every_train_pair_dropped_for_length_is_an_error_naming_the_keys(tmp_path, capsys, no_model):
+def test_every_train_pair_dropped_for_length_is_an_error_naming_the_keys(
+    train_on_rows, tmp_path, capsys, no_model
+):
     rows = [{"prompt": "word " * 100, "chosen": "a", "rejected": "b"}] * 4
-    rc, line, _ = train(tmp_path, capsys, rows, "--max_length", "32")
+    rc, line, _ = train_on_rows(tmp_path, capsys, rows, "--max_length", "32")
     assert rc == 2
     assert re.search(r"train.jsonl: there are no usable pairs left .*prompt longer than max_length", line), (
         line
@@ -201,22 +224,28 @@ def test_every_train_pair_dropped_for_length_is_an_error_naming_the_keys(tmp_pat
     assert not (tmp_path / "new").exists()
 
 
-def test_a_held_out_split_emptied_by_length_names_the_keys_not_missing_pairs(tmp_path, capsys, no_model):
+def test_a_held_out_split_emptied_by_length_names_the_keys_not_missing_pairs(
+    arithmetic_pairs, train_on_rows, tmp_path, capsys, no_model
+):
     long_rows = [{"prompt": "word " * 100, "chosen": "a", "rejected": "b"}] * 2
-    rc, line, _ = train(tmp_path, capsys, arithmetic_pairs(4), "--max_length", "64", test_rows=long_rows)
+    rc, line, _ = train_on_rows(
+        tmp_path, capsys, arithmetic_pairs(4), "--max_length", "64", test_rows=long_rows
+    )
     assert rc == 2
     assert re.search(r"test.jsonl: the held-out split has no usable pairs left .*raise max_length", line), (
         line
     )
 
 
-def test_pairs_identical_once_cut_name_the_keys_too(tmp_path, capsys, no_model):
+def test_pairs_identical_once_cut_name_the_keys_too(train_on_rows, tmp_path, capsys, no_model):
     rows = [{"prompt": "q", "chosen": "same start " * 20 + "yes", "rejected": "same start " * 20 + "no"}] * 3
-    rc, line, _ = train(tmp_path, capsys, rows, "--max_length", "24", "--max_prompt_length", "8")
+    rc, line, _ = train_on_rows(tmp_path, capsys, rows, "--max_length", "24", "--max_prompt_length", "8")
     assert rc == 2 and "identical once cut to fit (max_length 24, max_prompt_length 8)" in line, line
 
 
-def test_some_pairs_dropped_for_length_is_a_warning_naming_the_keys(tmp_path, caplog):
+def test_some_pairs_dropped_for_length_is_a_warning_naming_the_keys(
+    arithmetic_pairs, write_jsonl, tmp_path, caplog
+):
     rows = [*arithmetic_pairs(3), {"prompt": "word " * 100, "chosen": "a", "rejected": "b"}]
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
     write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))

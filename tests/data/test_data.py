@@ -3,25 +3,14 @@
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import DataError, load_preference_dataset, prepare_rows, read_splits, tokenize_dataset
 from hf_dpo.train.batching import PreferenceCollator
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm_dir):
-    return AutoTokenizer.from_pretrained(smollm_dir)
-
-
 def args(**kw):
     return DPOConfig(output_dir="/tmp/hf_dpo_test", report_to="none", **kw)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def decode(tokenizer, ids):
@@ -264,7 +253,7 @@ def test_local_formats_and_splits(tmp_path, tokenizer, fmt):
     assert data.report["train"]["pairs_used"] == 8
 
 
-def test_single_file_with_eval_fraction_and_max_samples(tmp_path, tokenizer):
+def test_single_file_with_eval_fraction_and_max_samples(write_jsonl, tmp_path, tokenizer):
     path = write_jsonl(
         tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(20)]
     )
@@ -283,7 +272,7 @@ def test_broken_json_line_is_named(tmp_path, tokenizer):
         read_splits(DataConfig(dataset_name=str(path)))
 
 
-def test_missing_file_and_missing_split(tmp_path, tokenizer):
+def test_missing_file_and_missing_split(write_jsonl, tmp_path, tokenizer):
     with pytest.raises(DataError, match="does not exist"):
         read_splits(DataConfig(dataset_name=str(tmp_path / "nope.jsonl")))
     write_jsonl(tmp_path / "validation.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])

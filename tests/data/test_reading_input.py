@@ -11,52 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from hf_dpo import cli
-
-
-def arithmetic_pairs(n: int = 4) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
-    """`hf-dpo train RECIPE OVERRIDES` in-process on tmp_path/data (a train and a test split unless the test
-    wrote its own): (exit code, stderr)."""
-    data = tmp_path / "data"
-    if not data.exists():
-        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
-        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
-    path = tmp_path / "r.yaml"
-    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
-    rc = cli.main(["train", str(path), *overrides])
-    return rc, capsys.readouterr().err
-
-
-def one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    return lines[0]
-
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
-def _read(path: Path, **cfg):
-    from hf_dpo.config import DataConfig
-    from hf_dpo.data import read_splits
-
-    return read_splits(DataConfig(dataset_name=str(path), **cfg))
-
-
-def test_eval_strategy_without_a_held_out_split_is_named_before_the_model_loads(tmp_path, capsys, no_model):
+def test_eval_strategy_without_a_held_out_split_is_named_before_the_model_loads(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model
+):
     # transformers' Trainer refused it only once built, after the model had loaded: a ValueError traceback.
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(6))
     rc, err = train(tmp_path, capsys, "eval_strategy: steps\neval_steps: 5\n")
@@ -87,7 +50,9 @@ def test_csv_cells_are_read_as_the_text_they_hold(tmp_path):
     ]
 
 
-def test_a_held_out_split_the_recipe_names_but_the_data_lacks_is_named(tmp_path, capsys, no_model):
+def test_a_held_out_split_the_recipe_names_but_the_data_lacks_is_named(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model
+):
     # Before: the run trained without any held-out split, silently (the recipe's dataset_test_split ignored).
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
     write_jsonl(tmp_path / "data" / "valid.jsonl", arithmetic_pairs(2))
@@ -100,7 +65,7 @@ def test_a_held_out_split_the_recipe_names_but_the_data_lacks_is_named(tmp_path,
     assert "dataset_test_split" in line
 
 
-def test_a_held_out_split_set_for_a_single_file_is_named(tmp_path):
+def test_a_held_out_split_set_for_a_single_file_is_named(arithmetic_pairs, write_jsonl, tmp_path):
     from hf_dpo.config import DataConfig
     from hf_dpo.data import DataError, read_splits
 
@@ -114,7 +79,7 @@ def test_a_held_out_split_set_for_a_single_file_is_named(tmp_path):
     assert list(read_splits(DataConfig(dataset_name=str(tmp_path / "pairs.jsonl")))) == ["train"]
 
 
-def test_a_hub_dataset_without_the_named_held_out_split_is_named(monkeypatch):
+def test_a_hub_dataset_without_the_named_held_out_split_is_named(arithmetic_pairs, monkeypatch):
     import datasets
 
     from hf_dpo.config import DataConfig
@@ -158,7 +123,9 @@ def test_a_hub_split_that_fails_to_load_is_named(monkeypatch):
 
 
 @pytest.mark.parametrize("column", ["images", "image"])
-def test_a_vision_dataset_is_named_not_trained_on_its_text_alone(tmp_path, capsys, no_model, column):
+def test_a_vision_dataset_is_named_not_trained_on_its_text_alone(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model, column
+):
     # TRL's vision DPO format: the images were dropped silently, the prompts still speaking of them.
     rows = [dict(r, **{column: ["pics/0.png"]}) for r in arithmetic_pairs(4)]
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
@@ -171,7 +138,7 @@ def test_a_vision_dataset_is_named_not_trained_on_its_text_alone(tmp_path, capsy
         train(tmp_path, capsys)
 
 
-def test_a_held_out_split_that_is_the_train_split_is_named(tmp_path):
+def test_a_held_out_split_that_is_the_train_split_is_named(arithmetic_pairs, write_jsonl, tmp_path):
     # Before: the "held-out" metrics before and after training were measured on the training pairs, silently.
     from hf_dpo.config import DataConfig
     from hf_dpo.data import DataError, read_splits
@@ -182,7 +149,7 @@ def test_a_held_out_split_that_is_the_train_split_is_named(tmp_path):
         read_splits(cfg)
 
 
-def test_a_dataset_saved_with_save_to_disk_is_read_as_its_splits(tmp_path):
+def test_a_dataset_saved_with_save_to_disk_is_read_as_its_splits(arithmetic_pairs, tmp_path):
     # Before: "no file for split 'train' (found: dataset_dict). Set dataset_train_split to one of them", advice
     # that led to reading dataset_dict.json as rows; a single saved Dataset: "(found: dataset_info, state)".
     import datasets
@@ -211,7 +178,9 @@ def test_a_dataset_saved_with_save_to_disk_is_read_as_its_splits(tmp_path):
     assert list(splits) == ["train"] and len(splits["train"][1]) == 3
 
 
-def test_eval_fraction_beside_a_test_split_says_it_is_not_used(tmp_path, caplog, smollm_dir):
+def test_eval_fraction_beside_a_test_split_says_it_is_not_used(
+    arithmetic_pairs, write_jsonl, tmp_path, caplog, smollm_dir
+):
     """Before: eval_fraction beside a dataset's test split was ignored without a word (the split is held out)."""
     import logging
 
@@ -232,7 +201,7 @@ def test_eval_fraction_beside_a_test_split_says_it_is_not_used(tmp_path, caplog,
     assert "eval_fraction 0.25 is not used: the dataset's 'test' split is the held-out set" in caplog.text
 
 
-def test_column_oriented_json_with_columns_of_different_lengths_is_named(tmp_path):
+def test_column_oriented_json_with_columns_of_different_lengths_is_named(read_splits_of, tmp_path):
     """Before: zip cut every column to the shortest, and 2 of 3 rows trained without a word."""
     from hf_dpo.data import DataError
 
@@ -241,10 +210,10 @@ def test_column_oriented_json_with_columns_of_different_lengths_is_named(tmp_pat
         json.dumps({"prompt": ["a", "b", "c"], "chosen": ["x", "y", "z"], "rejected": ["r", "s"]})
     )
     with pytest.raises(DataError, match=r"pairs\.json: its columns have different lengths.*rejected: 2"):
-        _read(path)
+        read_splits_of(path)
 
 
-def test_two_files_for_one_split_are_named_not_one_ignored(tmp_path):
+def test_two_files_for_one_split_are_named_not_one_ignored(read_splits_of, tmp_path):
     """Before: train.json was read and train.jsonl beside it silently ignored."""
     from hf_dpo.data import DataError
 
@@ -252,20 +221,20 @@ def test_two_files_for_one_split_are_named_not_one_ignored(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps([row]))
     _write_jsonl(tmp_path / "train.jsonl", [row] * 6)
     with pytest.raises(DataError, match=r"two files for split 'train' \(train\.json and train\.jsonl\)"):
-        _read(tmp_path)
+        read_splits_of(tmp_path)
 
 
-def test_a_split_file_that_cannot_be_opened_is_named_itself(tmp_path):
+def test_a_split_file_that_cannot_be_opened_is_named_itself(read_splits_of, tmp_path):
     """Before: 'DIR: cannot be read (No such file or directory)', naming the directory, which exists."""
     from hf_dpo.data import DataError
 
     _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
     (tmp_path / "test.jsonl").symlink_to(tmp_path / "gone.jsonl")
     with pytest.raises(DataError, match=r"test\.jsonl: cannot be read \(No such file"):
-        _read(tmp_path, dataset_test_split="test")
+        read_splits_of(tmp_path, dataset_test_split="test")
 
 
-def test_a_csv_that_cannot_be_parsed_says_why(tmp_path):
+def test_a_csv_that_cannot_be_parsed_says_why(read_splits_of, tmp_path):
     """Before: 'could not be read as csv: An error occurred while generating the dataset' (datasets' wrapper)."""
     from hf_dpo.data import DataError
 
@@ -273,7 +242,7 @@ def test_a_csv_that_cannot_be_parsed_says_why(tmp_path):
     with pytest.raises(
         DataError, match=r"pairs\.csv: could not be read as csv \(ParserError: .*EOF inside string"
     ):
-        _read(tmp_path / "pairs.csv")
+        read_splits_of(tmp_path / "pairs.csv")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])

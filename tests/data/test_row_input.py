@@ -7,52 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from hf_dpo import cli
-
-
-def arithmetic_pairs(n: int = 4) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
-    """`hf-dpo train RECIPE OVERRIDES` in-process on tmp_path/data (a train and a test split unless the test
-    wrote its own): (exit code, stderr)."""
-    data = tmp_path / "data"
-    if not data.exists():
-        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
-        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
-    path = tmp_path / "r.yaml"
-    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
-    rc = cli.main(["train", str(path), *overrides])
-    return rc, capsys.readouterr().err
-
-
-def one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    return lines[0]
-
-
-def _read(path: Path, **cfg):
-    from hf_dpo.config import DataConfig
-    from hf_dpo.data import read_splits
-
-    return read_splits(DataConfig(dataset_name=str(path), **cfg))
-
 
 @pytest.mark.parametrize("on_bad_rows", ["error", "skip"])
-def test_a_split_without_the_mapped_columns_names_them_not_a_row(tmp_path, capsys, no_model, on_bad_rows):
+def test_a_split_without_the_mapped_columns_names_them_not_a_row(
+    one_error, train, write_jsonl, tmp_path, capsys, no_model, on_bad_rows
+):
     # StackExchange-style columns: before, "row 0, column 'chosen': missing value. Fix the row" (error), or with
     # skip "no usable pairs (3 rows read, none valid) ... set `on_bad_rows: skip`", which it already was.
     write_jsonl(
@@ -67,14 +29,18 @@ def test_a_split_without_the_mapped_columns_names_them_not_a_row(tmp_path, capsy
     assert "chosen_column" in line and "row" not in line
 
 
-def test_a_held_out_split_without_the_columns_is_named(tmp_path, capsys, no_model):
+def test_a_held_out_split_without_the_columns_is_named(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model
+):
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
     write_jsonl(tmp_path / "data" / "test.jsonl", [{"prompt": "p", "good": "a", "bad": "b"}] * 2)
     rc, err = train(tmp_path, capsys, "on_bad_rows: skip\n")
     assert rc == 2 and re.search(r"test.jsonl: no column 'chosen'", one_error(err))
 
 
-def test_a_prompt_column_set_to_a_column_the_data_lacks_is_named(tmp_path, capsys, no_model):
+def test_a_prompt_column_set_to_a_column_the_data_lacks_is_named(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model
+):
     # Before: every row fell back to the implicit prompt (the shared start of chosen and rejected), so the error
     # was "row 0, column 'question': no prompt column and chosen/rejected share no prefix", or, where the
     # answers did share a start, the recipe's mapping was silently ignored.
@@ -86,7 +52,7 @@ def test_a_prompt_column_set_to_a_column_the_data_lacks_is_named(tmp_path, capsy
     assert "prompt_column" in line
 
 
-def test_an_empty_csv_cell_is_an_empty_response_named_by_row(tmp_path, capsys, no_model):
+def test_an_empty_csv_cell_is_an_empty_response_named_by_row(one_error, train, tmp_path, capsys, no_model):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.csv").write_text("prompt,chosen,rejected\nq1,a,b\nq2,,d\n")
@@ -123,7 +89,9 @@ def test_a_string_prompt_beside_whole_conversations_is_not_asked_twice(smollm_di
     assert "user" not in tokenizer.decode(ids["chosen_input_ids"])
 
 
-def test_a_null_prompt_in_a_dataset_with_prompts_is_named_not_guessed(tmp_path, capsys, no_model):
+def test_a_null_prompt_in_a_dataset_with_prompts_is_named_not_guessed(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model
+):
     # One row's prompt lost (null): it was taken from the shared start of its answers, "The answer is " here,
     # and trained on as the prompt, silently.
     rows = arithmetic_pairs(3) + [
@@ -164,7 +132,9 @@ def test_a_conversation_prompt_with_no_text_is_an_empty_prompt_as_a_string_one_i
 
 
 @pytest.mark.parametrize("eval_fraction", [None, "0.5"])
-def test_a_bad_jsonl_row_is_also_named_by_the_line_an_editor_shows(tmp_path, capsys, no_model, eval_fraction):
+def test_a_bad_jsonl_row_is_also_named_by_the_line_an_editor_shows(
+    arithmetic_pairs, one_error, train, write_jsonl, tmp_path, capsys, no_model, eval_fraction
+):
     """Before: rows count from 0 and skip blank lines, so a file with blank lines had its refused 'row 3' on
     line 8 and nothing said so; the error now gives the line too, in the held-out share's rows as well."""
     good = [json.dumps(row) for row in arithmetic_pairs(6)]
@@ -183,7 +153,7 @@ def test_a_bad_jsonl_row_is_also_named_by_the_line_an_editor_shows(tmp_path, cap
 
 
 @pytest.mark.parametrize("column", ["prompt", "chosen"])
-def test_a_lone_surrogate_in_a_row_is_named_before_the_tokenizer(tmp_path, column):
+def test_a_lone_surrogate_in_a_row_is_named_before_the_tokenizer(read_splits_of, tmp_path, column):
     """'\\ud800' in the JSON: before, the row passed every check and the tokenizer raised TypeError ('TextEncodeInput
     must be Union[...]') from inside transformers once the model was loaded."""
     from hf_dpo.config import DataConfig
@@ -192,7 +162,7 @@ def test_a_lone_surrogate_in_a_row_is_named_before_the_tokenizer(tmp_path, colum
     row = {"prompt": "p", "chosen": "a", "rejected": "b"}
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps(row).replace(f'"{row[column]}"', f'"{row[column]}\\ud800"') + "\n")
-    (parsed,) = (r for _, rows in _read(path).values() for r in rows)
+    (parsed,) = (r for _, rows in read_splits_of(path).values() for r in rows)
     with pytest.raises(BadRow, match="surrogate") as bad:
         normalize_row(parsed, DataConfig())
     assert bad.value.column == column

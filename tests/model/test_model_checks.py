@@ -15,46 +15,8 @@ from hf_dpo import cli
 from tests.run_fixtures import write_adapter
 
 
-def arithmetic_pairs(n: int = 4) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
-    """`hf-dpo train RECIPE OVERRIDES` in-process on tmp_path/data (a train and a test split unless the test
-    wrote its own): (exit code, stderr)."""
-    data = tmp_path / "data"
-    if not data.exists():
-        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
-        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
-    path = tmp_path / "r.yaml"
-    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
-    rc = cli.main(["train", str(path), *overrides])
-    return rc, capsys.readouterr().err
-
-
-def one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    return lines[0]
-
-
-def load(tmp_path: Path, text: str, *overrides: str):
-    from hf_dpo.config import load_recipe
-
-    path = tmp_path / "r.yaml"
-    path.write_text(text)
-    return load_recipe(path, list(overrides))
-
-
 def test_an_attention_kernel_transformers_does_not_know_is_named_before_the_model_loads(
-    tmp_path, capsys, no_model
+    one_error, train, tmp_path, capsys, no_model
 ):
     # Before: a ValueError traceback from transformers once the model's weights were fetched.
     rc, err = train(tmp_path, capsys, "attn_implementation: flash_attn_2\n")
@@ -65,7 +27,7 @@ def test_an_attention_kernel_transformers_does_not_know_is_named_before_the_mode
 
 
 def test_flash_attention_without_its_package_is_named_before_the_model_loads(
-    tmp_path, capsys, no_model, monkeypatch
+    one_error, train, tmp_path, capsys, no_model, monkeypatch
 ):
     # Before: "ImportError: FlashAttention2 has been toggled on, but ... doesn't seem to be installed", a traceback
     # after the (Hub) model's weights had been downloaded.
@@ -79,7 +41,9 @@ def test_flash_attention_without_its_package_is_named_before_the_model_loads(
     assert re.search(r"key 'attn_implementation': flash_attention_2 needs .*flash-attn.*sdpa", line), line
 
 
-def test_a_lora_adapter_given_as_the_model_is_named_with_the_keys_to_use(tmp_path, capsys, no_model):
+def test_a_lora_adapter_given_as_the_model_is_named_with_the_keys_to_use(
+    one_error, train, tmp_path, capsys, no_model
+):
     # An SFT run's output (adapter + tokenizer, no config.json) as model_name_or_path: transformers loaded its
     # base with the adapter, and the new LoRA went on top under the same name: which weights trained and what the
     # reference was (the bare base, not the SFT adapter) was silent.
@@ -98,7 +62,7 @@ def test_a_lora_adapter_given_as_the_model_is_named_with_the_keys_to_use(tmp_pat
 
 @pytest.mark.parametrize("what", ["directory", "file"])
 def test_an_adapter_path_that_holds_no_adapter_is_named_before_the_model_loads(
-    tmp_path, capsys, no_model, what
+    one_error, train, tmp_path, capsys, no_model, what
 ):
     # Before: the base model loaded (minutes for a large one), then peft failed on the missing adapter_config.json.
     adapter = tmp_path / "sft"
@@ -119,7 +83,9 @@ def test_an_adapter_path_that_holds_no_adapter_is_named_before_the_model_loads(
         ("", ("--lora_target_modules=q_proj, v_proj",)),
     ],
 )
-def test_lora_target_modules_written_as_one_comma_list_is_named(tmp_path, recipe, overrides):
+def test_lora_target_modules_written_as_one_comma_list_is_named(
+    load_recipe_text, tmp_path, recipe, overrides
+):
     # Before: one module named 'q_proj, v_proj', which no layer has: for a Hub model peft said so only after the
     # model had loaded.
     from hf_dpo.config import RecipeError
@@ -127,8 +93,10 @@ def test_lora_target_modules_written_as_one_comma_list_is_named(tmp_path, recipe
     with pytest.raises(
         RecipeError, match=r"key 'lora_target_modules': 'q_proj, ?v_proj' .*\[q_proj, v_proj\]"
     ):
-        load(tmp_path, recipe, *overrides)
-    assert load(tmp_path, "lora_target_modules: [q_proj, v_proj]\n").model.lora_target_modules == [
+        load_recipe_text(tmp_path, recipe, *overrides)
+    assert load_recipe_text(
+        tmp_path, "lora_target_modules: [q_proj, v_proj]\n"
+    ).model.lora_target_modules == [
         "q_proj",
         "v_proj",
     ]
@@ -136,7 +104,7 @@ def test_lora_target_modules_written_as_one_comma_list_is_named(tmp_path, recipe
 
 @pytest.mark.parametrize("out", ["a_file", "a_file/merged"])
 def test_merge_into_a_place_that_cannot_hold_it_is_named_before_the_base_loads(
-    tmp_path, capsys, monkeypatch, out
+    one_error, tmp_path, capsys, monkeypatch, out
 ):
     # OUT an existing file: a NotADirectoryError traceback; OUT under a file (or unwritable): the base loaded
     # and merged, then the save failed with a traceback.
@@ -152,7 +120,7 @@ def test_merge_into_a_place_that_cannot_hold_it_is_named_before_the_base_loads(
 
 
 def test_lora_target_modules_of_a_hub_model_are_checked_from_its_config(
-    tmp_path, capsys, no_model, monkeypatch
+    one_error, train, tmp_path, capsys, no_model, monkeypatch
 ):
     # Hub models were left to the loader: a target no layer has (q_proj on GPT-2, whose attention is c_attn)
     # failed in peft after the model had been downloaded and loaded. Now their config is read from the Hub cache
@@ -176,10 +144,10 @@ def test_lora_target_modules_of_a_hub_model_are_checked_from_its_config(
 
 
 def test_a_model_config_json_that_is_no_mapping_is_named_before_the_model_loads(
-    tmp_path, capsys, no_model, smollm_dir
+    one_error, train, tmp_path, capsys, no_model, smollm_dir
 ):
     # A config.json holding a list (a file overwritten by another tool): transformers' TypeError ("argument after
-    # ** must be a mapping") came out of the preflight's tokenizer load as a traceback.
+    # ** must be a mapping") came out of the preflight's tokenizer load_recipe_text as a traceback.
     import shutil
 
     model = tmp_path / "model"

@@ -10,11 +10,6 @@ import pytest
 from hf_dpo.pairs.formats import SamplingError
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _recipe(tmp_path: Path, **over):
     from hf_dpo.config import load_recipe
 
@@ -30,7 +25,7 @@ def _recipe(tmp_path: Path, **over):
     return load_recipe(None, args)
 
 
-def test_a_dataset_card_write_that_fails_leaves_the_previous_card(tmp_path, monkeypatch):
+def test_a_dataset_card_write_that_fails_leaves_the_previous_card(write_jsonl, tmp_path, monkeypatch):
     """The card was written with DatasetCard.save(), which empties README.md first: a failure (or a kill) midway
     left a README without the hf-dpo mark, and the next `hf-dpo sample` refused it as someone else's card; the
     failure itself was a bare OSError traceback."""
@@ -40,7 +35,7 @@ def test_a_dataset_card_write_that_fails_leaves_the_previous_card(tmp_path, monk
     from hf_dpo.pairs.dataset_card import write_dataset_card
     from hf_dpo.pairs.labelling import label_with_judge
 
-    samples = _write_jsonl(
+    samples = write_jsonl(
         tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
     )
     stats = label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "pairs" / "train.jsonl")

@@ -4,17 +4,9 @@ are numbers, and a pairs file that cannot be written is named with the old pairs
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from hf_dpo.pairs.formats import SamplingError
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 class _ObjectJudge:
@@ -40,13 +32,13 @@ class _CriteriaJudge(_ObjectJudge):
         return self.score(prompts, completions)
 
 
-def test_label_with_judge_never_writes_over_its_samples_or_hand_labels(tmp_path):
+def test_label_with_judge_never_writes_over_its_samples_or_hand_labels(write_jsonl, tmp_path):
     """label_with_judge (the Python API; `hf-dpo sample` checks its recipe first) with pairs_file the samples file:
     before, the samples were replaced by the pairs; into hand labels (judge: human), those were replaced; into a
     directory, an IsADirectoryError traceback."""
     from hf_dpo.pairs.labelling import label_with_judge
 
-    samples = _write_jsonl(
+    samples = write_jsonl(
         tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
     )
     before = samples.read_bytes()
@@ -54,7 +46,7 @@ def test_label_with_judge_never_writes_over_its_samples_or_hand_labels(tmp_path)
     with pytest.raises(SamplingError, match="is the samples file"):
         label_with_judge(samples, judge, tmp_path / "." / "s.jsonl")
     assert samples.read_bytes() == before
-    hand = _write_jsonl(
+    hand = write_jsonl(
         tmp_path / "hand.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r", "judge": "human"}]
     )
     hand_before = hand.read_bytes()
@@ -79,13 +71,13 @@ def test_label_with_judge_never_writes_over_its_samples_or_hand_labels(tmp_path)
         (RuntimeError("boom"), r"raised RuntimeError: boom while scoring 2 completions"),
     ],
 )
-def test_a_judge_object_that_returns_no_numbers_is_a_judge_error(tmp_path, out, message):
+def test_a_judge_object_that_returns_no_numbers_is_a_judge_error(write_jsonl, tmp_path, out, message):
     """A judge object whose score() raised, returned None / a float / None or strings in the list: before, a bare
     TypeError/ValueError/RuntimeError from inside float(), or a string '0.5' silently taken for a score."""
     from hf_dpo.pairs.judges import JudgeError
     from hf_dpo.pairs.labelling import label_with_judge
 
-    samples = _write_jsonl(
+    samples = write_jsonl(
         tmp_path / "s.jsonl", [{"index": 7, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
     )
     with pytest.raises(JudgeError, match=message):
@@ -93,13 +85,13 @@ def test_a_judge_object_that_returns_no_numbers_is_a_judge_error(tmp_path, out, 
     assert not (tmp_path / "pairs.jsonl").exists()
 
 
-def test_a_judge_object_may_return_numpy_and_torch_scalars(tmp_path):
+def test_a_judge_object_may_return_numpy_and_torch_scalars(write_jsonl, tmp_path):
     import numpy as np
     import torch
 
     from hf_dpo.pairs.labelling import label_with_judge
 
-    samples = _write_jsonl(
+    samples = write_jsonl(
         tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
     )
     stats = label_with_judge(
@@ -118,14 +110,16 @@ def test_a_judge_object_may_return_numpy_and_torch_scalars(tmp_path):
         (RuntimeError("boom"), r"raised RuntimeError: boom while scoring 2 completions"),
     ],
 )
-def test_a_criteria_judge_object_with_the_wrong_number_of_criteria_is_a_judge_error(tmp_path, out, message):
+def test_a_criteria_judge_object_with_the_wrong_number_of_criteria_is_a_judge_error(
+    write_jsonl, tmp_path, out, message
+):
     """A judge object whose criteria_scores() gave one value where it declares two criteria: before, an IndexError
     from the gate, a TypeError for plain floats or None, its exception bare; three values where it declares two were
     silently ranked on all three while the pairs' criteria columns showed two."""
     from hf_dpo.pairs.judges import JudgeError
     from hf_dpo.pairs.labelling import label_with_judge
 
-    samples = _write_jsonl(
+    samples = write_jsonl(
         tmp_path / "s.jsonl", [{"index": 7, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
     )
     with pytest.raises(JudgeError, match=message):
@@ -139,14 +133,16 @@ def test_a_criteria_judge_object_with_the_wrong_number_of_criteria_is_a_judge_er
     assert not (tmp_path / "pairs.jsonl").exists()
 
 
-def test_a_pairs_file_that_cannot_be_written_is_a_named_error_and_the_old_pairs_stay(tmp_path, monkeypatch):
+def test_a_pairs_file_that_cannot_be_written_is_a_named_error_and_the_old_pairs_stay(
+    write_jsonl, tmp_path, monkeypatch
+):
     """The disk full when the judge's pairs are written: before, a bare OSError traceback from files.py."""
     import errno
 
     from hf_dpo import files
     from hf_dpo.pairs.labelling import label_with_judge
 
-    samples = _write_jsonl(
+    samples = write_jsonl(
         tmp_path / "s.jsonl", [{"index": 0, "prompt": "What is 2 + 3?", "completions": ["5", "6"]}]
     )
     pairs = tmp_path / "pairs.jsonl"

@@ -14,21 +14,12 @@ from hf_dpo.pairs.formats import SamplingError
 from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
-def _write_samples(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _rows(answers=(("Paris.", "Lyon"), ("Tokyo.", "Kyoto"))) -> list[dict]:
-    return [{"index": i, "prompt": f"Question {i}?", "completions": list(a)} for i, a in enumerate(answers)]
-
-
 def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def test_decisions_on_regenerated_samples_are_refused_not_replayed(tmp_path):
-    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+def test_decisions_on_regenerated_samples_are_refused_not_replayed(sample_rows, write_jsonl, tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_rows())
     out = tmp_path / "pairs.jsonl"
     store = LabelStore(samples, out)
     store.decide(0, "left")
@@ -38,22 +29,24 @@ def test_decisions_on_regenerated_samples_are_refused_not_replayed(tmp_path):
     assert all("key" in d and "item" in d for d in logged)
     # The samples are regenerated: same prompts and indices, new answers. Replaying "left"/"right" onto them
     # would write pairs nobody saw.
-    _write_samples(tmp_path / "s.jsonl", _rows((("Marseille", "Nice"), ("Tokyo.", "Kyoto"))))
+    write_jsonl(tmp_path / "s.jsonl", sample_rows((("Marseille", "Nice"), ("Tokyo.", "Kyoto"))))
     with pytest.raises(SamplingError, match=r"line 1: the decision on prompt 0 was made on other answers"):
         LabelStore(samples, out)
     assert len(_lines(out)) == 2  # nothing rewritten
 
 
-def test_a_log_without_content_keys_is_refused(tmp_path):
-    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+def test_a_log_without_content_keys_is_refused(sample_rows, write_jsonl, tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_rows())
     out = tmp_path / "pairs.jsonl"
     decisions_path(out).write_text(json.dumps({"index": 0, "choice": "left", "time": 1.0}) + "\n")
     with pytest.raises(SamplingError, match="made on other answers"):
         LabelStore(samples, out)
 
 
-def test_restart_after_a_kill_between_the_log_and_the_pairs_rebuilds_the_pairs(tmp_path, monkeypatch):
-    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+def test_restart_after_a_kill_between_the_log_and_the_pairs_rebuilds_the_pairs(
+    sample_rows, write_jsonl, tmp_path, monkeypatch
+):
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_rows())
     out = tmp_path / "pairs.jsonl"
     store = LabelStore(samples, out)
     store.decide(0, "left")
@@ -71,13 +64,13 @@ def test_restart_after_a_kill_between_the_log_and_the_pairs_rebuilds_the_pairs(t
     assert [p["index"] for p in _lines(out)] == [0, 1]
 
 
-def test_every_one_of_k_answers_is_shown_and_identical_answers_are_never_paired(tmp_path):
+def test_every_one_of_k_answers_is_shown_and_identical_answers_are_never_paired(write_jsonl, tmp_path):
     rows = [
         {"index": 0, "prompt": "Name a fruit.", "completions": ["apple", "pear", "plum", "fig"]},
         {"index": 1, "prompt": "Say yes.", "completions": ["yes", "yes", " yes "]},  # nothing to choose
         {"index": 2, "prompt": "Name a colour.", "completions": ["red", "red", "blue", ""]},
     ]
-    store = LabelStore(_write_samples(tmp_path / "s.jsonl", rows), tmp_path / "p.jsonl")
+    store = LabelStore(write_jsonl(tmp_path / "s.jsonl", rows), tmp_path / "p.jsonl")
     state = store.state()
     assert state["unlabellable_prompts"] == 1
     shown: dict[int, set] = {}
@@ -92,27 +85,17 @@ def test_every_one_of_k_answers_is_shown_and_identical_answers_are_never_paired(
         assert pair["chosen"] != pair["rejected"]
 
 
-def test_samples_whose_answers_are_all_identical_cannot_be_labelled(tmp_path):
+def test_samples_whose_answers_are_all_identical_cannot_be_labelled(write_jsonl, tmp_path):
     rows = [{"index": 0, "prompt": "p", "completions": ["same", "same"]}]
     with pytest.raises(SamplingError, match="nothing to label"):
-        LabelStore(_write_samples(tmp_path / "s.jsonl", rows))
+        LabelStore(write_jsonl(tmp_path / "s.jsonl", rows))
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _samples(path: Path, n: int = 3) -> Path:
-    rows = [{"index": i, "prompt": f"Question {i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(n)]
-    return _write_jsonl(path, rows)
-
-
-def test_a_log_whose_last_line_lost_its_newline_keeps_both_decisions(tmp_path):
+def test_a_log_whose_last_line_lost_its_newline_keeps_both_decisions(write_samples, tmp_path):
     """The log's last newline gone (the person deleted a cut-off last line in an editor that saves without a
     final newline): before, the next decision was glued onto that line, and the next start refused the log
     ('not valid JSON') with both decisions in one unreadable line."""
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     LabelStore(samples).decide(0, "left")
     log = decisions_path(tmp_path / "s.pairs.jsonl")
     log.write_bytes(log.read_bytes().rstrip(b"\n"))
@@ -122,7 +105,7 @@ def test_a_log_whose_last_line_lost_its_newline_keeps_both_decisions(tmp_path):
     assert [d["choice"] for d in again.decisions.values()] == ["left", "right"]
 
 
-def test_a_decision_that_could_not_be_saved_is_not_in_the_log(tmp_path, monkeypatch):
+def test_a_decision_that_could_not_be_saved_is_not_in_the_log(write_samples, tmp_path, monkeypatch):
     """The disk failing at the fsync (full, I/O error): the page said 'not saved, press the key again', but the line
     stayed in the log; pressed again, the log held the decision twice, and after a restart one undo left it in
     place (and a half-written line would have had the next decision glued onto it)."""
@@ -131,7 +114,7 @@ def test_a_decision_that_could_not_be_saved_is_not_in_the_log(tmp_path, monkeypa
 
     from hf_dpo.pairs import label_store
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     store = LabelStore(samples)
     store.decide(0, "left")
     log = decisions_path(store.out)
@@ -154,7 +137,9 @@ def test_a_decision_that_could_not_be_saved_is_not_in_the_log(tmp_path, monkeypa
     assert again.state()["done"] == 1 and again.state()["current"]["index"] == 1
 
 
-def test_a_decision_cut_off_mid_write_is_dropped_with_a_note_and_the_rest_kept(tmp_path, capsys, monkeypatch):
+def test_a_decision_cut_off_mid_write_is_dropped_with_a_note_and_the_rest_kept(
+    write_samples, tmp_path, capsys, monkeypatch
+):
     """The server killed while writing a decision (power loss): before, the next start refused the whole log,
     'not valid JSON. Fix or delete that line; ... (a sampling run resumes and redoes missing prompts)', a hint
     about another file. That decision was never confirmed on the page: it is dropped, said so, and its pair shown
@@ -163,7 +148,7 @@ def test_a_decision_cut_off_mid_write_is_dropped_with_a_note_and_the_rest_kept(t
 
     from hf_dpo import cli
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     store = LabelStore(samples)
     store.decide(0, "left")
     log = decisions_path(store.out)
@@ -185,10 +170,10 @@ def test_a_decision_cut_off_mid_write_is_dropped_with_a_note_and_the_rest_kept(t
     assert [d["choice"] for d in LabelStore(samples).decisions.values()] == ["left", "right"]
 
 
-def test_a_broken_line_inside_the_log_says_what_deleting_it_means(tmp_path):
+def test_a_broken_line_inside_the_log_says_what_deleting_it_means(write_samples, tmp_path):
     """A decision line broken in the middle of the log (an edit): before, the hint was the samples file's, 'a sampling
     run resumes and redoes missing prompts', which says nothing of what becomes of a deleted decision."""
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     store = LabelStore(samples)
     store.decide(0, "left")
     store.decide(1, "left")
@@ -201,11 +186,11 @@ def test_a_broken_line_inside_the_log_says_what_deleting_it_means(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [0, 1])
-def test_pairs_the_log_no_longer_holds_are_not_dropped_from_out(tmp_path, keep):
+def test_pairs_the_log_no_longer_holds_are_not_dropped_from_out(write_samples, tmp_path, keep):
     """The decision log emptied or cut short (an edit, a restore from an older copy) while OUT still holds every
     pair: before, the start (cut short) or the first click (emptied) rewrote OUT from the log, and the pairs only
     OUT held were gone."""
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     store = LabelStore(samples)
     for index in range(3):
         store.decide(index, "left")
@@ -216,12 +201,12 @@ def test_pairs_the_log_no_longer_holds_are_not_dropped_from_out(tmp_path, keep):
     assert store.out.read_bytes() == before
 
 
-def test_a_pair_undone_just_before_a_kill_is_no_reason_to_refuse(tmp_path, monkeypatch):
+def test_a_pair_undone_just_before_a_kill_is_no_reason_to_refuse(write_samples, tmp_path, monkeypatch):
     """Killed between an undo's log line and the rewrite of OUT: OUT still holds the undone pair, which the log
     made; the start rewrites OUT without it."""
     from hf_dpo.pairs import label_store
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     store = LabelStore(samples)
     store.decide(0, "left")
     store.decide(1, "right")
@@ -234,11 +219,11 @@ def test_a_pair_undone_just_before_a_kill_is_no_reason_to_refuse(tmp_path, monke
     assert again.state()["done"] == 1 and len(again.out.read_text().splitlines()) == 1
 
 
-def test_a_row_deleted_from_the_samples_is_named_with_the_way_to_keep_the_labels(tmp_path):
+def test_a_row_deleted_from_the_samples_is_named_with_the_way_to_keep_the_labels(write_samples, tmp_path):
     """One row deleted from the samples after labelling: before, 'decision for an unknown prompt or choice ...; this
     log belongs to other samples. Label into another --out, or move the log away': the only ways offered lost every
     label. Now it names the prompt and that putting the row back keeps them all."""
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     store = LabelStore(samples)
     store.decide(0, "left")
     store.decide(1, "right")
@@ -253,7 +238,9 @@ def test_a_row_deleted_from_the_samples_is_named_with_the_way_to_keep_the_labels
     assert LabelStore(samples).state()["done"] == 2
 
 
-def test_without_file_locks_the_server_still_cuts_a_decision_cut_off_mid_write(tmp_path, monkeypatch):
+def test_without_file_locks_the_server_still_cuts_a_decision_cut_off_mid_write(
+    write_samples, tmp_path, monkeypatch
+):
     """Where there is no fcntl (Windows), the server held nothing, so it never cut a decision cut off mid-write:
     its next decision went on a new line after the fragment, and the start after that refused the log (a broken
     line inside it)."""
@@ -261,7 +248,7 @@ def test_without_file_locks_the_server_still_cuts_a_decision_cut_off_mid_write(t
 
     from hf_dpo.pairs.label_server import make_server
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     LabelStore(samples).decide(0, "left")
     log = decisions_path(tmp_path / "s.pairs.jsonl")
     log.write_bytes(log.read_bytes() + b'{"index": 1, "ite')

@@ -15,31 +15,14 @@ from hf_dpo.pairs.formats import SamplingError
 from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _samples(path: Path, n: int = 3) -> Path:
-    rows = [{"index": i, "prompt": f"Question {i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(n)]
-    return _write_jsonl(path, rows)
-
-
-def _write_samples(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _rows(answers=(("Paris.", "Lyon"), ("Tokyo.", "Kyoto"))) -> list[dict]:
-    return [{"index": i, "prompt": f"Question {i}?", "completions": list(a)} for i, a in enumerate(answers)]
-
-
 def _label_cli(capsys, *argv) -> tuple[int, str]:
     rc = cli.main(["label", *map(str, argv), "--port", "0"])
     return rc, capsys.readouterr().err
 
 
-def test_label_out_that_is_an_existing_pairs_file_is_refused_not_replaced(tmp_path, capsys, monkeypatch):
+def test_label_out_that_is_an_existing_pairs_file_is_refused_not_replaced(
+    write_jsonl, write_samples, tmp_path, capsys, monkeypatch
+):
     """`hf-dpo label S --out train.jsonl` on a judge's (or anyone's) pairs file: before, the server started and
     the first click rewrote it with the one hand-labelled pair; its 100 rows were gone."""
     import socketserver
@@ -48,8 +31,8 @@ def test_label_out_that_is_an_existing_pairs_file_is_refused_not_replaced(tmp_pa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(socketserver.BaseServer, "serve_forever", stop)
-    samples = _samples(tmp_path / "s.jsonl", n=2)
-    pairs = _write_jsonl(
+    samples = write_samples(tmp_path / "s.jsonl", n=2)
+    pairs = write_jsonl(
         tmp_path / "train.jsonl",
         [{"prompt": f"P{i}", "chosen": "c", "rejected": "r", "score_chosen": 1.0} for i in range(100)],
     )
@@ -60,10 +43,10 @@ def test_label_out_that_is_an_existing_pairs_file_is_refused_not_replaced(tmp_pa
     assert "Traceback" not in err and pairs.read_bytes() == before
 
 
-def test_label_resumes_into_its_own_pairs_file(tmp_path):
+def test_label_resumes_into_its_own_pairs_file(write_samples, tmp_path):
     """The guard above leaves resuming alone: OUT written by labelling, with its log beside it, reopens."""
 
-    samples = _samples(tmp_path / "s.jsonl", n=2)
+    samples = write_samples(tmp_path / "s.jsonl", n=2)
     store = LabelStore(samples)
     store.decide(0, "left")
     again = LabelStore(samples)
@@ -74,8 +57,8 @@ def test_label_resumes_into_its_own_pairs_file(tmp_path):
         LabelStore(samples)
 
 
-def test_label_out_equal_to_the_samples_file_is_refused(tmp_path, capsys):
-    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+def test_label_out_equal_to_the_samples_file_is_refused(sample_rows, write_jsonl, tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_rows())
     before = samples.read_bytes()
     rc, err = _label_cli(capsys, samples, "--out", samples)
     assert rc == 2 and "error:" in err and "overwrite the samples" in err and "Traceback" not in err
@@ -85,38 +68,42 @@ def test_label_out_equal_to_the_samples_file_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad_index", ['"0"', "1.5", "true", "-1", "[0]"])
-def test_label_samples_with_bad_or_mixed_index_types_are_named(tmp_path, capsys, bad_index):
+def test_label_samples_with_bad_or_mixed_index_types_are_named(sample_rows, tmp_path, capsys, bad_index):
     text = (
-        json.dumps(_rows()[0]) + "\n" + json.dumps(_rows()[1]).replace('"index": 1', f'"index": {bad_index}')
+        json.dumps(sample_rows()[0])
+        + "\n"
+        + json.dumps(sample_rows()[1]).replace('"index": 1', f'"index": {bad_index}')
     )
     (tmp_path / "s.jsonl").write_text(text + "\n")
     rc, err = _label_cli(capsys, tmp_path / "s.jsonl")
     assert rc == 2 and "s.jsonl, line 2: 'index' must be a whole number" in err and "Traceback" not in err
 
 
-def test_label_samples_that_are_not_utf8_are_named(tmp_path, capsys):
+def test_label_samples_that_are_not_utf8_are_named(sample_rows, tmp_path, capsys):
     (tmp_path / "s.jsonl").write_bytes(
-        json.dumps(_rows()[0]).encode() + b'\n{"index": 1, "prompt": "caf\xe9"}\n'
+        json.dumps(sample_rows()[0]).encode() + b'\n{"index": 1, "prompt": "caf\xe9"}\n'
     )
     rc, err = _label_cli(capsys, tmp_path / "s.jsonl")
     assert rc == 2 and "s.jsonl, line 2: not UTF-8" in err
 
 
-def test_label_port_out_of_range_is_named(tmp_path, capsys):
-    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+def test_label_port_out_of_range_is_named(sample_rows, write_jsonl, tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_rows())
     rc = cli.main(["label", str(samples), "--port", "99999"])
     err = capsys.readouterr().err
     assert rc == 2 and "error: cannot serve on 127.0.0.1:99999" in err and "Traceback" not in err
 
 
-def test_label_out_that_is_a_directory_is_named(tmp_path, capsys):
-    samples = _write_samples(tmp_path / "s.jsonl", _rows())
+def test_label_out_that_is_a_directory_is_named(sample_rows, write_jsonl, tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "s.jsonl", sample_rows())
     (tmp_path / "outdir").mkdir()
     rc, err = _label_cli(capsys, samples, "--out", tmp_path / "outdir")
     assert rc == 2 and "is a directory" in err and "Traceback" not in err
 
 
-def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(tmp_path, capsys, monkeypatch):
+def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(
+    write_samples, tmp_path, capsys, monkeypatch
+):
     """`hf-dpo label S --out notes.txt/pairs.jsonl` (the parent a file; a read-only disk alike): before, the server
     started and printed 'every decision is already saved', and the first click failed on the page."""
     import socketserver
@@ -127,7 +114,7 @@ def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(tmp_pat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(socketserver.BaseServer, "serve_forever", stop)
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     (tmp_path / "notes.txt").write_text("my notes\n")
     rc = cli.main(
         ["label", str(samples), "--out", str(tmp_path / "notes.txt" / "pairs.jsonl"), "--port", "0"]
@@ -138,12 +125,12 @@ def test_an_out_that_cannot_be_written_is_named_before_the_server_starts(tmp_pat
     assert (tmp_path / "notes.txt").read_text() == "my notes\n"
 
 
-def test_a_second_server_on_the_same_out_is_refused(tmp_path):
+def test_a_second_server_on_the_same_out_is_refused(write_samples, tmp_path):
     """Two `hf-dpo label` servers on one OUT (a second terminal, another --port): before, both ran, each rewrote
     OUT from its own decisions only (the other's pairs vanished from it) and both appended to one log."""
     from hf_dpo.pairs.label_server import make_server
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     first = make_server(samples, host="127.0.0.1", port=0)
     try:
         with pytest.raises(
@@ -164,10 +151,10 @@ def test_a_second_server_on_the_same_out_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["pairs.csv", "pairs.parquet", "pairs"])
-def test_an_out_of_another_format_is_refused(tmp_path, name):
+def test_an_out_of_another_format_is_refused(write_samples, tmp_path, name):
     """`--out pairs.csv` (or .parquet, or no suffix): before, labelling wrote JSON lines under that name, which
     `hf-dpo train` reads by its suffix: as CSV the first pair became the header, the rest columns of JSON shards."""
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     with pytest.raises(
         SamplingError, match=rf"--out .*{name}: labelling writes JSON lines.*Name it pairs\.jsonl"
     ):
@@ -201,24 +188,24 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     assert [kind for kind, _ in events] == ["fsync", "replace"] and events[0][1] == events[1][1]
 
 
-def test_a_samples_path_that_is_a_directory_says_so(tmp_path):
+def test_a_samples_path_that_is_a_directory_says_so(write_samples, tmp_path):
     """`hf-dpo label runs/demo_gen` (the run dir, not the file in it): before, 'Samples file runs/demo_gen does not
     exist; run hf-dpo sample first', which it does, and sampling again was no fix."""
     run = tmp_path / "run"
     run.mkdir()
-    _samples(run / "samples_train.jsonl")
+    write_samples(run / "samples_train.jsonl")
     with pytest.raises(
         SamplingError, match=r"run is a directory; give the samples file in it \(samples_train\.jsonl\)"
     ):
         LabelStore(run)
 
 
-def test_a_refused_server_start_leaves_no_log_and_no_lock(tmp_path):
+def test_a_refused_server_start_leaves_no_log_and_no_lock(write_samples, tmp_path):
     """The server's hold on the log (above) was taken before the samples were read: a start refused after it (a
     broken samples line) left an empty decision log behind and, in a long-lived process, the log locked."""
     from hf_dpo.pairs.label_server import make_server
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     good = samples.read_text()
     samples.write_text(good + "{broken\n")
     with pytest.raises(SamplingError, match=r"s\.jsonl, line 4: not valid JSON"):

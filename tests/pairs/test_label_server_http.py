@@ -8,7 +8,6 @@ import http.client
 import json
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -16,18 +15,9 @@ from hf_dpo.pairs.label_server import make_server
 from hf_dpo.pairs.label_store import LabelStore, decisions_path
 
 
-def _write_samples(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _rows(answers=(("Paris.", "Lyon"), ("Tokyo.", "Kyoto"))) -> list[dict]:
-    return [{"index": i, "prompt": f"Question {i}?", "completions": list(a)} for i, a in enumerate(answers)]
-
-
 @pytest.fixture
-def server(tmp_path):
-    srv = make_server(_write_samples(tmp_path / "s.jsonl", _rows()), host="127.0.0.1", port=0)
+def server(sample_rows, write_jsonl, tmp_path):
+    srv = make_server(write_jsonl(tmp_path / "s.jsonl", sample_rows()), host="127.0.0.1", port=0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv, srv.server_address[1]
@@ -134,23 +124,13 @@ def test_a_decision_that_cannot_be_saved_is_a_500_the_page_shows(server, monkeyp
     assert srv.store.state()["done"] == 0
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _samples(path: Path, n: int = 3) -> Path:
-    rows = [{"index": i, "prompt": f"Question {i}?", "completions": [f"a{i}", f"b{i}"]} for i in range(n)]
-    return _write_jsonl(path, rows)
-
-
-def test_the_state_is_read_under_the_lock_decisions_are_written_under(tmp_path):
+def test_the_state_is_read_under_the_lock_decisions_are_written_under(write_samples, tmp_path):
     """Two tabs: one GETs /api/state while the other POSTs a decision. Before, state() iterated the decisions
     without the lock decide() holds, so a decision added meanwhile could raise 'dictionary changed size during
     iteration' in the GET (a traceback in the terminal, an error on the page)."""
     import threading
 
-    store = LabelStore(_samples(tmp_path / "s.jsonl"))
+    store = LabelStore(write_samples(tmp_path / "s.jsonl"))
     done = threading.Event()
     with store.lock:  # a decision being written
         reader = threading.Thread(target=lambda: (store.state(), done.set()), daemon=True)
@@ -160,7 +140,7 @@ def test_the_state_is_read_under_the_lock_decisions_are_written_under(tmp_path):
     store.decide(0, "left")  # decide() still answers with the state under the same (reentrant) lock
 
 
-def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(tmp_path):
+def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(write_samples, tmp_path):
     """Two tabs on one server: tab A labels a pair 'left'; tab B, still showing it, presses 'right'. Before, B's
     click was ignored without a word (B's page moved on, its person sure the pair was 'right'). Now B is told, and
     nothing is logged; the same choice again (a double submit) is still ignored quietly."""
@@ -170,7 +150,7 @@ def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(tmp_path):
 
     from hf_dpo.pairs.label_server import make_server
 
-    srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    srv = make_server(write_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
 
@@ -197,16 +177,16 @@ def test_a_stale_tab_labelling_a_pair_another_way_is_told_not_ignored(tmp_path):
         srv.server_close()
 
 
-def test_a_server_stopped_before_any_decision_leaves_no_file(tmp_path):
+def test_a_server_stopped_before_any_decision_leaves_no_file(write_samples, tmp_path):
     """Holding the log (above) makes it empty at the start; without a decision it goes again at the stop."""
     from hf_dpo.pairs.label_server import make_server
 
-    samples = _samples(tmp_path / "s.jsonl")
+    samples = write_samples(tmp_path / "s.jsonl")
     make_server(samples, host="127.0.0.1", port=0).server_close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]
 
 
-def test_undo_in_a_stale_tab_takes_back_nothing_it_did_not_show(tmp_path):
+def test_undo_in_a_stale_tab_takes_back_nothing_it_did_not_show(write_samples, tmp_path):
     """Two tabs: A labels a pair; B, loaded before, presses u. Before, B's undo took back A's decision, one B's
     person never saw. The page now sends the last decision it showed ("last" of its state); another one is refused
     with a 400 saying to reload. A bare {} still undoes the last decision (the API as it was)."""
@@ -217,7 +197,7 @@ def test_undo_in_a_stale_tab_takes_back_nothing_it_did_not_show(tmp_path):
     from hf_dpo.pairs.label_page import SCRIPT
     from hf_dpo.pairs.label_server import make_server
 
-    srv = make_server(_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    srv = make_server(write_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
 

@@ -13,11 +13,6 @@ import pytest
 from hf_dpo.pairs.formats import SamplingError
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _sampling_recipe(tmp_path: Path, **over):
     from hf_dpo.config import load_recipe
 
@@ -42,13 +37,13 @@ def no_reference(monkeypatch):
     monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
 
 
-def test_sample_into_hand_labelled_pairs_is_refused(tmp_path, no_reference):
+def test_sample_into_hand_labelled_pairs_is_refused(write_jsonl, tmp_path, no_reference):
     """pairs_file pointing at `hf-dpo label`'s output (or any data set without a judge's scores): before, the
     judge's pairs replaced it once sampling finished."""
     from hf_dpo.pairs.formats import SamplingError
     from hf_dpo.pairs.sampling import run_sampling
 
-    pairs = _write_jsonl(
+    pairs = write_jsonl(
         tmp_path / "mine.jsonl", [{"prompt": "P", "chosen": "c", "rejected": "r", "judge": "human"}] * 5
     )
     before = pairs.read_bytes()
@@ -70,13 +65,13 @@ def test_sample_into_hand_labelled_pairs_is_refused(tmp_path, no_reference):
         ({"pairs_file": "{d}/run/samples_train.jsonl"}, "also the train samples file"),
     ],
 )
-def test_sample_files_that_would_be_one_file_are_refused(tmp_path, no_reference, over, message):
+def test_sample_files_that_would_be_one_file_are_refused(write_jsonl, tmp_path, no_reference, over, message):
     """Before: the train pairs replaced the held-out pairs (and were then reported as held-out), the samples or
     pairs were written over the prompts, the pairs over the samples."""
     from hf_dpo.pairs.formats import SamplingError
     from hf_dpo.pairs.sampling import run_sampling
 
-    _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Question one?"}, {"prompt": "Question two?"}])
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Question one?"}, {"prompt": "Question two?"}])
     recipe = _sampling_recipe(tmp_path, **{k: v.format(d=tmp_path) for k, v in over.items()})
     with pytest.raises(SamplingError, match=message):
         run_sampling(recipe)

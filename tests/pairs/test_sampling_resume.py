@@ -13,11 +13,6 @@ import pytest
 from hf_dpo.pairs.formats import SamplingError
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _recipe(tmp_path: Path, **over):
     from hf_dpo.config import load_recipe
 
@@ -90,7 +85,7 @@ def test_a_samples_file_of_this_run_is_still_repaired_in_place(tmp_path):
     assert samples.read_text() == json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n"
 
 
-def test_resuming_with_another_system_prompt_is_refused_not_mixed(tmp_path):
+def test_resuming_with_another_system_prompt_is_refused_not_mixed(write_jsonl, tmp_path):
     """system_prompt (or apply_chat_template, model_revision) changed between an interrupted run and its resume:
     before, the samples file was resumed, and half its prompts were answered under one system prompt and half
     under the other, while the dataset card named the new one for all. Rows written before these settings were
@@ -102,7 +97,7 @@ def test_resuming_with_another_system_prompt_is_refused_not_mixed(tmp_path):
     recipe = _recipe(tmp_path)
     rows = _sample_rows(recipe, ["One?", "Two?"])
     samples = tmp_path / "samples.jsonl"
-    _write_jsonl(samples, rows)
+    write_jsonl(samples, rows)
     before = samples.read_bytes()
     for over, key in [
         ({"system_prompt": "Answer in French."}, "system_prompt"),
@@ -118,7 +113,7 @@ def test_resuming_with_another_system_prompt_is_refused_not_mixed(tmp_path):
     for row in rows:
         for key in ("revision", "system_prompt", "apply_chat_template"):
             del row["settings"][key]
-    _write_jsonl(samples, rows)
+    write_jsonl(samples, rows)
     settings = _settings(recipe.model, recipe.sampling, recipe.data)
     assert _done_indices(samples, ["One?", "Two?", "Three?"], settings) == {0, 1}
 
@@ -188,7 +183,7 @@ def test_a_second_sample_run_on_the_same_file_is_refused_and_cuts_nothing(tmp_pa
     assert samples.read_text() == text
 
 
-def test_a_prompt_sampled_twice_in_the_samples_file_is_named_before_sampling_more(tmp_path):
+def test_a_prompt_sampled_twice_in_the_samples_file_is_named_before_sampling_more(write_jsonl, tmp_path):
     """A samples file holding one prompt twice (two runs before the lock above, lines copied): before, sampling
     resumed into it without a word, and only labelling refused it afterwards ('appears a second time')."""
     from hf_dpo.pairs.sampling import sample
@@ -197,13 +192,13 @@ def test_a_prompt_sampled_twice_in_the_samples_file_is_named_before_sampling_mor
     prompts_file.write_text("One?\nTwo?\n")
     recipe = _recipe(tmp_path)
     rows = _sample_rows(recipe, ["One?", "Two?"])
-    samples = _write_jsonl(tmp_path / "samples.jsonl", [rows[0], rows[0]])
+    samples = write_jsonl(tmp_path / "samples.jsonl", [rows[0], rows[0]])
     with pytest.raises(SamplingError, match=r"samples\.jsonl, line 2: prompt index 0 appears a second time"):
         sample(recipe, prompts_file, samples, progress=False)
 
 
 def test_a_train_samples_file_of_other_settings_is_named_before_the_held_out_split_is_sampled(
-    tmp_path, monkeypatch
+    write_jsonl, tmp_path, monkeypatch
 ):
     """run_sampling samples the held-out split first; a train samples file made with other settings was named only
     when its turn came, after the model had loaded and the held-out prompts had been sampled (minutes)."""
@@ -218,7 +213,7 @@ def test_a_train_samples_file_of_other_settings_is_named_before_the_held_out_spl
     old = _sample_rows(_recipe(tmp_path, sampling_temperature=0.3), ["One?", "Two?"])
     train_samples = default_samples_file(recipe, "train")
     train_samples.parent.mkdir(parents=True)
-    _write_jsonl(train_samples, old)
+    write_jsonl(train_samples, old)
 
     def load_reference(model_cfg):
         raise AssertionError("the model was loaded before the train samples file was checked")
@@ -230,7 +225,9 @@ def test_a_train_samples_file_of_other_settings_is_named_before_the_held_out_spl
         sampling.run_sampling(recipe, progress=False)
 
 
-def test_run_sampling_says_the_samples_file_is_in_use_before_the_model_loads(tmp_path, monkeypatch):
+def test_run_sampling_says_the_samples_file_is_in_use_before_the_model_loads(
+    write_jsonl, tmp_path, monkeypatch
+):
     """The lock above was first taken in sample(), which run_sampling calls after loading the model."""
     import fcntl
 
@@ -245,7 +242,7 @@ def test_run_sampling_says_the_samples_file_is_in_use_before_the_model_loads(tmp
     recipe = _recipe(tmp_path, prompts_file=str(tmp_path / "train.txt"))
     samples = default_samples_file(recipe)
     samples.parent.mkdir(parents=True)
-    _write_jsonl(samples, _sample_rows(recipe, ["One?"]))
+    write_jsonl(samples, _sample_rows(recipe, ["One?"]))
     with open(samples, "ab") as other_run:
         fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(SamplingError, match=r"samples_train\.jsonl is in use"):

@@ -12,34 +12,22 @@ import pytest
 from hf_dpo import cli
 
 
-def arithmetic_pairs(n: int = 4) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
+@pytest.fixture
+def plan(write_jsonl, arithmetic_pairs):
+    """plan(tmp_path, capsys, recipe) -> (exit code, stderr) of `hf-dpo plan RECIPE --device cpu` in-process."""
 
+    def run(tmp_path: Path, capsys, recipe: str) -> tuple[int, str]:
+        write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+        path = tmp_path / "r.yaml"
+        path.write_text(f"dataset_name: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'run'}\n{recipe}")
+        rc = cli.main(["plan", str(path), "--device", "cpu"])
+        return rc, capsys.readouterr().err
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    return lines[0]
-
-
-def plan(tmp_path: Path, capsys, recipe: str) -> tuple[int, str]:
-    """`hf-dpo plan RECIPE --device cpu` in-process: (exit code, stderr)."""
-    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
-    path = tmp_path / "r.yaml"
-    path.write_text(f"dataset_name: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'run'}\n{recipe}")
-    rc = cli.main(["plan", str(path), "--device", "cpu"])
-    return rc, capsys.readouterr().err
+    return run
 
 
 @pytest.mark.parametrize("config", ["{bad", "[1, 2]", b"\xff\xfe{}"])
-def test_plan_names_a_local_config_json_it_cannot_read(tmp_path, capsys, config):
+def test_plan_names_a_local_config_json_it_cannot_read(plan, one_error, tmp_path, capsys, config):
     # Before: a JSONDecodeError (or AttributeError, UnicodeDecodeError) traceback from hf_dpo/plan/arch.py.
     model = tmp_path / "model"
     model.mkdir()
@@ -49,7 +37,7 @@ def test_plan_names_a_local_config_json_it_cannot_read(tmp_path, capsys, config)
     assert re.search(r"model/config.json.*(not valid JSON|not a JSON object|not UTF-8)", one_error(err))
 
 
-def test_plan_names_a_local_model_without_a_tokenizer(tmp_path, capsys):
+def test_plan_names_a_local_model_without_a_tokenizer(plan, one_error, tmp_path, capsys):
     # Before: "ValueError: Couldn't instantiate the backend tokenizer" traceback, from measuring the data's rows.
     model = tmp_path / "model"
     model.mkdir()

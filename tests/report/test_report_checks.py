@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -14,38 +13,10 @@ from hf_dpo import cli
 from tests.run_fixtures import write_adapter
 
 
-def arithmetic_pairs(n: int = 4) -> list[dict]:
-    return [{"prompt": f"What is {i} + 1?", "chosen": str(i + 1), "rejected": f"{i}?"} for i in range(n)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def train(tmp_path: Path, capsys, recipe: str = "", *overrides: str) -> tuple[int, str]:
-    """`hf-dpo train RECIPE OVERRIDES` in-process on tmp_path/data (a train and a test split unless the test
-    wrote its own): (exit code, stderr)."""
-    data = tmp_path / "data"
-    if not data.exists():
-        write_jsonl(data / "train.jsonl", arithmetic_pairs(6))
-        write_jsonl(data / "test.jsonl", arithmetic_pairs(2))
-    path = tmp_path / "r.yaml"
-    path.write_text(f"dataset_name: {data}\noutput_dir: {tmp_path / 'run'}\nreport_to: none\n{recipe}")
-    rc = cli.main(["train", str(path), *overrides])
-    return rc, capsys.readouterr().err
-
-
-def one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize("content", [None, "{not json\n", ""])
-def test_the_reports_prompt_file_is_read_before_training_not_after(tmp_path, capsys, no_model, content):
+def test_the_reports_prompt_file_is_read_before_training_not_after(
+    one_error, train, tmp_path, capsys, no_model, content
+):
     # The report reads test_prompts_file to judge policy and reference on; a missing, broken or empty one failed
     # only then, after the whole training run (and before the card and the push).
     prompts = tmp_path / "prompts_test.jsonl"
@@ -61,7 +32,9 @@ def test_the_reports_prompt_file_is_read_before_training_not_after(tmp_path, cap
         train(tmp_path, capsys, recipe + "eval_num_generations: 0\n")
 
 
-def test_a_reward_model_judge_that_cannot_be_loaded_is_named_before_training(tmp_path, capsys, no_model):
+def test_a_reward_model_judge_that_cannot_be_loaded_is_named_before_training(
+    one_error, train, tmp_path, capsys, no_model
+):
     # `judge: rm:<dir>` was only checked to exist: a directory that holds no model (a run dir, a download cut
     # short) failed when the report loaded the judge, after the whole training run.
     (tmp_path / "rm").mkdir()
@@ -72,7 +45,7 @@ def test_a_reward_model_judge_that_cannot_be_loaded_is_named_before_training(tmp
     assert re.search(rf"judge 'rm:{tmp_path / 'rm'}': cannot be loaded", line), line
 
 
-def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(tmp_path, capsys, monkeypatch):
+def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(one_error, tmp_path, capsys, monkeypatch):
     # A run's recipe.yaml names its test_prompts_file as given (often relative: recipes/data/...): evaluated from
     # another directory or machine, the file was missed only after the model had loaded and the held-out pairs
     # were scored.
@@ -105,7 +78,7 @@ def test_eval_names_a_prompt_file_that_moved_before_the_model_loads(tmp_path, ca
     ],
 )
 def test_a_judge_that_is_no_reward_model_is_named_before_training(
-    tmp_path, capsys, no_model, config, problem
+    one_error, train, tmp_path, capsys, no_model, config, problem
 ):
     # A causal LM (the policy's own base, say) given as rm: was refused only when the report loaded the judge,
     # after the whole training run.
@@ -128,7 +101,7 @@ def test_a_csv_prompts_file_is_read_as_the_text_of_its_cells(tmp_path):
         read_prompts(tmp_path / "header.csv")
 
 
-def test_the_reports_prompt_file_is_read_by_the_recipes_prompt_column(tmp_path, smollm_dir):
+def test_the_reports_prompt_file_is_read_by_the_recipes_prompt_column(write_jsonl, tmp_path, smollm_dir):
     """Before: the report (and the preflight check of it) read test_prompts_file's 'prompt' column whatever
     prompt_column said, while hf-dpo sample read the recipe's column: a file with a 'question' column was
     refused with 'no 'prompt' column (set prompt_column)', prompt_column being set."""

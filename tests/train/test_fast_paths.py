@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from hf_dpo.train import batching
 from hf_dpo.train.batching import (
@@ -18,12 +18,6 @@ from hf_dpo.train.batching import (
 )
 from hf_dpo.train.trainer import DPOTrainer
 from tests.fast_path_fixtures import PLAIN, ROWS, args, assert_same, lora, loss_and_grads, make_trainer
-
-
-@pytest.fixture
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
 
 # ---------------------------------------------------------------- prefix sharing
 

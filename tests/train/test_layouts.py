@@ -10,7 +10,6 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from hf_dpo.train import attention
 from hf_dpo.train.batching import (
@@ -27,11 +26,6 @@ EXAMPLES = [
     {"prompt_input_ids": [5, 6], "chosen_input_ids": [7, 8], "rejected_input_ids": [9, 10, 11]},
     {"prompt_input_ids": [], "chosen_input_ids": [7], "rejected_input_ids": [9, 10]},
 ]
-
-
-@pytest.fixture
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture
