@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from hf_dpo import cli
-from tests.hub.test_hub import PUSH_TOKEN, REPO, hub, run_dir  # noqa: F401 - fixtures
+from tests.hub.conftest import PUSH_TOKEN, REPO
 from tests.run_fixtures import TRAIN_TOKEN, write_adapter
 
 
-def test_a_hand_edited_card_is_never_overwritten_locally_or_on_the_hub(hub, run_dir):  # noqa: F811
+def test_a_hand_edited_card_is_never_overwritten_locally_or_on_the_hub(hub, run_dir):
     from hf_dpo.hub.push import push_run
 
     push_run(run_dir, REPO, backoff_s=0.01)
@@ -38,7 +38,7 @@ def test_a_hand_edited_card_is_never_overwritten_locally_or_on_the_hub(hub, run_
     assert (run_dir / "README.md").read_text() == generated
 
 
-def test_peft_placeholder_card_is_replaced(run_dir):  # noqa: F811
+def test_peft_placeholder_card_is_replaced(run_dir):
     from hf_dpo.hub.run_card import card_was_edited, refresh_card
 
     (run_dir / "README.md").write_text(
@@ -62,7 +62,7 @@ def _as_builtin_model_run(directory: Path) -> str:
     return cache_path
 
 
-def test_pushed_adapter_config_names_the_hub_id_not_a_local_path(hub, run_dir):  # noqa: F811
+def test_pushed_adapter_config_names_the_hub_id_not_a_local_path(hub, run_dir):
     from hf_dpo.hub.push import push_run
 
     cache_path = _as_builtin_model_run(run_dir)
@@ -86,7 +86,7 @@ def _local_markers(directory: Path, tiny_model_dir: str) -> list[str]:
     return sorted(m for m in markers if m and m != "/")
 
 
-def test_end_to_end_pushed_files_hold_no_local_path_and_no_token(hub, run_dir, tiny_model_dir):  # noqa: F811
+def test_end_to_end_pushed_files_hold_no_local_path_and_no_token(hub, run_dir, tiny_model_dir):
     """A real run (local model and data under the temp dir, trained with --hub_token) pushed by the CLI."""
     rc = cli.main(["push", str(run_dir), "--repo-id", REPO])
     assert rc == 0
@@ -116,7 +116,7 @@ def test_end_to_end_pushed_files_hold_no_local_path_and_no_token(hub, run_dir, t
         (b'{"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "lora": "oops", "quantization": [1]}', None),
     ],
 )
-def test_push_with_a_damaged_run_info_is_a_named_error(hub, run_dir, capsys, content, expected):  # noqa: F811
+def test_push_with_a_damaged_run_info_is_a_named_error(hub, run_dir, capsys, content, expected):
     (run_dir / "run_info.json").write_bytes(content)
     rc = cli.main(["push", str(run_dir), "--repo-id", REPO])
     err = capsys.readouterr().err
@@ -128,14 +128,14 @@ def test_push_with_a_damaged_run_info_is_a_named_error(hub, run_dir, capsys, con
     assert not hub.requests_to(r"/commit/main$", "POST")
 
 
-def test_push_of_a_missing_run_info_is_named(hub, run_dir, capsys):  # noqa: F811
+def test_push_of_a_missing_run_info_is_named(hub, run_dir, capsys):
     (run_dir / "run_info.json").unlink()
     rc = cli.main(["push", str(run_dir), "--repo-id", REPO])
     err = capsys.readouterr().err
     assert rc == 2 and "run_info.json is missing" in err
 
 
-def test_one_retry_budget_no_retries_nested_inside_huggingface_hub(hub, run_dir):  # noqa: F811
+def test_one_retry_budget_no_retries_nested_inside_huggingface_hub(hub, run_dir):
     from hf_dpo.hub.push import PushError, push_run
 
     hub.fail("PUT", r"/lfs/[0-9a-f]{64}$", [503] * 200)  # every LFS upload answers 503
@@ -152,7 +152,7 @@ def test_one_retry_budget_no_retries_nested_inside_huggingface_hub(hub, run_dir)
     assert per_file and max(per_file.values()) <= 3, per_file  # was 3 x 6 = 18 for each file
 
 
-def test_a_restarted_push_after_a_failure_sends_the_same_files(hub, run_dir):  # noqa: F811
+def test_a_restarted_push_after_a_failure_sends_the_same_files(hub, run_dir):
     """Push killed half-way (the commit fails after the uploads): rerunning the printed command finishes it."""
     from hf_dpo.hub.push import PushError, push_run
 
@@ -219,7 +219,7 @@ def test_eval_generations_go_only_with_the_report_that_names_them(tmp_path, capl
 
 
 @pytest.mark.parametrize("given", [None, ""])
-def test_a_push_without_a_token_says_so_before_any_network_call(hub, run_dir, monkeypatch, capsys, given):  # noqa: F811
+def test_a_push_without_a_token_says_so_before_any_network_call(hub, run_dir, monkeypatch, capsys, given):
     # It went to the network and came back with "HTTP 401" (or, with nothing at the endpoint, a network error
     # after the whole retry budget, ~22 s), never saying that no token had been found.
     from huggingface_hub import constants
@@ -247,7 +247,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]  # closed again on leaving: nothing listens there
 
 
-def test_an_endpoint_that_refuses_the_connection_is_named_at_once_not_retried(run_dir, hub, caplog):  # noqa: F811
+def test_an_endpoint_that_refuses_the_connection_is_named_at_once_not_retried(run_dir, hub, caplog):
     # Each refused connection was retried (2 + 4 + 8 s of backoff) before "network error (ConnectError)".
     from hf_dpo.hub.push import PushError, push_run
 
@@ -278,8 +278,8 @@ def test_an_endpoint_that_refuses_the_connection_is_named_at_once_not_retried(ru
     ],
 )
 def test_an_http_error_is_reported_as_its_status_and_route_and_not_retried(
-    hub,  # noqa: F811
-    run_dir,  # noqa: F811
+    hub,
+    run_dir,
     method,
     route,
     status,
@@ -297,7 +297,7 @@ def test_an_http_error_is_reported_as_its_status_and_route_and_not_retried(
     assert len(hub.requests_to(re.escape(route) + "$", method)) == 1  # not retried
 
 
-def test_an_endpoint_without_the_xet_route_is_named_with_the_switch_that_avoids_it(hub, run_dir, monkeypatch):  # noqa: F811
+def test_an_endpoint_without_the_xet_route_is_named_with_the_switch_that_avoids_it(hub, run_dir, monkeypatch):
     # hf_xet asks the endpoint for a write token; the local server has no such route and answers 404, which hf_xet
     # raises as a ConnectionError: "network error (ConnectionError). Could not reach ...", retried three times.
     from huggingface_hub import constants
