@@ -171,7 +171,7 @@ def test_commands_answer_without_importing_torch_or_transformers(case, tmp_path)
         "        rc = exit.code\n"
         f"print(json.dumps({{'rc': rc, 'err': err.getvalue(), 'heavy': [m for m in {heavy!r} if m in sys.modules]}}))\n"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=root,

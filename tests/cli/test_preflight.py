@@ -454,6 +454,6 @@ def test_training_into_a_stopped_run_is_refused_unless_it_is_resumed(train, tmp_
 
 def test_the_demo_recipe_may_replace_its_own_run():
     # `make demo` is re-run as the README says: its recipe sets overwrite_output_dir; the shipped GPU recipes do not
-    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
     assert load_recipe(recipes / "demo.yaml").training.overwrite_output_dir is True
     assert load_recipe(recipes / "zephyr-7b-qlora.yaml").training.overwrite_output_dir is False

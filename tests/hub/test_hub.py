@@ -514,7 +514,7 @@ def test_the_hub_server_runs_on_its_own_for_a_trial_push(run_dir, tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     server = subprocess.Popen(
         [sys.executable, str(root / "tests" / "hub_server.py"), "--port", "0"],
         stdout=subprocess.PIPE,

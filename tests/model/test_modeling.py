@@ -137,7 +137,7 @@ def test_importing_bitsandbytes_asks_no_hub_endpoint_for_a_kernel(tmp_path):
 
     from tests.hub_server import HubServer
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     hub = HubServer().start()
     env = {**os.environ, "HF_ENDPOINT": hub.url, "PYTHONPATH": str(root), "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE", None)
