@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,15 @@ STRICT_TEMPLATE = (
 
 
 def _save_tokenizer(smollm_dir: str, out: Path, template: str | None) -> str:
-    """SmolLM2's tokenizer files alone (no weights, no config) with `template` as its chat template."""
+    """A model dir of SmolLM2 (its config.json, its weights linked, not copied) whose tokenizer has `template` as
+    its chat template: a whole model dir, so the preflight's model-dir check passes and the template is what the
+    tests meet."""
     from transformers import AutoTokenizer
 
+    source = Path(smollm_dir)
+    shutil.copy(source / "config.json", out / "config.json")
+    for weights in source.glob("*.safetensors*"):
+        (out / weights.name).symlink_to(weights)
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(out)

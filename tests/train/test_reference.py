@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from run_fixtures import dpo_args
+from tests.run_fixtures import dpo_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from hf_dpo.train.reference import mix_into_reference, policy_weights

@@ -105,7 +105,7 @@ def test_the_readme_shows_what_the_command_prints(capsys, no_weights):
     """The README's `hf-dpo data` example is the command's output on the committed demo data, line for line."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     command = "$ hf-dpo data recipes/demo.yaml --rows 1 --max_length 64 --max_prompt_length 32\n"
     shown = readme.split(command, 1)[1].split("```", 1)[0].splitlines()
     assert (
