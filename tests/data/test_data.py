@@ -114,7 +114,7 @@ def test_a_shared_start_prompt_that_ends_inside_a_turn_is_counted_and_warned(tok
     assert "end inside a turn" in caplog.text
 
 
-def test_prompt_methods_per_split_reach_the_data_report(tmp_path, tokenizer):
+def test_prompt_methods_per_split_reach_the_data_report(tmp_path, tokenizer, write_jsonl):
     """TRL's implicit-prompt conversations, explicit prompts and HH transcripts each counted by method."""
     conv = {
         "chosen": [
@@ -347,7 +347,7 @@ def test_sharded_splits_in_a_data_folder_are_read_whole(tmp_path, tokenizer):
     )
 
 
-def test_split_folders_are_found_through_datasets(tmp_path):
+def test_split_folders_are_found_through_datasets(tmp_path, write_jsonl):
     """A directory with a folder per split (no file at its top): datasets' own inference finds them."""
     (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
@@ -367,7 +367,7 @@ def test_a_missing_hub_split_lists_the_splits_found(tmp_path):
         read_splits(DataConfig(dataset_name=str(tmp_path)))
 
 
-def test_one_split_in_two_layouts_is_an_error(tmp_path):
+def test_one_split_in_two_layouts_is_an_error(tmp_path, write_jsonl):
     write_jsonl(tmp_path / "train.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}])
     _parquet(tmp_path / "data" / "train-00000-of-00001.parquet", [_uf_row(0)])
     with pytest.raises(DataError, match=r"two files for split 'train' \(train.jsonl and data/train-00000"):

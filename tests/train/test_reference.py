@@ -8,11 +8,11 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from tests.run_fixtures import dpo_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from hf_dpo.train.reference import mix_into_reference, policy_weights
 from hf_dpo.train.trainer import DPOTrainer
+from tests.run_fixtures import dpo_args
 
 ROWS = [
     {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "It is five, I think."},
