@@ -32,6 +32,9 @@ Any other judge is a plain-text judge, and gets a conversation's last user turn 
 Every score is checked: a judge that raises or returns anything but a finite number (or a dict of them with
 the declared names) stops with a `JudgeError` naming the prompt. `check_judge` checks a recipe's judge before
 any model loads (`hf_dpo.preflight` calls it).
+
+Why one file over 400 lines: the two judge kinds (a Python callable, a reward model) share the checks every score
+passes and the rule for what prompt a judge receives; split apart, each half would import the other's checks.
 """
 
 from __future__ import annotations
