@@ -171,6 +171,19 @@ def _named_test_split(cfg: DataConfig) -> bool:
     return bool(cfg.dataset_test_split) and cfg.dataset_test_split != default
 
 
+def check_named_splits(cfg: DataConfig, available, missing: str, listed: str = "found") -> None:
+    """Each split the recipe names (dataset_train_split; dataset_test_split when named) is among `available`, or a
+    DataError says which key names it and what there is. `missing` opens the message ("PATH: no file for split")."""
+    named = [("dataset_train_split", cfg.dataset_train_split)]
+    if _named_test_split(cfg):
+        named.append(("dataset_test_split", cfg.dataset_test_split))
+    for key, split in named:
+        if split not in available:
+            raise DataError(
+                f"{missing} {quoted(split)} ({key}; {listed}: {', '.join(available)}). Set {key} to one of them."
+            )
+
+
 def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     """{split: (source name, rows)} for the train split and, if present, the test split."""
     if not cfg.dataset_name:
@@ -199,15 +212,7 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
         return _read_saved(path, cfg, wanted)
     if path.is_dir():
         files = split_files(path)
-        named = [("dataset_train_split", cfg.dataset_train_split)]
-        if _named_test_split(cfg):
-            named.append(("dataset_test_split", cfg.dataset_test_split))
-        for key, split in named:
-            if split not in files:
-                raise DataError(
-                    f"{path}: no file for split {quoted(split)} ({key}; found: {', '.join(files)}). "
-                    f"Set {key} to one of them."
-                )
+        check_named_splits(cfg, files, f"{path}: no file for split")
         for split in wanted:
             if split in files:
                 out[split] = _read_split_files(path, files[split])
@@ -243,14 +248,7 @@ def _read_saved(path: Path, cfg: DataConfig, wanted: list[str]) -> dict[str, tup
                 "dataset_test_split: null for none."
             )
         return {cfg.dataset_train_split: (str(path), saved.to_list())}
-    named = [("dataset_train_split", cfg.dataset_train_split)]
-    if _named_test_split(cfg):
-        named.append(("dataset_test_split", cfg.dataset_test_split))
-    for key, split in named:
-        if split not in saved:
-            raise DataError(
-                f"{path}: no split {quoted(split)} ({key}; splits: {', '.join(saved)}). Set {key} to one of them."
-            )
+    check_named_splits(cfg, saved, f"{path}: no split", listed="splits")
     return {split: (f"{path}[{split}]", saved[split].to_list()) for split in wanted if split in saved}
 
 
@@ -264,15 +262,10 @@ def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[d
             f"Could not reach dataset '{cfg.dataset_name}' on the Hub ({type(err).__name__}: {err}). "
             "Check the id and your network, or point dataset_name at a local file or directory."
         ) from None
+    check_named_splits(cfg, available, f"Dataset '{cfg.dataset_name}' has no split", listed="splits")
     out = {}
     for split in wanted:
-        if split not in available:
-            if split == cfg.dataset_train_split or _named_test_split(cfg):
-                key = "dataset_train_split" if split == cfg.dataset_train_split else "dataset_test_split"
-                raise DataError(
-                    f"Dataset '{cfg.dataset_name}' has no split {quoted(split)} ({key}; splits: {', '.join(available)}). "
-                    f"Set {key}."
-                )
+        if split not in available:  # the default test split, absent: no held-out split
             continue
         try:
             ds = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config, split=split)
