@@ -121,3 +121,19 @@ def tiny_run(model_dir: str, tmp_path_factory) -> Path:
     evaluate_run(out, num_generations=4)
     _RUNS[model_dir] = out
     return out
+
+
+def sampling_recipe(tmp_path: Path, **over):
+    """A sampling recipe whose model is never loaded (every check it serves comes first); `over` sets keys."""
+    from hf_dpo.config import load_recipe
+
+    values = {
+        "model_name_or_path": str(tmp_path / "no-model"),
+        "quantization": "none",
+        "num_samples_per_prompt": 2,
+        "max_new_tokens": 4,
+        "output_dir": str(tmp_path / "run"),
+        **over,
+    }
+    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+    return load_recipe(None, args)

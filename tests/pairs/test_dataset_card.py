@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from hf_dpo.pairs.formats import SamplingError
-
-
-def _recipe(tmp_path: Path, **over):
-    from hf_dpo.config import load_recipe
-
-    values = {
-        "model_name_or_path": str(tmp_path / "no-model"),  # never loaded: every check here comes before
-        "quantization": "none",
-        "num_samples_per_prompt": 2,
-        "max_new_tokens": 4,
-        "output_dir": str(tmp_path / "run"),
-        **over,
-    }
-    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
-    return load_recipe(None, args)
+from tests.run_fixtures import sampling_recipe
 
 
 def test_a_dataset_card_write_that_fails_leaves_the_previous_card(write_jsonl, tmp_path, monkeypatch):
@@ -40,7 +23,7 @@ def test_a_dataset_card_write_that_fails_leaves_the_previous_card(write_jsonl, t
     )
     stats = label_with_judge(samples, "hf_dpo.pairs.demo_task:judge", tmp_path / "pairs" / "train.jsonl")
     report = {"splits": {"train": stats | {"resumed": 1, "sampled_now": 0, "seconds": 0.0}}, "notes": []}
-    recipe = _recipe(tmp_path, judge="hf_dpo.pairs.demo_task:judge")
+    recipe = sampling_recipe(tmp_path, judge="hf_dpo.pairs.demo_task:judge")
     card = write_dataset_card(tmp_path / "pairs", recipe, report)
     before = card.read_bytes()
     assert b"hf-dpo" in before

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hf_dpo.pairs.formats import SamplingError
+from tests.run_fixtures import sampling_recipe
 
 
 def _sampling_recipe(tmp_path: Path, **over):
@@ -185,21 +186,6 @@ def test_sampling_resume_drops_a_last_line_cut_inside_a_utf8_character(tmp_path,
         assert part.read_bytes() == full, cut
 
 
-def _recipe(tmp_path: Path, **over):
-    from hf_dpo.config import load_recipe
-
-    values = {
-        "model_name_or_path": str(tmp_path / "no-model"),  # never loaded: every check here comes before
-        "quantization": "none",
-        "num_samples_per_prompt": 2,
-        "max_new_tokens": 4,
-        "output_dir": str(tmp_path / "run"),
-        **over,
-    }
-    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
-    return load_recipe(None, args)
-
-
 def test_a_txt_prompt_with_a_unicode_line_separator_stays_one_prompt(tmp_path):
     """U+2028 (pasted from a web page), NEL or a form feed inside a prompt: before, str.splitlines() cut the prompt
     there, and two half prompts were sampled with no word said. Lines end at \\n, \\r\\n or \\r only."""
@@ -218,7 +204,7 @@ def test_a_sampling_output_that_is_a_directory_is_named_before_sampling(tmp_path
 
     (tmp_path / "prompts.txt").write_text("One?\n")
     (tmp_path / "out").mkdir()
-    recipe = _recipe(
+    recipe = sampling_recipe(
         tmp_path,
         prompts_file=str(tmp_path / "prompts.txt"),
         judge="hf_dpo.pairs.demo_task:judge",
@@ -238,7 +224,7 @@ def test_recipe_paths_under_home_mean_the_home_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "p.txt").write_text("One?\n")
-    recipe = _recipe(tmp_path, samples_file="~/runs/s.jsonl", pairs_file="~/pairs/train.jsonl")
+    recipe = sampling_recipe(tmp_path, samples_file="~/runs/s.jsonl", pairs_file="~/pairs/train.jsonl")
     assert default_samples_file(recipe) == tmp_path / "home" / "runs" / "s.jsonl"
     assert default_samples_file(recipe, "test") == tmp_path / "home" / "runs" / "s_test.jsonl"
     assert default_pairs_file(recipe, "test") == tmp_path / "home" / "pairs" / "test.jsonl"
@@ -253,7 +239,7 @@ def test_sample_into_a_directory_is_a_named_error(tmp_path):
     (tmp_path / "prompts.txt").write_text("One?\n")
     (tmp_path / "out").mkdir()
     with pytest.raises(SamplingError, match=r"samples file .*out cannot be written \(Is a directory\)"):
-        sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "out", progress=False)
+        sample(sampling_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "out", progress=False)
 
 
 def test_sample_under_a_file_is_named_before_the_model_loads(tmp_path, monkeypatch):
@@ -268,5 +254,7 @@ def test_sample_under_a_file_is_named_before_the_model_loads(tmp_path, monkeypat
     (tmp_path / "prompts.txt").write_text("One?\n")
     (tmp_path / "notes.txt").write_text("mine\n")
     with pytest.raises(SamplingError, match=r"samples file .*notes\.txt/samples\.jsonl cannot be made"):
-        sampling.sample(_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "notes.txt" / "samples.jsonl")
+        sampling.sample(
+            sampling_recipe(tmp_path), tmp_path / "prompts.txt", tmp_path / "notes.txt" / "samples.jsonl"
+        )
     assert (tmp_path / "notes.txt").read_text() == "mine\n"

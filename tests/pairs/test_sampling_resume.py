@@ -6,26 +6,11 @@ can be."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hf_dpo.pairs.formats import SamplingError
-
-
-def _recipe(tmp_path: Path, **over):
-    from hf_dpo.config import load_recipe
-
-    values = {
-        "model_name_or_path": str(tmp_path / "no-model"),  # never loaded: every check here comes before
-        "quantization": "none",
-        "num_samples_per_prompt": 2,
-        "max_new_tokens": 4,
-        "output_dir": str(tmp_path / "run"),
-        **over,
-    }
-    args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
-    return load_recipe(None, args)
+from tests.run_fixtures import sampling_recipe
 
 
 def _sample_rows(recipe, prompts: list[str]) -> list[dict]:
@@ -53,13 +38,13 @@ def test_a_refused_samples_file_keeps_its_cut_off_last_line(tmp_path):
 
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("One?\nTwo?\nThree?\n")
-    recipe = _recipe(tmp_path)
+    recipe = sampling_recipe(tmp_path)
     rows = _sample_rows(recipe, ["One?", "Two?", "Three?"])
     samples = tmp_path / "samples.jsonl"
     text = "".join(json.dumps(r) + "\n" for r in rows[:2]) + json.dumps(rows[2])[:30]
     samples.write_text(text)
     with pytest.raises(SamplingError, match="other sampling settings"):
-        sample(_recipe(tmp_path, sampling_temperature=0.3), prompts_file, samples, progress=False)
+        sample(sampling_recipe(tmp_path, sampling_temperature=0.3), prompts_file, samples, progress=False)
     assert samples.read_text() == text
     notes = tmp_path / "notes.jsonl"
     notes.write_text("hello\nworld")
@@ -73,7 +58,7 @@ def test_a_samples_file_of_this_run_is_still_repaired_in_place(tmp_path):
     newline added (the rest of the file as it was)."""
     from hf_dpo.pairs.sampling import _done_indices, _settings
 
-    recipe = _recipe(tmp_path)
+    recipe = sampling_recipe(tmp_path)
     settings = _settings(recipe.model, recipe.sampling)
     rows = _sample_rows(recipe, ["One?", "Two?"])
     samples = tmp_path / "samples.jsonl"
@@ -94,7 +79,7 @@ def test_resuming_with_another_system_prompt_is_refused_not_mixed(write_jsonl, t
 
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("One?\nTwo?\nThree?\n")
-    recipe = _recipe(tmp_path)
+    recipe = sampling_recipe(tmp_path)
     rows = _sample_rows(recipe, ["One?", "Two?"])
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, rows)
@@ -107,7 +92,7 @@ def test_resuming_with_another_system_prompt_is_refused_not_mixed(write_jsonl, t
         with pytest.raises(
             SamplingError, match=rf"line 1: made with other sampling settings than now \({key} "
         ):
-            sample(_recipe(tmp_path, **over), prompts_file, samples, progress=False)
+            sample(sampling_recipe(tmp_path, **over), prompts_file, samples, progress=False)
     assert samples.read_bytes() == before
     # A file from before these keys: its rows have none of them, and resume as made with the defaults.
     for row in rows:
@@ -126,7 +111,7 @@ def test_a_full_disk_while_sampling_is_named_and_the_samples_so_far_resume(tmp_p
 
     from hf_dpo.pairs import sampling
 
-    recipe = _recipe(tmp_path, sampling_batch_size=1)
+    recipe = sampling_recipe(tmp_path, sampling_batch_size=1)
     prompts = ["One?", "Two?", "Three?"]
     settings = sampling._settings(recipe.model, recipe.sampling, recipe.data)
 
@@ -169,7 +154,7 @@ def test_a_second_sample_run_on_the_same_file_is_refused_and_cuts_nothing(tmp_pa
 
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("One?\nTwo?\n")
-    recipe = _recipe(tmp_path)
+    recipe = sampling_recipe(tmp_path)
     rows = _sample_rows(recipe, ["One?", "Two?"])
     samples = tmp_path / "samples.jsonl"
     text = json.dumps(rows[0]) + "\n" + json.dumps(rows[1])[:30]  # the first run, writing its second line
@@ -190,7 +175,7 @@ def test_a_prompt_sampled_twice_in_the_samples_file_is_named_before_sampling_mor
 
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("One?\nTwo?\n")
-    recipe = _recipe(tmp_path)
+    recipe = sampling_recipe(tmp_path)
     rows = _sample_rows(recipe, ["One?", "Two?"])
     samples = write_jsonl(tmp_path / "samples.jsonl", [rows[0], rows[0]])
     with pytest.raises(SamplingError, match=r"samples\.jsonl, line 2: prompt index 0 appears a second time"):
@@ -207,10 +192,10 @@ def test_a_train_samples_file_of_other_settings_is_named_before_the_held_out_spl
 
     (tmp_path / "train.txt").write_text("One?\nTwo?\n")
     (tmp_path / "test.txt").write_text("Three?\n")
-    recipe = _recipe(
+    recipe = sampling_recipe(
         tmp_path, prompts_file=str(tmp_path / "train.txt"), test_prompts_file=str(tmp_path / "test.txt")
     )
-    old = _sample_rows(_recipe(tmp_path, sampling_temperature=0.3), ["One?", "Two?"])
+    old = _sample_rows(sampling_recipe(tmp_path, sampling_temperature=0.3), ["One?", "Two?"])
     train_samples = default_samples_file(recipe, "train")
     train_samples.parent.mkdir(parents=True)
     write_jsonl(train_samples, old)
@@ -239,7 +224,7 @@ def test_run_sampling_says_the_samples_file_is_in_use_before_the_model_loads(
 
     monkeypatch.setattr(sampling, "load_reference", load_reference)
     (tmp_path / "train.txt").write_text("One?\nTwo?\n")
-    recipe = _recipe(tmp_path, prompts_file=str(tmp_path / "train.txt"))
+    recipe = sampling_recipe(tmp_path, prompts_file=str(tmp_path / "train.txt"))
     samples = default_samples_file(recipe)
     samples.parent.mkdir(parents=True)
     write_jsonl(samples, _sample_rows(recipe, ["One?"]))
