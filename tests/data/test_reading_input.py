@@ -7,14 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_eval_strategy_without_a_held_out_split_is_named_before_the_model_loads(
@@ -213,22 +207,22 @@ def test_column_oriented_json_with_columns_of_different_lengths_is_named(read_sp
         read_splits_of(path)
 
 
-def test_two_files_for_one_split_are_named_not_one_ignored(read_splits_of, tmp_path):
+def test_two_files_for_one_split_are_named_not_one_ignored(read_splits_of, write_jsonl, tmp_path):
     """Before: train.json was read and train.jsonl beside it silently ignored."""
     from hf_dpo.data import DataError
 
     row = {"prompt": "p", "chosen": "a", "rejected": "b"}
     (tmp_path / "train.json").write_text(json.dumps([row]))
-    _write_jsonl(tmp_path / "train.jsonl", [row] * 6)
+    write_jsonl(tmp_path / "train.jsonl", [row] * 6)
     with pytest.raises(DataError, match=r"two files for split 'train' \(train\.json and train\.jsonl\)"):
         read_splits_of(tmp_path)
 
 
-def test_a_split_file_that_cannot_be_opened_is_named_itself(read_splits_of, tmp_path):
+def test_a_split_file_that_cannot_be_opened_is_named_itself(read_splits_of, write_jsonl, tmp_path):
     """Before: 'DIR: cannot be read (No such file or directory)', naming the directory, which exists."""
     from hf_dpo.data import DataError
 
-    _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
     (tmp_path / "test.jsonl").symlink_to(tmp_path / "gone.jsonl")
     with pytest.raises(DataError, match=r"test\.jsonl: cannot be read \(No such file"):
         read_splits_of(tmp_path, dataset_test_split="test")
