@@ -7,6 +7,7 @@ problem, naming the file (the caller adds whose key or command it is and what to
 
     model_dir_problem("models/llama")          # None, or "models/llama has no config.json ..."
     adapter_dir_problem("runs/demo")           # None, or "runs/demo/adapter_model.safetensors is cut short ..."
+    trained_weights_problem("runs/demo/checkpoint-10")   # an adapter's, or a full fine-tune's model
     safetensors_problem(Path("model.safetensors"))
 
 The checks read file names and the safetensors headers only (a few kilobytes), never the weights.
@@ -176,3 +177,13 @@ def adapter_dir_problem(path: str | os.PathLike) -> str | None:
     if weights[0].suffix == ".safetensors":
         return safetensors_problem(weights[0])
     return None if os.access(weights[0], os.R_OK) else f"{weights[0]} cannot be read (permission denied)"
+
+
+def trained_weights_problem(path: str | os.PathLike) -> str | None:
+    """None when `path` (a run dir or a checkpoint-N of one) holds whole trained weights: a LoRA adapter, or, with
+    a config.json and no adapter_config.json, a full fine-tune's model (`model_dir_problem`, no tokenizer needed).
+    Else what is wrong, as `adapter_dir_problem` names it for a dir with neither."""
+    path = Path(path).expanduser()
+    if (path / "config.json").is_file() and not (path / "adapter_config.json").exists():
+        return model_dir_problem(path, tokenizer=False)
+    return adapter_dir_problem(path)

@@ -7,7 +7,8 @@
 higher step, so this module is where they meet.
 
 The run dir (`output_dir`) receives, in order: `recipe.yaml` (before anything can fail), checkpoints,
-the adapter and tokenizer, `trainer_state.json`, `run_info.json` (what was trained, how, how long, the
+the adapter (or, for a full fine-tune, `use_peft: false`, the whole model: config.json, model*.safetensors) and
+tokenizer, `trainer_state.json`, `run_info.json` (what was trained, how, how long, the
 held-out metrics before and after). Only the main process writes.
 """
 
@@ -166,10 +167,23 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
         ReportOptions.from_recipe(recipe.report, seed=args.seed),
         pair_logps=after_logps,
         data_config=recipe.data,
+        load_reference=None if recipe.model.use_peft else lambda: starting_model(recipe),
     )
     if trainer.is_world_process_zero():
         publish(out, report, hub)
     return out
+
+
+def starting_model(recipe: Recipe):
+    """A full fine-tune's reference for its report: the model the recipe starts from, loaded again (the trained
+    one has moved away from it), frozen, in eval mode."""
+    logger.info(
+        "The report's reference: the starting model %s, loaded again (full fine-tune).",
+        recipe.model.model_name_or_path,
+    )
+    model = load_base_model(recipe.model)
+    model.requires_grad_(False)
+    return model.eval()
 
 
 def write_recipe(out: Path, recipe: Recipe) -> None:
@@ -220,12 +234,15 @@ def run_info(
         "model_name_or_path": recipe.model.model_name_or_path,
         "quantization": recipe.model.quantization if recipe.model.quantization else "none",
         "compute_dtype": str(dtype).replace("torch.", ""),
+        "use_peft": recipe.model.use_peft,
         "lora": {
             "r": recipe.model.lora_r,
             "alpha": recipe.model.lora_alpha,
             "dropout": recipe.model.lora_dropout,
             "target_modules": recipe.model.lora_target_modules,
-        },
+        }
+        if recipe.model.use_peft
+        else None,
         "dataset": recipe.data.dataset_name,
         "num_train_pairs": len(trainer.train_dataset),
         "num_eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
@@ -279,7 +296,7 @@ def _resumed_note(resumed: dict | None, global_steps: int) -> str:
 def _print_summary(out: Path, info: dict) -> None:
     lines = [
         "",
-        f"Adapter written to {out.resolve()}",
+        f"{'Adapter' if info.get('use_peft', True) else 'Model (full fine-tune)'} written to {out.resolve()}",
         f"Trained {info['steps_this_run']} step{'' if info['steps_this_run'] == 1 else 's'}"
         f"{_resumed_note(info['resumed_from'], info['global_steps'])} "
         f"on {info['num_train_pairs']} pairs in {info['train_runtime_s']:.0f} s "
@@ -300,29 +317,43 @@ def _print_summary(out: Path, info: dict) -> None:
 
 
 def run_recipe(run_dir: str | os.PathLike) -> Recipe:
-    """The recipe a finished run was trained with (its recipe.yaml); RunDirError for a dir that is no run."""
+    """The recipe a finished run was trained with (its recipe.yaml); RunDirError for a dir that is no run, or
+    whose trained weights (the adapter, or a full fine-tune's model) cannot be loaded."""
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "adapter_config.json").is_file():
+    if not (run_dir / "recipe.yaml").is_file() or not (
+        (run_dir / "adapter_config.json").is_file() or (run_dir / "config.json").is_file()
+    ):
         raise RunDirError(
-            f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json)."
+            f"{run_dir} is not a finished hf-dpo run (needs recipe.yaml and adapter_config.json, or config.json "
+            "for a full fine-tune)."
         )
-    if problem := adapter_dir_problem(run_dir):
-        raise RunDirError(f"{problem}: the run's adapter cannot be loaded. {RESTORE_RUN}")
     recipe = load_recipe(run_dir / "recipe.yaml", ["--output_dir", str(run_dir)])
+    if recipe.model.use_peft and (problem := adapter_dir_problem(run_dir)):
+        raise RunDirError(f"{problem}: the run's adapter cannot be loaded. {RESTORE_RUN}")
+    if not recipe.model.use_peft and (problem := model_dir_problem(run_dir)):
+        raise RunDirError(f"{problem}: the run's model (a full fine-tune) cannot be loaded. {RESTORE_RUN}")
     base = recipe.model.model_name_or_path
     if is_local_dir(base) and (problem := model_dir_problem(base)):
         raise RunDirError(f"{run_dir}/recipe.yaml: model_name_or_path: {problem}. {MODEL_DIR_FIX}")
     return recipe
 
 
+def trained_model(run_dir: Path, recipe: Recipe):
+    """The trained policy of a finished run: the base with the run's adapter (a run that started from an adapter
+    keeps that one as the reference), or a full fine-tune's saved model, in the recipe's torch_dtype."""
+    if not recipe.model.use_peft:
+        return load_base_model(dataclasses.replace(recipe.model, model_name_or_path=str(run_dir)))
+    return with_adapter(load_base_model(recipe.model), run_dir, reference=recipe.model.adapter_name_or_path)
+
+
 def load_run(run_dir: str | os.PathLike, recipe: Recipe | None = None):
-    """(recipe, model, tokenizer, eval_dataset, train_dataset) of a finished run: base + trained adapter, the
-    tokenized splits (None where the data cannot be read now). `recipe`: its `run_recipe`, read already."""
+    """(recipe, model, tokenizer, eval_dataset, train_dataset) of a finished run: base + trained adapter (or a full
+    fine-tune's model), the tokenized splits (None where the data cannot be read now). `recipe`: its
+    `run_recipe`, read already."""
     run_dir = Path(run_dir)
     recipe = recipe if recipe is not None else run_recipe(run_dir)
     tokenizer = load_tokenizer(recipe.model)
-    # a run that started from an adapter: that adapter is the reference
-    model = with_adapter(load_base_model(recipe.model), run_dir, reference=recipe.model.adapter_name_or_path)
+    model = trained_model(run_dir, recipe)
     eval_dataset = train_dataset = None
     try:
         data = load_preference_dataset(recipe.data, tokenizer, recipe.training)
@@ -344,8 +375,9 @@ def evaluate_run(
     confidence: float = 0.95,
     num_samples_shown: int = 4,
 ) -> dict[str, Any]:
-    """Reload a finished run (base + trained adapter), write its report and refresh its card (README.md, unless
-    edited by hand). `judge` defaults to the recipe's."""
+    """Reload a finished run (base + trained adapter, or a full fine-tune's model with its starting model as the
+    reference), write its report and refresh its card (README.md, unless edited by hand). `judge` defaults to the
+    recipe's."""
     if isinstance(judge, str) and judge.strip():
         check_judge(judge)  # a misspelled --judge is named before the model loads
     recipe = run_recipe(run_dir)
@@ -374,7 +406,11 @@ def evaluate_run(
     args = recipe.training
     args.report_to = []
     hub = take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
-    trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer, eval_dataset=eval_dataset)
+    # a full fine-tune's reference is the model it started from, loaded again; LoRA's: adapters off
+    reference = None if recipe.model.use_peft else starting_model(recipe)
+    trainer = DPOTrainer(
+        model=model, ref_model=reference, args=args, processing_class=tokenizer, eval_dataset=eval_dataset
+    )
     report = evaluate_model(
         run_dir,
         model,
@@ -388,6 +424,7 @@ def evaluate_run(
         training_prompts=training_prompt_keys(
             train_dataset, tokenizer
         ),  # held-out prompts that were trained on
+        load_reference=None if reference is None else lambda: reference,
     )
     # The card tells this report's numbers, as training's does; one edited by hand is someone's own text.
     if card_was_edited(Path(run_dir)):

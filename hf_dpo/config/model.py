@@ -1,7 +1,9 @@
-"""`ModelConfig`: the base model, its quantization and the LoRA adapter trained on top."""
+"""`ModelConfig`: the base model, its quantization, and what trains: a LoRA adapter on top (`use_peft: true`, the
+default) or every weight of the model (`use_peft: false`, a full fine-tune)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -9,10 +11,14 @@ from hf_dpo.config.errors import RecipeError
 from hf_dpo.errors import quoted, shortened
 from hf_dpo.validate import RANK, Range, check_values, up_to
 
+logger = logging.getLogger(__name__)
+
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
 
 @dataclass
 class ModelConfig:
-    """Which base model to load, how to quantize it, and the LoRA adapter trained on top."""
+    """Which base model to load, how to quantize it, and what trains: a LoRA adapter on top, or every weight."""
 
     model_name_or_path: str = field(
         default="smollm2-135m-instruct",
@@ -27,11 +33,21 @@ class ModelConfig:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modeling code from the Hub."}
     )
-    quantization: str = field(
-        default="4bit",
+    use_peft: bool = field(
+        default=True,
         metadata={
-            "one_of": ("4bit", "8bit", "none"),
-            "help": "Base weights: 4bit (NF4/FP4 via bitsandbytes, QLoRA), 8bit, or none (full precision).",
+            "help": "true: train a LoRA adapter on the frozen base (the lora_* keys). false: a full fine-tune, "
+            "every weight trained in torch_dtype (as TRL without a peft_config); the run dir then holds the whole "
+            "model, and the reference's log-probs are computed once before the first step "
+            "(precompute_ref_log_probs: false keeps a frozen copy of the model instead)."
+        },
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata={
+            "one_of": (None, "4bit", "8bit", "none"),
+            "help": "Base weights: 4bit (NF4/FP4 via bitsandbytes, QLoRA), 8bit, or none (full precision). "
+            "Default: 4bit with use_peft: true, none with use_peft: false (quantized weights cannot be trained).",
         },
     )
     bnb_4bit_quant_type: str = field(
@@ -100,6 +116,10 @@ class ModelConfig:
 
     def __post_init__(self):
         check_values(self, RecipeError)
+        if not self.use_peft:
+            check_full_finetune(self)
+        if self.quantization is None:
+            self.quantization = "4bit" if self.use_peft else "none"
         for name in self.lora_target_modules:
             if "," in name or " " in name.strip():
                 # peft matches each name against layer names: "q_proj, v_proj" is one name no layer has, which
@@ -110,3 +130,34 @@ class ModelConfig:
                     f"Give a list: [{shortened(', '.join(names))}] in the recipe, or --lora_target_modules "
                     f"{shortened(' '.join(names))}."
                 )
+
+
+def check_full_finetune(cfg: ModelConfig) -> None:
+    """use_peft: false trains every weight: none may be quantized, and there is no adapter to start from."""
+    if cfg.quantization in ("4bit", "8bit"):
+        raise RecipeError(
+            f"key 'quantization': {cfg.quantization} with use_peft: false. A full fine-tune trains every weight, and "
+            f"{cfg.quantization} (bitsandbytes) weights cannot be trained. Set quantization: none (or remove it), or "
+            "use_peft: true to train a LoRA adapter on the quantized base (QLoRA)."
+        )
+    if cfg.adapter_name_or_path:
+        raise RecipeError(
+            f"key 'adapter_name_or_path': {quoted(cfg.adapter_name_or_path)} is a LoRA adapter to train on, but "
+            "use_peft: false trains the model itself, without an adapter. Merge the adapter into its base first "
+            "(hf-dpo merge RUN_DIR OUT) and give OUT as model_name_or_path, or set use_peft: true."
+        )
+
+
+def warn_unused_lora_keys(cfg: ModelConfig, given: list[str] | dict) -> list[str]:
+    """The lora_* keys a recipe or the command line set (`given`) that a full fine-tune does not use: warned
+    about, not refused, as TRL's ModelConfig ignores them without use_peft (a recipe switched to use_peft: false
+    keeps working unchanged). Returns their names."""
+    unused = [key for key in LORA_KEYS if key in given] if not cfg.use_peft else []
+    if unused:
+        logger.warning(
+            "%s not used: use_peft: false trains every weight of the model, without a LoRA adapter. Remove %s, "
+            "or set use_peft: true to train an adapter.",
+            ", ".join(unused),
+            "it" if len(unused) == 1 else "them",
+        )
+    return unused

@@ -27,7 +27,7 @@ from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import auto_bool
 from hf_dpo.config.errors import RecipeError
 from hf_dpo.config.keys import check_keys
-from hf_dpo.config.model import ModelConfig
+from hf_dpo.config.model import ModelConfig, warn_unused_lora_keys
 from hf_dpo.config.report import ReportConfig
 from hf_dpo.config.sampling import SamplingConfig
 from hf_dpo.config.yaml_io import MAX_VALUE_ITEMS, RecipeDumper, RecipeLoader, expands_past, read_recipe_file
@@ -256,6 +256,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
                 f"{_where(path, str(err), given)}: invalid value in section {section.__name__}: "
                 f"{type(err).__name__}: {shortened(str(err), 400)}"
             ) from None
+    warn_unused_lora_keys(built[ModelConfig], values)
     return Recipe(
         model=built[ModelConfig],
         data=built[DataConfig],

@@ -3,8 +3,9 @@
     card = render_card("runs/demo", repo_id="me/smollm2-dpo")   # ModelCard; card.data round-trips
     write_card("runs/demo", "me/smollm2-dpo")                    # -> runs/demo/README.md
 
-Metadata (ModelCardData): base_model, library_name peft, pipeline_tag text-generation, tags (trl, dpo, lora,
-qlora when 4-bit, hf-dpo, base_model:adapter:<id>), datasets (Hub ids only), license, and model-index
+Metadata (ModelCardData): base_model, library_name (peft for an adapter, transformers for a full fine-tune),
+pipeline_tag text-generation, tags (trl, dpo, then lora and qlora when 4-bit for an adapter, hf-dpo,
+base_model:adapter:<id> or base_model:finetune:<id>), datasets (Hub ids only), license, and model-index
 (EvalResult) with the held-out reward accuracy, margin and judged win rate. PEFT's and transformers' own
 card writers are never used: each rewrites README.md with its own metadata, dropping the other's.
 
@@ -233,8 +234,14 @@ def eval_result_files(run_dir: str | Path) -> dict[str, str]:
     return files
 
 
+def is_full_finetune(info: dict[str, Any]) -> bool:
+    """Whether run_info.json records a full fine-tune (use_peft: false): the run is a whole model, no adapter."""
+    return info.get("use_peft", True) is False
+
+
 def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str, license: str | None = None):
-    """ModelCardData: base_model, library_name peft, tags, datasets (Hub ids only), license, model-index."""
+    """ModelCardData: base_model, library_name (peft, or transformers for a full fine-tune), tags, datasets (Hub
+    ids only), license, model-index."""
     from huggingface_hub import EvalResult, ModelCardData
 
     base = info.get("base_model")
@@ -248,8 +255,10 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
             "base model %s is not a Hub id: the card names it in its text but not as base_model.", base
         )
     # TRL's tags ("trl", "dpo": what its trainers add and the Hub filters on), then this project's
-    tags = ["trl", "dpo", "lora"] + (["qlora"] if quant == "4bit" else []) + ["hf-dpo"]
-    tags += [f"base_model:adapter:{hub_base}"] if hub_base else []
+    full = is_full_finetune(info)
+    adapter_tags = [] if full else ["lora"] + (["qlora"] if quant == "4bit" else [])
+    tags = ["trl", "dpo", *adapter_tags, "hf-dpo"]
+    tags += [f"base_model:{'finetune' if full else 'adapter'}:{hub_base}"] if hub_base else []
     dataset = info.get("dataset")
     hub_dataset = dataset if _looks_like_hub_id(dataset) else None
     # The split is held out only if eval_report.json found none of its prompts in the training data.
@@ -268,7 +277,7 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
     ]
     return ModelCardData(
         base_model=hub_base,
-        library_name="peft",
+        library_name="transformers" if full else "peft",
         pipeline_tag="text-generation",
         tags=tags,
         datasets=[hub_dataset] if hub_dataset else None,
@@ -315,6 +324,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
             else f"`{info['base_model']}` (a local model)"
         ),
         license=data.license,
+        full_finetune=is_full_finetune(info),
         quantized=str(info.get("quantization")) in ("4bit", "8bit"),
         quantization=info.get("quantization"),
         hf_dpo_version=info.get("hf_dpo_version", ""),

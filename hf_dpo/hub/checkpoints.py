@@ -57,7 +57,13 @@ class HubCheckpointCallback(TrainerCallback):
                     ckpt / name
                 ).read_bytes()
         if not files:
-            logger.warning("Checkpoint %s has no adapter files; not pushing it.", ckpt)
+            # a full fine-tune's checkpoint is the whole model: read into memory here, it could take more than
+            # there is; its final model is pushed at the end
+            logger.warning(
+                "Checkpoint %s has no adapter files (a full fine-tune's checkpoints are not pushed while training; "
+                "the final model is); not pushing it.",
+                ckpt,
+            )
             return
         self._futures.append(self._executor.submit(self._push, state.global_step, files))
 

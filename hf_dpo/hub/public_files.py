@@ -1,5 +1,6 @@
-"""What one push sends: which files of the run dir go (`files_to_push`), and their public form
-(`public_files`): `adapter_config.json` names the base model's Hub id, and absolute paths of this machine in the
+"""What one push sends: which files of the run dir go (`files_to_push`: the adapter, or a full fine-tune's model,
+with card, report, recipe and tokenizer), and their public form (`public_files`): `adapter_config.json` names the
+base model's Hub id, and absolute paths of this machine in the
 pushed text files (recipe, card, report) become names relative to the run dir or the base name of the model /
 data directory. Binary and tokenizer files go byte-exact."""
 
@@ -16,12 +17,14 @@ from typing import Any
 
 from hf_dpo.hub.card import public_recipe
 from hf_dpo.hub.errors import PushError
-from hf_dpo.model_files import adapter_dir_problem
+from hf_dpo.model_files import WEIGHT_INDEXES, adapter_dir_problem, model_dir_problem
 from hf_dpo.report.generations_file import GENERATIONS_FILE
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# A full fine-tune's model as save_pretrained writes it; its weights: model.safetensors, or shards and their index.
+MODEL_FILES = ("config.json", "generation_config.json")
 REPORT_FILES = ("eval_report.json", "eval_report.md", "evaluate_results.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -38,6 +41,8 @@ TOKENIZER_FILES = (
 SCRUBBED_SUFFIXES = (".md", ".yaml", ".yml")
 SCRUBBED_JSON = (
     "adapter_config.json",
+    "config.json",
+    "generation_config.json",
     "eval_report.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -45,9 +50,43 @@ SCRUBBED_JSON = (
 
 
 def files_to_push(run_dir: str | Path) -> list[Path]:
-    """The files of one push, relative to run_dir: adapter, card, report (with every judged answer, when the
-    report names them), plots, recipe, tokenizer."""
+    """The files of one push, relative to run_dir: adapter (or a full fine-tune's model: config, weights), card,
+    report (with every judged answer, when the report names them), plots, recipe, tokenizer."""
     run_dir = Path(run_dir)
+    names = [
+        *weight_files(run_dir),
+        "README.md",
+        *REPORT_FILES,
+        *files_named_by_report(run_dir),
+        "recipe.yaml",
+    ]
+    names += TOKENIZER_FILES
+    found = [Path(n) for n in names if (run_dir / n).is_file()]
+    found += sorted(p.relative_to(run_dir) for p in (run_dir / "plots").glob("*.png"))
+    found += sorted(p.relative_to(run_dir) for p in (run_dir / ".eval_results").glob("*.yaml"))
+    # The push also writes (and clears) .eval_results/ and the card's record: a link there would reach outside.
+    written = [Path(n) for n in (".eval_results", ".hf_dpo_card.sha256") if (run_dir / n).is_symlink()]
+    _refuse_links_out(run_dir, found + written)
+    return found
+
+
+def is_full_model_dir(run_dir: Path) -> bool:
+    """A full fine-tune's run dir: the model's config.json and no adapter (a LoRA run holds adapter_config.json)."""
+    return (run_dir / "config.json").is_file() and not (run_dir / "adapter_config.json").exists()
+
+
+def weight_files(run_dir: Path) -> list[str]:
+    """The trained weights' files of a run dir, checked whole: the adapter's, or a full fine-tune's config and
+    weights (model.safetensors, or its shards and their index). PushError naming what is missing or cut short."""
+    if is_full_model_dir(run_dir):
+        if problem := model_dir_problem(run_dir, tokenizer=False):
+            raise PushError(
+                f"{problem}: refusing to push a broken model. Copy the run dir again from where it was trained, "
+                "or train it again.",
+                "invalid",
+            )
+        shards = sorted(p.name for p in run_dir.glob("model*.safetensors"))
+        return [*MODEL_FILES, *shards, *(name for name in WEIGHT_INDEXES if name.startswith("model."))]
     missing = [f for f in ADAPTER_FILES if not (run_dir / f).is_file()]
     if missing:
         raise PushError(
@@ -60,15 +99,7 @@ def files_to_push(run_dir: str | Path) -> list[Path]:
             "train it again.",
             "invalid",
         )
-    names = [*ADAPTER_FILES, "README.md", *REPORT_FILES, *files_named_by_report(run_dir), "recipe.yaml"]
-    names += TOKENIZER_FILES
-    found = [Path(n) for n in names if (run_dir / n).is_file()]
-    found += sorted(p.relative_to(run_dir) for p in (run_dir / "plots").glob("*.png"))
-    found += sorted(p.relative_to(run_dir) for p in (run_dir / ".eval_results").glob("*.yaml"))
-    # The push also writes (and clears) .eval_results/ and the card's record: a link there would reach outside.
-    written = [Path(n) for n in (".eval_results", ".hf_dpo_card.sha256") if (run_dir / n).is_symlink()]
-    _refuse_links_out(run_dir, found + written)
-    return found
+    return list(ADAPTER_FILES)
 
 
 def _refuse_links_out(run_dir: Path, found: list[Path]) -> None:

@@ -1,4 +1,5 @@
-"""The push to the Hub: one commit with adapter, card, report, plots, recipe, tokenizer.
+"""The push to the Hub: one commit with adapter (or a full fine-tune's model), card, report, plots, recipe,
+tokenizer.
 
     hf-dpo push runs/demo --repo-id me/smollm2-dpo        # or push_run("runs/demo", "me/smollm2-dpo")
 
@@ -35,6 +36,7 @@ from hf_dpo.hub.public_files import (
     REPORT_FILES,
     files_named_by_report,
     files_to_push,
+    is_full_model_dir,
     public_files,
     read_run_info,
 )
@@ -175,7 +177,8 @@ def push_run(
     paths, payload = prepare_payload(run_dir, repo_id, license)
     _check_no_token(paths, run_dir, token)
     _check_no_token_in(payload, token)
-    message = commit_message or f"hf-dpo: DPO adapter, card and eval report from {run_dir.name}"
+    what = "full fine-tune" if is_full_model_dir(run_dir) else "adapter"
+    message = commit_message or f"hf-dpo: DPO {what}, card and eval report from {run_dir.name}"
     api = hf_api(token, endpoint)
     logger.info(
         "Pushing %d files from %s to %s%s",

@@ -1,7 +1,9 @@
-"""Loading the policy: base model (4-bit NF4, 8-bit or full precision), LoRA adapter, tokenizer.
+"""Loading the policy: base model (4-bit NF4, 8-bit or full precision), LoRA adapter, tokenizer; or, for a full
+fine-tune (`use_peft: false`), the model alone with every weight trainable.
 
-The reference model is never loaded: it is the same network with the LoRA adapters switched off, or a frozen
-copy of the starting adapter (`hf_dpo.model.reference`).
+For LoRA the reference model is never loaded: it is the same network with the LoRA adapters switched off, or a
+frozen copy of the starting adapter (`hf_dpo.model.reference`). A full fine-tune's reference is the model before
+its first step (`hf_dpo.train.reference`).
 
     model, tokenizer = load_policy(ModelConfig(model_name_or_path="smollm2-135m-instruct"))
 """
@@ -285,10 +287,20 @@ def attach_adapter(model, cfg: ModelConfig, peft_config=None):
 
 
 def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False, tokenizer=None):
-    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (the reference: adapters off).
+    """(policy, tokenizer): the quantized base with a trainable LoRA adapter (the reference: adapters off), or with
+    `use_peft: false` the model itself, every weight trainable (its reference: `hf_dpo.train.reference`).
     `tokenizer`: cfg's tokenizer, loaded already (preflight's); loaded here otherwise."""
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
     model = load_base_model(cfg, gradient_checkpointing=gradient_checkpointing)
+    if not cfg.use_peft:
+        model.requires_grad_(True)
+        logger.info(
+            "Full fine-tune (use_peft: false): all %.1f M weights of %s train, in %s.",
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            cfg.model_name_or_path,
+            str(model.dtype).replace("torch.", ""),
+        )
+        return model, tokenizer
     return attach_adapter(model, cfg), tokenizer
 
 

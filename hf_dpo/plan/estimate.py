@@ -2,6 +2,7 @@
 
     terms = estimate(load_arch("HuggingFaceTB/SmolLM2-135M-Instruct"), settings_from_recipe(recipe, "cuda"))
     sum(t.bytes for t in terms)                    # the planned peak; `hf-dpo plan` is hf_dpo.plan.fit
+    step_estimate(arch, settings)                  # estimate, or full_finetune_estimate for use_peft: false
 
 The estimate is built from the model's architecture (hidden size, layers, heads, KV heads, MLP width,
 vocabulary, tied embeddings) and the recipe's knobs, term by term:
@@ -289,6 +290,12 @@ def full_finetune_estimate(arch: Arch, s: Settings, reference_copy: bool) -> lis
         Term("logits", logits, logits_note),
     ]
     return terms + device_terms(arch, full, sum(t.bytes for t in terms), activations + logits)
+
+
+def step_estimate(arch: Arch, s: Settings) -> list[Term]:
+    """The terms of the step the settings train: every weight (`s.full_finetune`, use_peft: false) or the LoRA
+    adapter."""
+    return full_finetune_estimate(arch, s, s.reference_copy) if s.full_finetune else estimate(arch, s)
 
 
 def device_terms(arch: Arch, s: Settings, allocated: int, heap: int) -> list[Term]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hf_dpo.config import Recipe
 from hf_dpo.errors import quoted
 from hf_dpo.plan.arch import Arch, PlanError, load_arch
-from hf_dpo.plan.estimate import GB, MB, Term, estimate, fmt, full_finetune_estimate
+from hf_dpo.plan.estimate import GB, MB, Term, fmt, full_finetune_estimate, step_estimate
 from hf_dpo.plan.settings import Settings, data_row_length, settings_from_recipe
 
 # How far measured peaks have run above the estimate (README, "On a GPU"): the demo recipe on an H100 peaked 21%
@@ -82,6 +82,14 @@ class Plan:
             + (" (prefix sharing, if on at run time, only lowers this)" if s.prefix_sharing else "")
             + f", compute {'bf16/fp16' if s.compute_bytes == 2 else 'float32'}"
             + (" with autocast" if s.autocast else ""),
+            "  trains: every weight, a full fine-tune (use_peft: false)"
+            + (
+                "; the reference is a frozen copy of the model"
+                if s.reference_copy
+                else "; the reference log-probs are computed once before the first step: no second model"
+            )
+            if s.full_finetune
+            else f"  trains: a LoRA adapter (r={s.lora_r}) on the {s.quantization} base (use_peft: true)",
         ]
         width = max(len(t.name) for t in self.terms)
         lines += [f"  {t.name:<{width}}  {fmt(t.bytes):>9}  {t.note}" for t in self.terms]
@@ -182,6 +190,15 @@ def _candidates(s: Settings) -> list[tuple[dict, Settings, str]]:
                     "truncates longer pairs",
                 )
             )
+    if s.full_finetune:
+        out.append(
+            (
+                {"use_peft": True, "quantization": "4bit"},
+                dataclasses.replace(s, full_finetune=False, quantization="4bit"),
+                "a LoRA adapter on an NF4 base (QLoRA) instead of every weight",
+            )
+        )
+        return out
     if s.lora_r > 8:
         out.append(
             ({"lora_r": s.lora_r // 2}, dataclasses.replace(s, lora_r=s.lora_r // 2), "less adapter capacity")
@@ -198,7 +215,7 @@ def suggest(arch: Arch, s: Settings, budget: int) -> list[Suggestion]:
     quantization) until it fits."""
 
     def total(x: Settings) -> int:
-        return sum(t.bytes for t in estimate(arch, x))
+        return sum(t.bytes for t in step_estimate(arch, x))
 
     fitting = []
     for changes, changed, why in _candidates(s):
@@ -242,9 +259,9 @@ def plan_recipe(
         settings.data_row_length = data_row_length(recipe)
     if memory is None:
         memory = 24 * GB if device == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    plan = Plan(arch=arch, settings=settings, terms=estimate(arch, settings), budget=memory)
-    reference_copy = recipe.training.precompute_ref_log_probs is False
-    plan.full_finetune = full_finetune_estimate(arch, settings, reference_copy)
+    plan = Plan(arch=arch, settings=settings, terms=step_estimate(arch, settings), budget=memory)
+    if not settings.full_finetune:  # the same step training every weight, priced beside the adapter's
+        plan.full_finetune = full_finetune_estimate(arch, settings, settings.reference_copy)
     if not plan.fits:
         plan.suggestions = suggest(arch, settings, memory)
     return plan

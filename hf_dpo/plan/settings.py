@@ -47,6 +47,9 @@ class Settings:
     uncut: bool = (
         False  # max_length: null: no pair is cut, and max_length is only the length planned without data
     )
+    full_finetune: bool = False  # use_peft: false: every weight trains, no LoRA adapter
+    # a full fine-tune holds a frozen copy of the model as its reference (its log-probs not precomputed)
+    reference_copy: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -109,6 +112,9 @@ def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
         checkpoint_every=max(1, int((t.gradient_checkpointing_kwargs or {}).get("every_n_layers", 1))),
         float32_embeddings=m.float32_embeddings,
         sharing_attention=t.prefix_sharing_attention,
+        full_finetune=not m.use_peft,
+        # TR-DPO's moving reference is never precomputed: the trainer keeps the copy then
+        reference_copy=t.precompute_ref_log_probs is False or bool(t.sync_ref_model),
     )
 
 

@@ -61,8 +61,10 @@ def judged_generations(
     prompts: list[tuple[str | list[dict], list[int]]],
     judge,
     options: ReportOptions = DEFAULT_OPTIONS,
+    reference_model=None,
 ) -> dict[str, Any]:
-    """Generate from policy and reference (adapters off) with identical settings, judge both, compare.
+    """Generate from policy and reference (adapters off, or `reference_model`: a full fine-tune's starting model)
+    with identical settings, judge both, compare.
 
     Answers decode until their end token, up to `options.max_new_tokens`. One that reaches the cap is unfinished:
     it is never judged as a whole answer, but counts as failing every criterion (it takes the lowest value
@@ -81,7 +83,12 @@ def judged_generations(
         seed=options.seed,
     )
     both = decode_policy_and_reference(
-        model, tokenizer, [i for _, i in prompts], batch_size=options.batch_size, **decoding
+        model,
+        tokenizer,
+        [i for _, i in prompts],
+        batch_size=options.batch_size,
+        reference_model=reference_model,
+        **decoding,
     )
     ends = end_token_ids(model, tokenizer)
     policy, reference = (

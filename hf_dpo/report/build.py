@@ -7,8 +7,8 @@ Two questions, answered separately because they can disagree (reward accuracy is
 1. Likelihood: on the held-out pairs, does the policy rank chosen above rejected? From the four per-pair
    log-probs, with the implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)) (DPO paper, eq. 5):
    reward accuracy, mean margin, chosen/rejected rewards and the log-prob shift from the reference.
-2. Behaviour: on the held-out prompts, greedy answers of the policy and of the reference (adapters off,
-   same decoding, each until its end token or the cap: a cut answer is reported as unfinished) are scored
+2. Behaviour: on the held-out prompts, greedy answers of the policy and of the reference (adapters off; a full
+   fine-tune's reference is its starting model, reloaded: `reference_description`), same decoding, each until its end token or the cap: a cut answer is reported as unfinished) are scored
    by one judge on its criteria: per-criterion rates with paired intervals of the difference, win/tie/loss,
    a length-controlled win rate, unfinished and looping shares, and the one-line verdict on the primary
    criterion (hf_dpo.report.verdict), with warnings for likelihood displacement and a large KL estimate.
@@ -81,6 +81,13 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     if not isinstance(history, list):
         raise EvaluationError(f"{run_dir / 'trainer_state.json'} has no 'log_history' list.")
     return info, history
+
+
+def reference_description(info: dict[str, Any]) -> str:
+    """The reference policy of a run's report, in words (eval_report.json's `reference`, the report's text)."""
+    if info.get("use_peft", True):
+        return "the base with adapters off"
+    return f"the starting model `{info.get('base_model')}`, reloaded: a full fine-tune"
 
 
 def training_summary(info: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,6 +201,7 @@ def build_report(
         "base_model": info.get("base_model"),
         "dataset": info.get("dataset"),
         "confidence": confidence,
+        "reference": reference_description(info),
         "preference": preference,
         "preference_skipped": None
         if preference
@@ -247,6 +255,7 @@ def evaluate_model(
     options: ReportOptions = DEFAULT_OPTIONS,
     data_config=None,
     training_prompts: set[str] | None = None,
+    load_reference: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end).
 
@@ -255,6 +264,9 @@ def evaluate_model(
     column and template) when given, else the eval split's distinct prompts.
     `training_prompts`: the train split's prompts (report.prompts.training_prompt_keys), to count held-out
     prompts that were trained on; None: not checked.
+    `load_reference`: returns the reference the judged answers are compared with when it is no adapter switch of
+    `model` (a full fine-tune's starting model), called only when answers are judged; None: `model` with its
+    adapters off.
     """
     from hf_dpo.report.behaviour import judged_generations
     from hf_dpo.report.prompts import heldout_prompts, prompts_from_file
@@ -269,7 +281,9 @@ def evaluate_model(
             if options.prompts_file
             else heldout_prompts(eval_dataset, tokenizer, options.num_generations)
         )
-        behaviour = judged_generations(model, tokenizer, prompts, judge, options)
+        reference = load_reference() if load_reference is not None else None
+        behaviour = judged_generations(model, tokenizer, prompts, judge, options, reference)
+        del reference  # a reloaded starting model is freed before the report is written
         behaviour["judge"] = judge_name or getattr(judge, "name", None) or repr(judge)
     overlap = training_overlap(prompts, eval_dataset if has_eval else None, training_prompts, tokenizer)
     if behaviour is not None and overlap is not None:
@@ -314,10 +328,12 @@ def evaluate_trainer(
     run_dir: str | Path | None = None,
     pair_logps: dict | None = None,
     data_config=None,
+    load_reference: Callable[[], Any] | None = None,
 ) -> dict[str, Any] | None:
     """The evaluation at the end of `hf-dpo train`, on the in-memory model (no reload).
 
     `pair_logps`: the held-out log-probs if the caller already computed them for the current model.
+    `load_reference`: `evaluate_model`'s (a full fine-tune's starting model, loaded when answers are judged).
 
     Call on every process after run_info.json and trainer_state.json are written: the held-out log-probs are
     gathered across processes; generation, judging and writing happen on the main process only (the others
@@ -341,6 +357,7 @@ def evaluate_trainer(
         options=options,
         data_config=data_config,
         training_prompts=training_prompt_keys(trainer.train_dataset, trainer.processing_class),
+        load_reference=load_reference,
     )
 
 

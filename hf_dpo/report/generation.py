@@ -1,6 +1,6 @@
 """Answers to held-out prompts for the report: greedy (or sampled) decoding up to each answer's end token or a cap,
-finished answers leaving the batch, policy and reference (adapters off) decoded the same way, and the log-probs
-of the policy's answers under both.
+finished answers leaving the batch, policy and reference (adapters off; for a full fine-tune, the starting model
+given as `reference_model`) decoded the same way, and the log-probs of the policy's answers under both.
 
     both = decode_policy_and_reference(model, tokenizer, prompt_ids, batch_size=96, max_new_tokens=256)
     both.policy_ids, both.reference_ids, both.policy_logps, both.reference_logps
@@ -10,6 +10,7 @@ An answer without an end token reached the cap: `is_finished` says which.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -198,14 +199,28 @@ def _decode_side(model, plan, tokenizer, prompt_ids, batch_size, decoding) -> li
         return generate(model, tokenizer, prompt_ids, batch_size=batch_size, **decoding)
 
 
+@contextlib.contextmanager
+def reference_side(model, reference_model=None):
+    """The model that computes the reference: `reference_model` when given (a full fine-tune's starting model),
+    else `model` itself inside `reference_context` (its adapters off, or its frozen 'reference' adapter)."""
+    from hf_dpo.model.reference import reference_context
+
+    if reference_model is not None:
+        yield reference_model
+        return
+    with reference_context(model):
+        yield model
+
+
 def decode_policy_and_reference(
-    model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, **decoding: Any
+    model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, reference_model=None, **decoding: Any
 ) -> BothSides:
-    """The policy's and the reference's (adapters off) answers with identical `decoding` settings (the
-    keywords of `generate`) in one dtype, from the weights `decoding_plan` picks (a dense copy in the decoding
-    dtype when it fits); the log-probs of the policy's answers from the model itself, in its compute dtype (the
-    4-bit weights dequantized once for both). The model's train/eval mode is put back afterwards."""
-    from hf_dpo.model.reference import decoding_plan, decoding_weights, reference_context
+    """The policy's and the reference's answers with identical `decoding` settings (the keywords of `generate`) in
+    one dtype, from the weights `decoding_plan` picks (a dense copy in the decoding dtype when it fits); the
+    log-probs of the policy's answers from the model itself, in its compute dtype (the 4-bit weights dequantized
+    once for both). The reference is `model` with its adapters off, or `reference_model` when given (a full
+    fine-tune's starting model, in eval mode). The model's train/eval mode is put back afterwards."""
+    from hf_dpo.model.reference import decoding_plan, decoding_weights
 
     was_training = model.training
     model.eval()
@@ -213,12 +228,12 @@ def decode_policy_and_reference(
         t0 = time.perf_counter()
         plan = decoding_plan(model)
         policy_ids = _decode_side(model, plan, tokenizer, prompt_ids, batch_size, decoding)
-        with reference_context(model):
-            reference_ids = _decode_side(model, plan, tokenizer, prompt_ids, batch_size, decoding)
+        with reference_side(model, reference_model) as reference:
+            reference_ids = _decode_side(reference, plan, tokenizer, prompt_ids, batch_size, decoding)
         with decoding_weights(model):
             policy_logps = completion_logps(model, prompt_ids, policy_ids, LOGPS_BATCH)
-            with reference_context(model):
-                reference_logps = completion_logps(model, prompt_ids, policy_ids, LOGPS_BATCH)
+            with reference_side(model, reference_model) as reference:
+                reference_logps = completion_logps(reference, prompt_ids, policy_ids, LOGPS_BATCH)
         seconds = time.perf_counter() - t0
     finally:
         model.train(was_training)

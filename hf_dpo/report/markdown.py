@@ -174,7 +174,7 @@ def behaviour_text(report: dict[str, Any]) -> str:
         f"prompts ({trained_on} of them training prompts, not held out)" if trained_on else "held-out prompts"
     )
     text = (
-        f"Policy vs reference (adapters off) on {beh['n']} {prompts}, {mode} decoding until the end "
+        f"Policy vs reference ({report.get('reference') or 'adapters off'}) on {beh['n']} {prompts}, {mode} decoding until the end "
         f"token (at most {dec.get('max_new_tokens')} new tokens"
         + (f", both in {dec['dtype']}" if dec.get("dtype") else "")
         + f"), both scored by judge `{beh.get('judge')}`"
@@ -250,9 +250,13 @@ def training_table(info: dict[str, Any], report: dict[str, Any]) -> str:
         ("Base model", f"`{info.get('base_model')}`"),
         ("Quantization", f"{info.get('quantization')} (compute dtype {info.get('compute_dtype')})"),
         (
-            "LoRA",
-            f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
-            f"targets={lora.get('target_modules')}",
+            (
+                "LoRA",
+                f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+                f"targets={lora.get('target_modules')}",
+            )
+            if info.get("use_peft", True)
+            else ("Trained weights", "all of them: a full fine-tune (use_peft: false), no adapter")
         ),
         ("Objective", f"{info.get('loss_type')} DPO, beta={info.get('beta')}"),
         (
@@ -271,14 +275,15 @@ def training_table(info: dict[str, Any], report: dict[str, Any]) -> str:
 def render_markdown(report: dict[str, Any], info: dict[str, Any]) -> str:
     """eval_report.md: summary, behaviour, samples, plots (relative paths), training facts."""
     parts = [
-        f"# Evaluation report: DPO adapter on `{info.get('base_model')}`",
+        f"# Evaluation report: DPO {'adapter on' if info.get('use_peft', True) else 'full fine-tune of'} "
+        f"`{info.get('base_model')}`",
         f"Generated {report['created_at']} by hf_dpo {report.get('hf_dpo_version')} "
         f"(eval_report.json, schema_version {report['schema_version']}).",
         f"**{verdict_line(report)}**",
         *([warnings_text(report)] if report.get("warnings") else []),
         "## Held-out preference metrics",
-        "Implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)); pi_ref is the base with adapters off. "
-        "Proportions carry Wilson intervals; means a fixed-seed percentile bootstrap.",
+        "Implicit reward r = beta * (log pi(y|x) - log pi_ref(y|x)); pi_ref is "
+        f"{report.get('reference') or 'the base with adapters off'}. Proportions carry Wilson intervals; means a fixed-seed percentile bootstrap.",
         summary_table(report),
         "## Behaviour: judged generations",
         behaviour_text(report),

@@ -21,7 +21,7 @@ from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
 from hf_dpo.model.reference import quiet_peft_checkpointing_alias
 from hf_dpo.model.unwrap import base_model, is_peft
-from hf_dpo.model_files import adapter_dir_problem
+from hf_dpo.model_files import trained_weights_problem
 from hf_dpo.train.attention import sharing_attention
 
 logger = logging.getLogger(__name__)
@@ -268,8 +268,8 @@ def return_freed_memory(args: DPOConfig) -> None:
 
 def _complete_checkpoint(path: Path) -> bool:
     """A checkpoint the Trainer can resume: saved to the end (trainer_state.json is written last), its adapter
-    whole."""
-    return (path / "trainer_state.json").is_file() and adapter_dir_problem(path) is None
+    (or a full fine-tune's model) whole."""
+    return (path / "trainer_state.json").is_file() and trained_weights_problem(path) is None
 
 
 def check_resume(args) -> None:
@@ -307,15 +307,21 @@ def check_resume(args) -> None:
             f"key 'resume_from_checkpoint': {text} has no trainer_state.json: it is not a checkpoint, or it was "
             "cut short while saving. Give an earlier checkpoint-N, or true for the last complete one."
         )
-    if problem := adapter_dir_problem(path):
+    if problem := trained_weights_problem(path):
         raise RecipeError(
             f"key 'resume_from_checkpoint': {problem}. Give an earlier checkpoint-N, or true for the last complete "
             "one."
         )
 
 
-# What a run leaves in its output_dir: at the end, the adapter and run_info.json; on the way, checkpoint-N.
-FINISHED_RUN_FILES = ("adapter_model.safetensors", "adapter_config.json", "run_info.json")
+# What a run leaves in its output_dir: at the end, the adapter (or a full fine-tune's model) and run_info.json; on
+# the way, checkpoint-N.
+FINISHED_RUN_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "model.safetensors",
+    "run_info.json",
+)
 
 
 def check_no_run_replaced(args) -> None:
