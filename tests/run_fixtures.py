@@ -123,6 +123,48 @@ def tiny_run(model_dir: str, tmp_path_factory) -> Path:
     return out
 
 
+def full_finetune_overrides(model_dir: str, data_dir: Path, out: Path, **over) -> list[str]:
+    """`hf-dpo train` arguments of a full fine-tune (use_peft: false) of the 2-layer Llama on the capitals pairs:
+    3 steps, the report judged on 4 held-out prompts with 12 new tokens at most; `over` sets more keys."""
+    values = {
+        "model_name_or_path": model_dir,
+        "use_peft": "false",
+        "dataset_name": str(data_dir),
+        "dataset_train_split": "train",
+        "dataset_test_split": "test",
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 0.01,
+        "report_to": "[]",
+        "max_length": 64,
+        "save_strategy": "no",
+        "output_dir": str(out),
+        "judge": "hf_dpo.pairs.demo_task:judge",
+        "eval_num_generations": 4,
+        "eval_max_new_tokens": 12,
+        **over,
+    }
+    return [tok for k, v in values.items() for tok in (f"--{k}", str(v))]
+
+
+def tiny_full_run(model_dir: str, tmp_path_factory) -> Path:
+    """A full fine-tune (use_peft: false) of the 2-layer Llama, trained and reported by `hf-dpo train`.
+
+    Built once per session; do not modify it, copy it."""
+    key = f"full:{model_dir}"
+    if key in _RUNS:
+        return _RUNS[key]
+    from hf_dpo.run import run_training
+
+    root = tmp_path_factory.mktemp("tiny-full-run")
+    write_pairs(root)
+    out = root / "run"
+    run_training(None, full_finetune_overrides(model_dir, root, out))
+    _RUNS[key] = out
+    return out
+
+
 def sampling_recipe(tmp_path: Path, **over):
     """A sampling recipe whose model is never loaded (every check it serves comes first); `over` sets keys."""
     from hf_dpo.config import load_recipe

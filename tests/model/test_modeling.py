@@ -159,3 +159,16 @@ def test_importing_bitsandbytes_asks_no_hub_endpoint_for_a_kernel(tmp_path):
     assert "gemm_4bit_forward" not in after_hf_dpo
     if asked_alone:  # this CPU has AVX512-BF16: bitsandbytes on its own does ask (and warns)
         assert "Failed to load CPU gemm_4bit_forward" in alone
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_use_peft_false_loads_the_model_itself_every_weight_trainable_in_its_dtype(tiny_model_dir, dtype):
+    """A full fine-tune: no adapter (no PeftModel, no lora_ weights), every parameter trains, in torch_dtype."""
+    model, tokenizer = load_policy(
+        ModelConfig(model_name_or_path=tiny_model_dir, use_peft=False, torch_dtype=dtype)
+    )
+    assert not hasattr(model, "peft_config")
+    assert not [name for name, _ in model.named_parameters() if "lora_" in name]
+    assert all(p.requires_grad for p in model.parameters())
+    assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+    assert tokenizer.pad_token is not None

@@ -536,3 +536,41 @@ def test_plan_shows_what_a_full_finetune_costs(offline):
     copy = plan_recipe(load_recipe(path, ["--precompute_ref_log_probs", "false"]), memory=parse_size("24GB"))
     assert {t.name: t.bytes for t in copy.full_finetune}["reference"] == terms["weights (trained)"]
     assert sum(copy_term.bytes for copy_term in copy.full_finetune) > sum(terms.values())
+
+
+def test_a_use_peft_false_recipe_is_planned_as_the_full_finetune_it_trains(offline):
+    """use_peft: false reaches the planner: the plan's terms are the full fine-tune's (those the LoRA plan prices
+    beside it), the printed plan says what trains, and its suggestions are valid recipes that fit."""
+    path = RECIPES / "llama3.1-8b-qlora.yaml"
+    lora = plan_recipe(load_recipe(path), memory=40 * GB)
+    full = plan_recipe(load_recipe(path, ["--use_peft", "false", "--quantization", "none"]), memory=40 * GB)
+    assert [(t.name, t.bytes) for t in full.terms] == [(t.name, t.bytes) for t in lora.full_finetune]
+    assert full.full_finetune == [] and full.settings.full_finetune and not lora.settings.full_finetune
+    text = full.report(str(path))
+    assert (
+        "trains: every weight, a full fine-tune (use_peft: false); the reference log-probs are computed"
+        in text
+    )
+    assert "Full fine-tune of this model instead" not in text
+    assert "trains: a LoRA adapter (r=16) on the 4bit base (use_peft: true)" in lora.report(str(path))
+    assert not full.fits and full.suggestions
+    # 64 GB of weights, gradients and AdamW states in bf16: no batch or length fits 40 GB, a QLoRA adapter does
+    assert [s.changes for s in full.suggestions] == [{"use_peft": True, "quantization": "4bit"}]
+    for suggestion in full.suggestions:
+        after = plan_recipe(
+            load_recipe(
+                path, ["--use_peft", "false", "--quantization", "none", *suggestion.overrides().split()]
+            ),
+            memory=40 * GB,
+        )
+        assert after.fits and after.total == suggestion.total
+    copy = plan_recipe(
+        load_recipe(
+            path, ["--use_peft", "false", "--quantization", "none", "--precompute_ref_log_probs", "false"]
+        ),
+        memory=40 * GB,
+    )
+    assert {t.name: t.bytes for t in copy.terms}["reference"] == {t.name: t.bytes for t in full.terms}[
+        "weights (trained)"
+    ]
+    assert "the reference is a frozen copy of the model" in copy.report(str(path))
