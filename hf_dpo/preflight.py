@@ -8,7 +8,8 @@ This is the checklist: each check lives beside what it guards and is called here
 - recipe values (types, ranges, choices): already done when the recipe was read (hf_dpo.validate);
 - places (`config.places`): the run dir writable (created for the check and removed again: a recipe that
   fails leaves no run dir), local model and adapter paths present;
-- the model (`model.checks`): a model that is no adapter, an adapter that is one, LoRA targets, attention;
+- the model (`model.checks`): a model that is no adapter, an adapter that is one, a reference model of the
+  policy's vocabulary, LoRA targets, attention;
 - training (`train.setup`): a checkpoint to resume, report_to integrations installed; the Hub
   (`hub.settings`): a repo id and a token when the recipe pushes;
 - the data (`data.reading`, `data.rows`): every split's file readable and every row well-formed (columns,
@@ -40,6 +41,7 @@ from hf_dpo.model.checks import (
     check_attn_implementation,
     check_lora_targets,
     check_model_and_adapter,
+    check_ref_model,
     load_checked_tokenizer,
 )
 from hf_dpo.pairs.judges import check_judge
@@ -57,7 +59,9 @@ def preflight(recipe: Recipe) -> PreferenceData:
         check_writable_dir(args.output_dir, "output_dir")
     check_local_path(recipe.model.model_name_or_path, "model_name_or_path")
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
+    check_local_path(recipe.model.ref_model_name_or_path, "ref_model_name_or_path")
     check_model_and_adapter(recipe.model)
+    check_ref_model(recipe.model)
     check_lora_targets(recipe.model.model_name_or_path, tuple(recipe.model.lora_target_modules))
     check_attn_implementation(recipe.model.attn_implementation)
     check_resume(args)

@@ -36,7 +36,14 @@ from hf_dpo.hub.checkpoints import HubCheckpointCallback
 from hf_dpo.hub.push import push_run
 from hf_dpo.hub.run_card import card_kept, card_was_edited, refresh_card
 from hf_dpo.hub.settings import take_hub_settings
-from hf_dpo.model.loading import hub_id_for, load_base_model, load_policy, load_tokenizer, pick_dtype
+from hf_dpo.model.loading import (
+    hub_id_for,
+    load_base_model,
+    load_policy,
+    load_ref_model,
+    load_tokenizer,
+    pick_dtype,
+)
 from hf_dpo.model.memory import peak_memory
 from hf_dpo.model.reference import with_adapter
 from hf_dpo.model_files import MODEL_DIR_FIX, adapter_dir_problem, is_local_dir, model_dir_problem
@@ -114,6 +121,7 @@ def build_trainer(
         data = load_preference_dataset(recipe.data, tokenizer, args)
     trainer = DPOTrainer(
         model=model,
+        ref_model=load_ref_model(recipe.model),  # None: the policy before training (hf_dpo.train.reference)
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
@@ -140,8 +148,10 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
     callbacks = [HubCheckpointCallback(hub)] if hub and hub.strategy != "end" else None
     trainer, data_report = build_trainer(recipe, callbacks=callbacks, data=data)
     # Before the first step the policy is the reference (a fresh LoRA is a no-op; a starting adapter is its own
-    # reference), so one reference pass gives both sides, unless a checkpoint is resumed.
-    eval_before, _ = held_out(trainer, "before", policy_is_reference=not args.resume_from_checkpoint)
+    # reference; a full fine-tune's is the model as loaded), so one reference pass gives both sides, unless a
+    # checkpoint is resumed or the recipe names a reference model of its own.
+    same = not args.resume_from_checkpoint and not recipe.model.ref_model_name_or_path
+    eval_before, _ = held_out(trainer, "before", policy_is_reference=same)
     resumed = resumed_from(args.resume_from_checkpoint, out)
     if resumed:
         logger.info(
@@ -167,11 +177,25 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
         ReportOptions.from_recipe(recipe.report, seed=args.seed),
         pair_logps=after_logps,
         data_config=recipe.data,
-        load_reference=None if recipe.model.use_peft else lambda: starting_model(recipe),
+        load_reference=(lambda: report_reference(recipe)) if has_report_reference(recipe) else None,
     )
     if trainer.is_world_process_zero():
         publish(out, report, hub)
     return out
+
+
+def has_report_reference(recipe: Recipe) -> bool:
+    """Whether the report's reference is a model of its own (`report_reference`), not the policy's adapters off."""
+    return bool(recipe.model.ref_model_name_or_path) or not recipe.model.use_peft
+
+
+def report_reference(recipe: Recipe):
+    """The reference the report compares the policy with, as a model of its own: the recipe's
+    ref_model_name_or_path, else a full fine-tune's starting model, each loaded again (the trainer's copy may
+    have moved with sync_ref_model); None where it is the policy's adapters off."""
+    if recipe.model.ref_model_name_or_path:
+        return load_ref_model(recipe.model)
+    return None if recipe.model.use_peft else starting_model(recipe)
 
 
 def starting_model(recipe: Recipe):
@@ -235,6 +259,9 @@ def run_info(
         "quantization": recipe.model.quantization if recipe.model.quantization else "none",
         "compute_dtype": str(dtype).replace("torch.", ""),
         "use_peft": recipe.model.use_peft,
+        "ref_model": hub_id_for(recipe.model.ref_model_name_or_path)
+        if recipe.model.ref_model_name_or_path
+        else None,
         "lora": {
             "r": recipe.model.lora_r,
             "alpha": recipe.model.lora_alpha,
@@ -406,8 +433,8 @@ def evaluate_run(
     args = recipe.training
     args.report_to = []
     hub = take_hub_settings(args)  # evaluation never pushes, and keeps no token in the Trainer's arguments
-    # a full fine-tune's reference is the model it started from, loaded again; LoRA's: adapters off
-    reference = None if recipe.model.use_peft else starting_model(recipe)
+    # the recipe's reference model, or a full fine-tune's starting model, loaded again; LoRA's: adapters off
+    reference = report_reference(recipe)
     trainer = DPOTrainer(
         model=model, ref_model=reference, args=args, processing_class=tokenizer, eval_dataset=eval_dataset
     )

@@ -106,6 +106,15 @@ class ModelConfig:
         default_factory=lambda: ["all-linear"],
         metadata={"help": "Modules that get LoRA: 'all-linear' or names such as q_proj v_proj."},
     )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reference model (TRL's ref_model: e.g. the SFT model a further DPO round keeps as its "
+            "anchor): a Hub id or local directory with the policy's tokenizer, loaded beside it as the base is "
+            "(quantization, torch_dtype) and frozen; the report compares with it too. Default: the policy "
+            "before training (LoRA: adapters off; use_peft: false: its log-probs computed once, or a frozen copy)."
+        },
+    )
     adapter_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -120,6 +129,12 @@ class ModelConfig:
             check_full_finetune(self)
         if self.quantization is None:
             self.quantization = "4bit" if self.use_peft else "none"
+        if self.ref_model_name_or_path and self.adapter_name_or_path:
+            raise RecipeError(
+                f"key 'ref_model_name_or_path': {quoted(self.ref_model_name_or_path)} beside adapter_name_or_path "
+                f"{quoted(self.adapter_name_or_path)}, which is its own reference (a frozen copy of the starting "
+                "adapter). Remove one of them."
+            )
         for name in self.lora_target_modules:
             if "," in name or " " in name.strip():
                 # peft matches each name against layer names: "q_proj, v_proj" is one name no layer has, which

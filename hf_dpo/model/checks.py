@@ -1,5 +1,5 @@
-"""The model keys checked before any weight loads: a model that is no adapter and an adapter that is one, LoRA
-targets that name linear layers of the model (from its config alone), an attention kernel this machine has, and
+"""The model keys checked before any weight loads: a model that is no adapter and an adapter that is one, a
+reference model of the policy's vocabulary, LoRA targets that name linear layers of the model (from its config alone), an attention kernel this machine has, and
 the tokenizer (files only)."""
 
 from __future__ import annotations
@@ -48,6 +48,40 @@ def check_model_and_adapter(cfg) -> None:
             f"key 'adapter_name_or_path': {problem}. Give the output_dir of a finished run (or one of its "
             "checkpoint-N directories) whose files are whole, or a Hub id."
         )
+
+
+def check_ref_model(cfg) -> None:
+    """A local ref_model_name_or_path is a model (not a LoRA adapter, its files whole) with the policy's vocabulary
+    (config.json's vocab_size, when both are local): the reference scores the policy's tokens."""
+    if not cfg.ref_model_name_or_path:
+        return
+    ref = Path(cfg.ref_model_name_or_path).expanduser()
+    if _is_file(ref / "adapter_config.json") and not _is_file(ref / "config.json"):
+        raise RecipeError(
+            f"key 'ref_model_name_or_path': {cfg.ref_model_name_or_path} is a LoRA adapter (adapter_config.json), "
+            "not a model. Merge it into its base first (hf-dpo merge RUN_DIR OUT) and give OUT."
+        )
+    if not is_local_dir(ref):
+        return  # a Hub id: the loader names what is wrong with it
+    if problem := model_dir_problem(ref, tokenizer=False):
+        raise RecipeError(f"key 'ref_model_name_or_path': {problem}. {MODEL_DIR_FIX}")
+    policy = Path(loading.resolve_model_path(cfg.model_name_or_path)).expanduser()
+    sizes = [_vocab_size(path / "config.json") for path in (policy, ref)]
+    if is_local_dir(policy) and None not in sizes and sizes[0] != sizes[1]:
+        raise RecipeError(
+            f"key 'ref_model_name_or_path': {cfg.ref_model_name_or_path} has a vocabulary of {sizes[1]} tokens, "
+            f"the policy {cfg.model_name_or_path} one of {sizes[0]}: the reference must score the policy's tokens. "
+            "Give a reference of the same model family (e.g. the SFT checkpoint the policy started from)."
+        )
+
+
+def _vocab_size(config_file: Path) -> int | None:
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) else None
 
 
 def _is_file(path: Path) -> bool:

@@ -10,6 +10,7 @@ its first step (`hf_dpo.train.reference`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -302,6 +303,19 @@ def load_policy(cfg: ModelConfig, gradient_checkpointing: bool = False, tokenize
         )
         return model, tokenizer
     return attach_adapter(model, cfg), tokenizer
+
+
+def load_ref_model(cfg: ModelConfig):
+    """The recipe's `ref_model_name_or_path`, loaded as the base is (quantization, torch_dtype, device) and frozen,
+    in eval mode; None when the recipe names none (the reference is then the policy before training)."""
+    if not cfg.ref_model_name_or_path:
+        return None
+    logger.info("The reference: %s (ref_model_name_or_path), frozen.", cfg.ref_model_name_or_path)
+    model = load_base_model(
+        dataclasses.replace(cfg, model_name_or_path=cfg.ref_model_name_or_path, ref_model_name_or_path=None)
+    )
+    model.requires_grad_(False)
+    return model.eval()
 
 
 def keep_4bit_layers_trainable(model) -> None:

@@ -257,7 +257,13 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
             biggest * s.compute_bytes * 2 if s.quantized else biggest * s.compute_bytes,
             "largest dequantized weight, forward + backward",
         ),
-        Term("reference log-probs", 0, "adapters off, no grad: no second model; its logits are in 'logits'"),
+        Term(
+            "reference model" if s.ref_model else "reference log-probs",
+            linear + other if s.ref_model else 0,
+            "ref_model_name_or_path, frozen, loaded as the base (planned with the policy's architecture)"
+            if s.ref_model
+            else "adapters off, no grad: no second model; its logits are in 'logits'",
+        ),
     ]
     return terms + device_terms(arch, s, sum(t.bytes for t in terms), activation_bytes(arch, s) + logits)
 
@@ -268,6 +274,7 @@ def full_finetune_estimate(arch: Arch, s: Settings, reference_copy: bool) -> lis
     in that dtype (8-bit AdamW: 2 B), the activations every weight's gradient needs, and a frozen reference copy
     only when the reference log-probs are not precomputed (`precompute_ref_log_probs: false`)."""
     full = dataclasses.replace(s, quantization="none")
+    reference_copy = reference_copy or s.ref_model  # a ref_model is held as the copy would be
     linear, other = weight_bytes(arch, full)
     weights = linear + other
     n_params = weights // full.compute_bytes
@@ -282,7 +289,11 @@ def full_finetune_estimate(arch: Arch, s: Settings, reference_copy: bool) -> lis
         Term(
             "reference",
             weights if reference_copy else 0,
-            "a frozen copy (precompute_ref_log_probs: false)"
+            (
+                "ref_model_name_or_path, frozen"
+                if s.ref_model
+                else "a frozen copy (precompute_ref_log_probs: false)"
+            )
             if reference_copy
             else "log-probs precomputed once: no second model",
         ),

@@ -84,7 +84,9 @@ class Plan:
             + (" with autocast" if s.autocast else ""),
             "  trains: every weight, a full fine-tune (use_peft: false)"
             + (
-                "; the reference is a frozen copy of the model"
+                "; the reference is the frozen ref_model_name_or_path"
+                if s.ref_model
+                else "; the reference is a frozen copy of the model"
                 if s.reference_copy
                 else "; the reference log-probs are computed once before the first step: no second model"
             )

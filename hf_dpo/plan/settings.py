@@ -50,6 +50,8 @@ class Settings:
     full_finetune: bool = False  # use_peft: false: every weight trains, no LoRA adapter
     # a full fine-tune holds a frozen copy of the model as its reference (its log-probs not precomputed)
     reference_copy: bool = False
+    # ref_model_name_or_path: a reference model held beside the policy (planned with the policy's architecture)
+    ref_model: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -115,6 +117,7 @@ def settings_from_recipe(recipe: Recipe, device: str = "cuda") -> Settings:
         full_finetune=not m.use_peft,
         # TR-DPO's moving reference is never precomputed: the trainer keeps the copy then
         reference_copy=t.precompute_ref_log_probs is False or bool(t.sync_ref_model),
+        ref_model=bool(m.ref_model_name_or_path),
     )
 
 

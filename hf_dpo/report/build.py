@@ -85,6 +85,8 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
 
 def reference_description(info: dict[str, Any]) -> str:
     """The reference policy of a run's report, in words (eval_report.json's `reference`, the report's text)."""
+    if info.get("ref_model"):
+        return f"the reference model `{info['ref_model']}` (ref_model_name_or_path)"
     if info.get("use_peft", True):
         return "the base with adapters off"
     return f"the starting model `{info.get('base_model')}`, reloaded: a full fine-tune"

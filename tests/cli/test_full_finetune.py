@@ -110,3 +110,45 @@ def test_the_fast_paths_give_a_full_finetune_the_plain_paths_log_probs(tiny_mode
     for other in (plain.pair_logps(), packed.pair_logps()):
         for key in ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"):
             assert torch.allclose(fast_logps[key], other[key], atol=1e-4), key
+
+
+@pytest.fixture
+def other_model_dir(tiny_model_dir, tmp_path):
+    """The tiny Llama's architecture and tokenizer with other random weights: a reference that is not the policy."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    model.save_pretrained(tmp_path / "sft")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "sft")
+    return tmp_path / "sft"
+
+
+def test_ref_model_name_or_path_is_the_reference_of_training_and_of_the_report(
+    tiny_model_dir, other_model_dir, tmp_path
+):
+    """TRL's ref_model as a recipe key: the trainer's frozen reference, the reference log-probs (so the policy is
+    no reference before the first step), run_info.json, and the model the report and `hf-dpo eval` compare with."""
+    from hf_dpo.run import build_trainer, evaluate_run, run_training
+
+    recipe = _recipe(tiny_model_dir, tmp_path, ref_model_name_or_path=str(other_model_dir))
+    trainer, _ = build_trainer(recipe)
+    reference = load_file(other_model_dir / "model.safetensors")
+    held = dict(trainer.ref_model.named_parameters())
+    assert all(torch.equal(held[name], weight) for name, weight in reference.items())
+    assert not any(p.requires_grad for p in held.values())
+    run = tmp_path / "run"
+    run_training(
+        None, full_finetune_overrides(tiny_model_dir, tmp_path, run, ref_model_name_or_path=other_model_dir)
+    )
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["ref_model"] == str(other_model_dir)
+    assert not info["eval_before"]["policy_is_reference"]  # another model: margins from the first step on
+    words = f"the reference model `{other_model_dir}` (ref_model_name_or_path)"
+    assert json.loads((run / "eval_report.json").read_text())["reference"] == words
+    after = info["eval_after"]
+    report = evaluate_run(run, num_generations=4, max_new_tokens=12)
+    assert report["reference"] == words
+    assert report["preference"]["metrics"]["rewards/margins"]["value"] == pytest.approx(
+        after["reward_margin"], abs=1e-4
+    )

@@ -158,3 +158,50 @@ def test_a_model_config_json_that_is_no_mapping_is_named_before_the_model_loads(
     (model / "config.json").write_text("[1, 2]")
     rc, err = train(tmp_path, capsys, f"model_name_or_path: {model}\n")
     assert rc == 2 and re.search(r"key 'model_name_or_path': .*config.json", one_error(err))
+
+
+def _model_dir(tmp_path: Path, name: str, vocab_size: int) -> Path:
+    """A model directory as save_pretrained writes it (config, a small safetensors file), no tokenizer."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": vocab_size}))
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, directory / "model.safetensors")
+    return directory
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda tmp: tmp / "missing", r"key 'ref_model_name_or_path': .*missing does not exist"),
+        (
+            lambda tmp: write_adapter(tmp / "sft", "base"),
+            r"key 'ref_model_name_or_path': .*is a LoRA adapter.*merge",
+        ),
+        (
+            lambda tmp: _model_dir(tmp, "other-family", 32000),
+            r"vocabulary of 32000 tokens, the policy .* one of 49152",
+        ),
+    ],
+    ids=["missing", "adapter", "other-vocabulary"],
+)
+def test_a_reference_model_that_cannot_score_the_policys_tokens_is_named_before_any_model_loads(
+    one_error, train, tmp_path, capsys, no_model, tiny_model_dir, make, expected
+):
+    ref = make(tmp_path)
+    rc, err = train(
+        tmp_path, capsys, f"model_name_or_path: {tiny_model_dir}\nref_model_name_or_path: {ref}\n"
+    )
+    assert rc == 2
+    assert re.search(expected, one_error(err)), err
+
+
+def test_a_reference_model_beside_a_starting_adapter_is_refused(tmp_path, load_recipe_text):
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(RecipeError, match="key 'ref_model_name_or_path'.*adapter_name_or_path.*Remove one"):
+        load_recipe_text(
+            tmp_path, "output_dir: x\nref_model_name_or_path: org/sft\nadapter_name_or_path: runs/a\n"
+        )

@@ -574,3 +574,20 @@ def test_a_use_peft_false_recipe_is_planned_as_the_full_finetune_it_trains(offli
         "weights (trained)"
     ]
     assert "the reference is a frozen copy of the model" in copy.report(str(path))
+
+
+def test_a_reference_model_is_planned_as_a_second_model(offline):
+    """ref_model_name_or_path is held beside the policy: its weights join the plan, LoRA (the base's quantization)
+    and full fine-tune alike."""
+    path = RECIPES / "llama3.1-8b-qlora.yaml"
+    ref = ["--ref_model_name_or_path", "meta-llama/Llama-3.1-8B-Instruct"]
+    for extra in ([], ["--use_peft", "false", "--quantization", "none"]):
+        alone = {t.name: t.bytes for t in plan_recipe(load_recipe(path, extra), memory=80 * GB).terms}
+        held = plan_recipe(load_recipe(path, extra + ref), memory=80 * GB)
+        terms = {t.name: t.bytes for t in held.terms}
+        weights = (
+            terms.get("weights (trained)")
+            or alone["base weights (decoder linears)"] + alone["base weights (embeddings, norms)"]
+        )
+        assert terms.get("reference model", terms.get("reference")) == weights
+        assert held.total > sum(alone.values())
