@@ -40,6 +40,11 @@ def merge_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str
     from transformers import AutoModelForCausalLM
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (run_dir / "config.json").is_file() and not (run_dir / "adapter_config.json").exists():
+        raise ModelLoadError(
+            f"{run_dir} holds a whole model (a full fine-tune, use_peft: false), no adapter: there is nothing to "
+            f"merge. Load it as it is: AutoModelForCausalLM.from_pretrained('{run_dir}')."
+        )
     if not (run_dir / "adapter_config.json").is_file():
         raise ModelLoadError(
             f"{run_dir} has no adapter_config.json: give the run directory of `hf-dpo train`."

@@ -89,3 +89,10 @@ def test_cli_merge(run_dir, tmp_path, capsys):
     assert main(["merge", str(run_dir), str(tmp_path / "m")]) == 0
     assert "Merged model written to" in capsys.readouterr().out
     assert main(["merge", str(tmp_path / "nowhere"), str(tmp_path / "m2")]) == 2
+
+
+def test_a_full_finetune_run_has_nothing_to_merge_and_says_how_to_load_it(tiny_model_dir, tmp_path):
+    """A use_peft: false run dir is a whole model (config.json, weights, no adapter_config.json)."""
+    with pytest.raises(ModelLoadError, match=r"a full fine-tune, use_peft: false.*AutoModelForCausalLM"):
+        merge_run(tiny_model_dir, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
