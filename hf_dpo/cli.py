@@ -5,7 +5,7 @@
     hf-dpo data RECIPE [--rows N]            what training will see: data report, rows as the model gets them
     hf-dpo merge RUN_DIR OUT                 merge the adapter into a full-precision copy of the base
     hf-dpo eval RUN_DIR [--judge SPEC]       write the evaluation report of a run
-    hf-dpo push RUN_DIR --repo-id ORG/NAME   push adapter, card, report and plots to the Hub
+    hf-dpo push RUN_DIR --repo-id ORG/NAME   push adapter (or full model), card, report and plots to the Hub
     hf-dpo bench [--quick]                   hf_dpo vs TRL's DPOTrainer, end to end: speed, memory, loss
     hf-dpo sample RECIPE [--key value ...]   on-policy pairs: sample the reference, label by the judge
     hf-dpo label SAMPLES.jsonl              label sampled pairs by hand in the browser
@@ -250,7 +250,8 @@ def _add_push(sub) -> None:
     p = sub.add_parser(
         "push",
         help="Push a run to the Hub: hf-dpo push RUN_DIR --repo-id ORG/NAME",
-        description="One commit with the adapter, model card, eval report, plots, recipe and tokenizer. "
+        description="One commit with the adapter (a full fine-tune: the model), model card, eval report, plots, recipe "
+        "and tokenizer. "
         "The token comes from HF_TOKEN (or --token, or `hf auth login`) and is never printed or written.",
     )
     p.add_argument("run_dir", help="output_dir of an `hf-dpo train` run")

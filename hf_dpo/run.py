@@ -327,7 +327,9 @@ def _print_summary(out: Path, info: dict) -> None:
         f"Trained {info['steps_this_run']} step{'' if info['steps_this_run'] == 1 else 's'}"
         f"{_resumed_note(info['resumed_from'], info['global_steps'])} "
         f"on {info['num_train_pairs']} pairs in {info['train_runtime_s']:.0f} s "
-        f"({info['hardware']}, {info['quantization']} base, {info['compute_dtype']}).",
+        f"({info['hardware']}, "
+        f"{info['quantization'] + ' base' if info.get('use_peft', True) else 'every weight trained'}, "
+        f"{info['compute_dtype']}).",
     ]
     if info["eval_before"] and info["eval_after"]:
         b, a = info["eval_before"], info["eval_after"]

@@ -238,7 +238,7 @@ def decoding_plan(model, dtype: torch.dtype | None = None) -> DecodingPlan:
             )
     logger.info(
         "Decoding from %s in %s: %s.",
-        "dense weights (4-bit dequantized once, active adapters folded in)"
+        "dense weights (any 4-bit weight dequantized once, any active adapter folded in)"
         if plan.dense
         else "the model as loaded",
         str(plan.dtype).replace("torch.", ""),
