@@ -69,3 +69,14 @@ def test_the_cards_how_to_use_loads_the_pushed_model_with_automodel(hub, full_ru
     loaded = scope["model"].state_dict()
     assert all(torch.equal(loaded[name], weight) for name, weight in trained.items())
     assert scope["output"].shape[1] > scope["inputs"]["input_ids"].shape[1]  # it generated
+
+
+def test_a_full_finetune_whose_weights_are_cut_short_is_refused_before_anything_is_written(hub, full_run_dir):
+    from hf_dpo.hub.errors import PushError
+    from hf_dpo.hub.push import push_run
+
+    weights = full_run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    with pytest.raises(PushError, match=r"model.safetensors is cut short.*refusing to push a broken model"):
+        push_run(full_run_dir, REPO, backoff_s=0.01)
+    assert not hub.requests_to(r"/commit/", "POST")

@@ -204,3 +204,28 @@ def test_resume_names_a_checkpoint_whose_adapter_is_cut_and_true_skips_it(run_di
     check_resume(args)  # the last whole checkpoint, the cut one named in the log
     assert args.resume_from_checkpoint == str(out / "checkpoint-2")
     assert "checkpoint-4 was cut short" in caplog.text
+
+
+def test_resume_takes_a_full_finetunes_checkpoint_and_names_one_whose_model_is_cut(
+    tiny_model_dir, tmp_path, caplog
+):
+    """A use_peft: false checkpoint holds the whole model (config.json, model.safetensors), no adapter."""
+    from hf_dpo.config import RecipeError
+    from hf_dpo.train.setup import check_resume
+    from tests.run_fixtures import dpo_args
+
+    out = tmp_path / "out"
+    for step in (2, 4):
+        shutil.copytree(tiny_model_dir, out / f"checkpoint-{step}")
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    args = dpo_args(tmp_path, output_dir=str(out), resume_from_checkpoint=str(out / "checkpoint-4"))
+    check_resume(args)  # whole: taken as it is
+    cut(out / "checkpoint-4" / "model.safetensors", 300)
+    with pytest.raises(
+        RecipeError, match=r"resume_from_checkpoint': .*checkpoint-4/model.safetensors is cut"
+    ):
+        check_resume(args)
+    args.resume_from_checkpoint = "true"
+    check_resume(args)
+    assert args.resume_from_checkpoint == str(out / "checkpoint-2")
+    assert "checkpoint-4 was cut short" in caplog.text
