@@ -157,15 +157,20 @@ def _add_data(sub) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from hf_dpo.config import load_recipe
-    from hf_dpo.data.reading import read_data
-    from hf_dpo.data.view import data_overview
-    from hf_dpo.model.checks import load_checked_tokenizer
+    from hf_dpo.data import check_data, read_data
 
     if not args.verbose:  # its per-split INFO lines are the overview's own summary; its warnings stay
         logging.getLogger("hf_dpo.data").setLevel(logging.WARNING)
+    splits = None
+    if args.sections.data is not None:  # a data error is named before torch and transformers are imported
+        splits = read_data(args.sections)
+        check_data(args.sections, splits)
+    from hf_dpo.config import load_recipe
+    from hf_dpo.data.view import data_overview
+    from hf_dpo.model.checks import load_checked_tokenizer
+
     recipe = load_recipe(args.recipe, args.overrides)
-    splits = read_data(recipe)  # a data error is named before the tokenizer's libraries load
+    splits = splits or read_data(recipe)
     tokenizer = load_checked_tokenizer(recipe)  # files only: no weights
     print(
         data_overview(
@@ -533,10 +538,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if getattr(args, "takes_overrides", False):
-            from hf_dpo.config.keys import check_recipe_keys
+            from hf_dpo.config.early import check_recipe_early
 
-            # The recipe's YAML and keys, before the command imports torch and transformers (many seconds)
-            check_recipe_keys(args.recipe, args.overrides)
+            # The recipe's YAML, keys and hf_dpo's own values, before the command imports torch and transformers
+            # (many seconds)
+            args.sections = check_recipe_early(args.recipe, args.overrides)
         return args.func(args)
     except HfDpoError as err:  # anything else is a bug in hf_dpo and keeps its traceback
         print(f"error: {err}", file=sys.stderr)

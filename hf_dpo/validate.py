@@ -118,7 +118,7 @@ NON_EMPTY = (
 _KINDS = re.compile(r"\b(int|float|str|bool|list|dict|None|Optional|Any|NoneType)\b")
 
 
-def _kinds(ftype: Any) -> set[str]:
+def kinds_of(ftype: Any) -> set[str]:
     """The outer kinds of a declared type: 'dict[str, Any] | str | None' -> {dict, str, None}."""
     text = ftype if isinstance(ftype, str) else str(getattr(ftype, "__name__", ftype))
     if not isinstance(ftype, str) and text in ("int", "float", "str", "bool", "list", "dict"):
@@ -152,7 +152,7 @@ def _describe(value: Any) -> str:
 def check_type(key: str, value: Any, ftype: Any, default: Any, error=ValueCheckError) -> Any:
     """`value` if it fits the declared type (an integral float for an int key becomes an int, a number for a
     string-only key becomes its text); RecipeError otherwise."""
-    kinds = _kinds(ftype)
+    kinds = kinds_of(ftype)
     scalar = kinds & {"int", "float", "str", "bool", "list", "dict"}
     if not scalar or "Any" in kinds:
         return value  # a type this check does not know (an object, a union with an enum): its owner checks it
@@ -322,14 +322,18 @@ def check_varied_samples(obj: Any, error=ValueCheckError) -> None:
     )
 
 
-def _inherited() -> set[str]:
-    from transformers import TrainingArguments
-
-    return {f.name for f in dataclasses.fields(TrainingArguments)}
+def _inherited(obj: Any) -> set[str]:
+    """The fields `obj` has from transformers' TrainingArguments: none for hf_dpo's own sections, which are checked
+    before transformers is imported."""
+    for cls in type(obj).__mro__:
+        if cls.__name__ == "TrainingArguments" and cls.__module__.startswith("transformers"):
+            return {f.name for f in dataclasses.fields(cls)}
+    return set()
 
 
 def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: list[str] | None = None) -> None:
     """Check (and normalise in place) every init field of a config dataclass, or only `fields`."""
+    inherited = _inherited(obj)
     for f in dataclasses.fields(obj):
         if not f.init or (fields is not None and f.name not in fields):
             continue
@@ -340,7 +344,7 @@ def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: lis
         if hasattr(value, "value") and not isinstance(value, (str, int, float)):  # an Enum set from Python
             continue
         allowed = range_of(f)
-        if value is None and allowed is None and f.name in _inherited():
+        if value is None and allowed is None and f.name in inherited:
             continue  # a TrainingArguments key left unset: transformers fills it in
         value = check_type(f.name, value, f.type, default, error)
         setattr(obj, f.name, value)

@@ -12,14 +12,10 @@ from transformers import TrainingArguments
 from hf_dpo.config.dpo_checks import (
     auto_bool,
     check_checkpointing_kwargs,
-    check_kwargs_text,
-    check_not_applicable,
-    check_objective,
+    check_dpo_keys,
     resolve_trl_defaults,
 )
 from hf_dpo.config.dpo_keys import DPOKeys
-from hf_dpo.config.errors import RecipeError
-from hf_dpo.validate import check_values
 
 
 @dataclass
@@ -29,17 +25,10 @@ class DPOConfig(DPOKeys, TrainingArguments):
 
     def __post_init__(self):
         resolve_trl_defaults(self)
-        if isinstance(self.loss_type, str):  # TRL's list form; a plain string is one loss
-            self.loss_type = [self.loss_type]
         if self.report_to is None or (isinstance(self.report_to, list) and None in self.report_to):
             # `report_to: null` (or --report_to null) means no integration, not one named None
             self.report_to = [r for r in self.report_to or [] if r is not None] or "none"
-        check_values(
-            self, RecipeError
-        )  # types, finiteness, ranges and choices of every key, TrainingArguments' too
-        check_objective(self)
-        check_not_applicable(self)
-        check_kwargs_text(self)
+        check_dpo_keys(self)
         self.precompute_ref_log_probs = auto_bool(self.precompute_ref_log_probs, "precompute_ref_log_probs")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu:
             import torch

@@ -9,6 +9,7 @@ from typing import Any
 
 from hf_dpo.config.errors import RecipeError, suggest
 from hf_dpo.errors import quoted, shortened
+from hf_dpo.validate import check_values
 
 # TRL 1.16's loss types, in its order; each is a function of hf_dpo.train.loss.LOSSES.
 LOSS_TYPES = (
@@ -31,6 +32,20 @@ LOSS_TYPES = (
 # Losses of the chosen-rejected reward difference: the only ones an f-divergence other than reverse KL applies to.
 F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+def check_dpo_keys(args) -> None:
+    """Every check of the DPO keys (`DPOKeys`, or a `DPOConfig` with transformers' keys too): each value's type,
+    range and choices (`hf_dpo.validate`), the objective, the keys that cannot apply, keyword arguments as text.
+    A `DPOKeys` alone is checked so before transformers is imported (`hf_dpo.config.early`)."""
+    if isinstance(args.loss_type, str):  # TRL's list form; a plain string is one loss
+        args.loss_type = [args.loss_type]
+    check_values(
+        args, RecipeError
+    )  # types, finiteness, ranges and choices of every key, TrainingArguments' too
+    check_objective(args)
+    check_not_applicable(args)
+    check_kwargs_text(args)
 
 
 def check_objective(args) -> None:

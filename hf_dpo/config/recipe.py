@@ -25,6 +25,7 @@ from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.config.data import DataConfig
 from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import auto_bool
+from hf_dpo.config.early import where
 from hf_dpo.config.errors import RecipeError
 from hf_dpo.config.keys import check_keys
 from hf_dpo.config.model import ModelConfig, warn_unused_lora_keys
@@ -195,18 +196,6 @@ def _parse(parser: HfArgumentParser, values: dict[str, Any], overrides: list[str
     return parsed
 
 
-def _where(path, message: str, given: list[str]) -> str:
-    """Where a bad value came from: the command line when the key the message names was given there (or there
-    is no recipe file), else the recipe file, naming the command-line keys that met it (a check between two
-    keys can fail on the recipe's value because of an override)."""
-    named = re.match(r"key '(\w+)'", message)
-    if path is None or (named and named.group(1) in given):
-        return "command line"
-    if given:
-        return f"Recipe {path} (with {', '.join('--' + key for key in given)} from the command line)"
-    return f"Recipe {path}"
-
-
 def _refused_choice_key(message: str, kwargs: dict[str, Any]) -> str | None:
     """The key of a value transformers refused as no member of one of its choices ("X is not a valid
     SchedulerType"): the one key set to X, or None."""
@@ -238,22 +227,22 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
         try:
             built[section] = section(**kwargs)
         except RecipeError as err:
-            raise RecipeError(f"{_where(path, str(err), given)}: {err}") from None
+            raise RecipeError(f"{where(path, str(err), given)}: {err}") from None
         except (TypeError, ValueError, OverflowError, OSError, ImportError, KeyError, AssertionError) as err:
             # transformers' own TrainingArguments checks (a deepspeed file that is missing, bf16 on a CPU, ...)
             key = _refused_choice_key(str(err), kwargs)
             if key:  # "cosinee is not a valid SchedulerType, please select one of [...]": the key is known
                 message = f"key '{key}': {err}"
-                raise RecipeError(f"{_where(path, message, given)}: {message}") from None
+                raise RecipeError(f"{where(path, message, given)}: {message}") from None
             if "doesn't support bf16" in str(err):
                 # transformers' advice (use_cpu) would train in bf16 autocast on the CPU, many times slower there
                 message = (
                     "key 'bf16': this machine has no GPU with bf16. Set bf16: false: hf_dpo picks the precision "
                     "from torch_dtype (auto: float32 on CPU, bf16 on a GPU that has it, else fp16)."
                 )
-                raise RecipeError(f"{_where(path, message, given)}: {message}") from None
+                raise RecipeError(f"{where(path, message, given)}: {message}") from None
             raise RecipeError(
-                f"{_where(path, str(err), given)}: invalid value in section {section.__name__}: "
+                f"{where(path, str(err), given)}: invalid value in section {section.__name__}: "
                 f"{type(err).__name__}: {shortened(str(err), 400)}"
             ) from None
     warn_unused_lora_keys(built[ModelConfig], values)

@@ -17,18 +17,6 @@ the data report, `load_preference_dataset`). Batching lives in `hf_dpo.train.bat
     data.train, data.eval, data.report
 """
 
-from hf_dpo.data.dataset import (
-    TOKENIZED_COLUMNS,
-    DataReport,
-    PreferenceData,
-    _seeded_subset,
-    length_advice,
-    load_preference_dataset,
-    prepare_rows,
-    tokenize_dataset,
-    tokenize_pair,
-    truncate_pair,
-)
 from hf_dpo.data.errors import SKIP_HINT, DataError
 from hf_dpo.data.reading import read_csv_text, read_data, read_splits
 from hf_dpo.data.rows import (
@@ -41,6 +29,30 @@ from hf_dpo.data.rows import (
     not_text,
 )
 from hf_dpo.data.templates import format_pair, format_prompt, prompt_token_ids, uses_chat_template
+
+# Imported when first asked for: `dataset` imports torch, which reading and checking the rows does without (a
+# command names a data error before it imports the training stack).
+_FROM_DATASET = {
+    "TOKENIZED_COLUMNS",
+    "DataReport",
+    "PreferenceData",
+    "_seeded_subset",
+    "length_advice",
+    "load_preference_dataset",
+    "prepare_rows",
+    "tokenize_dataset",
+    "tokenize_pair",
+    "truncate_pair",
+}
+
+
+def __getattr__(name: str):
+    if name in _FROM_DATASET:
+        from hf_dpo.data import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'hf_dpo.data' has no attribute {name!r}")
+
 
 __all__ = [
     "BadRow",

@@ -8,11 +8,16 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hf_dpo.config import DataConfig, Recipe, RecipeError
+from hf_dpo.config import DataConfig, RecipeError
 from hf_dpo.data.errors import DataError
 from hf_dpo.errors import quoted
 from hf_dpo.files import read_jsonl, read_utf8_text
+
+if TYPE_CHECKING:  # Recipe imports transformers; a command reads its data before that (RecipeSections)
+    from hf_dpo.config import Recipe
+    from hf_dpo.config.early import RecipeSections
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +286,9 @@ def _read_hub(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[str, list[d
     return out
 
 
-def read_data(recipe: Recipe) -> dict[str, tuple[str, list[dict]]]:
-    """Every split's rows ({split: (source, rows)}, as `hf_dpo.data.read_splits`), read errors made DataError."""
+def read_data(recipe: Recipe | RecipeSections) -> dict[str, tuple[str, list[dict]]]:
+    """Every split's rows ({split: (source, rows)}, as `hf_dpo.data.read_splits`), read errors made DataError.
+    Only `recipe.data` is read: the sections `hf_dpo.config.early` checks before transformers is imported do."""
     cfg = recipe.data
     try:
         return read_splits(cfg)

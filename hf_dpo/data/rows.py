@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hf_dpo.config import DataConfig, Recipe, RecipeError
+from hf_dpo.config import DataConfig, RecipeError
 from hf_dpo.data.errors import SKIP_HINT, DataError
 from hf_dpo.errors import HfDpoError, quoted
 from hf_dpo.files import read_jsonl
+
+if TYPE_CHECKING:  # Recipe imports transformers; a command reads its data before that (RecipeSections)
+    from hf_dpo.config import Recipe
+    from hf_dpo.config.early import RecipeSections
 
 IMAGE_COLUMNS = {"images", "image"}  # TRL's vision DPO columns
 
@@ -298,7 +302,7 @@ def check_columns(source: str, rows: list, cfg: DataConfig) -> None:
             )
 
 
-def check_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> dict[str, int]:
+def check_data(recipe: Recipe | RecipeSections, splits: dict[str, tuple[str, list[dict]]]) -> dict[str, int]:
     """Check every row of `read_data`'s splits as `hf_dpo.data` will, without tokenizing. {split: usable rows}."""
     cfg = recipe.data
     counts = {}

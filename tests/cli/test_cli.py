@@ -141,14 +141,55 @@ FAST_COMMANDS = {
     ),
     "a recipe that is not YAML": (["sample", "{not_yaml}"], 2, "is not valid YAML"),
     "a missing recipe": (["train", "nowhere.yaml"], 2, "does not exist"),
+    "a bad value in the recipe": (
+        ["train", "{bad_value}"],
+        2,
+        "{bad_value}: key 'beta': must be > 0, got -1.",
+    ),
+    "a bad override": (
+        ["plan", "recipes/demo.yaml", "--lora_r", "0"],
+        2,
+        "command line: key 'lora_r': must be in",
+    ),
+    "an override that is no number": (
+        ["train", "recipes/demo.yaml", "--beta", "abc"],
+        2,
+        "command line: key 'beta': expected a number, got 'abc'.",
+    ),
+    "an unknown loss": (
+        ["data", "recipes/demo.yaml", "--loss_type", "nope"],
+        2,
+        "loss_type ['nope'] is not a",
+    ),
+    "keys that clash": (
+        ["sample", "recipes/demo.yaml", "--max_length", "64", "--max_prompt_length", "64"],
+        2,
+        "key 'max_prompt_length': must be below max_length (64)",
+    ),
+    "a missing data file": (
+        ["data", "recipes/demo.yaml", "--dataset_name", "{data_dir}/nope.jsonl"],
+        2,
+        "Dataset file {data_dir}/nope.jsonl does not exist.",
+    ),
+    "a split the data lacks": (
+        ["data", "recipes/demo.yaml", "--dataset_train_split", "nope"],
+        2,
+        "recipes/data/demo: no file for split 'nope' (dataset_train_split; found: test, train)",
+    ),
+    "a row without chosen": (
+        ["data", "recipes/demo.yaml", "--dataset_name", "{data_dir}", "--dataset_test_split", "null"],
+        2,
+        "{data_dir}/train.jsonl, row 1, column 'chosen': missing value (row 1 is line 2 of the file)",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", FAST_COMMANDS)
 def test_commands_answer_without_importing_torch_or_transformers(case, tmp_path):
-    """`--help`, `keys` and the recipe errors a command finds before it loads anything answer without importing
-    the training stack (torch, transformers, peft, bitsandbytes, datasets: ~15 s on 2 cores), checked in a fresh
-    interpreter through sys.modules."""
+    """`--help`, `keys`, the recipe errors a command finds before it loads anything (YAML, keys, the values of
+    hf_dpo's own sections) and, for `hf-dpo data`, the data's (a missing file, a split not there, a bad row) answer
+    without importing the training stack (torch, transformers, peft, bitsandbytes, datasets: ~15 s on 2 cores),
+    naming the file, key or row, checked in a fresh interpreter through sys.modules."""
     import json
     import os
     import subprocess
@@ -157,8 +198,18 @@ def test_commands_answer_without_importing_torch_or_transformers(case, tmp_path)
 
     (tmp_path / "bad.yaml").write_text("model_name_or_path: x\nlora_rank: 4\n")
     (tmp_path / "not.yaml").write_text("beta: [0.1\n")
+    (tmp_path / "value.yaml").write_text("model_name_or_path: smollm2-135m-instruct\nbeta: -1\n")
+    (tmp_path / "data").mkdir()
+    pair = '{"prompt": "2+2?", "chosen": "4", "rejected": "5"}\n'
+    (tmp_path / "data" / "train.jsonl").write_text(pair + pair.replace('"chosen": "4", ', ""))
     argv, rc, message = FAST_COMMANDS[case]
-    argv = [a.format(bad_key=tmp_path / "bad.yaml", not_yaml=tmp_path / "not.yaml") for a in argv]
+    places = dict(
+        bad_key=tmp_path / "bad.yaml",
+        not_yaml=tmp_path / "not.yaml",
+        bad_value=tmp_path / "value.yaml",
+        data_dir=tmp_path / "data",
+    )
+    argv, message = [a.format(**places) for a in argv], message.format(**places)
     heavy = ["torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate"]
     code = (
         "import contextlib, io, json, sys\n"
