@@ -1,6 +1,6 @@
 """The labelling page: HTML, CSS and the script, served by `label_server` as /, /app.css and /app.js.
 
-Data only ever reaches the page as JSON from /api/* and is put into the DOM with `textContent` (no innerHTML
+Data only ever reaches the page as JSON from /api/* and is put into the DOM as text (`textContent`, text nodes; no innerHTML
 anywhere), and the server's Content-Security-Policy allows no inline script, so text from a model can never run
 as code.
 """
@@ -13,7 +13,9 @@ PAGE = """<!doctype html>
 <header><strong>hf-dpo label</strong> <span id="progress">loading...</span>
 <progress id="bar" value="0" max="1"></progress></header>
 <main id="main">
-  <section id="prompt-box"><h2>Prompt <small id="pairinfo"></small></h2><div id="prompt"></div></section>
+  <section id="prompt-box"><h2>Prompt <small id="pairinfo"></small></h2>
+    <div id="context" hidden><h3>Earlier in the conversation</h3><div id="turns"></div></div>
+    <div id="prompt"></div></section>
   <section id="pair">
     <article><h2>1 &middot; left</h2><div id="left" class="completion"></div>
       <p id="left-cut" class="cut" hidden>Cut at max_new_tokens: it stopped without an end token.</p>
@@ -34,6 +36,10 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; max-width: 1200px; }
 header { display: flex; gap: 1rem; align-items: center; }
 #prompt { white-space: pre-wrap; background: #f4f4f8; padding: .75rem; border-radius: 6px; }
+#context { color: #444; margin-bottom: .5rem; }
+#context h3 { font-size: .9rem; margin: 0 0 .25rem; }
+#turns > div, #turns > details { white-space: pre-wrap; border-left: 3px solid #ccd; padding: .2rem .6rem; margin: .2rem 0; }
+#turns summary { cursor: pointer; }
 #pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; margin: 1rem 0; }
 .completion { white-space: pre-wrap; border: 1px solid #ccc; border-radius: 6px; padding: .75rem; min-height: 6rem; }
 .turn-role { font-weight: bold; }
@@ -49,6 +55,18 @@ let state = null;
 let busy = false;
 const $ = (id) => document.getElementById(id);
 
+function turnDiv(tag, role, content) {
+  const el = document.createElement(tag);
+  if (role) {
+    const label = document.createElement("span");
+    label.className = "turn-role";
+    label.textContent = role + ": ";
+    el.append(label);
+  }
+  el.append(content);  // a text node, never parsed as HTML
+  return el;
+}
+
 function render(s) {
   state = s;
   $("progress").textContent = s.done + " / " + s.total + " pairs labelled (left/right " +
@@ -60,18 +78,17 @@ function render(s) {
   $("main").hidden = cur === null;
   $("finished").hidden = cur !== null;
   if (cur === null) return;
-  const box = $("prompt");
-  box.replaceChildren();
-  for (const turn of cur.prompt) {
-    const div = document.createElement("div");
-    const role = document.createElement("span");
-    role.className = "turn-role";
-    role.textContent = turn.role + ": ";
-    const text = document.createElement("span");
-    text.textContent = turn.content;
-    div.append(role, text);
-    box.append(div);
-  }
+  // The system prompt and earlier turns: each shortened as the report shows it, its whole text one click away.
+  $("context").hidden = cur.context.length === 0;
+  $("turns").replaceChildren(...cur.context.map((turn) => {
+    if (turn.content === turn.whole) return turnDiv("div", turn.role, turn.content);
+    const details = document.createElement("details");
+    const summary = turnDiv("summary", turn.role, turn.content);
+    summary.append(" (" + turn.whole.length + " characters: click for the whole turn)");
+    details.append(summary, turnDiv("div", "", turn.whole));
+    return details;
+  }));
+  $("prompt").replaceChildren(...cur.prompt.map((turn) => turnDiv("div", turn.role, turn.content)));
   for (const side of ["left", "right"]) {
     $(side).textContent = cur[side];
     const finished = cur[side + "_finished"];

@@ -1,11 +1,12 @@
 """`hf-dpo label SAMPLES.jsonl`: label sampled completions by hand in a local web page.
 
-The page shows a prompt and two of its completions side by side (left/right order random but fixed per
-prompt); the person picks one (1 / 2 or arrow keys), marks a tie (t), skips (s) or undoes the last decision
+The page shows a prompt (a conversation's system prompt and earlier turns above its last user turn, each
+shortened as the report shows context, the whole text a click away) and two of its completions side by side
+(left/right order random but fixed per prompt); the person picks one (1 / 2 or arrow keys), marks a tie (t), skips (s) or undoes the last decision
 (u). This module is the HTTP side: it serves the page (`label_page`) and passes each decision to the
 `LabelStore` (`label_store`: the decision log and the pairs file derived from it, so a kill loses nothing).
 
-Safety: the page only ever puts data into the DOM with `textContent`; data comes as JSON from `/api/*`;
+Safety: the page only ever puts data into the DOM as text (`textContent`, text nodes); data comes as JSON from `/api/*`;
 the Content-Security-Policy allows no inline script, so text from a model can never run as code.
 Writes must be `application/json` from the page's own origin (blocks cross-site form posts), and only
 requests naming a loopback host (or the bound address) with the bound port are answered (DNS rebinding).

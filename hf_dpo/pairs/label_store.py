@@ -32,6 +32,7 @@ from hf_dpo.pairs.formats import (
     check_finished_flags,
     finished_flags,
     pair_row,
+    prompt_context,
     prompt_text,
     read_samples,
 )
@@ -232,11 +233,17 @@ class LabelStore:
         row = self.samples[pos]
         prompt = row["prompt"]
         turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        # The system prompt and earlier turns, shortened as the report shows them, each with its whole text
+        # (the page shows the shortened one and opens the whole on a click); the last user turn on, whole.
+        context = prompt_context(prompt)
+        for short, turn in zip(context, turns):
+            short["whole"] = turn.get("content", "")
         siblings = [n for n, (p, _) in enumerate(self.items) if p == pos]
         return {
             "index": self.keys[pos],
             "item": self.item_ids[number],
-            "prompt": turns,
+            "context": context,
+            "prompt": turns[len(context) :],
             "left": row["completions"][a],
             "right": row["completions"][b],
             # False: cut at max_new_tokens (no end token); the page marks it, as the judge path never chooses it

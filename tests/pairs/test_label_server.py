@@ -345,3 +345,64 @@ def test_label_in_headless_chromium(server, browser):
         (3, "right"),
     ]
     assert browser.execute_script("return window.__xss === undefined")
+
+
+# ---------------------------------------------------------------- a multi-turn conversation
+
+SYSTEM = "You are a terse assistant. " + "Answer with one word. " * 20 + "Never apologise."
+CONVERSATION = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Which planet is red?"},
+    {"role": "assistant", "content": "Mars."},
+    {"role": "user", "content": "And the largest one?"},
+]
+
+
+def _conversation_samples(path: Path) -> Path:
+    path.write_text(
+        json.dumps({"index": 0, "prompt": CONVERSATION, "completions": ["Jupiter.", "Saturn."]}) + "\n"
+    )
+    return path
+
+
+def test_a_conversation_is_shown_whole_and_its_pairs_keep_the_messages(tmp_path):
+    """The page gets the system prompt and the earlier turns, each shortened as the report shortens context with
+    its whole text beside it, then the last user turn whole; the pair written keeps the message-list prompt."""
+    store = LabelStore(_conversation_samples(tmp_path / "s.jsonl"))
+    view = store.view(0)
+    assert [(t["role"], t["whole"]) for t in view["context"]] == [
+        (m["role"], m["content"]) for m in CONVERSATION[:3]
+    ]
+    system = view["context"][0]["content"]
+    assert (
+        len(system) < 210 < len(SYSTEM)
+        and system.startswith("You are a terse")
+        and system.endswith("apologise.")
+    )
+    assert view["context"][1]["content"] == "Which planet is red?"  # short turns whole
+    assert view["prompt"] == [CONVERSATION[-1]]
+    store.decide(0, "left")
+    (pair,) = [json.loads(x) for x in store.out.read_text().splitlines()]
+    assert pair["prompt"] == CONVERSATION and pair["chosen"] == [
+        {"role": "assistant", "content": view["left"]}
+    ]
+
+
+def test_a_conversation_in_headless_chromium(tmp_path, browser):
+    srv = make_server(_conversation_samples(tmp_path / "s.jsonl"), host="127.0.0.1", port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{srv.server_address[1]}/")
+        _wait_for(browser, lambda d: _current_index(d) == "0")
+        turns = browser.find_element("id", "turns")
+        assert turns.is_displayed()
+        shown = turns.text
+        assert "user: Which planet is red?" in shown and "assistant: Mars." in shown
+        assert "system: You are a terse" in shown and "click for the whole turn" in shown
+        assert SYSTEM not in shown  # shortened until opened
+        browser.find_element("css selector", "#turns summary").click()
+        _wait_for(browser, lambda d: SYSTEM in d.find_element("id", "turns").text)
+        assert browser.find_element("id", "prompt").text == "user: And the largest one?"
+    finally:
+        srv.shutdown()
+        srv.server_close()
