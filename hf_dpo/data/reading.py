@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from hf_dpo.config import DataConfig, RecipeError
 from hf_dpo.data.errors import DataError
 from hf_dpo.errors import quoted
@@ -110,18 +112,103 @@ def read_csv_text(path: Path) -> list[dict]:
 SHARD_SUFFIX = re.compile(r"-[0-9]{5}-of-[0-9]{5}$")
 
 
-def split_files(directory: Path) -> dict[str, list[Path]]:
+def split_files(directory: Path, config_name: str | None = None) -> dict[str, list[Path]]:
     """{split: its files, in shard order} of a local directory, read as `datasets.load_dataset(directory)` reads the
-    Hub's layouts: files named by split (`train.jsonl`, `test_prefs.parquet`) or by split and shard
-    (`train_prefs-00000-of-00001.parquet`), at the top or in `data/`; failing those, `datasets`' own inference
-    (split folders such as `train/`, keywords in names), through `datasets.data_files`."""
-    files = _files_named_by_split(directory) or _files_inferred_by_datasets(directory)
+    Hub's layouts: the splits its README.md's `configs:` names (the dataset card's YAML; `config_name`, else the
+    card's default config); failing that, files named by split (`train.jsonl`, `test_prefs.parquet`) or by split
+    and shard (`train_prefs-00000-of-00001.parquet`), at the top or in `data/`; failing those, `datasets`' own
+    inference (split folders such as `train/`, keywords in names), through `datasets.data_files`."""
+    files = (
+        _files_named_by_card(directory, config_name)
+        or _files_named_by_split(directory)
+        or _files_inferred_by_datasets(directory)
+    )
     if not files:
         raise DataError(
             f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl, or as the Hub "
             "does, data/train-00000-of-00001.parquet)."
         )
     return files
+
+
+def card_configs(directory: Path) -> list | None:
+    """The `configs:` of a directory's README.md YAML header (the Hub's dataset card), or None."""
+    readme = directory / "README.md"
+    if not readme.is_file():
+        return None
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    header = re.match(r"---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+    if not header:
+        return None
+    try:
+        meta = yaml.safe_load(header.group(1))
+    except yaml.YAMLError as err:
+        raise DataError(f"{readme}: its YAML header cannot be read ({' '.join(str(err).split())}).") from None
+    return meta.get("configs") if isinstance(meta, dict) else None
+
+
+def _files_named_by_card(directory: Path, config_name: str | None) -> dict[str, list[Path]]:
+    """{split: files} of the card's config, as `datasets` reads it (`MetadataConfigs`: the named config, else the
+    one called default, marked `default: true` or the only one; `sanitize_patterns`: a path or list is the train
+    split). Plain paths are looked up here; globs go through `datasets.data_files`, which resolves them as
+    `load_dataset` does."""
+    configs = card_configs(directory)
+    if not configs:
+        return {}
+    readme = directory / "README.md"
+    if not isinstance(configs, list) or not all(isinstance(c, dict) and "config_name" in c for c in configs):
+        raise DataError(
+            f"{readme}: `configs` is not a list of entries with a config_name, as the Hub reads it."
+        )
+    by_name = {str(c["config_name"]): c for c in configs}
+    defaults = [n for n, c in by_name.items() if len(by_name) == 1 or n == "default" or c.get("default")]
+    name = config_name or (defaults[0] if len(defaults) == 1 else None)
+    if name not in by_name:
+        raise DataError(
+            f"{readme}: {'no config ' + quoted(name) if name else 'no default config'} among its configs "
+            f"({', '.join(by_name)}). Set dataset_config to one of them."
+        )
+    config = by_name[name]
+    base = directory / str(config.get("data_dir") or "")
+    data_files = config.get("data_files")
+    if data_files is None:
+        return _files_inferred_by_datasets(base)
+    if isinstance(data_files, str):
+        data_files = [data_files]
+    if isinstance(data_files, list) and data_files and all(isinstance(p, dict) for p in data_files):
+        patterns = {str(p.get("split")): p.get("path") for p in data_files}
+    else:
+        patterns = {"train": data_files}  # datasets' SANITIZED_DEFAULT_SPLIT
+    patterns = {split: paths if isinstance(paths, list) else [paths] for split, paths in patterns.items()}
+    if not all(isinstance(p, str) for paths in patterns.values() for p in paths):
+        raise DataError(
+            f"{readme}: config {quoted(name)}: data_files is not a path, a list of paths or a list of "
+            "{split, path} entries, as the Hub reads it."
+        )
+    if any(set("*?[") & set(p) for paths in patterns.values() for p in paths):
+        return _card_globs(base, readme, name, patterns)
+    files = {}
+    for split, paths in patterns.items():
+        files[split] = [base / p for p in paths]
+        missing = [str(p) for p in paths if not (base / p).is_file()]
+        if missing:
+            raise DataError(
+                f"{readme}: config {quoted(name)} names {', '.join(missing)} for split {quoted(split)}, and "
+                f"{base} has no such file."
+            )
+    return files
+
+
+def _card_globs(base: Path, readme: Path, name: str, patterns: dict[str, list[str]]) -> dict[str, list[Path]]:
+    from datasets.data_files import DataFilesDict
+
+    try:
+        resolved = DataFilesDict.from_patterns(patterns, base_path=str(base))
+    except FileNotFoundError as err:
+        raise DataError(
+            f"{readme}: config {quoted(name)}: {' '.join(str(err).split())} (its data_files, from {base})."
+        ) from None
+    return {str(split): [Path(f) for f in names] for split, names in resolved.items()}
 
 
 def _files_named_by_split(directory: Path) -> dict[str, list[Path]]:
@@ -216,7 +303,7 @@ def read_splits(cfg: DataConfig) -> dict[str, tuple[str, list[dict]]]:
     if path.is_dir() and _saved_with_save_to_disk(path):
         return _read_saved(path, cfg, wanted)
     if path.is_dir():
-        files = split_files(path)
+        files = split_files(path, cfg.dataset_config)
         check_named_splits(cfg, files, f"{path}: no file for split")
         for split in wanted:
             if split in files:

@@ -253,3 +253,66 @@ def test_data_file_with_a_byte_order_mark_reads_its_first_row(tmp_path, suffix):
     (tmp_path / f"train{suffix}").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     _, read = read_splits(DataConfig(dataset_name=str(tmp_path / f"train{suffix}")))["train"]
     assert read == rows
+
+
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: pairs/learn.jsonl
+  - split: held_out
+    path: [pairs/eval-a.jsonl, pairs/eval-b.jsonl]
+- config_name: globbed
+  data_files:
+  - split: train
+    path: "pairs/eval-*.jsonl"
+---
+# pairs
+"""
+
+
+def _card_dataset(tmp_path, write_jsonl, pairs):
+    """A directory whose README.md `configs:` names its splits, with files named unlike them (and a train.jsonl
+    the card does not name: the card decides, as `datasets.load_dataset` reads it)."""
+    root = tmp_path / "ds"
+    write_jsonl(root / "pairs" / "learn.jsonl", pairs[:4])
+    write_jsonl(root / "pairs" / "eval-a.jsonl", pairs[4:5])
+    write_jsonl(root / "pairs" / "eval-b.jsonl", pairs[5:6])
+    write_jsonl(root / "train.jsonl", pairs[:1])
+    (root / "README.md").write_text(CARD)
+    return root
+
+
+def test_a_dataset_card_configs_names_the_splits_and_their_files(
+    read_splits_of, write_jsonl, arithmetic_pairs, tmp_path
+):
+    root = _card_dataset(tmp_path, write_jsonl, arithmetic_pairs(6))
+    splits = read_splits_of(root, dataset_test_split="held_out")
+    assert sorted(splits) == ["held_out", "train"]
+    pairs = arithmetic_pairs(6)
+    assert splits["train"] == (str(root / "pairs" / "learn.jsonl"), pairs[:4])
+    assert splits["held_out"][1] == pairs[4:6]  # both files, in the card's order
+    assert "eval-a.jsonl, pairs/eval-b.jsonl" in splits["held_out"][0]
+    # another config by dataset_config, its path a glob resolved by datasets
+    globbed = read_splits_of(root, dataset_config="globbed", dataset_test_split=None)
+    assert globbed["train"][1] == pairs[4:6]
+
+
+def test_a_split_or_file_the_card_lacks_is_named_with_what_there_is(
+    read_splits_of, write_jsonl, arithmetic_pairs, tmp_path
+):
+    from hf_dpo.data import DataError
+
+    root = _card_dataset(tmp_path, write_jsonl, arithmetic_pairs(6))
+    with pytest.raises(
+        DataError, match=r"no file for split 'test_prefs' \(dataset_test_split; found: train, held_out\)"
+    ):
+        read_splits_of(root, dataset_test_split="test_prefs")
+    with pytest.raises(
+        DataError, match=r"README.md: no config 'nope' among its configs \(default, globbed\)"
+    ):
+        read_splits_of(root, dataset_config="nope")
+    (root / "pairs" / "eval-b.jsonl").unlink()
+    with pytest.raises(DataError, match=r"names pairs/eval-b.jsonl for split 'held_out'"):
+        read_splits_of(root, dataset_test_split="held_out")
