@@ -52,7 +52,7 @@ from hf_dpo.preflight import preflight
 from hf_dpo.report import evaluate_offline
 from hf_dpo.report.build import evaluate_model, evaluate_trainer, resolve_judge
 from hf_dpo.report.checks import check_judged_prompts
-from hf_dpo.report.estimates import LOGPS_KEYS
+from hf_dpo.report.estimates import LOGPS_KEYS, rounding_of
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
 from hf_dpo.report.options import ReportOptions
 from hf_dpo.report.prompts import training_prompt_keys
@@ -82,7 +82,10 @@ def preference_summary(logps: dict[str, torch.Tensor], beta: float) -> dict[str,
     itself gives the chosen completion more probability per token than the rejected one, and whether it still
     equals the reference (the report's own test of it)."""
     metrics = evaluate_offline.compute(
-        "dpo_preference", **{key: logps[key].tolist() for key in LOGPS_KEYS}, beta=beta
+        "dpo_preference",
+        **{key: logps[key].tolist() for key in LOGPS_KEYS},
+        beta=beta,
+        rounding=rounding_of(logps),
     )
     per_token_chosen = logps["policy_chosen_logps"] / logps["chosen_lengths"].clamp(min=1)
     per_token_rejected = logps["policy_rejected_logps"] / logps["rejected_lengths"].clamp(min=1)

@@ -38,7 +38,7 @@ import numpy as np
 
 from hf_dpo.files import atomic_write_text
 from hf_dpo.report import evaluate_offline
-from hf_dpo.report.estimates import LOGPS_KEYS, EvaluationError, as_logps_array, plain
+from hf_dpo.report.estimates import LOGPS_KEYS, EvaluationError, as_logps_array, plain, rounding_of
 from hf_dpo.report.generations_file import write_generations
 from hf_dpo.report.options import DEFAULT_OPTIONS, ReportOptions
 from hf_dpo.report.prompts import prompt_key, training_prompt_keys
@@ -127,6 +127,7 @@ def preference_section(
         "dpo_preference",
         **{k: v.tolist() for k, v in logps.items()},
         beta=beta,
+        rounding=rounding_of(pair_logps),
         confidence=confidence,
         seed=seed,
     )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hf_dpo.errors import HfDpoError
-from hf_dpo.train.loss import implicit_rewards, ranks_chosen_first
+from hf_dpo.train.loss import LOGPS_ROUNDING, implicit_rewards, ranks_chosen_first
 
 LOGPS_KEYS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
@@ -123,6 +123,14 @@ def as_logps_array(name: str, values: Any) -> np.ndarray:
     return x
 
 
+def rounding_of(pair_logps: dict[str, Any]) -> float:
+    """The relative rounding `DPOTrainer.pair_logps` gives with its log-probs (by the dtype its forward ran in);
+    float32's for log-probs given without one."""
+    if "logps_rounding" in pair_logps:
+        return float(pair_logps["logps_rounding"])
+    return LOGPS_ROUNDING
+
+
 def preference_metrics(
     policy_chosen_logps,
     policy_rejected_logps,
@@ -132,13 +140,14 @@ def preference_metrics(
     beta: float,
     confidence: float = 0.95,
     seed: int = 0,
+    rounding: float = LOGPS_ROUNDING,
 ) -> dict[str, Estimate]:
     """Held-out DPO metrics from four (n,) arrays of sequence log-probs (tensors or arrays).
 
     rewards/chosen   = beta * (policy_chosen_logps - ref_chosen_logps)        (DPO eq. 5, per pair)
     rewards/margins  = rewards/chosen - rewards/rejected
-    reward_accuracy  = share of pairs with margin > 0 beyond its float32 rounding (`ranks_chosen_first`; Wilson
-                       interval; a tie counts as wrong)
+    reward_accuracy  = share of pairs with margin > 0 beyond its rounding (`ranks_chosen_first`, `rounding`: the
+                       log-probs' relative rounding, by the forward's dtype; Wilson interval; a tie counts as wrong)
     logp_shift/*     = mean (policy - reference) log-prob of the held-out responses, in nats
     logp_shift/mean  = mean of the chosen and rejected shifts: how far the policy moved on dataset responses
                        (a proxy; the KL estimate on the policy's own generations is in judged_generations).
@@ -158,7 +167,9 @@ def preference_metrics(
     margins = chosen_rewards - rejected_rewards  # (n,)
     shift = 0.5 * ((pc - rc) + (pr - rr))  # (n,) per-pair mean shift
     return {
-        "reward_accuracy": proportion(float(ranks_chosen_first(pc, pr, rc, rr, beta).sum()), n, confidence),
+        "reward_accuracy": proportion(
+            float(ranks_chosen_first(pc, pr, rc, rr, beta, rounding).sum()), n, confidence
+        ),
         "rewards/margins": mean_estimate(margins, confidence, seed),
         "rewards/chosen": mean_estimate(chosen_rewards, confidence, seed),
         "rewards/rejected": mean_estimate(rejected_rewards, confidence, seed),

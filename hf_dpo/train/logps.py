@@ -329,14 +329,27 @@ def working_layout(
         sharing_attention = MASK4D
 
 
-def computes_in_float32(model, args) -> bool:
-    """Whether the forward runs in float32. Not the embeddings' dtype alone: k-bit training upcasts them to
-    float32 while a 4-bit layer computes in its bnb compute dtype and autocast (bf16/fp16 args) runs the
-    matmuls in half precision; there the two layouts differ by rounding (~3e-4 per token on an H100)."""
+def forward_dtype(model, args) -> torch.dtype:
+    """The dtype the forward's matmuls run in: half precision under autocast (bf16/fp16 args), in a half-precision
+    model, or in a 4-bit layer's bnb compute dtype; float32 otherwise. Not the embeddings' dtype alone: k-bit
+    training upcasts them to float32 while a 4-bit layer computes in its compute dtype."""
     device = next(model.parameters()).device.type
-    if args.bf16 or args.fp16 or torch.is_autocast_enabled(device):
-        return False
+    if args.bf16:
+        return torch.bfloat16
+    if args.fp16:
+        return torch.float16
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
     low = (torch.float16, torch.bfloat16)
-    if base_model(model).get_input_embeddings().weight.dtype in low:
-        return False
-    return not any(getattr(m, "compute_dtype", None) in low for m in model.modules())
+    embeddings = base_model(model).get_input_embeddings().weight.dtype
+    if embeddings in low:
+        return embeddings
+    return next(
+        (m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) in low), torch.float32
+    )
+
+
+def computes_in_float32(model, args) -> bool:
+    """Whether the forward runs in float32; in half precision the two layouts differ by rounding (~3e-4 per token
+    on an H100)."""
+    return forward_dtype(model, args) == torch.float32

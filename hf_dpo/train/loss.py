@@ -33,14 +33,22 @@ def implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, b
     return beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected)
 
 
-# Sequence log-probs are float32 sums (train/label_logps.py), whatever dtype the forward ran in. Two float32 passes
-# of the same weights in different batch shapes (the cached reference from eval-size batches, the policy in training
-# batches, other padding) differ in the last bits of every matmul: measured on the demo (SmolLM2-135M, 4-bit, CPU)
-# at a policy still equal to its reference, 8e-5 nats on a pair whose four log-probs add up to a few hundred nats,
-# ~2 float32 epsilons of that sum. 64 epsilons leaves room for longer sequences and other kernels.
-def logps_rounding(dtype: torch.dtype = torch.float32) -> float:
-    """The relative rounding of sequence log-probs summed in `dtype`: 64 of its epsilons."""
-    return 64 * float(torch.finfo(dtype).eps)
+# Sequence log-probs are float32 sums (train/label_logps.py), whatever dtype the forward ran in, but two passes of
+# the same weights in different batch shapes (the cached reference from eval-size batches, the policy in training
+# batches, other padding) differ by the rounding of the forward's matmuls. Measured on the demo model
+# (SmolLM2-135M-Instruct, CPU) with an untrained LoRA (policy == reference), the policy in batches of 8 and the
+# reference adapters-off in batches of 16 with other padding, 96 demo pairs whose four log-probs add up to ~180
+# nats: the largest |margin| / (|log π_θ(y_w)| + |log π_θ(y_l)| + |log π_ref(y_w)| + |log π_ref(y_l)|) was
+# 2.8e-7 = 2.4 float32 epsilons in float32 (1.7e-5 nats), 4.1e-3 = 0.53 bfloat16 epsilons in bfloat16 (0.25 nats)
+# (float16 not measured: the same rule, in its own epsilon). The tolerance is 64 float32 epsilons in float32 (room
+# for longer sequences and other kernels), one epsilon of a half-precision dtype (~2x the largest measured; longer
+# sequences round relatively less: a margin under 0.8% of those four log-probs' sum, ~1.4 nats on the demo's
+# pairs, is a tie in bfloat16).
+def logps_rounding(compute_dtype: torch.dtype = torch.float32) -> float:
+    """The relative rounding of sequence log-probs whose forward ran in `compute_dtype` (`forward_dtype`)."""
+    if compute_dtype in (torch.bfloat16, torch.float16):
+        return float(torch.finfo(compute_dtype).eps)
+    return 64 * float(torch.finfo(torch.float32).eps)
 
 
 LOGPS_ROUNDING = logps_rounding()
@@ -296,6 +304,7 @@ def dpo_loss(
     f_alpha_divergence_coef: float = 0.5,
     discopop_tau: float = 0.05,
     pair_weights: torch.Tensor | None = None,
+    rounding: float = LOGPS_ROUNDING,
 ) -> DPOLossOutput:
     """Per-pair preference loss and implicit rewards.
 
@@ -311,6 +320,8 @@ def dpo_loss(
         f_divergence_type, f_alpha_divergence_coef: f-DPO's divergence (`f_divergence_scores`).
         discopop_tau: τ of discopop.
         pair_weights: (B,) WPO weights multiplying every loss (`hf_dpo.train.logps.wpo_weights`), or None.
+        rounding: the log-probs' relative rounding (`logps_rounding` of the forward's dtype): a margin within it
+            is a tie in `ranked`.
     """
     names, weights = weighted_losses(loss_type, loss_weights)
     settings = LossSettings(beta, label_smoothing, discopop_tau, f_divergence_type, f_alpha_divergence_coef)
@@ -344,7 +355,7 @@ def dpo_loss(
             for x in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
         ),
         beta,
-        rounding=logps_rounding(policy_chosen_logps.dtype),
+        rounding=rounding,
     )
     return DPOLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach(), ranked)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections import defaultdict
 
@@ -49,8 +50,15 @@ from hf_dpo.train.batching import (
     length_grouped_sampler,
     plain_batch,
 )
-from hf_dpo.train.logps import LogpsOptions, PairLogps, chunking_problem, pair_logps, working_layout
-from hf_dpo.train.loss import dpo_loss
+from hf_dpo.train.logps import (
+    LogpsOptions,
+    PairLogps,
+    chunking_problem,
+    forward_dtype,
+    pair_logps,
+    working_layout,
+)
+from hf_dpo.train.loss import dpo_loss, logps_rounding
 from hf_dpo.train.ref_cache import REF_COLUMNS, ReferenceColumns
 from hf_dpo.train.reference import (
     ALL_AHEAD,
@@ -227,6 +235,7 @@ class DPOTrainer(Trainer):
             f_alpha_divergence_coef=args.f_alpha_divergence_coef,
             discopop_tau=args.discopop_tau,
             pair_weights=policy.wpo_weights,
+            rounding=self.logps_rounding,
         )
         loss = out.losses.mean()
         if policy.aux_loss is not None:  # a Mixture-of-Experts model's router load balancing
@@ -464,8 +473,15 @@ class DPOTrainer(Trainer):
         reference = self.ref_model if self.ref_model is not None else self.model
         return self._reference_columns.attach(dataset, split, reference, self.compute_reference_logps)
 
+    @functools.cached_property
+    def logps_rounding(self) -> float:
+        """The relative rounding of this model's sequence log-probs, by the dtype its forward runs in: a reward
+        margin within it is a tie in reward accuracy (`hf_dpo.train.loss.ranks_chosen_first`)."""
+        return logps_rounding(forward_dtype(self.model, self.args))
+
     def pair_logps(self, dataset=None, policy_is_reference: bool = False) -> dict[str, torch.Tensor]:
-        """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,).
+        """Per-pair policy and reference log-probs over `dataset` (default: the eval set), each (N,), and their
+        relative rounding (`logps_rounding`, a 0-d tensor), which reward accuracy takes for a tie.
 
         policy_is_reference: the caller knows the policy still equals the reference (before the first step):
         the cached reference log-probs then serve for both and no policy pass runs.
@@ -485,8 +501,12 @@ class DPOTrainer(Trainer):
                 # every completion token is a label, so its count is the completion's length
                 "chosen_lengths": torch.tensor([len(x) for x in dataset["chosen_input_ids"]]),
                 "rejected_lengths": torch.tensor([len(x) for x in dataset["rejected_input_ids"]]),
+                "logps_rounding": torch.tensor(self.logps_rounding, dtype=torch.float64),
             }
-        return self.logps_over(dataset)
+        return {
+            **self.logps_over(dataset),
+            "logps_rounding": torch.tensor(self.logps_rounding, dtype=torch.float64),
+        }
 
     # ------------------------------------------------------------------ data loading, batch order, training
 

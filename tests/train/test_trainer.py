@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -321,3 +323,49 @@ def test_compute_metrics_gets_each_pairs_rewards(tmp_path, tiny):
     assert seen == {"shape": (4, 2), "labels": [0, 0, 0, 0]}
     assert metrics["eval_pair_accuracy"] == pytest.approx(metrics["eval_rewards/accuracies"])
     assert 0 < metrics["eval_pair_accuracy"] < 1  # the random adapter prefers some chosen, not all
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_untrained_adapter_ranks_no_pair_in_float32_or_bfloat16(tmp_path, smollm_dir, dtype):
+    """An untrained LoRA (B = 0) is its reference, but the reference, precomputed in batches of 16, and the policy,
+    in batches of 3 with other padding, round apart: in bfloat16 by up to ~0.25 nats a pair on the demo model (0.13%
+    of the pair's four log-probs, a sixth of the tolerance, `hf_dpo.train.loss.logps_rounding`). The tolerance of
+    the forward's dtype makes every pair a tie, reward accuracy 0, in both dtypes; float32's tolerance would count
+    bfloat16's rounding as rankings."""
+    from hf_dpo.report.estimates import preference_metrics, rounding_of
+    from hf_dpo.train.loss import LOGPS_ROUNDING, logps_rounding
+
+    rows = [json.loads(line) for line in Path("recipes/data/demo/train.jsonl").read_text().splitlines()[:24]]
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(smollm_dir, torch_dtype=dtype),
+        args=dpo_args(
+            tmp_path,
+            precompute_ref_log_probs=True,
+            precompute_ref_batch_size=16,
+            per_device_eval_batch_size=3,
+            max_length=128,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(smollm_dir),
+        peft_config=lora(),
+    )
+    logps = trainer.pair_logps()
+    assert trainer.logps_rounding == logps_rounding(dtype) == rounding_of(logps)
+    pc, pr, rc, rr = (
+        logps[k]
+        for k in ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+    )
+
+    def accuracy(rounding):
+        return preference_metrics(pc, pr, rc, rr, beta=0.1, rounding=rounding)["reward_accuracy"].value
+
+    margins = (pc - rc) - (pr - rr)  # (24,) policy == reference up to rounding
+    assert accuracy(rounding_of(logps)) == 0.0
+    if dtype == torch.bfloat16:
+        assert (
+            margins.abs().max() > 1e-3 and accuracy(LOGPS_ROUNDING) > 0
+        )  # the noise is there, and float32's would rank it
+    else:
+        assert margins.abs().max() < 1e-3

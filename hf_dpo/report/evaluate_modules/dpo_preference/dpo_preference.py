@@ -14,6 +14,7 @@ import datasets
 import evaluate
 
 from hf_dpo.report.estimates import plain, preference_metrics
+from hf_dpo.train.loss import LOGPS_ROUNDING
 
 _CITATION = """\
 @inproceedings{rafailov2023direct,
@@ -38,6 +39,8 @@ Args:
     beta: the DPO temperature used in training.
     confidence: interval level (default 0.95).
     seed: bootstrap seed (default 0).
+    rounding: the log-probs' relative rounding, by the dtype the forward ran in (default: float32's,
+        `hf_dpo.train.loss.logps_rounding`); a margin within it is a tie.
 Returns:
     a dict name -> {value, low, high, n, method, confidence} for reward_accuracy, rewards/margins,
     rewards/chosen, rewards/rejected, logp_shift/chosen, logp_shift/rejected, logp_shift/mean.
@@ -70,6 +73,7 @@ class DpoPreference(evaluate.Metric):
         beta=0.1,
         confidence=0.95,
         seed=0,
+        rounding=LOGPS_ROUNDING,
     ):
         metrics = preference_metrics(
             policy_chosen_logps,
@@ -79,5 +83,6 @@ class DpoPreference(evaluate.Metric):
             beta=beta,
             confidence=confidence,
             seed=seed,
+            rounding=rounding,
         )
         return plain(metrics)
