@@ -340,6 +340,14 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hf_dpo.data import check_data, read_data
+
+    data = args.sections.data
+    if data is not None and data.dataset_name and Path(data.dataset_name).exists():
+        # local data, which the plan measures: a data error is named before torch and transformers are imported
+        check_data(args.sections, read_data(args.sections))
     from hf_dpo.config import load_recipe
     from hf_dpo.plan.fit import parse_size, plan_recipe
 

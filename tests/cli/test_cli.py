@@ -176,6 +176,11 @@ FAST_COMMANDS = {
         2,
         "recipes/data/demo: no file for split 'nope' (dataset_train_split; found: test, train)",
     ),
+    "a row without chosen, planned": (
+        ["plan", "recipes/demo.yaml", "--dataset_name", "{data_dir}", "--dataset_test_split", "null"],
+        2,
+        "{data_dir}/train.jsonl, row 1, column 'chosen': missing value",
+    ),
     "a row without chosen": (
         ["data", "recipes/demo.yaml", "--dataset_name", "{data_dir}", "--dataset_test_split", "null"],
         2,
