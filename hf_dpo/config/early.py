@@ -7,9 +7,9 @@ its YAML and keys (`hf_dpo.config.keys`), then the values of hf_dpo's own sectio
 
 `load_recipe` stays the one reader of a recipe: it types every value through `HfArgumentParser`, and
 transformers' `TrainingArguments` checks its own keys there. This check raises only what `load_recipe` would
-raise for the same value, with the same message; a value it cannot type as that parser would (an override
-spread over several tokens, an abbreviated `--key`, text that is no number for a number key) is left for
-`load_recipe` to name.
+raise for the same value, with the same message; a value it does not type as that parser would (an override
+spread over several tokens, `--no_key`, YAML inside an override, a boolean's text the parser refuses) leaves its
+section to `load_recipe`.
 """
 
 from __future__ import annotations
