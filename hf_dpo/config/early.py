@@ -110,6 +110,8 @@ def _typed(key: str, value: Any, ftype: Any) -> Any:
     kinds = kinds_of(ftype)
     if isinstance(value, str) and value.strip() in ("null", "~"):
         return None
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        raise _Untyped  # the parser reads such text as YAML (a list or mapping), for a string key too
     if isinstance(value, str) and "list" in kinds and "str" not in kinds:
         return [value]  # `key: name` for a list key, or `--key name`: the parser's one-item list
     if isinstance(value, bool) and "bool" not in kinds:
@@ -120,8 +122,6 @@ def _typed(key: str, value: Any, ftype: Any) -> Any:
     if not isinstance(value, str) or "str" in kinds or "Any" in kinds:
         return value
     text = value.strip()
-    if text[:1] in ("[", "{"):
-        raise _Untyped  # YAML inside an override: the parser's
     if "bool" in kinds:
         if text.lower() in TRUE_TEXT + FALSE_TEXT:
             return text.lower() in TRUE_TEXT
