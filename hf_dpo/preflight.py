@@ -71,7 +71,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
     splits = read_data(recipe)
     check_data(recipe, splits)  # tokenizer-free: a malformed row is named before the tokenizer loads
     check_eval_strategy(recipe, splits)
-    if recipe.report.judge:
+    if recipe.report.judge is not None:  # an empty one too: the report would fail on it after training
         check_judge(recipe.report.judge)
     check_ref_cache(args)
     check_report(recipe, splits)
@@ -102,7 +102,7 @@ def preflight_sampling(recipe: Recipe) -> None:
     check_local_path(recipe.model.adapter_name_or_path, "adapter_name_or_path")
     check_model_and_adapter(recipe.model)
     check_attn_implementation(recipe.model.attn_implementation)
-    if recipe.report.judge:
+    if recipe.report.judge is not None:  # an empty one too: labelling would fail on it after sampling
         check_judge(recipe.report.judge)
 
 

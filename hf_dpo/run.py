@@ -410,12 +410,12 @@ def evaluate_run(
     """Reload a finished run (base + trained adapter, or a full fine-tune's model with its starting model as the
     reference), write its report and refresh its card (README.md, unless edited by hand). `judge` defaults to the
     recipe's."""
-    if isinstance(judge, str) and judge.strip():
-        check_judge(judge)  # a misspelled --judge is named before the model loads
+    if isinstance(judge, str):
+        check_judge(judge, "--judge")  # a misspelled or empty --judge is named before the model loads
     recipe = run_recipe(run_dir)
     spec = judge if judge is not None else recipe.report.judge
-    if judge is None and isinstance(spec, str) and spec.strip():
-        check_judge(spec)  # the recipe's judge, checked before the model loads too
+    if judge is None and isinstance(spec, str):
+        check_judge(spec, f"{Path(run_dir) / 'recipe.yaml'}: key 'judge'")  # before the model loads too
     options = ReportOptions.from_recipe(
         recipe.report,
         batch_size=batch_size,

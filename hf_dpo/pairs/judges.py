@@ -431,9 +431,17 @@ def load_judge(spec: str | Callable) -> Judge:
 # ---------------------------------------------------------------- checked before the model loads
 
 
-def check_judge(spec: str) -> None:
+def check_judge(spec: str, key: str = "key 'judge'") -> None:
     """Import a `module:function` judge; for `rm:<path>`, the path must exist when it is a local one, and its
-    config must load (a directory that holds no model, a Hub id mistyped or out of reach)."""
+    config must load (a directory that holds no model, a Hub id mistyped or out of reach). An empty or blank
+    spec is refused: the report and the labelling would fail on it at their first score. `key`: where the spec
+    was given, as the error names it (the recipe's key, or `hf-dpo eval --judge`)."""
+    if not str(spec).strip():
+        raise JudgeError(
+            f"{key} is empty ({quoted(spec)}): give 'module:function' (a Python function (prompt, completion) "
+            "-> float) or 'rm:<reward model>'. For no judge, leave it unset (`judge: null` in a recipe, "
+            "`--judge null` on the `hf-dpo train` and `hf-dpo sample` command line)."
+        )
     spec = str(spec).strip()
     if spec.startswith("rm:"):
         target = spec[3:].strip()

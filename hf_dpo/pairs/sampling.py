@@ -456,8 +456,8 @@ def run_sampling(recipe: Recipe, progress: bool = True, *, outputs_checked: bool
     if not outputs_checked:  # Python-API callers without the preflight: nothing is sampled over other data
         check_output_files(recipe, list(splits))
     judge = (
-        load_judge(recipe.report.judge) if recipe.report.judge else None
-    )  # fail on a bad judge before sampling for minutes
+        load_judge(recipe.report.judge) if recipe.report.judge is not None else None
+    )  # fail on a bad (or empty) judge before sampling for minutes
     model_and_tokenizer = None
     report: dict[str, Any] = {"splits": {}}
     # Every split's samples file is checked before any is sampled: a train file made with other settings would

@@ -457,3 +457,58 @@ def test_the_demo_recipe_may_replace_its_own_run():
     recipes = Path(__file__).resolve().parents[2] / "recipes"
     assert load_recipe(recipes / "demo.yaml").training.overwrite_output_dir is True
     assert load_recipe(recipes / "zephyr-7b-qlora.yaml").training.overwrite_output_dir is False
+
+
+@pytest.mark.parametrize(
+    "recipe, overrides",
+    [
+        ("", ("--judge", "")),
+        ("", ("--judge", " \t")),
+        ('judge: ""\n', ()),
+        ("judge: hf_dpo.pairs.demo_task:judge\n", ("--judge", "")),
+    ],
+)
+def test_an_empty_judge_stops_before_the_model_loads_not_in_the_report_after_training(
+    train, tmp_path, capsys, no_model, recipe, overrides
+):
+    rc, err = train(tmp_path, capsys, recipe, *overrides)
+    line = _one_error(err)
+    assert rc == 2 and re_search(r"key 'judge' is empty.*module:function.*--judge null", line)
+    assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_judge_null_on_the_command_line_switches_the_recipes_judge_off(
+    tmp_path, write_jsonl, arithmetic_pairs
+):
+    write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
+    recipe = load_recipe(
+        None,
+        [
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--report_to",
+            "none",
+        ]
+        + ["--judge", "hf_dpo.pairs.demo_task:judge", "--judge", "null"],
+    )
+    assert recipe.report.judge is None
+    preflight(recipe)  # no judge, no judged comparison: nothing to refuse
+
+
+def test_eval_and_sample_refuse_an_empty_judge_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the judge was checked")
+
+    monkeypatch.setattr("hf_dpo.run.load_base_model", refuse)
+    monkeypatch.setattr("hf_dpo.run.load_run", refuse)
+    monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
+    assert cli.main(["eval", str(tmp_path), "--judge", ""]) == 2
+    assert re_search(r"--judge is empty", _one_error(capsys.readouterr().err))
+    (tmp_path / "p.txt").write_text("What is 1 + 1?\n")
+    rc = cli.main(
+        ["sample", "recipes/demo_pairs.yaml", "--prompts_file", str(tmp_path / "p.txt"), "--judge", " "]
+        + ["--output_dir", str(tmp_path / "run"), "--pairs_file", str(tmp_path / "pairs" / "train.jsonl")]
+    )
+    assert rc == 2 and re_search(r"key 'judge' is empty", _one_error(capsys.readouterr().err))
