@@ -264,3 +264,43 @@ def test_recipe_path_that_is_a_directory_says_so(tmp_path):
 
     with pytest.raises(RecipeError, match=r"is a directory; a recipe is a YAML file"):
         load_recipe(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "key, text, expected",
+    [
+        ("eval_num_generations", "1e3", 1000),
+        ("eval_max_new_tokens", "1.0e+3", 1000),
+        ("max_steps", "2e1", 20),
+        ("max_length", "1E3", 1000),
+    ],
+)
+def test_an_int_key_written_as_an_exponent_reads_alike_in_the_recipe_and_on_the_command_line(
+    load_recipe_text, tmp_path, key, text, expected
+):
+    # The recipe read `eval_num_generations: 1e3` as 1000 while `--eval_num_generations 1e3` was refused.
+    from_yaml = load_recipe_text(tmp_path, f"{key}: {text}\n")
+    from_cli = load_recipe_text(tmp_path, "", f"--{key}", text)
+    for recipe in (from_yaml, from_cli):
+        value = vars(recipe.report) | vars(recipe.training)
+        assert value[key] == expected and type(value[key]) is int
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("1.5", "expected a whole number, got 1.5"),
+        ("1e30", "1e\\+30 is a float past 2\\^53"),
+        ("inf", "expected a whole number, got 'inf'"),
+    ],
+)
+def test_an_int_key_refuses_a_fraction_or_a_huge_float_alike_in_the_recipe_and_on_the_command_line(
+    load_recipe_text, tmp_path, text, problem
+):
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(RecipeError, match=rf"command line: key 'max_steps': {problem}"):
+        load_recipe_text(tmp_path, "", "--max_steps", text)
+    if text != "inf":  # YAML reads .inf, not inf: a string, refused as no number
+        with pytest.raises(RecipeError, match=rf"r.yaml: key 'max_steps': {problem}"):
+            load_recipe_text(tmp_path, f"max_steps: {text}\n")
