@@ -42,7 +42,7 @@ from hf_dpo.hub.public_files import (
 )
 from hf_dpo.hub.retries import classify, http_failure, with_retries
 from hf_dpo.hub.run_card import refresh_card
-from hf_dpo.hub.settings import is_main_process
+from hf_dpo.hub.settings import is_main_process, revision_problem, token_problem
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ def push_run(
     if not run_dir.is_dir():
         raise PushError(f"run dir {run_dir} does not exist.", "invalid")
     check_repo_id(repo_id)
+    if problem := revision_problem(revision):
+        raise PushError(f"--revision (hub_revision in a recipe) {problem}.", "invalid")
     retry = retry_command(run_dir, repo_id, private, revision, commit_message)
     files_to_push(run_dir)  # the run's own files first: a broken adapter is named whatever the token
     token = _resolve_token(token)
@@ -217,6 +219,8 @@ def check_can_push(token: str | None) -> None:
             "`hf auth login`); tokens are made at https://huggingface.co/settings/tokens.",
             "auth",
         )
+    if problem := token_problem(token):
+        raise PushError(f"the Hub token {problem}.", "auth")
     if constants.HF_HUB_OFFLINE:
         raise PushError(
             "HF_HUB_OFFLINE is set, so huggingface_hub makes no network call: unset it to push.", "offline"

@@ -1,14 +1,18 @@
 """Where a run is pushed and by which process: `HubSettings` (the token in memory only), `take_hub_settings`
 (moves the hub keys out of TrainingArguments before a Trainer can save them), `is_main_process` (only
-the main process writes the card and pushes), and `check_push` (a repo id and a token, before training)."""
+the main process writes the card and pushes), `check_push` (what a push at the end of training needs, checked
+before training), and the checks the push makes of its branch and token (`revision_problem`, `token_problem`)."""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hf_dpo.errors import quoted
 
 if TYPE_CHECKING:  # a type only: importing transformers here would pull torch into `import hf_dpo.hub.push`
     from transformers import TrainingArguments
@@ -69,11 +73,40 @@ def is_main_process() -> bool:
         return int(os.environ.get("RANK", "0")) == 0
 
 
+# What git (and so the Hub) refuses in a branch name (git check-ref-format): a space or control character, any of
+# ~ ^ : ? * [ \, '..', '@{' or '//', a part starting with '.', a name starting with '/' or '-', ending with '/', '.'
+# or '.lock', or '@' alone.
+_NOT_IN_A_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(^|/)\.|^[/-]|/$|\.$|\.lock$|^@$")
+
+
+def revision_problem(revision: str | None) -> str | None:
+    """Why the Hub would refuse `revision` as the branch a push commits to, or None (None: main)."""
+    if revision is None:
+        return None
+    if not revision.strip():
+        return "is empty: give a branch name, or leave it out to push to main"
+    if _NOT_IN_A_BRANCH.search(revision):
+        return (
+            f"{quoted(revision)} is no branch name git accepts (no spaces, no ~ ^ : ? * [ \\, no '..', not "
+            "starting with '-' or '.'): give one such as 'dpo-run-1'"
+        )
+    return None
+
+
+def token_problem(token: str | None) -> str | None:
+    """Why a Hub token cannot be one (it is never shown), or None. Tokens hold no whitespace: a blank one, or one
+    with a line break pasted along, would be sent as it is and refused by the Hub as unauthorized."""
+    if token is not None and token != "" and any(c.isspace() for c in token):
+        return "holds whitespace (a blank value, or a line break pasted with it?): give the token alone"
+    return None
+
+
 def check_push(args) -> None:
-    """A recipe that pushes needs a valid repo id and a token before training starts, not after it ends."""
+    """A recipe that pushes needs, before training starts rather than at the push after it ends: a valid repo
+    id and branch, a token that can be one, and huggingface_hub allowed on the network."""
     if not args.push_to_hub:
         return
-    from huggingface_hub import get_token
+    from huggingface_hub import constants, get_token
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from hf_dpo.config import (
@@ -85,8 +118,20 @@ def check_push(args) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise RecipeError(f"key 'hub_model_id': '{repo_id}' is not a valid Hub repo id ({err}).") from None
-    if not (args.hub_token or os.environ.get("HF_TOKEN") or get_token()):
+    if problem := revision_problem(args.hub_revision):
+        raise RecipeError(f"key 'hub_revision' {problem}.")
+    token = args.hub_token or os.environ.get("HF_TOKEN") or get_token()
+    if not token:
         raise RecipeError(
             "push_to_hub is on but there is no Hub token: set HF_TOKEN (or run `hf auth login`), or set "
             "push_to_hub: false and push later with `hf-dpo push`."
+        )
+    if problem := token_problem(token):
+        where = "key 'hub_token'" if args.hub_token else "the Hub token (HF_TOKEN or `hf auth login`'s)"
+        raise RecipeError(f"{where} {problem}.")
+    if constants.HF_HUB_OFFLINE:
+        raise RecipeError(
+            "push_to_hub is on but HF_HUB_OFFLINE is set: huggingface_hub would make no network call, so the "
+            "push after training would fail. Unset HF_HUB_OFFLINE, or set push_to_hub: false and push later "
+            "with `hf-dpo push`."
         )

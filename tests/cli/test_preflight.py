@@ -512,3 +512,32 @@ def test_eval_and_sample_refuse_an_empty_judge_before_the_model_loads(tmp_path, 
         + ["--output_dir", str(tmp_path / "run"), "--pairs_file", str(tmp_path / "pairs" / "train.jsonl")]
     )
     assert rc == 2 and re_search(r"key 'judge' is empty", _one_error(capsys.readouterr().err))
+
+
+@pytest.mark.parametrize(
+    "recipe, overrides, problem",
+    [
+        ("", ("--hub_revision", ""), r"key 'hub_revision' is empty: give a branch name"),
+        ("hub_revision: dpo run 1\n", (), r"key 'hub_revision' 'dpo run 1' is no branch name git accepts"),
+        ("", ("--hub_revision", "a..b"), r"key 'hub_revision' 'a..b' is no branch name"),
+        ("", ("--hub_token", " "), r"key 'hub_token' holds whitespace"),
+        ("hub_token: 'hf_abc\n\n  '\n", (), r"key 'hub_token' holds whitespace"),
+    ],
+)
+def test_push_settings_the_push_would_refuse_after_training_are_named_before_it(
+    train, tmp_path, capsys, no_model, monkeypatch, recipe, overrides, problem
+):
+    monkeypatch.setenv("HF_TOKEN", "hf_fine")
+    rc, err = train(tmp_path, capsys, "push_to_hub: true\nhub_model_id: me/x\n" + recipe, *overrides)
+    line = _one_error(err)
+    assert rc == 2 and re_search(problem, line)
+    assert "hf_abc" not in err  # the token is never shown
+
+
+def test_push_under_hf_hub_offline_fails_before_training(train, tmp_path, capsys, no_model, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", "hf_fine")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as huggingface_hub read it at import
+    rc, err = train(tmp_path, capsys, "push_to_hub: true\nhub_model_id: me/x\n")
+    assert rc == 2 and re_search(r"push_to_hub is on but HF_HUB_OFFLINE is set.*hf-dpo push", _one_error(err))

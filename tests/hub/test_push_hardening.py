@@ -315,3 +315,19 @@ def test_an_endpoint_without_the_xet_route_is_named_with_the_switch_that_avoids_
     )
     assert "set HF_HUB_DISABLE_XET=1" in message and "Could not reach" not in message
     assert len(hub.requests_to(r"/xet-write-token/")) == 1
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--revision", ""], r"--revision \(hub_revision in a recipe\) is empty"),
+        (["--revision", "my branch"], r"'my branch' is no branch name git accepts"),
+        (["--token", PUSH_TOKEN + "\n"], r"the Hub token holds whitespace"),
+    ],
+)
+def test_a_push_the_hub_would_refuse_for_its_branch_or_token_is_named_before_any_request(
+    hub, run_dir, capsys, args, problem
+):
+    assert cli.main(["push", str(run_dir), "--repo-id", REPO, *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(problem, err) and PUSH_TOKEN not in err and hub.requests == []
