@@ -18,7 +18,7 @@ This is the checklist: each check lives beside what it guards and is called here
 - the judge (`pairs.judges`): `module:function` imported, `rm:<local path>` present;
 - the reference-log-prob cache dir (`train.ref_cache`): writable, else a warning and the cache is off;
 - the report (`report.checks`): its `evaluate` modules loaded now when it will compute numbers, its judged
-  prompts readable when it will judge on them;
+  prompts readable when it will judge on them (and, once the tokenizer is loaded, accepted by the chat template);
 - last, the tokenizer (no weights: about a second) and `hf_dpo.data`'s own pipeline over every row used: the
   chat template applied (a template that refuses a row names the file, row and column), tokenized and
   truncated (a split with no pair left names max_length / max_prompt_length). The tokenized data is returned,
@@ -36,6 +36,7 @@ from hf_dpo.config.recipe import Recipe
 from hf_dpo.data.dataset import PreferenceData, load_preference_dataset
 from hf_dpo.data.reading import read_data
 from hf_dpo.data.rows import check_data, check_eval_strategy
+from hf_dpo.data.templates import checked_prompt_token_ids
 from hf_dpo.hub.settings import check_push
 from hf_dpo.model.checks import (
     check_attn_implementation,
@@ -45,7 +46,7 @@ from hf_dpo.model.checks import (
     load_checked_tokenizer,
 )
 from hf_dpo.pairs.judges import check_judge
-from hf_dpo.report.checks import check_report, check_report_prompts
+from hf_dpo.report.checks import check_report, check_report_prompts, check_report_prompts_template
 from hf_dpo.train.ref_cache import check_ref_cache
 from hf_dpo.train.setup import check_no_run_replaced, check_report_to, check_resume
 
@@ -76,12 +77,15 @@ def preflight(recipe: Recipe) -> PreferenceData:
     check_ref_cache(args)
     check_report(recipe, splits)
     check_report_prompts(recipe, splits)
-    return tokenize_data(recipe, splits)
+    data = tokenize_data(recipe, splits)
+    check_report_prompts_template(recipe, splits, data.tokenizer)
+    return data
 
 
 def preflight_sampling(recipe: Recipe) -> None:
-    """Check a sampling recipe before the reference model loads: prompts files, judge, output places, and that no
-    output file would replace another or other data."""
+    """Check a sampling recipe before the reference model loads: prompts files (read, and each prompt through the
+    tokenizer's chat template), judge, output places, and that no output file would replace another or other
+    data."""
     from hf_dpo.pairs.formats import check_output_files, read_prompts, sampling_splits
 
     cfg = recipe.sampling
@@ -89,9 +93,10 @@ def preflight_sampling(recipe: Recipe) -> None:
         raise RecipeError(
             "prompts_file is not set: give a .txt (one prompt a line) or a .jsonl with a prompt column."
         )
-    for path in (cfg.prompts_file, recipe.report.test_prompts_file):
-        if path:
-            read_prompts(path, recipe.data.prompt_column)
+    prompt_files = {"prompts_file": cfg.prompts_file, "test_prompts_file": recipe.report.test_prompts_file}
+    prompts = {
+        key: read_prompts(path, recipe.data.prompt_column) for key, path in prompt_files.items() if path
+    }
     for key in ("samples_file", "pairs_file"):
         path = getattr(cfg, key)
         if path:
@@ -104,6 +109,9 @@ def preflight_sampling(recipe: Recipe) -> None:
     check_attn_implementation(recipe.model.attn_implementation)
     if recipe.report.judge is not None:  # an empty one too: labelling would fail on it after sampling
         check_judge(recipe.report.judge)
+    tokenizer = load_checked_tokenizer(recipe)  # no weights: the prompts as the sampler will template them
+    for key, rows in prompts.items():
+        checked_prompt_token_ids(rows, tokenizer, recipe.data, f"key '{key}': {prompt_files[key]}")
 
 
 def tokenize_data(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> PreferenceData:

@@ -28,7 +28,13 @@ from hf_dpo.data.rows import (
     normalize_row,
     not_text,
 )
-from hf_dpo.data.templates import format_pair, format_prompt, prompt_token_ids, uses_chat_template
+from hf_dpo.data.templates import (
+    checked_prompt_token_ids,
+    format_pair,
+    format_prompt,
+    prompt_token_ids,
+    uses_chat_template,
+)
 
 # Imported when first asked for: `dataset` imports torch, which reading and checking the rows does without (a
 # command names a data error before it imports the training stack).
@@ -74,6 +80,7 @@ __all__ = [
     "not_text",
     "prepare_rows",
     "prompt_token_ids",
+    "checked_prompt_token_ids",
     "read_csv_text",
     "read_data",
     "read_splits",

@@ -62,6 +62,23 @@ def prompt_token_ids(prompt: str | list[dict], tokenizer, cfg: DataConfig) -> li
     return tokenizer(format_prompt(prompt, tokenizer, cfg), add_special_tokens=special)["input_ids"]
 
 
+def checked_prompt_token_ids(
+    prompts: list[str | list[dict]], tokenizer, cfg: DataConfig, where: str
+) -> list[list[int]]:
+    """`prompt_token_ids` of each prompt of a prompt file (`where`: its path, as the error names it); a prompt the
+    chat template refuses is a DataError naming the file and the prompt's number, not the template's traceback.
+    Tokenizer only: the sampler and the report's judged prompts are checked with it before any weight loads."""
+    for i, prompt in enumerate(prompts):
+        try:
+            _rendered(lambda p=prompt: format_prompt(p, tokenizer, cfg), cfg.prompt_column, cfg)
+        except BadRow as bad:
+            raise DataError(
+                f"{where}, prompt {i}: {bad.problem}. Fix or remove that prompt (a conversation's turns as the "
+                "template wants them)."
+            ) from None
+    return [prompt_token_ids(prompt, tokenizer, cfg) for prompt in prompts]
+
+
 def _rendered(render, column: str, cfg: DataConfig) -> str:
     """`render()`, one chat-template call; a template that refuses the row is a BadRow of `column`."""
     try:

@@ -311,7 +311,7 @@ def sample(
             logger.info("%s already has samples for all %d prompts.", samples_path, len(prompts))
             return result | {"seconds": 0.0}
         model, tokenizer = model_and_tokenizer or load_reference(recipe.model)
-        prompt_ids = _encode_prompts(prompts, model, tokenizer, recipe)
+        prompt_ids = _encode_prompts(prompts, model, tokenizer, recipe, str(prompts_file))
         if held is None:
             samples_path.parent.mkdir(parents=True, exist_ok=True)
             held = _hold_samples(samples_path)
@@ -352,13 +352,14 @@ def _hold_samples(path: Path):
     return held
 
 
-def _encode_prompts(prompts: list[Prompt], model, tokenizer, recipe: Recipe) -> list[list[int]]:
-    """Token ids of each prompt as training formats it; SamplingError for one that leaves no room to answer."""
-    from hf_dpo.data import prompt_token_ids
+def _encode_prompts(prompts: list[Prompt], model, tokenizer, recipe: Recipe, where: str) -> list[list[int]]:
+    """Token ids of each prompt as training formats it; DataError naming `where` (the prompts file) for one the
+    chat template refuses, SamplingError for one that leaves no room to answer."""
+    from hf_dpo.data import checked_prompt_token_ids
 
     if tokenizer.padding_side != "left":
         tokenizer.padding_side = "left"  # generation appends on the right
-    prompt_ids = [prompt_token_ids(p, tokenizer, recipe.data) for p in prompts]
+    prompt_ids = checked_prompt_token_ids(prompts, tokenizer, recipe.data, where)
     _check_lengths(
         prompt_ids,
         prompts,

@@ -1,5 +1,6 @@
 """The report's preconditions, checked before training: its `evaluate` modules loadable when it will compute
-numbers, and its judged prompts (test_prompts_file) readable when it will judge on them."""
+numbers, and its judged prompts (test_prompts_file) readable, and accepted by the run's chat template, when it
+will judge on them."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ def check_report(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> N
     own decision, `hf_dpo.report.build.computes_metrics`; about a second, taken from the end of the run:
     they stay loaded). EvaluationError when they cannot be (no writable cache nor temporary directory), before
     training rather than after it."""
-    cfg, report = recipe.data, recipe.report
-    # check_data has made sure a held-out split it finds, or eval_fraction's share, is not empty.
-    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
+    report = recipe.report
+    has_eval = _has_eval(recipe, splits)
     if computes_metrics(has_eval, report.test_prompts_file, report.judge, report.eval_num_generations):
         preload_report_modules()
 
@@ -27,10 +27,41 @@ def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]
     `hf_dpo.report.build.behaviour_skip_reason`): a missing, broken or empty file is named now, not after
     training, when the card and the push are still to come."""
     cfg, report = recipe.data, recipe.report
-    has_eval = bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
     check_judged_prompts(
-        report.test_prompts_file, report.judge, report.eval_num_generations, has_eval, cfg.prompt_column
+        report.test_prompts_file,
+        report.judge,
+        report.eval_num_generations,
+        _has_eval(recipe, splits),
+        cfg.prompt_column,
     )
+
+
+def check_report_prompts_template(
+    recipe: Recipe, splits: dict[str, tuple[str, list[dict]]], tokenizer
+) -> None:
+    """The judged prompts of test_prompts_file (the first eval_num_generations, as the report takes them) through
+    the run's tokenizer and chat template, as `hf_dpo.report.prompts.prompts_from_file` formats them after
+    training: a prompt the template refuses is named now. Tokenizer only; after `check_report_prompts`."""
+    from hf_dpo.report.prompts import prompts_from_file
+
+    cfg, report = recipe.data, recipe.report
+    path = report.test_prompts_file
+    skipped = behaviour_skip_reason(
+        _has_eval(recipe, splits), path, report.judge, report.eval_num_generations
+    )
+    if not path or skipped:
+        return
+    try:
+        prompts_from_file(path, tokenizer, cfg, report.eval_num_generations)
+    except HfDpoError as err:
+        raise RecipeError(f"key 'test_prompts_file' (the report's judged prompts): {err}") from None
+
+
+def _has_eval(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> bool:
+    """Whether the run has held-out pairs: check_data has made sure a held-out split it finds, or
+    eval_fraction's share, is not empty."""
+    cfg = recipe.data
+    return bool(cfg.dataset_test_split and cfg.dataset_test_split in splits) or cfg.eval_fraction > 0
 
 
 def check_judged_prompts(

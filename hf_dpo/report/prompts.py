@@ -77,7 +77,7 @@ def prompts_from_file(
 ) -> list[tuple[str | list[dict], list[int]]]:
     """The first `limit` prompts of a prompt file as (prompt, token ids), formatted exactly as training formats
     prompts (chat template, system prompt, special tokens)."""
-    from hf_dpo.data import prompt_token_ids
+    from hf_dpo.data import checked_prompt_token_ids
     from hf_dpo.pairs.formats import read_prompts
 
     if data_config is None:
@@ -85,7 +85,7 @@ def prompts_from_file(
 
         data_config = DataConfig()
     prompts = read_prompts(path, data_config.prompt_column)[:limit]  # the column hf-dpo sample reads
-    return [(p, prompt_token_ids(p, tokenizer, data_config)) for p in prompts]
+    return list(zip(prompts, checked_prompt_token_ids(prompts, tokenizer, data_config, str(path))))
 
 
 def prompt_key(ids: list[int], tokenizer) -> str:

@@ -262,3 +262,56 @@ def test_some_pairs_dropped_for_length_is_a_warning_naming_the_keys(
     assert re.search(
         r"train.jsonl: 1 of 4 pairs dropped for length; prompts over max_length \(64\)", caplog.text
     )
+
+
+def test_a_judged_prompt_the_template_refuses_is_named_before_training_not_in_the_report(
+    arithmetic_pairs, train_on_rows, write_jsonl, tmp_path, capsys, no_model, strict_dir
+):
+    # The report templates test_prompts_file's prompts after training: a jinja error there lost the report.
+    prompts = write_jsonl(
+        tmp_path / "judged.jsonl", [{"prompt": "What is 1 + 1?"}, {"prompt": _messages("user", "user")}]
+    )
+    rc, line, run = train_on_rows(
+        tmp_path,
+        capsys,
+        arithmetic_pairs(4),
+        *("--model_name_or_path", strict_dir, "--judge", "hf_dpo.pairs.demo_task:judge"),
+        *("--test_prompts_file", str(prompts)),
+    )
+    assert rc == 2 and re.search(
+        r"key 'test_prompts_file'.*judged.jsonl, prompt 1: the tokenizer's chat template rejects it", line
+    ), line
+    assert "Conversation roles must alternate" in line and not run.exists()
+    # Only the prompts the report judges: the first eval_num_generations.
+    recipe = _recipe(
+        tmp_path,
+        *("--model_name_or_path", strict_dir, "--test_prompts_file", str(prompts)),
+        *("--judge", "hf_dpo.pairs.demo_task:judge", "--eval_num_generations", "1"),
+    )
+    preflight(recipe)
+
+
+def test_sample_names_a_prompt_the_template_refuses_before_the_model_loads(
+    write_jsonl, tmp_path, capsys, monkeypatch, strict_dir
+):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference model was loaded before the prompts were templated")
+
+    monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi"}, {"prompt": _messages("system", "user")}])
+    rc = cli.main(
+        [
+            "sample",
+            "recipes/demo_pairs.yaml",
+            "--prompts_file",
+            str(prompts),
+            "--model_name_or_path",
+            strict_dir,
+        ]
+        + ["--output_dir", str(tmp_path / "run"), "--pairs_file", str(tmp_path / "pairs" / "train.jsonl")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert re.search(
+        r"error: key 'prompts_file': .*p.jsonl, prompt 1: the tokenizer's chat template rejects it", err
+    )

@@ -676,7 +676,7 @@ def test_raw_text_prompts_get_the_special_tokens_training_gives_them(smollm_dir,
     assert prompt_token_ids(pair["prompt"], tokenizer, cfg) == trained
     model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512))
     recipe = SimpleNamespace(data=cfg, sampling=SimpleNamespace(max_new_tokens=8))
-    assert _encode_prompts([pair["prompt"]], model, tokenizer, recipe) == [trained]
+    assert _encode_prompts([pair["prompt"]], model, tokenizer, recipe, "p.jsonl") == [trained]
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": pair["prompt"]}) + "\n")
     assert prompts_from_file(str(tmp_path / "p.jsonl"), tokenizer, cfg, 4)[0][1] == trained
     # a chat template renders its own special tokens: nothing is added in front of them
