@@ -18,7 +18,9 @@ This is the checklist: each check lives beside what it guards and is called here
 - the judge (`pairs.judges`): `module:function` imported, `rm:<local path>` present;
 - the reference-log-prob cache dir (`train.ref_cache`): writable, else a warning and the cache is off;
 - the report (`report.checks`): its `evaluate` modules loaded now when it will compute numbers, its judged
-  prompts readable when it will judge on them (and, once the tokenizer is loaded, accepted by the chat template);
+  prompts readable when it will judge on them (and, once the tokenizer is loaded, accepted by the chat template),
+  its judge tried on the first pair's prompt and chosen answer (one that raises or returns no number is named
+  now, not after training);
 - last, the tokenizer (no weights: about a second) and `hf_dpo.data`'s own pipeline over every row used: the
   chat template applied (a template that refuses a row names the file, row and column), tokenized and
   truncated (a split with no pair left names max_length / max_prompt_length). The tokenized data is returned,
@@ -46,7 +48,12 @@ from hf_dpo.model.checks import (
     load_checked_tokenizer,
 )
 from hf_dpo.pairs.judges import check_judge
-from hf_dpo.report.checks import check_report, check_report_prompts, check_report_prompts_template
+from hf_dpo.report.checks import (
+    check_report,
+    check_report_judge,
+    check_report_prompts,
+    check_report_prompts_template,
+)
 from hf_dpo.train.ref_cache import check_ref_cache
 from hf_dpo.train.setup import check_no_run_replaced, check_report_to, check_resume
 
@@ -77,6 +84,7 @@ def preflight(recipe: Recipe) -> PreferenceData:
     check_ref_cache(args)
     check_report(recipe, splits)
     check_report_prompts(recipe, splits)
+    check_report_judge(recipe, splits)
     data = tokenize_data(recipe, splits)
     check_report_prompts_template(recipe, splits, data.tokenizer)
     return data

@@ -331,6 +331,21 @@ def check_data(recipe: Recipe | RecipeSections, splits: dict[str, tuple[str, lis
     return counts
 
 
+def first_answer(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> tuple[Any, str]:
+    """(prompt, answer text) of the first usable train pair, its chosen answer as a judge receives a generated
+    one (the assistant's text): a sample of the run's own data to try the judge on before any model loads.
+    After check_data, which found such a pair."""
+    cfg = recipe.data
+    for row in splits[cfg.dataset_train_split][1]:
+        try:
+            pair = normalize_row(row, cfg)
+        except BadRow:
+            continue
+        chosen = pair["chosen"]
+        return pair["prompt"], chosen if isinstance(chosen, str) else "".join(m["content"] for m in chosen)
+    raise DataError(f"{splits[cfg.dataset_train_split][0]}: no usable pairs.")
+
+
 def check_eval_strategy(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
     """An `eval_strategy` other than no needs a held-out split; transformers' Trainer refuses it only once it is
     built, after the model has loaded."""

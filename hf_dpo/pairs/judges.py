@@ -53,6 +53,9 @@ from typing import Protocol, runtime_checkable
 from hf_dpo.errors import HfDpoError, quoted, shortened
 from hf_dpo.pairs.formats import Prompt, prompt_text
 
+# How a judge's error after sampling ends: the samples are on disk, so fixing the judge loses nothing.
+RERUN_KEEPS_SAMPLES = "and rerun: the samples are kept."
+
 
 class JudgeError(HfDpoError, ValueError):
     """A judge could not be loaded or gave an unusable score; the message names the prompt and the fix."""
@@ -145,7 +148,7 @@ def _called(judge, method: str, prompts: Sequence[str], completions: Sequence[st
     except Exception as err:
         raise JudgeError(
             f"Judge '{name}' raised {type(err).__name__}: {err} while scoring {len(prompts)} completions. Make the "
-            "judge handle them (or return 0.0 for one it cannot score) and rerun: the samples are kept."
+            f"judge handle them (or return 0.0 for one it cannot score) {RERUN_KEEPS_SAMPLES}"
         ) from err
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         what = "float" if method == "score" else "tuple of criteria"
@@ -227,7 +230,7 @@ def check_score(value, index: int, prompt: str, judge_name: str) -> float:
         raise JudgeError(
             f"Judge '{judge_name}' returned {shown} ({type(value).__name__}) for prompt {index} "
             f"({_prompt_shown(prompt)!r}); a judge must return a finite float for every completion. Fix the judge "
-            "(e.g. return 0.0 for an answer it cannot score) and rerun: the samples are kept."
+            f"(e.g. return 0.0 for an answer it cannot score) {RERUN_KEEPS_SAMPLES}"
         )
     return number
 
@@ -264,7 +267,7 @@ class CallableJudge:
                 raise JudgeError(
                     f"Judge '{self.name}' raised {type(err).__name__}: {err} on prompt {i} ({_prompt_shown(prompt)!r}), "
                     f"completion {shortened(completion)!r}. Make the judge handle this input (or return 0.0 for it) "
-                    "and rerun: the samples are kept."
+                    f"{RERUN_KEEPS_SAMPLES}"
                 ) from err
             scores.append(self._as_criteria(value, i, prompt))
         return scores
@@ -429,6 +432,20 @@ def load_judge(spec: str | Callable) -> Judge:
 
 
 # ---------------------------------------------------------------- checked before the model loads
+
+
+def check_judge_scores(spec: str, prompt: Prompt, completion: str, key: str = "key 'judge'") -> None:
+    """The judge scores one answer of the run's own data (`prompt`, `completion`) before any model loads: a judge
+    that raises, or returns no finite number (or not the criteria it declares), is named now rather than at its
+    first score after training or sampling. A reward model (`rm:`) is left to `check_judge` (scoring would load
+    its weights). After `check_judge`."""
+    if str(spec).strip().startswith("rm:"):
+        return
+    try:
+        criteria_scores(load_judge(spec), [prompt], [completion])
+    except JudgeError as err:
+        problem = str(err).replace(RERUN_KEEPS_SAMPLES, "and run again (nothing has been trained yet).")
+        raise JudgeError(f"{key}, tried on the first pair's prompt and chosen answer: {problem}") from None
 
 
 def check_judge(spec: str, key: str = "key 'judge'") -> None:

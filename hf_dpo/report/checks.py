@@ -1,12 +1,14 @@
 """The report's preconditions, checked before training: its `evaluate` modules loadable when it will compute
-numbers, and its judged prompts (test_prompts_file) readable, and accepted by the run's chat template, when it
-will judge on them."""
+numbers; when it will judge, its judged prompts (test_prompts_file) readable and accepted by the run's chat
+template, and its judge able to score an answer."""
 
 from __future__ import annotations
 
 from hf_dpo.config import Recipe, RecipeError
+from hf_dpo.data.rows import first_answer
 from hf_dpo.errors import HfDpoError
 from hf_dpo.pairs.formats import read_prompts
+from hf_dpo.pairs.judges import check_judge_scores
 from hf_dpo.report.build import behaviour_skip_reason, computes_metrics
 from hf_dpo.report.evaluate_offline import preload_report_modules
 
@@ -34,6 +36,18 @@ def check_report_prompts(recipe: Recipe, splits: dict[str, tuple[str, list[dict]
         _has_eval(recipe, splits),
         cfg.prompt_column,
     )
+
+
+def check_report_judge(recipe: Recipe, splits: dict[str, tuple[str, list[dict]]]) -> None:
+    """When the report will judge (`behaviour_skip_reason`), its judge scores the first train pair's prompt and
+    chosen answer now (`hf_dpo.pairs.judges.check_judge_scores`): a judge that raises or returns no finite number
+    is named before training rather than at the report's first score after it."""
+    report = recipe.report
+    skipped = behaviour_skip_reason(
+        _has_eval(recipe, splits), report.test_prompts_file, report.judge, report.eval_num_generations
+    )
+    if skipped is None:
+        check_judge_scores(report.judge, *first_answer(recipe, splits))
 
 
 def check_report_prompts_template(

@@ -541,3 +541,48 @@ def test_push_under_hf_hub_offline_fails_before_training(train, tmp_path, capsys
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as huggingface_hub read it at import
     rc, err = train(tmp_path, capsys, "push_to_hub: true\nhub_model_id: me/x\n")
     assert rc == 2 and re_search(r"push_to_hub is on but HF_HUB_OFFLINE is set.*hf-dpo push", _one_error(err))
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ("    return 'good'\n", r"returned 'good' \(str\)"),
+        ("    return 1 / 0\n", r"raised ZeroDivisionError"),
+        (
+            "    return float('nan')\n",
+            r"returned nan .*finite float.*run again \(nothing has been trained yet\)",
+        ),
+    ],
+)
+def test_a_judge_that_cannot_score_the_data_is_named_before_training_not_in_the_report(
+    train, tmp_path, capsys, no_model, monkeypatch, body, problem
+):
+    module = f"judges_{abs(hash(body))}"  # one module per case: an imported one stays in sys.modules
+    (tmp_path / f"{module}.py").write_text("def judge(prompt, completion):\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rc, err = train(tmp_path, capsys, f"judge: {module}:judge\n")
+    line = _one_error(err)
+    assert rc == 2 and re_search(
+        rf"key 'judge', tried on the first pair's prompt and chosen answer: .*{problem}", line
+    )
+    assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_a_judge_the_report_will_not_call_is_not_tried(train, tmp_path, capsys, monkeypatch):
+    # eval_num_generations: 0 skips the judged comparison: the judge is imported (check_judge), never called.
+    from hf_dpo.report.checks import check_report_judge
+
+    (tmp_path / "judges_never_called.py").write_text("def judge(prompt, completion):\n    return 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = load_recipe(
+        None,
+        [
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--judge",
+            "judges_never_called:judge",
+            "--eval_num_generations",
+            "0",
+        ],
+    )
+    check_report_judge(recipe, {"train": ("t", [{"prompt": "p", "chosen": "a", "rejected": "b"}])})
