@@ -92,9 +92,10 @@ def preflight(recipe: Recipe) -> PreferenceData:
 
 def preflight_sampling(recipe: Recipe) -> None:
     """Check a sampling recipe before the reference model loads: prompts files (read, and each prompt through the
-    tokenizer's chat template), judge, output places, and that no output file would replace another or other
-    data."""
+    tokenizer's chat template), judge (and min_chosen_criterion among its criteria), output places, and that no
+    output file would replace another or other data."""
     from hf_dpo.pairs.formats import check_output_files, read_prompts, sampling_splits
+    from hf_dpo.pairs.labelling import check_chosen_gate
 
     cfg = recipe.sampling
     if not cfg.prompts_file:
@@ -117,6 +118,7 @@ def preflight_sampling(recipe: Recipe) -> None:
     check_attn_implementation(recipe.model.attn_implementation)
     if recipe.report.judge is not None:  # an empty one too: labelling would fail on it after sampling
         check_judge(recipe.report.judge)
+    check_chosen_gate(recipe.report.judge, cfg.min_chosen_score, cfg.min_chosen_criterion)
     tokenizer = load_checked_tokenizer(recipe)  # no weights: the prompts as the sampler will template them
     for key, rows in prompts.items():
         checked_prompt_token_ids(rows, tokenizer, recipe.data, f"key '{key}': {prompt_files[key]}")

@@ -40,6 +40,7 @@ from hf_dpo.pairs.formats import (
     read_samples,
 )
 from hf_dpo.pairs.judges import (
+    SINGLE_CRITERION,
     Criteria,
     Judge,
     JudgeError,
@@ -220,6 +221,19 @@ def _log_account(samples_file, stats: dict[str, Any], rules: PairRules) -> None:
         )
 
 
+def check_chosen_gate(judge_spec: str | None, min_chosen_score: float | None, criterion: str | None) -> None:
+    """min_chosen_criterion among the criteria the recipe's judge declares (a reward model's one: score), before
+    any sampling, not when labelling after it. A judge that declares none is checked at its first score."""
+    if judge_spec is None or min_chosen_score is None or criterion is None:
+        return
+    if judge_spec.strip().startswith("rm:"):
+        criteria = SINGLE_CRITERION  # without loading the reward model
+    else:
+        criteria = getattr(load_judge(judge_spec), "criteria", None)
+    if criteria:
+        chosen_gate(tuple(criteria), min_chosen_score, criterion)
+
+
 def chosen_gate(
     criteria: tuple[str, ...], min_chosen_score: float | None, min_chosen_criterion: str | None
 ) -> tuple[int, float] | None:
@@ -229,7 +243,8 @@ def chosen_gate(
     name = min_chosen_criterion or criteria[0]
     if name not in criteria:
         raise SamplingError(
-            f"min_chosen_criterion '{name}' is not one of the judge's criteria {list(criteria)}."
+            f"min_chosen_criterion '{name}' is not one of the judge's criteria {list(criteria)}: set it to one of "
+            "them (or leave it out for the first)."
         )
     return criteria.index(name), float(min_chosen_score)
 

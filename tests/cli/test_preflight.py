@@ -586,3 +586,23 @@ def test_a_judge_the_report_will_not_call_is_not_tried(train, tmp_path, capsys, 
         ],
     )
     check_report_judge(recipe, {"train": ("t", [{"prompt": "p", "chosen": "a", "rejected": "b"}])})
+
+
+def test_sample_names_a_min_chosen_criterion_the_judge_does_not_declare_before_the_model_loads(
+    tmp_path, capsys, monkeypatch
+):
+    # It was found when labelling, after every prompt had been sampled.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference model was loaded before min_chosen_criterion was checked")
+
+    monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
+    (tmp_path / "p.txt").write_text("What is 1 + 1?\n")
+    rc = cli.main(
+        ["sample", "recipes/demo_pairs.yaml", "--prompts_file", str(tmp_path / "p.txt")]
+        + ["--min_chosen_criterion", "corect", "--output_dir", str(tmp_path / "run")]
+        + ["--pairs_file", str(tmp_path / "pairs" / "train.jsonl")]
+    )
+    assert rc == 2 and re_search(
+        r"min_chosen_criterion 'corect' is not one of the judge's criteria \['correct', 'concise'\]",
+        _one_error(capsys.readouterr().err),
+    )
