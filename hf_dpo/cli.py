@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import sys
 
 from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.errors import quoted
-from hf_dpo.validate import GENERATIONS, PAIRS, TOKENS
+from hf_dpo.validate import EXACT_FLOAT_INT, GENERATIONS, PAIRS, TOKENS
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -239,7 +240,7 @@ def _int_at_least(low: int, bound: tuple[int, str]):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}") from None
+            value = _exponent_whole_number(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         if value > bound[0]:
@@ -306,6 +307,18 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
+
+
+def _exponent_whole_number(text: str) -> int:
+    """A whole number written as a float (`1e3`), as a recipe's int key takes it (`eval_num_generations: 1e3`);
+    one with a fraction, not finite or past 2^53 (where floats skip whole numbers) is refused."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number.is_integer() and abs(number) <= EXACT_FLOAT_INT):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}")
+    return int(number)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
