@@ -115,6 +115,26 @@ NON_EMPTY = (
     "lora_target_modules",
 )
 
+# Optional strings that name a model, revision, file, directory, split or criterion: unset (null, or "") means
+# none, but a blank one ("  ") would be taken for a name and fail where it is used, often after a model has
+# loaded (a Hub id "  "). `judge` and `hub_revision` have checks of their own, which say more (pairs.judges,
+# hub.settings).
+NOT_BLANK = (
+    "model_revision",
+    "adapter_name_or_path",
+    "ref_model_name_or_path",
+    "dataset_name",
+    "dataset_config",
+    "prompts_file",
+    "samples_file",
+    "pairs_file",
+    "min_chosen_criterion",
+    "test_prompts_file",
+    "hub_model_id",
+    "resume_from_checkpoint",
+    "ref_logps_cache_dir",
+)
+
 _KINDS = re.compile(r"\b(int|float|str|bool|list|dict|None|Optional|Any|NoneType)\b")
 
 
@@ -359,6 +379,12 @@ def check_values(obj: Any, error: type[Exception] = ValueCheckError, fields: lis
             and not (value.strip() if isinstance(value, str) else value)
         ):
             raise _error(f.name, "must not be empty.", error)
+        if f.name in NOT_BLANK and isinstance(value, str) and value and not value.strip():
+            raise _error(
+                f.name,
+                f"{quoted(value)} is blank: give a value, or leave the key out (null) for none.",
+                error,
+            )
     if fields is None:
         check_below(obj, error)
         check_varied_samples(obj, error)

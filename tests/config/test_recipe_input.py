@@ -304,3 +304,23 @@ def test_an_int_key_refuses_a_fraction_or_a_huge_float_alike_in_the_recipe_and_o
     if text != "inf":  # YAML reads .inf, not inf: a string, refused as no number
         with pytest.raises(RecipeError, match=rf"r.yaml: key 'max_steps': {problem}"):
             load_recipe_text(tmp_path, f"max_steps: {text}\n")
+
+
+@pytest.mark.parametrize(
+    "key", ["adapter_name_or_path", "ref_model_name_or_path", "model_revision", "test_prompts_file"]
+)
+def test_a_blank_name_is_refused_when_the_recipe_is_read_while_an_empty_one_means_none(
+    load_recipe_text, tmp_path, key
+):
+    # `ref_model_name_or_path: "  "` passed every check (not a local path) and failed as a Hub id once the policy
+    # had loaded; a blank test_prompts_file was read as a file named "  " by the report.
+    from hf_dpo.config import RecipeError
+
+    with pytest.raises(
+        RecipeError, match=rf"r.yaml: key '{key}': '  ' is blank: give a value, or leave the key out"
+    ):
+        load_recipe_text(tmp_path, f'{key}: "  "\n')
+    with pytest.raises(RecipeError, match=rf"command line: key '{key}': '\\t' is blank"):
+        load_recipe_text(tmp_path, "", f"--{key}", "\t")
+    recipe = load_recipe_text(tmp_path, f'{key}: ""\n')
+    assert not (vars(recipe.model) | vars(recipe.report))[key]  # unset, as every reader of it takes ""
