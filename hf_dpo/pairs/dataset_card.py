@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_dpo.config import Recipe
+from hf_dpo.errors import quoted
 from hf_dpo.files import atomic_write_text
 from hf_dpo.pairs.formats import SamplingError
 
@@ -159,11 +160,29 @@ def push_pairs(
     directory: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False
 ) -> str:
     """Push a pairs directory (train.jsonl, test.jsonl, README.md) as a Hub dataset repo; returns the commit URL."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     directory = Path(directory)
     if not any(directory.glob("*.jsonl")):
         raise SamplingError(f"{directory} holds no .jsonl pairs to push; run `hf-dpo sample RECIPE` first.")
+    # What the Hub would refuse is named before any request (huggingface_hub would send a push without a token
+    # and come back with an HTTP 401).
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise SamplingError(f"{quoted(repo_id)} is not a Hub repo id ({err}). Give ORG/NAME.") from None
+    token = token or os.environ.get("HF_TOKEN") or get_token()
+    if not token or any(c.isspace() for c in token):
+        raise SamplingError(
+            "no usable Hub token (none, or one holding whitespace): a push needs a token with write access. Set "
+            "HF_TOKEN (or pass token=, or run `hf auth login`)."
+        )
+    if constants.HF_HUB_OFFLINE:
+        raise SamplingError(
+            "HF_HUB_OFFLINE is set, so huggingface_hub makes no network call: unset it to push."
+        )
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     commit = api.upload_folder(

@@ -484,6 +484,16 @@ def test_push_pairs_to_a_local_hub(tmp_path, monkeypatch):
         assert "tester/demo-pairs" in url
         with pytest.raises(SamplingError, match="no .jsonl pairs"):
             push_pairs(tmp_path / "run", "tester/empty")
+        # Refused before any request: no token anywhere, a blank one, a repo id the Hub refuses.
+        requests = len(server.requests)
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-here"))
+        for token in (None, " "):
+            with pytest.raises(SamplingError, match="no usable Hub token"):
+                push_pairs(pairs, "tester/demo-pairs", token=token)
+        with pytest.raises(SamplingError, match="'tester/demo pairs' is not a Hub repo id"):
+            push_pairs(pairs, "tester/demo pairs", token="hf_test_token")
+        assert len(server.requests) == requests
     finally:
         server.stop()
 
