@@ -65,6 +65,10 @@ class RunDirError(HfDpoError, FileNotFoundError):
     """A directory given as a run is not a finished `hf-dpo train` run."""
 
 
+class ReportAfterTrainingError(HfDpoError, RuntimeError):
+    """The report failed after training had finished and been saved: says how to make it from the saved run."""
+
+
 # What to do about a run dir whose own files are damaged.
 RESTORE_RUN = "Copy the run dir again from where it was trained, or train it again."
 
@@ -174,14 +178,20 @@ def run_training(recipe_path: str | None, overrides: list[str] | None = None) ->
         )
         atomic_write_text(out / "run_info.json", json.dumps(info, indent=2))
         _print_summary(out, info)
-    report = evaluate_trainer(
-        trainer,
-        recipe.report.judge,
-        ReportOptions.from_recipe(recipe.report, seed=args.seed),
-        pair_logps=after_logps,
-        data_config=recipe.data,
-        load_reference=(lambda: report_reference(recipe)) if has_report_reference(recipe) else None,
-    )
+    try:
+        report = evaluate_trainer(
+            trainer,
+            recipe.report.judge,
+            ReportOptions.from_recipe(recipe.report, seed=args.seed),
+            pair_logps=after_logps,
+            data_config=recipe.data,
+            load_reference=(lambda: report_reference(recipe)) if has_report_reference(recipe) else None,
+        )
+    except HfDpoError as err:  # what the preflight cannot know: the trained answers (a judge failing on one)
+        raise ReportAfterTrainingError(
+            f"{err} The training is not lost: {out} holds the trained run. Fix this and run `hf-dpo eval {out}` "
+            f"for its report and card{f', then `hf-dpo push {out} --repo-id {hub.repo_id}`' if hub else ''}."
+        ) from None
     if trainer.is_world_process_zero():
         publish(out, report, hub)
     return out

@@ -155,3 +155,27 @@ def test_bad_data_row_is_named(tmp_path, tiny_model_dir, data_dir, capsys):
     assert main(["train", str(recipe), "--on_bad_rows", "skip"]) == 0
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
     assert info["data_report"]["train"]["skipped"] == {"chosen == rejected": 1}
+
+
+def test_a_report_that_fails_after_training_says_the_run_is_saved_and_how_to_finish_it(
+    tmp_path, tiny_model_dir, data_dir, capsys, monkeypatch
+):
+    # The preflight tries the judge on the data's chosen answer ("3"), which it scores; the trained model's own
+    # answers (a random tiny model's) are what it refuses: only the report can meet them.
+    (tmp_path / "digits_judge.py").write_text(
+        "def judge(prompt, completion):\n"
+        "    if not completion.strip().isdigit():\n"
+        "        raise ValueError('not a number')\n"
+        "    return 1.0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, data_dir, max_steps=1, judge="digits_judge:judge", eval_num_generations=1
+    )
+    assert main(["train", str(recipe), "--eval_max_new_tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    run = tmp_path / "run"
+    assert "Traceback" not in err and "raised ValueError: not a number" in err
+    assert f"The training is not lost: {run} holds the trained run" in err
+    assert f"run `hf-dpo eval {run}` for its report and card" in err
+    assert (run / "adapter_model.safetensors").is_file() and (run / "run_info.json").is_file()
