@@ -15,6 +15,7 @@ section to `load_recipe`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -130,12 +131,30 @@ def _typed(key: str, value: Any, ftype: Any) -> Any:
     if number is None:
         raise _Untyped
     try:
-        return number(value)
+        return whole_number_text(text) if number is int else float(text)
     except ValueError:  # argparse's "invalid int value: '1.5'", as load_recipe words it
         whole = "a whole number" if number is int else "a number"
         raise RecipeError(
             f"key '{key}': expected {whole}, got {shortened(repr(value), MAX_QUOTED)}."
         ) from None
+
+
+def whole_number_text(text: str) -> int | float:
+    """An int key's text as argparse reads it: `1000`, or written as a float (`1e3`, `1.0e+3`), which the
+    recipe file takes for the same key, so `--key 1e3` and `key: 1e3` read alike. A float is returned as it is:
+    `hf_dpo.validate.check_type` makes an integral one an int and refuses one with a fraction or past 2^53, the
+    same way for both."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(text) from None  # argparse: "invalid int value", read as "expected a whole number"
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def _section_kwargs(section, values: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.config.data import DataConfig
 from hf_dpo.config.dpo import DPOConfig
 from hf_dpo.config.dpo_checks import auto_bool
-from hf_dpo.config.early import where
+from hf_dpo.config.early import where, whole_number_text
 from hf_dpo.config.errors import RecipeError
 from hf_dpo.config.keys import check_keys
 from hf_dpo.config.model import ModelConfig, warn_unused_lora_keys
@@ -91,29 +90,11 @@ def _text_value(convert):
         if stripped in ("null", "~"):
             return None
         if convert is int:
-            return _whole_number_text(text)
+            return whole_number_text(text)
         return convert(text)
 
     parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid <type> value"
     return parse
-
-
-def _whole_number_text(text: str) -> int | float:
-    """An int key's text as argparse reads it: `1000`, or written as a float (`1e3`, `1.0e+3`), which the
-    recipe file takes for the same key, so `--key 1e3` and `key: 1e3` read alike. A float is returned as it is:
-    `hf_dpo.validate.check_type` makes an integral one an int and refuses one with a fraction or past 2^53, the
-    same way for both."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(text) from None  # argparse: "invalid int value", read as "expected a whole number"
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
 
 
 def _auto_bool_text(text: str) -> bool | str:

@@ -25,6 +25,8 @@ BAD = {
     "greedy sampling of several answers": ("sampling_temperature: 0\nnum_samples_per_prompt: 4\n", []),
     "a list key given as one name with commas": ("lora_target_modules: q_proj,v_proj\n", []),
     "a report count": ("", ["--eval_num_generations", "-3"]),
+    "a whole number with a fraction, on the command line": ("", ["--eval_num_generations", "1.5"]),
+    "a blank name": ("", ["--model_name_or_path", "  "]),
 }
 
 
@@ -50,6 +52,10 @@ GOOD = {
     "a list as YAML text": ("", ["--loss_type=[sigmoid, sft]", "--loss_weights", "[1, 0.5]"]),
     "a quoted number and a flag": ('beta: "0.2"\nlora_r: "8"\n', ["--bf16", "false", "--use_weighting"]),
     "null on the command line": ("", ["--max_prompt_length", "null", "--rpo_alpha=~"]),
+    "a whole number written as an exponent, as the recipe file takes it": (
+        "",
+        ["--eval_num_generations", "1e3"],
+    ),
 }
 
 
