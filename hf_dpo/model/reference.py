@@ -110,8 +110,8 @@ def float_weight(layer) -> torch.Tensor:
 def float_linear_of_4bit(child):
     """A torch Linear with exactly the weights a bitsandbytes Linear4bit computes with (dequantized once)."""
     weight = float_weight(child)
-    linear = torch.nn.Linear(
-        child.in_features, child.out_features, bias=child.bias is not None, dtype=weight.dtype
+    linear = torch.nn.Linear(  # on the meta device: no weights allocated and initialised only to be replaced
+        child.in_features, child.out_features, bias=child.bias is not None, dtype=weight.dtype, device="meta"
     )
     linear.weight = torch.nn.Parameter(weight, requires_grad=False)
     if child.bias is not None:
@@ -135,16 +135,18 @@ def swap_4bit_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module
     return swapped
 
 
-def dequantized_fits(model) -> bool:
-    """Whether `decoding_weights` would swap anything (a 4-bit model on CPU) and its float weights take at most
-    DENSE_SHARE_OF_FREE_MEMORY of the memory still free."""
+def dequantized_fit(model) -> tuple[bool, str | None]:
+    """(whether `decoding_weights` should swap: a 4-bit model on CPU whose float weights take at most
+    DENSE_SHARE_OF_FREE_MEMORY of the memory still free; why, to log, or None where there is nothing to swap)."""
     base = unwrap.base_model(model)
     param = next(base.parameters())
     if param.device.type != "cpu" or not any(_is_4bit_param(p) for p in base.parameters()):
-        return False
-    return _dense_bytes(base, _compute_dtype(base)) <= DENSE_SHARE_OF_FREE_MEMORY * free_memory_bytes(
-        param.device
-    )
+        return False, None
+    need, free = _dense_bytes(base, _compute_dtype(base)), free_memory_bytes(param.device)
+    sizes = f"{need / 2**30:.2f} GiB of the {free / 2**30:.1f} GiB free"
+    if need <= DENSE_SHARE_OF_FREE_MEMORY * free:
+        return True, f"4-bit weights dequantized once for the pass ({sizes})"
+    return False, f"4-bit weights dequantized at every forward: dequantized once they would take {sizes}"
 
 
 @contextlib.contextmanager

@@ -292,6 +292,57 @@ def pair_lengths(dataset, prefix_sharing: bool) -> list[int]:
     return total.to_pylist()
 
 
+def pair_tokens(dataset, prefix_sharing: bool) -> list[int]:
+    """Tokens each pair occupies in a batch: its row P+C+R shared, its two rows 2·(P+max(C, R)) plain."""
+    lengths = pair_lengths(dataset, prefix_sharing)
+    return lengths if prefix_sharing else [2 * n for n in lengths]
+
+
+def longest_first(lengths: list[int]) -> list[int]:
+    """Indices of `lengths`, longest first (ties in index order): the order of a pass over a whole dataset. Its
+    batches then hold pairs of about one length (little padding), and the first batch is the heaviest, so a batch
+    that does not fit in memory fails at once, not at the end of the pass."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+# A forward-only pass over a whole dataset (the reference pass) takes batches of up to this many tokens (rows x
+# their longest), whatever the training batch is: bigger matmuls, fewer per-batch costs, no saved activations.
+PASS_BATCH_TOKENS = 8192
+PASS_MAX_PAIRS = 64
+# ... and, batched by `pass_batches`, pairs at most this share shorter than the batch's longest: padding is
+# computed like any token, and one batch of a few hundred tokens already keeps a CPU's matmuls busy.
+PASS_PAD_SHARE = 0.125
+# Without the chunked LM head a batch's full (tokens, vocabulary) float32 logits exist at once: kept under this.
+PASS_LOGITS_BYTES = 512 * 2**20
+
+
+def pass_batch_size(longest: int, vocab_size: int | None, at_least: int = 1) -> int:
+    """Pairs per batch of a forward-only pass whose longest pair takes `longest` tokens in a row: PASS_BATCH_TOKENS
+    tokens a batch (and, with full logits of a `vocab_size` vocabulary, PASS_LOGITS_BYTES of logits), at most
+    PASS_MAX_PAIRS, never fewer than `at_least` (a training batch, which holds its activations for the backward
+    too, fits)."""
+    tokens = PASS_BATCH_TOKENS
+    if vocab_size:
+        tokens = min(tokens, PASS_LOGITS_BYTES // (4 * vocab_size))
+    return max(at_least, min(PASS_MAX_PAIRS, tokens // max(longest, 1)))
+
+
+def pass_batches(lengths: list[int], vocab_size: int | None) -> list[list[int]]:
+    """Batches of a pass over pairs of `lengths` tokens, longest first (as `longest_first` orders them): runs of
+    consecutive pairs, each within `pass_batch_size`'s budget for its longest pair and none more than
+    PASS_PAD_SHARE shorter than it. Each batch a list of positions, in order."""
+    batches: list[list[int]] = []
+    for position, length in enumerate(lengths):
+        if batches:
+            batch = batches[-1]
+            longest = lengths[batch[0]]
+            if len(batch) < pass_batch_size(longest, vocab_size) and length >= (1 - PASS_PAD_SHARE) * longest:
+                batch.append(position)
+                continue
+        batches.append([position])
+    return batches
+
+
 class LengthGroupedPairSampler(Sampler):
     """Random batches of similar length: shuffle (seeded), cut into mega-batches of `mega_batch` batches, sort each
     by length, cut into batches, shuffle the batch order. Every pair is visited once per epoch; only which pairs

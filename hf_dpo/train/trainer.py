@@ -40,7 +40,7 @@ from transformers import Trainer
 from hf_dpo.config import DataConfig, DPOConfig
 from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.loading import keep_4bit_layers_trainable
-from hf_dpo.model.reference import decoding_weights, dequantized_fits, reference_context
+from hf_dpo.model.reference import decoding_weights, dequantized_fit, reference_context
 from hf_dpo.model.unwrap import is_peft
 from hf_dpo.train.attention import FLEX, MASK4D, enable_flex_for_block_masks
 from hf_dpo.train.batching import (
@@ -48,6 +48,10 @@ from hf_dpo.train.batching import (
     is_packed,
     is_shared,
     length_grouped_sampler,
+    longest_first,
+    pair_tokens,
+    pass_batch_size,
+    pass_batches,
     plain_batch,
 )
 from hf_dpo.train.logps import (
@@ -55,6 +59,7 @@ from hf_dpo.train.logps import (
     PairLogps,
     chunking_problem,
     forward_dtype,
+    head_and_decoder,
     pair_logps,
     working_layout,
 )
@@ -267,17 +272,23 @@ class DPOTrainer(Trainer):
         (`hf_dpo.train.reference`: the ref_model, the policy with its adapters off, or the untrained policy)."""
         if all(key in batch for key in REF_COLUMNS):
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        with torch.no_grad():
-            if self.ref_model is not None:
-                ref = self.concatenated_forward(self.ref_model, batch, options=self._reference_options)
-            elif is_peft(model):
-                with reference_context(model):
-                    ref = self.concatenated_forward(model, batch, options=self._reference_options)
-            else:
-                self._check_policy_is_reference("a batch without precomputed reference log-probs")
-                ref = self.concatenated_forward(model, batch, options=self._reference_options)
+        with torch.no_grad(), self.reference_policy(model) as reference:
+            ref = self.concatenated_forward(reference, batch, options=self._reference_options)
         self.reference_forward_passes += 1
         return ref.chosen.detach(), ref.rejected.detach()
+
+    @contextlib.contextmanager
+    def reference_policy(self, model):
+        """The model that computes π_ref for as long as the block runs: the ref_model; `model` with its adapters
+        off (or its frozen starting adapter on); or, full fine-tuning before its first step, `model` itself."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        elif is_peft(model):
+            with reference_context(model):
+                yield model
+        else:
+            self._check_policy_is_reference("a batch without precomputed reference log-probs")
+            yield model
 
     def _check_policy_is_reference(self, what: str) -> None:
         """Full fine-tuning without a ref_model: the policy is the reference only before its first step."""
@@ -399,49 +410,101 @@ class DPOTrainer(Trainer):
     @torch.no_grad()
     def logps_over(self, dataset, with_policy: bool = True) -> dict[str, torch.Tensor]:
         """Per-pair log-probs over `dataset`, in its order (each rank its shard, gathered), each (N,) float32:
-        ref_chosen_logps / ref_rejected_logps (the dataset's cached columns, or one adapters-off pass) and, with
-        `with_policy`, policy_chosen_logps / policy_rejected_logps and chosen_lengths / rejected_lengths.
-        Eval mode (no dropout); the random state is left as it was, so the training shuffle and dropout masks
-        are those of a run without this pass. The 4-bit weights are dequantized once for the pass where that is
-        the same function and fits (`dequantized_for_passes`), not again at every batch."""
+        ref_chosen_logps / ref_rejected_logps (the dataset's cached columns, or one pass of the reference) and,
+        with `with_policy`, policy_chosen_logps / policy_rejected_logps and chosen_lengths / rejected_lengths.
+
+        Forward-only, so cheaper per batch than a step, and made cheaper still: batches go longest pair first
+        (`longest_first`: pairs of about one length share a batch, little padding) and the values go back into
+        the dataset's order; the reference pass switches the adapters off once, not at every batch, in batches of
+        `precompute_ref_batch_size` pairs or, unset, of up to PASS_BATCH_TOKENS tokens (`_reference_loader`); the
+        4-bit weights are dequantized once for the pass where that is the same function and fits
+        (`dequantized_for_passes`). Eval mode (no dropout); the random state is left as it was, so the training
+        shuffle and dropout masks are those of a run without this pass."""
         if not with_policy:  # the reference pass itself: compute, never read a column
             dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
+        lengths = pair_tokens(dataset, self._prefix_sharing)
+        order = longest_first(lengths)
+        dataset = dataset.select(order)
         model, was_training = self.model, self.model.training
         model.eval()
-        out = defaultdict(list)
+        out = {}
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
             with torch.random.fork_rng(devices=devices), self.dequantized_for_passes(model):
-                batch_size = None if with_policy else self.args.precompute_ref_batch_size
-                for batch in self._plain_loader(dataset, batch_size):
-                    batch = self._prepare_inputs(batch)
-                    values = {}
-                    if with_policy:
-                        policy = self.concatenated_forward(model, batch)
-                        values["policy_chosen_logps"], values["policy_rejected_logps"] = (
-                            policy.chosen,
-                            policy.rejected,
-                        )
-                        values["chosen_lengths"], values["rejected_lengths"] = (
-                            policy.chosen_lengths,
-                            policy.rejected_lengths,
-                        )
-                    values["ref_chosen_logps"], values["ref_rejected_logps"] = self.reference_logps(
-                        model, batch
-                    )
-                    for key, value in values.items():
-                        out[key].append(self.accelerator.gather_for_metrics(value).float().cpu())
+                if with_policy:
+                    out.update(self._pass(self._plain_loader(dataset), self._policy_values))
+                if all(c in dataset.column_names for c in REF_COLUMNS):
+                    out.update({c: torch.tensor(dataset[c], dtype=torch.float32) for c in REF_COLUMNS})
+                else:
+                    loader = self._reference_loader(dataset, [lengths[i] for i in order])
+                    with self.reference_policy(model) as reference:
+                        out.update(self._pass(loader, lambda b: self._reference_values(reference, b)))
         finally:
             model.train(was_training)
+        restore = torch.empty(len(order), dtype=torch.long)
+        restore[order] = torch.arange(len(order))  # (N,) position in the pass of each pair of `dataset`
+        return {key: values[restore] for key, values in out.items()}
+
+    def _pass(self, loader, values) -> dict[str, torch.Tensor]:
+        """`values(batch)` -> {name: (B,)} over every batch of `loader`, in order, gathered: {name: (N,)}."""
+        out = defaultdict(list)
+        for batch in loader:
+            for key, value in values(self._prepare_inputs(batch)).items():
+                if self.accelerator.num_processes > 1:  # each rank its shard
+                    value = self.accelerator.gather_for_metrics(value)
+                out[key].append(value.float().cpu())
         return {key: torch.cat(values) for key, values in out.items()}
+
+    def _policy_values(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        policy = self.concatenated_forward(self.model, batch)
+        return {
+            "policy_chosen_logps": policy.chosen,
+            "policy_rejected_logps": policy.rejected,
+            "chosen_lengths": policy.chosen_lengths,
+            "rejected_lengths": policy.rejected_lengths,
+        }
+
+    def _reference_values(self, reference, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ref = self.concatenated_forward(reference, batch, options=self._reference_options)
+        self.reference_forward_passes += 1
+        return {"ref_chosen_logps": ref.chosen, "ref_rejected_logps": ref.rejected}
+
+    def _reference_loader(self, dataset, lengths: list[int]):
+        """Batches of the reference pass over `dataset` (longest first; `lengths`, its pairs' tokens in the batch
+        layout, in that order): `precompute_ref_batch_size` pairs each; unset, `pass_batches` on one process
+        (a token budget, little padding) and `pass_batch_size` pairs for the longest on several (whose shards
+        take batches of one size). Logged."""
+        if self.args.precompute_ref_batch_size:
+            return self._plain_loader(dataset, self.args.precompute_ref_batch_size)
+        lm_head, _ = head_and_decoder(self.model)
+        vocab = None if self._chunk_size else lm_head.weight.shape[0]
+        if self.accelerator.num_processes > 1:
+            size = pass_batch_size(max(lengths, default=1), vocab, self.args.per_device_train_batch_size)
+            logger.info("Reference pass: %d pairs a batch, longest first.", size)
+            return self._plain_loader(dataset, size)
+        batches = pass_batches(lengths, vocab)
+        logger.info(
+            "Reference pass: %d pairs in %d batches of up to %d tokens, longest first (precompute_ref_batch_size "
+            "unset).",
+            len(lengths),
+            len(batches),
+            max((len(b) * lengths[b[0]] for b in batches), default=0),
+        )
+        columns = [c for c in TOKENIZED_COLUMNS if c in dataset.column_names]
+        return DataLoader(
+            dataset.select_columns(columns), batch_sampler=batches, collate_fn=self.data_collator
+        )
 
     def dequantized_for_passes(self, model):
         """`decoding_weights` (the 4-bit layers dequantized once, put back after) on one CPU process when the
-        float weights take at most half the free memory; otherwise nothing changes. Wrappers (DDP, FSDP's flat
-        parameters) hold the layers they were given, so a distributed run keeps them."""
-        if self.accelerator.num_processes == 1 and dequantized_fits(model):
-            return decoding_weights(model)
-        return contextlib.nullcontext()
+        float weights take at most half the free memory (logged either way); otherwise nothing changes. Wrappers
+        (DDP, FSDP's flat parameters) hold the layers they were given, so a distributed run keeps them."""
+        if self.accelerator.num_processes > 1:
+            return contextlib.nullcontext()
+        fits, why = dequantized_fit(model)
+        if why:
+            logger.info("Forward-only pass: %s.", why)
+        return decoding_weights(model) if fits else contextlib.nullcontext()
 
     def compute_reference_logps(self, dataset) -> tuple[list[float], list[float]]:
         """One no-grad pass with the reference policy over `dataset`, in its order (each rank its shard)."""

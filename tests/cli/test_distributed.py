@@ -66,6 +66,7 @@ def recipe(tmp_path_factory, tiny_model_dir) -> Path:
         "ref_logps_cache_dir": "none",  # no on-disk cache: each run must compute the reference itself
         "train_sampling_strategy": "sequential",  # global batch k = pairs 4k..4k+3 in both layouts
         "per_device_eval_batch_size": 2,
+        "precompute_ref_batch_size": 2,  # the pass's batches, counted below (unset: one batch of every pair)
         "learning_rate": 1.0e-3,
         "max_steps": STEPS,
         "logging_steps": 1,
@@ -121,6 +122,8 @@ def runs(recipe, tmp_path_factory) -> dict[str, object]:
             "4",
             "--per_device_eval_batch_size",
             "4",
+            "--precompute_ref_batch_size",
+            "4",
         ],
         tmp,
     )
@@ -169,7 +172,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
 @pytest.mark.slow
 def test_reference_logps_computed_once_per_shard(runs):
     (r0, r1), single = runs["ranks"], runs["single"]
-    # one pass over the data in total: each rank runs the reference over its half only (eval batch 2)
+    # one pass over the data in total: each rank runs the reference over its half only (batches of 2)
     assert single["reference_forward_passes"] == PAIRS // 4
     assert r0["reference_forward_passes"] == r1["reference_forward_passes"] == PAIRS // 2 // 2
     # ... and every rank ends up with every pair's reference log-probs, equal to the single process's

@@ -176,7 +176,9 @@ def test_full_finetuning_fast_paths_equal_the_plain_path(tmp_path, tiny_model_di
 def test_full_finetuning_reference_cache_equals_the_frozen_copy(tmp_path, tiny_model_dir, tokenizer):
     """Full fine-tuning with precompute: the untrained model's log-probs, computed once before the first step (no
     copy held) and read from disk by the next run, are those the frozen copy gives at each step."""
-    options = dict(max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2, full=True)
+    options = dict(
+        max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2, full=True, precompute_ref_batch_size=4
+    )
     options["ref_logps_cache_dir"] = str(tmp_path / "cache")
     live, live_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs=False, **options)
     first, first_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs=True, **options)
@@ -206,6 +208,7 @@ def run(tmp_path, tiny_model_dir, tokenizer, rows=ROWS, **kw):
         max_steps=2,
         learning_rate=1e-2,
         ref_logps_cache_dir=str(tmp_path / "cache"),
+        precompute_ref_batch_size=4,  # the pass over the 4 pairs is one batch, counted below
     )
     trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, rows=rows, **{**options, **kw})
     trainer.train()
@@ -216,7 +219,7 @@ def test_reference_cache_is_reused_and_equal(tmp_path, tiny_model_dir, tokenizer
     live, live_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs=False)
     assert live.reference_forward_passes == 2  # one per step
     first, first_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs=True)
-    assert first.reference_forward_passes == 1  # one pass over 4 pairs (eval batch 4), none in training
+    assert first.reference_forward_passes == 1  # one pass over 4 pairs (one batch), none in training
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
     second, second_losses = run(tmp_path, tiny_model_dir, tokenizer, precompute_ref_log_probs="auto")
     assert second.reference_forward_passes == 0  # read from disk: no reference forward at all

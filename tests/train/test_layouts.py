@@ -13,9 +13,15 @@ import torch
 
 from hf_dpo.train import attention
 from hf_dpo.train.batching import (
+    PASS_BATCH_TOKENS,
+    PASS_LOGITS_BYTES,
+    PASS_MAX_PAIRS,
     PreferenceCollator,
     batch_examples,
     label_targets,
+    longest_first,
+    pass_batch_size,
+    pass_batches,
     plain_batch,
     shared_attention_mask,
     shared_block_mask,
@@ -118,6 +124,29 @@ def test_padding_free_falls_back_when_the_model_ignores_positions(
 
 
 # ---------------------------------------------------------------- prefix sharing through FlexAttention
+
+
+def test_a_pass_goes_longest_first_in_batches_of_a_token_budget():
+    assert longest_first([3, 9, 1, 9, 4]) == [1, 3, 4, 0, 2]  # ties keep the dataset's order
+    assert pass_batch_size(longest=128, vocab_size=None) == PASS_BATCH_TOKENS // 128
+    assert pass_batch_size(longest=8, vocab_size=None) == PASS_MAX_PAIRS
+    assert pass_batch_size(longest=3 * PASS_BATCH_TOKENS, vocab_size=None) == 1
+    assert (
+        pass_batch_size(longest=3 * PASS_BATCH_TOKENS, vocab_size=None, at_least=4) == 4
+    )  # a training batch fits
+    # full logits of a 128k vocabulary: the logits, not the tokens, bound the batch
+    assert pass_batch_size(longest=64, vocab_size=128_000) == PASS_LOGITS_BYTES // (4 * 128_000) // 64
+
+
+def test_pass_batches_keep_padding_small_and_tokens_within_the_budget():
+    lengths = [100, 95, 90, 60, 58, 10, 10, 10]  # longest first
+    assert pass_batches(lengths, vocab_size=None) == [[0, 1, 2], [3, 4], [5, 6, 7]]  # <= 12.5% shorter
+    equal = [64] * 300  # no padding at all: batches as large as the budget allows
+    batches = pass_batches(equal, vocab_size=None)
+    assert [len(b) for b in batches] == [PASS_MAX_PAIRS] * 4 + [300 - 4 * PASS_MAX_PAIRS]
+    assert sum(batches, []) == list(range(300))  # every pair once, in order
+    long = pass_batches([PASS_BATCH_TOKENS // 2] * 5, vocab_size=None)
+    assert [len(b) for b in long] == [2, 2, 1]
 
 
 def test_block_mask_allows_exactly_what_the_dense_mask_allows():

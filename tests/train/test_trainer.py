@@ -12,6 +12,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from hf_dpo.train.batching import PreferenceCollator
 from hf_dpo.train.trainer import DPOTrainer
 from tests.run_fixtures import dpo_args
 from tests.train.test_trl_parity import METRICS as TRL_METRICS  # TRL's per-step metric names, also hf_dpo's
@@ -168,6 +169,58 @@ def test_reference_pass_on_a_4bit_base_dequantizes_once_and_gives_the_per_forwar
     per_forward = trainer.compute_reference_logps(trainer.train_dataset)
     assert seen and all(seen)
     assert once == per_forward
+
+
+def test_reference_pass_goes_longest_first_in_large_batches_and_gives_each_pair_its_own_values(
+    tmp_path, tiny, monkeypatch
+):
+    """The reference pass with every fast path on (prefix sharing, chunked head, precompute_ref_batch_size unset):
+    pairs of very different lengths in a shuffled order come out in the dataset's order with the log-probs the
+    plain layout gives each pair alone (float32 parity), from batches larger than the eval batch of 2, with the
+    adapters switched off once for the whole pass."""
+    from hf_dpo.train import trainer as trainer_module
+
+    base, tokenizer = tiny
+    rows = [  # 4 lengths, shuffled
+        {
+            "prompt": "Count: " + "one two " * (i % 4 + 1),
+            "chosen": "three " * (i % 4 + 1),
+            "rejected": "four five six " * (i % 4 + 1),
+        }
+        for i in (5, 2, 7, 0, 9, 3, 11, 4, 1, 10, 6, 8)
+    ]
+    trainer = DPOTrainer(
+        model=copy.deepcopy(base),
+        args=dpo_args(
+            tmp_path,
+            precompute_ref_log_probs=False,
+            prefix_sharing=True,
+            logps_chunk_size=16,
+            per_device_train_batch_size=2,
+            per_device_eval_batch_size=2,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora(init=False),  # adapters that change the model: switching them off matters
+    )
+    toggles, context = [], trainer_module.reference_context
+
+    def counted(model):
+        toggles.append(1)
+        return context(model)
+
+    monkeypatch.setattr(trainer_module, "reference_context", counted)
+    chosen, rejected = trainer.compute_reference_logps(trainer.train_dataset)
+    assert len(toggles) == 1
+    assert trainer.reference_forward_passes < len(rows) // 2  # fewer batches than the eval batch of 2 makes
+    plain = copy.deepcopy(base)
+    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+    for i in range(len(rows)):
+        alone = trainer.concatenated_forward(plain, collator([trainer.train_dataset[i]]))
+        # the parity tolerance: 1e-5, relative once a value exceeds 1 (float32 sums of ~100 tokens)
+        assert chosen[i] == pytest.approx(alone.chosen.item(), rel=1e-5, abs=1e-5), i
+        assert rejected[i] == pytest.approx(alone.rejected.item(), rel=1e-5, abs=1e-5), i
+    assert trainer._prefix_sharing  # the pass ran (and checked) the shared layout
 
 
 class StopAt(TrainerCallback):
