@@ -77,6 +77,9 @@ LINES = {
         "hf_dpo", NO_CHECKPOINTING, {**HF_ALL, "train_sampling_strategy": "random"}
     ),
     "hf_dpo_return_freed_memory": Line("hf_dpo", NO_CHECKPOINTING, {**HF_ALL, "return_freed_memory": True}),
+    # bf16 autocast on CPU (matmuls in bf16, the 4-bit layers' compute dtype float32): what bf16 compute gains
+    # for training and for the reference pass, and how far its log-probs move (loss@1, logps@1 beside hf_dpo's)
+    "hf_dpo_bf16": Line("hf_dpo", NO_CHECKPOINTING, {**HF_ALL, "bf16": True}),
     "trl_same_allocator": Line("trl", NO_CHECKPOINTING, {SAME_ALLOCATOR: True}),
 }
 DEFAULT_LINES = [

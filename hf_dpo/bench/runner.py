@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hf_dpo.bench.data_shapes import DATA_SETS, load_data_set
 from hf_dpo.bench.lines import DEFAULT_LINES, LINES, TARGETS, BenchError, check_lines
-from hf_dpo.bench.table import add_ratios, format_table, format_verdicts, verdicts
+from hf_dpo.bench.table import add_ratios, format_compute_table, format_table, format_verdicts, verdicts
 from hf_dpo.errors import quoted, shortened
 from hf_dpo.validate import BATCH, STEPS, TOKENS
 
@@ -176,9 +176,22 @@ def machine_summary() -> dict:
     return info
 
 
+def matmul_rates(before: dict[str, float] | None = None) -> dict[str, float]:
+    """GFLOP/s of a (512 x 2048) @ (2048 x 2048) matmul in float32 and bfloat16 (a training batch's rows), measured
+    in this process between lines; the higher of this and `before` kept (a busy spell of a shared machine would
+    otherwise set a floor below what the lines reached)."""
+    import torch
+
+    from hf_dpo.bench.generation import matmul_rate
+
+    rates = {name: matmul_rate(getattr(torch, name), rows=512) / 1e9 for name in ("float32", "bfloat16")}
+    return {name: max(rate, (before or {}).get(name, 0.0)) for name, rate in rates.items()}
+
+
 def write_report(report: dict, out: str | None, echo) -> None:
     echo("")
     echo(report["table"])
+    echo("\n" + report["compute_table"])
     if report["verdicts"]:
         echo("\n" + format_verdicts(report["verdicts"]))
     echo(f"\nload average (1, 5, 15 min) at the end: {report['machine']['load_average_end']}")
@@ -214,6 +227,7 @@ def run_bench(
     n_pairs = batch_size * steps
     sources = {name: load_data_set(name, n_pairs, seed, demo_path) for name in data_sets}
     machine = machine_summary()
+    rates = matmul_rates()
     echo(
         f"bench: {model}, {n_pairs} pairs per data set, batch {batch_size}, {steps} steps (1 epoch), max_length "
         f"{max_length}, LoRA r {lora['r']}; load average {machine['load_average_1_5_15']}"
@@ -229,6 +243,7 @@ def run_bench(
     )
     results = run_all(sources, quantizations, lines, shared, timeout, echo)
     machine["load_average_end"] = os.getloadavg()
+    machine["matmul_gflops_per_s"] = matmul_rates(rates)
     setup = {
         **shared,
         "recipe": recipe,
@@ -259,6 +274,7 @@ def build_report(machine: dict, setup: dict, lines: list[str], results: list[dic
         "lines": {name: asdict(LINES[name]) for name in lines},
         "results": results,
         "table": format_table(results),
+        "compute_table": format_compute_table(results, machine["matmul_gflops_per_s"]),
         "targets": TARGETS,
         "verdicts": verdicts(results),
     }

@@ -133,3 +133,39 @@ def format_table(results: list[dict]) -> str:
             out.append(f"  {regime}")
             out += [format_row(m) for m in members if m.get("regime", "-") == regime]
     return "\n".join(out).lstrip("\n")
+
+
+COMPUTE_HEADER = (
+    f"{'line':<24}{'ref s':>7}{'ref ms/pair':>12}{'ref/step':>9}{'ref GFLOP/s':>12}{'of fp32':>8}{'of bf16':>8}"
+    f"{'step GFLOP/s':>13}{'of fp32':>8}{'of bf16':>8}{'logps@1':>9}"
+)
+
+
+def _share(value, rate) -> str:
+    return _num(None if value is None or not rate else 100 * value / rate, ".0f", 7) + "%"
+
+
+def format_compute_table(results: list[dict], rates: dict[str, float]) -> str:
+    """Where the time goes, per line: the reference pre-pass (seconds, per pair, per pair over a training step's),
+    and the achieved FLOP/s of the pass and of the training steps against the measured matmul rates (`rates`,
+    GFLOP/s by dtype name). A LoRA step on a frozen base counts ~4·N FLOPs a token, a forward ~2·N, the tokens as
+    the line's layout computes them (`hf_dpo.bench.worker.pass_flops`)."""
+    out = [
+        f"compute: matmul floor (512 x 2048) @ (2048 x 2048) fp32 {rates['float32']:.0f} GFLOP/s, bf16 "
+        f"{rates['bfloat16']:.0f} GFLOP/s; ref/step = reference pass per pair over a training step per pair",
+        COMPUTE_HEADER,
+        "-" * len(COMPUTE_HEADER),
+    ]
+    for r in results:
+        if "error" in r or "train_gflops_per_s" not in r:
+            continue
+        ref_s = r.get("ref_pass_s") or None
+        out.append(
+            f"{r['name'] + (' (bf16)' if r.get('bf16') else ''):<24}{_num(ref_s, '.1f', 7)}"
+            f"{_num(ref_s and 1000 * ref_s / r['pairs'], '.0f', 12)}"
+            f"{_num(r.get('ref_pass_over_step_per_pair'), '.2f', 9)}{_num(r.get('ref_gflops_per_s'), '.1f', 12)}"
+            f"{_share(r.get('ref_gflops_per_s'), rates['float32'])}{_share(r.get('ref_gflops_per_s'), rates['bfloat16'])}"
+            f"{_num(r.get('train_gflops_per_s'), '.1f', 13)}{_share(r.get('train_gflops_per_s'), rates['float32'])}"
+            f"{_share(r.get('train_gflops_per_s'), rates['bfloat16'])}{_num(r.get('logps_chosen_first'), '.3f', 9)}"
+        )
+    return "\n".join(out)

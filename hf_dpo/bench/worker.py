@@ -7,6 +7,8 @@ inside it; loading the base model (the same for both) is not. Per-step times are
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import statistics
 import time
@@ -27,6 +29,9 @@ class StepClock:
         self.steps: list[float] = []
         self.first_step_begin: float | None = None
         self.collated: list[int] = []  # tokens of each batch the collator built
+        self.collated_parts: list[
+            tuple[int, int]
+        ] = []  # (prompt, completion) tokens of each batch, prompt once
 
     def callback(self):
         from transformers import TrainerCallback
@@ -36,6 +41,7 @@ class StepClock:
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 clock.collated.clear()  # batches collated before training (the reference pass) don't count
+                clock.collated_parts.clear()
                 clock._last = time.perf_counter()
 
             def on_step_begin(self, args, state, control, **kwargs):
@@ -51,18 +57,58 @@ class StepClock:
 
 
 class CountingCollator:
-    """Wraps a collator; records prompt+chosen + prompt+rejected tokens of each batch it builds."""
+    """Wraps a collator; records prompt+chosen + prompt+rejected tokens of each batch it builds in `sink` and, in
+    `parts` if given, (prompt, completion) tokens of the batch (each prompt once)."""
 
-    def __init__(self, inner, keys: tuple[str, str, str], sink: list):
-        self.inner, self.keys, self.sink = inner, keys, sink
+    def __init__(self, inner, keys: tuple[str, str, str], sink: list, parts: list | None = None):
+        self.inner, self.keys, self.sink, self.parts = inner, keys, sink, parts
 
     def __call__(self, examples):
         p, c, r = self.keys
         self.sink.append(sum(2 * len(ex[p]) + len(ex[c]) + len(ex[r]) for ex in examples))
+        if self.parts is not None:
+            completions = sum(len(ex[c]) + len(ex[r]) for ex in examples)
+            self.parts.append((sum(len(ex[p]) for ex in examples), completions))
         return self.inner(examples)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+# The reference pre-pass of each implementation, timed by `timing_reference_pass`: (module, class, method).
+REFERENCE_PASS = {
+    "trl": ("trl", "DPOTrainer", "_precompute_ref_logps"),
+    "hf_dpo": ("hf_dpo.train.trainer", "DPOTrainer", "compute_reference_logps"),
+}
+
+
+@contextlib.contextmanager
+def timing_reference_pass(impl: str, seconds: list[float]):
+    """Appends to `seconds` the wall time of every call of `impl`'s reference pre-pass while the block runs."""
+    module, name, method = REFERENCE_PASS[impl]
+    owner = getattr(importlib.import_module(module), name)
+    original = getattr(owner, method)
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    setattr(owner, method, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, method, original)
+
+
+def pass_flops(body: int, head: int, prompt_tokens: int, completion_tokens: int) -> float:
+    """FLOPs of one forward pass over the tokens as a layout computes them: 2 per weight of every linear layer of
+    the decoder (`body` weights) for each token, and 2 per LM-head weight (`head`) for each completion token, the
+    positions whose log-probs DPO needs. A LoRA step on a frozen base is twice this (the backward to the
+    activations; LoRA's own weights are small)."""
+    return 2.0 * (body * (prompt_tokens + completion_tokens) + head * completion_tokens)
 
 
 def training_arguments(spec: dict, cuda: bool) -> dict:
@@ -113,12 +159,12 @@ def build_trainer(spec: dict, model, tokenizer, peft_config, callbacks, cuda: bo
 
         if options.pop(SAME_ALLOCATOR, False) and not cuda:
             return_freed_memory_to_os()
-        args, keys = DPOConfig(**common, **options), TRL_KEYS
+        args, keys = DPOConfig(**{**common, **options}), TRL_KEYS
     else:
         from hf_dpo.config import DPOConfig
         from hf_dpo.train.trainer import DPOTrainer
 
-        args = DPOConfig(**common, ref_logps_cache_dir=spec["cache_dir"], **options)
+        args = DPOConfig(**{**common, "ref_logps_cache_dir": spec["cache_dir"], **options})
         keys = HF_DPO_KEYS
     trainer = DPOTrainer(
         model=model,
@@ -131,8 +177,47 @@ def build_trainer(spec: dict, model, tokenizer, peft_config, callbacks, cuda: bo
     return trainer, keys
 
 
-def summarize(spec: dict, trainer, clock: StepClock, keys, end_to_end_s: float, setup_s: float) -> dict:
-    """The line's result: end-to-end and per-step speed, peak memory, first-step loss, token shares."""
+def compute_figures(trainer, clock: StepClock, keys, impl: str, ref_pass_s: float) -> dict:
+    """Achieved FLOP/s of the training steps and of the reference pre-pass (`pass_flops`), counting the tokens as
+    the line's layout computes them (hf_dpo's prefix-shared rows: each prompt once), and the pass's time per pair
+    over a training step's."""
+    from hf_dpo.bench.generation import linear_parameters
+    from hf_dpo.model.unwrap import base_model
+
+    head_layer = base_model(trainer.model).get_output_embeddings()
+    head = head_layer.in_features * head_layer.out_features
+    body = linear_parameters(trainer.model) - head
+    shared = impl == "hf_dpo" and trainer._prefix_sharing
+    prompt_times = 1 if shared else 2
+    live_reference = (
+        trainer.reference_forward_passes > 0
+        if impl == "hf_dpo"
+        else not trainer.args.precompute_ref_log_probs
+    )
+    per_step = 2 + (1 if live_reference else 0)  # forward + backward, and the reference's forward
+    train_flops = sum(per_step * pass_flops(body, head, prompt_times * p, c) for p, c in clock.collated_parts)
+    train_s = sum(clock.steps)
+    data = trainer.train_dataset
+    prompts = sum(len(x) for x in data[keys[0]])
+    completions = sum(len(x) for x in data[keys[1]]) + sum(len(x) for x in data[keys[2]])
+    figures = {
+        "train_gflops_per_s": train_flops / train_s / 1e9 if train_s else None,
+        "ref_pass_s": ref_pass_s,
+        "ref_gflops_per_s": None,
+        "ref_pass_over_step_per_pair": None,
+    }
+    if ref_pass_s:
+        figures["ref_gflops_per_s"] = (
+            pass_flops(body, head, prompt_times * prompts, completions) / ref_pass_s / 1e9
+        )
+    return figures
+
+
+def summarize(
+    spec: dict, trainer, clock: StepClock, keys, end_to_end_s: float, setup_s: float, ref_pass_s: float
+) -> dict:
+    """The line's result: end-to-end and per-step speed, the reference pre-pass, achieved FLOP/s, peak memory,
+    first-step loss, token shares."""
     import torch
 
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -162,8 +247,14 @@ def summarize(spec: dict, trainer, clock: StepClock, keys, end_to_end_s: float, 
         "loss_first": logs[0]["loss"],
         "logps_chosen_first": logs[0].get("logps/chosen"),
         "threads": torch.get_num_threads(),
+        "bf16": bool(trainer.args.bf16),
+        **compute_figures(trainer, clock, keys, spec["impl"], ref_pass_s),
         **token_shares([len(p) for p in prompt], [(len(c), len(r)) for c, r in zip(chosen, rejected)]),
     }
+    if result["ref_pass_s"]:  # seconds per pair of the pass over seconds per pair of a training step
+        result["ref_pass_over_step_per_pair"] = (
+            result["ref_pass_s"] / len(spec["rows"]) * result["step_pairs_per_s"]
+        )
     if spec["impl"] == "hf_dpo":
         result["pad_share"] = trainer.pad_share
         result["reference_forward_passes_in_training"] = trainer.reference_forward_passes
@@ -182,13 +273,17 @@ def run_line(spec: dict) -> dict:
     clock = StepClock()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    ref_pass: list[float] = []
     started = time.perf_counter()
-    trainer, keys = build_trainer(spec, model, tokenizer, peft_config, [clock.callback()], cuda)
-    trainer.data_collator = CountingCollator(trainer.data_collator, keys, clock.collated)
-    trainer.train()
+    with timing_reference_pass(spec["impl"], ref_pass):
+        trainer, keys = build_trainer(spec, model, tokenizer, peft_config, [clock.callback()], cuda)
+        trainer.data_collator = CountingCollator(
+            trainer.data_collator, keys, clock.collated, clock.collated_parts
+        )
+        trainer.train()
     end_to_end_s = time.perf_counter() - started
     setup_s = (clock.first_step_begin or time.perf_counter()) - started
-    return summarize(spec, trainer, clock, keys, end_to_end_s, setup_s)
+    return summarize(spec, trainer, clock, keys, end_to_end_s, setup_s, sum(ref_pass))
 
 
 def worker_main(spec_path: str) -> int:

@@ -13,8 +13,8 @@ from hf_dpo.bench.lines import (
     QUICK_LINES,
     check_lines,
 )
-from hf_dpo.bench.table import add_ratios, format_table, format_verdicts, verdicts
-from hf_dpo.bench.worker import CountingCollator
+from hf_dpo.bench.table import add_ratios, format_compute_table, format_table, format_verdicts, verdicts
+from hf_dpo.bench.worker import CountingCollator, pass_flops
 
 
 def result(name, end_to_end_s, rss, data_set="demo", **extra):
@@ -164,6 +164,39 @@ def test_counting_collator_counts_prompt_twice():
     assert seen == [2 * 2 + 1 + 3 + 2 * 1 + 1 + 1]
 
 
+def test_counting_collator_also_counts_prompt_and_completions_once():
+    seen, parts = [], []
+    collate = CountingCollator(lambda examples: len(examples), ("p", "c", "r"), seen, parts)
+    collate([{"p": [1, 2], "c": [3], "r": [4, 5, 6]}, {"p": [1], "c": [2], "r": [3]}])
+    assert parts == [(2 + 1, 1 + 3 + 1 + 1)]
+
+
+def test_pass_flops_count_every_decoder_weight_at_each_token_and_the_head_at_completions():
+    # 2 FLOPs per weight: 10 decoder weights x (4 prompt + 2 completion tokens), 3 head weights x 2 completions
+    assert pass_flops(body=10, head=3, prompt_tokens=4, completion_tokens=2) == 2 * (10 * 6 + 3 * 2)
+
+
+def test_compute_table_shows_the_reference_pass_and_flops_against_the_matmul_floor():
+    figures = dict(
+        ref_pass_s=8.0, ref_pass_over_step_per_pair=0.25, ref_gflops_per_s=30.0, train_gflops_per_s=20.0
+    )
+    results = [
+        result("trl", 40.0, 2000, ref_pass_s=0.0, train_gflops_per_s=10.0),
+        result("hf_dpo", 20.0, 1500, **figures),
+        result("hf_dpo_bf16", 15.0, 1500, **{**figures, "bf16": True}),
+        {"name": "hf_dpo_warm_cache", "data_set": "demo", "quantization": "4bit", "error": "boom"},
+    ]
+    table = format_compute_table(results, {"float32": 40.0, "bfloat16": 120.0})
+    rows = table.splitlines()
+    assert "fp32 40 GFLOP/s, bf16 120 GFLOP/s" in rows[0] and len(rows) == 3 + 3
+    trl, hf, bf16 = rows[3:]
+    assert trl.split()[:2] == ["trl", "-"]  # no pre-pass
+    # 8 s over 32 pairs: 250 ms a pair, a quarter of a step's; 30 GFLOP/s = 75% of fp32's, 25% of bf16's
+    assert hf.split()[:7] == ["hf_dpo", "8.0", "250", "0.25", "30.0", "75%", "25%"]
+    assert hf.split()[7:10] == ["20.0", "50%", "17%"]
+    assert bf16.startswith("hf_dpo_bf16 (bf16)")
+
+
 def test_bench_without_trl_says_how_to_install_it(monkeypatch, capsys):
     import importlib.util
 
@@ -215,6 +248,11 @@ def test_smoke_both_trainers_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert hf["prefix_sharing_used"] and hf["end_to_end_s"] >= hf["setup_s"] > 0
     assert hf["prefix_sharing_attention"] == "mask4d"  # the kernel that was timed: the dense 4D mask on CPU
     assert hf["prompt_share"] == pytest.approx(trl["prompt_share"], abs=0.05)  # same pairs, same template
+    assert (
+        trl["ref_pass_s"] == 0 and hf["ref_pass_s"] > 0
+    )  # TRL's reference runs in its steps, hf_dpo's before
+    assert hf["ref_gflops_per_s"] > 0 and hf["ref_pass_over_step_per_pair"] > 0
+    assert trl["train_gflops_per_s"] > 0 and hf["train_gflops_per_s"] > 0
     add_ratios(results)
     assert "x TRL" in format_table(results) and hf["speed_vs_trl"] > 0
 
