@@ -222,7 +222,7 @@ class DPOKeys:
         default=None,
         metadata={
             "range": up_to(1, BATCH),
-            "help": "Pairs per batch of the one-off reference pass (forward only, longest pairs first). None: as "
+            "help": "Pairs per batch of the one-off reference pass (forward only, shortest pairs first). None: as "
             "many as make about 8192 tokens a batch (fewer with full logits of a large vocabulary; at most 64, never "
             "fewer than per_device_train_batch_size), logged.",
         },

@@ -298,18 +298,18 @@ def pair_tokens(dataset, prefix_sharing: bool) -> list[int]:
     return lengths if prefix_sharing else [2 * n for n in lengths]
 
 
-def longest_first(lengths: list[int]) -> list[int]:
-    """Indices of `lengths`, longest first (ties in index order): the order of a pass over a whole dataset. Its
-    batches then hold pairs of about one length (little padding), and the first batch is the heaviest, so a batch
-    that does not fit in memory fails at once, not at the end of the pass."""
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+def shortest_first(lengths: list[int]) -> list[int]:
+    """Indices of `lengths`, shortest first (ties in index order): the order of a pass over a whole dataset. Its
+    batches then hold pairs of about one length (little padding), and the first batch, on which the trainer checks
+    its batch layout against the plain one (`hf_dpo.train.logps.layout_problem`), is the cheapest to check."""
+    return sorted(range(len(lengths)), key=lambda i: lengths[i])
 
 
 # A forward-only pass over a whole dataset (the reference pass) takes batches of up to this many tokens (rows x
 # their longest), whatever the training batch is: bigger matmuls, fewer per-batch costs, no saved activations.
 PASS_BATCH_TOKENS = 8192
 PASS_MAX_PAIRS = 64
-# ... and, batched by `pass_batches`, pairs at most this share shorter than the batch's longest: padding is
+# ... and, batched by `pass_batches`, its shortest pair at most this share shorter than its longest: padding is
 # computed like any token, and one batch of a few hundred tokens already keeps a CPU's matmuls busy.
 PASS_PAD_SHARE = 0.125
 # Without the chunked LM head a batch's full (tokens, vocabulary) float32 logits exist at once: kept under this.
@@ -328,15 +328,15 @@ def pass_batch_size(longest: int, vocab_size: int | None, at_least: int = 1) -> 
 
 
 def pass_batches(lengths: list[int], vocab_size: int | None) -> list[list[int]]:
-    """Batches of a pass over pairs of `lengths` tokens, longest first (as `longest_first` orders them): runs of
-    consecutive pairs, each within `pass_batch_size`'s budget for its longest pair and none more than
-    PASS_PAD_SHARE shorter than it. Each batch a list of positions, in order."""
+    """Batches of a pass over pairs of `lengths` tokens, shortest first (as `shortest_first` orders them): runs of
+    consecutive pairs, each within `pass_batch_size`'s budget for its longest (last) pair, its first pair at most
+    PASS_PAD_SHARE shorter than that. Each batch a list of positions, in order."""
     batches: list[list[int]] = []
     for position, length in enumerate(lengths):
         if batches:
             batch = batches[-1]
-            longest = lengths[batch[0]]
-            if len(batch) < pass_batch_size(longest, vocab_size) and length >= (1 - PASS_PAD_SHARE) * longest:
+            shortest = lengths[batch[0]]
+            if len(batch) < pass_batch_size(length, vocab_size) and shortest >= (1 - PASS_PAD_SHARE) * length:
                 batch.append(position)
                 continue
         batches.append([position])

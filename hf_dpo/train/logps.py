@@ -273,7 +273,7 @@ def layout_problem(
     log-probs must match the plain layout's within 1e-4 per token in float32 (1e-2 under bf16/fp16 rounding). A
     model that ignores or rejects the layout's mask fails here. Checked on two pairs of the batch, its first and
     its last: the plain layout computes every prompt twice, so checking a whole batch of long prompts cost more
-    than the rest of the reference pass; the ends of a batch differ most in length (a pass's batch goes longest
+    than the rest of the reference pass; the ends of a batch differ most in length (a pass's batch goes shortest
     first, a length-grouped one longest to shortest), so both layouts pad."""
     examples = batch_examples(batch)
     examples = examples[:1] + examples[1:][-1:]

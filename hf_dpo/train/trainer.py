@@ -48,11 +48,11 @@ from hf_dpo.train.batching import (
     is_packed,
     is_shared,
     length_grouped_sampler,
-    longest_first,
     pair_tokens,
     pass_batch_size,
     pass_batches,
     plain_batch,
+    shortest_first,
 )
 from hf_dpo.train.logps import (
     LogpsOptions,
@@ -413,8 +413,9 @@ class DPOTrainer(Trainer):
         ref_chosen_logps / ref_rejected_logps (the dataset's cached columns, or one pass of the reference) and,
         with `with_policy`, policy_chosen_logps / policy_rejected_logps and chosen_lengths / rejected_lengths.
 
-        Forward-only, so cheaper per batch than a step, and made cheaper still: batches go longest pair first
-        (`longest_first`: pairs of about one length share a batch, little padding) and the values go back into
+        Forward-only, so cheaper per batch than a step, and made cheaper still: batches go shortest pair first
+        (`shortest_first`: pairs of about one length share a batch, little padding; the layout check's batch is
+        the cheapest) and the values go back into
         the dataset's order; the reference pass switches the adapters off once, not at every batch, in batches of
         `precompute_ref_batch_size` pairs or, unset, of up to PASS_BATCH_TOKENS tokens (`_reference_loader`); the
         4-bit weights are dequantized once for the pass where that is the same function and fits
@@ -423,7 +424,7 @@ class DPOTrainer(Trainer):
         if not with_policy:  # the reference pass itself: compute, never read a column
             dataset = dataset.remove_columns([c for c in REF_COLUMNS if c in dataset.column_names])
         lengths = pair_tokens(dataset, self._prefix_sharing)
-        order = longest_first(lengths)
+        order = shortest_first(lengths)
         dataset = dataset.select(order)
         model, was_training = self.model, self.model.training
         model.eval()
@@ -470,7 +471,7 @@ class DPOTrainer(Trainer):
         return {"ref_chosen_logps": ref.chosen, "ref_rejected_logps": ref.rejected}
 
     def _reference_loader(self, dataset, lengths: list[int]):
-        """Batches of the reference pass over `dataset` (longest first; `lengths`, its pairs' tokens in the batch
+        """Batches of the reference pass over `dataset` (shortest first; `lengths`, its pairs' tokens in the batch
         layout, in that order): `precompute_ref_batch_size` pairs each; unset, `pass_batches` on one process
         (a token budget, little padding) and `pass_batch_size` pairs for the longest on several (whose shards
         take batches of one size). Logged."""
@@ -480,11 +481,11 @@ class DPOTrainer(Trainer):
         vocab = None if self._chunk_size else lm_head.weight.shape[0]
         if self.accelerator.num_processes > 1:
             size = pass_batch_size(max(lengths, default=1), vocab, self.args.per_device_train_batch_size)
-            logger.info("Reference pass: %d pairs a batch, longest first.", size)
+            logger.info("Reference pass: %d pairs a batch, shortest first.", size)
             return self._plain_loader(dataset, size)
         batches = pass_batches(lengths, vocab)
         logger.info(
-            "Reference pass: %d pairs in %d batches of up to %d tokens, longest first (precompute_ref_batch_size "
+            "Reference pass: %d pairs in %d batches of up to %d tokens, shortest first (precompute_ref_batch_size "
             "unset).",
             len(lengths),
             len(batches),

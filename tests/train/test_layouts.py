@@ -19,12 +19,12 @@ from hf_dpo.train.batching import (
     PreferenceCollator,
     batch_examples,
     label_targets,
-    longest_first,
     pass_batch_size,
     pass_batches,
     plain_batch,
     shared_attention_mask,
     shared_block_mask,
+    shortest_first,
 )
 from tests.fast_path_fixtures import PLAIN, assert_same, loss_and_grads, make_trainer
 
@@ -126,8 +126,8 @@ def test_padding_free_falls_back_when_the_model_ignores_positions(
 # ---------------------------------------------------------------- prefix sharing through FlexAttention
 
 
-def test_a_pass_goes_longest_first_in_batches_of_a_token_budget():
-    assert longest_first([3, 9, 1, 9, 4]) == [1, 3, 4, 0, 2]  # ties keep the dataset's order
+def test_a_pass_goes_shortest_first_in_batches_of_a_token_budget():
+    assert shortest_first([3, 9, 1, 9, 4]) == [2, 0, 4, 1, 3]  # ties keep the dataset's order
     assert pass_batch_size(longest=128, vocab_size=None) == PASS_BATCH_TOKENS // 128
     assert pass_batch_size(longest=8, vocab_size=None) == PASS_MAX_PAIRS
     assert pass_batch_size(longest=3 * PASS_BATCH_TOKENS, vocab_size=None) == 1
@@ -139,7 +139,7 @@ def test_a_pass_goes_longest_first_in_batches_of_a_token_budget():
 
 
 def test_pass_batches_keep_padding_small_and_tokens_within_the_budget():
-    lengths = [100, 95, 90, 60, 58, 10, 10, 10]  # longest first
+    lengths = [10, 10, 10, 58, 60, 90, 95, 100]  # shortest first
     assert pass_batches(lengths, vocab_size=None) == [[0, 1, 2], [3, 4], [5, 6, 7]]  # <= 12.5% shorter
     equal = [64] * 300  # no padding at all: batches as large as the budget allows
     batches = pass_batches(equal, vocab_size=None)

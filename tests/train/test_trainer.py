@@ -171,7 +171,7 @@ def test_reference_pass_on_a_4bit_base_dequantizes_once_and_gives_the_per_forwar
     assert once == per_forward
 
 
-def test_reference_pass_goes_longest_first_in_large_batches_and_gives_each_pair_its_own_values(
+def test_reference_pass_goes_shortest_first_in_large_batches_and_gives_each_pair_its_own_values(
     tmp_path, tiny, monkeypatch
 ):
     """The reference pass with every fast path on (prefix sharing, chunked head, precompute_ref_batch_size unset):
