@@ -32,23 +32,34 @@ CAPITALS: dict[str, tuple[str, ...]] = {
     "Afghanistan": ("Kabul",),
     "Albania": ("Tirana",),
     "Algeria": ("Algiers",),
+    "Angola": ("Luanda",),
     "Argentina": ("Buenos Aires",),
     "Armenia": ("Yerevan",),
     "Australia": ("Canberra",),
     "Austria": ("Vienna",),
     "Azerbaijan": ("Baku",),
+    "Bahamas": ("Nassau",),
+    "Bahrain": ("Manama",),
     "Bangladesh": ("Dhaka",),
+    "Barbados": ("Bridgetown",),
     "Belarus": ("Minsk",),
     "Belgium": ("Brussels",),
+    "Belize": ("Belmopan",),
+    "Bhutan": ("Thimphu",),
     "Bolivia": ("Sucre", "La Paz"),
+    "Bosnia and Herzegovina": ("Sarajevo",),
+    "Botswana": ("Gaborone",),
     "Brazil": ("Brasilia",),
     "Bulgaria": ("Sofia",),
+    "Burkina Faso": ("Ouagadougou",),
     "Cambodia": ("Phnom Penh",),
     "Cameroon": ("Yaounde",),
     "Canada": ("Ottawa",),
+    "Central African Republic": ("Bangui",),
     "Chile": ("Santiago",),
     "China": ("Beijing",),
     "Colombia": ("Bogota",),
+    "Comoros": ("Moroni",),
     "Costa Rica": ("San Jose",),
     "Croatia": ("Zagreb",),
     "Cuba": ("Havana",),
@@ -58,15 +69,24 @@ CAPITALS: dict[str, tuple[str, ...]] = {
     "Dominican Republic": ("Santo Domingo",),
     "Ecuador": ("Quito",),
     "Egypt": ("Cairo",),
+    "Equatorial Guinea": ("Malabo",),
+    "Eritrea": ("Asmara",),
     "Estonia": ("Tallinn",),
+    "Eswatini": ("Mbabane", "Lobamba"),
     "Ethiopia": ("Addis Ababa",),
+    "Fiji": ("Suva",),
     "Finland": ("Helsinki",),
     "France": ("Paris",),
+    "Gabon": ("Libreville",),
+    "Gambia": ("Banjul",),
     "Georgia": ("Tbilisi",),
     "Germany": ("Berlin",),
     "Ghana": ("Accra",),
     "Greece": ("Athens",),
     "Guatemala": ("Guatemala City",),
+    "Guinea": ("Conakry",),
+    "Guyana": ("Georgetown",),
+    "Honduras": ("Tegucigalpa",),
     "Hungary": ("Budapest",),
     "Iceland": ("Reykjavik",),
     "India": ("New Delhi",),
@@ -82,30 +102,44 @@ CAPITALS: dict[str, tuple[str, ...]] = {
     "Kazakhstan": ("Astana",),
     "Kenya": ("Nairobi",),
     "Kuwait": ("Kuwait City",),
+    "Kyrgyzstan": ("Bishkek",),
     "Laos": ("Vientiane",),
     "Latvia": ("Riga",),
     "Lebanon": ("Beirut",),
+    "Lesotho": ("Maseru",),
+    "Liberia": ("Monrovia",),
     "Libya": ("Tripoli",),
+    "Liechtenstein": ("Vaduz",),
     "Lithuania": ("Vilnius",),
     "Luxembourg": ("Luxembourg",),
     "Madagascar": ("Antananarivo",),
+    "Malawi": ("Lilongwe",),
     "Malaysia": ("Kuala Lumpur",),
     "Mali": ("Bamako",),
     "Malta": ("Valletta",),
+    "Mauritania": ("Nouakchott",),
+    "Mauritius": ("Port Louis",),
     "Mexico": ("Mexico City",),
+    "Moldova": ("Chisinau",),
     "Mongolia": ("Ulaanbaatar", "Ulan Bator"),
+    "Montenegro": ("Podgorica",),
     "Morocco": ("Rabat",),
     "Mozambique": ("Maputo",),
+    "Myanmar": ("Naypyidaw", "Naypyitaw", "Nay Pyi Taw"),
+    "Namibia": ("Windhoek",),
     "Nepal": ("Kathmandu",),
     "Netherlands": ("Amsterdam",),
     "New Zealand": ("Wellington",),
     "Nicaragua": ("Managua",),
+    "Niger": ("Niamey",),
     "Nigeria": ("Abuja",),
     "North Korea": ("Pyongyang",),
+    "North Macedonia": ("Skopje",),
     "Norway": ("Oslo",),
     "Oman": ("Muscat",),
     "Pakistan": ("Islamabad",),
     "Panama": ("Panama City",),
+    "Papua New Guinea": ("Port Moresby",),
     "Paraguay": ("Asuncion",),
     "Peru": ("Lima",),
     "Philippines": ("Manila",),
@@ -114,32 +148,46 @@ CAPITALS: dict[str, tuple[str, ...]] = {
     "Qatar": ("Doha",),
     "Romania": ("Bucharest",),
     "Russia": ("Moscow",),
+    "Rwanda": ("Kigali",),
+    "Samoa": ("Apia",),
     "Saudi Arabia": ("Riyadh",),
     "Senegal": ("Dakar",),
     "Serbia": ("Belgrade",),
+    "Sierra Leone": ("Freetown",),
     "Singapore": ("Singapore",),
     "Slovakia": ("Bratislava",),
     "Slovenia": ("Ljubljana",),
+    "Solomon Islands": ("Honiara",),
+    "Somalia": ("Mogadishu",),
     "South Africa": ("Pretoria", "Cape Town", "Bloemfontein"),
     "South Korea": ("Seoul",),
+    "South Sudan": ("Juba",),
     "Spain": ("Madrid",),
     "Sri Lanka": ("Colombo", "Sri Jayawardenepura Kotte"),
     "Sudan": ("Khartoum",),
+    "Suriname": ("Paramaribo",),
     "Sweden": ("Stockholm",),
     "Switzerland": ("Bern", "Berne"),
     "Syria": ("Damascus",),
     "Taiwan": ("Taipei",),
+    "Tajikistan": ("Dushanbe",),
     "Tanzania": ("Dodoma",),
     "Thailand": ("Bangkok",),
+    "Togo": ("Lome",),
     "Tunisia": ("Tunis",),
     "Turkey": ("Ankara",),
+    "Turkmenistan": ("Ashgabat",),
     "Uganda": ("Kampala",),
     "Ukraine": ("Kyiv", "Kiev"),
+    "United Arab Emirates": ("Abu Dhabi",),
     "United Kingdom": ("London",),
     "United States": ("Washington", "Washington, D.C."),
     "Uruguay": ("Montevideo",),
+    "Uzbekistan": ("Tashkent",),
+    "Vanuatu": ("Port Vila",),
     "Venezuela": ("Caracas",),
     "Vietnam": ("Hanoi",),
+    "Yemen": ("Sanaa", "Sana'a"),
     "Zambia": ("Lusaka",),
     "Zimbabwe": ("Harare",),
 }
@@ -149,6 +197,8 @@ CAPITAL_PHRASINGS = (
     "Which city is the capital of {country}?",
     "Name the capital city of {country}.",
     "What city is {country}'s capital?",
+    "Tell me the capital of {country}.",
+    "What is {country}'s capital city?",
 )
 
 # op -> (phrasings, operand ranges, result)
@@ -248,14 +298,19 @@ def parse_numbers(text: str) -> list[int]:
     return [int(m.group().replace(",", "")) for m in _NUMBER.finditer(text)]
 
 
+@cache
+def _country_names() -> tuple[re.Pattern, dict[str, str]]:
+    """One pattern for every country name (longest first, so "South Korea" wins over a name it contains)."""
+    by_folded = {_fold(country): country for country in CAPITALS}
+    names = sorted(by_folded, key=len, reverse=True)
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b"), by_folded
+
+
 def prompt_country(prompt: str) -> str | None:
-    """The country a capital-city prompt asks about, or None."""
-    folded = _fold(prompt)
-    # Longest name first, so "South Korea" wins over a shorter name it contains.
-    for country in sorted(CAPITALS, key=len, reverse=True):
-        if re.search(rf"\b{re.escape(_fold(country))}\b", folded):
-            return country
-    return None
+    """The country a capital-city prompt asks about (the longest name it holds), or None."""
+    pattern, by_folded = _country_names()
+    found = [m.group() for m in pattern.finditer(_fold(prompt))]
+    return by_folded[max(found, key=len)] if found else None
 
 
 def expected_answer(prompt: str) -> int | tuple[str, ...]:
@@ -289,7 +344,24 @@ def _answer_slots(folded: str, country: str) -> list[str]:
 
 
 def _named(folded: str, names) -> bool:
-    return any(re.search(rf"\b{re.escape(_fold(name))}\b", folded) for name in names)
+    return _any_of(tuple(names)).search(folded) is not None
+
+
+@cache
+def _any_of(names: tuple[str, ...]) -> re.Pattern:
+    """Any of the names as a whole word, case- and accent-folded (compiled once per set of names)."""
+    return re.compile(r"\b(?:" + "|".join(re.escape(_fold(name)) for name in names) + r")\b")
+
+
+@cache
+def _competitors(country: str) -> tuple[tuple[str, ...], re.Pattern]:
+    """Other countries' capitals (those not also accepted here), and a claim "capital of <another country>"."""
+    accepted = {_fold(a) for a in CAPITALS[country]}
+    others = tuple(
+        c for other, names in CAPITALS.items() if other != country for c in names if _fold(c) not in accepted
+    )
+    other_countries = "|".join(re.escape(_fold(other)) for other in CAPITALS if other != country)
+    return others, re.compile(rf"\bcapital (?:city )?of (?:the )?(?:{other_countries})\b")
 
 
 def is_correct(prompt: str, completion: str) -> bool:
@@ -321,15 +393,8 @@ def is_correct(prompt: str, completion: str) -> bool:
     for slot in _answer_slots(folded, country):
         if not any(slot.startswith(capital) for capital in accepted):
             return False
-    others = [
-        c for other, names in CAPITALS.items() if other != country for c in names if _fold(c) not in accepted
-    ]
-    claims_other = any(
-        re.search(rf"\bcapital (?:city )?of (?:the )?{re.escape(_fold(other))}\b", folded)
-        for other in CAPITALS
-        if other != country
-    )
-    return not _named(folded, others) and not claims_other
+    others, claims_other = _competitors(country)
+    return not _named(folded, others) and claims_other.search(folded) is None
 
 
 def judge(prompt: str, completion: str) -> dict[str, float]:

@@ -160,3 +160,30 @@ def test_a_capital_is_the_answer_only_when_it_is_stated_as_one(prompt, completio
 def test_is_correct_repeats_of_question_numbers_are_not_competing_answers():
     assert is_correct("What is 12 + 30?", "12 + 30 = 42")
     assert not is_correct("What is 12 + 30?", "12 + 30 = 43")
+
+
+def test_every_phrasing_of_every_country_finds_its_country_and_judges_its_capital():
+    """Countries whose names nest (Niger / Nigeria, Guinea / Papua New Guinea, Sudan / South Sudan) stay apart."""
+    from hf_dpo.pairs.demo_task import CAPITAL_PHRASINGS, prompt_country
+
+    for country, capitals in CAPITALS.items():
+        for phrasing in CAPITAL_PHRASINGS:
+            prompt = phrasing.format(country=country)
+            assert prompt_country(prompt) == country, prompt
+            assert is_correct(prompt, f"The capital of {country} is {capitals[0]}."), prompt
+            assert is_correct(prompt, capitals[-1]), prompt
+    nested = [
+        ("Niger", "Nigeria"),
+        ("Guinea", "Papua New Guinea"),
+        ("Guinea", "Equatorial Guinea"),
+        ("Sudan", "South Sudan"),
+    ]
+    countries = sorted(CAPITALS)
+    # each country against its neighbour in alphabetical order (every country once) and the nested names both ways
+    for country, other in [
+        *zip(countries, countries[1:] + countries[:1]),
+        *nested,
+        *[(b, a) for a, b in nested],
+    ]:
+        prompt = CAPITAL_PHRASINGS[0].format(country=country)
+        assert not is_correct(prompt, f"The capital of {country} is {CAPITALS[other][0]}."), (prompt, other)
