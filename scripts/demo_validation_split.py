@@ -6,9 +6,10 @@
         --output_dir runs/demo_val [--learning_rate 5.0e-4 ...]
 
 One question in five (by item: a country, or an arithmetic operation on two numbers, all its phrasings
-together) goes to validation: its prompts form prompts_val.txt and its committed pairs test.jsonl (held-out
-pairs); the pairs of every other train prompt form train.jsonl. The demo's held-out prompts
-(recipes/data/demo/prompts_test.txt) are not read.
+together) goes to validation. Its prompts, drawn from the demo task's whole train pool (so validation is as large
+as the held-out set: as many prompts as recipes/data/demo/prompts_test.txt has lines, in the pool's order), form
+prompts_val.txt, and its committed pairs test.jsonl (held-out pairs); the pairs of every other train prompt form
+train.jsonl. The demo's held-out prompts are counted, never read into either side.
 """
 
 from __future__ import annotations
@@ -18,18 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from hf_dpo.pairs.demo_task import expected_answer, parse_numbers, prompt_country
+from hf_dpo.pairs.demo_task import demo_prompts, question_of
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo"
 VALIDATION_PERCENT = 20
-
-
-def question_of(prompt: str) -> str:
-    """The item a prompt asks about, the same for every phrasing of it."""
-    country = prompt_country(prompt)
-    if country:
-        return f"capital:{country}"
-    return f"arith:{tuple(parse_numbers(prompt))}:{expected_answer(prompt)}"
 
 
 def is_validation(prompt: str) -> bool:
@@ -40,7 +33,8 @@ def is_validation(prompt: str) -> bool:
 def write_split(out: Path) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     prompts = DEMO_DATA.joinpath("prompts_train.txt").read_text(encoding="utf-8").splitlines()
-    validation_prompts = [p for p in prompts if is_validation(p)]
+    held_out_size = len(DEMO_DATA.joinpath("prompts_test.txt").read_text(encoding="utf-8").splitlines())
+    validation_prompts = [p for p in demo_prompts("train") if is_validation(p)][:held_out_size]
     pairs = [
         json.loads(line)
         for line in DEMO_DATA.joinpath("train.jsonl").read_text(encoding="utf-8").splitlines()

@@ -8,6 +8,9 @@ held-out sets, and `judge(prompt, completion)` with two criteria, most important
                                                                  match case- and accent-insensitively)
     concise = 1 if the answer is 1..12 words long
 
+`judge.question_of(prompt)` names the item a prompt asks about (a country, or an operation on two numbers), so the
+report counts a country's six phrasings as one question, not six (`hf_dpo.pairs.judges.judge_questions`).
+
 Write the prompt files (`make demo-prompts`):
 
     python -m hf_dpo.pairs.demo_task recipes/data
@@ -404,7 +407,17 @@ def judge(prompt: str, completion: str) -> dict[str, float]:
     return {"correct": float(is_correct(prompt, completion)), "concise": float(1 <= n_words <= MAX_WORDS)}
 
 
+def question_of(prompt: str) -> str:
+    """The item a prompt asks about, the same for every phrasing of it (a country, or an operation on two
+    numbers): the report resamples a question's phrasings together."""
+    country = prompt_country(prompt)
+    if country:
+        return f"capital:{country}"
+    return f"arith:{tuple(parse_numbers(prompt))}:{expected_answer(prompt)}"
+
+
 judge.criteria = ("correct", "concise")
+judge.question_of = question_of
 
 
 def write_prompt_files(directory: str | Path) -> list[Path]:

@@ -29,6 +29,9 @@ lists, and then gets them whole:
 Any other judge is a plain-text judge, and gets a conversation's last user turn as its prompt. A reward model
 (`rm:`) reads the whole exchange through its chat template.
 
+Questions. A judge may also say which prompts ask the same question (phrasings of one item), so the report does
+not count five phrasings as five independent results: `judge.question_of = lambda prompt: key`.
+
 Every score is checked: a judge that raises or returns anything but a finite number (or a dict of them with
 the declared names) stops with a `JudgeError` naming the prompt. `check_judge` checks a recipe's judge before
 any model loads (`hf_dpo.preflight` calls it).
@@ -122,6 +125,27 @@ SINGLE_CRITERION = ("score",)
 def judge_criteria(judge) -> tuple[str, ...]:
     """The criterion names of any judge, most important first: ("score",) for one-number judges."""
     return tuple(getattr(judge, "criteria", None) or SINGLE_CRITERION)
+
+
+def judge_questions(judge, prompts: Sequence[Prompt]) -> list[str] | None:
+    """Per prompt, the question it asks, where the judge declares `question_of(prompt) -> key` beside its
+    criteria (`judge.question_of = ...`): prompts with one key are phrasings of one question, and the report's
+    intervals resample them together. None where the judge declares none (every prompt its own question).
+    question_of reads each prompt as the judge does (`judge_prompts`)."""
+    question_of = getattr(judge, "question_of", None)  # a declared attribute of the judge, like `criteria`
+    if question_of is None:
+        return None
+    keys = []
+    for i, prompt in enumerate(judge_prompts(judge, prompts)):
+        try:
+            keys.append(str(question_of(prompt)))
+        except Exception as err:
+            name = getattr(judge, "name", type(judge).__name__)
+            raise JudgeError(
+                f"Judge '{name}': question_of raised {type(err).__name__}: {err} on prompt {i} "
+                f"({_prompt_shown(prompt)!r}). Make it return a key for every prompt the judge scores."
+            ) from err
+    return keys
 
 
 def criteria_scores(judge, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[Criteria]:
@@ -249,6 +273,8 @@ class CallableJudge:
         declared = getattr(fn, "criteria", None)
         self.criteria: tuple[str, ...] | None = tuple(declared) if declared else None
         self.conversations = takes_conversations(fn)
+        # Declared with the criteria: which prompts ask the same question (see `judge_questions`).
+        self.question_of: Callable[[Prompt], str] | None = getattr(fn, "question_of", None)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """One float per answer: the judge's value, or the sum of its criteria."""

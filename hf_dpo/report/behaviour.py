@@ -38,6 +38,13 @@ def judge_answers(
     return criteria, values
 
 
+def judge_questions(judge, prompts: list[str | list[dict]]) -> list[str] | None:
+    """Per prompt, the question it asks, where the judge declares one (hf_dpo.pairs.judges.judge_questions)."""
+    from hf_dpo.pairs.judges import judge_questions as declared_questions
+
+    return declared_questions(judge, prompts)
+
+
 def _answers(tokenizer, completion_ids: list[list[int]], ends: set[int]) -> dict[str, list]:
     """One side's answers as text, whether each ended with an end token, and their lengths in tokens."""
     return {
@@ -96,7 +103,8 @@ def judged_generations(
         _answers(tokenizer, both.reference_ids, ends),
     )
     criteria, pv, rv = _judge_both(judge, given, policy, reference)
-    result = compare_sides(criteria, pv, rv, policy, reference, options)
+    questions = judge_questions(judge, given)
+    result = compare_sides(criteria, pv, rv, policy, reference, options, questions)
     outcomes = result.pop("outcomes")  # (N,) per prompt: into the rows, not into the report's numbers
     result["generations"] = generation_rows(given, criteria, policy, reference, pv, rv, outcomes)
     # log pi(y|x) - log pi_ref(y|x) on the policy's own completions: a Monte-Carlo KL(pi || pi_ref) estimate
@@ -128,13 +136,15 @@ def compare_sides(
     policy: dict[str, list],
     reference: dict[str, list],
     options: ReportOptions = DEFAULT_OPTIONS,
+    questions: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every behavioural number of the report (as plain dicts) from per-prompt values (N, C) of both sides
     and their answers ({"answers", "finished", "tokens"} lists, one entry per prompt):
     through the `judged_win_rate` module, per-criterion rates and paired differences, win/tie/loss by
     criteria (finished first) and the length-controlled win rate; then lengths, unfinished and looping
     shares, and the verdict. `outcomes` is the module's per-prompt outcome behind wins / ties / losses (1 win,
-    0.5 tie, 0 loss of the policy)."""
+    0.5 tie, 0 loss of the policy). `questions` (per prompt, from the judge's `question_of`) make the paired
+    intervals and the sign test count questions, not phrasings."""
     from hf_dpo.report.verdict import verdict
 
     confidence, seed = options.confidence, options.seed
@@ -157,11 +167,22 @@ def compare_sides(
         reference_lengths=words_r,
         confidence=confidence,
         seed=seed,
+        questions=questions,
     )
     n = judged["n"]
     result = {
         key: judged[key]
-        for key in ("n", "criteria", "per_criterion", "wins", "ties", "losses", "win_rate", "ties_count_half")
+        for key in (
+            "n",
+            "questions",
+            "criteria",
+            "per_criterion",
+            "wins",
+            "ties",
+            "losses",
+            "win_rate",
+            "ties_count_half",
+        )
     }
     result["length_controlled_win_rate"] = judged["length_controlled_win_rate"]
     result["lengths"] = {

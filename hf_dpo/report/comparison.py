@@ -106,15 +106,41 @@ def per_criterion_rates(
     criteria: Sequence[str],
     confidence: float,
     seed: int,
+    questions: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Estimate]]:
-    """Each criterion's mean on both sides of (N, C) values and the paired interval of their difference."""
+    """Each criterion's mean on both sides of (N, C) values and the paired interval of their difference (whole
+    questions resampled, given `questions`)."""
     return {
         name: {
             "policy": rate_estimate(policy_values[:, i], confidence, seed),
             "reference": rate_estimate(reference_values[:, i], confidence, seed),
-            "difference": paired_difference(policy_values[:, i], reference_values[:, i], confidence, seed),
+            "difference": paired_difference(
+                policy_values[:, i], reference_values[:, i], confidence, seed, questions=questions
+            ),
         }
         for i, name in enumerate(criteria)
+    }
+
+
+def _primary_better(
+    policy: np.ndarray, reference: np.ndarray, questions: Sequence[str] | None
+) -> dict[str, int | str]:
+    """On how many prompts each side's (N,) primary value is higher; with `questions`, on how many questions
+    (the sum over a question's prompts decides it)."""
+    if questions is None:
+        return {
+            "policy": int((policy > reference).sum()),
+            "reference": int((policy < reference).sum()),
+            "unit": "prompts",
+        }
+    if len(questions) != policy.size:
+        raise EvaluationError(f"got {len(questions)} question keys for {policy.size} prompts.")
+    _, question_of = np.unique(np.asarray(questions, dtype=object).astype(str), return_inverse=True)  # (N,)
+    per_question = np.bincount(question_of, weights=policy - reference)  # (Q,)
+    return {
+        "policy": int((per_question > 0).sum()),
+        "reference": int((per_question < 0).sum()),
+        "unit": "questions",
     }
 
 
@@ -131,6 +157,7 @@ def judged_comparison(
     tie_tolerance: float = 0.0,
     confidence: float = 0.95,
     seed: int = 0,
+    questions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Policy against reference on the same prompts, judged: win/tie/loss and per-criterion rates.
 
@@ -140,6 +167,8 @@ def judged_comparison(
     completions (`same_text`) tie. The win rate counts ties as half a win: (wins + ties / 2) / n, with a
     Wilson interval on that fractional count. Each criterion gets both sides' rates and the paired bootstrap
     interval of their difference; with answer lengths, also the length-controlled win rate.
+    `questions` (one key per prompt, equal for phrasings of one question) make the difference intervals resample
+    whole questions and the sign test count questions: repeated phrasings are not independent evidence.
     """
     pv = _as_criteria_values("policy_scores", policy_scores)  # (N, C)
     rv = _as_criteria_values("reference_scores", reference_scores)  # (N, C)
@@ -158,7 +187,8 @@ def judged_comparison(
     result = {
         "n": n,
         "criteria": list(criteria),
-        "per_criterion": per_criterion_rates(pv, rv, criteria, confidence, seed),
+        "per_criterion": per_criterion_rates(pv, rv, criteria, confidence, seed, questions),
+        "questions": None if questions is None else len(set(questions)),
         "wins": wins,
         "ties": n - wins - losses,
         "losses": losses,
@@ -168,11 +198,8 @@ def judged_comparison(
             name: int((deciding == i).sum()) for i, name in [(-1, "finished"), *enumerate(criteria)]
         },
         "outcomes": outcomes.tolist(),
-        # The first criterion, prompt by prompt: on how many each side is the better one (the verdict's sign test).
-        "primary_better": {
-            "policy": int((pv[:, 0] > rv[:, 0]).sum()),
-            "reference": int((pv[:, 0] < rv[:, 0]).sum()),
-        },
+        # The first criterion: on how many prompts (questions) each side is the better one (the verdict's sign test).
+        "primary_better": _primary_better(pv[:, 0], rv[:, 0], questions),
         "policy_mean_score": mean_estimate(pv.sum(axis=1), confidence, seed),
         "reference_mean_score": mean_estimate(rv.sum(axis=1), confidence, seed),
     }

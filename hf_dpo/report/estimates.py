@@ -196,18 +196,50 @@ def paired_difference(
     reference_values: Sequence[float] | np.ndarray,
     confidence: float = 0.95,
     seed: int = 0,
+    questions: Sequence[str] | None = None,
 ) -> Estimate:
     """Mean of policy - reference over the same prompts, with a paired percentile bootstrap interval
-    (prompts are resampled, each keeping both of its answers)."""
+    (prompts are resampled, each keeping both of its answers). With `questions` (one key per prompt: prompts
+    with one key are phrasings of one question), whole questions are resampled, all their prompts together:
+    five phrasings of one question are not five independent pieces of evidence."""
     p = np.asarray(policy_values, dtype=np.float64).reshape(-1)  # (n,)
     r = np.asarray(reference_values, dtype=np.float64).reshape(-1)  # (n,)
     if p.shape != r.shape or p.size == 0:
         raise EvaluationError(
             f"paired_difference needs two equal, non-empty lists; got {p.size} and {r.size}."
         )
-    est = mean_estimate(p - r, confidence, seed)
-    est.method = "paired bootstrap"
-    return est
+    if questions is None:
+        est = mean_estimate(p - r, confidence, seed)
+        est.method = "paired bootstrap"
+        return est
+    if len(questions) != p.size:
+        raise EvaluationError(f"paired_difference got {len(questions)} question keys for {p.size} prompts.")
+    low, high = clustered_bootstrap_mean_ci(p - r, questions, confidence, seed=seed)
+    return Estimate(
+        float((p - r).mean()), low, high, int(p.size), "question-clustered paired bootstrap", confidence
+    )
+
+
+def clustered_bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray,
+    clusters: Sequence[str],
+    confidence: float = 0.95,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over items, resampling whole clusters (each with all its items)."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)  # (n,)
+    _, cluster_of = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)  # (n,)
+    sums = np.bincount(cluster_of, weights=x)  # (G,)
+    sizes = np.bincount(cluster_of).astype(np.float64)  # (G,)
+    if sums.size == 1:
+        return float(x.mean()), float(x.mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, sums.size, size=(num_resamples, sums.size))  # (B, G)
+    means = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)  # (B,)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50) -> np.ndarray:

@@ -158,6 +158,17 @@ def generations_line(report: dict[str, Any]) -> str:
     )
 
 
+def _difference_intervals(beh: dict) -> str:
+    """How the difference intervals were resampled: over prompts, or over the questions the judge names."""
+    if not beh.get("questions"):
+        return "Intervals of differences come from a paired bootstrap over prompts."
+    return (
+        f"Intervals of differences come from a paired bootstrap over questions: the {beh['n']} prompts ask "
+        f"{beh['questions']} questions (the judge's `question_of`), and the prompts of one question are resampled "
+        "together, so its phrasings count as one piece of evidence, not several."
+    )
+
+
 def behaviour_text(report: dict[str, Any]) -> str:
     beh = report.get("behaviour")
     if not beh:
@@ -186,7 +197,7 @@ def behaviour_text(report: dict[str, Any]) -> str:
         text
         + f" on its criteria ({', '.join(beh['criteria'])}; the first is the primary one). An answer that "
         "reached the cap is unfinished: it is not judged as a whole answer but fails every criterion and loses "
-        "to any finished answer. Intervals of differences come from a paired bootstrap over prompts.\n\n"
+        f"to any finished answer. {_difference_intervals(beh)}\n\n"
         + criteria_table(report)
         + f"\n\nHead to head (finished first, then the criteria in order): **{beh['wins']} wins / {beh['ties']} "
         f"ties / {beh['losses']} losses**, win rate {beh['win_rate']['value']:.3f} "

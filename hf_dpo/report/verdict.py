@@ -11,6 +11,9 @@ policy-minus-reference difference over the same held-out prompts:
     mixed         the interval lies above 0, but one of those got worse (named in the line)
     not improved  the interval reaches 0 or lies below it (then: "worse")
 
+Where the judge says which prompts ask the same question (`question_of`: phrasings of one question), the interval
+resamples whole questions and the sign test counts questions, so repeated phrasings are not counted as independent
+evidence.
 An interval off 0 also needs the exact sign test on the prompts where the two sides' primary values differ
 (policy better on k, reference on j) at the same level: with few such prompts the percentile bootstrap is
 too narrow (4 vs 0 of 96 puts it above 0, while p = 0.125), and then the verdict is "not improved" and says why.
@@ -67,11 +70,15 @@ def verdict(behaviour: dict[str, Any]) -> dict[str, Any]:
         f"difference {_interval(diff)} ({conf}% {diff['method']} interval, {diff['n']} held-out prompts"
     )
     trained_on = behaviour.get("prompts_in_training")  # absent when not checked (hf-dpo eval, older reports)
-    detail += f", {trained_on} of them training prompts)" if trained_on else ")"
+    if trained_on:
+        detail += f", {trained_on} of them training prompts"
+    if behaviour.get("questions"):  # absent in reports written before question keys, None without them
+        detail += f"{',' if trained_on else ''} asking {behaviour['questions']} questions"
+    detail += ")"
     if label == "not improved":
         if (diff["low"] > 0 or diff["high"] < 0) and not significant:
             detail += (
-                f"; the sides differ on only {better['policy'] + better['reference']} prompts "
+                f"; the sides differ on only {better['policy'] + better['reference']} {better.get('unit', 'prompts')} "
                 f"({better['policy']} better for the policy, {better['reference']} for the reference): "
                 f"not significant by an exact sign test (p = {p_sign:.3f})"
             )

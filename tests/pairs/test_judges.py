@@ -223,3 +223,33 @@ def test_a_judge_returning_an_int_too_large_for_a_float_is_named():
         judge = CallableJudge(lambda p, c, v=value: v, name="huge")
         with pytest.raises(JudgeError, match="Judge 'huge' returned .* for prompt 0"):
             judge.score(["p"], ["c"])
+
+
+def test_a_judge_declares_which_prompts_ask_the_same_question():
+    from hf_dpo.pairs.judges import JudgeError, judge_questions, load_judge
+
+    demo = load_judge("hf_dpo.pairs.demo_task:judge")
+    prompts = [
+        "What is the capital of Chile?",
+        "Name the capital city of Chile.",
+        "What is 3 + 4?",
+        "Add 3 and 4.",
+    ]
+    assert judge_questions(demo, prompts) == [
+        "capital:Chile",
+        "capital:Chile",
+        "arith:(3, 4):7",
+        "arith:(3, 4):7",
+    ]
+
+    def plain(prompt, completion):
+        return 1.0
+
+    assert judge_questions(load_judge(plain), prompts) is None  # undeclared: every prompt its own question
+
+    def grouped(prompt, completion):
+        return 1.0
+
+    grouped.question_of = lambda prompt: {"a": "x"}[prompt]
+    with pytest.raises(JudgeError, match=r"question_of raised KeyError.*prompt 1 \('b'\)"):
+        judge_questions(load_judge(grouped), ["a", "b"])

@@ -266,8 +266,14 @@ def test_every_judged_generation_is_saved_with_the_values_the_report_counted(mon
         2,
         2,
     )
+    # The demo judge names each prompt's question (six different sums here): the intervals resample questions.
+    assert report["behaviour"]["questions"] == len(JUDGED)
+    assert report["behaviour"]["per_criterion"]["correct"]["difference"]["method"] == (
+        "question-clustered paired bootstrap"
+    )
     # The report says where the answers are, in its Behaviour section, and so does the console.
     md = (run_dir / "eval_report.md").read_text()
+    assert f"the {len(JUDGED)} prompts ask {len(JUDGED)} questions (the judge's `question_of`)" in md
     section = md.split("## Behaviour: judged generations")[1].split("### Side-by-side samples")[0]
     assert "is in [eval_generations.jsonl](eval_generations.jsonl) (one JSON line per prompt)" in section
     from hf_dpo.report.markdown import console_summary
@@ -594,7 +600,10 @@ def test_a_report_on_training_prompts_says_they_were_not_held_out(run, tmp_path)
         "eval_pairs": 12,
         "eval_pairs_of": 12,
     }
-    assert "3 held-out prompts, 3 of them training prompts)" in report["behaviour"]["verdict"]["line"]
+    assert (
+        "3 held-out prompts, 3 of them training prompts, asking 3 questions)"
+        in report["behaviour"]["verdict"]["line"]
+    )
     warning = next(w for w in report["warnings"] if w.startswith("Not held out"))
     assert (
         "3 of the 3 judged prompts and 12 of the 12 held-out pairs have a prompt of the training data"

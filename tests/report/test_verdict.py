@@ -13,7 +13,15 @@ from hf_dpo.report.markdown import console_summary
 from hf_dpo.report.verdict import warnings
 
 
-def _sides(policy_correct, reference_correct, *, policy_answers=None, reference_answers=None, finished=None):
+def _sides(
+    policy_correct,
+    reference_correct,
+    *,
+    policy_answers=None,
+    reference_answers=None,
+    finished=None,
+    questions=None,
+):
     """compare_sides on a two-criterion judge (correct, concise) with the given per-prompt correctness."""
     n = len(policy_correct)
     pv = np.stack([np.asarray(policy_correct, float), np.ones(n)], axis=1)  # (N, 2)
@@ -36,6 +44,7 @@ def _sides(policy_correct, reference_correct, *, policy_answers=None, reference_
             "finished": [True] * n,
             "tokens": [len(a.split()) for a in reference_answers],
         },
+        questions=questions,
     )
 
 
@@ -135,3 +144,39 @@ def test_warnings_name_the_levers():
         warnings({"preference": {"metrics": {"logp_shift/chosen": {"value": 1, "low": 0.5, "high": 2}}}})
         == []
     )
+
+
+def test_phrasings_of_one_question_are_one_piece_of_evidence():
+    """The policy is right where the reference is wrong on 3 questions, asked in 8 phrasings each, and the two
+    agree on 27 other questions. Counted by prompt that is 24 vs 0 (improved); counted by question, 3 vs 0,
+    which neither the question-clustered interval nor an exact sign test (p = 0.25) can tell from chance."""
+    questions = [f"q{i}" for i in range(3) for _ in range(8)] + [f"other{i}" for i in range(27)]
+    policy = [1.0] * 24 + [1.0] * 13 + [0.0] * 14
+    reference = [0.0] * 24 + [1.0] * 13 + [0.0] * 14
+    by_prompt = _json(_sides(policy, reference))
+    by_question = _json(_sides(policy, reference, questions=questions))
+    assert by_prompt["verdict"]["label"] == "improved"
+    v = by_question["verdict"]
+    assert v["label"] == "not improved" and by_question["questions"] == 30
+    assert "asking 30 questions" in v["line"]
+    assert by_question["primary_better"] == {"policy": 3, "reference": 0, "unit": "questions"}
+    assert by_prompt["primary_better"] == {"policy": 24, "reference": 0, "unit": "prompts"}
+    assert v["difference"]["method"] == "question-clustered paired bootstrap"
+    assert v["difference"]["value"] == pytest.approx(24 / 51)  # the estimate is still the mean over prompts
+
+
+def test_question_clustered_interval_equals_the_interval_over_question_means():
+    """Equal-sized questions whose phrasings agree: resampling questions is resampling their values."""
+    rng = np.random.default_rng(1)
+    per_question = (rng.random(40) < 0.6).astype(float) - (rng.random(40) < 0.3)  # (40,) values in {-1, 0, 1}
+    phrasings = 6
+    diff = paired_difference(
+        np.repeat(per_question, phrasings),
+        np.zeros(40 * phrasings),
+        questions=[f"q{i:02d}" for i in range(40) for _ in range(phrasings)],  # sorted as the values are
+    )
+    plain_over_questions = paired_difference(per_question, np.zeros(40))
+    by_prompt = paired_difference(np.repeat(per_question, phrasings), np.zeros(40 * phrasings))
+    assert (diff.low, diff.high) == pytest.approx((plain_over_questions.low, plain_over_questions.high))
+    assert diff.n == 40 * phrasings
+    assert by_prompt.high - by_prompt.low < 0.6 * (diff.high - diff.low)  # repeats alone shrink it ~sqrt(6)x

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from hf_dpo.pairs.demo_task import demo_prompts, question_of
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,12 +29,15 @@ def test_validation_holds_whole_questions_from_train_prompts_only(tmp_path):
         json.loads(line) for line in (tmp_path / "test.jsonl").read_text(encoding="utf-8").splitlines()
     ]
 
-    assert set(validation) <= set(train_prompts) and not set(validation) & test_prompts
-    # every phrasing of a validation question is in validation, and none of its pairs is trained on
-    validation_questions = {split.question_of(p) for p in validation}
-    assert [p for p in train_prompts if split.question_of(p) in validation_questions] == validation
-    assert not {split.question_of(r["prompt"]) for r in train} & validation_questions
-    assert {split.question_of(r["prompt"]) for r in held_out} <= validation_questions
+    pool = demo_prompts("train")
+    assert set(validation) <= set(pool) and not set(validation) & test_prompts
+    assert len(validation) == len(test_prompts)
+    # validation prompts are the pool's validation questions, in order; none of their pairs is trained on
+    validation_questions = {question_of(p) for p in validation}
+    assert validation == [p for p in pool if split.is_validation(p)][: len(validation)]
+    assert {question_of(p) for p in train_prompts if split.is_validation(p)} <= validation_questions
+    assert not {question_of(r["prompt"]) for r in train} & validation_questions
+    assert {question_of(r["prompt"]) for r in held_out} <= validation_questions
     committed = (ROOT / "recipes/data/demo/train.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(train) + len(held_out) == len(committed)
     assert counts == {
@@ -41,4 +46,4 @@ def test_validation_holds_whole_questions_from_train_prompts_only(tmp_path):
         "train pairs": len(train),
         "validation pairs": len(held_out),
     }
-    assert 0.1 < len(validation) / len(train_prompts) < 0.3
+    assert 0.1 < sum(map(split.is_validation, train_prompts)) / len(train_prompts) < 0.3

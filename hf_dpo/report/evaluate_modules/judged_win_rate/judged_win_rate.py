@@ -40,10 +40,14 @@ Args:
     tie_tolerance: value differences at most this large count as equal (default 0.0).
     confidence: interval level (default 0.95).
     seed: bootstrap seed (default 0).
+    questions: per prompt, the question it asks (prompts sharing a key are phrasings of one question); given,
+        difference intervals resample whole questions and primary_better counts questions (default: each
+        prompt its own question).
 Returns:
     n, criteria, per_criterion {name: {policy, reference, difference}}, wins, ties, losses, win_rate,
     ties_count_half, decided_by {finished | criterion: count}, outcomes (1 win, 0.5 tie, 0 loss per prompt),
-    primary_better {policy, reference: prompts where that side is better on the first criterion},
+    questions (distinct question keys, or None),
+    primary_better {policy, reference: prompts (questions) where that side is better on the first criterion, unit},
     policy_mean_score, reference_mean_score[, length_controlled_win_rate]; every interval as
     {value, low, high, n, method, confidence}.
 """
@@ -82,6 +86,7 @@ class JudgedWinRate(evaluate.Metric):
         tie_tolerance=0.0,
         confidence=0.95,
         seed=0,
+        questions=None,
     ):
         result = judged_comparison(
             policy_scores,
@@ -95,5 +100,6 @@ class JudgedWinRate(evaluate.Metric):
             tie_tolerance=tie_tolerance,
             confidence=confidence,
             seed=seed,
+            questions=questions,
         )
         return plain(result)  # Estimates as dicts: the module returns plain JSON-able values
