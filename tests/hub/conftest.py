@@ -37,6 +37,10 @@ def hub(monkeypatch, tmp_path):
         constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
     )
     monkeypatch.setattr(constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {"127.0.0.1"})
+    # A download cache of this test's own: every test's server names its repo tester/tiny-dpo, and the shared
+    # cache would hold an earlier server's refs/main (a commit this server never made: "Invalid rev id").
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     yield server
     server.stop()
 
