@@ -381,11 +381,11 @@ def test_compute_metrics_gets_each_pairs_rewards(tmp_path, tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_untrained_adapter_ranks_no_pair_in_float32_or_bfloat16(tmp_path, smollm_dir, dtype):
-    """An untrained LoRA (B = 0) is its reference: the reference, precomputed in batches of 16, and the policy, in
-    batches of 3, both go shortest pair first and compute each pair alike, in bfloat16 too (in dataset order their
-    other padding rounded them apart by up to ~0.25 nats a pair in bfloat16, a sixth of the tolerance,
-    `hf_dpo.train.loss.logps_rounding`). The tolerance of the forward's dtype makes every pair a tie, reward
-    accuracy 0, in both dtypes."""
+    """An untrained LoRA (B = 0) is its reference. The reference, precomputed in batches of 16, and the policy, in
+    batches of 3, pad each pair differently: in float32 their log-probs agree to far below a nat, in bfloat16 they
+    round apart by up to ~0.6 nats a pair on these 24 demo pairs, under the bfloat16 tolerance
+    (`hf_dpo.train.loss.logps_rounding`) and far over float32's. The tolerance of the forward's dtype makes every
+    pair a tie, reward accuracy 0, in both dtypes."""
     from hf_dpo.report.estimates import preference_metrics, rounding_of
     from hf_dpo.train.loss import LOGPS_ROUNDING, logps_rounding
 
@@ -416,4 +416,7 @@ def test_an_untrained_adapter_ranks_no_pair_in_float32_or_bfloat16(tmp_path, smo
 
     margins = (pc - rc) - (pr - rr)  # (24,) policy == reference up to rounding
     assert accuracy(rounding_of(logps)) == 0.0
-    assert margins.abs().max() < 1e-3 and accuracy(LOGPS_ROUNDING) == 0.0
+    if dtype == torch.float32:
+        assert margins.abs().max() < 1e-3 and accuracy(LOGPS_ROUNDING) == 0.0
+    else:  # the noise is there, nats above float32's tolerance, and the bfloat16 one still ties every pair
+        assert 0 < margins.abs().max() < 2.0
