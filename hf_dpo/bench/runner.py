@@ -191,7 +191,8 @@ def matmul_rates(before: dict[str, float] | None = None) -> dict[str, float]:
 def write_report(report: dict, out: str | None, echo) -> None:
     echo("")
     echo(report["table"])
-    echo("\n" + report["compute_table"])
+    if report["compute_table"]:
+        echo("\n" + report["compute_table"])
     if report["verdicts"]:
         echo("\n" + format_verdicts(report["verdicts"]))
     echo(f"\nload average (1, 5, 15 min) at the end: {report['machine']['load_average_end']}")
@@ -274,7 +275,10 @@ def build_report(machine: dict, setup: dict, lines: list[str], results: list[dic
         "lines": {name: asdict(LINES[name]) for name in lines},
         "results": results,
         "table": format_table(results),
-        "compute_table": format_compute_table(results, machine["matmul_gflops_per_s"]),
+        # hf-dpo bench measures this CPU's matmul floor; the GPU check's lines (scripts/gpu) measure none
+        "compute_table": format_compute_table(results, rates)
+        if (rates := machine.get("matmul_gflops_per_s"))
+        else None,
         "targets": TARGETS,
         "verdicts": verdicts(results),
     }
