@@ -179,3 +179,26 @@ def sampling_recipe(tmp_path: Path, **over):
     }
     args = [x for k, v in values.items() for x in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
     return load_recipe(None, args)
+
+
+def tiny_classifier(path, tokenizer, num_labels: int) -> str:
+    """A one-layer random Llama sequence classifier with `num_labels` outputs and `tokenizer`, saved at `path`
+    (a reward model for `rm:` judges)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

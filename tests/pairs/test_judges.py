@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_dpo.pairs.judges import CallableJudge, Judge, JudgeError, RewardModelJudge, load_judge
+from tests.run_fixtures import tiny_classifier
 
 
 def length_judge(prompt: str, completion: str) -> float:
@@ -70,26 +71,6 @@ def test_integers_and_numpy_floats_are_accepted():
     assert judge.score(["p", "p"], ["a", "b"]) == [0.5, 3.0]
 
 
-def _tiny_classifier(path, tokenizer, num_labels: int) -> str:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        num_labels=num_labels,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def smol_tokenizer(smollm_dir):
     from transformers import AutoTokenizer
@@ -98,7 +79,7 @@ def smol_tokenizer(smollm_dir):
 
 
 def test_reward_model_scores_with_chat_template(tmp_path, smol_tokenizer):
-    path = _tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)
+    path = tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)
     judge = load_judge(f"rm:{path}")
     assert isinstance(judge, RewardModelJudge) and judge.name == f"rm:{path}"
     prompts = ["What is 2 + 3?", "What is the capital of France?", "What is 2 + 3?"]
@@ -118,7 +99,7 @@ def test_reward_model_scores_with_chat_template(tmp_path, smol_tokenizer):
 
 
 def test_reward_model_with_two_outputs_is_refused(tmp_path, smol_tokenizer):
-    path = _tiny_classifier(tmp_path / "rm2", smol_tokenizer, num_labels=2)
+    path = tiny_classifier(tmp_path / "rm2", smol_tokenizer, num_labels=2)
     with pytest.raises(JudgeError, match="has 2 outputs.*exactly one"):
         load_judge(f"rm:{path}")
 
@@ -182,7 +163,7 @@ def test_reward_model_without_chat_template_reads_its_special_tokens(tmp_path, s
             single=f"{cls} $A", pair=f"{cls} $A $B", special_tokens=specials
         )
     tokenizer._tokenizer.post_processor = template
-    judge = load_judge(f"rm:{_tiny_classifier(tmp_path / 'rm', tokenizer, num_labels=1)}")
+    judge = load_judge(f"rm:{tiny_classifier(tmp_path / 'rm', tokenizer, num_labels=1)}")
     assert not judge.tokenizer.chat_template
     prompt, completion = "What is 2 + 3?", " It is 5."
     expected = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
@@ -210,7 +191,7 @@ def test_a_reward_model_under_the_home_directory_loads_from_a_recipes_tilde_path
     from hf_dpo.pairs.judges import check_judge
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    _tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)
+    tiny_classifier(tmp_path / "rm", smol_tokenizer, num_labels=1)
     check_judge("rm:~/rm")
     judge = load_judge("rm:~/rm")
     assert judge.name == "rm:~/rm" and len(judge.score(["What is 2 + 3?"], ["5"])) == 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_dpo.pairs.judges import criteria_scores, load_judge, takes_conversations
+from tests.run_fixtures import tiny_classifier
 
 CHAT = [
     {"role": "system", "content": "You are a pirate. Answer like one."},
@@ -95,31 +96,11 @@ def test_an_error_of_a_conversation_judge_names_the_last_turn():
         load_judge(broken).score([CHAT], ["x"])
 
 
-def _tiny_reward_model(path, tokenizer) -> str:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_a_reward_model_scores_the_whole_exchange_through_its_chat_template(tmp_path, smollm_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
-    judge = load_judge(f"rm:{_tiny_reward_model(tmp_path / 'rm', tokenizer)}")
+    judge = load_judge(f"rm:{tiny_classifier(tmp_path / 'rm', tokenizer, num_labels=1)}")
     (whole,) = judge.score([CHAT], ["Eleven, arr."])
     text = tokenizer.apply_chat_template(
         CHAT + [{"role": "assistant", "content": "Eleven, arr."}], tokenize=False
