@@ -38,13 +38,6 @@ def judge_answers(
     return criteria, values
 
 
-def judge_questions(judge, prompts: list[str | list[dict]]) -> list[str] | None:
-    """Per prompt, the question it asks, where the judge declares one (hf_dpo.pairs.judges.judge_questions)."""
-    from hf_dpo.pairs.judges import judge_questions as declared_questions
-
-    return declared_questions(judge, prompts)
-
-
 def _answers(tokenizer, completion_ids: list[list[int]], ends: set[int]) -> dict[str, list]:
     """One side's answers as text, whether each ended with an end token, and their lengths in tokens."""
     return {
@@ -102,6 +95,8 @@ def judged_generations(
         _answers(tokenizer, both.policy_ids, ends),
         _answers(tokenizer, both.reference_ids, ends),
     )
+    from hf_dpo.pairs.judges import judge_questions
+
     criteria, pv, rv = _judge_both(judge, given, policy, reference)
     questions = judge_questions(judge, given)
     result = compare_sides(criteria, pv, rv, policy, reference, options, questions)

@@ -17,6 +17,7 @@ import numpy as np
 from hf_dpo.report.estimates import (
     Estimate,
     EvaluationError,
+    cluster_index,
     length_controlled_win_rate,
     mean_estimate,
     paired_difference,
@@ -135,8 +136,7 @@ def _primary_better(
         }
     if len(questions) != policy.size:
         raise EvaluationError(f"got {len(questions)} question keys for {policy.size} prompts.")
-    _, question_of = np.unique(np.asarray(questions, dtype=object).astype(str), return_inverse=True)  # (N,)
-    per_question = np.bincount(question_of, weights=policy - reference)  # (Q,)
+    per_question = np.bincount(cluster_index(questions), weights=policy - reference)  # (Q,)
     return {
         "policy": int((per_question > 0).sum()),
         "reference": int((per_question < 0).sum()),

@@ -220,6 +220,11 @@ def paired_difference(
     )
 
 
+def cluster_index(keys: Sequence[str]) -> np.ndarray:
+    """(n,) the cluster number 0..G-1 of each of n keys (keys in sorted order)."""
+    return np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)[1]
+
+
 def clustered_bootstrap_mean_ci(
     values: Sequence[float] | np.ndarray,
     clusters: Sequence[str],
@@ -229,7 +234,7 @@ def clustered_bootstrap_mean_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over items, resampling whole clusters (each with all its items)."""
     x = np.asarray(values, dtype=np.float64).reshape(-1)  # (n,)
-    _, cluster_of = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)  # (n,)
+    cluster_of = cluster_index(clusters)  # (n,)
     sums = np.bincount(cluster_of, weights=x)  # (G,)
     sizes = np.bincount(cluster_of).astype(np.float64)  # (G,)
     if sums.size == 1:
