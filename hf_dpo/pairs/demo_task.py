@@ -27,7 +27,11 @@ from functools import cache
 from pathlib import Path
 
 SPLITS = ("train", "test")
-HELD_OUT_PERCENT = 10  # share of questions (by item, all phrasings together) kept for the held-out split
+# Share of questions (by item: a country, or an operation on two numbers) kept for the held-out split. Capitals
+# are held out three times as often as sums: the report counts questions, and a 135M model answers few sums at
+# all (held-out and validation alike), so held-out countries are where a gain can show.
+HELD_OUT_PERCENT = {"capital": 30, "arithmetic": 10}
+HELD_OUT_PHRASINGS = 3  # of a held-out country's six phrasings, alternately the even or the odd ones
 MAX_WORDS = 12
 
 # Country -> capital (and accepted alternatives). Capitals as commonly given in English.
@@ -254,10 +258,13 @@ _OPS = {
 }
 
 
-def _split_of(key: str) -> str:
+def _bucket(key: str) -> int:
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
+
+
+def _split_of(key: str, kind: str) -> str:
     """Deterministic split by item (all phrasings of one question land on the same side)."""
-    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
-    return "test" if bucket < HELD_OUT_PERCENT else "train"
+    return "test" if _bucket(key) < HELD_OUT_PERCENT[kind] else "train"
 
 
 @cache
@@ -265,8 +272,13 @@ def _all_prompts() -> dict[str, tuple[str, ...]]:
     rng = random.Random(1234)
     out: dict[str, list[str]] = {s: [] for s in SPLITS}
     for country in CAPITALS:
-        split = _split_of(f"capital:{country}")
-        out[split].extend(p.format(country=country) for p in CAPITAL_PHRASINGS)
+        key = f"capital:{country}"
+        split = _split_of(key, "capital")
+        phrasings = CAPITAL_PHRASINGS
+        if split == "test":
+            # more held-out countries in the same number of prompts: the report counts questions, not phrasings
+            phrasings = CAPITAL_PHRASINGS[_bucket(key) % 2 :: 2][:HELD_OUT_PHRASINGS]
+        out[split].extend(p.format(country=country) for p in phrasings)
     for op, count in ARITHMETIC_ITEMS.items():
         phrasings, (lo, hi), _ = ARITHMETIC[op]
         seen: set[tuple[int, int]] = set()
@@ -277,7 +289,7 @@ def _all_prompts() -> dict[str, tuple[str, ...]]:
             if (a, b) in seen:
                 continue
             seen.add((a, b))
-            out[_split_of(f"{op}:{a}:{b}")].append(rng.choice(phrasings).format(a=a, b=b))
+            out[_split_of(f"{op}:{a}:{b}", "arithmetic")].append(rng.choice(phrasings).format(a=a, b=b))
     for split in SPLITS:
         random.Random(split).shuffle(out[split])  # mix the two kinds so any prefix is a fair sample
     return {s: tuple(v) for s, v in out.items()}
@@ -346,6 +358,23 @@ def _answer_slots(folded: str, country: str) -> list[str]:
     return [m.group(1) for m in re.finditer(pattern, folded)]
 
 
+# Words that may stand before "is the capital of <country>" without naming a city: "It is the capital of Spain."
+_NOT_A_NAME = frozenset("it this that which and so yes also the city its capital".split())
+
+
+def _named_as_capital(folded: str, country: str) -> list[str]:
+    """What each "<X> is the capital (city) of <country>" / "<X> is <country>'s capital" in `folded` names as the
+    capital: X, the clause before "is" ("" where it names nothing, as "it" or "this city" do)."""
+    name = re.escape(_fold(country))
+    pattern = rf"\bis (?:the |a )?(?:capital(?: city)? of (?:the )?{name}\b|{name}'s capital)"
+    subjects = []
+    for m in re.finditer(pattern, folded):
+        clause = re.split(r"[.;:!?\n]", folded[: m.start()])[-1]
+        names_something = any(w not in _NOT_A_NAME for w in re.findall(r"[a-z][a-z'-]*", clause))
+        subjects.append(clause if names_something else "")
+    return subjects
+
+
 def _named(folded: str, names) -> bool:
     return _any_of(tuple(names)).search(folded) is not None
 
@@ -374,7 +403,8 @@ def is_correct(prompt: str, completion: str) -> bool:
     repeated, as in "23 + 58 = 81"; "81 or 82" is not an answer). Capitals: an accepted name appears as a whole
     word, case- and accent-insensitively, and no competing answer does: no other country's capital ("Pyongyang,
     also known as Seoul"), no "capital of <another country>", and a sentence "the capital of <country> is
-    <name>" has an accepted name in that slot ("The capital of Ghana is Kumasi, also known as Accra." is wrong).
+    <name>" has an accepted name in that slot ("The capital of Ghana is Kumasi, also known as Accra." is wrong), as
+    does "<name> is the capital of <country>" ("Santai is Singapore's capital city, Singapore." is wrong).
     The question's own country named as such ("the capital of Singapore", "Singapore's") is not an answer, for
     capitals that bear the country's name (Singapore, Luxembourg): "The capital of Singapore is Jakarta." is
     wrong.
@@ -395,6 +425,10 @@ def is_correct(prompt: str, completion: str) -> bool:
     # name in that slot must be an accepted one: a later mention of the right name does not undo a wrong one.
     for slot in _answer_slots(folded, country):
         if not any(slot.startswith(capital) for capital in accepted):
+            return False
+    # The same the other way round: "SingSat is the capital of Singapore, also known as Singapore" names SingSat.
+    for subject in _named_as_capital(folded, country):
+        if subject and not _named(subject, answer):
             return False
     others, claims_other = _competitors(country)
     return not _named(folded, others) and claims_other.search(folded) is None

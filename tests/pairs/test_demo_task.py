@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 
 from hf_dpo.pairs.demo_task import (
+    CAPITAL_PHRASINGS,
     CAPITALS,
+    HELD_OUT_PHRASINGS,
     demo_prompts,
     expected_answer,
     is_correct,
     judge,
     parse_numbers,
+    prompt_country,
     write_prompt_files,
 )
 
@@ -31,11 +34,17 @@ def test_splits_are_deterministic_disjoint_and_sized():
 
 def test_split_keeps_all_phrasings_of_a_country_together():
     test = demo_prompts("test")
-    held_out = {c for c in CAPITALS if any(p.endswith(f"of {c}?") or f" {c}'s " in p for p in test)}
-    assert held_out, "some countries are held out"
+    held_out = {prompt_country(p) for p in test} - {None}
+    assert len(held_out) >= 40, "enough held-out countries for the report's per-question counts"
     for country in held_out:
-        in_train = [p for p in demo_prompts("train") if expected_answer(p) == CAPITALS[country]]
+        in_train = [p for p in demo_prompts("train") if prompt_country(p) == country]
         assert not in_train, f"{country} leaks into train: {in_train}"
+        asked = [p for p in test if prompt_country(p) == country]
+        assert len(asked) == HELD_OUT_PHRASINGS, asked
+    # every phrasing is asked of some held-out countries
+    assert {p.replace(prompt_country(p), "{country}") for p in test if prompt_country(p)} == set(
+        CAPITAL_PHRASINGS
+    )
 
 
 def test_committed_prompt_files_match_the_code(tmp_path):
@@ -94,6 +103,18 @@ def test_parse_numbers_handles_commas_and_signs():
         ("What is 23 + 58?", "81 or maybe 82", (0.0, 1.0)),
         ("What is the capital of Japan?", "Kyoto is the capital.", (0.0, 1.0)),
         ("What is the capital of Japan?", "Tokyoite", (0.0, 1.0)),
+        # a wrong name given as "<X> is the capital of <country>", the right one mentioned elsewhere
+        (
+            "What is the capital of Singapore?",
+            "SingSat is the capital of Singapore, also Singapore.",
+            (0.0, 1.0),
+        ),
+        ("What is Singapore's capital city?", "Santai is Singapore's capital city.", (0.0, 1.0)),
+        ("What is the capital of Spain?", "Barcelona is the capital of Spain, not Madrid.", (0.0, 1.0)),
+        # ... and the right one given that way, or after a pronoun
+        ("What is the capital of Mexico?", "Mexico City is the capital of Mexico.", (1.0, 1.0)),
+        ("What is the capital of Singapore?", "Singapore is the capital city of Singapore.", (1.0, 1.0)),
+        ("What is the capital of Spain?", "Madrid. It is the capital of Spain.", (1.0, 1.0)),
         # correct but long: correct beats concise
         (
             "What is 6 times 7?",
