@@ -328,19 +328,27 @@ def prompt_country(prompt: str) -> str | None:
     return by_folded[max(found, key=len)] if found else None
 
 
+def arithmetic_of(prompt: str) -> tuple[str, int, int] | None:
+    """(op, a, b) of an arithmetic prompt, whatever its phrasing: "Subtract 7 from 55." -> ("-", 55, 7)."""
+    m = _ARITH_PROMPT.search(prompt)
+    if not m:
+        return None
+    g = m.groupdict()
+    if g["sa"] is not None:
+        return "-", int(g["sa"]), int(g["sb"])
+    if g["aa"] is not None:
+        return "+", int(g["aa"]), int(g["ab"])
+    if g["ma"] is not None:
+        return "*", int(g["ma"]), int(g["mb"])
+    return _OPS[g["op"].lower()], int(g["a"]), int(g["b"])
+
+
 def expected_answer(prompt: str) -> int | tuple[str, ...]:
     """The correct answer to a demo prompt: an int, or the accepted capital names. ValueError if none."""
-    m = _ARITH_PROMPT.search(prompt)
-    if m:
-        g = m.groupdict()
-        if g["sa"] is not None:
-            return int(g["sa"]) - int(g["sb"])
-        if g["aa"] is not None:
-            return int(g["aa"]) + int(g["ab"])
-        if g["ma"] is not None:
-            return int(g["ma"]) * int(g["mb"])
-        op = _OPS[g["op"].lower()]
-        return ARITHMETIC[op][2](int(g["a"]), int(g["b"]))
+    arithmetic = arithmetic_of(prompt)
+    if arithmetic:
+        op, a, b = arithmetic
+        return ARITHMETIC[op][2](a, b)
     country = prompt_country(prompt)
     if country is None:
         raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
@@ -447,7 +455,10 @@ def question_of(prompt: str) -> str:
     country = prompt_country(prompt)
     if country:
         return f"capital:{country}"
-    return f"arith:{tuple(parse_numbers(prompt))}:{expected_answer(prompt)}"
+    arithmetic = arithmetic_of(prompt)
+    if arithmetic is None:
+        raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
+    return "{}:{}:{}".format(*arithmetic)  # the item key the split hashes
 
 
 judge.criteria = ("correct", "concise")

@@ -16,6 +16,7 @@ from hf_dpo.pairs.demo_task import (
     judge,
     parse_numbers,
     prompt_country,
+    question_of,
     write_prompt_files,
 )
 
@@ -208,3 +209,24 @@ def test_every_phrasing_of_every_country_finds_its_country_and_judges_its_capita
     ]:
         prompt = CAPITAL_PHRASINGS[0].format(country=country)
         assert not is_correct(prompt, f"The capital of {country} is {CAPITALS[other][0]}."), (prompt, other)
+
+
+@pytest.mark.parametrize(
+    "phrasings",
+    [
+        ("Subtract 15 from 55.", "What is 55 minus 15?", "Compute 55 - 15."),
+        ("Add 4 and 5.", "What is 4 plus 5?", "What is 4 + 5?"),
+        ("Multiply 7 by 8.", "What is 7 multiplied by 8?", "What is 7 times 8?"),
+        ("What is the capital of Chile?", "What city is Chile's capital?", "Name the capital city of Chile."),
+    ],
+)
+def test_question_of_is_the_same_for_every_phrasing_of_an_item(phrasings):
+    """The report resamples a question's phrasings together: each phrasing must map to the same question."""
+    assert len({question_of(p) for p in phrasings}) == 1, [question_of(p) for p in phrasings]
+
+
+def test_question_of_tells_items_apart():
+    assert question_of("Subtract 15 from 55.") != question_of("Subtract 55 from 15.")
+    assert question_of("What is 4 + 5?") != question_of("What is 4 * 5?")
+    with pytest.raises(ValueError, match="not a demo-task prompt"):
+        question_of("Write a poem.")
