@@ -118,11 +118,10 @@ def split_files(directory: Path, config_name: str | None = None) -> dict[str, li
     card's default config); failing that, files named by split (`train.jsonl`, `test_prefs.parquet`) or by split
     and shard (`train_prefs-00000-of-00001.parquet`), at the top or in `data/`; failing those, `datasets`' own
     inference (split folders such as `train/`, keywords in names), through `datasets.data_files`."""
-    files = (
-        _files_named_by_card(directory, config_name)
-        or _files_named_by_split(directory)
-        or _files_inferred_by_datasets(directory)
-    )
+    files = _files_named_by_card(directory, config_name)
+    if files:
+        _warn_of_files_the_card_leaves_out(directory, files)
+    files = files or _files_named_by_split(directory) or _files_inferred_by_datasets(directory)
     if not files:
         raise DataError(
             f"{directory}: no .json/.jsonl/.parquet/.csv files (name them by split, e.g. train.jsonl, or as the Hub "
@@ -197,6 +196,26 @@ def _files_named_by_card(directory: Path, config_name: str | None) -> dict[str, 
                 f"{base} has no such file."
             )
     return files
+
+
+def _warn_of_files_the_card_leaves_out(directory: Path, files: dict[str, list[Path]]) -> None:
+    """A test.jsonl put beside a card whose `configs:` name only train.jsonl is not read (nor by `datasets`): say
+    so, rather than train without the held-out split the user meant to give."""
+    named = {path.resolve() for paths in files.values() for path in paths}
+    left_out = [
+        path
+        for folder in (directory, directory / "data")
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in LOCAL_FORMATS and path.resolve() not in named
+    ]
+    if left_out:
+        logger.warning(
+            "%s: not read, as README.md's `configs:` do not name them (datasets reads the card the same way): %s. "
+            "Add them to the card's data_files, or remove the card's `configs:` to find files by split name.",
+            directory,
+            ", ".join(str(p.relative_to(directory)) for p in left_out),
+        )
 
 
 def _card_globs(base: Path, readme: Path, name: str, patterns: dict[str, list[str]]) -> dict[str, list[Path]]:

@@ -299,6 +299,30 @@ def test_a_dataset_card_configs_names_the_splits_and_their_files(
     assert globbed["train"][1] == pairs[4:6]
 
 
+def test_a_data_file_beside_a_card_that_does_not_name_it_is_reported(
+    write_jsonl, arithmetic_pairs, tmp_path, caplog
+):
+    """`hf-dpo sample` writes a card naming train.jsonl only; a test.jsonl copied beside it later is not read (by
+    datasets either): the user is told, not left without the held-out split they meant to give."""
+    from hf_dpo.data.reading import split_files
+
+    root = tmp_path / "pairs"
+    write_jsonl(root / "train.jsonl", arithmetic_pairs(2))
+    write_jsonl(root / "test.jsonl", arithmetic_pairs(2))
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: train.jsonl\n---\n"
+    )
+    with caplog.at_level("WARNING", logger="hf_dpo.data.reading"):
+        assert split_files(root) == {"train": [root / "train.jsonl"]}
+    assert "not read, as README.md's `configs:` do not name them" in caplog.text
+    assert "do not name them (datasets reads the card the same way): test.jsonl. Add them" in caplog.text
+    caplog.clear()
+    (root / "test.jsonl").unlink()
+    with caplog.at_level("WARNING", logger="hf_dpo.data.reading"):
+        split_files(root)
+    assert "not read" not in caplog.text
+
+
 def test_a_split_or_file_the_card_lacks_is_named_with_what_there_is(
     read_splits_of, write_jsonl, arithmetic_pairs, tmp_path
 ):
