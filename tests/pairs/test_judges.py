@@ -219,8 +219,8 @@ def test_a_judge_declares_which_prompts_ask_the_same_question():
     assert judge_questions(demo, prompts) == [
         "capital:Chile",
         "capital:Chile",
-        "arith:(3, 4):7",
-        "arith:(3, 4):7",
+        "+:3:4",
+        "+:3:4",
     ]
 
     def plain(prompt, completion):
