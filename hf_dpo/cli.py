@@ -8,6 +8,7 @@
     hf-dpo push RUN_DIR --repo-id ORG/NAME   push adapter (or full model), card, report and plots to the Hub
     hf-dpo bench [--quick]                   hf_dpo vs TRL's DPOTrainer, end to end: speed, memory, loss
     hf-dpo sample RECIPE [--key value ...]   on-policy pairs: sample the reference, label by the judge
+    hf-dpo iterate RECIPE --rounds N         iterative DPO: sample from the last policy, label, train on, N rounds
     hf-dpo label SAMPLES.jsonl              label sampled pairs by hand in the browser
 
 Each subcommand is one `_add_*` function (its arguments) and one `cmd_*` function (what it runs); the algorithms live in the
@@ -27,7 +28,7 @@ import sys
 
 from hf_dpo.argv import numbers_read_as_values
 from hf_dpo.errors import quoted
-from hf_dpo.validate import EXACT_FLOAT_INT, GENERATIONS, PAIRS, TOKENS
+from hf_dpo.validate import EXACT_FLOAT_INT, GENERATIONS, PAIRS, ROUNDS, TOKENS
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_keys,
         _add_sample,
+        _add_iterate,
         _add_label,
         _add_plan,
         _add_data,
@@ -100,6 +102,39 @@ def _add_sample(sub) -> None:
     )
     p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/demo_pairs.yaml")
     p.set_defaults(func=cmd_sample, takes_overrides=True)
+
+
+def _add_iterate(sub) -> None:
+    p = sub.add_parser(
+        "iterate",
+        help="Iterative (on-policy) DPO in rounds: hf-dpo iterate RECIPE --rounds N [--key value ...]",
+        description="Train in rounds from one recipe holding the training keys and the sampling and labelling keys "
+        "(prompts_file, test_prompts_file, num_samples_per_prompt, sampling_temperature, max_new_tokens, judge, "
+        "pairs_per_prompt, min_chosen_score, ...). Round 1 trains on the recipe's dataset when it names one, else "
+        "on pairs sampled from the starting model. Round k >= 2 samples from round k-1's policy (its adapter), "
+        "labels the samples with the judge, and trains from round k-1's adapter with round k-1's policy as the "
+        "reference, so each round's report judges what it added. Each round is a run dir output_dir/round_K/; "
+        "output_dir/iterate_report.md puts the rounds side by side, and each round's card carries them. "
+        "Rerunning the command resumes: finished rounds are kept, an interrupted sampling resumes, an interrupted "
+        "training starts again; a finished iterate or a changed recipe is refused (overwrite_output_dir: true "
+        "starts afresh). Recipe keys can be overridden as --key value.",
+    )
+    p.add_argument("recipe", help="Path to a YAML recipe, e.g. recipes/demo_iterate.yaml")
+    p.add_argument(
+        "--rounds",
+        type=_int_at_least(1, ROUNDS),
+        required=True,
+        help="rounds to run in all (a rerun with more adds rounds to a finished iterate)",
+    )
+    p.set_defaults(func=cmd_iterate, takes_overrides=True)
+
+
+def cmd_iterate(args: argparse.Namespace) -> int:
+    from hf_dpo.iterate import run_iterate
+
+    report = run_iterate(args.recipe, args.rounds, args.overrides)
+    print(f"Rounds side by side: {report}")
+    return 0
 
 
 def _add_label(sub) -> None:

@@ -2,6 +2,7 @@
 
     preflight(recipe)              # `hf-dpo train`: called by run.run_training before load_policy
     preflight_sampling(recipe)     # `hf-dpo sample`: prompts, judge, where samples and pairs go
+    check_run_settings(recipe)     # `preflight` without the data (`hf-dpo iterate`: pairs not sampled yet)
 
 This is the checklist: each check lives beside what it guards and is called here in order, each raising an
 `HfDpoError` subclass that names the file, row or key and what to do:
@@ -62,6 +63,23 @@ def preflight(recipe: Recipe) -> PreferenceData:
     """Check a training recipe end to end without loading a model's weights. Returns the tokenized train and
     held-out data (what `hf_dpo.data.load_preference_dataset` gives). Raises RecipeError / DataError /
     JudgeError."""
+    check_run_settings(recipe)
+    splits = read_data(recipe)
+    check_data(recipe, splits)  # tokenizer-free: a malformed row is named before the tokenizer loads
+    check_eval_strategy(recipe, splits)
+    check_report(recipe, splits)
+    check_report_prompts(recipe, splits)
+    check_report_judge(recipe, splits)
+    data = tokenize_data(recipe, splits)
+    check_report_prompts_template(recipe, splits, data.tokenizer)
+    return data
+
+
+def check_run_settings(recipe: Recipe) -> None:
+    """What a training run needs besides its data, checked without reading it: the run dir, local model and
+    adapter paths, the model's files, LoRA targets, attention, resuming, an existing run not replaced, report_to,
+    the Hub push, the judge, the reference-log-prob cache. (`hf-dpo iterate` checks a round that will train on
+    pairs not sampled yet with this.)"""
     args = recipe.training
     if int(os.environ.get("RANK", "0")) == 0:  # only the main process writes the run dir
         check_writable_dir(args.output_dir, "output_dir")
@@ -76,18 +94,9 @@ def preflight(recipe: Recipe) -> PreferenceData:
     check_no_run_replaced(args)
     check_report_to(args)
     check_push(args)
-    splits = read_data(recipe)
-    check_data(recipe, splits)  # tokenizer-free: a malformed row is named before the tokenizer loads
-    check_eval_strategy(recipe, splits)
     if recipe.report.judge is not None:  # an empty one too: the report would fail on it after training
         check_judge(recipe.report.judge)
     check_ref_cache(args)
-    check_report(recipe, splits)
-    check_report_prompts(recipe, splits)
-    check_report_judge(recipe, splits)
-    data = tokenize_data(recipe, splits)
-    check_report_prompts_template(recipe, splits, data.tokenizer)
-    return data
 
 
 def preflight_sampling(recipe: Recipe) -> None:

@@ -57,6 +57,7 @@ PAIRS = (10**12, "more pairs than any data set holds")
 RANK = (2**16, "a LoRA rank past the width of any layer")
 GENERATIONS = (10**7, "10^7 generations take weeks")
 SAMPLES_PER_PROMPT = (1024, "each one is a generation for every prompt")
+ROUNDS = (1000, "each round samples every prompt and trains a run")
 # The largest whole number a float holds exactly: 1e30 for an int key reads as 1000000000000000019884624838656.
 EXACT_FLOAT_INT = 2**53
 INT64_MAX = 2**63 - 1

@@ -70,9 +70,9 @@ def test_each_subpackage_imports_only_the_steps_before_it():
     assert not wrong, "imports against the layout:\n" + "\n".join(sorted(wrong))
 
 
-def test_only_the_cli_and_bench_import_the_run_module():
+def test_only_the_cli_bench_and_iterate_import_the_run_module():
     users = {m for m, imports in graph().items() if "hf_dpo.run" in imports}
-    assert users <= {"hf_dpo.cli", "hf_dpo.bench"}, users
+    assert users <= {"hf_dpo.cli", "hf_dpo.bench", "hf_dpo.iterate"}, users
 
 
 def test_no_import_circle():

@@ -24,6 +24,7 @@ from typing import Any
 
 from hf_dpo.errors import HfDpoError
 from hf_dpo.files import atomic_write_text
+from hf_dpo.report.rounds import ROUNDS_FILE, rounds_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,8 @@ def card_data(info: dict[str, Any], report: dict[str, Any] | None, repo_id: str,
 
 
 def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | None = None):
-    """The ModelCard of a run dir (run_info.json, recipe.yaml, eval_report.json if present)."""
+    """The ModelCard of a run dir (run_info.json, recipe.yaml, eval_report.json and `hf-dpo iterate`'s
+    iterate_rounds.json if present)."""
     from huggingface_hub import ModelCard
 
     from hf_dpo.report import markdown as report_md
@@ -300,6 +302,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
             f"{run_dir / 'run_info.json'} is missing: is {run_dir} a finished `hf-dpo train` run?"
         )
     report = _read_json(run_dir / "eval_report.json")
+    rounds = _read_json(run_dir / ROUNDS_FILE)  # `hf-dpo iterate`'s rounds up to this one
     repo_id = repo_id or f"<your-namespace>/{run_dir.name}"
     data = card_data(info, report, repo_id, license)
     recipe = run_dir / "recipe.yaml"
@@ -335,6 +338,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         plots_markdown=report_md.plots_markdown({**rep, "plots": plots}),
         samples_table=report_md.samples_table(rep),
         training_table=report_md.training_table(info, rep),
+        rounds_table=rounds_markdown(rounds) if rounds else "",
         recipe_yaml=public_recipe(recipe),
         usage_example=usage_example(info, recipe),
         framework_versions="\n".join(f"- {name}: {v}" for name, v in framework_versions(info).items()),

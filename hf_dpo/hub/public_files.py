@@ -19,6 +19,7 @@ from hf_dpo.hub.card import public_recipe
 from hf_dpo.hub.errors import PushError
 from hf_dpo.model_files import WEIGHT_INDEXES, adapter_dir_problem, model_dir_problem
 from hf_dpo.report.generations_file import GENERATIONS_FILE
+from hf_dpo.report.rounds import ROUNDS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,15 @@ SCRUBBED_JSON = (
 
 def files_to_push(run_dir: str | Path) -> list[Path]:
     """The files of one push, relative to run_dir: adapter (or a full fine-tune's model: config, weights), card,
-    report (with every judged answer, when the report names them), plots, recipe, tokenizer."""
+    report (with every judged answer, when the report names them), `hf-dpo iterate`'s rounds table, plots, recipe,
+    tokenizer."""
     run_dir = Path(run_dir)
     names = [
         *weight_files(run_dir),
         "README.md",
         *REPORT_FILES,
         *files_named_by_report(run_dir),
+        ROUNDS_FILE,
         "recipe.yaml",
     ]
     names += TOKENIZER_FILES

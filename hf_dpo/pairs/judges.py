@@ -460,18 +460,24 @@ def load_judge(spec: str | Callable) -> Judge:
 # ---------------------------------------------------------------- checked before the model loads
 
 
-def check_judge_scores(spec: str, prompt: Prompt, completion: str, key: str = "key 'judge'") -> None:
-    """The judge scores one answer of the run's own data (`prompt`, `completion`) before any model loads: a judge
-    that raises, or returns no finite number (or not the criteria it declares), is named now rather than at its
-    first score after training or sampling. A reward model (`rm:`) is left to `check_judge` (scoring would load
-    its weights). After `check_judge`."""
+def check_judge_scores(
+    spec: str,
+    prompt: Prompt,
+    completion: str,
+    key: str = "key 'judge'",
+    tried_on: str = "the first pair's prompt and chosen answer",
+) -> None:
+    """The judge scores one answer of the run's own data (`prompt`, `completion`; `tried_on` says which, in its
+    error) before any model loads: a judge that raises, or returns no finite number (or not the criteria it
+    declares), is named now rather than at its first score after training or sampling. A reward model (`rm:`) is
+    left to `check_judge` (scoring would load its weights). After `check_judge`."""
     if str(spec).strip().startswith("rm:"):
         return
     try:
         criteria_scores(load_judge(spec), [prompt], [completion])
     except JudgeError as err:
         problem = str(err).replace(RERUN_KEEPS_SAMPLES, "and run again (nothing has been trained yet).")
-        raise JudgeError(f"{key}, tried on the first pair's prompt and chosen answer: {problem}") from None
+        raise JudgeError(f"{key}, tried on {tried_on}: {problem}") from None
 
 
 def check_judge(spec: str, key: str = "key 'judge'") -> None:
