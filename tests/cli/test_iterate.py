@@ -179,3 +179,126 @@ def test_a_rerun_resumes_keeps_finished_rounds_and_refuses_to_replace_them(
     rows = json.loads((out / "iterate_report.json").read_text())["rounds"]
     assert [r["started_from"] for r in rows] == ["the starting model", "round_1", "round_2"]
     assert "| 3 | `round_2` |" in (out / "round_3" / "README.md").read_text()
+
+
+def raising_judge(prompt, completion):
+    raise RuntimeError("judge service down")
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch, no_model):
+    """Fails the test if a round starts sampling or training, or any model loads: the checks all come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a round started before every round's settings were checked")
+
+    for name in ("run_sampling", "run_training"):
+        monkeypatch.setattr(f"hf_dpo.iterate.{name}", refuse)
+    monkeypatch.setattr("hf_dpo.pairs.sampling.load_reference", refuse)
+
+
+@pytest.mark.parametrize(
+    "dataset, overrides, expected",
+    [
+        (False, ["--judge", "null"], "key 'judge': iterate labels each round's samples"),
+        (True, ["--prompts_file", "null"], "key 'prompts_file': rounds 2 and later sample"),
+        (
+            False,
+            ["--samples_file", "s.jsonl"],
+            "key 'samples_file' ('s.jsonl'): each round writes its samples",
+        ),
+        (False, ["--pairs_file", "p/train.jsonl"], "key 'pairs_file' ('p/train.jsonl'): each round writes"),
+        (False, ["--use_peft", "false"], "key 'use_peft': iterate trains a LoRA adapter"),
+        (
+            False,
+            ["--push_to_hub", "true", "--hub_model_id", "me/x"],
+            "key 'push_to_hub': iterate does not push",
+        ),
+        (False, ["--resume_from_checkpoint", "true"], "key 'resume_from_checkpoint' ('true'): a rerun"),
+        (
+            False,
+            ["--prompt_column", "question"],
+            "key 'prompt_column' ('question'): the pairs iterate samples",
+        ),
+        (False, ["--judge", f"{__name__}:raising_judge"], "tried on the first prompt of prompts_file"),
+        (False, ["--judge", "no_such_module:judge"], "judge 'no_such_module:judge': cannot import"),
+        (False, ["--lora_target_modules", "[nope]"], "nope"),  # a training key of a round with no pairs yet
+        (False, ["--test_prompts_file", "missing.txt"], "missing.txt"),
+        (True, ["--dataset_test_split", "validation"], "validation"),  # round 1 reads the recipe's data
+    ],
+)
+def test_every_rounds_settings_are_checked_before_any_model_loads(
+    tmp_path, tiny_model_dir, capsys, one_error, nothing_runs, dataset, overrides, expected
+):
+    recipe = iterate_recipe(tmp_path, tiny_model_dir, dataset=dataset)
+    assert iterate(recipe, 2, *overrides) == 2
+    assert expected in one_error(capsys.readouterr().err)
+    assert not (tmp_path / "iter").exists()  # no state, no round
+
+
+def test_a_ref_model_beside_the_rounds_own_reference_is_refused(
+    tmp_path, tiny_model_dir, capsys, one_error, nothing_runs
+):
+    recipe = iterate_recipe(tmp_path, tiny_model_dir)
+    assert iterate(recipe, 2, "--ref_model_name_or_path", tiny_model_dir) == 2
+    assert "key 'ref_model_name_or_path'" in one_error(capsys.readouterr().err)
+
+
+def test_an_output_dir_this_command_cannot_resume_is_refused(
+    tmp_path, tiny_model_dir, capsys, one_error, nothing_runs
+):
+    recipe = iterate_recipe(tmp_path, tiny_model_dir)
+    foreign = tmp_path / "iter" / "round_1"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    assert iterate(recipe, 2) == 2
+    err = one_error(capsys.readouterr().err)
+    assert "holds round_1 but no iterate_state.json" in err and "overwrite_output_dir: true" in err
+    (tmp_path / "iter" / "iterate_state.json").write_text("[1, 2]")
+    assert iterate(recipe, 2) == 2
+    assert "is not an iterate state file hf-dpo wrote" in one_error(capsys.readouterr().err)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_output_dir_starts_a_finished_iterate_afresh(tmp_path, tiny_model_dir, monkeypatch):
+    """With overwrite_output_dir: true a finished iterate's rounds are removed and every round runs again (its
+    samples too: the adapter they came from is retrained)."""
+    import hf_dpo.iterate
+
+    recipe = iterate_recipe(tmp_path, tiny_model_dir)
+    out = tmp_path / "iter"
+    rounds = [round_dir for round_dir in (out / "round_1", out / "round_2")]
+    for run_dir in rounds:
+        (run_dir / "pairs").mkdir(parents=True)
+        (run_dir / "samples_train.jsonl").write_text("{}\n")
+    state = {"recipe": {"beta": 0.5}, "rounds": {"1": {"finished": True}, "2": {"finished": True}}}
+    (out / "iterate_state.json").write_text(json.dumps(state))
+    started = []
+    monkeypatch.setattr(hf_dpo.iterate, "sample_round", lambda plan: started.append(plan.number) or {})
+
+    def stop(path, overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hf_dpo.iterate, "run_training", stop)
+    with pytest.raises(KeyboardInterrupt):
+        iterate(recipe, 2, "--overwrite_output_dir", "true")
+    assert not (out / "round_2").exists() and not (out / "round_1" / "samples_train.jsonl").exists()
+    fresh = json.loads((out / "iterate_state.json").read_text())
+    assert (
+        fresh["rounds"] == {}
+        and "beta" not in fresh["recipe"]
+        and "overwrite_output_dir" not in fresh["recipe"]
+    )
+
+
+def test_iterate_help_and_its_rounds(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["iterate", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--rounds" in text and "output_dir/round_K/" in text and "round k-1's policy as the reference" in text
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["iterate", "recipe.yaml", "--rounds", "0"])
+    assert "--rounds: must be >= 1, got 0" in capsys.readouterr().err
