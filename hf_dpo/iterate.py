@@ -251,8 +251,7 @@ def preflight_iterate(recipe: Recipe, plans: list[Round], finished: set[int]) ->
     """Every round still to run checked before any model loads: round 1 on the recipe's dataset as `hf-dpo train`
     checks it (data, report, judge); a sampling round as `hf-dpo sample` checks it (prompts through the chat
     template, judge, output files) and as `hf-dpo train` checks what needs no data (places, model, LoRA targets,
-    Hub, cache); the judge tried once on the first prompt."""
-    check_iterate_recipe(recipe, len(plans))
+    Hub, cache); the judge tried once on the first prompt. (After `check_iterate_recipe` and `check_state`.)"""
     for plan in plans:
         if plan.number in finished:
             continue
@@ -300,7 +299,7 @@ def run_iterate(recipe_path: str | None, rounds: int, overrides: list[str] | Non
         entry = state["rounds"].setdefault(str(plan.number), {})
         if plan.samples:
             print(f"Round {plan.number}: sampling pairs from {plan.started_from} ...", flush=True)
-            entry["sampling"] = sample_round(plan)
+            entry["sampling"] = sample_round(plan, entry.get("sampling"))
             write_state(out, state)
         print(f"Round {plan.number}: training from {plan.started_from} (its reference) ...", flush=True)
         run_training(recipe_path, [*overrides, *plan.overrides])
@@ -331,9 +330,11 @@ def write_state(out: Path, state: dict[str, Any]) -> None:
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2))
 
 
-def sample_round(plan: Round) -> dict[str, Any]:
+def sample_round(plan: Round, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sample and label the round's pairs (`hf-dpo sample` on its recipe: resumes its samples files); returns what
-    the rounds table shows of it. IterateError when the judge found no training pair."""
+    the rounds table shows of it: the seconds spent (added to those of a sampling `recorded` already, whose round
+    was then interrupted in training) and how many prompts a run killed before had sampled (its time is not
+    known). IterateError when the judge found no training pair."""
     preflight_sampling(plan.recipe)  # the previous round's adapter is there now: checked as sampling loads it
     started = time.perf_counter()
     report = run_sampling(plan.recipe, outputs_checked=True)
@@ -346,10 +347,11 @@ def sample_round(plan: Round) -> dict[str, Any]:
             "sampling_temperature, or a judge that tells answers apart; the samples are kept, so a rerun only "
             "labels them again."
         )
+    seconds = time.perf_counter() - started
     return {
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds + (recorded["seconds"] if recorded else 0), 1),
         "prompts": sum(st["prompts"] for st in splits.values()),
-        "resumed": sum(st["resumed"] for st in splits.values()),
+        "resumed": recorded["resumed"] if recorded else sum(st["resumed"] for st in splits.values()),
         "pairs": train["pairs"],
         "eval_pairs": splits["test"]["pairs"] if "test" in splits else 0,
     }

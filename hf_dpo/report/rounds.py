@@ -66,6 +66,18 @@ def _pairs(row: dict[str, Any]) -> str:
     return f"{row['train_pairs']} of {sampling['pairs']} sampled"
 
 
+def _sampling_time(sampling: dict[str, Any] | None) -> str:
+    """The sampling's time; a resumed one's counts only the run that finished it, and says so."""
+    if not sampling:
+        return "—"
+    resumed = (
+        f" ({sampling['resumed']} of {sampling['prompts']} prompts sampled before)"
+        if sampling["resumed"]
+        else ""
+    )
+    return f"{sampling['seconds']:.0f} s{resumed}"
+
+
 def rounds_markdown(rows: list[dict[str, Any]]) -> str:
     """The rounds table, one row a round, then each round's verdict line as its report gives it."""
     criteria: list[str] = []
@@ -91,7 +103,7 @@ def rounds_markdown(rows: list[dict[str, Any]]) -> str:
             f"`{row['started_from']}`" if row["round"] > 1 else row["started_from"],
             _pairs(row),
             str(row["eval_pairs"]),
-            f"{sampling['seconds']:.0f} s" if sampling else "—",
+            _sampling_time(sampling),
             f"{row['train_runtime_s']:.0f} s",
             _interval(row["reward_accuracy"]),
             f"{verdict['label']} on {verdict['criterion']}" if verdict else "none (no judged generations)",

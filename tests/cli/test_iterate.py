@@ -159,6 +159,10 @@ def test_a_rerun_resumes_keeps_finished_rounds_and_refuses_to_replace_them(
     assert round_one == {p.name: p.stat().st_mtime_ns for p in (out / "round_1").iterdir() if p.is_file()}
     rows = json.loads((out / "iterate_report.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [1, 2] and rows[0]["sampling"]["pairs"] > 0
+    assert {row["settings"]["adapter"] for row in read_samples(out / "round_1" / "samples_train.jsonl")} == {
+        None
+    }
+    assert "(3 of 6 prompts sampled before)" in (out / "iterate_report.md").read_text()
     capsys.readouterr()
 
     # The same command again: refused, naming what to do; nothing is touched.
