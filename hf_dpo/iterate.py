@@ -81,21 +81,19 @@ def round_keys(recipe: Recipe, number: int) -> tuple[list[str], bool]:
     starts from round k-1's adapter and trains on the pairs sampled into its run dir."""
     here = round_dir(recipe.training.output_dir, number)
     samples = number > 1 or not recipe.data.dataset_name
-    keys = ["--output_dir", str(here), "--overwrite_output_dir", "true"]
+    keys = {"output_dir": str(here), "overwrite_output_dir": "true"}
     if number > 1:
-        keys += ["--adapter_name_or_path", str(round_dir(recipe.training.output_dir, number - 1))]
+        keys["adapter_name_or_path"] = str(round_dir(recipe.training.output_dir, number - 1))
     if samples:  # the pairs `hf-dpo sample` writes: pairs/train.jsonl, held-out pairs/test.jsonl
-        keys += ["--dataset_name", str(here / "pairs"), "--dataset_config", "null"]
-        keys += [
-            "--dataset_train_split",
-            "train",
-            "--chosen_column",
-            "chosen",
-            "--rejected_column",
-            "rejected",
-        ]
-        keys += ["--dataset_test_split", "test" if recipe.report.test_prompts_file else "null"]
-    return keys, samples
+        keys |= {
+            "dataset_name": str(here / "pairs"),
+            "dataset_config": "null",
+            "dataset_train_split": "train",
+            "dataset_test_split": "test" if recipe.report.test_prompts_file else "null",
+            "chosen_column": "chosen",
+            "rejected_column": "rejected",
+        }
+    return [token for key, value in keys.items() for token in (f"--{key}", value)], samples
 
 
 def plan_rounds(recipe_path: str | None, overrides: list[str], recipe: Recipe, rounds: int) -> list[Round]:
