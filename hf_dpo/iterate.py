@@ -202,8 +202,9 @@ def finished_rounds(state: dict[str, Any]) -> list[int]:
 
 def check_state(recipe: Recipe, rounds: int) -> dict[str, Any] | None:
     """The state to resume from, or None to start afresh. Refuses (IterateError, naming overwrite_output_dir) an
-    output_dir with rounds but no state, a state made with another recipe (naming every key that differs), and a
-    finished iterate of as many rounds as asked or more: nothing is replaced silently."""
+    output_dir with rounds but no state, a state made with another recipe (naming every key that differs), a
+    finished round whose run files are gone, and a finished iterate of as many rounds as asked or more: nothing is
+    replaced silently."""
     out = Path(recipe.training.output_dir).expanduser()
     overwrite = recipe.training.overwrite_output_dir
     state = read_state(out)
@@ -226,6 +227,13 @@ def check_state(recipe: Recipe, rounds: int) -> dict[str, Any] | None:
             "over it."
         )
     done = finished_rounds(state)
+    lost = [f"round_{n}" for n in done if not (round_dir(out, n) / "run_info.json").is_file()]
+    if lost and not changes and not overwrite:
+        raise IterateError(
+            f"{out / STATE_FILE} records {', '.join(lost)} as finished, but {'their' if len(lost) > 1 else 'its'} "
+            "run_info.json is gone: the later rounds start from those adapters. Restore the round dirs, or set "
+            "overwrite_output_dir: true to start afresh."
+        )
     if done and max(done) >= rounds and not overwrite:
         raise IterateError(
             f"key 'output_dir': {out} holds a finished iterate of {max(done)} round{'s' * (max(done) > 1)} "

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from hf_dpo import cli
+from hf_dpo.config import load_recipe
+from hf_dpo.iterate import recipe_identity
 from hf_dpo.pairs.formats import read_samples
 from tests.run_fixtures import write_pairs
 
@@ -262,6 +264,11 @@ def test_an_output_dir_this_command_cannot_resume_is_refused(
     assert iterate(recipe, 2) == 2
     assert "is not an iterate state file hf-dpo wrote" in one_error(capsys.readouterr().err)
     assert (foreign / "notes.txt").read_text() == "mine"
+    # A state of this very recipe whose finished round lost its run files: round 2 would start from nothing.
+    state = {"recipe": recipe_identity(load_recipe(recipe)), "rounds": {"1": {"finished": True}}}
+    (tmp_path / "iter" / "iterate_state.json").write_text(json.dumps(state))
+    assert iterate(recipe, 2) == 2
+    assert "records round_1 as finished, but its run_info.json is gone" in one_error(capsys.readouterr().err)
 
 
 def test_overwrite_output_dir_starts_a_finished_iterate_afresh(tmp_path, tiny_model_dir, monkeypatch):
