@@ -24,7 +24,7 @@ from typing import Any
 
 from hf_dpo.errors import HfDpoError
 from hf_dpo.files import atomic_write_text
-from hf_dpo.report.rounds import ROUNDS_FILE, rounds_markdown
+from hf_dpo.report.rounds import ROUNDS_FILE, rounds_markdown, with_current_files
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def render_card(run_dir: str | Path, repo_id: str | None = None, license: str | 
         plots_markdown=report_md.plots_markdown({**rep, "plots": plots}),
         samples_table=report_md.samples_table(rep),
         training_table=report_md.training_table(info, rep),
-        rounds_table=rounds_markdown(rounds) if rounds else "",
+        rounds_table=rounds_markdown(with_current_files(rounds, info, report)) if rounds else "",
         recipe_yaml=public_recipe(recipe),
         usage_example=usage_example(info, recipe),
         framework_versions="\n".join(f"- {name}: {v}" for name, v in framework_versions(info).items()),

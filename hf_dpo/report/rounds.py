@@ -53,6 +53,14 @@ def round_row(
     }
 
 
+def with_current_files(rows: list[dict[str, Any]], info: dict[str, Any], report: dict[str, Any] | None):
+    """The rows of a round's card: its own row (the last) made again from its run files as they are now (a later
+    `hf-dpo eval` may have rewritten its report), the rounds before it as recorded."""
+    last = rows[-1]
+    own = round_row(last["round"], last["run_dir"], last["started_from"], info, report, last["sampling"])
+    return [*rows[:-1], own]
+
+
 def _interval(estimate: dict[str, Any] | None) -> str:
     if not estimate:
         return "—"

@@ -10,6 +10,7 @@ import pytest
 
 from hf_dpo import cli
 from hf_dpo.config import load_recipe
+from hf_dpo.hub.run_card import refresh_card
 from hf_dpo.iterate import recipe_identity
 from hf_dpo.pairs.formats import read_samples
 from tests.run_fixtures import write_pairs
@@ -25,7 +26,7 @@ brevity_judge.criteria = ("short", "brief")
 JUDGE = f"{__name__}:brevity_judge"
 
 
-def iterate_recipe(tmp_path: Path, model_dir: str, dataset: bool = True, extra: str = "") -> Path:
+def iterate_recipe(tmp_path: Path, model_dir: str, dataset: bool = True) -> Path:
     """An iterate recipe on the tiny Llama: round 1 on the capitals pairs (`dataset`) or sampled, 2 steps a round,
     3 samples of 6 tokens for each of 4 train and 2 held-out prompts, reports judged on the 2 held-out prompts."""
     (tmp_path / "train.txt").write_text(
@@ -48,7 +49,7 @@ def iterate_recipe(tmp_path: Path, model_dir: str, dataset: bool = True, extra: 
         "num_samples_per_prompt: 3\nmax_new_tokens: 6\nsampling_batch_size: 1\n"
         "pairs_per_prompt: all\nallow_unfinished_chosen: true\n"  # the random model never ends in 6 tokens
         f"judge: {JUDGE}\neval_num_generations: 2\neval_max_new_tokens: 6\n"
-        f"output_dir: {tmp_path / 'iter'}\n{extra}"
+        f"output_dir: {tmp_path / 'iter'}\n"
     )
     return path
 
@@ -109,6 +110,12 @@ def test_two_rounds_sample_from_train_from_and_judge_against_the_last_round(tmp_
     assert "Iterative DPO: the rounds so far" in card and "| 1 | the starting model |" in card
     assert "| 2 | `round_1` |" in card
     assert "| 2 | `round_1` |" not in (one / "README.md").read_text()
+    # `hf-dpo eval` rewriting round 2's report later: its card's own row tells the report as it is now.
+    report = json.loads((two / "eval_report.json").read_text())
+    report["verdict"]["line"] = "Verdict: improved on short: judged again."
+    (two / "eval_report.json").write_text(json.dumps(report))
+    refresh_card(two)
+    assert "- Round 2: Verdict: improved on short: judged again." in (two / "README.md").read_text()
     assert "Rounds side by side:" in capsys.readouterr().out
 
 
