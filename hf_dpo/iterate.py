@@ -310,10 +310,10 @@ def run_iterate(recipe_path: str | None, rounds: int, overrides: list[str] | Non
         print(f"Round {plan.number}: training from {plan.started_from} (its reference) ...", flush=True)
         run_training(recipe_path, [*overrides, *plan.overrides])
         entry["finished"] = True
+        write_state(out, state)  # the trained round is kept whatever happens to the tables below
         rows = report_rounds(out, plans[: plan.number], state)
         atomic_write_text(plan.run_dir / ROUNDS_FILE, json.dumps(rows, indent=2))
         refresh_card(plan.run_dir)  # the round's card, with the rounds table up to it
-        write_state(out, state)
         print(f"\nRounds so far ({out / REPORT_FILES[0]}):\n\n{rounds_markdown(rows)}\n", flush=True)
     return out / REPORT_FILES[0]
 
