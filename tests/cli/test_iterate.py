@@ -320,3 +320,25 @@ def test_iterate_help_and_its_rounds(capsys):
     with pytest.raises(SystemExit):
         cli.main(["iterate", "recipe.yaml", "--rounds", "0"])
     assert "--rounds: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_rounds_on_smollm2_in_4bit_judge_round_two_against_round_ones_answers(tmp_path, smollm_dir):
+    """The demo model as the product runs it (4-bit base, decoding from its dequantized copy): round 2's reference
+    gives round 1's policy's greedy answers, word for word."""
+    (tmp_path / "train.txt").write_text("What is the capital of Peru?\nWhat is 2 + 3?\nName a colour.\n")
+    (tmp_path / "test.txt").write_text("What is the capital of Chile?\nWhat is 4 + 4?\n")
+    recipe = tmp_path / "iterate.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {smollm_dir}\nquantization: 4bit\nlora_r: 4\nlora_alpha: 8\n"
+        "lora_target_modules: [q_proj, v_proj]\nmax_length: 96\nmax_steps: 1\nper_device_train_batch_size: 2\n"
+        "learning_rate: 0.01\nreport_to: none\nsave_strategy: 'no'\ndisable_tqdm: true\n"
+        f"prompts_file: {tmp_path / 'train.txt'}\ntest_prompts_file: {tmp_path / 'test.txt'}\n"
+        "num_samples_per_prompt: 2\nmax_new_tokens: 12\npairs_per_prompt: all\nallow_unfinished_chosen: true\n"
+        f"judge: {JUDGE}\neval_num_generations: 2\neval_max_new_tokens: 12\noutput_dir: {tmp_path / 'iter'}\n"
+    )
+    assert iterate(recipe, 2) == 0
+    one, two = tmp_path / "iter" / "round_1", tmp_path / "iter" / "round_2"
+    gen_one, gen_two = jsonl(one / "eval_generations.jsonl"), jsonl(two / "eval_generations.jsonl")
+    assert [g["reference"]["answer"] for g in gen_two] == [g["policy"]["answer"] for g in gen_one]
+    assert {row["settings"]["adapter"] for row in read_samples(two / "samples_train.jsonl")} == {str(one)}
