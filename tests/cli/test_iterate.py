@@ -10,6 +10,7 @@ import pytest
 
 from hf_dpo import cli
 from hf_dpo.config import load_recipe
+from hf_dpo.hub.public_files import files_to_push
 from hf_dpo.hub.run_card import refresh_card
 from hf_dpo.iterate import recipe_identity
 from hf_dpo.pairs.formats import read_samples
@@ -110,6 +111,7 @@ def test_two_rounds_sample_from_train_from_and_judge_against_the_last_round(tmp_
     assert "Iterative DPO: the rounds so far" in card and "| 1 | the starting model |" in card
     assert "| 2 | `round_1` |" in card
     assert "| 2 | `round_1` |" not in (one / "README.md").read_text()
+    assert Path("iterate_rounds.json") in files_to_push(two)  # the card's table goes to the Hub with its rows
     # `hf-dpo eval` rewriting round 2's report later: its card's own row tells the report as it is now.
     report = json.loads((two / "eval_report.json").read_text())
     report["verdict"]["line"] = "Verdict: improved on short: judged again."
