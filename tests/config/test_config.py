@@ -417,3 +417,21 @@ def test_unset_bf16_and_checkpointing_are_trl_defaults_where_the_hardware_allows
     half = SimpleNamespace(**{**unset, "fp16": True})
     dpo_checks.resolve_trl_defaults(half)
     assert half.bf16 is False  # fp16 asked: not both
+
+
+def test_the_iterate_demo_recipe_runs_the_demo_and_its_pairs_recipe():
+    """recipes/demo_iterate.yaml repeats demo.yaml's training keys and demo_pairs.yaml's sampling keys: a change to
+    either that is not made there too would make `make iterate`'s round 1 another run than `make demo`."""
+    import yaml
+
+    def keys(name):
+        return yaml.safe_load((ROOT / "recipes" / name).read_text(encoding="utf-8"))
+
+    iterate, demo, pairs = keys("demo_iterate.yaml"), keys("demo.yaml"), keys("demo_pairs.yaml")
+    own = {"output_dir", "overwrite_output_dir", "pairs_file", "gradient_accumulation_steps"}
+    for name, source in (("demo.yaml", demo), ("demo_pairs.yaml", pairs)):
+        differ = {
+            k: (v, iterate.get(k)) for k, v in source.items() if k not in own and iterate.get(k, v) != v
+        }
+        assert not differ, f"recipes/demo_iterate.yaml differs from {name} on {differ}"
+    assert set(demo) - own <= set(iterate), set(demo) - own - set(iterate)
