@@ -244,7 +244,8 @@ def _add_merge(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="Evaluate a finished run: hf-dpo eval RUN_DIR [--judge SPEC] [--num-generations N]",
+        help="Evaluate a finished run: hf-dpo eval RUN_DIR [--judge SPEC] [--num-generations N] "
+        "[--test-prompts-file F --output-dir DIR]",
         description="Held-out preference metrics and judged generations of policy vs reference; writes "
         "eval_report.json, eval_report.md, plots/ and every judged answer (eval_generations.jsonl) into the run "
         "dir.",
@@ -262,6 +263,18 @@ def _add_eval(sub) -> None:
         type=_int_at_least(1, TOKENS),
         default=None,
         help="default: the recipe's eval_max_new_tokens",
+    )
+    p.add_argument(
+        "--test-prompts-file",
+        default=None,
+        help="judge these prompts (one a line, or .jsonl with the recipe's prompt column; all of them unless "
+        "--num-generations says) instead of the recipe's test_prompts_file; needs --output-dir",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="write the report here (a new directory) instead of into the run dir, whose report and card then "
+        "stay as they are",
     )
     p.set_defaults(func=cmd_eval)
 
@@ -364,10 +377,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge=args.judge,
         num_generations=args.num_generations,
         max_new_tokens=args.max_new_tokens,
+        test_prompts_file=args.test_prompts_file,
+        output_dir=args.output_dir,
     )
     from hf_dpo.report.markdown import console_summary
 
-    print(console_summary(report, args.run_dir))
+    print(console_summary(report, args.run_dir, args.output_dir))
     return 0
 
 

@@ -47,11 +47,12 @@ from hf_dpo.model.loading import (
 from hf_dpo.model.memory import peak_memory
 from hf_dpo.model.reference import with_adapter
 from hf_dpo.model_files import MODEL_DIR_FIX, adapter_dir_problem, is_local_dir, model_dir_problem
+from hf_dpo.pairs.formats import read_prompts
 from hf_dpo.pairs.judges import check_judge
 from hf_dpo.preflight import preflight
 from hf_dpo.report import evaluate_offline
 from hf_dpo.report.build import evaluate_model, evaluate_trainer, resolve_judge
-from hf_dpo.report.checks import check_judged_prompts
+from hf_dpo.report.checks import check_judged_prompts, check_report_dir
 from hf_dpo.report.estimates import LOGPS_KEYS, rounding_of
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
 from hf_dpo.report.options import ReportOptions
@@ -411,6 +412,8 @@ def evaluate_run(
     num_generations: int | None = None,
     *,
     max_new_tokens: int | None = None,
+    test_prompts_file: str | None = None,
+    output_dir: str | Path | None = None,
     batch_size: int = 96,
     do_sample: bool = False,
     seed: int = 0,
@@ -419,9 +422,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Reload a finished run (base + trained adapter, or a full fine-tune's model with its starting model as the
     reference), write its report and refresh its card (README.md, unless edited by hand). `judge` defaults to the
-    recipe's."""
+    recipe's. `test_prompts_file`: judge other prompts than the recipe's (all of them unless `num_generations`
+    says); then `output_dir` is required and gets the report, and the run dir, its report and card stay as they
+    are."""
     if isinstance(judge, str):
         check_judge(judge, "--judge")  # a misspelled or empty --judge is named before the model loads
+    check_report_dir(run_dir, test_prompts_file, output_dir)
     recipe = run_recipe(run_dir)
     spec = judge if judge is not None else recipe.report.judge
     if judge is None and isinstance(spec, str):
@@ -434,6 +440,11 @@ def evaluate_run(
         confidence=confidence,
         num_samples_shown=num_samples_shown,
     )
+    if test_prompts_file is not None:
+        prompts_in_file = len(read_prompts(test_prompts_file, recipe.data.prompt_column))
+        options = dataclasses.replace(
+            options, prompts_file=test_prompts_file, num_generations=prompts_in_file
+        )
     options = dataclasses.replace(
         options,
         num_generations=options.num_generations if num_generations is None else num_generations,
@@ -467,7 +478,12 @@ def evaluate_run(
             train_dataset, tokenizer
         ),  # held-out prompts that were trained on
         load_reference=None if reference is None else lambda: reference,
+        out_dir=output_dir,
     )
+    if output_dir is not None and Path(output_dir).resolve() != Path(run_dir).resolve():
+        return (
+            report  # a report of the run written elsewhere: the run's own card keeps its own report's numbers
+        )
     # The card tells this report's numbers, as training's does; one edited by hand is someone's own text.
     if card_was_edited(Path(run_dir)):
         logger.warning(

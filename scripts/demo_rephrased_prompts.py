@@ -1,9 +1,8 @@
 """The demo's held-out questions asked in wordings no demo prompt uses, to score a demo adapter again.
 
     python scripts/demo_rephrased_prompts.py runs/rephrased.txt
-    cp -r runs/demo runs/demo_rephrased        # a copy: `hf-dpo eval` rewrites the report of the run it is given
-    # in runs/demo_rephrased/recipe.yaml:  test_prompts_file: runs/rephrased.txt   (eval_num_generations: 271)
-    hf-dpo eval runs/demo_rephrased --max-new-tokens 256
+    hf-dpo eval runs/demo --test-prompts-file runs/rephrased.txt --output-dir runs/demo_rephrased \
+        --max-new-tokens 256
 
 Every held-out country is asked in all three rephrasings below, every held-out sum in one of them (drawn with a
 fixed seed), so the file asks the same questions as recipes/data/demo/prompts_test.txt (the demo judge's

@@ -140,7 +140,7 @@ def preference_section(
 
 
 def write_plots(
-    run_dir: Path,
+    report_dir: Path,
     history: list[dict[str, Any]],
     preference: dict[str, Any] | None,
     behaviour: dict[str, Any] | None,
@@ -151,14 +151,16 @@ def write_plots(
     numbers exist."""
     from hf_dpo.report import plots
 
-    (run_dir / PLOTS_DIR).mkdir(exist_ok=True)
-    plot_files = [plots.training_curves(history, run_dir / PLOTS_DIR / "training_curves.png", objective)]
+    (report_dir / PLOTS_DIR).mkdir(exist_ok=True)
+    plot_files = [plots.training_curves(history, report_dir / PLOTS_DIR / "training_curves.png", objective)]
     if preference is not None or behaviour is not None:
-        plot_files.append(plots.eval_summary(preference, behaviour, run_dir / PLOTS_DIR / "eval_summary.png"))
+        plot_files.append(
+            plots.eval_summary(preference, behaviour, report_dir / PLOTS_DIR / "eval_summary.png")
+        )
     if margins is not None:
         accuracy = preference["metrics"]["reward_accuracy"]["value"]
         plot_files.append(
-            plots.margin_histogram(margins, accuracy, run_dir / PLOTS_DIR / "heldout_margins.png")
+            plots.margin_histogram(margins, accuracy, report_dir / PLOTS_DIR / "heldout_margins.png")
         )
     return plot_files
 
@@ -172,9 +174,10 @@ def build_report(
     confidence: float = 0.95,
     seed: int = 0,
     training_overlap: dict[str, int] | None = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write eval_report.json, eval_report.md, evaluate_results.json and plots/*.png into `run_dir`; return the
-    report dict.
+    """Write eval_report.json, eval_report.md, evaluate_results.json and plots/*.png into `out_dir` (default:
+    `run_dir`, whose run_info.json and trainer_state.json the report reads); return the report dict.
 
     `pair_logps` is DPOTrainer.pair_logps(eval_dataset); `behaviour` is judged_generations(...). Either may be
     None (the report says why that part is missing). The rows of `behaviour["generations"]` go to
@@ -185,6 +188,8 @@ def build_report(
 
     run_dir = Path(run_dir)
     info, history = read_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
+    out.mkdir(parents=True, exist_ok=True)
     generations = (behaviour or {}).get("generations")
     if behaviour is not None:
         behaviour = {k: v for k, v in behaviour.items() if k != "generations"}  # the caller's dict untouched
@@ -193,10 +198,10 @@ def build_report(
         if pair_logps is not None
         else (None, None)
     )
-    plot_files = write_plots(run_dir, history, preference, behaviour, margins, info.get("loss_type"))
+    plot_files = write_plots(out, history, preference, behaviour, margins, info.get("loss_type"))
     # Once every number is computed (a report that fails leaves the earlier report's file beside it), and before
     # the report that names it (a reader never finds a report naming a file that is not there yet).
-    generations_file = write_generations(run_dir, generations)
+    generations_file = write_generations(out, generations)
     report = {
         "schema_version": SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -213,16 +218,16 @@ def build_report(
         "behaviour_skipped": None if behaviour else (behaviour_skipped or "no judge given (--judge SPEC)"),
         "verdict": behaviour["verdict"] if behaviour else None,
         "training": training_summary(info, history),
-        "plots": [str(p.relative_to(run_dir)) for p in plot_files],
+        "plots": [str(p.relative_to(out)) for p in plot_files],
         "generations_file": generations_file,
         "training_overlap": training_overlap,
     }
     report = plain(report)
     report["warnings"] = warnings(report)
-    atomic_write_text(run_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(run_dir / REPORT_MD, render_markdown(report, info))
-    evaluate_offline.save_results(run_dir, evaluate_offline.headline_results(report))
-    logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), run_dir)
+    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / REPORT_MD, render_markdown(report, info))
+    evaluate_offline.save_results(out, evaluate_offline.headline_results(report))
+    logger.info("Wrote %s, %s and %d plots in %s", REPORT_JSON, REPORT_MD, len(plot_files), out)
     return report
 
 
@@ -259,8 +264,10 @@ def evaluate_model(
     data_config=None,
     training_prompts: set[str] | None = None,
     load_reference: Callable[[], Any] | None = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end).
+    """Both halves of the evaluation on an in-memory model, then the report (what `train` calls at the end),
+    written into `out_dir` (default: `run_dir`).
 
     The judged prompts are the first `options.num_generations` of `options.prompts_file` (the recipe's
     test_prompts_file: every held-out prompt, also those without a pair, read with `data_config`'s prompt
@@ -300,6 +307,7 @@ def evaluate_model(
         confidence=options.confidence,
         seed=options.seed,
         training_overlap=overlap,
+        out_dir=out_dir,
     )
 
 

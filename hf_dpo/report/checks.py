@@ -1,15 +1,18 @@
 """The report's preconditions, checked before training: its `evaluate` modules loadable when it will compute
 numbers; when it will judge, its judged prompts (test_prompts_file) readable and accepted by the run's chat
-template, and its judge able to score an answer."""
+template, and its judge able to score an answer; and where `hf-dpo eval` writes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from hf_dpo.config import Recipe, RecipeError
 from hf_dpo.data.rows import first_answer
 from hf_dpo.errors import HfDpoError
 from hf_dpo.pairs.formats import read_prompts
 from hf_dpo.pairs.judges import check_judge_scores
-from hf_dpo.report.build import behaviour_skip_reason, computes_metrics
+from hf_dpo.report.build import REPORT_JSON, behaviour_skip_reason, computes_metrics
+from hf_dpo.report.estimates import EvaluationError
 from hf_dpo.report.evaluate_offline import preload_report_modules
 
 
@@ -88,3 +91,25 @@ def check_judged_prompts(
         read_prompts(path, prompt_column)  # as hf_dpo.report.prompts.prompts_from_file reads it
     except HfDpoError as err:
         raise RecipeError(f"key 'test_prompts_file' (the report's judged prompts): {err}") from None
+
+
+def check_report_dir(
+    run_dir: str | Path, test_prompts_file: str | None, output_dir: str | Path | None
+) -> None:
+    """Where `hf-dpo eval` writes, checked before the model loads: a report on other prompts goes to a directory
+    of its own (into the run dir it would replace the run's report and the numbers its card tells), one that
+    holds no other report; and the prompts file is there."""
+    if test_prompts_file is not None:
+        if output_dir is None or Path(output_dir).resolve() == Path(run_dir).resolve():
+            raise EvaluationError(
+                f"--test-prompts-file {test_prompts_file}: a report on other prompts than the run's would replace "
+                f"the report in {run_dir} and the numbers its card tells; give --output-dir DIR for it."
+            )
+        if not Path(test_prompts_file).is_file():
+            raise EvaluationError(f"--test-prompts-file {test_prompts_file}: no such file.")
+    if output_dir is not None and Path(output_dir).resolve() != Path(run_dir).resolve():
+        if (Path(output_dir) / REPORT_JSON).exists():
+            raise EvaluationError(
+                f"--output-dir {output_dir} already holds a report ({REPORT_JSON}); give a new directory or "
+                "remove that one."
+            )

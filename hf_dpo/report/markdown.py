@@ -308,16 +308,18 @@ def render_markdown(report: dict[str, Any], info: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def console_summary(report: dict[str, Any], run_dir: str) -> str:
-    """The closing lines of `hf-dpo eval` / `hf-dpo train`: the held-out numbers and how to push them."""
+def console_summary(report: dict[str, Any], run_dir: str, report_dir: str | None = None) -> str:
+    """The closing lines of `hf-dpo eval` / `hf-dpo train`: the held-out numbers and how to push them.
+    `report_dir`: where the report was written, when not into the run dir."""
+    report_dir = report_dir or run_dir
     lines = [verdict_line(report)]
     beh = report.get("behaviour")
     if beh and "per_criterion" in beh:
         lines += ["  " + row for row in criteria_table(report).splitlines()]
     lines += [f"Warning: {w}" for w in report.get("warnings") or []]
-    lines.append(f"Evaluation report: {run_dir}/eval_report.md (plots in {run_dir}/plots/)")
+    lines.append(f"Evaluation report: {report_dir}/eval_report.md (plots in {report_dir}/plots/)")
     if report.get("generations_file"):
-        lines.append(f"Every judged answer, to read: {run_dir}/{report['generations_file']}")
+        lines.append(f"Every judged answer, to read: {report_dir}/{report['generations_file']}")
     pref = report.get("preference")
     if pref:
         acc, margin = pref["metrics"]["reward_accuracy"], pref["metrics"]["rewards/margins"]

@@ -668,3 +668,48 @@ def test_a_prompt_file_prompt_is_found_among_the_training_prompts(smollm_dir, tm
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in lines))
     judged = prompts_from_file(str(prompts), tokenizer, DataConfig(), 10)
     assert [prompt_key(ids, tokenizer) in seen for _, ids in judged] == [True, True, False, False]
+
+
+def test_cli_eval_on_other_prompts_writes_its_own_report_and_leaves_the_run_as_it_was(run, tmp_path, capsys):
+    """`hf-dpo eval RUN --test-prompts-file F --output-dir OUT`: the run scored again on other prompts (held-out
+    questions in new words, say), every prompt of F judged, the report in OUT; the run's report, answers and card
+    unchanged."""
+    import shutil
+
+    from hf_dpo.cli import main
+
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("checkpoint-*"))
+    before = {p.name: p.read_bytes() for p in dst.iterdir() if p.is_file()}
+    prompts = tmp_path / "rephrased.txt"
+    asked = ["What's 2 plus 3?", "Find 7 - 4.", "Which city serves as the capital of Chile?"]
+    prompts.write_text("\n".join(asked) + "\n")
+    out = tmp_path / "rephrased_report"
+    argv = [
+        "eval",
+        str(dst),
+        "--test-prompts-file",
+        str(prompts),
+        "--output-dir",
+        str(out),
+        "--max-new-tokens",
+        "4",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"Evaluation report: {out}/eval_report.md" in printed and f"hf-dpo push {dst} " in printed
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["behaviour"]["n"] == len(asked)  # every prompt of the file, not the recipe's count
+    assert [row["prompt"] for row in assert_generations_match_report(out)] == asked
+    for rel in report["plots"]:
+        assert (out / rel).is_file()
+    assert {p.name: p.read_bytes() for p in dst.iterdir() if p.is_file()} == before
+    # a second report into the same directory, or other prompts into the run dir, is refused before any load
+    assert main(argv) == 2
+    assert "already holds a report" in capsys.readouterr().err
+    assert main(["eval", str(dst), "--test-prompts-file", str(prompts)]) == 2
+    assert "give --output-dir DIR for it" in capsys.readouterr().err
+    assert (
+        main(["eval", str(dst), "--test-prompts-file", str(tmp_path / "nope.txt"), "--output-dir", "x"]) == 2
+    )
+    assert "nope.txt: no such file" in capsys.readouterr().err

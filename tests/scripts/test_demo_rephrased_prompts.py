@@ -3,7 +3,13 @@
 import importlib.util
 from pathlib import Path
 
-from hf_dpo.pairs.demo_task import CAPITAL_PHRASINGS, demo_prompts, expected_answer, prompt_country, question_of
+from hf_dpo.pairs.demo_task import (
+    CAPITAL_PHRASINGS,
+    demo_prompts,
+    expected_answer,
+    prompt_country,
+    question_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
