@@ -106,10 +106,10 @@ def test_the_readme_shows_what_the_command_prints(capsys, no_weights):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    command = "$ hf-dpo data recipes/demo.yaml --rows 1 --max_length 64 --max_prompt_length 32\n"
+    command = "$ hf-dpo data recipes/demo.yaml --rows 1 --max_length 48 --max_prompt_length 32\n"
     shown = readme.split(command, 1)[1].split("```", 1)[0].splitlines()
     assert (
-        main(["data", "recipes/demo.yaml", "--rows", "1", "--max_length", "64", "--max_prompt_length", "32"])
+        main(["data", "recipes/demo.yaml", "--rows", "1", "--max_length", "48", "--max_prompt_length", "32"])
         == 0
     )
     printed = iter(capsys.readouterr().out.splitlines())
