@@ -38,7 +38,7 @@ def test_eval_counts_written_as_exponents_read_as_the_recipes_int_keys_read_them
     # `eval_num_generations: 1e3` in a recipe is 1000; `hf-dpo eval --num-generations 1e3` was refused.
     seen = {}
 
-    def evaluate_run(run_dir, judge=None, num_generations=None, max_new_tokens=None):
+    def evaluate_run(run_dir, judge=None, num_generations=None, max_new_tokens=None, **elsewhere):
         seen.update(num_generations=num_generations, max_new_tokens=max_new_tokens)
         raise SystemExit(0)
 
