@@ -267,25 +267,40 @@ MASK_NAMES = {MASK4D: "a 4D mask", FLEX: "a FlexAttention block mask"}
 
 @torch.no_grad()
 def layout_problem(
-    model, batch: dict[str, torch.Tensor], collator: PreferenceCollator, options, args
+    model,
+    batch: dict[str, torch.Tensor],
+    collator: PreferenceCollator,
+    options,
+    args,
+    batch_logps: PairLogps | None = None,
 ) -> str | None:
     """Why `batch` (prefix-shared or packed, as `collator` builds them) can't be trusted on `model`, or None: its
     log-probs must match the plain layout's within 1e-4 per token in float32 (1e-2 under bf16/fp16 rounding). A
     model that ignores or rejects the layout's mask fails here. Checked on two pairs of the batch, its first and
     its last: the plain layout computes every prompt twice, so checking a whole batch of long prompts cost more
     than the rest of the reference pass; the ends of a batch differ most in length (a pass's batch goes shortest
-    first, a length-grouped one longest to shortest), so both layouts pad."""
+    first, a length-grouped one longest to shortest), so both layouts pad.
+
+    `batch_logps`: the whole batch's log-probs in its layout, computed in eval mode with `options` (the first
+    batch of a forward-only pass, which needs them anyway): its two end pairs are read from them, so the check
+    adds only the plain layout's forward of two pairs."""
     examples = batch_examples(batch)
-    examples = examples[:1] + examples[1:][-1:]
+    ends = [0, len(examples) - 1] if len(examples) > 1 else [0]  # (pairs checked,) positions in the batch
+    examples = [examples[i] for i in ends]
     device = batch["input_ids"].device
-    fast = {k: v.to(device) for k, v in collator(examples).items()}
     plain_collator = dataclasses.replace(collator, prefix_sharing=False, padding_free=False)
     plain = {k: v.to(device) for k, v in plain_collator(examples).items()}
-    options = LogpsOptions(chunk_size=options.chunk_size, attention=options.attention)
+    options = LogpsOptions(
+        chunk_size=options.chunk_size, attention=options.attention, ld_alpha=options.ld_alpha
+    )
     was_training = model.training
     model.eval()  # no dropout: both layouts must see the same network
     try:
-        fast_logps = pair_logps(model, fast, options=options)
+        if batch_logps is None:
+            fast = {k: v.to(device) for k, v in collator(examples).items()}
+            fast_logps = pair_logps(model, fast, options=options)
+        else:
+            fast_logps = pair_ends(batch_logps, ends)
         plain_logps = pair_logps(model, plain, options=options)
     except Exception as err:  # noqa: BLE001 - any failure of the layout's forward means: don't use it
         layout = "packed rows" if collator.padding_free else MASK_NAMES[options.attention]
@@ -294,7 +309,7 @@ def layout_problem(
         model.train(was_training)
     per_token_tol = 1e-4 if computes_in_float32(model, args) else 1e-2
     for side in ("chosen", "rejected"):
-        a, b = getattr(fast_logps, side).float(), getattr(plain_logps, side).float()
+        a, b = getattr(fast_logps, side).detach().float(), getattr(plain_logps, side).float()
         lengths = getattr(plain_logps, f"{side}_lengths").clamp(min=1)
         worst = ((a - b).abs() / lengths).max().item()
         if not worst <= per_token_tol:
@@ -302,20 +317,39 @@ def layout_problem(
     return None
 
 
+def pair_ends(logps: PairLogps, ends: list[int]) -> PairLogps:
+    """The summed log-probs and lengths of the pairs at positions `ends` of a batch's `logps`."""
+    pick = torch.tensor(ends, device=logps.chosen.device)
+    return PairLogps(
+        chosen=logps.chosen[pick],
+        rejected=logps.rejected[pick],
+        chosen_lengths=logps.chosen_lengths[pick],
+        rejected_lengths=logps.rejected_lengths[pick],
+    )
+
+
 def working_layout(
-    model, batch: dict, pad_token_id: int, asked: tuple[str | None, bool], chunk_size: int, args
+    model,
+    batch: dict,
+    pad_token_id: int,
+    asked: tuple[str | None, bool],
+    options: LogpsOptions,
+    args,
+    batch_logps: PairLogps | None = None,
 ) -> tuple[str | None, bool]:
     """The layout that holds on `model`, as (sharing attention or None, packed), from the one `asked` for, checked
-    on the first `batch` with `layout_problem`: a failing FlexAttention block mask gives way to the dense 4D mask
-    (checked the same way), any other failure to the plain layout (None, False). Logged either way."""
+    on the first `batch` with `layout_problem` (`batch_logps`: the batch's log-probs in the layout asked for, as
+    there): a failing FlexAttention block mask gives way to the dense 4D mask (checked the same way), any other
+    failure to the plain layout (None, False). Logged either way."""
     sharing_attention, packed = asked
     what = "padding_free" if packed else "Prefix sharing"
     while True:
         collator = PreferenceCollator(
             pad_token_id=pad_token_id, prefix_sharing=sharing_attention is not None, padding_free=packed
         )
-        options = LogpsOptions(chunk_size=chunk_size, attention=sharing_attention or MASK4D)
-        problem = layout_problem(model, batch, collator, options, args)
+        options = dataclasses.replace(options, attention=sharing_attention or MASK4D)
+        problem = layout_problem(model, batch, collator, options, args, batch_logps)
+        batch_logps = None  # they were computed with the layout asked for, not the one tried next
         if not problem:
             how = "no padding" if packed else f"each prompt computed once per pair, {sharing_attention}"
             logger.info("%s on: %s (checked on the first batch).", what, how)

@@ -258,11 +258,15 @@ class DPOTrainer(Trainer):
     ) -> PairLogps:
         """Policy log-probs of chosen and rejected in one forward pass, in the batch's layout (plain: rows
         [chosen_0..B-1, rejected_0..B-1]; prefix-shared: rows [prompt, chosen, rejected]; packed: one row)."""
-        if (is_shared(batch) or is_packed(batch)) and not self._layout_works(model, batch):
-            batch = plain_batch(batch, self.processing_class.pad_token_id)
         if options is None:
             options = self._reference_options
             options.with_tokens = with_tokens
+        if (is_shared(batch) or is_packed(batch)) and not self._layout_checked and not model.training:
+            checked = self._first_batch_checked(model, batch, options)
+            if checked is not None:
+                return checked
+        if (is_shared(batch) or is_packed(batch)) and not self._layout_works(model, batch, options):
+            batch = plain_batch(batch, self.processing_class.pad_token_id)
         # the attention the layout holds with, known only once the first batch was checked
         options = dataclasses.replace(options, attention=self._sharing_attention or MASK4D)
         return pair_logps(model, batch, options=options)
@@ -392,18 +396,41 @@ class DPOTrainer(Trainer):
     def _prefix_sharing(self) -> bool:
         return self._sharing_attention is not None
 
-    def _layout_works(self, model, batch: dict[str, torch.Tensor]) -> bool:
-        """The prefix-shared or packed layout is checked once, on its first batch (`working_layout`); on failure
-        the collator builds plain batches from then on."""
+    def _layout_works(
+        self,
+        model,
+        batch: dict[str, torch.Tensor],
+        options: LogpsOptions,
+        batch_logps: PairLogps | None = None,
+    ) -> bool:
+        """The prefix-shared or packed layout is checked once, on its first batch (`working_layout`, given the
+        batch's own log-probs in eval mode where they exist); on failure the collator builds plain batches from
+        then on."""
         if not self._layout_checked:
             self._layout_checked = True
             asked, pad_id = (self._sharing_attention, self._packed), self.processing_class.pad_token_id
-            held = working_layout(model, batch, pad_id, asked, self._chunk_size, self.args)
+            held = working_layout(model, batch, pad_id, asked, options, self.args, batch_logps)
             self._sharing_attention, self._packed = held
             if isinstance(self.data_collator, PreferenceCollator):
                 self.data_collator.prefix_sharing = self._prefix_sharing
                 self.data_collator.padding_free = self._packed
         return self._prefix_sharing or self._packed
+
+    def _first_batch_checked(
+        self, model, batch: dict[str, torch.Tensor], options: LogpsOptions
+    ) -> PairLogps | None:
+        """The log-probs of the first prefix-shared or packed batch of an eval-mode pass (the reference pass,
+        evaluation), computed once: the layout check reads its first and last pairs from them and adds only the
+        plain layout's forward of those two pairs. None where the batch must be computed again, in the layout
+        that holds: its forward raised, or the check turned the layout or its attention down. A training batch is
+        checked apart, in eval mode (dropout would make the layouts differ)."""
+        asked = self._sharing_attention
+        try:
+            logps = pair_logps(model, batch, options=dataclasses.replace(options, attention=asked or MASK4D))
+        except Exception:  # noqa: BLE001 - the check runs the layout again on two pairs and logs why it fails
+            logps = None
+        works = self._layout_works(model, batch, options, logps)
+        return logps if works and logps is not None and self._sharing_attention == asked else None
 
     # ------------------------------------------------------------------ passes over a whole dataset
 

@@ -78,6 +78,28 @@ def test_prefix_sharing_falls_back_when_the_mask_is_ignored(
     assert_same(fallback, plain)
 
 
+@pytest.mark.parametrize("mask", ["ignored", "rejected"])
+def test_a_reference_pass_falls_back_when_its_first_batch_fails_the_layout_check(
+    tmp_path, tiny_model_dir, tokenizer, monkeypatch, caplog, mask
+):
+    """The reference pass checks the layout on its first batch's own log-probs: a model that ignores the 4D mask
+    (or a forward that rejects it) turns prefix sharing off there, and that batch and the rest come out as the
+    plain layout gives them."""
+    expected = make_trainer(tmp_path, tiny_model_dir, tokenizer, **PLAIN)
+    expected = expected.compute_reference_logps(expected.train_dataset)
+    wrong = torch.zeros if mask == "ignored" else (lambda *shape, dtype: torch.zeros(1, 2, 3, dtype=dtype))
+    monkeypatch.setattr(
+        "hf_dpo.train.logps.shared_attention_mask",
+        lambda seg, dtype: wrong(seg.shape[0], 1, seg.shape[1], seg.shape[1], dtype=dtype),
+    )
+    trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, prefix_sharing=True, logps_chunk_size=0)
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.train.trainer"):
+        chosen, rejected = trainer.compute_reference_logps(trainer.train_dataset)
+    assert not trainer._prefix_sharing and not trainer.data_collator.prefix_sharing
+    assert "Prefix sharing off" in caplog.text
+    assert chosen == pytest.approx(expected[0], abs=1e-5) and rejected == pytest.approx(expected[1], abs=1e-5)
+
+
 def test_prefix_sharing_falls_back_when_the_forward_rejects_the_mask(
     tmp_path, tiny_model_dir, tokenizer, monkeypatch, caplog
 ):

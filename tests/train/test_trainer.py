@@ -177,7 +177,9 @@ def test_reference_pass_goes_shortest_first_in_large_batches_and_gives_each_pair
     """The reference pass with every fast path on (prefix sharing, chunked head, precompute_ref_batch_size unset):
     pairs of very different lengths in a shuffled order come out in the dataset's order with the log-probs the
     plain layout gives each pair alone (float32 parity), from batches larger than the eval batch of 2, with the
-    adapters switched off once for the whole pass."""
+    adapters switched off once for the whole pass; the first batch's layout check costs one plain forward of two
+    pairs, its shared forward being the batch's own."""
+    from hf_dpo.model.unwrap import base_model
     from hf_dpo.train import trainer as trainer_module
 
     base, tokenizer = tiny
@@ -210,9 +212,20 @@ def test_reference_pass_goes_shortest_first_in_large_batches_and_gives_each_pair
         return context(model)
 
     monkeypatch.setattr(trainer_module, "reference_context", counted)
+    forwards = []  # (rows, tokens) of every forward of the model
+    record = base_model(trainer.model).register_forward_pre_hook(
+        lambda module, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     chosen, rejected = trainer.compute_reference_logps(trainer.train_dataset)
+    record.remove()
     assert len(toggles) == 1
     assert trainer.reference_forward_passes < len(rows) // 2  # fewer batches than the eval batch of 2 makes
+    assert (
+        len(forwards) == trainer.reference_forward_passes + 1
+    )  # each batch once, and the check's plain forward
+    assert [rows for rows, _ in forwards].count(
+        4
+    ) == 1  # that one: the first batch's two end pairs, 2 rows each
     plain = copy.deepcopy(base)
     collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)
     for i in range(len(rows)):
