@@ -139,7 +139,9 @@ def is_kbit_linear(module) -> bool:
 def final_hidden_states(model, inputs: dict[str, torch.Tensor]):
     """((rows, T, H) hidden states the LM head would read, the model's outputs). The forward goes through the
     outermost wrapper (DDP, peft) so gradient sync still works; a hook on the decoder catches its output, and the
-    model projects only the last position onto the vocabulary (logits_to_keep=1)."""
+    model projects no position onto the vocabulary (`logits_to_keep`: an empty tensor of positions). Even one
+    position a row reads the whole LM head: on the demo model (49k x 576 float32 weights) 50-90 ms of memory
+    traffic on a CPU, a tenth of a forward-only batch, for logits nobody reads."""
     captured = []
 
     def grab(module, args, output):
@@ -148,7 +150,8 @@ def final_hidden_states(model, inputs: dict[str, torch.Tensor]):
 
     handle = head_and_decoder(model)[1].register_forward_hook(grab)
     try:
-        outputs = model(**inputs, use_cache=False, logits_to_keep=1)
+        no_position = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)  # (0,)
+        outputs = model(**inputs, use_cache=False, logits_to_keep=no_position)
     finally:
         handle.remove()
     return captured[-1], outputs

@@ -138,6 +138,21 @@ def test_chunked_logps_equal_full_logits(tmp_path, tiny_model_dir, tokenizer, sh
     assert_same(loss_and_grads(chunked), plain)
 
 
+def test_the_chunked_path_projects_no_position_through_the_models_own_head(
+    tmp_path, tiny_model_dir, tokenizer
+):
+    """The chunked path takes the decoder's hidden states and runs the LM head itself, on completion positions: the
+    model's forward projects none (one position a row would read the whole vocabulary-sized weight for nothing)."""
+    trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, prefix_sharing=True, logps_chunk_size=7)
+    head = trainer.model.get_output_embeddings()
+    positions = []  # tokens each call of the model's head got
+    hook = head.register_forward_pre_hook(lambda module, args: positions.append(args[0].shape[:-1].numel()))
+    loss_and_grads(trainer)
+    hook.remove()
+    # the layout check's two forwards, the step's policy and reference passes, the no-grad pass of loss_and_grads
+    assert positions == [0] * 5
+
+
 def test_rpo_term_is_the_same_on_every_path(tmp_path, tiny_model_dir, tokenizer):
     plain = loss_and_grads(make_trainer(tmp_path, tiny_model_dir, tokenizer, rpo_alpha=0.5, **PLAIN))
     fast = make_trainer(tmp_path, tiny_model_dir, tokenizer, rpo_alpha=0.5, logps_chunk_size=5)
