@@ -52,13 +52,25 @@ def logit_stats(
     for start in range(0, logits.shape[0], chunk_size):
         chunk = logits[start : start + chunk_size].float()  # (n, V)
         lse = torch.logsumexp(chunk, dim=-1)  # (n,)
-        out["mean_logits"].append(chunk.mean(-1))
-        out["entropy"].append(lse - (torch.softmax(chunk, dim=-1) * chunk).sum(-1))  # -Σ p log p
-        out["top1"].append(chunk.argmax(-1) == labels[start : start + chunk_size])
+        stats = softmax_stats(chunk, lse, torch.softmax(chunk, dim=-1), labels[start : start + chunk_size])
+        for key, value in stats.items():
+            out[key].append(value)
     if not out["top1"]:
         empty = logits.new_zeros(0, dtype=torch.float32)
         return {"mean_logits": empty, "entropy": empty, "top1": empty.bool()}
     return {key: torch.cat(values) for key, values in out.items()}
+
+
+@torch.no_grad()
+def softmax_stats(
+    logits: torch.Tensor, lse: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """`logit_stats` of (n, V) float32 logits whose (n,) logsumexp and (n, V) softmax are at hand."""
+    return {
+        "mean_logits": logits.mean(-1),
+        "entropy": lse - (probs * logits).sum(-1),  # -Σ p log p = lse - Σ p·logit
+        "top1": logits.argmax(-1) == labels,
+    }
 
 
 def _append_stats(stats: dict | None, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -89,9 +101,14 @@ class _LinearLabelLogps(torch.autograd.Function):
             y = labels[start:end]
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             logps[start:end] = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
-            _append_stats(stats, logits, y)  # before the in-place softmax below
+            probs = None
+            if stats is not None:  # from this chunk's lse and softmax, which logit_stats would compute again
+                probs = (logits - lse.unsqueeze(-1)).exp_()  # (n, V): softmax, logits kept for the stats
+                for key, value in softmax_stats(logits, lse, probs, y).items():
+                    stats.setdefault(key, []).append(value)
             if need_grad:
-                probs = logits.sub_(lse.unsqueeze(-1)).exp_()  # (n, V), in place: softmax
+                if probs is None:
+                    probs = logits.sub_(lse.unsqueeze(-1)).exp_()  # (n, V), in place: softmax
                 expected = probs.to(weight.dtype) @ weight  # (n, H): E_p[W_v]
                 grad_hidden[start:end] = (weight[y].float() - expected.float()).to(hidden.dtype)
             del logits

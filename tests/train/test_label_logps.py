@@ -111,3 +111,30 @@ def test_chunked_label_logps_without_grad_keeps_nothing():
     with torch.no_grad():
         out = chunked_label_logps(h, head, labels, chunk_size=5)
     assert out.shape == (37,) and out.grad_fn is None and torch.all(out <= 0)
+
+
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_the_chunked_head_logs_the_statistics_of_the_full_logits(with_grad):
+    """TRL's logged quantities (mean logit, entropy, top-1 hit) of each label, from the chunked frozen head (which
+    takes them from the logsumexp and softmax it computes anyway), equal those of the full logits; the log-probs
+    and their gradient are the same with and without statistics."""
+    from hf_dpo.train.label_logps import chunked_label_logps, logit_stats
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 13, bias=False).requires_grad_(False)
+    hidden = torch.randn(9, 6, requires_grad=with_grad)
+    labels = torch.randint(0, 13, (9,))
+    labels[0] = head(hidden[0]).argmax()  # at least one top-1 hit
+    stats = {}
+    with torch.set_grad_enabled(with_grad):
+        logps = chunked_label_logps(hidden, head, labels, chunk_size=4, stats=stats)
+        plain = chunked_label_logps(hidden, head, labels, chunk_size=4)
+    expected = logit_stats(head(hidden).detach(), labels)
+    for key in ("mean_logits", "entropy", "top1"):
+        assert torch.allclose(torch.cat(stats[key]).float(), expected[key].float(), atol=1e-6), key
+    assert torch.cat(stats["top1"]).any()
+    assert torch.equal(logps, plain)
+    if with_grad:
+        (grad,) = torch.autograd.grad(logps.sum(), hidden)
+        (grad_plain,) = torch.autograd.grad(plain.sum(), hidden)
+        assert torch.allclose(grad, grad_plain, atol=1e-6)
