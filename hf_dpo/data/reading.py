@@ -202,13 +202,7 @@ def _warn_of_files_the_card_leaves_out(directory: Path, files: dict[str, list[Pa
     """A test.jsonl put beside a card whose `configs:` name only train.jsonl is not read (nor by `datasets`): say
     so, rather than train without the held-out split the user meant to give."""
     named = {path.resolve() for paths in files.values() for path in paths}
-    left_out = [
-        path
-        for folder in (directory, directory / "data")
-        if folder.is_dir()
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in LOCAL_FORMATS and path.resolve() not in named
-    ]
+    left_out = [path for path in _top_data_files(directory) if path.resolve() not in named]
     if left_out:
         logger.warning(
             "%s: not read, as README.md's `configs:` do not name them (datasets reads the card the same way): %s. "
@@ -230,24 +224,31 @@ def _card_globs(base: Path, readme: Path, name: str, patterns: dict[str, list[st
     return {str(split): [Path(f) for f in names] for split, names in resolved.items()}
 
 
+def _top_data_files(directory: Path) -> list[Path]:
+    """The data files at the top of `directory` and in its `data/`, in name order: where files named by split are
+    looked for."""
+    return [
+        path
+        for folder in (directory, directory / "data")
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in LOCAL_FORMATS
+    ]
+
+
 def _files_named_by_split(directory: Path) -> dict[str, list[Path]]:
     files: dict[str, list[Path]] = {}
-    for folder in (directory, directory / "data"):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in LOCAL_FORMATS:
-                continue
-            split = SHARD_SUFFIX.sub("", path.stem)
-            others = files.setdefault(split, [])
-            if others and (others[0].parent != path.parent or SHARD_SUFFIX.search(others[0].stem) is None):
-                # train.json and train.jsonl, or train.jsonl and data/train-00000-of-00001.parquet: reading one would
-                # silently ignore the other, reading both could count pairs twice
-                raise DataError(
-                    f"{directory}: two files for split '{split}' ({others[0].relative_to(directory)} and "
-                    f"{path.relative_to(directory)}). Keep one of them in the directory."
-                )
-            others.append(path)
+    for path in _top_data_files(directory):
+        split = SHARD_SUFFIX.sub("", path.stem)
+        others = files.setdefault(split, [])
+        if others and (others[0].parent != path.parent or SHARD_SUFFIX.search(others[0].stem) is None):
+            # train.json and train.jsonl, or train.jsonl and data/train-00000-of-00001.parquet: reading one would
+            # silently ignore the other, reading both could count pairs twice
+            raise DataError(
+                f"{directory}: two files for split '{split}' ({others[0].relative_to(directory)} and "
+                f"{path.relative_to(directory)}). Keep one of them in the directory."
+            )
+        others.append(path)
     return files
 
 
