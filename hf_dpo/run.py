@@ -52,7 +52,7 @@ from hf_dpo.pairs.judges import check_judge
 from hf_dpo.preflight import preflight
 from hf_dpo.report import evaluate_offline
 from hf_dpo.report.build import evaluate_model, evaluate_trainer, resolve_judge
-from hf_dpo.report.checks import check_judged_prompts, check_report_dir
+from hf_dpo.report.checks import check_judged_prompts, check_report_dir, report_elsewhere
 from hf_dpo.report.estimates import LOGPS_KEYS, rounding_of
 from hf_dpo.report.markdown import POLICY_IS_REFERENCE, console_summary, policy_is_reference
 from hf_dpo.report.options import ReportOptions
@@ -480,10 +480,8 @@ def evaluate_run(
         load_reference=None if reference is None else lambda: reference,
         out_dir=output_dir,
     )
-    if output_dir is not None and Path(output_dir).resolve() != Path(run_dir).resolve():
-        return (
-            report  # a report of the run written elsewhere: the run's own card keeps its own report's numbers
-        )
+    if report_elsewhere(run_dir, output_dir):
+        return report  # the run's own card keeps its own report's numbers
     # The card tells this report's numbers, as training's does; one edited by hand is someone's own text.
     if card_was_edited(Path(run_dir)):
         logger.warning(

@@ -93,23 +93,28 @@ def check_judged_prompts(
         raise RecipeError(f"key 'test_prompts_file' (the report's judged prompts): {err}") from None
 
 
+def report_elsewhere(run_dir: str | Path, output_dir: str | Path | None) -> bool:
+    """Whether `hf-dpo eval --output-dir` writes the report somewhere else than into the run dir."""
+    return output_dir is not None and Path(output_dir).resolve() != Path(run_dir).resolve()
+
+
 def check_report_dir(
     run_dir: str | Path, test_prompts_file: str | None, output_dir: str | Path | None
 ) -> None:
     """Where `hf-dpo eval` writes, checked before the model loads: a report on other prompts goes to a directory
     of its own (into the run dir it would replace the run's report and the numbers its card tells), one that
     holds no other report; and the prompts file is there."""
+    elsewhere = report_elsewhere(run_dir, output_dir)
     if test_prompts_file is not None:
-        if output_dir is None or Path(output_dir).resolve() == Path(run_dir).resolve():
+        if not elsewhere:
             raise EvaluationError(
                 f"--test-prompts-file {test_prompts_file}: a report on other prompts than the run's would replace "
                 f"the report in {run_dir} and the numbers its card tells; give --output-dir DIR for it."
             )
         if not Path(test_prompts_file).is_file():
             raise EvaluationError(f"--test-prompts-file {test_prompts_file}: no such file.")
-    if output_dir is not None and Path(output_dir).resolve() != Path(run_dir).resolve():
-        if (Path(output_dir) / REPORT_JSON).exists():
-            raise EvaluationError(
-                f"--output-dir {output_dir} already holds a report ({REPORT_JSON}); give a new directory or "
-                "remove that one."
-            )
+    if elsewhere and (Path(output_dir) / REPORT_JSON).exists():
+        raise EvaluationError(
+            f"--output-dir {output_dir} already holds a report ({REPORT_JSON}); give a new directory or remove "
+            "that one."
+        )
