@@ -343,16 +343,21 @@ def arithmetic_of(prompt: str) -> tuple[str, int, int] | None:
     return _OPS[g["op"].lower()], int(g["a"]), int(g["b"])
 
 
+def item_of(prompt: str) -> tuple[str, int, int] | str:
+    """What a demo prompt asks: (op, a, b) of a sum, or the country of a capital question. ValueError if neither."""
+    item = arithmetic_of(prompt) or prompt_country(prompt)
+    if item is None:
+        raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
+    return item
+
+
 def expected_answer(prompt: str) -> int | tuple[str, ...]:
     """The correct answer to a demo prompt: an int, or the accepted capital names. ValueError if none."""
-    arithmetic = arithmetic_of(prompt)
-    if arithmetic:
-        op, a, b = arithmetic
-        return ARITHMETIC[op][2](a, b)
-    country = prompt_country(prompt)
-    if country is None:
-        raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
-    return CAPITALS[country]
+    item = item_of(prompt)
+    if isinstance(item, str):
+        return CAPITALS[item]
+    op, a, b = item
+    return ARITHMETIC[op][2](a, b)
 
 
 _FILLER = r"(?:(?:indeed|called|known as|officially|now|the city of|the city)\s+)*"
@@ -452,13 +457,9 @@ def judge(prompt: str, completion: str) -> dict[str, float]:
 def question_of(prompt: str) -> str:
     """The item a prompt asks about, the same for every phrasing of it (a country, or an operation on two
     numbers): the report resamples a question's phrasings together."""
-    country = prompt_country(prompt)
-    if country:
-        return f"capital:{country}"
-    arithmetic = arithmetic_of(prompt)
-    if arithmetic is None:
-        raise ValueError(f"not a demo-task prompt (no arithmetic and no known country): {prompt!r}")
-    return "{}:{}:{}".format(*arithmetic)  # the item key the split hashes
+    item = item_of(prompt)
+    # the item key the split hashes
+    return f"capital:{item}" if isinstance(item, str) else "{}:{}:{}".format(*item)
 
 
 judge.criteria = ("correct", "concise")
