@@ -202,3 +202,22 @@ def tiny_classifier(path, tokenizer, num_labels: int) -> str:
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def recipe_on_data(tmp_path: Path, *overrides: str):
+    """The default recipe on the pairs in tmp_path/data, writing to tmp_path/run, no reporting integration, with
+    `overrides` (--key value) on top."""
+    from hf_dpo.config import load_recipe
+
+    return load_recipe(
+        None,
+        [
+            "--dataset_name",
+            str(tmp_path / "data"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--report_to",
+            "none",
+        ]
+        + list(overrides),
+    )

@@ -13,7 +13,7 @@ import pytest
 from hf_dpo import cli
 from hf_dpo.config import RecipeError, load_recipe
 from hf_dpo.preflight import preflight
-from tests.run_fixtures import write_adapter
+from tests.run_fixtures import recipe_on_data, write_adapter
 
 
 def _one_error(err: str) -> str:
@@ -388,17 +388,8 @@ def test_lora_target_modules_that_match_no_layer_are_named_before_loading(
         tmp_path, capsys, f"model_name_or_path: {tiny_model_dir}\nlora_target_modules: [q_proj, qkv]\n"
     )
     assert rc == 2 and re_search(r"lora_target_modules.*qkv matches no linear layer.*q_proj", _one_error(err))
-    recipe = load_recipe(
-        None,
-        ["--model_name_or_path", tiny_model_dir, "--lora_target_modules", "[q_proj, v_proj]"]
-        + [
-            "--dataset_name",
-            str(tmp_path / "data"),
-            "--output_dir",
-            str(tmp_path / "run"),
-            "--report_to",
-            "none",
-        ],
+    recipe = recipe_on_data(
+        tmp_path, "--model_name_or_path", tiny_model_dir, "--lora_target_modules", "[q_proj, v_proj]"
     )
     preflight(recipe)  # names that exist pass
 
@@ -481,18 +472,7 @@ def test_judge_null_on_the_command_line_switches_the_recipes_judge_off(
     tmp_path, write_jsonl, arithmetic_pairs
 ):
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(4))
-    recipe = load_recipe(
-        None,
-        [
-            "--dataset_name",
-            str(tmp_path / "data"),
-            "--output_dir",
-            str(tmp_path / "run"),
-            "--report_to",
-            "none",
-        ]
-        + ["--judge", "hf_dpo.pairs.demo_task:judge", "--judge", "null"],
-    )
+    recipe = recipe_on_data(tmp_path, "--judge", "hf_dpo.pairs.demo_task:judge", "--judge", "null")
     assert recipe.report.judge is None
     preflight(recipe)  # no judge, no judged comparison: nothing to refuse
 

@@ -15,6 +15,7 @@ from hf_dpo import cli
 from hf_dpo.config import DataConfig, RecipeError, load_recipe
 from hf_dpo.data import DataError, prepare_rows
 from hf_dpo.preflight import preflight
+from tests.run_fixtures import recipe_on_data
 
 # A template of the kind many chat models ship: turns must go user, assistant, user, ...; no system turn.
 STRICT_TEMPLATE = (
@@ -88,21 +89,6 @@ def train_on_rows(write_jsonl, arithmetic_pairs):
     return train
 
 
-def _recipe(tmp_path: Path, *overrides: str):
-    return load_recipe(
-        None,
-        [
-            "--dataset_name",
-            str(tmp_path / "data"),
-            "--output_dir",
-            str(tmp_path / "run"),
-            "--report_to",
-            "none",
-        ]
-        + list(overrides),
-    )
-
-
 # ---------------------------------------------------------------- the chat template
 
 
@@ -140,7 +126,9 @@ def test_row_numbers_are_the_files_even_when_a_held_out_share_and_a_subset_are_d
     # Seed 42 holds out rows 1, 6, 8 (eval_fraction 0.25), or leaves out row 9 (max_train_samples 11): either
     # way the bad row is the 8th or 10th row the pipeline sees, and the error still names the file's row 10.
     for extra in ([], ["--eval_fraction", "0.25"], ["--max_train_samples", "11", "--eval_fraction", "0"]):
-        recipe = _recipe(tmp_path, "--model_name_or_path", strict_dir, "--dataset_test_split", "null", *extra)
+        recipe = recipe_on_data(
+            tmp_path, "--model_name_or_path", strict_dir, "--dataset_test_split", "null", *extra
+        )
         with pytest.raises(DataError, match=r"train.jsonl, row 10, column 'prompt'"):
             preflight(recipe)
 
@@ -149,7 +137,7 @@ def test_a_system_prompt_the_template_refuses_says_where_the_system_turn_comes_f
     arithmetic_pairs, write_jsonl, tmp_path, strict_dir
 ):
     write_jsonl(tmp_path / "data" / "train.jsonl", arithmetic_pairs(3))
-    recipe = _recipe(tmp_path, "--model_name_or_path", strict_dir, "--system_prompt", "Be brief.")
+    recipe = recipe_on_data(tmp_path, "--model_name_or_path", strict_dir, "--system_prompt", "Be brief.")
     with pytest.raises(DataError, match=r"row 0, column 'prompt'.*system_prompt adds a system turn"):
         preflight(recipe)
 
@@ -160,7 +148,7 @@ def test_with_on_bad_rows_skip_a_refused_row_is_dropped_and_counted(
     bad = {"prompt": _messages("user", "user"), "chosen": "yes", "rejected": "no"}
     write_jsonl(tmp_path / "data" / "train.jsonl", [*arithmetic_pairs(3), bad])
     write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
-    data = preflight(_recipe(tmp_path, "--model_name_or_path", strict_dir, "--on_bad_rows", "skip"))
+    data = preflight(recipe_on_data(tmp_path, "--model_name_or_path", strict_dir, "--on_bad_rows", "skip"))
     assert len(data.train) == 3
     assert data.report["train"]["skipped"] == {"rejected by the chat template": 1}
 
@@ -257,7 +245,7 @@ def test_some_pairs_dropped_for_length_is_a_warning_naming_the_keys(
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
     write_jsonl(tmp_path / "data" / "test.jsonl", arithmetic_pairs(2))
     with caplog.at_level(logging.WARNING):
-        data = preflight(_recipe(tmp_path, "--max_length", "64"))
+        data = preflight(recipe_on_data(tmp_path, "--max_length", "64"))
     assert len(data.train) == 3
     assert re.search(
         r"train.jsonl: 1 of 4 pairs dropped for length; prompts over max_length \(64\)", caplog.text
@@ -283,7 +271,7 @@ def test_a_judged_prompt_the_template_refuses_is_named_before_training_not_in_th
     ), line
     assert "Conversation roles must alternate" in line and not run.exists()
     # Only the prompts the report judges: the first eval_num_generations.
-    recipe = _recipe(
+    recipe = recipe_on_data(
         tmp_path,
         *("--model_name_or_path", strict_dir, "--test_prompts_file", str(prompts)),
         *("--judge", "hf_dpo.pairs.demo_task:judge", "--eval_num_generations", "1"),
