@@ -31,6 +31,13 @@ def peak_memory() -> dict:
     return out
 
 
+# A dense (dequantized) copy of a 4-bit model's weights, for decoding, a forward-only pass or CPU training
+# (`hf_dpo.model.reference.dequantized_fit`), is made only when it takes at most this share of the memory still
+# free: the rest holds the KV cache, the logits, the activations and whatever else the process is doing
+# (training's optimizer state, the 4-bit model). `hf-dpo plan` decides the same way.
+DENSE_SHARE_OF_FREE_MEMORY = 0.5
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

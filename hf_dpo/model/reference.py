@@ -35,6 +35,7 @@ import torch
 
 from hf_dpo.model import unwrap
 from hf_dpo.model.errors import ModelLoadError
+from hf_dpo.model.memory import DENSE_SHARE_OF_FREE_MEMORY
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,10 @@ def swap_4bit_linears(model) -> list[tuple[torch.nn.Module, str, torch.nn.Module
     return swapped
 
 
-def dequantized_fit(model) -> tuple[bool, str | None]:
+def dequantized_fit(model, purpose: str = "the pass") -> tuple[bool, str | None]:
     """(whether `decoding_weights` should swap: a 4-bit model on CPU whose float weights take at most
-    DENSE_SHARE_OF_FREE_MEMORY of the memory still free; why, to log, or None where there is nothing to swap)."""
+    DENSE_SHARE_OF_FREE_MEMORY of the memory still free; why, to log (naming `purpose`), or None where there is
+    nothing to swap)."""
     base = unwrap.base_model(model)
     param = next(base.parameters())
     if param.device.type != "cpu" or not any(_is_4bit_param(p) for p in base.parameters()):
@@ -145,7 +147,7 @@ def dequantized_fit(model) -> tuple[bool, str | None]:
     need, free = _dense_bytes(base, _compute_dtype(base)), free_memory_bytes(param.device)
     sizes = f"{need / 2**30:.2f} GiB of the {free / 2**30:.1f} GiB free"
     if need <= DENSE_SHARE_OF_FREE_MEMORY * free:
-        return True, f"4-bit weights dequantized once for the pass ({sizes})"
+        return True, f"4-bit weights dequantized once for {purpose} ({sizes})"
     return False, f"4-bit weights dequantized at every forward: dequantized once they would take {sizes}"
 
 
@@ -166,11 +168,6 @@ def decoding_weights(model):
 
 
 # ---------------------------------------------------------------- a dense copy to decode from
-
-
-# The dense copy is made only when it takes at most this share of the memory still free: the rest holds the
-# KV cache, the logits and whatever else the process is doing (training's optimizer state, the 4-bit model).
-DENSE_SHARE_OF_FREE_MEMORY = 0.5
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from hf_dpo.model.memory import DENSE_SHARE_OF_FREE_MEMORY
 from hf_dpo.plan.arch import Arch
 from hf_dpo.plan.settings import Settings
 
@@ -251,8 +252,13 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
         Term("activations", activation_bytes(arch, s), f"{s.tokens} tokens/step, {gc}"),
         Term("logits", logits, logits_note),
         Term("4D attention mask", *attention_mask_bytes(s)),
-        # The 4-bit matmul dequantizes one weight at a time; its gradient w.r.t. the input needs it again.
+        # The 4-bit matmul dequantizes one weight at a time; its gradient w.r.t. the input needs it again. On CPU
+        # training dequantizes them all once instead, where that fits (`dense_copy_fits`).
         Term(
+            "dense copy of the 4-bit linears", dense_copy_bytes(arch, s), "CPU: dequantized once for training"
+        )
+        if s.dense_base
+        else Term(
             "working set",
             biggest * s.compute_bytes * 2 if s.quantized else biggest * s.compute_bytes,
             "largest dequantized weight, forward + backward",
@@ -266,6 +272,26 @@ def estimate(arch: Arch, s: Settings) -> list[Term]:
         ),
     ]
     return terms + device_terms(arch, s, sum(t.bytes for t in terms), activation_bytes(arch, s) + logits)
+
+
+def dense_copy_bytes(arch: Arch, s: Settings) -> int:
+    """The decoder linears dequantized to the compute dtype."""
+    return arch.num_hidden_layers * sum(i * o for i, o in arch.linear_shapes().values()) * s.compute_bytes
+
+
+def dense_copy_fits(arch: Arch, s: Settings, memory: int) -> bool:
+    """Whether CPU training on a 4-bit base will hold its linears dequantized (`dense_base`): as the trainer decides
+    (`hf_dpo.model.reference.dequantized_fit`), when the copy takes at most DENSE_SHARE_OF_FREE_MEMORY of the memory
+    free once the model is loaded, here `memory` less the weights, the checkpoint read and the process baseline.
+    The trainer sizes the copy as every weight in the compute dtype, so the plan does too."""
+    if s.device != "cpu" or s.quantization != "4bit" or s.full_finetune:
+        return False
+    loaded = sum(weight_bytes(arch, s)) + sum(
+        t.bytes
+        for t in device_terms(arch, s, 0, 0)
+        if t.name in ("checkpoint read at load", "process baseline")
+    )
+    return arch.num_params * s.compute_bytes <= DENSE_SHARE_OF_FREE_MEMORY * (memory - loaded)
 
 
 def full_finetune_estimate(arch: Arch, s: Settings, reference_copy: bool) -> list[Term]:

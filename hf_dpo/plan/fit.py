@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from hf_dpo.config import Recipe
 from hf_dpo.errors import quoted
 from hf_dpo.plan.arch import Arch, PlanError, load_arch
-from hf_dpo.plan.estimate import GB, MB, Term, fmt, full_finetune_estimate, step_estimate
+from hf_dpo.plan.estimate import (
+    GB,
+    MB,
+    Term,
+    dense_copy_fits,
+    fmt,
+    full_finetune_estimate,
+    step_estimate,
+)
 from hf_dpo.plan.settings import Settings, data_row_length, settings_from_recipe
 
 # How far measured peaks have run above the estimate (README, "On a GPU"): the demo recipe on an H100 peaked 21%
@@ -261,6 +269,7 @@ def plan_recipe(
         settings.data_row_length = data_row_length(recipe)
     if memory is None:
         memory = 24 * GB if device == "cuda" else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    settings.dense_base = dense_copy_fits(arch, settings, memory)
     plan = Plan(arch=arch, settings=settings, terms=step_estimate(arch, settings), budget=memory)
     if not settings.full_finetune:  # the same step training every weight, priced beside the adapter's
         plan.full_finetune = full_finetune_estimate(arch, settings, settings.reference_copy)

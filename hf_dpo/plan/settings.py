@@ -52,6 +52,9 @@ class Settings:
     reference_copy: bool = False
     # ref_model_name_or_path: a reference model held beside the policy (planned with the policy's architecture)
     ref_model: bool = False
+    # CPU, 4-bit: training holds the decoder linears dequantized once, beside the 4-bit ones, where they fit
+    # (`hf_dpo.plan.estimate.dense_copy_fits`, as `hf_dpo.model.reference.dequantized_fit` decides at run time)
+    dense_base: bool = False
 
     @property
     def quantized(self) -> bool:

@@ -369,7 +369,8 @@ def working_layout(
 def forward_dtype(model, args) -> torch.dtype:
     """The dtype the forward's matmuls run in: half precision under autocast (bf16/fp16 args), in a half-precision
     model, or in a 4-bit layer's bnb compute dtype; float32 otherwise. Not the embeddings' dtype alone: k-bit
-    training upcasts them to float32 while a 4-bit layer computes in its compute dtype."""
+    training upcasts them to float32 while a 4-bit layer computes in its compute dtype (and its dense copy, made
+    for training on CPU, holds that dtype)."""
     device = next(model.parameters()).device.type
     if args.bf16:
         return torch.bfloat16
@@ -381,9 +382,14 @@ def forward_dtype(model, args) -> torch.dtype:
     embeddings = base_model(model).get_input_embeddings().weight.dtype
     if embeddings in low:
         return embeddings
-    return next(
-        (m.compute_dtype for m in model.modules() if getattr(m, "compute_dtype", None) in low), torch.float32
-    )
+    for module in model.modules():
+        dtype = getattr(module, "compute_dtype", None)
+        if dtype is None and isinstance(module, torch.nn.Linear):
+            # a 4-bit layer's dense copy (`decoding_weights`) holds its compute dtype
+            dtype = module.weight.dtype
+        if dtype in low:
+            return dtype
+    return torch.float32
 
 
 def computes_in_float32(model, args) -> bool:

@@ -90,6 +90,8 @@ from hf_dpo.train.setup import (
 
 logger = logging.getLogger(__name__)
 
+TRAINING = "training (the reference pass, every step and evaluation)"  # dequantized_for_passes' purpose
+
 
 def trl_token_count(batch: dict[str, torch.Tensor], accelerator) -> int:
     """Tokens of a training batch as TRL counts them for `num_tokens`, on every rank together: each pair's prompt
@@ -523,15 +525,16 @@ class DPOTrainer(Trainer):
             dataset.select_columns(columns), batch_sampler=batches, collate_fn=self.data_collator
         )
 
-    def dequantized_for_passes(self, model):
+    def dequantized_for_passes(self, model, purpose: str = "the pass"):
         """`decoding_weights` (the 4-bit layers dequantized once, put back after) on one CPU process when the
         float weights take at most half the free memory (logged either way); otherwise nothing changes. Wrappers
-        (DDP, FSDP's flat parameters) hold the layers they were given, so a distributed run keeps them."""
+        (DDP, FSDP's flat parameters) hold the layers they were given, so a distributed run keeps them. Inside
+        `train()` the layers are dequantized already, and this does nothing."""
         if self.accelerator.num_processes > 1:
             return contextlib.nullcontext()
-        fits, why = dequantized_fit(model)
+        fits, why = dequantized_fit(model, purpose)
         if why:
-            logger.info("Forward-only pass: %s.", why)
+            logger.info("%s: %s.", "Training" if purpose == TRAINING else "Forward-only pass", why)
         return decoding_weights(model) if fits else contextlib.nullcontext()
 
     def compute_reference_logps(self, dataset) -> tuple[list[float], list[float]]:
@@ -665,8 +668,12 @@ class DPOTrainer(Trainer):
         return None if total == 0 else 1 - self.token_counts["real"] / total
 
     def train(self, *args, **kwargs):
-        self.train_dataset = self._with_reference(self.train_dataset, "train")  # before the first step
-        result = super().train(*args, **kwargs)
+        # bitsandbytes' CPU path dequantizes each 4-bit weight at every forward and again in the backward (about
+        # a tenth of a step on the bench); dequantized once, the steps compute the same function (the same
+        # losses, tested) from float weights held beside the 4-bit ones for the run, where they fit.
+        with self.dequantized_for_passes(self.model, TRAINING):
+            self.train_dataset = self._with_reference(self.train_dataset, "train")  # before the first step
+            result = super().train(*args, **kwargs)
         if self.pad_share is not None:
             logger.info(
                 "Training batches: %d tokens, %.1f%% of them padding",

@@ -591,3 +591,28 @@ def test_a_reference_model_is_planned_as_a_second_model(offline):
         )
         assert terms.get("reference model", terms.get("reference")) == weights
         assert held.total > sum(alone.values())
+
+
+def test_cpu_training_on_a_4bit_base_plans_the_dense_copy_where_it_fits(offline):
+    """On CPU the trainer dequantizes a 4-bit base's linears once for training where the copy fits in half the
+    memory left once the model is loaded: the plan prices that copy (every decoder linear in float32) instead of
+    the per-layer working set, keeps the working set where memory is short, and never plans the copy on a GPU."""
+    recipe = load_recipe(RECIPES / "demo.yaml")
+    roomy = plan_recipe(recipe, device="cpu", memory=24 * GB, use_data=False)
+    terms = {t.name: t.bytes for t in roomy.terms}
+    arch = roomy.arch
+    linears = arch.num_hidden_layers * sum(i * o for i, o in arch.linear_shapes().values())
+    assert roomy.settings.dense_base and terms["dense copy of the 4-bit linears"] == linears * 4
+    assert "working set" not in terms and "dequantized once for training" in roomy.report()
+    for short in (
+        plan_recipe(recipe, device="cpu", memory=int(1.8 * GB), use_data=False),
+        plan_recipe(recipe, device="cuda", memory=24 * GB, use_data=False),
+        plan_recipe(
+            load_recipe(RECIPES / "demo.yaml", ["--quantization", "none"]), device="cpu", use_data=False
+        ),
+    ):
+        assert not short.settings.dense_base
+        assert "dense copy of the 4-bit linears" not in {t.name for t in short.terms}
+    assert roomy.total - plan_recipe(recipe, device="cpu", memory=int(1.8 * GB), use_data=False).total == (
+        linears * 4 - terms.get("working set", 2 * 4 * max(i * o for i, o in arch.linear_shapes().values()))
+    )

@@ -171,6 +171,60 @@ def test_reference_pass_on_a_4bit_base_dequantizes_once_and_gives_the_per_forwar
     assert once == per_forward
 
 
+def test_training_on_a_4bit_base_dequantizes_once_and_takes_the_per_forward_steps(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    """On CPU, `train()` dequantizes the 4-bit layers once for the whole run (the reference pass and every step):
+    the same losses and adapter as dequantizing at every forward and again in every backward, where the float
+    weights fit; the 4-bit layers are back after training; where they would not fit nothing is swapped (logged
+    both ways). 4 steps at a learning rate that moves the adapter, so the gradients through the layers count."""
+    import bitsandbytes as bnb
+
+    from hf_dpo.config import ModelConfig
+    from hf_dpo.model import reference
+    from hf_dpo.model.loading import load_base_model, load_tokenizer
+
+    cfg = ModelConfig(model_name_or_path=tiny_model_dir, quantization="4bit")
+
+    def has_4bit_layers(model) -> bool:
+        return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+    def train(fits: bool):
+        if not fits:
+            monkeypatch.setattr(reference, "free_memory_bytes", lambda device: 1000)
+        trainer = DPOTrainer(
+            model=load_base_model(cfg),
+            args=dpo_args(tmp_path / str(fits), max_steps=4, learning_rate=5e-2, seed=1),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=load_tokenizer(cfg),
+            peft_config=lora(),
+        )
+        forward, seen = trainer.concatenated_forward, []
+
+        def recording(model, *args, **kwargs):  # each forward (pass and steps): through 4-bit layers?
+            seen.append(has_4bit_layers(model))
+            return forward(model, *args, **kwargs)
+
+        monkeypatch.setattr(trainer, "concatenated_forward", recording)
+        with caplog.at_level("INFO", logger="hf_dpo.train.trainer"):
+            trainer.train()
+        assert len(seen) > 4 and set(seen) == {not fits}
+        assert has_4bit_layers(trainer.model)  # put back after training
+        adapter = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return losses, adapter
+
+    (dense_losses, dense_adapter), log = train(fits=True), caplog.text
+    assert "Training: 4-bit weights dequantized once for training" in log
+    caplog.clear()
+    per_forward_losses, per_forward_adapter = train(fits=False)
+    assert "Training: 4-bit weights dequantized at every forward" in caplog.text
+    assert len(dense_losses) == 4 and dense_losses == pytest.approx(per_forward_losses, abs=1e-6)
+    assert any(v.abs().max() > 1e-3 for v in dense_adapter.values())  # the steps moved the adapter
+    for name, value in dense_adapter.items():
+        torch.testing.assert_close(value, per_forward_adapter[name], atol=1e-6, rtol=1e-5)
+
+
 def test_reference_pass_goes_shortest_first_in_large_batches_and_gives_each_pair_its_own_values(
     tmp_path, tiny, monkeypatch
 ):
