@@ -279,17 +279,19 @@ def layout_problem(
 ) -> str | None:
     """Why `batch` (prefix-shared or packed, as `collator` builds them) can't be trusted on `model`, or None: its
     log-probs must match the plain layout's within 1e-4 per token in float32 (1e-2 under bf16/fp16 rounding). A
-    model that ignores or rejects the layout's mask fails here. Checked on two pairs of the batch, its first and
-    its last: the plain layout computes every prompt twice, so checking a whole batch of long prompts cost more
-    than the rest of the reference pass; the ends of a batch differ most in length (a pass's batch goes shortest
-    first, a length-grouped one longest to shortest), so both layouts pad.
+    model that ignores or rejects the layout's mask fails here. Checked on one pair of the batch, its shortest:
+    the plain layout computes every prompt twice, so checking a whole batch of long prompts cost more than the
+    rest of the reference pass. The shortest pair is the one its batch pads most, its rejected branch restarts
+    its positions after the prompt and must not see its chosen one, and its plain rows pad too (the shorter
+    answer's), so one pair meets every way a layout goes wrong.
 
     `batch_logps`: the whole batch's log-probs in its layout, computed in eval mode with `options` (the first
-    batch of a forward-only pass, which needs them anyway): its two end pairs are read from them, so the check
-    adds only the plain layout's forward of two pairs."""
+    batch of a forward-only pass, which needs them anyway): the pair's are read from them, so the check adds
+    only the plain layout's forward of one pair (2 rows)."""
     examples = batch_examples(batch)
-    ends = [0, len(examples) - 1] if len(examples) > 1 else [0]  # (pairs checked,) positions in the batch
-    examples = [examples[i] for i in ends]
+    shortest = min(range(len(examples)), key=lambda i: sum(len(ids) for ids in pair_token_ids(examples[i])))
+    checked = [shortest]  # (pairs checked,) positions in the batch
+    examples = [examples[i] for i in checked]
     device = batch["input_ids"].device
     plain_collator = dataclasses.replace(collator, prefix_sharing=False, padding_free=False)
     plain = {k: v.to(device) for k, v in plain_collator(examples).items()}
@@ -303,7 +305,7 @@ def layout_problem(
             fast = {k: v.to(device) for k, v in collator(examples).items()}
             fast_logps = pair_logps(model, fast, options=options)
         else:
-            fast_logps = pair_ends(batch_logps, ends)
+            fast_logps = pairs_at(batch_logps, checked)
         plain_logps = pair_logps(model, plain, options=options)
     except Exception as err:  # noqa: BLE001 - any failure of the layout's forward means: don't use it
         layout = "packed rows" if collator.padding_free else MASK_NAMES[options.attention]
@@ -320,9 +322,14 @@ def layout_problem(
     return None
 
 
-def pair_ends(logps: PairLogps, ends: list[int]) -> PairLogps:
-    """The summed log-probs and lengths of the pairs at positions `ends` of a batch's `logps`."""
-    pick = torch.tensor(ends, device=logps.chosen.device)
+def pair_token_ids(example: dict) -> tuple[list[int], list[int], list[int]]:
+    """A tokenized pair's prompt, chosen and rejected ids."""
+    return example["prompt_input_ids"], example["chosen_input_ids"], example["rejected_input_ids"]
+
+
+def pairs_at(logps: PairLogps, positions: list[int]) -> PairLogps:
+    """The summed log-probs and lengths of the pairs at `positions` of a batch's `logps`."""
+    pick = torch.tensor(positions, device=logps.chosen.device)
     return PairLogps(
         chosen=logps.chosen[pick],
         rejected=logps.rejected[pick],

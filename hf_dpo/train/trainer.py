@@ -422,14 +422,14 @@ class DPOTrainer(Trainer):
         self, model, batch: dict[str, torch.Tensor], options: LogpsOptions
     ) -> PairLogps | None:
         """The log-probs of the first prefix-shared or packed batch of an eval-mode pass (the reference pass,
-        evaluation), computed once: the layout check reads its first and last pairs from them and adds only the
-        plain layout's forward of those two pairs. None where the batch must be computed again, in the layout
+        evaluation), computed once: the layout check reads its shortest pair from them and adds only the plain
+        layout's forward of that pair. None where the batch must be computed again, in the layout
         that holds: its forward raised, or the check turned the layout or its attention down. A training batch is
         checked apart, in eval mode (dropout would make the layouts differ)."""
         asked = self._sharing_attention
         try:
             logps = pair_logps(model, batch, options=dataclasses.replace(options, attention=asked or MASK4D))
-        except Exception:  # noqa: BLE001 - the check runs the layout again on two pairs and logs why it fails
+        except Exception:  # noqa: BLE001 - the check runs the layout again on one pair and logs why it fails
             logps = None
         works = self._layout_works(model, batch, options, logps)
         return logps if works and logps is not None and self._sharing_attention == asked else None

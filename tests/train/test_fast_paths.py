@@ -100,6 +100,40 @@ def test_a_reference_pass_falls_back_when_its_first_batch_fails_the_layout_check
     assert chosen == pytest.approx(expected[0], abs=1e-5) and rejected == pytest.approx(expected[1], abs=1e-5)
 
 
+def test_the_one_pair_layout_check_catches_a_rejected_branch_that_does_not_restart_its_positions(
+    tmp_path, tiny_model_dir, tokenizer, monkeypatch, caplog
+):
+    """The check runs on one pair of the first batch, its shortest: a layout whose rejected branch goes on counting
+    positions after the chosen answer (the mask right, the rotary positions wrong) fails it there, and the pass
+    comes out as the plain layout gives it. The random tiny model attends almost uniformly, blind to positions, so
+    its queries and keys are scaled up until attention depends on them."""
+
+    def position_sensitive(trainer):
+        with torch.no_grad():
+            for name, param in trainer.model.named_parameters():
+                if name.endswith(("q_proj.base_layer.weight", "k_proj.base_layer.weight")):
+                    param.mul_(30)
+        return trainer
+
+    expected = position_sensitive(make_trainer(tmp_path, tiny_model_dir, tokenizer, **PLAIN))
+    expected = expected.compute_reference_logps(expected.train_dataset)
+    collate = batching.PreferenceCollator.__call__
+
+    def positions_run_on(self, examples):
+        batch = collate(self, examples)
+        if "segment_ids" in batch:  # shared rows: 0..T-1, as if chosen and rejected were one answer
+            batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+        return batch
+
+    monkeypatch.setattr(batching.PreferenceCollator, "__call__", positions_run_on)
+    trainer = make_trainer(tmp_path, tiny_model_dir, tokenizer, prefix_sharing=True, logps_chunk_size=0)
+    with caplog.at_level(logging.WARNING, logger="hf_dpo.train.trainer"):
+        chosen, rejected = position_sensitive(trainer).compute_reference_logps(trainer.train_dataset)
+    assert not trainer._prefix_sharing
+    assert "Prefix sharing off (rejected log-probs differ from the plain layout" in caplog.text
+    assert chosen == pytest.approx(expected[0], abs=1e-5) and rejected == pytest.approx(expected[1], abs=1e-5)
+
+
 def test_prefix_sharing_falls_back_when_the_forward_rejects_the_mask(
     tmp_path, tiny_model_dir, tokenizer, monkeypatch, caplog
 ):
