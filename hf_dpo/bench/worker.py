@@ -32,6 +32,10 @@ class StepClock:
         self.collated_parts: list[
             tuple[int, int]
         ] = []  # (prompt, completion) tokens of each batch, prompt once
+        self.trainer = (
+            None  # hf_dpo's, set once built: its reference forwards counted apart from the pre-pass's
+        )
+        self.reference_passes_before_steps = 0
 
     def callback(self):
         from transformers import TrainerCallback
@@ -42,6 +46,10 @@ class StepClock:
             def on_train_begin(self, args, state, control, **kwargs):
                 clock.collated.clear()  # batches collated before training (the reference pass) don't count
                 clock.collated_parts.clear()
+                if (
+                    clock.trainer is not None
+                ):  # the pre-pass has run: its reference forwards are not the steps'
+                    clock.reference_passes_before_steps = clock.trainer.reference_forward_passes
                 clock._last = time.perf_counter()
 
             def on_step_begin(self, args, state, control, **kwargs):
@@ -190,7 +198,7 @@ def compute_figures(trainer, clock: StepClock, keys, impl: str, ref_pass_s: floa
     shared = impl == "hf_dpo" and trainer._prefix_sharing
     prompt_times = 1 if shared else 2
     live_reference = (
-        trainer.reference_forward_passes > 0
+        reference_forwards_in_steps(trainer, clock) > 0
         if impl == "hf_dpo"
         else not trainer.args.precompute_ref_log_probs
     )
@@ -211,6 +219,11 @@ def compute_figures(trainer, clock: StepClock, keys, impl: str, ref_pass_s: floa
             pass_flops(body, head, prompt_times * prompts, completions) / ref_pass_s / 1e9
         )
     return figures
+
+
+def reference_forwards_in_steps(trainer, clock: StepClock) -> int:
+    """hf_dpo's reference forwards during the training steps (its counter also counts the pre-pass's batches)."""
+    return trainer.reference_forward_passes - clock.reference_passes_before_steps
 
 
 def summarize(
@@ -257,7 +270,7 @@ def summarize(
         )
     if spec["impl"] == "hf_dpo":
         result["pad_share"] = trainer.pad_share
-        result["reference_forward_passes_in_training"] = trainer.reference_forward_passes
+        result["reference_forward_passes_in_training"] = reference_forwards_in_steps(trainer, clock)
         result["prefix_sharing_used"] = trainer._prefix_sharing
         # mask4d or flex after the first-batch check (a failed flex check falls back): which kernel was timed
         result["prefix_sharing_attention"] = trainer._sharing_attention
@@ -277,6 +290,8 @@ def run_line(spec: dict) -> dict:
     started = time.perf_counter()
     with timing_reference_pass(spec["impl"], ref_pass):
         trainer, keys = build_trainer(spec, model, tokenizer, peft_config, [clock.callback()], cuda)
+        if spec["impl"] == "hf_dpo":
+            clock.trainer = trainer
         trainer.data_collator = CountingCollator(
             trainer.data_collator, keys, clock.collated, clock.collated_parts
         )

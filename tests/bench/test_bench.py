@@ -252,6 +252,8 @@ def test_smoke_both_trainers_on_the_tiny_model(tmp_path, tiny_model_dir):
         trl["ref_pass_s"] == 0 and hf["ref_pass_s"] > 0
     )  # TRL's reference runs in its steps, hf_dpo's before
     assert hf["ref_gflops_per_s"] > 0 and hf["ref_pass_over_step_per_pair"] > 0
+    # the steps read the pre-pass's values: no reference forward in them, so a step counts as 2 passes, not 3
+    assert hf["reference_forward_passes_in_training"] == 0
     assert trl["train_gflops_per_s"] > 0 and hf["train_gflops_per_s"] > 0
     add_ratios(results)
     assert "x TRL" in format_table(results) and hf["speed_vs_trl"] > 0
