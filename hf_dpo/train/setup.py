@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 from hf_dpo.config import DPOConfig, RecipeError
 from hf_dpo.data import tokenize_dataset
 from hf_dpo.errors import HfDpoError
+from hf_dpo.model.fused_lora import install_fused_lora
 from hf_dpo.model.reference import quiet_peft_checkpointing_alias
 from hf_dpo.model.unwrap import base_model, is_peft
 from hf_dpo.model_files import trained_weights_problem
@@ -144,6 +145,9 @@ def prepare_policy(model, processing_class, peft_config, args: DPOConfig, quanti
         )
     if args.disable_dropout:  # TRL's default: policy and reference see the same, deterministic network
         disable_dropout(model)
+    if is_peft(model):
+        fused = install_fused_lora(model)
+        logger.info("LoRA forward: the adapter's product added by one fused matmul on %d layers.", fused)
     model.add_model_tags(list(MODEL_TAGS))
     return model, processing_class
 
