@@ -90,7 +90,7 @@ from hf_dpo.train.setup import (
 
 logger = logging.getLogger(__name__)
 
-TRAINING = "training (the reference pass, every step and evaluation)"  # dequantized_for_passes' purpose
+TRAINING = "training, its reference pass, steps and evaluations"  # dequantized_for_passes' purpose
 
 
 def trl_token_count(batch: dict[str, torch.Tensor], accelerator) -> int:
