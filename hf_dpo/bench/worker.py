@@ -32,9 +32,8 @@ class StepClock:
         self.collated_parts: list[
             tuple[int, int]
         ] = []  # (prompt, completion) tokens of each batch, prompt once
-        self.trainer = (
-            None  # hf_dpo's, set once built: its reference forwards counted apart from the pre-pass's
-        )
+        # hf_dpo's trainer, set once built: the reference forwards of its steps counted apart from its pre-pass's
+        self.trainer = None
         self.reference_passes_before_steps = 0
 
     def callback(self):
@@ -46,9 +45,7 @@ class StepClock:
             def on_train_begin(self, args, state, control, **kwargs):
                 clock.collated.clear()  # batches collated before training (the reference pass) don't count
                 clock.collated_parts.clear()
-                if (
-                    clock.trainer is not None
-                ):  # the pre-pass has run: its reference forwards are not the steps'
+                if clock.trainer is not None:  # the pre-pass has run: its forwards are not the steps'
                     clock.reference_passes_before_steps = clock.trainer.reference_forward_passes
                 clock._last = time.perf_counter()
 

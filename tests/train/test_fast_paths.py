@@ -424,6 +424,30 @@ def test_shared_mask_takes_the_autocast_dtype(tmp_path, tiny_model_dir, tokenize
         assert not computes_in_float32(trainer.model, trainer.args)
 
 
+def test_a_bf16_4bit_base_computes_in_bf16_also_from_its_dense_copy(tiny_model_dir):
+    """A 4-bit base computing in bf16 with float32 embeddings runs its matmuls in bf16, and still does once training
+    on CPU swaps in its dense copy (`decoding_weights`, in the compute dtype): the layout check's tolerance and the
+    reward-accuracy ties follow the bf16 rounding either way."""
+    from hf_dpo.config import ModelConfig
+    from hf_dpo.model.loading import load_base_model
+    from hf_dpo.model.reference import decoding_weights
+    from hf_dpo.train.logps import forward_dtype
+
+    cfg = ModelConfig(
+        model_name_or_path=tiny_model_dir,
+        quantization="4bit",
+        torch_dtype="bfloat16",
+        float32_embeddings=True,
+    )
+    model = load_base_model(cfg)
+    no_autocast = type("Args", (), {"bf16": False, "fp16": False})  # the trainer's args: no autocast
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    assert forward_dtype(model, no_autocast) == torch.bfloat16
+    with decoding_weights(model):
+        assert not any(hasattr(m.weight, "quant_state") for m in model.modules() if hasattr(m, "weight"))
+        assert forward_dtype(model, no_autocast) == torch.bfloat16
+
+
 @pytest.mark.parametrize("every", [1, 2])
 def test_activation_checkpointing_on_some_layers_changes_no_result(
     tmp_path, tiny_model_dir, tokenizer, every
