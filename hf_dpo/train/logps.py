@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hf_dpo.data import TOKENIZED_COLUMNS
 from hf_dpo.model.unwrap import base_model
 from hf_dpo.train.attention import FLEX, MASK4D
 from hf_dpo.train.batching import (
@@ -289,7 +290,7 @@ def layout_problem(
     batch of a forward-only pass, which needs them anyway): the pair's are read from them, so the check adds
     only the plain layout's forward of one pair (2 rows)."""
     examples = batch_examples(batch)
-    shortest = min(range(len(examples)), key=lambda i: sum(len(ids) for ids in pair_token_ids(examples[i])))
+    shortest = min(range(len(examples)), key=lambda i: sum(len(examples[i][c]) for c in TOKENIZED_COLUMNS))
     checked = [shortest]  # (pairs checked,) positions in the batch
     examples = [examples[i] for i in checked]
     device = batch["input_ids"].device
@@ -320,11 +321,6 @@ def layout_problem(
         if not worst <= per_token_tol:
             return f"{side} log-probs differ from the plain layout by {worst:.2g} per token"
     return None
-
-
-def pair_token_ids(example: dict) -> tuple[list[int], list[int], list[int]]:
-    """A tokenized pair's prompt, chosen and rejected ids."""
-    return example["prompt_input_ids"], example["chosen_input_ids"], example["rejected_input_ids"]
 
 
 def pairs_at(logps: PairLogps, positions: list[int]) -> PairLogps:
