@@ -286,11 +286,8 @@ def dense_copy_fits(arch: Arch, s: Settings, memory: int) -> bool:
     The trainer sizes the copy as every weight in the compute dtype, so the plan does too."""
     if s.device != "cpu" or s.quantization != "4bit" or s.full_finetune:
         return False
-    loaded = sum(weight_bytes(arch, s)) + sum(
-        t.bytes
-        for t in device_terms(arch, s, 0, 0)
-        if t.name in ("checkpoint read at load", "process baseline")
-    )
+    # with nothing allocated yet, the CPU's device terms are the checkpoint read and the process baseline
+    loaded = sum(weight_bytes(arch, s)) + sum(t.bytes for t in device_terms(arch, s, 0, 0))
     return arch.num_params * s.compute_bytes <= DENSE_SHARE_OF_FREE_MEMORY * (memory - loaded)
 
 
